@@ -1,0 +1,134 @@
+"""Command-line interface: ``dgm list`` and ``dgm run NAME``.
+
+Parses arguments, resolves the config, calls the experiment and writes the run's
+``config.json`` and ``metrics.json``. It does no numerics. Exit codes: 0 success,
+2 usage error, 1 failed run (one line on stderr), 130 interrupted.
+"""
+
+from dgm._runtime import configure_cpu
+
+configure_cpu()
+
+import argparse  # noqa: E402
+import dataclasses  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from dgm import config as config_lib  # noqa: E402
+from dgm import experiments, runs  # noqa: E402
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dgm", description="Differentiable generative models and inference in them."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="list the experiments")
+    run = sub.add_parser("run", help="run an experiment")
+    run.add_argument("name", help="experiment name (see `dgm list`)")
+    run.add_argument("--preset", default="quick", help="smoke | quick | paper (default: quick)")
+    run.add_argument("--smoke", action="store_true", help="shorthand for --preset smoke")
+    run.add_argument("--seed", type=int, default=0, help="root PRNG seed (default 0)")
+    run.add_argument("--out", type=Path, default=None, help="run directory")
+    run.add_argument("--resume", action="store_true", help="continue the run in --out")
+    run.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
+    run.add_argument(
+        "--set", action="append", default=[], metavar="FIELD=VALUE", help="override a field"
+    )
+    run.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    return parser
+
+
+def _resolve(args: argparse.Namespace, extra: list[str]):
+    module = experiments.get(args.name)
+    preset = "smoke" if args.smoke else args.preset
+    if preset not in module.PRESETS:
+        raise ValueError(
+            f"unknown preset {preset!r} for {args.name}; expected one of {sorted(module.PRESETS)}"
+        )
+    config = module.PRESETS[preset]
+    extra_args: dict[str, str] = getattr(module, "EXTRA_ARGS", {})
+    if extra:
+        sub = argparse.ArgumentParser(prog=f"dgm run {args.name}", add_help=False)
+        for flag in extra_args:
+            sub.add_argument(f"--{flag}")
+        parsed, unknown = sub.parse_known_args(extra)
+        if unknown:
+            raise ValueError(f"unrecognized arguments for {args.name}: {' '.join(unknown)}")
+        sets = [f"{extra_args[k]}={v}" for k, v in vars(parsed).items() if v is not None]
+        config = config_lib.override(config, sets)
+    config = config_lib.override(config, args.set)
+    return module, preset, config
+
+
+def _prepare_out(args: argparse.Namespace, preset: str, record: dict) -> Path:
+    out = args.out or Path("runs") / f"{args.name}-{preset}-seed{args.seed}"
+    cfg_path = out / "config.json"
+    if cfg_path.exists():
+        previous = json.loads(cfg_path.read_text())
+        if args.resume:
+            if previous.get("config") != record["config"] or previous.get("seed") != args.seed:
+                raise ValueError(
+                    f"--resume: {out} holds a run with a different config or seed; "
+                    "use another --out"
+                )
+        elif not args.overwrite:
+            raise ValueError(
+                f"{out} already holds a run; pass --resume to continue it, --overwrite to "
+                "replace it, or --out DIR"
+            )
+        elif (out / "checkpoints").exists():
+            for f in (out / "checkpoints").iterdir():
+                f.unlink()
+    return out
+
+
+def _run(args: argparse.Namespace, extra: list[str]) -> int:
+    import jax
+
+    module, preset, config = _resolve(args, extra)
+    record = {
+        "experiment": args.name,
+        "preset": preset,
+        "seed": args.seed,
+        "config": json.loads(json.dumps(runs._to_jsonable(config))),
+    }
+    out = _prepare_out(args, preset, record)
+    ctx = runs.RunContext(out=out, resume=args.resume, progress=not args.no_progress)
+    record["versions"] = runs.versions()
+    record["devices"] = [str(d) for d in jax.devices()]
+    runs.write_json(out / "config.json", record)
+    start = time.perf_counter()
+    metrics = module.run(config, jax.random.key(args.seed), ctx)
+    metrics = {**metrics, "total_wall_s": time.perf_counter() - start, "seed": args.seed}
+    runs.write_json(out / "metrics.json", metrics)
+    if hasattr(module, "summary"):
+        print(module.summary(metrics))
+    print(f"outputs written to {out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``dgm`` console script."""
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "list":
+        for name in experiments.names():
+            print(f"{name:24s} {experiments.get(name).DESCRIPTION}")
+        return 0
+    try:
+        return _run(args, extra)
+    except KeyboardInterrupt:
+        print("dgm: interrupted; the last checkpoint is kept, continue with --resume",
+              file=sys.stderr)
+        return 130
+    except (ValueError, TypeError, FileNotFoundError, RuntimeError, OSError) as err:
+        msg = " ".join(str(err).split()) or type(err).__name__
+        print(f"dgm: error: {msg}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""Helpers for frozen-dataclass configs: dotted overrides and validation messages."""
+
+import dataclasses
+import json
+import typing
+from typing import Any
+
+
+def _coerce(value: str, current: Any, field: str) -> Any:
+    if isinstance(current, bool):
+        if value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if value.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"`{field}` expects true or false; got {value!r}")
+    if isinstance(current, int | float) and not isinstance(current, bool):
+        try:
+            return type(current)(json.loads(value))
+        except (ValueError, TypeError):
+            raise ValueError(
+                f"`{field}` expects a {type(current).__name__}; got {value!r}"
+            ) from None
+    if isinstance(current, tuple | list):
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            raise ValueError(f"`{field}` expects a JSON list; got {value!r}") from None
+        return type(current)(parsed)
+    if current is None:
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
+
+
+def override(config: Any, assignments: list[str]) -> Any:
+    """Apply ``a.b=value`` assignments to a (nested) frozen dataclass.
+
+    Raises:
+        ValueError: for a malformed assignment or an unknown field, naming it.
+    """
+    for item in assignments:
+        if "=" not in item:
+            raise ValueError(f"`--set` expects FIELD=VALUE; got {item!r}")
+        dotted, value = item.split("=", 1)
+        config = _set(config, dotted.strip().split("."), value, dotted)
+    return config
+
+
+def _set(obj: Any, parts: list[str], value: str, dotted: str) -> Any:
+    names = [f.name for f in dataclasses.fields(obj)]
+    head = parts[0]
+    if head not in names:
+        raise ValueError(f"unknown config field {dotted!r}; fields here: {', '.join(names)}")
+    current = getattr(obj, head)
+    if len(parts) > 1:
+        if not dataclasses.is_dataclass(current):
+            raise ValueError(f"config field {head!r} has no sub-fields (in {dotted!r})")
+        new = _set(current, parts[1:], value, dotted)
+    else:
+        new = _coerce(value, current, dotted)
+    return dataclasses.replace(obj, **{head: new})
+
+
+def check_positive(name: str, value: Any, *, integer: bool = False) -> None:
+    """Raise ``ValueError`` naming ``name`` unless ``value`` is a positive number/int."""
+    kind = "int" if integer else "number"
+    ok = isinstance(value, int) if integer else isinstance(value, int | float)
+    if not ok or isinstance(value, bool) or not value > 0:
+        raise ValueError(f"`{name}` must be a positive {kind}; got {value!r}")
+
+
+def check_choice(name: str, value: Any, choices: typing.Iterable[Any]) -> None:
+    """Raise ``ValueError`` naming ``name`` unless ``value`` is one of ``choices``."""
+    choices = list(choices)
+    if value not in choices:
+        raise ValueError(f"`{name}` must be one of {choices}; got {value!r}")

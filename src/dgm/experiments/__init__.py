@@ -1,0 +1,35 @@
+"""Experiment registry: name -> module.
+
+Each experiment module defines ``NAME``, ``DESCRIPTION``, a frozen dataclass ``Config``
+whose defaults are the paper's settings, ``PRESETS`` (at least ``smoke``, ``quick`` and
+``paper``), optional ``EXTRA_ARGS`` (CLI flag -> dotted config field) and
+``run(config, key, ctx) -> dict``; optionally ``summary(metrics) -> str``.
+"""
+
+import importlib
+from types import ModuleType
+
+_REGISTRY: dict[str, str] = {
+    "lotka-volterra": "dgm.experiments.lotka_volterra",
+}
+
+
+def names() -> list[str]:
+    """Registered experiment names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def register(name: str, module: str) -> None:
+    """Register an experiment module under ``name``."""
+    _REGISTRY[name] = module
+
+
+def get(name: str) -> ModuleType:
+    """The experiment module called ``name``.
+
+    Raises:
+        ValueError: for an unknown name, listing the known ones.
+    """
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown experiment {name!r}; expected one of: {', '.join(names())}")
+    return importlib.import_module(_REGISTRY[name])

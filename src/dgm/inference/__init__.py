@@ -1,0 +1,6 @@
+"""Samplers: HMC, constrained HMC on generator manifolds, adaptation, ABC baselines."""
+
+from dgm.inference.base import ChainRunner, Kernel
+from dgm.inference.hmc import HMCInfo, HMCState, hmc
+
+__all__ = ["ChainRunner", "HMCInfo", "HMCState", "Kernel", "hmc"]

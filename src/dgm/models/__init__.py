@@ -1,0 +1,1 @@
+"""Generative models and targets (generators for conditioning, networks for VI)."""

@@ -1,0 +1,1 @@
+"""Equinox building blocks shared by the deep generative models."""
