@@ -1,0 +1,93 @@
+"""Dataset access shared by every experiment: one data directory, checksums, downloads.
+
+The data directory is ``DGM_DATA_DIR`` when set, else ``~/.cache/dgm/data``. Every file
+is checked against its published sha256 before use; a download goes to a temporary file
+that is verified before it is renamed into place, so a failed or corrupt download never
+replaces a good file.
+"""
+
+import hashlib
+import os
+import shutil
+import tempfile
+import urllib.request
+from pathlib import Path
+
+
+class ChecksumError(ValueError):
+    """A data file's sha256 does not match the expected one."""
+
+
+def data_dir() -> Path:
+    """The root data directory (``DGM_DATA_DIR``, else ``~/.cache/dgm/data``)."""
+    env = os.environ.get("DGM_DATA_DIR")
+    return Path(env) if env else Path.home() / ".cache" / "dgm" / "data"
+
+
+def sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify(path: str | os.PathLike, expected_sha256: str | None) -> Path:
+    """Return ``path`` if it exists and matches ``expected_sha256``.
+
+    Raises:
+        FileNotFoundError: the file is missing.
+        ChecksumError: the checksum differs (a corrupt, truncated or different file).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"data file not found: {path} (set DGM_DATA_DIR)")
+    if expected_sha256 is not None:
+        got = sha256(path)
+        if got != expected_sha256:
+            raise ChecksumError(
+                f"checksum mismatch for {path}: expected sha256 {expected_sha256}, got {got}; "
+                "the file is corrupt, truncated or a different version"
+            )
+    return path
+
+
+def download(url: str, dest: str | os.PathLike, expected_sha256: str, timeout: float = 60) -> Path:
+    """Download ``url`` to ``dest`` and verify it; the file appears only once verified.
+
+    Raises:
+        ChecksumError: the downloaded bytes do not match ``expected_sha256``.
+        OSError: the download failed.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+            shutil.copyfileobj(resp, out)
+        verify(tmp, expected_sha256)
+        os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return dest
+
+
+def fetch(
+    relpath: str, expected_sha256: str | None, url: str | None = None, download_ok: bool = True
+) -> Path:
+    """Path to a verified data file under :func:`data_dir`, downloading it if allowed.
+
+    Args:
+        relpath: path below the data directory, e.g. ``"polyphonic_music/JSB_Chorales.npz"``.
+        expected_sha256: the published checksum (``None`` skips the check).
+        url: where to download the file from if it is missing.
+        download_ok: allow the download.
+    """
+    path = data_dir() / relpath
+    if not path.exists() and url is not None and download_ok:
+        if expected_sha256 is None:
+            raise ValueError(f"refusing to download {url} without a sha256 to check")
+        download(url, path, expected_sha256)
+    return verify(path, expected_sha256)
