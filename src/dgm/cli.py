@@ -10,7 +10,6 @@ from dgm._runtime import configure_cpu
 configure_cpu()
 
 import argparse  # noqa: E402
-import dataclasses  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -121,8 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _run(args, extra)
     except KeyboardInterrupt:
-        print("dgm: interrupted; the last checkpoint is kept, continue with --resume",
-              file=sys.stderr)
+        print(
+            "dgm: interrupted; the last checkpoint is kept, continue with --resume", file=sys.stderr
+        )
         return 130
     except (ValueError, TypeError, FileNotFoundError, RuntimeError, OSError) as err:
         msg = " ".join(str(err).split()) or type(err).__name__

@@ -98,7 +98,10 @@ def versions() -> dict[str, str | None]:
     """Versions of Python, dgm and the numerical stack, plus the git revision."""
     from importlib import metadata
 
-    result: dict[str, str | None] = {"python": sys.version.split()[0], "platform": platform.platform()}
+    result: dict[str, str | None] = {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+    }
     for name in ("dgm", "jax", "jaxlib", "equinox", "optax", "numpy", "scipy", "arviz"):
         try:
             result[name] = metadata.version(name)

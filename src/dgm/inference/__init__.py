@@ -1,6 +1,9 @@
-"""Samplers: HMC, constrained HMC on generator manifolds, adaptation, ABC baselines."""
+"""Samplers: HMC, constrained HMC on generator manifolds, adaptation, ABC baselines.
+
+Modules: ``hmc``, ``constrained_hmc``, ``manifold``, ``integrators``, ``metrics``,
+``base`` (kernel container and multi-chain driver).
+"""
 
 from dgm.inference.base import ChainRunner, Kernel
-from dgm.inference.hmc import HMCInfo, HMCState, hmc
 
-__all__ = ["ChainRunner", "HMCInfo", "HMCState", "Kernel", "hmc"]
+__all__ = ["ChainRunner", "Kernel"]

@@ -130,10 +130,12 @@ class ChainRunner:
                 wall_s += time.perf_counter() - t_chunk - chunk_compile
                 states = _concat([o[0] for o in outs])
                 take = min(self.chunk_size, num_iterations - done)
-                chunk_draws = jax.tree.map(lambda x: np.asarray(x)[:, :take],
-                                           _concat([o[1] for o in outs]))
-                chunk_infos = jax.tree.map(lambda x: np.asarray(x)[:, :take],
-                                           _concat([o[2] for o in outs]))
+                chunk_draws = jax.tree.map(
+                    lambda x: np.asarray(x)[:, :take], _concat([o[1] for o in outs])
+                )
+                chunk_infos = jax.tree.map(
+                    lambda x: np.asarray(x)[:, :take], _concat([o[2] for o in outs])
+                )
                 draws_parts.append(chunk_draws)
                 info_parts.append(chunk_infos)
                 done += take
@@ -149,8 +151,15 @@ class ChainRunner:
         finally:
             if bar is not None:
                 bar.close()
-        return ChainResult(states, _cat_time(draws_parts), _cat_time(info_parts), done,
-                           interrupted, wall_s, compile_s)
+        return ChainResult(
+            states,
+            _cat_time(draws_parts),
+            _cat_time(info_parts),
+            done,
+            interrupted,
+            wall_s,
+            compile_s,
+        )
 
 
 def _device_groups(num_chains: int) -> list[tuple[Any, np.ndarray]]:
@@ -169,8 +178,9 @@ def _take(tree, idx):
 def _concat(trees):
     if len(trees) == 1:
         return trees[0]
-    return jax.tree.map(lambda *xs: jnp.concatenate([jax.device_put(x, jax.local_devices()[0])
-                                                     for x in xs]), *trees)
+    return jax.tree.map(
+        lambda *xs: jnp.concatenate([jax.device_put(x, jax.local_devices()[0]) for x in xs]), *trees
+    )
 
 
 def _cat_time(parts):

@@ -122,8 +122,9 @@ def build_trajectory(
         def body(carry):
             s, t = carry
             t = jax.lax.fori_loop(0, num_geodesic_steps, lambda _, t: substep(t, y, h), t)
-            phi, grad, jac, chol = system.potential_and_grad(t.position)
-            t = t._replace(potential=phi, potential_grad=grad, jac=jac, chol=chol)
+            phi = system.potential(t.position, t.chol)
+            grad = system.potential_grad(t.position, t.jac, t.chol)
+            t = t._replace(potential=phi, potential_grad=grad)
             t = kick(t, jnp.where(s == num_steps - 1, 0.5, 1.0) * step_size)
             return s + 1, t
 
@@ -155,24 +156,40 @@ def build_kernel(
         noise = jax.random.normal(key_mom, state.position.shape, state.position.dtype)
         p0 = project_tangent(noise, state.jac, state.chol)
         t0 = TrajectoryState(
-            state.position, p0, state.jac, state.chol, state.potential, state.potential_grad,
-            jnp.asarray(False), jnp.asarray(False),
+            state.position,
+            p0,
+            state.jac,
+            state.chol,
+            state.potential,
+            state.potential_grad,
+            jnp.asarray(False),
+            jnp.asarray(False),
         )
         t1 = trajectory(t0, y, step_size, num_steps)
         h0 = state.potential + 0.5 * jnp.dot(p0, p0)
         h1 = t1.potential + 0.5 * jnp.dot(t1.momentum, t1.momentum)
         energy_error = h1 - h0
         failed = t1.projection_failed | t1.is_irreversible
-        is_divergent = ~failed & (~jnp.isfinite(energy_error) | (energy_error > divergence_threshold))
+        is_divergent = ~failed & (
+            ~jnp.isfinite(energy_error) | (energy_error > divergence_threshold)
+        )
         ok = ~failed & ~is_divergent
-        accept_prob = jnp.where(ok, jnp.exp(jnp.minimum(0.0, -jnp.where(ok, energy_error, 0.0))), 0.0)
+        accept_prob = jnp.where(
+            ok, jnp.exp(jnp.minimum(0.0, -jnp.where(ok, energy_error, 0.0))), 0.0
+        )
         is_accepted = jax.random.uniform(key_accept, dtype=accept_prob.dtype) < accept_prob
         proposal = CHMCState(t1.position, t1.jac, t1.chol, t1.potential, t1.potential_grad)
         new = jax.tree.map(lambda a, b: jnp.where(is_accepted, a, b), proposal, state)
         residual = jnp.max(jnp.abs(system.constraint(new.position, y)))
         info = CHMCInfo(
-            accept_prob, is_accepted, is_divergent, t1.projection_failed,
-            t1.is_irreversible & ~t1.projection_failed, energy_error, num_steps, residual,
+            accept_prob,
+            is_accepted,
+            is_divergent,
+            t1.projection_failed,
+            t1.is_irreversible & ~t1.projection_failed,
+            energy_error,
+            num_steps,
+            residual,
         )
         return new, info
 

@@ -10,11 +10,11 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray
+from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 from dgm.inference.base import Kernel
 from dgm.inference.integrators import IntegratorState, leapfrog
-from dgm.inference.metrics import InverseMass, kinetic_energy, sample_momentum
+from dgm.inference.metrics import kinetic_energy, sample_momentum
 
 
 class HMCState(NamedTuple):
@@ -110,8 +110,10 @@ def hmc(
         return init(position, log_density_fn)
 
     def step_fn(key, state):
-        imm = jnp.ones_like(state.position) if inverse_mass_matrix is None else jnp.asarray(
-            inverse_mass_matrix, state.position.dtype
+        imm = (
+            jnp.ones_like(state.position)
+            if inverse_mass_matrix is None
+            else jnp.asarray(inverse_mass_matrix, state.position.dtype)
         )
         return raw(key, state, log_density_fn, step_size, imm, lo, hi)
 

@@ -75,21 +75,34 @@ class ManifoldSystem:
         jac = self.jacobian(u)
         return jac, self.gram_cholesky(u, jac)
 
-    def potential_and_grad(self, u: Float[Array, " dim"]):
-        """φ(u) = ½ uᵀu + Σ log Lᵢᵢ and ∇φ, plus the cache ``(J, L)`` at u.
+    def potential(self, u: Float[Array, " dim"], chol) -> Float[Array, ""]:
+        """φ(u) = ½ uᵀu + ½ log det(J Jᵀ) = ½ uᵀu + Σ log Lᵢᵢ."""
+        return 0.5 * jnp.dot(u, u) + jnp.sum(jnp.log(jnp.diagonal(chol)))
 
-        The gradient of ½ log det(J Jᵀ) is the vector–Jacobian product of u ↦ J(u) with
-        the fixed cotangent P = (J Jᵀ)⁻¹ J, so no derivative passes through the Cholesky.
+    def potential_grad(self, u: Float[Array, " dim"], jac, chol) -> Float[Array, " dim"]:
+        """∇φ(u) = u + Σᵢⱼ Pᵢⱼ ∂Jᵢⱼ/∂u with P = (J Jᵀ)⁻¹ J held fixed.
+
+        The second term is computed forward-over-reverse, one column of P at a time:
+        Σⱼ d/dε [∇ᵤ P[:, j]ᵀ G(u)](u + ε eⱼ), so no derivative passes through the Cholesky.
         """
-        jac, jac_vjp = jax.vjp(self.jacobian, u)
-        chol = self.gram_cholesky(u, jac)
         pmat = jsl.cho_solve((chol, True), jac)
-        (logdet_grad,) = jac_vjp(pmat)
-        half_logdet = jnp.sum(jnp.log(jnp.diagonal(chol)))
-        return 0.5 * jnp.dot(u, u) + half_logdet, u + logdet_grad, jac, chol
+
+        def column(p_j, e_j):
+            pullback = lambda v: jax.vjp(self.generator, v)[1](p_j)[0]  # noqa: E731
+            return jax.jvp(pullback, (u,), (e_j,))[1]
+
+        eye = jnp.eye(self.input_dim, dtype=u.dtype)
+        return u + jnp.sum(jax.vmap(column)(pmat.T, eye), axis=0)
+
+    def potential_and_grad(self, u: Float[Array, " dim"]):
+        """φ(u), ∇φ(u) and the cache ``(J, L)`` at u."""
+        jac, chol = self.cache(u)
+        return self.potential(u, chol), self.potential_grad(u, jac, chol), jac, chol
 
 
-def project_tangent(v: Float[Array, " dim"], jac: Float[Array, "obs dim"], chol) -> Float[Array, " dim"]:
+def project_tangent(
+    v: Float[Array, " dim"], jac: Float[Array, "obs dim"], chol
+) -> Float[Array, " dim"]:
     """Π(v) = v − Jᵀ (J Jᵀ)⁻¹ J v: the component of v in the tangent space (null space of J)."""
     return v - jac.T @ jsl.cho_solve((chol, True), jac @ v)
 
