@@ -309,6 +309,7 @@ def _report(m: dict) -> str:
             strict=True,
         )
     )
+    errors = ", ".join(f"{v:.3f}" for v in m["chmc_mean_error_in_ref_sd"])
     return f"""# Lotka–Volterra: constrained HMC vs baselines
 
 ```
@@ -322,7 +323,7 @@ Paper (thesis) ESS/s: constrained HMC 3.13–3.24, ABC slice sampling (uniform, 
 |---|---|---|---|
 {means}
 
-CHMC mean error in reference posterior sds: {", ".join(f"{v:.3f}" for v in m["chmc_mean_error_in_ref_sd"])}.
+CHMC mean error in reference posterior sds: {errors}.
 Constrained HMC: {c["n_transitions"]} transitions, {c["n_projection_failures"]} projection failures,
 {c["n_irreversible"]} irreversible steps, {c["n_divergent"]} divergences, max constraint residual
 {c["max_constraint_residual"]:.2e}, {c["ms_per_step"]:.2f} ms per integrator step per chain.

@@ -131,10 +131,10 @@ class ChainRunner:
                 states = _concat([o[0] for o in outs])
                 take = min(self.chunk_size, num_iterations - done)
                 chunk_draws = jax.tree.map(
-                    lambda x: np.asarray(x)[:, :take], _concat([o[1] for o in outs])
+                    lambda x, take=take: np.asarray(x)[:, :take], _concat([o[1] for o in outs])
                 )
                 chunk_infos = jax.tree.map(
-                    lambda x: np.asarray(x)[:, :take], _concat([o[2] for o in outs])
+                    lambda x, take=take: np.asarray(x)[:, :take], _concat([o[2] for o in outs])
                 )
                 draws_parts.append(chunk_draws)
                 info_parts.append(chunk_infos)
