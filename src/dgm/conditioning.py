@@ -13,7 +13,7 @@ References:
 import dataclasses
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import jax
@@ -158,7 +158,7 @@ class ConditionedGenerator:
         tol: float = 1e-8,
         max_iters: int = 100,
         check_reverse: bool = True,
-        init: ArrayLike | None = None,
+        init: ArrayLike | Sequence | None = None,
         chunk_size: int = 50,
         progress_bar: bool = True,
         checkpoint: str | Path | None = None,
@@ -350,7 +350,7 @@ def _merge_previous(previous, draws, infos):
 
 def condition(
     generator: Callable,
-    y_obs: ArrayLike,
+    y_obs: ArrayLike | Sequence[float],
     input_dim: int,
     *,
     derived: dict[str, Callable] | None = None,
