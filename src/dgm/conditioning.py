@@ -13,13 +13,13 @@ References:
 import dataclasses
 import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import ArrayLike
 
 from dgm.inference import constrained_hmc
 from dgm.inference.base import ChainRunner
@@ -158,7 +158,7 @@ class ConditionedGenerator:
         tol: float = 1e-8,
         max_iters: int = 100,
         check_reverse: bool = True,
-        init: ArrayLike | Sequence | None = None,
+        init: Any = None,
         chunk_size: int = 50,
         progress_bar: bool = True,
         checkpoint: str | Path | None = None,
@@ -350,7 +350,7 @@ def _merge_previous(previous, draws, infos):
 
 def condition(
     generator: Callable,
-    y_obs: ArrayLike | Sequence[float],
+    y_obs: Any,
     input_dim: int,
     *,
     derived: dict[str, Callable] | None = None,

@@ -102,7 +102,9 @@ def _method_metrics(log_rates, wall_s, compile_s, accept_rate, **extra) -> dict:
     }
 
 
-def run_chmc(cfg: CHMCConfig, model: LotkaVolterra, y_obs, key, ctx: RunContext) -> dict:
+def run_chmc(
+    cfg: CHMCConfig, model: LotkaVolterra, y_obs, key, ctx: RunContext
+) -> tuple[dict, np.ndarray]:
     """Constrained HMC on the 104-d input manifold.
 
     Chains start as the paper's notebook did: u_z = 0.1·N(0, I) − 4 with the noise inputs
@@ -178,7 +180,7 @@ def run_reference(
         cov = np.linalg.inv(hess)
         key_init, key_run = jax.random.split(key)
         z = jax.random.normal(key_init, (cfg.num_chains, NUM_PARAMS), jnp.float64)
-        u0 = jnp.asarray(fit.x) + z @ jnp.linalg.cholesky(jnp.asarray(cov)).T
+        u0 = jnp.asarray(fit.x)[None, :] + z @ jnp.linalg.cholesky(jnp.asarray(cov)).T
         kernel = hmc.build_kernel()
 
         def step(k, state, params):
