@@ -233,7 +233,13 @@ def test_planted_bugs_are_caught(monkeypatch):
         m.setattr(
             constrained_hmc.jax.random, "uniform", lambda key, dtype=None: jnp.zeros((), dtype)
         )
-        assert worst_z(ellipsoid, exp_ell, 0.9, lambda u: u**2) > Z_MAX
+        # correct kernel at these settings: z < 1.2
+        idata = run(linear, Y_LIN, 5, jax.random.key(21), 1.3, (1, 3), num_geodesic_steps=1)
+        theta = idata.posterior["u"].values[..., :2]
+        mean, cov = linear_posterior()
+        expected = np.r_[mean, np.diag(cov) + mean**2]
+        z, _ = z_scores(np.concatenate([theta, theta**2], -1), expected)
+        assert np.max(z) > Z_MAX
     with monkeypatch.context() as m:  # momentum never projected onto the tangent space
         m.setattr(constrained_hmc, "project_tangent", lambda v, j, c: v)
         assert worst_z(ellipsoid, exp_ell, 0.3, lambda u: u**2) > Z_MAX
