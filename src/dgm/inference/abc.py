@@ -33,8 +33,10 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray
 
-from dgm.inference import hmc as _hmc
 from dgm.inference.base import Kernel
+from dgm.inference.hmc import HMCState, _check_steps
+from dgm.inference.hmc import build_kernel as build_hmc_kernel
+from dgm.inference.hmc import init as hmc_init
 
 KERNELS = ("uniform", "gaussian")
 
@@ -163,7 +165,7 @@ def rejection_sample(
     def one_batch(batch_key):
         u = jax.random.normal(batch_key, (batch_size, input_dim), y_obs.dtype)
         y = jax.vmap(generator_fn)(u)
-        distance = jnp.sqrt(jnp.sum((y - y_obs) ** 2, axis=-1))
+        distance = jnp.sqrt(jnp.sum((y - y_obs[None, :]) ** 2, axis=-1))
         return RejectionBatch(u[:, :num_params], distance, distance < epsilon)
 
     return jax.lax.map(one_batch, jax.random.split(key, num_batches))
@@ -232,8 +234,8 @@ class PMMHState(NamedTuple):
     log_kernel: Float[Array, ""]  # log f(G([params; noise]))
 
     @property
-    def position(self) -> Float[Array, " dim"]:
-        return jnp.concatenate([self.params, self.noise])
+    def position(self) -> Float[Array, "*batch dim"]:
+        return jnp.concatenate([self.params, self.noise], axis=-1)
 
 
 class PMMHInfo(NamedTuple):
@@ -322,8 +324,8 @@ class SliceABCState(NamedTuple):
     log_kernel: Float[Array, ""]
 
     @property
-    def position(self) -> Float[Array, " dim"]:
-        return jnp.concatenate([self.params, self.noise])
+    def position(self) -> Float[Array, "*batch dim"]:
+        return jnp.concatenate([self.params, self.noise], axis=-1)
 
 
 class SliceABCInfo(NamedTuple):
@@ -476,8 +478,8 @@ def abc_hmc_log_density(generator_fn: Callable, y_obs, epsilon) -> Callable:
 
 def abc_hmc_init(
     position: Float[Array, " dim"], generator_fn: Callable, y_obs, epsilon
-) -> _hmc.HMCState:
-    return _hmc.init(position, abc_hmc_log_density(generator_fn, y_obs, epsilon))
+) -> HMCState:
+    return hmc_init(position, abc_hmc_log_density(generator_fn, y_obs, epsilon))
 
 
 def build_abc_hmc_kernel(generator_fn: Callable, divergence_threshold: float = 1000.0) -> Callable:
@@ -487,11 +489,12 @@ def build_abc_hmc_kernel(generator_fn: Callable, divergence_threshold: float = 1
         ``step(key, state, y_obs, epsilon, step_size, num_min, num_max)
         -> (HMCState, ABCHMCInfo)``.
     """
-    raw = _hmc.build_kernel(divergence_threshold)
+    raw = build_hmc_kernel(divergence_threshold)
 
     def step(key, state, y_obs, epsilon, step_size, num_min, num_max):
         log_density = abc_hmc_log_density(generator_fn, y_obs, epsilon)
         imm = jnp.ones_like(state.position)
+        step_size = jnp.asarray(step_size, state.position.dtype)
         new, info = raw(key, state, log_density, step_size, imm, num_min, num_max)
         return new, ABCHMCInfo(*info, num_simulations=info.num_steps)
 
@@ -510,7 +513,7 @@ def abc_hmc(
     """ABC-HMC with bound settings: ``Kernel(init(u), step(key, state))``."""
     y_obs = check_inputs(generator_fn, y_obs, input_dim, None, epsilon)
     _check_positive("step_size", step_size)
-    lo, hi = _hmc._check_steps(num_steps)
+    lo, hi = _check_steps(num_steps)
     raw = build_abc_hmc_kernel(generator_fn)
 
     def init_fn(position):
