@@ -10,6 +10,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 from dgm.inference.base import Kernel
@@ -66,7 +67,13 @@ def build_kernel(divergence_threshold: float = 1000.0) -> Callable:
         def body(_, s):
             return leapfrog(s, step_size, log_density_fn, inverse_mass_matrix)
 
-        end = jax.lax.fori_loop(0, num_steps, body, start)
+        if _is_static_count(num_min) and num_min == num_max:
+            # A fixed Python count: a static-length loop (a scan). A traced count gives a
+            # while loop whose predicate, once vmapped over chains, selects on every leaf
+            # at every step (measured 2x slower on the 100-d benchmark).
+            end = jax.lax.fori_loop(0, int(num_min), body, start)
+        else:
+            end = jax.lax.fori_loop(0, num_steps, body, start)
         h0 = -state.log_density + kinetic_energy(p0, inverse_mass_matrix)
         h1 = -end.log_density + kinetic_energy(end.momentum, inverse_mass_matrix)
         energy_error = h1 - h0
@@ -130,6 +137,10 @@ def hmc(
         return raw(key, state, log_density_fn, step_size, imm, lo, hi)
 
     return Kernel(init_fn, step_fn)
+
+
+def _is_static_count(n) -> bool:
+    return isinstance(n, int | np.integer) and not isinstance(n, bool)
 
 
 def _check_steps(num_steps) -> tuple[int, int]:
