@@ -130,12 +130,8 @@ class ChainRunner:
                 wall_s += time.perf_counter() - t_chunk - chunk_compile
                 states = _concat([o[0] for o in outs])
                 take = min(self.chunk_size, num_iterations - done)
-                chunk_draws = jax.tree.map(
-                    lambda x, take=take: np.asarray(x)[:, :take], _concat([o[1] for o in outs])
-                )
-                chunk_infos = jax.tree.map(
-                    lambda x, take=take: np.asarray(x)[:, :take], _concat([o[2] for o in outs])
-                )
+                chunk_draws = _head(_concat([o[1] for o in outs]), take)
+                chunk_infos = _head(_concat([o[2] for o in outs]), take)
                 draws_parts.append(chunk_draws)
                 info_parts.append(chunk_infos)
                 done += take
@@ -169,6 +165,11 @@ def _device_groups(num_chains: int) -> list[tuple[Any, np.ndarray]]:
         return [(devices[0], np.arange(num_chains))]
     per = num_chains // n
     return [(d, np.arange(i * per, (i + 1) * per)) for i, d in enumerate(devices)]
+
+
+def _head(tree, num: int):
+    """The first ``num`` iterations of every leaf, as NumPy arrays."""
+    return jax.tree.map(lambda x: np.asarray(x)[:, :num], tree)
 
 
 def _take(tree, idx):

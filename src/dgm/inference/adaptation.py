@@ -1,0 +1,362 @@
+"""Warm-up: dual-averaging step size, Welford mass-matrix estimates, Stan's windowed schedule.
+
+Each piece has the optax shape ``init`` / ``update`` / ``final`` and is a pure function of
+NamedTuple state. :func:`warmup` strings them together for one chain as a single
+``lax.scan`` (jit it, and ``vmap`` it over chains, outside):
+
+- iterations ``[0, init_buffer)``: step size only (dual averaging);
+- slow windows of ``base_window``, ``2 * base_window``, ... iterations (the last one
+  stretched to meet the terminal buffer): positions feed a Welford estimate of the
+  (co)variance; at each window's end the inverse mass matrix becomes the regularised
+  estimate and dual averaging restarts from the current step size;
+- the terminal buffer: step size only. The returned step size is the dual-averaging
+  iterate average.
+
+References:
+    Hoffman & Gelman (2014), "The No-U-Turn Sampler", JMLR 15, §3.2 (dual averaging) and
+    Algorithm 4 (initial step size); Nesterov (2009); Stan Reference Manual, "HMC
+    algorithm parameters: automatic parameter tuning" (windows and regularisation);
+    Welford (1962).
+"""
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
+
+from dgm.inference.integrators import IntegratorState, leapfrog
+from dgm.inference.metrics import InverseMass, kinetic_energy, sample_momentum
+
+# ---------------------------------------------------------------------------- dual averaging
+
+
+class DualAveragingState(NamedTuple):
+    """Dual-averaging iterate: ``log_step_size`` is used now, the average at the end."""
+
+    log_step_size: Float[Array, ""]
+    log_step_size_avg: Float[Array, ""]
+    error_avg: Float[Array, ""]
+    mu: Float[Array, ""]
+    count: Int[Array, ""]
+
+
+def dual_averaging_init(step_size: Float[Array, ""]) -> DualAveragingState:
+    """Start dual averaging at ``step_size``; the shrinkage point is ``log(10 * step_size)``."""
+    log_eps = jnp.log(step_size)
+    zero = jnp.zeros_like(log_eps)
+    return DualAveragingState(log_eps, zero, zero, jnp.log(10.0) + log_eps, jnp.asarray(0))
+
+
+def dual_averaging_update(
+    state: DualAveragingState,
+    accept_prob: Float[Array, ""],
+    target_accept: float = 0.8,
+    t0: float = 10.0,
+    gamma: float = 0.05,
+    kappa: float = 0.75,
+) -> DualAveragingState:
+    """One dual-averaging step towards mean acceptance ``target_accept``.
+
+    A non-finite ``accept_prob`` counts as 0 (the step was too large).
+
+    References:
+        Hoffman & Gelman (2014), JMLR 15, eq. (6).
+    """
+    accept_prob = jnp.where(jnp.isfinite(accept_prob), accept_prob, 0.0)
+    t = state.count + 1
+    tf = t.astype(state.error_avg.dtype)
+    w = 1.0 / (tf + t0)
+    error_avg = (1.0 - w) * state.error_avg + w * (target_accept - accept_prob)
+    log_eps = state.mu - jnp.sqrt(tf) / gamma * error_avg
+    eta = tf ** (-kappa)
+    log_eps_avg = eta * log_eps + (1.0 - eta) * state.log_step_size_avg
+    return DualAveragingState(log_eps, log_eps_avg, error_avg, state.mu, t)
+
+
+def dual_averaging_final(state: DualAveragingState) -> Float[Array, ""]:
+    """The step size to sample with: ``exp`` of the averaged log step size."""
+    return jnp.exp(state.log_step_size_avg)
+
+
+# ---------------------------------------------------------------------------- Welford
+
+
+class WelfordState(NamedTuple):
+    """Running mean and sum of squared deviations (a vector, or a matrix when dense)."""
+
+    mean: Float[Array, " dim"]
+    m2: Float[Array, " dim"] | Float[Array, "dim dim"]
+    count: Int[Array, ""]
+
+
+def welford_init(position: Float[Array, " dim"], dense: bool = False) -> WelfordState:
+    """Empty accumulator for vectors shaped like ``position``."""
+    dim = position.shape[0]
+    m2 = jnp.zeros((dim, dim) if dense else (dim,), position.dtype)
+    return WelfordState(jnp.zeros_like(position), m2, jnp.asarray(0))
+
+
+def welford_update(state: WelfordState, x: Float[Array, " dim"]) -> WelfordState:
+    """Add one sample."""
+    count = state.count + 1
+    delta = x - state.mean
+    mean = state.mean + delta / count.astype(x.dtype)
+    delta2 = x - mean
+    m2 = state.m2 + (jnp.outer(delta, delta2) if state.m2.ndim == 2 else delta * delta2)
+    return WelfordState(mean, m2, count)
+
+
+def welford_final(state: WelfordState, regularize: bool = True) -> InverseMass:
+    """Sample (co)variance, shrunk as Stan does: ``n/(n+5) C + 1e-3 * 5/(n+5) I``.
+
+    Args:
+        state: accumulator with at least two samples.
+        regularize: apply Stan's shrinkage towards ``1e-3 I``.
+    """
+    n = state.count.astype(state.mean.dtype)
+    cov = state.m2 / (n - 1.0)
+    if not regularize:
+        return cov
+    shrink = 1e-3 * 5.0 / (n + 5.0)
+    eye = jnp.eye(cov.shape[0], dtype=cov.dtype) if cov.ndim == 2 else jnp.ones_like(cov)
+    return (n / (n + 5.0)) * cov + shrink * eye
+
+
+# ---------------------------------------------------------------------------- schedule
+
+
+def build_schedule(
+    num_warmup: int, initial_buffer: int = 75, base_window: int = 25, terminal_buffer: int = 50
+) -> tuple[np.ndarray, np.ndarray]:
+    """Stan's windowed adaptation schedule.
+
+    When the three phases do not fit, they shrink as Stan's do: 15% initial buffer,
+    10% terminal buffer, the rest one slow window. Below 20 iterations there is no
+    mass-matrix adaptation at all.
+
+    Returns:
+        ``(in_window, window_end)``: boolean NumPy arrays of length ``num_warmup``;
+        iteration ``i`` feeds the variance estimate when ``in_window[i]``, and the
+        window closes after it when ``window_end[i]``.
+    """
+    in_window = np.zeros(num_warmup, bool)
+    window_end = np.zeros(num_warmup, bool)
+    if num_warmup < 20:
+        return in_window, window_end
+    if initial_buffer + base_window + terminal_buffer > num_warmup:
+        initial_buffer = int(0.15 * num_warmup)
+        terminal_buffer = int(0.1 * num_warmup)
+        base_window = num_warmup - initial_buffer - terminal_buffer
+    slow_end = num_warmup - terminal_buffer
+    start, size = initial_buffer, base_window
+    while start < slow_end:
+        end = start + size
+        if end + 2 * size > slow_end:  # the next window would not fit: stretch this one
+            end = slow_end
+        in_window[start:end] = True
+        window_end[end - 1] = True
+        start, size = end, 2 * size
+    return in_window, window_end
+
+
+# ---------------------------------------------------------------------------- initial step
+
+
+def find_reasonable_step_size(
+    key: PRNGKeyArray,
+    position: Float[Array, " dim"],
+    log_density_fn: Callable,
+    inverse_mass_matrix: InverseMass,
+    step_size: Float[Array, ""],
+    max_iters: int = 100,
+) -> Float[Array, ""]:
+    """Double or halve ``step_size`` until one leapfrog step's acceptance crosses 1/2.
+
+    References:
+        Hoffman & Gelman (2014), JMLR 15, Algorithm 4.
+    """
+    p0 = sample_momentum(key, inverse_mass_matrix, position)
+    logp, grad = jax.value_and_grad(log_density_fn)(position)
+    h0 = -logp + kinetic_energy(p0, inverse_mass_matrix)
+    start = IntegratorState(position, p0, logp, grad)
+
+    def log_accept(eps):
+        end = leapfrog(start, eps, log_density_fn, inverse_mass_matrix)
+        delta = h0 + end.log_density - kinetic_energy(end.momentum, inverse_mass_matrix)
+        return jnp.where(jnp.isfinite(delta), delta, -jnp.inf)
+
+    direction = jnp.where(log_accept(step_size) > jnp.log(0.5), 1.0, -1.0)
+
+    def cond(carry):
+        i, eps = carry
+        crossed = direction * log_accept(eps) <= direction * jnp.log(0.5)
+        return (i < max_iters) & ~crossed
+
+    def body(carry):
+        i, eps = carry
+        return i + 1, eps * 2.0**direction
+
+    _, eps = jax.lax.while_loop(cond, body, (jnp.asarray(0), step_size))
+    # On doubling, ``eps`` is the first size that fails; step back to the last that passed.
+    return jnp.where(direction > 0, eps / 2.0, eps)
+
+
+# ---------------------------------------------------------------------------- driver
+
+
+class WarmupResult(NamedTuple):
+    """What :func:`warmup` returns for one chain."""
+
+    state: Any
+    step_size: Float[Array, ""]
+    inverse_mass_matrix: InverseMass
+    infos: Any  # kernel info per warm-up iteration (leading axis: iteration)
+
+
+class _Carry(NamedTuple):
+    state: Any
+    da: DualAveragingState
+    welford: WelfordState
+    step_size: Float[Array, ""]
+    inverse_mass_matrix: InverseMass
+
+
+def warmup(
+    key: PRNGKeyArray,
+    kernel_step: Callable,
+    init_state: Any,
+    log_density_fn: Callable,
+    num_warmup: int,
+    *,
+    step_size: ArrayLike = 1.0,
+    inverse_mass_matrix: ArrayLike | None = None,
+    metric: str = "diagonal",
+    target_accept: float = 0.8,
+    find_initial_step_size: bool = True,
+) -> WarmupResult:
+    """Warm up one chain: Stan's windowed adaptation of step size and inverse mass matrix.
+
+    The whole warm-up is one ``lax.scan``; call it under ``jax.jit`` and ``jax.vmap`` it
+    over ``(keys, states)`` for several chains (each chain adapts on its own).
+
+    Args:
+        key: PRNG key for this chain.
+        kernel_step: ``(key, state, step_size, inverse_mass_matrix) -> (state, info)``
+            where ``info.accept_prob`` is the Metropolis acceptance probability and
+            ``state.position`` the position vector.
+        init_state: the chain's initial state.
+        log_density_fn: log target density (used by the initial step-size search).
+        num_warmup: number of warm-up iterations (a positive Python int).
+        step_size: initial step size (> 0).
+        inverse_mass_matrix: initial inverse mass matrix; ``None`` for the identity
+            (shaped by ``metric``).
+        metric: ``"diagonal"``, ``"dense"``, or ``"none"`` (adapt the step size only).
+        target_accept: mean acceptance probability dual averaging aims for.
+        find_initial_step_size: start from Hoffman & Gelman's doubling/halving search
+            (also rerun after every mass-matrix update).
+
+    Returns:
+        :class:`WarmupResult` with the final state, step size and inverse mass matrix.
+
+    Raises:
+        ValueError: for a non-positive ``num_warmup`` or ``step_size``, an unknown
+            ``metric``, a ``target_accept`` outside (0, 1), or an inverse mass matrix of
+            the wrong shape.
+
+    Example:
+        >>> import functools, jax, jax.numpy as jnp
+        >>> from dgm.inference.hmc import build_kernel, init
+        >>> logp = lambda x: -0.5 * jnp.sum(x**2)
+        >>> raw = build_kernel()
+        >>> step = lambda k, s, eps, imm: raw(k, s, logp, eps, imm, 5, 5)
+        >>> run = jax.jit(functools.partial(warmup, kernel_step=step, log_density_fn=logp,
+        ...                                 num_warmup=200))
+        >>> out = run(jax.random.key(0), init_state=init(jnp.ones(3), logp))
+    """
+    state0, imm0, metric = _check_warmup_args(
+        init_state, num_warmup, step_size, inverse_mass_matrix, metric, target_accept
+    )
+    dtype = state0.dtype
+    eps0 = jnp.asarray(step_size, dtype)
+    in_window, window_end = build_schedule(num_warmup)
+    if metric == "none":
+        in_window[:] = False
+        window_end[:] = False
+    key_init, key_run = jax.random.split(key)
+    keys_restart = jax.random.split(key_init, num_warmup + 1)
+
+    def initial_step(k, imm, eps):
+        if not find_initial_step_size:
+            return eps
+        return find_reasonable_step_size(k, _position(init_state), log_density_fn, imm, eps)
+
+    eps0 = initial_step(keys_restart[0], imm0, eps0)
+    carry = _Carry(
+        init_state, dual_averaging_init(eps0), welford_init(state0, metric == "dense"), eps0, imm0
+    )
+
+    def body(c: _Carry, xs):
+        k, k_restart, adapt, close = xs
+        state, info = kernel_step(k, c.state, c.step_size, c.inverse_mass_matrix)
+        da = dual_averaging_update(c.da, info.accept_prob, target_accept)
+        welford = jax.tree.map(
+            lambda a, b: jnp.where(adapt, a, b),
+            welford_update(c.welford, _position(state)),
+            c.welford,
+        )
+        c = _Carry(state, da, welford, jnp.exp(da.log_step_size), c.inverse_mass_matrix)
+        return jax.lax.cond(close, lambda c: _close_window(c, k_restart), lambda c: c, c), info
+
+    def _close_window(c: _Carry, k):
+        imm = welford_final(c.welford)
+        eps = c.step_size
+        if find_initial_step_size:
+            eps = find_reasonable_step_size(k, _position(c.state), log_density_fn, imm, eps)
+        empty = welford_init(_position(c.state), metric == "dense")
+        return _Carry(c.state, dual_averaging_init(eps), empty, eps, imm)
+
+    xs = (
+        jax.random.split(key_run, num_warmup),
+        keys_restart[1:],
+        jnp.asarray(in_window),
+        jnp.asarray(window_end),
+    )
+    carry, infos = jax.lax.scan(body, carry, xs)
+    return WarmupResult(
+        carry.state, dual_averaging_final(carry.da), carry.inverse_mass_matrix, infos
+    )
+
+
+def _position(state) -> Float[Array, " dim"]:
+    return state.position
+
+
+def _check_warmup_args(
+    init_state, num_warmup, step_size, inverse_mass_matrix, metric, target_accept
+):
+    if not isinstance(num_warmup, int) or isinstance(num_warmup, bool) or num_warmup < 1:
+        raise ValueError(f"`num_warmup` must be a positive int; got {num_warmup!r}")
+    if metric not in ("diagonal", "dense", "none"):
+        raise ValueError(f"`metric` must be 'diagonal', 'dense' or 'none'; got {metric!r}")
+    if not 0.0 < float(target_accept) < 1.0:
+        raise ValueError(f"`target_accept` must lie in (0, 1); got {target_accept!r}")
+    if not isinstance(step_size, jax.core.Tracer) and not float(np.asarray(step_size)) > 0:
+        raise ValueError(f"`step_size` must be positive; got {step_size!r}")
+    position = _position(init_state)
+    if position.ndim != 1:
+        raise ValueError(f"`init_state.position` must be a vector; got shape {position.shape}")
+    dim = position.shape[0]
+    if inverse_mass_matrix is None:
+        eye = jnp.eye(dim, dtype=position.dtype)
+        return position, (eye if metric == "dense" else jnp.ones_like(position)), metric
+    imm = jnp.asarray(inverse_mass_matrix, position.dtype)
+    expected = {"dense": (2,), "diagonal": (1,), "none": (1, 2)}[metric]
+    if imm.ndim not in expected or any(s != dim for s in imm.shape):
+        raise ValueError(
+            f"`inverse_mass_matrix` for metric {metric!r} must have shape "
+            f"{' or '.join(str((dim,) * n) for n in expected)}; got {imm.shape}."
+        )
+    return position, imm, metric
