@@ -203,7 +203,13 @@ def _kernel_products(
     d: Float[Array, "particles particles"],
     h: Float[Array, ""],
     kernel: str,
-) -> tuple[Float[Array, "particles dim"], ...]:
+) -> tuple[
+    Float[Array, "particles dim"],
+    Float[Array, "particles dim"],
+    Float[Array, " particles"],
+    Float[Array, "particles dim"],
+    Float[Array, " particles"],
+]:
     """``K s``, ``K' x``, ``K' 1``, ``K'' x``, ``K'' 1`` by matrix products only.
 
     For the RBF kernel ``K' = -K / h`` and ``K'' = K / h^2``, so one product
@@ -387,7 +393,9 @@ def build_step(
             new_x = x + jnp.asarray(step_size, x.dtype) * phi / (fudge + jnp.sqrt(hist))
             opt_state = (hist,)
         else:
-            updates, opt_state = optimizer.update(-phi, state.opt_state, x)
+            # Optax's bias corrections mix Python floats and int32 counts
+            with jax.numpy_dtype_promotion("standard"):
+                updates, opt_state = optimizer.update(-phi, state.opt_state, x)
             new_x = x + updates
         move = new_x - x
         info = SVGDInfo(

@@ -41,8 +41,8 @@ class SVGD:
         x0: ArrayLike,
         lnprob: Callable,
         n_iter: int = 1000,
-        stepsize: float = 1e-3,
-        bandwidth: float = -1,
+        stepsize: float | int = 1e-3,
+        bandwidth: float | int = -1,
         alpha: float = 0.9,
         debug: bool = False,
     ) -> np.ndarray:

@@ -183,5 +183,6 @@ def to_inference_data(result: SVGDResult, var_name: str = "x"):
     import arviz as az
 
     idata = az.from_dict(posterior={var_name: result.particles[None]})
-    idata.add_groups({"svgd_trace": {k: v[None] for k, v in result.trace.items()}})
+    trace = az.dict_to_dataset({k: v[None] for k, v in result.trace.items()})
+    idata.add_groups(svgd_trace=trace)
     return idata
