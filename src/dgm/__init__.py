@@ -1,10 +1,21 @@
 """dgm: differentiable generative models and exact inference in them, on JAX.
 
-Import creates no arrays and changes no global JAX setting.
+Import creates no arrays and changes no global JAX setting: public classes that need
+JAX (``dgm.SVGD``) are imported on first access.
 """
 
 from dgm.conditioning import ConditionedGenerator, condition
 
 __version__ = "0.1.0"
 
-__all__ = ["ConditionedGenerator", "condition"]
+_LAZY = {"SVGD": "dgm.inference.svgd_compat"}
+
+__all__ = ["SVGD", "ConditionedGenerator", "__version__", "condition"]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'dgm' has no attribute {name!r}")

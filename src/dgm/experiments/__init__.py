@@ -11,6 +11,10 @@ from types import ModuleType
 
 _REGISTRY: dict[str, str] = {
     "lotka-volterra": "dgm.experiments.lotka_volterra",
+    "svgd-blr": "dgm.experiments.svgd_blr",
+    "svgd-bnn": "dgm.experiments.svgd_bnn",
+    "svgd-gaussian2d": "dgm.experiments.svgd_gaussian2d",
+    "svgd-gmm1d": "dgm.experiments.svgd_gmm1d",
 }
 
 

@@ -1,10 +1,21 @@
-"""Samplers: HMC, constrained HMC on generator manifolds, adaptation, ABC baselines.
+"""Samplers: HMC, constrained HMC on generator manifolds, adaptation, ABC baselines, SVGD.
 
 Modules: ``hmc``, ``constrained_hmc``, ``manifold``, ``integrators``, ``metrics``,
-``base`` (kernel container and multi-chain driver).
+``adaptation``, ``abc``, ``svgd``, ``base`` (kernel container and multi-chain driver).
 """
 
 from dgm.inference.adaptation import WarmupResult, warmup
 from dgm.inference.base import ChainRunner, Kernel
+from dgm.inference.svgd import SVGDInfo, SVGDState
+from dgm.inference.svgd_driver import SVGDResult, SVGDRunner
 
-__all__ = ["ChainRunner", "Kernel", "WarmupResult", "warmup"]
+__all__ = [
+    "ChainRunner",
+    "Kernel",
+    "SVGDInfo",
+    "SVGDResult",
+    "SVGDRunner",
+    "SVGDState",
+    "WarmupResult",
+    "warmup",
+]
