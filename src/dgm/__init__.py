@@ -1,14 +1,16 @@
 """dgm: differentiable generative models and exact inference in them, on JAX.
 
 Import creates no arrays and changes no global JAX setting: public classes that need
-JAX (``dgm.SVGD``) are imported on first access.
+JAX (``dgm.condition``, ``dgm.SVGD``) are imported on first access.
 """
-
-from dgm.conditioning import ConditionedGenerator, condition
 
 __version__ = "0.1.0"
 
-_LAZY = {"SVGD": "dgm.inference.svgd_compat"}
+_LAZY = {
+    "SVGD": "dgm.inference.svgd_compat",
+    "condition": "dgm.conditioning",
+    "ConditionedGenerator": "dgm.conditioning",
+}
 
 __all__ = ["SVGD", "ConditionedGenerator", "__version__", "condition"]
 
