@@ -46,7 +46,9 @@ class ConditionedGenerator:
         self.y_obs = y_obs
         self.input_dim = input_dim
         self.output_dim = int(y_obs.shape[0])
-        self.derived = dict(derived or {})
+        self.derived = {
+            name: jax.jit(jax.vmap(jax.vmap(fn))) for name, fn in (derived or {}).items()
+        }
         self.init_fn = init_fn
         self.system = ManifoldSystem(
             generator, input_dim, self.output_dim, jacobian, gram_cholesky_fn
@@ -281,7 +283,7 @@ class ConditionedGenerator:
         posterior = {"u": draws}
         for name, fn in self.derived.items():
             with jax.enable_x64(True):
-                posterior[name] = np.asarray(jax.jit(jax.vmap(jax.vmap(fn)))(draws))
+                posterior[name] = np.asarray(fn(draws))
         stats = {
             "acceptance_rate": infos.accept_prob,
             "is_accepted": infos.is_accepted,

@@ -7,6 +7,7 @@ noise is additive), then writes draws, plots, ``metrics.json`` and ``report.md``
 """
 
 import dataclasses
+import json
 import time
 
 import jax
@@ -19,7 +20,7 @@ from dgm.conditioning import condition
 from dgm.config import check_positive
 from dgm.data.lotka_volterra import observed_data
 from dgm.inference import hmc
-from dgm.inference.base import ChainRunner
+from dgm.inference.base import ChainRunner, _device_groups
 from dgm.models.lotka_volterra import NUM_PARAMS, TRUE_RATES, LotkaVolterra
 from dgm.runs import RunContext, write_text
 
@@ -156,8 +157,7 @@ def run_chmc(
 
 
 def _devices_used(num_chains: int) -> int:
-    n = jax.local_device_count()
-    return n if num_chains % n == 0 else 1
+    return len(_device_groups(num_chains))
 
 
 def run_reference(
@@ -212,16 +212,12 @@ def run(config: Config, key, ctx: RunContext) -> dict:
     for name, fn in runners.items():
         saved = ctx.load_checkpoint(f"method_{name}")
         if saved is not None and "metrics_json" in saved:
-            import json
-
             results[name] = json.loads(str(saved["metrics_json"]))
             draws[name] = saved["log_rates"]
             continue
         t0 = time.perf_counter()
         results[name], draws[name] = fn()
         results[name]["total_s"] = time.perf_counter() - t0
-        import json
-
         ctx.save_checkpoint(
             f"method_{name}",
             log_rates=draws[name],
