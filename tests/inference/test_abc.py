@@ -339,30 +339,37 @@ def test_bad_input_other_constructors():
 
 
 def test_lotka_volterra_pmmh_uniform_acceptance_near_spec():
-    """Spec §5: PMMH, uniform kernel, (ε, s) = (1000, 0.2) accepts 0.378 of proposals."""
+    """Spec §5: PMMH, uniform kernel, (ε, s) = (1000, 0.2) accepts 0.378 of proposals.
+
+    Uses the raw kernel through ``ChainRunner`` with (ε, s) as traced params, as the LV
+    experiment does; a second run with other values must not recompile.
+    """
     model = LotkaVolterra()
     u_obs = jnp.asarray(model.observed_inputs())
     y_obs = model.generate(u_obs)
-    k = abc.pmmh(
-        model.generate,
-        y_obs,
-        1000.0,
-        0.2,
-        input_dim=model.input_dim,
-        num_params=NUM_PARAMS,
-        kernel="uniform",
-    )
+    abc.check_inputs(model.generate, y_obs, model.input_dim, NUM_PARAMS, 1000.0, "uniform")
+    step = abc.build_pmmh_kernel(model.generate, NUM_PARAMS, "uniform")
     # 3 chains: not divisible by the 2 host devices, so ChainRunner compiles only once.
     key_init, key_run = jax.random.split(jax.random.key(7))
     noise = jax.random.normal(key_init, (3, model.input_dim - NUM_PARAMS), jnp.float64)
     u0 = jnp.concatenate([jnp.broadcast_to(u_obs[:NUM_PARAMS], (3, NUM_PARAMS)), noise], axis=1)
-    states = jax.vmap(k.init)(u0)
-    run = ChainRunner(lambda key, s, p: k.step(key, s), lambda s: s.params, chunk_size=2000)
-    res = run.run(jax.random.split(key_run, 3), states, None, 2000)
+    states = jax.vmap(
+        lambda u: abc.pmmh_init(u, model.generate, y_obs, 1000.0, NUM_PARAMS, "uniform")
+    )(u0)
+    run = ChainRunner(
+        lambda key, s, p: step(key, s, y_obs, p["epsilon"], p["scale"]),
+        lambda s: s.params,
+        chunk_size=2000,
+    )
+    params = {"epsilon": jnp.asarray(1000.0), "scale": jnp.asarray(0.2)}
+    res = run.run(jax.random.split(key_run, 3), states, params, 2000)
     assert res.draws.shape == (3, 2000, NUM_PARAMS)
-    assert run.num_compiles == 1
     rate = res.infos.is_accepted[:, 200:].mean()
     assert 0.2 < rate < 0.55, rate
+    assert res.infos.num_simulations.sum() == 3 * 2000
+    params = {"epsilon": jnp.asarray(500.0), "scale": jnp.asarray(0.1)}
+    run.run(jax.random.split(key_run, 3), res.states, params, 10)
+    assert run.num_compiles == 1
 
 
 # ------------------------------------------------------- uniform kernel vs rejection
