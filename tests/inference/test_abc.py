@@ -45,7 +45,7 @@ SETTINGS = {
     "hmc": (1000, 2500),
 }
 # Uniform kernel (ε = UNIFORM_EPS), checked against a NumPy rejection reference.
-UNIFORM_EPS = 1.0
+UNIFORM_EPS = 1.3
 UNIFORM_ITERS = {"pmmh_uniform": 6000, "slice_uniform": 2000}
 
 
@@ -215,7 +215,7 @@ def _numpy_rejection(eps, num, seed):
 
 
 def test_rejection_acceptance_rate_and_params():
-    eps = 1.0
+    eps = UNIFORM_EPS
     ref_params, ref_mask = _numpy_rejection(eps, 2_000_000, 123)
     p = ref_mask.mean()
     res = abc.rejection_abc(
@@ -377,7 +377,7 @@ def test_lotka_volterra_pmmh_uniform_acceptance_near_spec():
 
 @pytest.mark.parametrize("method", list(UNIFORM_ITERS))
 def test_uniform_kernel_params_match_rejection_reference(method):
-    """θ moments under the uniform kernel (ε = 1) vs an independent NumPy rejection run.
+    """θ moments under the uniform kernel (ε = 1.3) vs an independent NumPy rejection run.
 
     z = |mean − ref| / sqrt(sd²/ESS + var_ref/n_ref) < 4.5 and ESS >= 1000 (seed 11; seen:
     z <= 1.2, ESS >= 1341). Chains start at the least-norm u with G(u) = y_obs.
