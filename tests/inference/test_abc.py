@@ -215,6 +215,10 @@ def _numpy_rejection(eps, num, seed):
 
 
 def test_rejection_acceptance_rate_and_params():
+    """Rate vs a 2e6-draw NumPy reference (p = 0.243), binomial s.e. of both, z < 4.5.
+
+    Power: ``distance < epsilon**2`` planted in ``rejection_sample`` gave rate 0.399: failed.
+    """
     eps = UNIFORM_EPS
     ref_params, ref_mask = _numpy_rejection(eps, 2_000_000, 123)
     p = ref_mask.mean()
@@ -380,7 +384,9 @@ def test_uniform_kernel_params_match_rejection_reference(method):
     """θ moments under the uniform kernel (ε = 1.3) vs an independent NumPy rejection run.
 
     z = |mean − ref| / sqrt(sd²/ESS + var_ref/n_ref) < 4.5 and ESS >= 1000 (seed 11; seen:
-    z <= 1.2, ESS >= 1341). Chains start at the least-norm u with G(u) = y_obs.
+    z <= 1.2, ESS >= 1341 at ε = 1). Chains start at the least-norm u with G(u) = y_obs.
+    Power: ``‖y − y_obs‖² < ε`` (missing square) planted in ``log_abc_kernel`` failed the
+    slice case (z = 5.17 on θ0); the PMMH case alone did not catch it.
     """
     ref_params, ref_mask = _numpy_rejection(UNIFORM_EPS, 2_000_000, 123)
     ref = ref_params[ref_mask]
@@ -400,3 +406,21 @@ def test_uniform_kernel_params_match_rejection_reference(method):
             assert ess >= 1000, (method, i, ess)
             z = abs(d.mean() - r.mean()) / np.sqrt(d.var() / ess + r.var() / r.size)
             assert z < Z_MAX, (method, i, z)
+
+
+@pytest.mark.slow
+def test_lotka_volterra_rejection_spec_setting_accepts_nothing():
+    """Spec §5: 10⁶ prior draws at ε = √1000 ≈ 31.6 accept nothing."""
+    model = LotkaVolterra()
+    y_obs = model.generate(jnp.asarray(model.observed_inputs()))
+    res = abc.rejection_abc(
+        jax.random.key(8),
+        model.generate,
+        y_obs,
+        float(np.sqrt(1000.0)),
+        input_dim=model.input_dim,
+        num_params=NUM_PARAMS,
+        num_simulations=1_000_000,
+    )
+    assert res.num_simulations == 1_000_000
+    assert res.num_accepted == 0
