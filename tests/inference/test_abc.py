@@ -246,12 +246,35 @@ def test_rejection_acceptance_rate_and_params():
 
 
 def test_rejection_sample_mask_matches_distance():
-    out = jax.jit(abc.rejection_sample, static_argnums=(1, 4, 5, 6, 7))(
-        jax.random.key(2), generator, jnp.asarray(Y_OBS), 1.0, INPUT_DIM, NUM_PARAMS_TOY, 3, 50
+    """The batched sampler's accept mask is ``distance < epsilon`` (same compiled shapes
+    as ``test_rejection_acceptance_rate_and_params``: 5 batches of 10,000)."""
+    out = abc._rejection_jit(
+        jax.random.key(2),
+        generator,
+        jnp.asarray(Y_OBS),
+        1.0,
+        INPUT_DIM,
+        NUM_PARAMS_TOY,
+        5,
+        10_000,
     )
-    assert out.params.shape == (3, 50, NUM_PARAMS_TOY)
+    assert out.params.shape == (5, 10_000, NUM_PARAMS_TOY)
     np.testing.assert_array_equal(out.is_accepted, out.distance < 1.0)
     assert out.is_accepted.any() and not out.is_accepted.all()
+
+
+def test_rejection_rounds_up_to_equal_calls():
+    res = abc.rejection_abc(
+        jax.random.key(9),
+        generator,
+        Y_OBS,
+        UNIFORM_EPS,
+        input_dim=INPUT_DIM,
+        num_params=NUM_PARAMS_TOY,
+        num_simulations=7,
+        batch_size=10_000,
+    )
+    assert res.num_simulations == 7 and res.params.shape == (res.num_accepted, 2)
 
 
 # ---------------------------------------------------------- elliptical slice, PMMH

@@ -189,9 +189,10 @@ def rejection_abc(
 ) -> RejectionResult:
     """Rejection ABC with the uniform kernel: keep prior draws within ε of ``y_obs``.
 
-    ``num_simulations`` is rounded up to whole batches. Each compiled call runs
-    ``batches_per_call`` batches; calls are repeated with ``fold_in(key, call)``, so the
-    memory held at once is ``batches_per_call * batch_size`` draws.
+    The work is split into equal compiled calls (one compilation) of at most
+    ``batches_per_call`` batches each, call ``i`` keyed by ``fold_in(key, i)``, so at most
+    ``batches_per_call * batch_size`` draws are held at once. ``num_simulations`` is
+    rounded up to fill the calls; the number actually used is returned.
 
     Returns:
         accepted ``params`` (num_accepted, num_params), ``num_accepted``,
@@ -204,10 +205,12 @@ def rejection_abc(
         ("batches_per_call", batches_per_call),
     ):
         _check_count(name, val)
+    batch_size = min(batch_size, num_simulations)
     num_batches = -(-num_simulations // batch_size)
-    kept, done, call = [], 0, 0
-    while done < num_batches:
-        n = min(batches_per_call, num_batches - done)
+    num_calls = -(-num_batches // batches_per_call)
+    n = -(-num_batches // num_calls)  # batches per call, equal for every call
+    kept = []
+    for call in range(num_calls):
         out = _rejection_jit(
             jax.random.fold_in(key, call),
             generator_fn,
@@ -220,9 +223,8 @@ def rejection_abc(
         )
         mask = np.asarray(out.is_accepted).reshape(-1)
         kept.append(np.asarray(out.params).reshape(-1, num_params)[mask])
-        done, call = done + n, call + 1
     params = np.concatenate(kept, axis=0)
-    total = num_batches * batch_size
+    total = num_calls * n * batch_size
     return RejectionResult(params, len(params), total, len(params) / total)
 
 
