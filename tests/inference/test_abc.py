@@ -313,6 +313,28 @@ def test_pmmh_uniform_kernel_rejects_outside_ball_and_accepts_inside():
     assert float(info.accept_prob) == 1.0 and bool(info.is_accepted)
 
 
+def test_pmmh_gaussian_accept_prob_closed_form():
+    """accept_prob = min(1, f(y')N(θ') / (f(y)N(θ))) for the proposal drawn from the key."""
+    k = abc.pmmh(generator, Y_OBS, EPS, 0.8, input_dim=INPUT_DIM, num_params=2, kernel="gaussian")
+    state = k.init(jnp.asarray([0.4, -0.2, 0.1, 0.3, -0.5]))
+    key = jax.random.key(12)
+    new, info = k.step(key, state)
+    key_walk, key_noise, _ = jax.random.split(key, 3)
+    theta = np.asarray(state.params) + 0.8 * np.asarray(jax.random.normal(key_walk, (2,)))
+    noise = np.asarray(jax.random.normal(key_noise, (3,)))
+
+    def log_target(t, n):
+        y = A @ t + SIGMA * n
+        return -0.5 * np.sum(((y - Y_OBS) / EPS) ** 2) - 0.5 * np.sum(t**2)
+
+    old = log_target(np.asarray(state.params), np.asarray(state.noise))
+    expected = min(1.0, np.exp(log_target(theta, noise) - old))
+    assert 0.01 < expected < 0.99  # a non-trivial case (0.85)
+    np.testing.assert_allclose(float(info.accept_prob), expected, rtol=1e-10)
+    kept = theta if bool(info.is_accepted) else np.asarray(state.params)
+    np.testing.assert_allclose(np.asarray(new.params), kept, rtol=1e-12)
+
+
 # ---------------------------------------------------------------------- bad input
 
 
