@@ -301,6 +301,14 @@ def pmmh(
 ) -> Kernel:
     """PMMH ABC with bound settings: ``Kernel(init(u), step(key, state))``.
 
+    Args:
+        generator_fn: ``G(u)`` for one input vector of size ``input_dim``.
+        y_obs: observed output (same shape as ``G(u)``).
+        epsilon: kernel tolerance (> 0).
+        scale: random-walk scale ``s`` on ``theta`` (> 0).
+        input_dim, num_params: size of ``u`` and of its leading ``theta`` block.
+        kernel: ``"uniform"`` or ``"gaussian"``.
+
     Example:
         >>> import jax, jax.numpy as jnp
         >>> g = lambda u: u[:2] + 0.1 * u[2:]
@@ -402,7 +410,19 @@ def slice_abc(
     kernel: str = "uniform",
     max_slice_iters: int = 100,
 ) -> Kernel:
-    """Slice-sampling ABC with bound settings: ``Kernel(init(u), step(key, state))``."""
+    """Slice-sampling ABC with bound settings: ``Kernel(init(u), step(key, state))``.
+
+    Args:
+        generator_fn: ``G(u)`` for one input vector of size ``input_dim``.
+        y_obs: observed output (same shape as ``G(u)``).
+        epsilon: kernel tolerance (> 0).
+        input_dim, num_params: size of ``u`` and of its leading ``theta`` block.
+        kernel: ``"uniform"`` or ``"gaussian"``.
+        max_slice_iters: proposals per elliptical slice update before giving up.
+
+    With the uniform kernel start inside the ε-ball (``state.log_kernel == 0``); from
+    outside, every update fails and the state stays put.
+    """
     y_obs = check_inputs(generator_fn, y_obs, input_dim, num_params, epsilon, kernel)
     _check_count("max_slice_iters", max_slice_iters)
     raw = build_slice_abc_kernel(generator_fn, num_params, kernel, max_slice_iters)
@@ -438,6 +458,7 @@ def abc_hmc_log_density(generator_fn: Callable, y_obs, epsilon) -> Callable:
 def abc_hmc_init(
     position: Float[Array, " dim"], generator_fn: Callable, y_obs, epsilon
 ) -> HMCState:
+    """ABC-HMC state at ``u = position`` (log density and gradient cached)."""
     return hmc_init(position, abc_hmc_log_density(generator_fn, y_obs, epsilon))
 
 
@@ -469,7 +490,15 @@ def abc_hmc(
     input_dim: int,
     num_steps: int | tuple[int, int] = (10, 20),
 ) -> Kernel:
-    """ABC-HMC with bound settings: ``Kernel(init(u), step(key, state))``."""
+    """ABC-HMC with bound settings: ``Kernel(init(u), step(key, state))``.
+
+    Args:
+        generator_fn: ``G(u)`` for one input vector of size ``input_dim``.
+        y_obs: observed output (same shape as ``G(u)``).
+        epsilon: Gaussian-kernel tolerance (> 0).
+        step_size: leapfrog step size (> 0); identity metric.
+        num_steps: fixed count or inclusive ``(low, high)`` range (spec: ``(10, 20)``).
+    """
     y_obs = check_inputs(generator_fn, y_obs, input_dim, None, epsilon)
     _check_positive("step_size", step_size)
     lo, hi = _check_steps(num_steps)
