@@ -34,6 +34,7 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray
 
 from dgm.inference.base import Kernel
+from dgm.inference.elliptical_slice import elliptical_slice
 from dgm.inference.hmc import HMCState, _check_steps
 from dgm.inference.hmc import build_kernel as build_hmc_kernel
 from dgm.inference.hmc import init as hmc_init
@@ -188,9 +189,10 @@ def rejection_abc(
 ) -> RejectionResult:
     """Rejection ABC with the uniform kernel: keep prior draws within ε of ``y_obs``.
 
-    ``num_simulations`` is rounded up to whole batches. Each compiled call runs
-    ``batches_per_call`` batches; calls are repeated with ``fold_in(key, call)``, so the
-    memory held at once is ``batches_per_call * batch_size`` draws.
+    The work is split into equal compiled calls (one compilation) of at most
+    ``batches_per_call`` batches each, call ``i`` keyed by ``fold_in(key, i)``, so at most
+    ``batches_per_call * batch_size`` draws are held at once. ``num_simulations`` is
+    rounded up to fill the calls; the number actually used is returned.
 
     Returns:
         accepted ``params`` (num_accepted, num_params), ``num_accepted``,
@@ -203,10 +205,12 @@ def rejection_abc(
         ("batches_per_call", batches_per_call),
     ):
         _check_count(name, val)
+    batch_size = min(batch_size, num_simulations)
     num_batches = -(-num_simulations // batch_size)
-    kept, done, call = [], 0, 0
-    while done < num_batches:
-        n = min(batches_per_call, num_batches - done)
+    num_calls = -(-num_batches // batches_per_call)
+    n = -(-num_batches // num_calls)  # batches per call, equal for every call
+    kept = []
+    for call in range(num_calls):
         out = _rejection_jit(
             jax.random.fold_in(key, call),
             generator_fn,
@@ -219,9 +223,8 @@ def rejection_abc(
         )
         mask = np.asarray(out.is_accepted).reshape(-1)
         kept.append(np.asarray(out.params).reshape(-1, num_params)[mask])
-        done, call = done + n, call + 1
     params = np.concatenate(kept, axis=0)
-    total = num_batches * batch_size
+    total = num_calls * n * batch_size
     return RejectionResult(params, len(params), total, len(params) / total)
 
 
@@ -298,6 +301,14 @@ def pmmh(
 ) -> Kernel:
     """PMMH ABC with bound settings: ``Kernel(init(u), step(key, state))``.
 
+    Args:
+        generator_fn: ``G(u)`` for one input vector of size ``input_dim``.
+        y_obs: observed output (same shape as ``G(u)``).
+        epsilon: kernel tolerance (> 0).
+        scale: random-walk scale ``s`` on ``theta`` (> 0).
+        input_dim, num_params: size of ``u`` and of its leading ``theta`` block.
+        kernel: ``"uniform"`` or ``"gaussian"``.
+
     Example:
         >>> import jax, jax.numpy as jnp
         >>> g = lambda u: u[:2] + 0.1 * u[2:]
@@ -334,50 +345,6 @@ class SliceABCInfo(NamedTuple):
     noise_failed: Bool[Array, ""]  # hit max_slice_iters: state kept
     params_failed: Bool[Array, ""]
     num_simulations: Int[Array, ""]  # G evaluations in both updates
-
-
-def elliptical_slice(
-    key: PRNGKeyArray,
-    x: Float[Array, " n"],
-    log_lik: Float[Array, ""],
-    log_lik_fn: Callable,
-    max_iters: int,
-) -> tuple[Float[Array, " n"], Float[Array, ""], Bool[Array, ""], Int[Array, ""]]:
-    """One elliptical slice sampling update of ``x`` with prior N(0, I).
-
-    Returns ``(x', log_lik', moved, num_evals)``; after ``max_iters`` shrinkage steps
-    without success ``x`` is kept and ``moved`` is False.
-
-    References:
-        Murray, Adams & MacKay (2010), "Elliptical slice sampling", AISTATS.
-    """
-    key_nu, key_level, key_angle, key_loop = jax.random.split(key, 4)
-    nu = jax.random.normal(key_nu, x.shape, x.dtype)
-    level = log_lik + jnp.log(jax.random.uniform(key_level, dtype=x.dtype))
-    angle = jax.random.uniform(key_angle, dtype=x.dtype, maxval=2 * jnp.pi)
-    lo, hi = angle - 2 * jnp.pi, angle
-
-    def propose(a):
-        x_new = x * jnp.cos(a) + nu * jnp.sin(a)
-        return x_new, log_lik_fn(x_new)
-
-    x_new, ll_new = propose(angle)
-    init = (jnp.asarray(1, jnp.int32), angle, lo, hi, x_new, ll_new)
-
-    def cond(c):
-        i, _, _, _, _, ll = c
-        return (ll <= level) & (i < max_iters)
-
-    def body(c):
-        i, a, lo, hi, _, _ = c
-        lo = jnp.where(a < 0, a, lo)
-        hi = jnp.where(a < 0, hi, a)
-        a = jax.random.uniform(jax.random.fold_in(key_loop, i), dtype=x.dtype, minval=lo, maxval=hi)
-        return (i + 1, a, lo, hi, *propose(a))
-
-    num_evals, _, _, _, x_new, ll_new = jax.lax.while_loop(cond, body, init)
-    moved = ll_new > level
-    return (jnp.where(moved, x_new, x), jnp.where(moved, ll_new, log_lik), moved, num_evals)
 
 
 def slice_abc_init(
@@ -443,7 +410,19 @@ def slice_abc(
     kernel: str = "uniform",
     max_slice_iters: int = 100,
 ) -> Kernel:
-    """Slice-sampling ABC with bound settings: ``Kernel(init(u), step(key, state))``."""
+    """Slice-sampling ABC with bound settings: ``Kernel(init(u), step(key, state))``.
+
+    Args:
+        generator_fn: ``G(u)`` for one input vector of size ``input_dim``.
+        y_obs: observed output (same shape as ``G(u)``).
+        epsilon: kernel tolerance (> 0).
+        input_dim, num_params: size of ``u`` and of its leading ``theta`` block.
+        kernel: ``"uniform"`` or ``"gaussian"``.
+        max_slice_iters: proposals per elliptical slice update before giving up.
+
+    With the uniform kernel start inside the ε-ball (``state.log_kernel == 0``); from
+    outside, every update fails and the state stays put.
+    """
     y_obs = check_inputs(generator_fn, y_obs, input_dim, num_params, epsilon, kernel)
     _check_count("max_slice_iters", max_slice_iters)
     raw = build_slice_abc_kernel(generator_fn, num_params, kernel, max_slice_iters)
@@ -479,6 +458,7 @@ def abc_hmc_log_density(generator_fn: Callable, y_obs, epsilon) -> Callable:
 def abc_hmc_init(
     position: Float[Array, " dim"], generator_fn: Callable, y_obs, epsilon
 ) -> HMCState:
+    """ABC-HMC state at ``u = position`` (log density and gradient cached)."""
     return hmc_init(position, abc_hmc_log_density(generator_fn, y_obs, epsilon))
 
 
@@ -510,7 +490,15 @@ def abc_hmc(
     input_dim: int,
     num_steps: int | tuple[int, int] = (10, 20),
 ) -> Kernel:
-    """ABC-HMC with bound settings: ``Kernel(init(u), step(key, state))``."""
+    """ABC-HMC with bound settings: ``Kernel(init(u), step(key, state))``.
+
+    Args:
+        generator_fn: ``G(u)`` for one input vector of size ``input_dim``.
+        y_obs: observed output (same shape as ``G(u)``).
+        epsilon: Gaussian-kernel tolerance (> 0).
+        step_size: leapfrog step size (> 0); identity metric.
+        num_steps: fixed count or inclusive ``(low, high)`` range (spec: ``(10, 20)``).
+    """
     y_obs = check_inputs(generator_fn, y_obs, input_dim, None, epsilon)
     _check_positive("step_size", step_size)
     lo, hi = _check_steps(num_steps)
