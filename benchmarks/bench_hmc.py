@@ -50,29 +50,29 @@ def timed(run, repeats: int):
     return out, first, times
 
 
-def bench_dgm(keys, positions, step_size, num_steps, num_draws, repeats):
+def bench_dgm(keys, positions, step_size, imm, num_steps, num_draws, repeats):
     from dgm.inference.base import ChainRunner
     from dgm.inference.hmc import build_kernel, init
 
     raw = build_kernel()
 
     def step(key, state, params):
-        return raw(key, state, log_density, params, jnp.ones(DIM), num_steps, num_steps)
+        return raw(key, state, log_density, params[0], params[1], num_steps, num_steps)
 
     runner = ChainRunner(step, chunk_size=num_draws)
     states = jax.vmap(lambda x: init(x, log_density))(positions)
-    eps = jnp.asarray(step_size)
-    results = [runner.run(keys, states, eps, num_draws) for _ in range(repeats + 1)]
+    params = (jnp.asarray(step_size), imm)
+    results = [runner.run(keys, states, params, num_draws) for _ in range(repeats + 1)]
     res = results[-1]
     times = [r.wall_s for r in results[1:]]
     accept = float(res.infos.accept_prob.mean())
     return np.asarray(res.draws), results[0].compile_s, times, accept
 
 
-def bench_blackjax(keys, positions, step_size, num_steps, num_draws, repeats):
+def bench_blackjax(keys, positions, step_size, imm, num_steps, num_draws, repeats):
     import blackjax
 
-    kernel = blackjax.hmc(log_density, step_size, jnp.ones(DIM), num_steps)
+    kernel = blackjax.hmc(log_density, step_size, imm, num_steps)
 
     @jax.jit
     def run(keys, positions):
@@ -91,13 +91,16 @@ def bench_blackjax(keys, positions, step_size, num_steps, num_draws, repeats):
     return np.asarray(draws), first - statistics.median(times), times, float(accept.mean())
 
 
-def bench_numpyro(keys, positions, step_size, num_steps, num_draws, repeats):
+def bench_numpyro(keys, positions, step_size, imm, num_steps, num_draws, repeats):
     from numpyro.infer import HMC, MCMC
 
     kernel = HMC(
         potential_fn=lambda x: -log_density(x),
-        step_size=step_size,
-        trajectory_length=step_size * num_steps,
+        step_size=float(step_size),
+        inverse_mass_matrix=imm,
+        # Passing num_steps= instead gave acceptance 0 in numpyro 0.22 (with step_size set);
+        # the trajectory length gives the same count (checked below).
+        trajectory_length=float(step_size) * num_steps,
         adapt_step_size=False,
         adapt_mass_matrix=False,
         dense_mass=False,
@@ -115,11 +118,14 @@ def bench_numpyro(keys, positions, step_size, num_steps, num_draws, repeats):
     key = keys[0]
 
     def run():
-        mcmc.run(key, init_params=positions, extra_fields=("accept_prob",))
+        mcmc.run(key, init_params=positions, extra_fields=("accept_prob", "num_steps"))
         return mcmc.get_samples(group_by_chain=True)
 
     draws, first, times = timed(run, repeats)
-    accept = float(np.mean(mcmc.get_extra_fields(group_by_chain=True)["accept_prob"]))
+    extra = mcmc.get_extra_fields(group_by_chain=True)
+    if not np.all(np.asarray(extra["num_steps"]) == num_steps):
+        raise RuntimeError(f"numpyro took {np.unique(extra['num_steps'])} steps, not {num_steps}")
+    accept = float(np.mean(extra["accept_prob"]))
     return np.asarray(draws), first - statistics.median(times), times, accept
 
 
@@ -131,18 +137,50 @@ def main():
     parser.add_argument("--step-size", type=float, default=0.015)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--peers", default="blackjax,numpyro")
+    parser.add_argument(
+        "--adapt",
+        type=int,
+        default=1000,
+        help="also run every sampler after dgm's diagonal warm-up of this many iterations "
+        "(the same adapted step size and metric for all; 0 to skip)",
+    )
     args = parser.parse_args()
 
     key_init, key_run = jax.random.split(jax.random.key(0))
     positions = jax.random.normal(key_init, (args.chains, DIM), jnp.float64) * jnp.asarray(SD)
     keys = jax.random.split(key_run, args.chains)
+    settings = [("identity", args.step_size, jnp.ones(DIM))]
+    if args.adapt:
+        step_size, imm = adapted(keys, positions, args.num_steps, args.adapt)
+        settings.append(("adapted-diagonal", step_size, imm))
+    for metric, step_size, imm in settings:
+        compare(args, keys, positions, metric, step_size, imm)
+
+
+def adapted(keys, positions, num_steps, num_warmup):
+    """dgm's windowed warm-up per chain; the median step size and mean metric, shared."""
+    from dgm.inference.adaptation import warmup
+    from dgm.inference.hmc import build_kernel, init
+
+    raw = build_kernel()
+
+    def one(key, position):
+        step = lambda k, s, eps, imm: raw(k, s, log_density, eps, imm, num_steps, num_steps)  # noqa: E731
+        return warmup(key, step, init(position, log_density), log_density, num_warmup)
+
+    keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
+    out = jax.jit(jax.vmap(one))(keys, positions)
+    return float(jnp.median(out.step_size)), jnp.mean(out.inverse_mass_matrix, axis=0)
+
+
+def compare(args, keys, positions, metric, step_size, imm):
     benches = {"dgm": bench_dgm, "blackjax": bench_blackjax, "numpyro": bench_numpyro}
     names = ["dgm"] + [p for p in args.peers.split(",") if p]
     rows = {}
     for name in names:
         try:
             draws, compile_s, times, accept = benches[name](
-                keys, positions, args.step_size, args.num_steps, args.draws, args.repeats
+                keys, positions, step_size, imm, args.num_steps, args.draws, args.repeats
             )
         except ImportError as err:
             print(
@@ -154,10 +192,11 @@ def main():
         rows[name] = {
             "benchmark": "hmc_gaussian_100d",
             "sampler": name,
+            "metric": metric,
             "chains": args.chains,
             "draws": args.draws,
             "num_steps": args.num_steps,
-            "step_size": args.step_size,
+            "step_size": step_size,
             "ms_per_iteration": 1e3 * med / args.draws,
             "ms_per_iteration_min": 1e3 * min(times) / args.draws,
             "compile_s": compile_s,
@@ -170,7 +209,7 @@ def main():
         if name != "dgm" and "dgm" in rows:
             row["dgm_over_peer_ms"] = rows["dgm"]["ms_per_iteration"] / row["ms_per_iteration"]
             row["dgm_over_peer_ess_per_s"] = rows["dgm"]["min_ess_per_s"] / row["min_ess_per_s"]
-        print(json.dumps(row))
+        print(json.dumps(row), flush=True)
 
 
 if __name__ == "__main__":

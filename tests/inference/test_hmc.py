@@ -217,6 +217,19 @@ def test_same_start_different_keys_differ():
     np.testing.assert_array_equal(again.position, new.position)  # and same key, same draw
 
 
+def test_runner_chains_from_one_start_differ():
+    """The driver gives every chain its own key stream (no key reuse across chains)."""
+    imm, step_size = SETTINGS["diagonal"]
+    states = jax.vmap(lambda x: init(x, gaussian_log_density))(
+        jnp.tile(jnp.asarray(MEAN)[None, :], (NUM_CHAINS, 1))
+    )
+    keys = jax.random.split(jax.random.key(9), NUM_CHAINS)
+    params = {"step_size": jnp.asarray(step_size), "imm": imm}
+    draws = _RUNNER.run(keys, states, params, NUM_DRAWS).draws
+    first = draws[:, 0, :]
+    assert len(np.unique(first[:, 0])) == NUM_CHAINS, first
+
+
 def test_bound_kernel_runs_with_dense_and_diagonal_metric():
     for imm in (jnp.asarray(np.diag(COV)), jnp.asarray(COV), None):
         kernel = hmc(gaussian_log_density, 0.3, inverse_mass_matrix=imm, num_steps=(2, 4))
