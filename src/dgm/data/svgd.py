@@ -38,11 +38,14 @@ __all__ = [
 ]
 
 
-def load_boston(path: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray]:
+def load_boston(
+    path: str | os.PathLike | None = None, sha256: str = BOSTON_SHA256
+) -> tuple[np.ndarray, np.ndarray]:
     """Boston housing: features ``(506, 13)`` and the target MEDV ``(506,)``.
 
     Args:
         path: the file; default ``<data dir>/svgd/boston_housing``.
+        sha256: the expected checksum (the published file's by default).
 
     Raises:
         FileNotFoundError: the file is missing (names the path and the source).
@@ -55,7 +58,7 @@ def load_boston(path: str | os.PathLike | None = None) -> tuple[np.ndarray, np.n
             f"Boston housing not found at {path}; copy it from {BOSTON_SOURCE} "
             "(or set DGM_DATA_DIR to the folder holding svgd/boston_housing)"
         )
-    verify(path, BOSTON_SHA256)
+    verify(path, sha256)
     table = np.loadtxt(path)
     if table.ndim != 2 or table.shape[1] != 14:
         raise ValueError(f"{path}: expected 14 columns (13 features + MEDV); got {table.shape}")

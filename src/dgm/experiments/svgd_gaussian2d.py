@@ -49,7 +49,7 @@ EXTRA_ARGS = {"particles": "num_particles", "iterations": "num_iterations"}
 
 
 def grad_log_density(x):
-    return -(x - jnp.asarray(MEAN, x.dtype)) @ jnp.asarray(PRECISION, x.dtype)
+    return -(x - jnp.asarray(MEAN, x.dtype)[None, :]) @ jnp.asarray(PRECISION, x.dtype)
 
 
 def run(config: Config, key, ctx: runs.RunContext) -> dict:

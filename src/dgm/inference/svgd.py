@@ -320,7 +320,7 @@ def make_score_fn(
         if batch_size is None or batch_size >= num:
             batch, scale = data, 1.0
         else:
-            idx = (it * batch_size + jnp.arange(batch_size)) % num
+            idx = (it * batch_size + jnp.arange(batch_size, dtype=it.dtype)) % num
             batch = jax.tree.map(lambda a: a[idx], data)
             scale = num / batch_size
 
