@@ -245,6 +245,12 @@ def test_bad_input_errors():
         parity.update(np.ones((0, 2)), lambda x: -x)
     with pytest.raises(ValueError, match="`n_iter` must be a positive int; got 0"):
         parity.update(np.ones((4, 2)), lambda x: -x, n_iter=0)
+    with pytest.raises(
+        ValueError, match=r"`particles` must be a 2-d array .* got shape \(2, 3, 4\)"
+    ):
+        svgd.init(np.zeros((2, 3, 4)))
+    with pytest.raises(ValueError, match="`particles` needs at least one particle"):
+        svgd.init(np.zeros((0, 3)))
     score = svgd.make_score_fn(log_density_fn=gauss_logp)
     with pytest.raises(ValueError, match="`bandwidth` must be positive; got -1.0"):
         svgd.build_step(score, bandwidth=-1.0)

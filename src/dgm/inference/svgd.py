@@ -34,7 +34,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Bool, Float, Int
+from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 KERNELS = ("rbf", "imq")
 BANDWIDTHS = ("median", "median-paper")
@@ -366,10 +366,27 @@ def make_score_fn(
 # ----------------------------------------------------------------------------- step
 
 
-def init(particles: Float[Array, "particles dim"], optimizer: Any = None) -> SVGDState:
-    """Initial state: the original step rule's accumulator, or ``optimizer.init``."""
-    opt_state = (jnp.zeros_like(particles),) if optimizer is None else optimizer.init(particles)
-    return SVGDState(particles, opt_state, jnp.zeros((), jnp.int32))
+def init(particles: ArrayLike, optimizer: Any = None) -> SVGDState:
+    """Initial state: the original step rule's accumulator, or ``optimizer.init``.
+
+    Args:
+        particles: initial particles, shape ``(particles, dim)``.
+        optimizer: the Optax optimizer that ``build_step`` was given, if any.
+
+    Raises:
+        ValueError: ``particles`` is not a non-empty 2-d array.
+    """
+    x = jnp.asarray(particles)
+    if x.ndim != 2:
+        raise ValueError(f"`particles` must be a 2-d array (particles, dim); got shape {x.shape}")
+    if x.shape[0] < 1 or x.shape[1] < 1:
+        raise ValueError(
+            f"`particles` needs at least one particle and one dimension; got {x.shape}"
+        )
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        x = x.astype(jnp.result_type(float))
+    opt_state = (jnp.zeros_like(x),) if optimizer is None else optimizer.init(x)
+    return SVGDState(x, opt_state, jnp.zeros((), jnp.int32))
 
 
 def build_step(
