@@ -16,7 +16,12 @@ def _run(name, tmp_path):
 
 
 def test_gaussian2d_smoke(tmp_path):
-    _, m = _run("svgd-gaussian2d", tmp_path)
+    out, m = _run("svgd-gaussian2d", tmp_path)
+    import arviz as az
+
+    idata = az.from_netcdf(out / "svgd.nc")
+    assert idata.posterior["x"].shape == (1, 20, 2)  # smoke: 20 particles as one chain
+    assert idata.svgd_trace["ksd"].shape == (1, 100)
     for key in ("mean_error", "cov_rel_error", "ksd_initial", "ksd_final", "ms_per_iter"):
         assert isinstance(m[key], float), key
     assert m["ksd_final"] < m["ksd_initial"]
