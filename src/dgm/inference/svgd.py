@@ -412,6 +412,17 @@ def build_step(
         alpha: the original rule's decay.
         fudge: the original rule's denominator offset.
         track_ksd: compute the KSD (else ``info.ksd`` is 0).
+
+    Raises:
+        ValueError: an unknown kernel or bandwidth rule, a non-positive bandwidth, or
+            ``alpha`` outside [0, 1); at trace time, a score of the wrong shape.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> score = make_score_fn(log_density_fn=lambda x: -0.5 * jnp.sum(x**2))
+        >>> step = jax.jit(build_step(score))
+        >>> state = init(jax.random.normal(jax.random.key(0), (50, 2)))
+        >>> state, info = step(state, 0.05)
     """
     if kernel not in KERNELS:
         raise ValueError(f"`kernel` must be one of {list(KERNELS)}; got {kernel!r}")
