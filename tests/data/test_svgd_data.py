@@ -104,3 +104,28 @@ def test_breast_cancer_offline():
     x, y = svgd_data.load_breast_cancer()
     assert x.shape == (569, 31)
     assert set(np.unique(y)) == {-1.0, 1.0}
+
+
+def test_uci_regression_download_and_shape_checks(http_dir, tmp_path):
+    root, url = http_dir
+    (root / "yacht.txt").write_text("1 2 3 10\n4,5,6,20\n7 8 9 30\n")
+    digest = sha256(root / "yacht.txt")
+    dest = tmp_path / "uci" / "yacht.txt"
+    x, y = svgd_data.load_uci_regression(
+        "yacht", digest, num_columns=4, path=dest, url=f"{url}/yacht.txt"
+    )
+    assert x.shape == (3, 3)
+    np.testing.assert_array_equal(y, [10.0, 20.0, 30.0])
+    x0, y0 = svgd_data.load_uci_regression("yacht", digest, target_column=0, path=dest)
+    np.testing.assert_array_equal(y0, [1.0, 4.0, 7.0])
+    assert x0.shape == (3, 3) and x0[0, -1] == 10.0
+    with pytest.raises(ValueError, match="expected 7 columns; got 4"):
+        svgd_data.load_uci_regression("yacht", digest, num_columns=7, path=dest)
+    with pytest.raises(ChecksumError, match="checksum mismatch"):
+        svgd_data.load_uci_regression("yacht", "1" * 64, path=dest)
+    with pytest.raises(ValueError, match="`name` must be one of"):
+        svgd_data.load_uci_regression("iris", digest, path=dest)
+    with pytest.raises(ValueError, match="`sha256` of the wine file is required"):
+        svgd_data.load_uci_regression("wine", None)
+    with pytest.raises(FileNotFoundError, match="download it from"):
+        svgd_data.load_uci_regression("wine", digest, path=tmp_path / "w.txt", download_ok=False)
