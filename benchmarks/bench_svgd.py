@@ -129,7 +129,8 @@ def bench_blr(repeats):
         idx = (it * 100 + np.arange(100)) % n_data
         x, y = xtr[idx], ytr[idx]
         w, alpha = theta[:, :-1], np.exp(theta[:, -1])
-        coff = (y[None, :] + 1) / 2 - 1 / (1 + np.exp(-(w @ x.T)))
+        with np.errstate(over="ignore"):  # as in the original: exp overflow -> prob 0
+            coff = (y[None, :] + 1) / 2 - 1 / (1 + np.exp(-(w @ x.T)))
         dw = n_data / 100 * coff @ x - alpha[:, None] * w
         da = dim / 2 - alpha / 2 * np.sum(w**2, 1) + (config.a0 - 1) - config.b0 * alpha + 1
         return np.concatenate([dw, da[:, None]], axis=1)
