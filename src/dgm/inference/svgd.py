@@ -34,7 +34,23 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Bool, Float, Int
+from jaxtyping import Array, ArrayLike, Bool, Float, Int
+
+from dgm.inference._select import _next_above, median, order_statistic
+
+__all__ = [
+    "SVGDInfo",
+    "SVGDState",
+    "bandwidth_from",
+    "build_step",
+    "init",
+    "ksd",
+    "make_score_fn",
+    "median",
+    "order_statistic",
+    "phi_and_ksd",
+    "squared_distances",
+]
 
 KERNELS = ("rbf", "imq")
 BANDWIDTHS = ("median", "median-paper")
@@ -69,84 +85,6 @@ class SVGDInfo(NamedTuple):
     update_norm: Float[Array, ""]
     bandwidth: Float[Array, ""]
     is_finite: Bool[Array, ""]
-
-
-# ----------------------------------------------------------------------------- median
-
-
-def _bits(x: Float[Array, "..."]) -> Int[Array, "..."]:
-    itype = jnp.int64 if x.dtype == jnp.float64 else jnp.int32
-    return jax.lax.bitcast_convert_type(x, itype)
-
-
-def _from_bits(b: Int[Array, "..."], dtype) -> Float[Array, "..."]:
-    return jax.lax.bitcast_convert_type(b, dtype)
-
-
-def order_statistic(x: Float[Array, " m"], k: Int[Array, ""] | int) -> Float[Array, ""]:
-    """The ``k``-th smallest (1-based) of non-negative ``x``, exactly, without sorting.
-
-    Bisection on the integer view of the float bits (monotone for non-negative floats),
-    snapping each bracket end to the nearest data value, so it usually stops after far
-    fewer passes than the bit width.
-    """
-    b = _bits(x)
-    one = jnp.ones((), b.dtype)
-    k = jnp.asarray(k, b.dtype)
-    big = jnp.iinfo(b.dtype).max
-    lo0 = jnp.min(b) - one  # count(b <= lo) < k
-    hi0 = jnp.max(b)  # count(b <= hi) >= k
-
-    def cond(c):
-        lo, hi = c
-        return hi - lo > one
-
-    def body(c):
-        lo, hi = c
-        mid = lo + (hi - lo) // 2
-        cnt, max_below, min_above = _count_split(b, mid, lo, big)
-        ok = cnt >= k
-        return jnp.where(ok, lo, min_above - one), jnp.where(ok, max_below, hi)
-
-    _, hi = jax.lax.while_loop(cond, body, (lo0, hi0))
-    return _from_bits(hi, x.dtype)
-
-
-def _count_split(
-    b: Int[Array, " m"], mid: Int[Array, ""], floor: Int[Array, ""], big
-) -> tuple[Int[Array, ""], Int[Array, ""], Int[Array, ""]]:
-    """``#{b <= mid}``, ``max{b <= mid}`` and ``min{b > mid}`` in one fused pass.
-
-    One variadic reduction: three separate reductions are ~20x slower on XLA CPU.
-    """
-    below = b <= mid
-    zero = jnp.zeros((), b.dtype)
-    return jax.lax.reduce(
-        (below.astype(b.dtype), jnp.where(below, b, floor), jnp.where(below, big, b)),
-        (zero, jnp.asarray(jnp.iinfo(b.dtype).min, b.dtype), jnp.asarray(big, b.dtype)),
-        lambda p, q: (p[0] + q[0], jnp.maximum(p[1], q[1]), jnp.minimum(p[2], q[2])),
-        (0,),
-    )
-
-
-def _next_above(x: Float[Array, " m"], v: Float[Array, ""], k: Int[Array, ""]) -> Float[Array, ""]:
-    """The (k+1)-th order statistic given the k-th one ``v``."""
-    b = _bits(x)
-    vb = _bits(v)
-    big = jnp.iinfo(b.dtype).max
-    cnt, _, above = _count_split(b, vb, vb, big)
-    return jnp.where(cnt >= k + 1, v, _from_bits(above, x.dtype))
-
-
-def median(x: Float[Array, " m"]) -> Float[Array, ""]:
-    """Exact median (mean of the two middle values for even length) of non-negative ``x``."""
-    m = x.shape[0]
-    k = (m + 1) // 2
-    lower = order_statistic(x, k)
-    if m % 2:
-        return lower
-    upper = _next_above(x, lower, jnp.asarray(k))
-    return 0.5 * (lower + upper)
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -320,7 +258,7 @@ def make_score_fn(
         if batch_size is None or batch_size >= num:
             batch, scale = data, 1.0
         else:
-            idx = (it * batch_size + jnp.arange(batch_size)) % num
+            idx = (it * batch_size + jnp.arange(batch_size, dtype=it.dtype)) % num
             batch = jax.tree.map(lambda a: a[idx], data)
             scale = num / batch_size
 
@@ -335,10 +273,27 @@ def make_score_fn(
 # ----------------------------------------------------------------------------- step
 
 
-def init(particles: Float[Array, "particles dim"], optimizer: Any = None) -> SVGDState:
-    """Initial state: the original step rule's accumulator, or ``optimizer.init``."""
-    opt_state = (jnp.zeros_like(particles),) if optimizer is None else optimizer.init(particles)
-    return SVGDState(particles, opt_state, jnp.zeros((), jnp.int32))
+def init(particles: ArrayLike, optimizer: Any = None) -> SVGDState:
+    """Initial state: the original step rule's accumulator, or ``optimizer.init``.
+
+    Args:
+        particles: initial particles, shape ``(particles, dim)``.
+        optimizer: the Optax optimizer that ``build_step`` was given, if any.
+
+    Raises:
+        ValueError: ``particles`` is not a non-empty 2-d array.
+    """
+    x = jnp.asarray(particles)
+    if x.ndim != 2:
+        raise ValueError(f"`particles` must be a 2-d array (particles, dim); got shape {x.shape}")
+    if x.shape[0] < 1 or x.shape[1] < 1:
+        raise ValueError(
+            f"`particles` needs at least one particle and one dimension; got {x.shape}"
+        )
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        x = x.astype(jnp.result_type(float))
+    opt_state = (jnp.zeros_like(x),) if optimizer is None else optimizer.init(x)
+    return SVGDState(x, opt_state, jnp.zeros((), jnp.int32))
 
 
 def build_step(
@@ -364,6 +319,17 @@ def build_step(
         alpha: the original rule's decay.
         fudge: the original rule's denominator offset.
         track_ksd: compute the KSD (else ``info.ksd`` is 0).
+
+    Raises:
+        ValueError: an unknown kernel or bandwidth rule, a non-positive bandwidth, or
+            ``alpha`` outside [0, 1); at trace time, a score of the wrong shape.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> score = make_score_fn(log_density_fn=lambda x: -0.5 * jnp.sum(x**2))
+        >>> step = jax.jit(build_step(score))
+        >>> state = init(jax.random.normal(jax.random.key(0), (50, 2)))
+        >>> state, info = step(state, 0.05)
     """
     if kernel not in KERNELS:
         raise ValueError(f"`kernel` must be one of {list(KERNELS)}; got {kernel!r}")
