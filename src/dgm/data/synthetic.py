@@ -51,7 +51,7 @@ def sample_linear_gaussian(
         _, zs = jax.lax.scan(step, z1, eps)
         z = jnp.concatenate([z1[None], zs])
         noise = jax.random.normal(kx, (num_steps, obs), p.m0.dtype)
-        x = z @ p.C.T + p.d + noise @ chol_r.T
+        x = z @ p.C.T + p.d[None, :] + noise @ chol_r.T
         return x, z
 
     return jax.vmap(one)(jax.random.split(key, num_sequences))

@@ -299,15 +299,15 @@ def log_importance_weight(model: DMM, x, mask, key: PRNGKeyArray) -> Float[Array
     return jnp.sum(mask * (terms["log_lik"] + terms["log_p"] - terms["log_q"]))
 
 
-def importance_log_likelihood(
+def log_importance_weights(
     model: DMM,
     x: Float[Array, "batch time obs"],
     mask: Float[Array, "batch time"],
     key: PRNGKeyArray,
     num_samples: int,
     chunk_size: int,
-) -> Float[Array, " batch"]:
-    """log p̂(x_i) = log (1/S) Σ_s w_s per sequence, S paths drawn ``chunk_size`` at a time."""
+) -> Float[Array, "samples batch"]:
+    """log w_s = log p(x, z_s) − log q(z_s | x) for S paths, drawn ``chunk_size`` at a time."""
     if num_samples % chunk_size:
         raise ValueError(
             f"`num_samples` ({num_samples}) must be a multiple of `chunk_size` ({chunk_size})"
@@ -316,7 +316,19 @@ def importance_log_likelihood(
     per_seq = jax.vmap(log_importance_weight, in_axes=(None, 0, 0, None))
     per_sample = jax.vmap(per_seq, in_axes=(None, None, None, 0))
     log_w = jax.lax.map(lambda k: per_sample(model, x, mask, k), keys)  # (chunks, chunk, batch)
-    log_w = log_w.reshape(num_samples, x.shape[0])
+    return log_w.reshape(num_samples, x.shape[0])
+
+
+def importance_log_likelihood(
+    model: DMM,
+    x: Float[Array, "batch time obs"],
+    mask: Float[Array, "batch time"],
+    key: PRNGKeyArray,
+    num_samples: int,
+    chunk_size: int,
+) -> Float[Array, " batch"]:
+    """log p̂(x_i) = log (1/S) Σ_s w_s per sequence (a lower bound in expectation)."""
+    log_w = log_importance_weights(model, x, mask, key, num_samples, chunk_size)
     return jax.scipy.special.logsumexp(log_w, axis=0) - math.log(num_samples)
 
 

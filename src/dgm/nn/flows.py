@@ -16,6 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
+from dgm.nn.rnn import uniform
+
 
 class MaskedLinear(eqx.Module):
     """A linear layer whose weight is multiplied by a fixed binary mask.
@@ -30,9 +32,7 @@ class MaskedLinear(eqx.Module):
 
     def __init__(self, mask: np.ndarray, *, key: PRNGKeyArray, init_scale: float = 0.1):
         out_size, in_size = mask.shape
-        self.weight = jax.random.uniform(
-            key, (out_size, in_size), jnp.float32, -init_scale, init_scale
-        )
+        self.weight = uniform(key, (out_size, in_size), init_scale)
         self.bias = jnp.zeros((out_size,), jnp.float32)
         self.mask = jnp.asarray(mask, dtype=bool)
 

@@ -8,15 +8,31 @@ scan over a zero-padded sequence starts at each sequence's own last frame.
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
 CELLS = ("gru", "lstm", "rnn")
 _GATES = {"gru": 3, "lstm": 4, "rnn": 1}
 
 
+def host_rng(key: PRNGKeyArray) -> np.random.Generator:
+    """A NumPy generator seeded by the bits of ``key``, for parameter initialisation.
+
+    Initialising on the host avoids compiling one random-number kernel per parameter shape,
+    which dominated model construction time on CPU (seconds for a small DMM).
+    """
+    return np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel().tolist())
+
+
 def uniform(key: PRNGKeyArray, shape: tuple[int, ...], scale: float = 0.1) -> Float[Array, "..."]:
     """U(−scale, scale) float32 draws (the DMM's ``init_scheme='uniform'``)."""
-    return jax.random.uniform(key, shape, jnp.float32, -scale, scale)
+    return jnp.asarray(host_rng(key).uniform(-scale, scale, shape), jnp.float32)
+
+
+def orthogonal(key: PRNGKeyArray, size: int) -> Float[Array, "size size"]:
+    """A random orthogonal ``size × size`` float32 matrix (QR of a Gaussian, signs fixed)."""
+    q, r = np.linalg.qr(host_rng(key).standard_normal((size, size)))
+    return jnp.asarray(q * np.sign(np.diag(r))[None, :], jnp.float32)
 
 
 class Linear(eqx.Module):
@@ -60,7 +76,9 @@ class RNN(eqx.Module):
         self.w_x = uniform(key_x, (num * hidden_size, in_size))
         self.w_h = jnp.concatenate(blocks, axis=0)
         if cell == "lstm":
-            self.bias = jax.random.laplace(key_b, (num * hidden_size,), jnp.float32)
+            self.bias = jnp.asarray(
+                host_rng(key_b).laplace(0.0, 1.0, num * hidden_size), jnp.float32
+            )
         else:
             self.bias = jnp.zeros((num * hidden_size,), jnp.float32)
         self.cell = cell
