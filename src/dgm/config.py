@@ -2,7 +2,7 @@
 
 import dataclasses
 import json
-import typing
+from collections.abc import Iterable
 from typing import Any
 
 
@@ -71,7 +71,7 @@ def check_positive(name: str, value: Any, *, integer: bool = False) -> None:
         raise ValueError(f"`{name}` must be a positive {kind}; got {value!r}")
 
 
-def check_choice(name: str, value: Any, choices: typing.Iterable[Any]) -> None:
+def check_choice(name: str, value: Any, choices: Iterable[Any]) -> None:
     """Raise ``ValueError`` naming ``name`` unless ``value`` is one of ``choices``."""
     choices = list(choices)
     if value not in choices:
