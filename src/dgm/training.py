@@ -2,7 +2,8 @@
 
 - :func:`make_train_step`: one ``eqx.filter_jit`` around loss, gradient and Optax update.
 - :func:`make_optimizer`: Adam after global-norm clipping; :func:`l2_penalty`; :func:`kl_weight`.
-- :class:`SequenceLoader` / :class:`ArrayLoader`: epoch orders (shuffled, length-bucketed).
+- :class:`SequenceLoader` / :class:`ArrayLoader`: epoch orders (shuffled, length-bucketed),
+  drawn by a NumPy generator seeded from the data key and the epoch number.
 - :func:`fit`: the epoch loop with validation, early stopping, the best model kept, atomic
   checkpoints that make ``--resume`` bit-identical, metrics as JSON lines, a loss curve.
 
@@ -135,18 +136,18 @@ class SequenceLoader:
         self.batch_size, self.bucket, self.bucket_width = batch_size, bucket, bucket_width
         self.num_batches = math.ceil(len(self.x) / batch_size)
 
-    def order(self, key: PRNGKeyArray) -> np.ndarray:
+    def order(self, rng: np.random.Generator) -> np.ndarray:
         """Index rows ``(num_batches, batch_size)`` of one epoch; −1 marks filler."""
         n, b = len(self.x), self.batch_size
         if self.bucket:
             base = np.argsort(self.lengths, kind="stable")
         else:
-            base = np.asarray(jax.random.permutation(key, n))
+            base = rng.permutation(n)
         padded = np.full(self.num_batches * b, -1, np.int64)
         padded[:n] = base
         rows = padded.reshape(self.num_batches, b)
         if self.bucket:
-            rows = rows[np.asarray(jax.random.permutation(key, self.num_batches))]
+            rows = rows[rng.permutation(self.num_batches)]
         return rows
 
     def batch(self, row: np.ndarray) -> tuple[Array, Array]:
@@ -167,8 +168,8 @@ class ArrayLoader:
         self.batch_size = batch_size
         self.num_batches = max(1, len(self.x) // batch_size)
 
-    def order(self, key: PRNGKeyArray) -> np.ndarray:
-        perm = np.asarray(jax.random.permutation(key, len(self.x)))
+    def order(self, rng: np.random.Generator) -> np.ndarray:
+        perm = rng.permutation(len(self.x))
         return perm[: self.num_batches * self.batch_size].reshape(self.num_batches, -1)
 
     def batch(self, row: np.ndarray) -> Array:
@@ -270,6 +271,7 @@ def fit(
     fingerprint: str = "",
     name: str = "train",
     plot: bool = True,
+    constants: dict[str, float] | None = None,
 ) -> FitResult:
     """Train ``model`` for ``config.num_epochs`` epochs (or until early stopping).
 
@@ -277,7 +279,8 @@ def fit(
     model, step, epoch, key, data order, history); with ``ctx.resume`` the run continues
     from it bit-identically. ``eval_fn(model, key)`` returns a validation loss (lower is
     better), evaluated every ``config.eval_every`` epochs and at the end. With ``plot`` a
-    loss curve ``<name>_loss.png`` is written at the end.
+    loss curve ``<name>_loss.png`` is written at the end. ``constants`` (e.g. ``{"l2": 0.05}``)
+    join the per-step ``hyper`` dict as float32 scalars.
     """
     from tqdm.auto import tqdm
 
@@ -287,6 +290,7 @@ def fit(
     state, best_model = _State(), model
     path = ctx.out / "checkpoints" / f"{name}.eqx"
     key_list = np.asarray(jax.random.key_data(key)).tolist()
+    data_seed = np.asarray(jax.random.key_data(key_data)).ravel().tolist()
     if ctx.resume and path.exists():
         (model, opt_state, best_model), header = load_checkpoint(
             path, (model, opt_state, best_model), fingerprint
@@ -303,11 +307,12 @@ def fit(
     )
     for epoch in range(start, config.num_epochs):
         t0 = time.perf_counter()
-        order = loader.order(jax.random.fold_in(key_data, epoch))
+        order = loader.order(np.random.default_rng([*data_seed, epoch]))
         losses, beta = [], 1.0
         for row in order:
             beta = kl_weight(state.step, config.anneal_steps, config.kl_initial)
-            hyper = {"kl_weight": jnp.asarray(beta, jnp.float32)}
+            hyper = {k: jnp.asarray(v, jnp.float32) for k, v in (constants or {}).items()}
+            hyper["kl_weight"] = jnp.asarray(beta, jnp.float32)
             step_key = jax.random.fold_in(key_train, state.step)
             model, opt_state, metrics = train_step(
                 model, opt_state, (loader.batch(row), hyper), step_key

@@ -70,9 +70,8 @@ class SequenceSet:
         return int(self.lengths.sum())
 
     def subset(self, count: int) -> "SequenceSet":
-        """The first ``count`` sequences, cut to their longest length."""
-        t = int(self.lengths[:count].max())
-        return SequenceSet(self.x[:count, :t], self.mask[:count, :t], self.lengths[:count])
+        """The first ``count`` sequences (the time axis keeps its padded length)."""
+        return SequenceSet(self.x[:count], self.mask[:count], self.lengths[:count])
 
 
 def _spec(name: str) -> _Spec:

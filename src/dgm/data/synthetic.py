@@ -1,5 +1,7 @@
 """Synthetic state-space datasets of the DMM paper (theanomodels ``synthp.py``)."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
@@ -35,6 +37,11 @@ def sample_linear_gaussian(
     for name, v in [("num_sequences", num_sequences), ("num_steps", num_steps)]:
         if not (isinstance(v, int) and v > 0):
             raise ValueError(f"`{name}` must be a positive int; got {v!r}")
+    return _sample(params, num_sequences, num_steps, key)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _sample(params: LinearGaussianSSM, num_sequences: int, num_steps: int, key: PRNGKeyArray):
     p = params
     chol_q, chol_r, chol_0 = (jnp.linalg.cholesky(c) for c in (p.Q, p.R, p.P0))
     latent, obs = p.A.shape[0], p.C.shape[0]

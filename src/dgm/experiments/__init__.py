@@ -11,6 +11,8 @@ from types import ModuleType
 
 _REGISTRY: dict[str, str] = {
     "lotka-volterra": "dgm.experiments.lotka_volterra",
+    "dmm-polyphonic": "dgm.experiments.dmm_polyphonic",
+    "dmm-synthetic": "dgm.experiments.dmm_synthetic",
 }
 
 
