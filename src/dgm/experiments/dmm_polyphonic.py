@@ -96,7 +96,12 @@ PRESETS = {
             z_dim=32, transition_dim=64, emission_dim=64, rnn_dim=128, cell="gru"
         ),
         train=training.TrainConfig(
-            num_epochs=40, anneal_steps=200, eval_every=10, l2=0.0, bucket_width=64
+            num_epochs=80,
+            learning_rate=3e-3,
+            anneal_steps=200,
+            eval_every=20,
+            l2=0.0,
+            bucket_width=64,
         ),
         test_samples=100,
         chunk_size=50,
