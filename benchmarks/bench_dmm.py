@@ -26,16 +26,17 @@ from dgm.data.polyphonic import NUM_PITCHES, load_polyphonic  # noqa: E402
 from dgm.experiments import _dmm  # noqa: E402
 
 
-def _epoch(step, model, opt_state, loader, rng, key, hyper):
+def _epoch(step, model, opt_state, loader, rng, key, hyper, shard):
     for i, row in enumerate(loader.order(rng)):
+        data = training.shard_batch(loader.batch(row)) if shard else loader.batch(row)
         model, opt_state, metrics = step(
-            model, opt_state, (loader.batch(row), hyper), jax.random.fold_in(key, i)
+            model, opt_state, (data, hyper), jax.random.fold_in(key, i)
         )
     jax.block_until_ready(metrics["loss"])
     return model, opt_state
 
 
-def bench(cell: str, num_iafs: int, bucket_width: int, repeats: int) -> dict:
+def bench(cell: str, num_iafs: int, bucket_width: int, repeats: int, shard: bool) -> dict:
     train = load_polyphonic("jsb")["train"]
     config = _dmm.ModelConfig(
         z_dim=100, transition_dim=200, emission_dim=100, rnn_dim=600, cell=cell, num_iafs=num_iafs
@@ -49,13 +50,15 @@ def bench(cell: str, num_iafs: int, bucket_width: int, repeats: int) -> dict:
     hyper = {"kl_weight": jnp.asarray(1.0, jnp.float32), "l2": jnp.asarray(0.05, jnp.float32)}
     key = jax.random.key(1)
     t0 = time.perf_counter()
-    model, opt_state = _epoch(step, model, opt_state, loader, np.random.default_rng(0), key, hyper)
+    model, opt_state = _epoch(
+        step, model, opt_state, loader, np.random.default_rng(0), key, hyper, shard
+    )
     first = time.perf_counter() - t0
     times = []
     for r in range(repeats):
         t0 = time.perf_counter()
         rng = np.random.default_rng(r + 1)
-        model, opt_state = _epoch(step, model, opt_state, loader, rng, key, hyper)
+        model, opt_state = _epoch(step, model, opt_state, loader, rng, key, hyper, shard)
         times.append(time.perf_counter() - t0)
     return {
         "benchmark": "dmm_jsb_epoch",
@@ -63,6 +66,7 @@ def bench(cell: str, num_iafs: int, bucket_width: int, repeats: int) -> dict:
         "cell": cell,
         "num_iafs": num_iafs,
         "bucket_width": bucket_width,
+        "data_parallel_devices": len(jax.local_devices()) if shard else 1,
         "batches": loader.num_batches,
         "s_per_epoch_median": float(np.median(times)),
         "s_per_epoch_min": float(np.min(times)),
@@ -77,10 +81,16 @@ def main() -> None:
     parser.add_argument("--iafs", default="0,2")
     parser.add_argument("--bucket-width", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-shard", action="store_true", help="one device, no data parallelism")
     args = parser.parse_args()
     for cell in args.cells.split(","):
         for num_iafs in (int(v) for v in args.iafs.split(",")):
-            print(json.dumps(bench(cell, num_iafs, args.bucket_width, args.repeats)), flush=True)
+            print(
+                json.dumps(
+                    bench(cell, num_iafs, args.bucket_width, args.repeats, not args.no_shard)
+                ),
+                flush=True,
+            )
     try:
         import pyro  # noqa: F401
     except ImportError:

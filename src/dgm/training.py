@@ -47,6 +47,7 @@ class TrainConfig:
         eval_every: validate every this many epochs.
         patience: stop after this many validations without improvement (0: never).
         bucket_width: pad each batch's time axis to a multiple of this (bounds recompiles).
+        data_parallel: split each batch over the local devices (see :func:`shard_batch`).
     """
 
     num_epochs: int = 2000
@@ -61,6 +62,7 @@ class TrainConfig:
     eval_every: int = 25
     patience: int = 0
     bucket_width: int = 32
+    data_parallel: bool = True
 
     def __post_init__(self) -> None:
         for name in ("num_epochs", "batch_size", "eval_every", "bucket_width"):
@@ -119,6 +121,22 @@ def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation) 
         return model, opt_state, {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
 
     return train_step
+
+
+def shard_batch(batch: PyTree) -> PyTree:
+    """Split the leading (batch) axis of every array over all local devices.
+
+    With several host devices (``configure_cpu`` exposes one per core) the jitted step then
+    runs data-parallel, one slice per device, and the gradients are summed across them. A
+    batch whose size does not divide evenly is returned unchanged.
+    """
+    devices = jax.local_devices()
+    leaves = jax.tree_util.tree_leaves(batch)
+    if len(devices) < 2 or any(leaf.shape[0] % len(devices) for leaf in leaves):
+        return batch
+    mesh = jax.sharding.Mesh(np.array(devices), ("batch",))
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("batch"))
+    return jax.device_put(batch, sharding)
 
 
 class SequenceLoader:
@@ -314,9 +332,10 @@ def fit(
             hyper = {k: jnp.asarray(v, jnp.float32) for k, v in (constants or {}).items()}
             hyper["kl_weight"] = jnp.asarray(beta, jnp.float32)
             step_key = jax.random.fold_in(key_train, state.step)
-            model, opt_state, metrics = train_step(
-                model, opt_state, (loader.batch(row), hyper), step_key
-            )
+            data = loader.batch(row)
+            if config.data_parallel:
+                data = shard_batch(data)
+            model, opt_state, metrics = train_step(model, opt_state, (data, hyper), step_key)
             state.step += 1
             losses.append(metrics["loss"])
             bar.update()
