@@ -62,7 +62,7 @@ class TrainConfig:
     eval_every: int = 25
     patience: int = 0
     bucket_width: int = 32
-    data_parallel: bool = True
+    data_parallel: bool = False
 
     def __post_init__(self) -> None:
         for name in ("num_epochs", "batch_size", "eval_every", "bucket_width"):

@@ -263,26 +263,30 @@ def sequence_terms(
     """
     feats = model.encoder.features(x, mask)
     eps = _step_noise(key, x.shape[0], model.z_dim)
-    is_first = jnp.arange(x.shape[0]) == 0
 
     def step(z_prev, inp):
-        feat, eps_t, first = inp
+        # Only q is sequential; the prior terms are computed for all steps at once below.
+        feat, eps_t = inp
         mu_q, var_q = model.encoder.posterior(feat, z_prev)
         z = mu_q + jnp.sqrt(var_q) * eps_t
         log_q = gaussian_log_prob(z, mu_q, var_q)
-        mu_p, var_p = model.transition(z_prev)
-        mu_p = jnp.where(first, jnp.zeros_like(mu_p), mu_p)
-        var_p = jnp.where(first, jnp.ones_like(var_p), var_p)
-        if model.flow is None:
-            kl = gaussian_kl(mu_q, var_q, mu_p, var_p)
-        else:
+        if model.flow is not None:
             z, log_det = model.flow(z)
             log_q = log_q - log_det
-            kl = log_q - gaussian_log_prob(z, mu_p, var_p)
-        return z, (z, kl, gaussian_log_prob(z, mu_p, var_p), log_q)
+        return z, (z, mu_q, var_q, log_q)
 
     z0 = jnp.zeros((model.z_dim,), jnp.float32)
-    _, (z, kl, log_p, log_q) = jax.lax.scan(step, z0, (feats, eps, is_first))
+    _, (z, mu_q, var_q, log_q) = jax.lax.scan(step, z0, (feats, eps))
+    z_prev = jnp.concatenate([z0[None, :], z[:-1]], axis=0)
+    mu_p, var_p = jax.vmap(model.transition)(z_prev)
+    first = (jnp.arange(x.shape[0]) == 0)[:, None]
+    mu_p = jnp.where(first, jnp.zeros_like(mu_p), mu_p)
+    var_p = jnp.where(first, jnp.ones_like(var_p), var_p)
+    log_p = jax.vmap(gaussian_log_prob)(z, mu_p, var_p)
+    if model.flow is None:
+        kl = jax.vmap(gaussian_kl)(mu_q, var_q, mu_p, var_p)
+    else:
+        kl = log_q - log_p
     log_lik = jax.vmap(model.emission.log_prob)(z, x)
     return {"z": z, "log_lik": log_lik, "kl": kl, "log_p": log_p, "log_q": log_q}
 
