@@ -1,5 +1,7 @@
 """Shared training loop: resume is bit-identical, loaders, schedules, checkpoint checks."""
 
+import json
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -143,3 +145,34 @@ def test_config_validation_names_field():
         training.TrainConfig(batch_size=0)
     with pytest.raises(ValueError, match="`train.kl_initial` must be in"):
         training.TrainConfig(kl_initial=2.0)
+
+
+def test_interrupt_keeps_last_checkpoint_and_resume_continues(tmp_path):
+    """Ctrl-C in epoch 2 leaves epoch 1's checkpoint; resuming matches a straight run."""
+    straight = _fit(tmp_path / "a", 2)
+    calls = []
+
+    def interrupting_eval(model, key):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return 1.0
+
+    x = jax.random.normal(jax.random.key(0), (18, 3), jnp.float32)
+    with pytest.raises(KeyboardInterrupt):
+        training.fit(
+            _Net(key=jax.random.key(1)),
+            _loss,
+            training.ArrayLoader(x, _CONFIG.batch_size),
+            _CONFIG,
+            key=jax.random.key(2),
+            ctx=runs.RunContext(out=tmp_path / "b", progress=False),
+            eval_fn=interrupting_eval,
+            fingerprint="a",
+            plot=False,
+        )
+    header = json.loads((tmp_path / "b" / "checkpoints" / "train.eqx").read_bytes().split(b"\n")[0])
+    assert header["epoch"] == 1
+    resumed = _fit(tmp_path / "b", 2, resume=True)
+    for a, b in zip(jax.tree.leaves(straight.model), jax.tree.leaves(resumed.model), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
