@@ -79,7 +79,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cells", default="rnn,gru,lstm")
     parser.add_argument("--iafs", default="0,2")
-    parser.add_argument("--bucket-width", type=int, default=32)
+    parser.add_argument("--bucket-width", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-shard", action="store_true", help="one device, no data parallelism")
     args = parser.parse_args()

@@ -61,7 +61,7 @@ class TrainConfig:
     kl_initial: float = 0.01
     eval_every: int = 25
     patience: int = 0
-    bucket_width: int = 32
+    bucket_width: int = 16
     data_parallel: bool = False
 
     def __post_init__(self) -> None:
@@ -148,7 +148,7 @@ class SequenceLoader:
     each batch is cut to its longest sequence rounded up to ``bucket_width``.
     """
 
-    def __init__(self, x, mask, batch_size: int, *, bucket: bool = True, bucket_width: int = 32):
+    def __init__(self, x, mask, batch_size: int, *, bucket: bool = True, bucket_width: int = 16):
         self.x, self.mask = np.asarray(x, np.float32), np.asarray(mask, np.float32)
         self.lengths = self.mask.sum(axis=1).astype(np.int64)
         self.batch_size, self.bucket, self.bucket_width = batch_size, bucket, bucket_width
