@@ -11,6 +11,8 @@ from types import ModuleType
 
 _REGISTRY: dict[str, str] = {
     "lotka-volterra": "dgm.experiments.lotka_volterra",
+    "dmm-polyphonic": "dgm.experiments.dmm_polyphonic",
+    "dmm-synthetic": "dgm.experiments.dmm_synthetic",
     "svgd-blr": "dgm.experiments.svgd_blr",
     "svgd-bnn": "dgm.experiments.svgd_bnn",
     "svgd-gaussian2d": "dgm.experiments.svgd_gaussian2d",

@@ -1,0 +1,130 @@
+"""Pieces shared by the DMM experiments: model config, loss, evaluation, checkpoints."""
+
+import dataclasses
+import json
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dgm import runs, training
+from dgm.data.polyphonic import SequenceSet
+from dgm.models import dmm
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """DMM sizes and choices (defaults: the paper's appendix, ST-R = DKS with an LSTM)."""
+
+    z_dim: int = 100
+    transition_dim: int = 200
+    emission_dim: int = 100
+    emission_layers: int = 2
+    rnn_dim: int = 600
+    inference: str = "st-r"
+    cell: str = "lstm"
+    transition: str = "gated"
+    num_iafs: int = 0
+    iaf_dim: int = 100
+
+    def __post_init__(self) -> None:
+        dmm.check_choice("model.inference", self.inference, dmm.INFERENCE_NETWORKS)
+        dmm.check_choice("model.cell", self.cell, ("gru", "lstm", "rnn"))
+        dmm.check_choice("model.transition", self.transition, dmm.TRANSITIONS)
+        for name in ("z_dim", "transition_dim", "emission_dim", "rnn_dim", "iaf_dim"):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and value > 0):
+                raise ValueError(f"`model.{name}` must be a positive int; got {value!r}")
+        for name in ("emission_layers", "num_iafs"):
+            if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 0):
+                raise ValueError(f"`model.{name}` must be an int >= 0; got {getattr(self, name)!r}")
+
+
+def build_model(config: ModelConfig, obs_dim: int, likelihood: str, key) -> dmm.DMM:
+    """A :class:`~dgm.models.dmm.DMM` from a :class:`ModelConfig`."""
+    return dmm.DMM(obs_dim, likelihood=likelihood, key=key, **dataclasses.asdict(config))
+
+
+def dmm_loss(model: dmm.DMM, batch, key):
+    """(Σ_i −ELBO_i(β) + l2·Σθ²) / batch size; aux: the β-weighted loss per frame."""
+    (x, mask), hyper = batch
+    keys = jax.random.split(key, x.shape[0])
+    nelbo = jax.vmap(dmm.neg_elbo, in_axes=(None, 0, 0, 0, None))
+    losses = nelbo(model, x, mask, keys, hyper["kl_weight"])
+    total = jnp.sum(losses) + hyper["l2"] * training.l2_penalty(model)
+    frames = jnp.maximum(jnp.sum(mask), 1.0)
+    return total / x.shape[0], {"loss_per_frame": jnp.sum(losses) / frames}
+
+
+def frozen_generative_loss(model: dmm.DMM, batch, key):
+    """:func:`dmm_loss` with the generative model held fixed (only q is trained)."""
+    model = eqx.tree_at(
+        lambda m: (m.transition, m.emission),
+        model,
+        replace_fn=lambda sub: jax.tree.map(jax.lax.stop_gradient, sub),
+    )
+    return dmm_loss(model, batch, key)
+
+
+@eqx.filter_jit
+def _bound_batch(model, x, mask, key, num_samples: int):
+    keys = jax.random.split(key, num_samples * x.shape[0]).reshape(num_samples, x.shape[0])
+    per_seq = jax.vmap(dmm.neg_elbo, in_axes=(None, 0, 0, 0))
+    return jnp.mean(jax.vmap(per_seq, in_axes=(None, None, None, 0))(model, x, mask, keys), 0)
+
+
+_is_batch = eqx.filter_jit(dmm.importance_log_likelihood)
+
+
+def evaluate(
+    model: dmm.DMM,
+    data: SequenceSet,
+    key,
+    *,
+    bound_samples: int,
+    is_samples: int,
+    chunk_size: int,
+    batch_size: int,
+    bucket_width: int,
+) -> dict[str, float]:
+    """The paper's three numbers (β = 1): per-frame IS-NLL (a), frame bound (b), TSBN bound (c).
+
+    Returns:
+        ``bound_frame`` = Σ_i mean_s(−ELBO_i) / Σ_i T_i; ``bound_seq`` = mean_i(−ELBO_i / T_i);
+        ``nll_is`` = −Σ_i log p̂(x_i) / Σ_i T_i (only when ``is_samples > 0``).
+    """
+    loader = training.SequenceLoader(
+        data.x, data.mask, batch_size, bucket=True, bucket_width=bucket_width
+    )
+    rows = np.argsort(data.lengths, kind="stable")
+    rows = np.concatenate([rows, np.full(loader.num_batches * batch_size - len(rows), -1)])
+    nelbo, lengths, log_p = [], [], []
+    for i, row in enumerate(rows.reshape(loader.num_batches, batch_size)):
+        x, mask = loader.batch(row)
+        valid = row >= 0
+        k_bound, k_is = jax.random.split(jax.random.fold_in(key, i))
+        nelbo.append(np.asarray(_bound_batch(model, x, mask, k_bound, bound_samples))[valid])
+        lengths.append(data.lengths[row[valid]])
+        if is_samples > 0:
+            chunk = min(chunk_size, is_samples)
+            log_p.append(np.asarray(_is_batch(model, x, mask, k_is, is_samples, chunk))[valid])
+    nelbo_all, t_all = np.concatenate(nelbo).astype(np.float64), np.concatenate(lengths)
+    out = {
+        "bound_frame": float(nelbo_all.sum() / t_all.sum()),
+        "bound_seq": float(np.mean(nelbo_all / t_all)),
+    }
+    if log_p:
+        out["nll_is"] = float(-np.concatenate(log_p).astype(np.float64).sum() / t_all.sum())
+    return out
+
+
+def fingerprint(config) -> str:
+    """A stable text form of a config, stored in checkpoints to refuse foreign ones."""
+    return json.dumps(runs._to_jsonable(config), sort_keys=True)
+
+
+def save_model(ctx: runs.RunContext, name: str, model) -> None:
+    """Equinox-serialise ``model`` to ``<run>/<name>`` atomically."""
+    with runs.atomic_path(ctx.path(name)) as tmp:
+        eqx.tree_serialise_leaves(tmp, model)

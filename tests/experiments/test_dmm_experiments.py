@@ -1,0 +1,52 @@
+"""The DMM experiments' smoke presets run through the CLI and write their outputs."""
+
+import json
+
+import pytest
+
+from dgm import experiments
+from dgm.cli import main
+
+
+@pytest.mark.parametrize("name", ["dmm-polyphonic", "dmm-synthetic"])
+def test_smoke_preset_through_cli(name, tmp_path, shared_data, monkeypatch):
+    monkeypatch.setenv("DGM_DATA_DIR", str(shared_data))
+    out = tmp_path / "x"
+    assert main(["run", name, "--smoke", "--out", str(out), "--no-progress"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    for field in ("test_nll_is", "test_bound_frame", "test_bound_seq", "epochs", "wall_s"):
+        assert field in metrics
+    assert metrics["epochs"] == 2
+    # the IS estimate is at most the bound (up to sampling noise) and both are finite
+    assert metrics["test_nll_is"] <= metrics["test_bound_frame"] + 0.5
+    for f in ("report.md", "train_loss.png", "train_metrics.jsonl", "checkpoints/train.eqx"):
+        assert (out / f).exists(), f
+    # resuming a finished run trains no more epochs and gives the same checkpoint
+    before = (out / "checkpoints" / "train.eqx").read_bytes()
+    assert main(["run", name, "--smoke", "--out", str(out), "--no-progress", "--resume"]) == 0
+    assert (out / "checkpoints" / "train.eqx").read_bytes() == before
+
+
+def test_bad_names_fail_cleanly(tmp_path, capsys):
+    code = main(["run", "dmm-polyphonic", "--smoke", "--dataset", "bach", "--out", str(tmp_path)])
+    assert code == 1
+    assert "`dataset` must be one of" in capsys.readouterr().err
+    code = main(["run", "dmm-polyphonic", "--smoke", "--inference", "st-x", "--out", str(tmp_path)])
+    assert code == 1
+    assert "`model.inference` must be one of" in capsys.readouterr().err
+
+
+def test_resume_with_other_config_is_refused(tmp_path, shared_data, monkeypatch):
+    """A checkpoint written under another config is refused, even if config.json is edited."""
+    from dgm import runs, training
+    from dgm.experiments import _dmm, dmm_synthetic
+
+    module = experiments.get("dmm-synthetic")
+    assert module is dmm_synthetic
+    ctx = runs.RunContext(out=tmp_path, progress=False)
+    header = {"format": "dgm-checkpoint-v1", "fingerprint": "other", "key": []}
+    training.save_checkpoint(ctx.out / "checkpoints" / "train.eqx", (), header)
+    with pytest.raises(ValueError, match="different configuration"):
+        training.load_checkpoint(
+            ctx.out / "checkpoints" / "train.eqx", (), _dmm.fingerprint(module.PRESETS["smoke"])
+        )

@@ -1,0 +1,157 @@
+"""DMM: bounds against the exact Kalman likelihood, analytic KL, masks, bad input."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dgm.data.synthetic import sample_linear_gaussian, synthetic9
+from dgm.models import dmm, kalman
+
+NUM_SEQ, NUM_STEPS = 6, 10
+_nelbo = eqx.filter_jit(dmm.neg_elbo)
+
+
+def _tiny(key, **kwargs):
+    """A small DMM over 5 binary notes."""
+    sizes = dict(z_dim=3, transition_dim=8, emission_dim=8, rnn_dim=8)
+    return dmm.DMM(5, **sizes, **kwargs, key=key)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return _tiny(jax.random.key(3), inference="st-lr", cell="lstm")
+
+
+def _inv_softplus(v):
+    return jnp.log(jnp.expm1(jnp.asarray([v], jnp.float32)))
+
+
+def linear_gaussian_dmm(params, *, inference="st-r", key):
+    """A DMM whose generative model is exactly ``params`` (1-D synthetic9)."""
+    model = dmm.DMM(
+        1,
+        z_dim=1,
+        rnn_dim=8,
+        emission_layers=0,
+        transition="linear",
+        likelihood="gaussian",
+        inference=inference,
+        cell="gru",
+        key=key,
+    )
+    return eqx.tree_at(
+        lambda m: (
+            m.transition.loc.weight,
+            m.transition.loc.bias,
+            m.transition.raw_var,
+            m.emission.out.weight,
+            m.emission.out.bias,
+            m.emission.raw_var,
+        ),
+        model,
+        (params.A, params.b, _inv_softplus(10.0), params.C, params.d, _inv_softplus(20.0)),
+    )
+
+
+@pytest.fixture(scope="module")
+def linear_case():
+    params = synthetic9()
+    x, _ = sample_linear_gaussian(params, NUM_SEQ, NUM_STEPS, jax.random.key(0))
+    mask = jnp.ones(x.shape[:2], jnp.float32)
+    model = linear_gaussian_dmm(params, key=jax.random.key(1))
+    exact = jax.jit(jax.vmap(lambda a, m: kalman.kalman_filter(params, a, m)[0]))(x, mask)
+    log_w = eqx.filter_jit(dmm.log_importance_weights)(
+        model, x, mask, jax.random.key(2), 64 * 25, 64 * 5
+    )
+    return np.asarray(exact), np.asarray(log_w, np.float64)
+
+
+def _is_estimates(log_w, s):
+    """Independent IS estimates log p̂_S from disjoint blocks of S weights, (blocks, batch)."""
+    blocks = log_w[: (len(log_w) // s) * s].reshape(-1, s, log_w.shape[1])
+    return np.logaddexp.reduce(blocks, axis=1) - np.log(s)
+
+
+def test_elbo_below_exact_kalman_log_likelihood(linear_case):
+    exact, log_w = linear_case
+    mean, se = log_w.mean(0), log_w.std(0) / np.sqrt(len(log_w))
+    assert np.all(mean + 4 * se < exact), (mean, exact)
+
+
+def test_is_estimate_increases_with_samples_toward_exact(linear_case):
+    """E log p̂_S rises with S (1, 8, 64) and stays below log p(x); se from 25 blocks."""
+    exact, log_w = linear_case
+    means, ses = [], []
+    for s in (1, 8, 64):
+        est = _is_estimates(log_w, s)
+        means.append(est.mean(0))
+        ses.append(est.std(0) / np.sqrt(len(est)))
+    for lo, hi, se_lo, se_hi in zip(means, means[1:], ses, ses[1:], strict=False):
+        z = (hi - lo) / np.sqrt(se_lo**2 + se_hi**2)
+        assert np.all(z > 2.0), z
+    assert np.all(means[-1] < exact + 4 * ses[-1])
+
+
+def test_analytic_kl_matches_monte_carlo(model):
+    """Σ_t (log q − log p − KL_t) has mean 0: KL_t is E_q[log q − log p] given z_{t−1}."""
+    x = (jax.random.uniform(jax.random.key(4), (7, 5)) < 0.4).astype(jnp.float32)
+    mask = jnp.ones((7,), jnp.float32)
+
+    def diff(k):
+        t = dmm.sequence_terms(model, x, mask, k)
+        return jnp.sum(t["log_q"] - t["log_p"]), jnp.sum(t["kl"])
+
+    mc, analytic = eqx.filter_jit(jax.vmap(diff))(jax.random.split(jax.random.key(5), 4000))
+    d = np.asarray(mc, np.float64) - np.asarray(analytic, np.float64)
+    z = d.mean() / (d.std() / np.sqrt(len(d)))
+    assert abs(z) < 4.0, z
+    assert np.all(np.asarray(analytic) > 0)
+
+
+@pytest.mark.parametrize("structured", [True, False])
+def test_padding_does_not_change_loss(structured, model):
+    """Both RNN directions, the combiner, MF product heads and an IAF step see only real frames."""
+    if not structured:
+        model = _tiny(jax.random.key(6), inference="mf-lr", cell="rnn", num_iafs=1)
+    x = (jax.random.uniform(jax.random.key(7), (12, 5)) < 0.4).astype(jnp.float32)
+    mask = (jnp.arange(12) < 7).astype(jnp.float32)
+    beta = jnp.asarray(0.5, jnp.float32)
+    padded = _nelbo(model, x, mask, jax.random.key(8), beta)
+    unpadded = _nelbo(model, x[:7], mask[:7], jax.random.key(8), beta)
+    np.testing.assert_allclose(float(padded), float(unpadded), rtol=1e-5)
+    # the padding content is ignored, but the real frames are not
+    changed = _nelbo(model, x.at[3].set(1.0 - x[3]), mask, jax.random.key(8), beta)
+    assert abs(float(changed) - float(padded)) > 1e-3
+
+
+def test_batched_equals_looped_and_samples_have_probabilities(model):
+    x = (jax.random.uniform(jax.random.key(10), (3, 7, 5)) < 0.5).astype(jnp.float32)
+    mask = jnp.ones((3, 7), jnp.float32)
+    keys = jax.random.split(jax.random.key(11), 3)
+    batched = eqx.filter_jit(jax.vmap(dmm.neg_elbo, in_axes=(None, 0, 0, 0)))(model, x, mask, keys)
+    looped = [float(_nelbo(model, x[i], mask[i], keys[i])) for i in range(3)]
+    np.testing.assert_allclose(np.asarray(batched), looped, rtol=1e-6)
+    probs = eqx.filter_jit(dmm.sample_sequences)(model, 6, jax.random.key(12))
+    assert probs.shape == (6, 5) and bool(jnp.all((probs > 0) & (probs < 1)))
+
+
+def test_bad_input_messages(model):
+    with pytest.raises(ValueError, match="`inference` must be one of .* got 'st-x'"):
+        dmm.DMM(4, inference="st-x", key=jax.random.key(0))
+    with pytest.raises(ValueError, match="`cell` must be one of"):
+        dmm.DMM(4, cell="transformer", key=jax.random.key(0))
+    x = np.full((2, 3, 5), 0.5, np.float32)
+    mask = np.ones((2, 3), np.float32)
+    with pytest.raises(ValueError, match="`x` must be binary .* Bernoulli"):
+        dmm.validate_sequences(x, mask, 5, "bernoulli")
+    dmm.validate_sequences(x, mask, 5, "gaussian")
+    with pytest.raises(ValueError, match=r"`x` must have shape \(batch, time, 5\); got shape"):
+        dmm.validate_sequences(x[0], mask, 5, "gaussian")
+    with pytest.raises(ValueError, match="`mask` must have shape"):
+        dmm.validate_sequences(x, mask[:, :2], 5, "gaussian")
+    with pytest.raises(ValueError, match="multiple of `chunk_size`"):
+        dmm.log_importance_weights(
+            model, jnp.asarray(x), jnp.asarray(mask), jax.random.key(0), 10, 3
+        )
