@@ -275,6 +275,7 @@ def test_rejection_rounds_up_to_equal_calls():
         batch_size=10_000,
     )
     assert res.num_simulations == 7 and res.params.shape == (res.num_accepted, 2)
+    assert res.compile_s > 0 and res.wall_s > 0  # timed apart, for ESS per second
 
 
 # ---------------------------------------------------------- elliptical slice, PMMH
