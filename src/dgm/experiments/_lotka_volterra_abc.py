@@ -150,7 +150,9 @@ class ABCRunners:
     def __init__(self, model: LotkaVolterra, y_obs, cfg: ABCConfig):
         self.model, self.y_obs, self.cfg = model, np.asarray(y_obs, np.float64), cfg
         self._runners: dict[tuple, ChainRunner] = {}
-        self.simulate = jax.jit(jax.vmap(model.generate))  # compiled once per batch shape
+        # Compiled once per batch shape and shared by all methods.
+        self.simulate = jax.jit(jax.vmap(model.generate))
+        self.start_points = jax.jit(start_points, static_argnums=(0, 3))
 
     def runner(self, method: ABCMethod, chunk: int) -> ChainRunner:
         key = (method.sampler, method.kernel, chunk)
@@ -229,7 +231,7 @@ def _init_states(method: ABCMethod, runners: "ABCRunners", num_chains: int, key,
     """
     model = runners.model
     key_start, key_noise = jax.random.split(key)
-    u0 = start_points(model, y_obs, key_start, num_chains)
+    u0 = runners.start_points(model, y_obs, key_start, num_chains)
     if method.sampler == "hmc":
         init = jax.jit(
             jax.vmap(lambda u: abc.abc_hmc_init(u, model.generate, y_obs, method.epsilon))
