@@ -10,6 +10,17 @@ import pytest
 from dgm.cli import main
 from dgm.models.lotka_volterra import LotkaVolterra
 
+ABC_KEYS = ("abc_slice_uniform_100", "abc_rejection")  # the smoke preset's ABC methods
+METHOD_FIELDS = (
+    "ess_bulk_min",
+    "ess_per_s_min",
+    "compile_s",
+    "wall_s",
+    "posterior_mean",
+    "posterior_sd",
+    "accept_rate",
+)
+
 
 def test_observed_data_matches_thesis_files(shared_data, monkeypatch):
     from dgm.data.lotka_volterra import observed_data
@@ -49,22 +60,59 @@ def test_smoke_run_writes_outputs(smoke_run):
     ):
         assert (smoke_run / name).exists(), name
     metrics = json.loads((smoke_run / "metrics.json").read_text())
-    for method in ("chmc", "reference"):
-        for field in (
-            "ess_bulk_min",
-            "ess_per_s_min",
-            "compile_s",
-            "wall_s",
-            "posterior_mean",
-            "posterior_sd",
-            "accept_rate",
-        ):
+    for method in ("chmc", "reference", *ABC_KEYS):
+        for field in METHOD_FIELDS:
             assert field in metrics[method], (method, field)
     chmc = metrics["chmc"]
     assert chmc["max_constraint_residual"] < 1e-8
     assert {"n_projection_failures", "n_irreversible"} <= set(chmc)
     config = json.loads((smoke_run / "config.json").read_text())
     assert config["seed"] == 0 and config["versions"]["jax"]
+
+
+def test_smoke_run_abc_baselines(smoke_run):
+    """Each ABC method of the smoke preset has finite metrics, a report row and draws."""
+    import arviz as az
+
+    metrics = json.loads((smoke_run / "metrics.json").read_text())
+    for key in ABC_KEYS:
+        m = metrics[key]
+        for field in METHOD_FIELDS:
+            assert np.all(np.isfinite(np.asarray(m[field], dtype=float))), (key, field, m[field])
+        assert m["n_simulations"] > 0 and m["ess_bulk_min"] > 0 and m["wall_s"] > 0
+        assert len(m["posterior_mean"]) == 4
+    assert metrics["abc_rejection"]["n_simulations"] == 10_000
+    report = (smoke_run / "report.md").read_text()
+    assert all(f" {key} " in report for key in ABC_KEYS)
+    idata = az.from_netcdf(str(smoke_run / "posterior.nc"))
+    assert {"posterior", "reference", *ABC_KEYS} <= set(idata.groups())
+    slice_draws = idata["abc_slice_uniform_100"]["log_rates"]
+    assert slice_draws.shape == (1, 20, 4)
+    np.testing.assert_allclose(
+        slice_draws.values.mean(axis=(0, 1)), metrics["abc_slice_uniform_100"]["posterior_mean"]
+    )
+
+
+@pytest.mark.slow
+def test_every_abc_method_runs_and_reports_simulations():
+    """All spec §5 settings through the experiment's runner, tiny budgets, one chain."""
+    import dataclasses
+
+    from dgm.experiments import lotka_volterra as lv
+    from dgm.experiments._lotka_volterra_abc import ABC_METHODS, ABCRunners, run_method
+
+    cfg = dataclasses.replace(lv.PRESETS["smoke"].abc, methods=tuple(ABC_METHODS))
+    model = LotkaVolterra()
+    with jax.enable_x64(True):
+        y_obs = np.asarray(model.generate(jnp.asarray(model.observed_inputs(), jnp.float64)))
+    runners = ABCRunners(model, y_obs, cfg)
+    for i, name in enumerate(ABC_METHODS):
+        eps = cfg.rejection_epsilon if name == "rejection" else None
+        res = run_method(name, runners, jax.random.key(i), epsilon=eps)
+        assert res.log_rates.ndim == 3 and res.log_rates.shape[-1] == 4, name
+        assert res.log_rates.shape[1] > 0 and np.all(np.isfinite(res.log_rates)), name
+        assert res.extra["n_simulations"] > 0 and 0 <= res.accept_rate <= 1, name
+        assert res.wall_s > 0, name
 
 
 def test_existing_run_needs_resume_or_overwrite(smoke_run, capsys):
@@ -91,6 +139,8 @@ def test_resume_reuses_finished_methods(smoke_run):
     )
     after = json.loads((smoke_run / "metrics.json").read_text())
     assert after["chmc"]["posterior_mean"] == before["chmc"]["posterior_mean"]
+    for key in ABC_KEYS:
+        assert after[key]["posterior_mean"] == before[key]["posterior_mean"], key
 
 
 @pytest.mark.parametrize(
@@ -100,6 +150,8 @@ def test_resume_reuses_finished_methods(smoke_run):
         (["run", "lotka-volterra", "--preset", "huge"], "unknown preset 'huge'"),
         (["run", "lotka-volterra", "--set", "chmc.step_size=-1"], "`chmc.step_size` must be"),
         (["run", "lotka-volterra", "--set", "chmc.bogus=1"], "unknown config field"),
+        (["run", "lotka-volterra", "--set", 'abc.methods=["nope"]'], "`abc.methods` has unknown"),
+        (["run", "lotka-volterra", "--set", "abc.num_chains=0"], "`abc.num_chains` must be"),
     ],
 )
 def test_cli_bad_input_exits_1_with_one_line(argv, match, capsys, tmp_path):

@@ -2,11 +2,30 @@
 
 Conditions the stochastic predator–prey generator (4 log-rates + 100 noise inputs) on
 the paper's observed sequence, runs constrained HMC at the paper's settings, the ABC
-baselines, and an exact-likelihood HMC reference on the 4 log-rates (exact because the
-noise is additive), then writes draws, plots, ``metrics.json`` and ``report.md``.
+baselines of spec §5 on the same generator, and an exact-likelihood HMC reference on the
+4 log-rates (exact because the noise is additive). Writes into the run directory:
+
+* ``metrics.json``: one entry per method key (``chmc``, ``reference`` and
+  ``abc_<name>`` for each name in ``config.abc.methods``, e.g. ``abc_slice_uniform_100``,
+  ``abc_slice_uniform_10``, ``abc_slice_gaussian_10``, ``abc_hmc_10``,
+  ``abc_pmmh_uniform_1000``, ``abc_pmmh_gaussian_100``, ``abc_rejection``; all names in
+  :data:`ABC_METHODS`), each with ``ess_bulk_min``, ``ess_per_s_min`` (min bulk ESS over
+  the 4 log-rates per second of sampling, compilation excluded), ``compile_s``,
+  ``wall_s``, ``posterior_mean``, ``posterior_sd``, ``accept_rate``,
+  ``mean_error_in_ref_sd``; ABC entries also ``n_simulations``.
+* ``posterior.nc``: ArviZ InferenceData. CHMC's draws are the standard groups
+  (``posterior`` with ``u`` and ``log_rates``, ``sample_stats``, ``observed_data``);
+  every other method is one extra group named by its key (``reference``,
+  ``abc_slice_uniform_100``, ...) holding ``log_rates`` with dims
+  ``(chain, draw, log_rates_dim_0)`` and the settings as attributes. Read one with
+  ``az.from_netcdf(path).abc_slice_uniform_100`` (``az.summary`` accepts it).
+* ``report.md`` (a row per method), ``marginals.png`` and ``ess_per_s.png`` (the
+  paper's ESS/s figure: bars per log-rate and method on a log scale, with the thesis's
+  published values as black marks).
 """
 
 import dataclasses
+import functools
 import json
 import time
 
@@ -19,6 +38,20 @@ from dgm import diagnostics
 from dgm.conditioning import condition
 from dgm.config import check_positive
 from dgm.data.lotka_volterra import observed_data
+from dgm.experiments._lotka_volterra_abc import (
+    ABC_METHODS,
+    ABCConfig,
+    ABCRunners,
+    run_method,
+)
+from dgm.experiments._lotka_volterra_abc import DEFAULT_METHODS as DEFAULT_ABC_METHODS
+from dgm.experiments._lotka_volterra_report import (
+    PAPER_ESS_PER_S,
+    PARAM_NAMES,
+    plot_ess,
+    plot_marginals,
+    report,
+)
 from dgm.inference import hmc
 from dgm.inference.base import ChainRunner, _device_groups
 from dgm.models.lotka_volterra import NUM_PARAMS, TRUE_RATES, LotkaVolterra
@@ -26,13 +59,16 @@ from dgm.runs import RunContext, write_text
 
 NAME = "lotka-volterra"
 DESCRIPTION = "Constrained HMC vs ABC on the stochastic Lotka-Volterra model (Graham & Storkey)"
-PARAM_NAMES = ["log z1", "log z2", "log z3", "log z4"]
-# Thesis/journal ESS per second (mean over 10 chains), spec §7.1.
-PAPER_ESS_PER_S = {
-    "chmc": [3.14, 3.13, 3.22, 3.24],
-    "abc_slice_uniform_100": [1.02, 1.05, 0.99, 1.20],
-    "abc_slice_uniform_10": [0.019, 0.019, 0.013, 0.013],
-}
+__all__ = [
+    "ABC_METHODS",
+    "PAPER_ESS_PER_S",
+    "PARAM_NAMES",
+    "ABCConfig",
+    "CHMCConfig",
+    "Config",
+    "ReferenceConfig",
+    "run",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +107,7 @@ class ReferenceConfig:
 class Config:
     chmc: CHMCConfig = CHMCConfig()
     reference: ReferenceConfig = ReferenceConfig()
+    abc: ABCConfig = ABCConfig()
     num_time_steps: int = 50
 
 
@@ -79,10 +116,41 @@ PRESETS = {
     "quick": Config(
         chmc=CHMCConfig(num_chains=4, num_samples=200),
         reference=ReferenceConfig(num_chains=4, num_samples=2000, num_warmup=200),
+        # ABC: reduced draws; 3 chains (an odd count stays on one host device, so each
+        # sampler compiles once instead of once per device: quick is compile-bound);
+        # PMMH at ε = 1000 (nearly the prior) is left to the paper preset.
+        abc=ABCConfig(
+            methods=tuple(m for m in DEFAULT_ABC_METHODS if m != "pmmh_uniform_1000"),
+            num_chains=3,
+            slice_uniform_num_samples=2000,
+            slice_gaussian_num_samples=3000,
+            slice_num_warmup=200,
+            pmmh_num_samples=20_000,
+            pmmh_num_warmup=2000,
+            hmc_num_samples=300,
+            hmc_num_warmup=30,
+            rejection_num_simulations=100_000,
+        ),
     ),
     "smoke": Config(
         chmc=CHMCConfig(num_chains=2, num_samples=10, num_warmup=2, chunk_size=10),
         reference=ReferenceConfig(num_chains=2, num_samples=100, num_warmup=20),
+        # Two ABC code paths (chains, rejection) keep the smoke test short; the other
+        # samplers are covered by a `slow` test of every method.
+        abc=ABCConfig(
+            methods=("slice_uniform_100", "rejection"),
+            num_chains=1,
+            slice_uniform_num_samples=20,
+            slice_gaussian_num_samples=20,
+            slice_num_warmup=2,
+            pmmh_num_samples=20,
+            pmmh_num_warmup=2,
+            hmc_num_samples=10,
+            hmc_num_warmup=2,
+            hmc_num_steps=(2, 3),
+            rejection_num_simulations=10_000,
+            rejection_epsilon=1e4,  # the paper's √1000 accepts nothing; smoke needs draws
+        ),
     ),
 }
 
@@ -199,134 +267,119 @@ def run_reference(
     return _method_metrics(draws, result.wall_s, result.compile_s, accept), draws
 
 
+def run_abc(
+    name: str, runners: ABCRunners, key, ctx: RunContext, epsilon=None
+) -> tuple[dict, np.ndarray, dict]:
+    """One ABC baseline: its metrics, the draws to store, and the group's attributes."""
+    res = run_method(name, runners, key, epsilon=epsilon, progress=ctx.progress)
+    if res.log_rates.shape[1] < 2:  # rejection ABC that accepted (almost) nothing
+        metrics = _no_draws_metrics(res)
+    else:
+        metrics = _method_metrics(
+            res.log_rates, res.wall_s, res.compile_s, res.accept_rate, **res.extra
+        )
+    return metrics, res.stored, res.attrs
+
+
+def _no_draws_metrics(res) -> dict:
+    n = res.log_rates.shape[1]
+    return {
+        "ess_bulk_min": float(n),
+        "ess_per_s_min": n / res.wall_s if res.wall_s > 0 else None,
+        "ess_bulk": [float(n)] * NUM_PARAMS,
+        "r_hat_max": None,
+        "compile_s": res.compile_s,
+        "wall_s": res.wall_s,
+        "posterior_mean": [None] * NUM_PARAMS,
+        "posterior_sd": [None] * NUM_PARAMS,
+        "accept_rate": res.accept_rate,
+        **res.extra,
+    }
+
+
 def run(config: Config, key, ctx: RunContext) -> dict:
     model = LotkaVolterra(num_steps=config.num_time_steps)
     y_obs, diff = observed_data(model, check=config.num_time_steps == 50)
-    key_chmc, key_ref = jax.random.split(key)
+    key_chmc, key_ref, key_abc = jax.random.split(key, 3)
     results: dict[str, dict] = {}
     draws: dict[str, np.ndarray] = {}
+    attrs: dict[str, dict] = {"reference": {"sampler": "hmc_exact_likelihood"}}
+    abc_runners = ABCRunners(model, y_obs, config.abc)
     runners = {
         "chmc": lambda: run_chmc(config.chmc, model, y_obs, key_chmc, ctx),
         "reference": lambda: run_reference(config.reference, model, y_obs, key_ref),
     }
+    for i, name in enumerate(config.abc.methods):
+        k = jax.random.fold_in(key_abc, i)
+        eps = config.abc.rejection_epsilon if name == "rejection" else None
+        runners[f"abc_{name}"] = functools.partial(run_abc, name, abc_runners, k, ctx, eps)
     for name, fn in runners.items():
         saved = ctx.load_checkpoint(f"method_{name}")
         if saved is not None and "metrics_json" in saved:
             results[name] = json.loads(str(saved["metrics_json"]))
             draws[name] = saved["log_rates"]
+            attrs[name] = json.loads(str(saved["attrs_json"])) if "attrs_json" in saved else {}
             continue
         t0 = time.perf_counter()
-        results[name], draws[name] = fn()
+        out = fn()
+        results[name], draws[name] = out[:2]
+        if len(out) > 2:
+            attrs[name] = out[2]
         results[name]["total_s"] = time.perf_counter() - t0
         ctx.save_checkpoint(
             f"method_{name}",
             log_rates=draws[name],
             metrics_json=np.asarray(json.dumps(results[name])),
+            attrs_json=np.asarray(json.dumps(attrs.get(name, {}))),
         )
     ref = results["reference"]
-    gap = np.abs(np.subtract(results["chmc"]["posterior_mean"], ref["posterior_mean"]))
+    for name, r in results.items():
+        if name != "reference":
+            r["mean_error_in_ref_sd"] = _mean_error(r, ref)
     metrics = {
         **results,
         "true_log_rates": np.log(TRUE_RATES).tolist(),
         "observed_data_max_diff_vs_thesis": diff,
-        "chmc_mean_error_in_ref_sd": (gap / np.asarray(ref["posterior_sd"])).tolist(),
+        "chmc_mean_error_in_ref_sd": results["chmc"]["mean_error_in_ref_sd"],
     }
-    _plot_marginals(ctx, draws)
-    _plot_ess(ctx, results)
-    write_text(ctx.path("report.md"), _report(metrics))
+    _save_posterior(ctx, draws, attrs)
+    plot_marginals(ctx, draws, ref)
+    plot_ess(ctx, results)
+    write_text(ctx.path("report.md"), report(metrics))
     return metrics
 
 
-def _plot_marginals(ctx: RunContext, draws: dict[str, np.ndarray]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, NUM_PARAMS, figsize=(4 * NUM_PARAMS, 3.2))
-    for i, ax in enumerate(axes):
-        for name, d in draws.items():
-            flat = d[..., i].reshape(-1)
-            ax.hist(flat, bins=40, density=True, histtype="step", label=name, linewidth=1.5)
-        ax.axvline(np.log(TRUE_RATES[i]), color="k", linestyle="--", label="true")
-        ax.set_xlabel(PARAM_NAMES[i])
-    axes[0].legend(fontsize=8)
-    fig.suptitle("Lotka–Volterra: marginal posteriors of the log-rates")
-    ctx.save_figure("marginals.png", fig)
+def _mean_error(r: dict, ref: dict) -> list:
+    """|mean − reference mean| in reference sds, per log-rate (None without draws)."""
+    if any(m is None for m in r["posterior_mean"]):
+        return [None] * NUM_PARAMS
+    gap = np.abs(np.subtract(r["posterior_mean"], ref["posterior_mean"]))
+    return (gap / np.asarray(ref["posterior_sd"])).tolist()
 
 
-def _plot_ess(ctx: RunContext, results: dict) -> None:
-    import matplotlib
+def _save_posterior(ctx: RunContext, draws: dict, attrs: dict) -> None:
+    """Add one group per non-CHMC method to CHMC's ``posterior.nc`` (see module doc)."""
+    import arviz as az
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = [n for n in results if n != "reference"]
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    width = 0.8 / max(1, len(names))
-    for j, name in enumerate(names):
-        r = results[name]
-        ess_s = np.asarray(r["ess_bulk"]) / r["wall_s"]
-        ax.bar(np.arange(NUM_PARAMS) + j * width, ess_s, width, label=name)
-    ax.set_yscale("log")
-    ax.set_xticks(np.arange(NUM_PARAMS) + width * (len(names) - 1) / 2, PARAM_NAMES)
-    ax.set_ylabel("bulk ESS per second")
-    ax.legend(fontsize=8)
-    ctx.save_figure("ess_per_s.png", fig)
-
-
-def _report(m: dict) -> str:
-    rows = []
-    for name, r in m.items():
-        if not isinstance(r, dict):
+    path = ctx.path("posterior.nc")
+    if path.exists():
+        stored = az.from_netcdf(str(path))
+        chmc_groups = ("posterior", "sample_stats", "observed_data")
+        idata = az.InferenceData(
+            **{g: getattr(stored, g).load() for g in stored.groups() if g in chmc_groups}
+        )
+    else:  # resumed run whose CHMC file was lost: keep its log-rates at least
+        idata = az.from_dict(posterior={"log_rates": draws["chmc"]})
+    groups = {}
+    for name, d in draws.items():
+        if name == "chmc" or d.shape[1] == 0:
             continue
-        paper = PAPER_ESS_PER_S.get(name)
-        rows.append(
-            {
-                "method": name,
-                "ESS/s (min)": r["ess_per_s_min"],
-                "ESS min": r["ess_bulk_min"],
-                "accept": r["accept_rate"],
-                "R-hat max": r["r_hat_max"],
-                "wall s": r["wall_s"],
-                "compile s": r["compile_s"],
-                "paper ESS/s (min)": min(paper) if paper else "-",
-            }
-        )
-    table = diagnostics.format_table(rows, list(rows[0]))
-    c = m["chmc"]
-    means = "\n".join(
-        f"| {p} | {np.log(t):.4f} | {a:.4f} ± {sa:.4f} | {b:.4f} ± {sb:.4f} |"
-        for p, t, a, sa, b, sb in zip(
-            PARAM_NAMES,
-            TRUE_RATES,
-            c["posterior_mean"],
-            c["posterior_sd"],
-            m["reference"]["posterior_mean"],
-            m["reference"]["posterior_sd"],
-            strict=True,
-        )
-    )
-    errors = ", ".join(f"{v:.3f}" for v in m["chmc_mean_error_in_ref_sd"])
-    return f"""# Lotka–Volterra: constrained HMC vs baselines
-
-```
-{table}
-```
-
-Paper (thesis) ESS/s: constrained HMC 3.13–3.24, ABC slice sampling (uniform, ε = 100) 0.99–1.20,
-ε = 10: 0.013–0.019, on the authors' 2017 hardware.
-
-| parameter | true | CHMC mean ± sd | exact reference mean ± sd |
-|---|---|---|---|
-{means}
-
-CHMC mean error in reference posterior sds: {errors}.
-Constrained HMC: {c["n_transitions"]} transitions, {c["n_projection_failures"]} projection failures,
-{c["n_irreversible"]} irreversible steps, {c["n_divergent"]} divergences, max constraint residual
-{c["max_constraint_residual"]:.2e}, {c["ms_per_step"]:.2f} ms per integrator step per chain.
-"""
+        ds = az.convert_to_dataset({"log_rates": d}, dims={"log_rates": ["log_rates_dim_0"]})
+        ds.attrs.update({k: v for k, v in attrs.get(name, {}).items() if v is not None})
+        groups[name] = ds
+    idata.add_groups(groups)
+    ctx.save_with("posterior.nc", lambda p: idata.to_netcdf(str(p), engine="h5netcdf"))
 
 
 def summary(metrics: dict) -> str:
-    return _report(metrics).split("```")[1].strip()
+    return report(metrics).split("```")[1].strip()

@@ -2,7 +2,9 @@
 
 A bounded ``lax.while_loop``: when the shrinking bracket has not produced a point above
 the slice level after ``max_iters`` proposals, the current point is kept and the update
-is reported as not moved (a failure flag, never an error).
+is reported as not moved (a failure flag, never an error). A NaN log-likelihood (e.g. a
+simulator that overflowed) counts as −inf: that proposal is off the slice and the bracket
+keeps shrinking.
 """
 
 from collections.abc import Callable
@@ -35,7 +37,9 @@ def elliptical_slice(
 
     def propose(a):
         x_new = x * jnp.cos(a) + nu * jnp.sin(a)
-        return x_new, log_lik_fn(x_new)
+        ll = log_lik_fn(x_new)
+        # NaN <= level is False, which would end the loop as a spurious failure.
+        return x_new, jnp.where(jnp.isnan(ll), -jnp.inf, ll)
 
     x_new, ll_new = propose(angle)
     init = (jnp.asarray(1, jnp.int32), angle, lo, hi, x_new, ll_new)
