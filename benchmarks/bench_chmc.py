@@ -17,9 +17,9 @@ Three comparisons, one JSON line per result on stdout:
 
 dgm and Mici are measured in the same run, interleaved, ``--repeats`` times; medians are
 reported. dgm's compile time is excluded (``ChainRunner`` times it apart, and an untimed
-first run warms every shape up); Mici's JAX
-derivative functions are compiled before the timed runs. ``ms_per_step`` is wall time over integrator steps, per chain and per core
-(dgm's wall time is multiplied by the devices used). Compilation is excluded.
+first run warms every shape up); Mici's JAX derivative functions are compiled before the
+timed runs. ``ms_per_step`` is wall time over integrator steps, per chain and per core
+(dgm's wall time is multiplied by the devices used).
 
 Run:  python benchmarks/bench_chmc.py [--only lv,sphere,scaling] [--repeats 3]
 """
@@ -43,7 +43,6 @@ from dgm import diagnostics  # noqa: E402
 from dgm.conditioning import condition  # noqa: E402
 from dgm.inference.base import _device_groups  # noqa: E402
 from dgm.models.lotka_volterra import NUM_PARAMS, LotkaVolterra  # noqa: E402
-
 
 CHUNK = 50  # dgm iterations per compiled call; a first CHUNK-draw run warms each shape up
 
@@ -95,7 +94,9 @@ def run_dgm(posterior, key, init, num_draws, step_size, num_steps, num_geodesic_
         "num_steps": int(stats["n_steps"].values.sum()),
         "draws": np.asarray(idata.posterior["u"].values[..., :NUM_PARAMS]),
         "accept": float(stats["is_accepted"].values.mean()),
-        "failures": int(stats["projection_failed"].values.sum() + stats["irreversible"].values.sum()),
+        "failures": int(
+            stats["projection_failed"].values.sum() + stats["irreversible"].values.sum()
+        ),
     }
 
 
@@ -255,7 +256,7 @@ def bench_sphere(args):
     system = mici_system(
         constr=lambda q: np.sqrt(q @ q)[None] - 1.0,
         jacob_constr=lambda q: (q / np.sqrt(q @ q))[None, :],
-        mhp_constr=lambda q: (lambda m: m[0] @ hess(q)),
+        mhp_constr=lambda q: lambda m: m[0] @ hess(q),
         neg_log_dens=lambda q: 0.5 * q @ q,
         grad_neg_log_dens=lambda q: q,
     )
@@ -266,8 +267,15 @@ def bench_sphere(args):
         d = run_dgm(posterior, key, u0, args.sphere_draws, **settings)
         dgm_us.append(1e6 * d["wall_s"] / d["num_steps"])
         m = run_mici(
-            system, u0, args.sphere_mici_draws, settings["step_size"], settings["num_steps"],
-            settings["num_geodesic_steps"], settings["tol"], seed=r, trace=lambda u: u,
+            system,
+            u0,
+            args.sphere_mici_draws,
+            settings["step_size"],
+            settings["num_steps"],
+            settings["num_geodesic_steps"],
+            settings["tol"],
+            seed=r,
+            trace=lambda u: u,
         )
         mici_us.append(1e6 * m["wall_s"] / m["num_steps"])
     dgm, mici = statistics.median(dgm_us), statistics.median(mici_us)
