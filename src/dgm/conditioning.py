@@ -41,7 +41,17 @@ class SamplerSettings:
 class ConditionedGenerator:
     """Inputs of ``generator`` conditioned on ``generator(u) == y_obs``; see :func:`condition`."""
 
-    def __init__(self, generator, y_obs, input_dim, derived, jacobian, gram_cholesky_fn, init_fn):
+    def __init__(
+        self,
+        generator,
+        y_obs,
+        input_dim,
+        derived,
+        jacobian,
+        gram_cholesky_fn,
+        init_fn,
+        half_log_det_fn=None,
+    ):
         self.generator = generator
         self.y_obs = y_obs
         self.input_dim = input_dim
@@ -51,7 +61,7 @@ class ConditionedGenerator:
         }
         self.init_fn = init_fn
         self.system = ManifoldSystem(
-            generator, input_dim, self.output_dim, jacobian, gram_cholesky_fn
+            generator, input_dim, self.output_dim, jacobian, gram_cholesky_fn, half_log_det_fn
         )
         self._runners: dict[SamplerSettings, ChainRunner] = {}
         self._init_states = jax.jit(jax.vmap(lambda u: constrained_hmc.init(self.system, u)))
@@ -359,6 +369,7 @@ def condition(
     jacobian: str = "auto",
     gram_cholesky_fn: Callable | None = None,
     init_fn: Callable | None = None,
+    half_log_det_fn: Callable | None = None,
 ) -> ConditionedGenerator:
     """Condition ``y = generator(u)``, ``u ~ N(0, I)``, on an observed ``y``.
 
@@ -371,6 +382,9 @@ def condition(
         jacobian: ``"auto"``, ``"fwd"`` or ``"rev"``.
         gram_cholesky_fn: optional structured ``(u, J) -> chol(J Jᵀ)`` (lower).
         init_fn: optional ``init_fn(key) -> u`` returning a point on the manifold.
+        half_log_det_fn: optional ``u -> ½ log det(J Jᵀ)``, exact on the manifold ``generator(u)
+            = y_obs`` (see :class:`~dgm.inference.manifold.ManifoldSystem`); it replaces the
+            Gram log-det term and its second-order gradient.
 
     Raises:
         ValueError: for a generator whose output shape does not match ``y_obs``, more
@@ -407,10 +421,11 @@ def condition(
             f"the generator must have at least as many inputs as outputs; got input_dim="
             f"{input_dim} < {y.shape[0]} outputs"
         )
-    if init_fn is not None and not callable(init_fn):
-        raise ValueError(f"`init_fn` must be callable; got {type(init_fn).__name__}")
+    for name, fn in (("init_fn", init_fn), ("half_log_det_fn", half_log_det_fn)):
+        if fn is not None and not callable(fn):
+            raise ValueError(f"`{name}` must be callable; got {type(fn).__name__}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         return ConditionedGenerator(
-            generator, y, input_dim, derived, jacobian, gram_cholesky_fn, init_fn
+            generator, y, input_dim, derived, jacobian, gram_cholesky_fn, init_fn, half_log_det_fn
         )

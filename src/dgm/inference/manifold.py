@@ -37,6 +37,13 @@ class ManifoldSystem:
             M > 2N: forward passes are cheaper per pass, notably through ``scan``).
         gram_cholesky_fn: optional ``(u, J) -> L``, a lower Cholesky factor of J Jᵀ that
             exploits the Jacobian's structure; by default a dense Cholesky.
+        half_log_det_fn: optional ``u -> ½ log det(J Jᵀ)``, exact at least on the manifold
+            (it may differ off it). φ and ∇φ then use it instead of the Gram factor and
+            the second-order term: the sampler only evaluates φ on the manifold and only
+            uses the tangential part of ∇φ (every kick is followed by the tangent
+            projection), and both agree with the default there. A model with a closed-form
+            inverse noise map can make this term cheap (see
+            :meth:`dgm.models.lotka_volterra.LotkaVolterra.half_log_det_gram`).
     """
 
     def __init__(
@@ -46,6 +53,7 @@ class ManifoldSystem:
         output_dim: int,
         jacobian: str = "auto",
         gram_cholesky_fn: Callable | None = None,
+        half_log_det_fn: Callable | None = None,
     ):
         if jacobian not in ("auto", "fwd", "rev"):
             raise ValueError(f"`jacobian` must be 'auto', 'fwd' or 'rev'; got {jacobian!r}")
@@ -57,6 +65,7 @@ class ManifoldSystem:
         self.jacobian_mode = jacobian
         self._jac = jax.jacfwd(generator) if jacobian == "fwd" else jax.jacrev(generator)
         self._gram_cholesky_fn = gram_cholesky_fn
+        self._half_log_det_fn = half_log_det_fn
 
     def constraint(self, u: Float[Array, " dim"], y: Float[Array, " obs"]) -> Float[Array, " obs"]:
         return self.generator(u) - y
@@ -77,22 +86,20 @@ class ManifoldSystem:
 
     def potential(self, u: Float[Array, " dim"], chol) -> Float[Array, ""]:
         """φ(u) = ½ uᵀu + ½ log det(J Jᵀ) = ½ uᵀu + Σ log Lᵢᵢ."""
+        if self._half_log_det_fn is not None:
+            return 0.5 * jnp.dot(u, u) + self._half_log_det_fn(u)
         return 0.5 * jnp.dot(u, u) + jnp.sum(jnp.log(jnp.diagonal(chol)))
 
     def potential_grad(self, u: Float[Array, " dim"], jac, chol) -> Float[Array, " dim"]:
         """∇φ(u) = u + Σᵢⱼ Pᵢⱼ ∂Jᵢⱼ/∂u with P = (J Jᵀ)⁻¹ J held fixed.
 
-        The second term is computed forward-over-reverse, one column of P at a time:
-        Σⱼ d/dε [∇ᵤ P[:, j]ᵀ G(u)](u + ε eⱼ), so no derivative passes through the Cholesky.
+        The second term is one reverse pass through the Jacobian map, ``vjp(J)(P)``, so no
+        derivative passes through the Cholesky; P costs one solve with M right-hand sides.
         """
+        if self._half_log_det_fn is not None:
+            return u + jax.grad(self._half_log_det_fn)(u)
         pmat = jsl.cho_solve((chol, True), jac)
-
-        def column(p_j, e_j):
-            pullback = lambda v: jax.vjp(self.generator, v)[1](p_j)[0]  # noqa: E731
-            return jax.jvp(pullback, (u,), (e_j,))[1]
-
-        eye = jnp.eye(self.input_dim, dtype=u.dtype)
-        return u + jnp.sum(jax.vmap(column)(pmat.T, eye), axis=0)
+        return u + jax.vjp(self._jac, u)[1](pmat)[0]
 
     def potential_and_grad(self, u: Float[Array, " dim"]):
         """φ(u), ∇φ(u) and the cache ``(J, L)`` at u."""
