@@ -2,8 +2,8 @@
 
 ``posterior = dgm.condition(generator, y_obs, input_dim=M)`` describes the distribution
 of ``u ~ N(0, I_M)`` given ``generator(u) = y_obs``; ``posterior.sample(key, ...)`` runs
-constrained HMC chains on that manifold (``vmap`` over chains inside one compiled,
-chunked run) and returns ArviZ ``InferenceData``.
+constrained HMC chains on that manifold (``lax.map`` over the chains of each device,
+inside one compiled, chunked run) and returns ArviZ ``InferenceData``.
 
 References:
     Graham & Storkey (2017), "Asymptotically exact inference in differentiable generative
@@ -155,7 +155,11 @@ class ConditionedGenerator:
                     params["num_max"],
                 )
 
-            self._runners[settings] = ChainRunner(step, chunk_size=settings.chunk_size)
+            # lax.map over the chains of a device: the kernel's while loops (trajectory
+            # length, Newton iterations) would run every vmapped chain to the slowest one.
+            self._runners[settings] = ChainRunner(
+                step, chunk_size=settings.chunk_size, chain_map="map"
+            )
         return self._runners[settings]
 
     def sample(
