@@ -19,7 +19,9 @@ dgm and Mici are measured in the same run, interleaved, ``--repeats`` times; med
 reported. dgm's compile time is excluded (``ChainRunner`` times it apart, and an untimed
 first run warms every shape up); Mici's JAX derivative functions are compiled before the
 timed runs. ``ms_per_step`` is wall time over integrator steps, per chain and per core
-(dgm's wall time is multiplied by the devices used).
+(dgm's wall time is multiplied by the devices used); ``cpu_ms_per_step`` is process CPU
+time over steps (it includes host overhead, and is steadier than wall time on a shared
+machine).
 
 Run:  python benchmarks/bench_chmc.py [--only lv,sphere,scaling] [--repeats 3]
 """
@@ -73,8 +75,11 @@ def lv_starts(model, y_obs, num_chains, seed):
     return np.asarray(fn(jnp.asarray(u_z)))
 
 
-def run_dgm(posterior, key, init, num_draws, step_size, num_steps, num_geodesic_steps, tol):
-    """One dgm run: (wall_s, compile_s, integrator steps, (chains, draws, 4) log-rates...)."""
+def run_dgm(
+    posterior, key, init, num_draws, step_size, num_steps, num_geodesic_steps, tol, chunk=CHUNK
+):
+    """One dgm run: wall and CPU time, compile time, integrator steps, draws, acceptance."""
+    cpu0 = time.process_time()
     idata = posterior.sample(
         key,
         num_chains=init.shape[0],
@@ -84,11 +89,13 @@ def run_dgm(posterior, key, init, num_draws, step_size, num_steps, num_geodesic_
         num_geodesic_steps=num_geodesic_steps,
         tol=tol,
         init=init,
-        chunk_size=min(CHUNK, num_draws),
+        chunk_size=min(chunk, num_draws),
         progress_bar=False,
     )
+    cpu = time.process_time() - cpu0  # includes compilation, if any, and host overhead
     stats = idata.sample_stats
     return {
+        "cpu_s": cpu,
         "wall_s": float(idata.posterior.attrs["wall_s"]),
         "compile_s": float(idata.posterior.attrs["compile_s"]),
         "num_steps": int(stats["n_steps"].values.sum()),
@@ -132,7 +139,7 @@ def run_mici(system, init, num_draws, step_size, num_steps, n_inner_step, tol, s
     lo, hi = num_steps
     sampler = mici.samplers.RandomMetropolisHMC(system, integrator, rng, n_step_range=(lo, hi + 1))
     states = [mici.states.ChainState(pos=np.asarray(u), mom=None, dir=1) for u in init]
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     out = sampler.sample_chains(
         n_warm_up_iter=0,
         n_main_iter=num_draws,
@@ -140,9 +147,10 @@ def run_mici(system, init, num_draws, step_size, num_steps, n_inner_step, tol, s
         trace_funcs=[lambda s: {"x": trace(s.pos)}],
         display_progress=False,
     )
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     stats = out.statistics
     return {
+        "cpu_s": cpu,
         "wall_s": wall,
         "num_steps": int(np.sum(stats["n_step"])),
         "draws": np.stack([np.asarray(t) for t in out.traces["x"]]),
@@ -239,6 +247,7 @@ def bench_lv(args):
         devices=1,
         **mici,
         dgm_over_peer_ms_per_step=dgm["ms_per_step"] / mici["ms_per_step"],
+        dgm_over_peer_cpu_ms_per_step=dgm["cpu_ms_per_step"] / mici["cpu_ms_per_step"],
         dgm_over_peer_ess_per_s=dgm["min_ess_per_s"] / mici["min_ess_per_s"],
     )
 
@@ -248,8 +257,10 @@ def summarize(rows, devices, chains):
     ms = [1e3 * r["wall_s"] * devices / r["num_steps"] for r in rows]
     ess = [min_ess(r["draws"]) for r in rows]
     ess_s = [e / r["wall_s"] for e, r in zip(ess, rows, strict=True)]
+    cpu_ms = [1e3 * r["cpu_s"] / r["num_steps"] for r in rows]
     return {
         "ms_per_step": statistics.median(ms),
+        "cpu_ms_per_step": statistics.median(cpu_ms),
         "ms_per_step_all": ms,
         "wall_s": statistics.median(r["wall_s"] for r in rows),
         "min_ess_bulk": statistics.median(ess),
@@ -275,12 +286,15 @@ def bench_sphere(args):
         neg_log_dens=lambda q: 0.5 * q @ q,
         grad_neg_log_dens=lambda q: q,
     )
-    dgm_us, mici_us = [], []
-    run_dgm(posterior, jax.random.key(99), u0, CHUNK, **settings)  # warm-up
+    dgm_us, mici_us, dgm_cpu, mici_cpu = [], [], [], []
+    # one compiled call for the whole run: per-chunk host overhead would swamp µs steps
+    settings["chunk"] = args.sphere_draws
+    run_dgm(posterior, jax.random.key(99), u0, args.sphere_draws, **settings)  # warm-up
     for r in range(args.repeats):
         key = jax.random.key(r)
         d = run_dgm(posterior, key, u0, args.sphere_draws, **settings)
         dgm_us.append(1e6 * d["wall_s"] / d["num_steps"])
+        dgm_cpu.append(1e6 * d["cpu_s"] / d["num_steps"])
         m = run_mici(
             system,
             u0,
@@ -293,13 +307,22 @@ def bench_sphere(args):
             trace=lambda u: u,
         )
         mici_us.append(1e6 * m["wall_s"] / m["num_steps"])
+        mici_cpu.append(1e6 * m["cpu_s"] / m["num_steps"])
     dgm, mici = statistics.median(dgm_us), statistics.median(mici_us)
-    emit(case="sphere", sampler="dgm", us_per_step=dgm, us_per_step_all=dgm_us, n_inner_step=1)
+    emit(
+        case="sphere",
+        sampler="dgm",
+        us_per_step=dgm,
+        us_per_step_all=dgm_us,
+        cpu_us_per_step=statistics.median(dgm_cpu),
+        n_inner_step=1,
+    )
     emit(
         case="sphere",
         sampler="mici",
         us_per_step=mici,
         us_per_step_all=mici_us,
+        cpu_us_per_step=statistics.median(mici_cpu),
         n_inner_step=1,
         dgm_over_peer_us_per_step=dgm / mici,
     )
@@ -311,12 +334,14 @@ def bench_scaling(args):
     settings = dict(step_size=0.25, num_steps=(4, 8), num_geodesic_steps=3, tol=1e-8)
     inits = {c: lv_starts(model, y_obs, c, seed=0) for c in (1, 8)}
     walls: dict[int, list[float]] = {1: [], 8: []}
+    cpus: dict[int, list[float]] = {1: [], 8: []}
     for c in (1, 8):
         run_dgm(posterior, jax.random.key(99), inits[c], CHUNK, **settings)  # warm-up
     for r in range(args.repeats):
         for c in (1, 8):
             res = run_dgm(posterior, jax.random.key(r), inits[c], args.scaling_draws, **settings)
             walls[c].append(res["wall_s"])
+            cpus[c].append(res["cpu_s"])
     one, eight = statistics.median(walls[1]), statistics.median(walls[8])
     emit(
         case="scaling",
@@ -325,6 +350,7 @@ def bench_scaling(args):
         wall_s_1_chain=one,
         wall_s_8_chains=eight,
         ratio_8_over_1=eight / one,
+        cpu_ratio_8_over_1=statistics.median(cpus[8]) / statistics.median(cpus[1]),
         devices_8_chains=len(_device_groups(8)),
     )
 
