@@ -19,6 +19,41 @@ import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 from jaxtyping import Array, Bool, Float, Int
 
+# Up to this many constraints, the Gram Cholesky and its solves are unrolled into scalar
+# operations: on a 1×1 or 3×3 Gram matrix, LAPACK's per-call overhead dominates the step.
+SMALL_GRAM = 4
+
+
+def gram_factor(gram: Float[Array, "obs obs"]) -> Float[Array, "obs obs"]:
+    """Lower Cholesky factor of the Gram matrix (unrolled for at most ``SMALL_GRAM`` rows)."""
+    n = gram.shape[0]
+    if n > SMALL_GRAM:
+        return jnp.linalg.cholesky(gram)
+    rows = [[jnp.zeros((), gram.dtype)] * n for _ in range(n)]
+    for j in range(n):
+        d = gram[j, j] - sum((rows[j][k] ** 2 for k in range(j)), jnp.zeros((), gram.dtype))
+        rows[j][j] = jnp.sqrt(d)  # NaN for a non-positive pivot, as LAPACK's result
+        for i in range(j + 1, n):
+            s = sum((rows[i][k] * rows[j][k] for k in range(j)), jnp.zeros((), gram.dtype))
+            rows[i][j] = (gram[i, j] - s) / rows[j][j]
+    return jnp.stack([jnp.stack(r) for r in rows])
+
+
+def cho_solve(
+    chol: Float[Array, "obs obs"], rhs: Float[Array, "obs ..."]
+) -> Float[Array, "obs ..."]:
+    """(L Lᵀ)⁻¹ rhs for a lower factor L (unrolled for at most ``SMALL_GRAM`` rows)."""
+    n = chol.shape[0]
+    if n > SMALL_GRAM:
+        return jsl.cho_solve((chol, True), rhs)
+    z = []
+    for i in range(n):  # L z = rhs
+        z.append((rhs[i] - sum((chol[i, k] * z[k] for k in range(i)), 0.0)) / chol[i, i])
+    x = [None] * n
+    for i in reversed(range(n)):  # Lᵀ x = z
+        x[i] = (z[i] - sum((chol[k, i] * x[k] for k in range(i + 1, n)), 0.0)) / chol[i, i]
+    return jnp.stack(x)
+
 
 class ProjectionResult(NamedTuple):
     position: Float[Array, " dim"]
@@ -77,7 +112,7 @@ class ManifoldSystem:
         """Lower Cholesky factor of J Jᵀ."""
         if self._gram_cholesky_fn is not None:
             return self._gram_cholesky_fn(u, jac)
-        return jnp.linalg.cholesky(jac @ jac.T)
+        return gram_factor(jac @ jac.T)
 
     def cache(self, u: Float[Array, " dim"]):
         """``(J(u), chol(J Jᵀ))``."""
@@ -98,7 +133,7 @@ class ManifoldSystem:
         """
         if self._half_log_det_fn is not None:
             return u + jax.grad(self._half_log_det_fn)(u)
-        pmat = jsl.cho_solve((chol, True), jac)
+        pmat = cho_solve(chol, jac)
         return u + jax.vjp(self._jac, u)[1](pmat)[0]
 
     def potential_and_grad(self, u: Float[Array, " dim"]):
@@ -111,7 +146,7 @@ def project_tangent(
     v: Float[Array, " dim"], jac: Float[Array, "obs dim"], chol
 ) -> Float[Array, " dim"]:
     """Π(v) = v − Jᵀ (J Jᵀ)⁻¹ J v: the component of v in the tangent space (null space of J)."""
-    return v - jac.T @ jsl.cho_solve((chol, True), jac @ v)
+    return v - jac.T @ cho_solve(chol, jac @ v)
 
 
 def project_onto_manifold(
@@ -139,7 +174,7 @@ def project_onto_manifold(
         i, v, _, _ = carry
         c = system.constraint(v, y)
         bad = ~jnp.all(jnp.isfinite(c))
-        v_new = v - anchor_jac.T @ jsl.cho_solve((anchor_chol, True), c)
+        v_new = v - anchor_jac.T @ cho_solve(anchor_chol, c)
         done = jnp.max(jnp.abs(c)) < tol
         return i + 1, jnp.where(bad, v, v_new), done, bad
 
