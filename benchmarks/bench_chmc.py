@@ -369,7 +369,7 @@ def main():
         action="store_true",
         help="dgm without the LV closed-form Gram log-det (dense Cholesky and its gradient)",
     )
-    parser.add_argument("--sphere-draws", type=int, default=2000)
+    parser.add_argument("--sphere-draws", type=int, default=20000)
     parser.add_argument("--sphere-mici-draws", type=int, default=200)
     parser.add_argument("--scaling-draws", type=int, default=100)
     args = parser.parse_args()
