@@ -2,8 +2,8 @@
 
 ``posterior = dgm.condition(generator, y_obs, input_dim=M)`` describes the distribution
 of ``u ~ N(0, I_M)`` given ``generator(u) = y_obs``; ``posterior.sample(key, ...)`` runs
-constrained HMC chains on that manifold (``vmap`` over chains inside one compiled,
-chunked run) and returns ArviZ ``InferenceData``.
+constrained HMC chains on that manifold (``lax.map`` over the chains of each device,
+inside one compiled, chunked run) and returns ArviZ ``InferenceData``.
 
 References:
     Graham & Storkey (2017), "Asymptotically exact inference in differentiable generative
@@ -41,7 +41,17 @@ class SamplerSettings:
 class ConditionedGenerator:
     """Inputs of ``generator`` conditioned on ``generator(u) == y_obs``; see :func:`condition`."""
 
-    def __init__(self, generator, y_obs, input_dim, derived, jacobian, gram_cholesky_fn, init_fn):
+    def __init__(
+        self,
+        generator,
+        y_obs,
+        input_dim,
+        derived,
+        jacobian,
+        gram_cholesky_fn,
+        init_fn,
+        half_log_det_fn=None,
+    ):
         self.generator = generator
         self.y_obs = y_obs
         self.input_dim = input_dim
@@ -51,7 +61,7 @@ class ConditionedGenerator:
         }
         self.init_fn = init_fn
         self.system = ManifoldSystem(
-            generator, input_dim, self.output_dim, jacobian, gram_cholesky_fn
+            generator, input_dim, self.output_dim, jacobian, gram_cholesky_fn, half_log_det_fn
         )
         self._runners: dict[SamplerSettings, ChainRunner] = {}
         self._init_states = jax.jit(jax.vmap(lambda u: constrained_hmc.init(self.system, u)))
@@ -145,7 +155,11 @@ class ConditionedGenerator:
                     params["num_max"],
                 )
 
-            self._runners[settings] = ChainRunner(step, chunk_size=settings.chunk_size)
+            # lax.map over the chains of a device: the kernel's while loops (trajectory
+            # length, Newton iterations) would run every vmapped chain to the slowest one.
+            self._runners[settings] = ChainRunner(
+                step, chunk_size=settings.chunk_size, chain_map="map"
+            )
         return self._runners[settings]
 
     def sample(
@@ -359,6 +373,7 @@ def condition(
     jacobian: str = "auto",
     gram_cholesky_fn: Callable | None = None,
     init_fn: Callable | None = None,
+    half_log_det_fn: Callable | None = None,
 ) -> ConditionedGenerator:
     """Condition ``y = generator(u)``, ``u ~ N(0, I)``, on an observed ``y``.
 
@@ -371,6 +386,9 @@ def condition(
         jacobian: ``"auto"``, ``"fwd"`` or ``"rev"``.
         gram_cholesky_fn: optional structured ``(u, J) -> chol(J Jᵀ)`` (lower).
         init_fn: optional ``init_fn(key) -> u`` returning a point on the manifold.
+        half_log_det_fn: optional ``u -> ½ log det(J Jᵀ)``, exact on the manifold ``generator(u)
+            = y_obs`` (see :class:`~dgm.inference.manifold.ManifoldSystem`); it replaces the
+            Gram log-det term and its second-order gradient.
 
     Raises:
         ValueError: for a generator whose output shape does not match ``y_obs``, more
@@ -407,10 +425,11 @@ def condition(
             f"the generator must have at least as many inputs as outputs; got input_dim="
             f"{input_dim} < {y.shape[0]} outputs"
         )
-    if init_fn is not None and not callable(init_fn):
-        raise ValueError(f"`init_fn` must be callable; got {type(init_fn).__name__}")
+    for name, fn in (("init_fn", init_fn), ("half_log_det_fn", half_log_det_fn)):
+        if fn is not None and not callable(fn):
+            raise ValueError(f"`{name}` must be callable; got {type(fn).__name__}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         return ConditionedGenerator(
-            generator, y, input_dim, derived, jacobian, gram_cholesky_fn, init_fn
+            generator, y, input_dim, derived, jacobian, gram_cholesky_fn, init_fn, half_log_det_fn
         )

@@ -263,3 +263,16 @@ def test_calibration_moments(seed):
     z_l, _ = z_scores(stats, np.r_[mean, np.diag(cov) + mean**2, cov[0, 1] + mean[0] * mean[1]])
     print(f"seed {seed}: sphere {z_s.max():.2f} ellipsoid {z_e.max():.2f} linear {z_l.max():.2f}")
     assert max(z_s.max(), z_e.max(), z_l.max()) < Z_MAX
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 6])
+def test_unrolled_gram_factor_and_solve_match_lapack(n):
+    """The unrolled small-Gram Cholesky and solve agree with LAPACK's (n > 4 is LAPACK)."""
+    rng = np.random.default_rng(n)
+    a = rng.normal(size=(n, n + 2))
+    gram = jnp.asarray(a @ a.T)
+    chol = manifold.gram_factor(gram)
+    np.testing.assert_allclose(chol, np.linalg.cholesky(a @ a.T), rtol=1e-12, atol=1e-12)
+    for rhs in (rng.normal(size=n), rng.normal(size=(n, 5))):
+        expected = np.linalg.solve(a @ a.T, rhs)
+        np.testing.assert_allclose(manifold.cho_solve(chol, jnp.asarray(rhs)), expected, rtol=1e-9)

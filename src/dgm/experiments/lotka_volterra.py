@@ -82,6 +82,9 @@ class CHMCConfig:
     tol: float = 1e-8
     max_iters: int = 100
     chunk_size: int = 50
+    # ½ log det(J Jᵀ) from the closed-form noise map (4×4) instead of the dense Gram
+    # factor and its second-order gradient; same dynamics on the manifold, ~25% faster.
+    structured_log_det: bool = True
 
     def __post_init__(self):
         check_positive("chmc.step_size", self.step_size)
@@ -187,6 +190,11 @@ def run_chmc(
         derived={"log_rates": lambda u: u[:NUM_PARAMS] + model.prior_loc},
         init_fn=lambda k: model.input_on_manifold(
             0.1 * jax.random.normal(k, (NUM_PARAMS,), jnp.float64) - 4.0, jnp.asarray(y_obs)
+        ),
+        half_log_det_fn=(
+            (lambda u: model.half_log_det_gram(u, jnp.asarray(y_obs)))
+            if cfg.structured_log_det
+            else None
         ),
     )
     idata = posterior.sample(

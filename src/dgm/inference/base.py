@@ -49,11 +49,23 @@ class ChainRunner:
             is a PyTree of tunable values (traced: changing them never recompiles).
         extract_fn: what to record from each state (default: ``state.position``).
         chunk_size: iterations per compiled call.
+        chain_map: how the chains of one device run: ``"vmap"`` (batched; best for
+            kernels of fixed length) or ``"map"`` (``lax.map``, one chain after another;
+            best for kernels with data-dependent loops, such as constrained HMC, where a
+            batched ``while_loop`` runs every chain to the slowest chain's count).
     """
 
-    def __init__(self, step_fn: Callable, extract_fn: Callable | None = None, chunk_size=100):
+    def __init__(
+        self,
+        step_fn: Callable,
+        extract_fn: Callable | None = None,
+        chunk_size=100,
+        chain_map: str = "vmap",
+    ):
         if not isinstance(chunk_size, int) or chunk_size < 1:
             raise ValueError(f"`chunk_size` must be a positive int; got {chunk_size!r}")
+        if chain_map not in ("vmap", "map"):
+            raise ValueError(f"`chain_map` must be 'vmap' or 'map'; got {chain_map!r}")
         self.step_fn = step_fn
         self.extract_fn = extract_fn or (lambda s: s.position)
         self.chunk_size = chunk_size
@@ -69,7 +81,10 @@ class ChainRunner:
 
                 return jax.lax.scan(body, state, start + jnp.arange(chunk_size))
 
-            states, (draws, infos) = jax.vmap(one_chain)(keys, states)
+            if chain_map == "map":
+                states, (draws, infos) = jax.lax.map(lambda a: one_chain(*a), (keys, states))
+            else:
+                states, (draws, infos) = jax.vmap(one_chain)(keys, states)
             return states, draws, infos
 
         self._jitted = jax.jit(chunk)

@@ -19,6 +19,41 @@ import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 from jaxtyping import Array, Bool, Float, Int
 
+# Up to this many constraints, the Gram Cholesky and its solves are unrolled into scalar
+# operations: on a 1×1 or 3×3 Gram matrix, LAPACK's per-call overhead dominates the step.
+SMALL_GRAM = 4
+
+
+def gram_factor(gram: Float[Array, "obs obs"]) -> Float[Array, "obs obs"]:
+    """Lower Cholesky factor of the Gram matrix (unrolled for at most ``SMALL_GRAM`` rows)."""
+    n = gram.shape[0]
+    if n > SMALL_GRAM:
+        return jnp.linalg.cholesky(gram)
+    rows = [[jnp.zeros((), gram.dtype)] * n for _ in range(n)]
+    for j in range(n):
+        d = gram[j, j] - sum((rows[j][k] ** 2 for k in range(j)), jnp.zeros((), gram.dtype))
+        rows[j][j] = jnp.sqrt(d)  # NaN for a non-positive pivot, as LAPACK's result
+        for i in range(j + 1, n):
+            s = sum((rows[i][k] * rows[j][k] for k in range(j)), jnp.zeros((), gram.dtype))
+            rows[i][j] = (gram[i, j] - s) / rows[j][j]
+    return jnp.stack([jnp.stack(r) for r in rows])
+
+
+def cho_solve(
+    chol: Float[Array, "obs obs"], rhs: Float[Array, "obs ..."]
+) -> Float[Array, "obs ..."]:
+    """(L Lᵀ)⁻¹ rhs for a lower factor L (unrolled for at most ``SMALL_GRAM`` rows)."""
+    n = chol.shape[0]
+    if n > SMALL_GRAM:
+        return jsl.cho_solve((chol, True), rhs)
+    z = []
+    for i in range(n):  # L z = rhs
+        z.append((rhs[i] - sum((chol[i, k] * z[k] for k in range(i)), 0.0)) / chol[i, i])
+    x = [None] * n
+    for i in reversed(range(n)):  # Lᵀ x = z
+        x[i] = (z[i] - sum((chol[k, i] * x[k] for k in range(i + 1, n)), 0.0)) / chol[i, i]
+    return jnp.stack(x)
+
 
 class ProjectionResult(NamedTuple):
     position: Float[Array, " dim"]
@@ -37,6 +72,13 @@ class ManifoldSystem:
             M > 2N: forward passes are cheaper per pass, notably through ``scan``).
         gram_cholesky_fn: optional ``(u, J) -> L``, a lower Cholesky factor of J Jᵀ that
             exploits the Jacobian's structure; by default a dense Cholesky.
+        half_log_det_fn: optional ``u -> ½ log det(J Jᵀ)``, exact at least on the manifold
+            (it may differ off it). φ and ∇φ then use it instead of the Gram factor and
+            the second-order term: the sampler only evaluates φ on the manifold and only
+            uses the tangential part of ∇φ (every kick is followed by the tangent
+            projection), and both agree with the default there. A model with a closed-form
+            inverse noise map can make this term cheap (see
+            :meth:`dgm.models.lotka_volterra.LotkaVolterra.half_log_det_gram`).
     """
 
     def __init__(
@@ -46,6 +88,7 @@ class ManifoldSystem:
         output_dim: int,
         jacobian: str = "auto",
         gram_cholesky_fn: Callable | None = None,
+        half_log_det_fn: Callable | None = None,
     ):
         if jacobian not in ("auto", "fwd", "rev"):
             raise ValueError(f"`jacobian` must be 'auto', 'fwd' or 'rev'; got {jacobian!r}")
@@ -57,6 +100,7 @@ class ManifoldSystem:
         self.jacobian_mode = jacobian
         self._jac = jax.jacfwd(generator) if jacobian == "fwd" else jax.jacrev(generator)
         self._gram_cholesky_fn = gram_cholesky_fn
+        self._half_log_det_fn = half_log_det_fn
 
     def constraint(self, u: Float[Array, " dim"], y: Float[Array, " obs"]) -> Float[Array, " obs"]:
         return self.generator(u) - y
@@ -68,7 +112,7 @@ class ManifoldSystem:
         """Lower Cholesky factor of J Jᵀ."""
         if self._gram_cholesky_fn is not None:
             return self._gram_cholesky_fn(u, jac)
-        return jnp.linalg.cholesky(jac @ jac.T)
+        return gram_factor(jac @ jac.T)
 
     def cache(self, u: Float[Array, " dim"]):
         """``(J(u), chol(J Jᵀ))``."""
@@ -77,22 +121,20 @@ class ManifoldSystem:
 
     def potential(self, u: Float[Array, " dim"], chol) -> Float[Array, ""]:
         """φ(u) = ½ uᵀu + ½ log det(J Jᵀ) = ½ uᵀu + Σ log Lᵢᵢ."""
+        if self._half_log_det_fn is not None:
+            return 0.5 * jnp.dot(u, u) + self._half_log_det_fn(u)
         return 0.5 * jnp.dot(u, u) + jnp.sum(jnp.log(jnp.diagonal(chol)))
 
     def potential_grad(self, u: Float[Array, " dim"], jac, chol) -> Float[Array, " dim"]:
         """∇φ(u) = u + Σᵢⱼ Pᵢⱼ ∂Jᵢⱼ/∂u with P = (J Jᵀ)⁻¹ J held fixed.
 
-        The second term is computed forward-over-reverse, one column of P at a time:
-        Σⱼ d/dε [∇ᵤ P[:, j]ᵀ G(u)](u + ε eⱼ), so no derivative passes through the Cholesky.
+        The second term is one reverse pass through the Jacobian map, ``vjp(J)(P)``, so no
+        derivative passes through the Cholesky; P costs one solve with M right-hand sides.
         """
-        pmat = jsl.cho_solve((chol, True), jac)
-
-        def column(p_j, e_j):
-            pullback = lambda v: jax.vjp(self.generator, v)[1](p_j)[0]  # noqa: E731
-            return jax.jvp(pullback, (u,), (e_j,))[1]
-
-        eye = jnp.eye(self.input_dim, dtype=u.dtype)
-        return u + jnp.sum(jax.vmap(column)(pmat.T, eye), axis=0)
+        if self._half_log_det_fn is not None:
+            return u + jax.grad(self._half_log_det_fn)(u)
+        pmat = cho_solve(chol, jac)
+        return u + jax.vjp(self._jac, u)[1](pmat)[0]
 
     def potential_and_grad(self, u: Float[Array, " dim"]):
         """φ(u), ∇φ(u) and the cache ``(J, L)`` at u."""
@@ -104,7 +146,7 @@ def project_tangent(
     v: Float[Array, " dim"], jac: Float[Array, "obs dim"], chol
 ) -> Float[Array, " dim"]:
     """Π(v) = v − Jᵀ (J Jᵀ)⁻¹ J v: the component of v in the tangent space (null space of J)."""
-    return v - jac.T @ jsl.cho_solve((chol, True), jac @ v)
+    return v - jac.T @ cho_solve(chol, jac @ v)
 
 
 def project_onto_manifold(
@@ -132,7 +174,7 @@ def project_onto_manifold(
         i, v, _, _ = carry
         c = system.constraint(v, y)
         bad = ~jnp.all(jnp.isfinite(c))
-        v_new = v - anchor_jac.T @ jsl.cho_solve((anchor_chol, True), c)
+        v_new = v - anchor_jac.T @ cho_solve(anchor_chol, c)
         done = jnp.max(jnp.abs(c)) < tol
         return i + 1, jnp.where(bad, v, v_new), done, bad
 
