@@ -8,7 +8,7 @@ Targets with exact answers:
   generator J Jᵀ is constant on the manifold and that term cannot matter). Its exact
   moments come from 2-d quadrature.
 
-Calibration: `pytest -m calibration` runs the three moment tests on 30 fresh seeds.
+Calibration: `pytest -m calibration` runs the three moment tests on 50 fresh seeds.
 Power: test_planted_bugs_are_caught (marked slow) removes the log-det term, the
 Metropolis step and the momentum projection in turn and requires the z-test to fail.
 """
@@ -250,7 +250,7 @@ def test_planted_bugs_are_caught(monkeypatch):
 
 
 @pytest.mark.calibration
-@pytest.mark.parametrize("seed", range(30))
+@pytest.mark.parametrize("seed", range(50))
 def test_calibration_moments(seed):
     key = jax.random.key(1000 + seed)
     u = run(sphere, [1.0], 3, key, 0.8, (2, 4)).posterior["u"].values
