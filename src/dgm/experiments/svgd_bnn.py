@@ -112,7 +112,7 @@ def split_data(x, y, key, test_fraction):
     n_train = int(round((1 - test_fraction) * len(y)))
     tr, te = perm[:n_train], perm[n_train:]
     x_train, y_train = x[tr], y[tr]
-    n_dev = min(int(0.1 * len(tr)), 500)
+    n_dev = min(int(np.round(0.1 * len(tr))), 500)  # as the original: np.round, cap 500
     return (x_train[:-n_dev], y_train[:-n_dev], x_train[-n_dev:], y_train[-n_dev:], x[te], y[te])
 
 
