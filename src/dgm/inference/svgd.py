@@ -20,8 +20,14 @@ median of the distances over pairs ``i < j``). A zero median (one particle, or
 coinciding particles) falls back to the largest squared distance, or 1 when all
 particles coincide; with one particle SVGD is then exactly gradient ascent on log p.
 
-The median is exact and found by selection (bisection on the float bits, snapped to
-data values), not by sorting: ``jnp.median`` sorts and is very slow on XLA CPU.
+The median is exact and found by selection (counting passes that narrow a bracket on
+the float bits, see ``_select``), not by sorting: ``jnp.median`` sorts and is very slow
+on XLA CPU.
+
+Large n: ``build_step(..., block_size=B)`` processes the particles in row blocks of B
+(``lax.map``), so no n x n matrix is stored; the median's counting passes recompute the
+distances block by block. Several devices: :func:`shard` splits the particles across
+them and the jitted step runs SPMD.
 
 References:
     Liu & Wang, "Stein Variational Gradient Descent: A General Purpose Bayesian
