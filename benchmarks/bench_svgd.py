@@ -8,7 +8,8 @@ one JSON line per (method, particles) with ms/iter (median and min over repeats)
 ratio to dgm, and the accuracy after the timed run: max abs error of the particle mean
 and relative Frobenius error of the covariance against the exact values.
 
-Run: ``PYTHONPATH=src python benchmarks/bench_svgd.py [--repeats 5]``.
+Run: ``PYTHONPATH=src python benchmarks/bench_svgd.py [--repeats 5] [--only gaussian2d|blr]
+[--particles 100,1000]``.
 """
 
 from dgm._runtime import configure_cpu
@@ -194,14 +195,27 @@ def bench_blr(repeats):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--only", choices=["all", "gaussian2d", "blr"], default="all")
+    parser.add_argument(
+        "--particles", default="100,1000", help="comma-separated particle counts (2-d)"
+    )
     args = parser.parse_args()
+    if args.only in ("all", "gaussian2d"):
+        bench_gaussian2d(args)
+    if args.only in ("all", "blr"):
+        bench_blr(args.repeats)
+
+
+def bench_gaussian2d(args):
     try:
         import blackjax  # noqa: F401
 
         have_blackjax = True
     except ImportError:
         have_blackjax = False
-    for n, n_iter, n_iter_slow in ((100, 1000, 200), (1000, 200, 10)):
+    sizes = [int(v) for v in args.particles.split(",")]
+    for n in sizes:
+        n_iter, n_iter_slow = (1000, 200) if n <= 300 else (200, 10)
         x0 = np.random.default_rng(0).normal(size=(n, 2))
         dgm_times, dgm_compile, dgm_out = time_dgm(x0, n_iter, args.repeats, False)
         ref = float(np.median(dgm_times))
@@ -230,7 +244,6 @@ def main():
                 ),
                 flush=True,
             )
-    bench_blr(args.repeats)
 
 
 if __name__ == "__main__":

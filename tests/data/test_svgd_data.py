@@ -129,3 +129,14 @@ def test_uci_regression_download_and_shape_checks(http_dir, tmp_path):
         svgd_data.load_uci_regression("wine", None)
     with pytest.raises(FileNotFoundError, match="download it from"):
         svgd_data.load_uci_regression("wine", digest, path=tmp_path / "w.txt", download_ok=False)
+
+
+def test_failed_download_names_path_and_url(http_dir, tmp_path):
+    """A file the server does not have (as offline): the error says where it must go."""
+    _, url = http_dir
+    dest = tmp_path / "uci" / "yacht.txt"
+    with pytest.raises(FileNotFoundError, match="yacht not found at .*yacht.txt.*downloading"):
+        svgd_data.load_uci_regression("yacht", "0" * 64, path=dest, url=f"{url}/none.txt")
+    assert not dest.exists()
+    with pytest.raises(FileNotFoundError, match=f"Covertype not found.*{url}/none.bz2"):
+        svgd_data.load_covertype("0" * 64, path=tmp_path / "c.bz2", url=f"{url}/none.bz2")

@@ -38,6 +38,7 @@ def test_blr_smoke(tmp_path):
     assert m["dataset"] == "breast-cancer"
     assert m["test_accuracy"] > 0.8
     assert "hmc_test_accuracy" in m
+    assert 0 < m["gaussian_exact_start_sd_ratio_median"] < 2
 
 
 def test_bnn_smoke(tmp_path, shared_data, monkeypatch):

@@ -141,7 +141,7 @@ def load_covertype(
     if not path.exists():
         if not download_ok:
             raise FileNotFoundError(f"Covertype not found at {path}; download it from {url}")
-        download(url, path, sha256)
+        _download_or_explain("Covertype", url, path, sha256)
     verify(path, sha256)
     raw = path.read_bytes()
     if raw[:3] == b"BZh":
@@ -151,6 +151,17 @@ def load_covertype(
         raise ValueError(f"{path}: expected labels in {{1, 2}}; got {np.unique(labels)[:5]}")
     y = np.where(labels == 1.0, 1.0, -1.0)
     return np.concatenate([x, np.ones((len(x), 1))], axis=1), y
+
+
+def _download_or_explain(name: str, url: str, path: Path, sha256: str) -> None:
+    """``download``, turning a network failure into an error naming the path and URL."""
+    try:
+        download(url, path, sha256)
+    except OSError as err:  # offline, refused, HTTP error: say where the file must go
+        raise FileNotFoundError(
+            f"{name} not found at {path}, and downloading it from {url} failed ({err}); "
+            "download it by hand to that path (its sha256 is checked)"
+        ) from None
 
 
 def load_breast_cancer() -> tuple[np.ndarray, np.ndarray]:
@@ -208,7 +219,7 @@ def load_uci_regression(
     if not path.exists():
         if not download_ok:
             raise FileNotFoundError(f"{name} not found at {path}; download it from {url}")
-        download(url, path, sha256)
+        _download_or_explain(name, url, path, sha256)
     verify(path, sha256)
     text = path.read_text().replace(",", " ")
     try:

@@ -20,8 +20,14 @@ median of the distances over pairs ``i < j``). A zero median (one particle, or
 coinciding particles) falls back to the largest squared distance, or 1 when all
 particles coincide; with one particle SVGD is then exactly gradient ascent on log p.
 
-The median is exact and found by selection (bisection on the float bits, snapped to
-data values), not by sorting: ``jnp.median`` sorts and is very slow on XLA CPU.
+The median is exact and found by selection (counting passes that narrow a bracket on
+the float bits, see ``_select``), not by sorting: ``jnp.median`` sorts and is very slow
+on XLA CPU.
+
+Large n: ``build_step(..., block_size=B)`` processes the particles in row blocks of B
+(``lax.map``), so no n x n matrix is stored; the median's counting passes recompute the
+distances block by block. Several devices: :func:`shard` splits the particles across
+them and the jitted step runs SPMD.
 
 References:
     Liu & Wang, "Stein Variational Gradient Descent: A General Purpose Bayesian
@@ -34,9 +40,18 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
-from dgm.inference._select import _next_above, median, order_statistic
+from dgm.inference._select import (
+    _bits,
+    _count_pass,
+    _count_type,
+    median,
+    order_statistic,
+    select_pair,
+    select_pair_passes,
+)
 
 __all__ = [
     "SVGDInfo",
@@ -49,6 +64,7 @@ __all__ = [
     "median",
     "order_statistic",
     "phi_and_ksd",
+    "shard",
     "squared_distances",
 ]
 
@@ -110,23 +126,38 @@ def bandwidth_from(
     if n == 1:
         return jnp.ones((), dtype)
     if bandwidth == "median":
-        h = median(d.reshape(-1)) / jnp.log(jnp.asarray(n + 1.0, dtype))
+        a, b = _median_pair(select_pair(d.reshape(-1), (n * n + 1) // 2), n * n)
     else:  # median-paper: median of distances over pairs i < j == over off-diagonal entries
         off = jnp.where(jnp.eye(n, dtype=bool), jnp.inf, d).reshape(-1)
-        m = n * (n - 1)
-        k = m // 2
-        a = order_statistic(off, k)
-        b = _next_above(off, a, jnp.asarray(k))
+        a, b, _ = select_pair(off, n * (n - 1) // 2)
+    return _finish_bandwidth(a, b, n, bandwidth, lambda: jnp.max(d))
+
+
+def _median_pair(selected, m: int):
+    """``(lower, upper)`` middle values from ``select_pair`` at ``k = (m + 1) // 2``."""
+    a, b, _ = selected
+    return (a, a) if m % 2 else (a, b)
+
+
+def _finish_bandwidth(a, b, n: int, bandwidth: str, dmax_fn: Callable) -> Float[Array, ""]:
+    """``h`` from the two middle values; the zero-median fallback is computed only if needed."""
+    dtype = a.dtype
+    if bandwidth == "median":
+        h = 0.5 * (a + b) / jnp.log(jnp.asarray(n + 1.0, dtype))
+    else:
         med = 0.5 * (jnp.sqrt(a) + jnp.sqrt(b))
         h = med**2 / jnp.log(jnp.asarray(float(n), dtype))
-    dmax = jnp.max(d)
-    fallback = jnp.where(dmax > 0, dmax / jnp.log(jnp.asarray(n + 1.0, dtype)), 1.0)
-    return jnp.where(h > 0, h, fallback)
+
+    def fallback(_):
+        dmax = dmax_fn()
+        return jnp.where(dmax > 0, dmax / jnp.log(jnp.asarray(n + 1.0, dtype)), 1.0).astype(dtype)
+
+    return jax.lax.cond(h > 0, lambda _: h, fallback, None)
 
 
 def kernel_terms(
-    d: Float[Array, "particles particles"], h: Float[Array, ""], kernel: str
-) -> tuple[Float[Array, "particles particles"], ...]:
+    d: Float[Array, "rows particles"], h: Float[Array, ""], kernel: str
+) -> tuple[Float[Array, "rows particles"], ...]:
     """``g(D)``, ``g'(D)`` and ``g''(D)`` elementwise for the radial kernel ``kernel``."""
     if kernel == "rbf":
         k = jnp.exp(-d / h)
@@ -138,15 +169,15 @@ def kernel_terms(
 def _kernel_products(
     x: Float[Array, "particles dim"],
     scores: Float[Array, "particles dim"],
-    d: Float[Array, "particles particles"],
+    d: Float[Array, "rows particles"],
     h: Float[Array, ""],
     kernel: str,
 ) -> tuple[
-    Float[Array, "particles dim"],
-    Float[Array, "particles dim"],
-    Float[Array, " particles"],
-    Float[Array, "particles dim"],
-    Float[Array, " particles"],
+    Float[Array, "rows dim"],
+    Float[Array, "rows dim"],
+    Float[Array, " rows"],
+    Float[Array, "rows dim"],
+    Float[Array, " rows"],
 ]:
     """``K s``, ``K' x``, ``K' 1``, ``K'' x``, ``K'' 1`` by matrix products only.
 
@@ -166,6 +197,95 @@ def _kernel_products(
     return k @ scores, p1[:, :dim], p1[:, dim], p2[:, :dim], p2[:, dim]
 
 
+# ----------------------------------------------------------------------------- blocked
+
+
+def _row_blocks(
+    x: Float[Array, "particles dim"], block_size: int
+) -> tuple[Float[Array, "blocks rows dim"], Int[Array, "blocks rows"]]:
+    """Rows of ``x`` in blocks of ``block_size`` (zero-padded) and their global indices."""
+    n, dim = x.shape
+    num_blocks = -(-n // block_size)
+    pad = num_blocks * block_size - n
+    xp = jnp.concatenate([x, jnp.zeros((pad, dim), x.dtype)]) if pad else x
+    rows = jnp.arange(num_blocks * block_size).reshape(num_blocks, block_size)
+    return xp.reshape(num_blocks, block_size, dim), rows
+
+
+def _cross_distances(
+    xr: Float[Array, "rows dim"], rows: Int[Array, " rows"], x: Float[Array, "particles dim"]
+) -> Float[Array, "rows particles"]:
+    """Rows ``rows`` of :func:`squared_distances` (the same formula), from ``xr = x[rows]``."""
+    sq = jnp.sum(x * x, axis=1)
+    d = jnp.sum(xr * xr, axis=1)[:, None] + sq[None, :] - 2.0 * (xr @ x.T)
+    diag = rows[:, None] == jnp.arange(x.shape[0])[None, :]
+    return jnp.where((d > 0) & ~diag, d, jnp.zeros((), x.dtype))
+
+
+def _blocked_bandwidth(
+    x: Float[Array, "particles dim"], bandwidth: str | float, block_size: int
+) -> Float[Array, ""]:
+    """:func:`bandwidth_from` without storing ``D``: each counting pass of the exact
+    selection recomputes ``D`` block by block."""
+    n = x.shape[0]
+    if not isinstance(bandwidth, str):
+        return jnp.asarray(bandwidth, x.dtype)
+    if n == 1:
+        return jnp.ones((), x.dtype)
+    xb, rows = _row_blocks(x, block_size)
+    paper = bandwidth == "median-paper"
+    m = n * (n - 1) if paper else n * n
+    ctype = _count_type(m)
+
+    def block_bits(xr, r):
+        d = _cross_distances(xr, r, x)
+        valid = (r < n)[:, None] & jnp.ones((1, n), bool)
+        if paper:
+            valid = valid & (r[:, None] != jnp.arange(n)[None, :])
+        return _bits(d).reshape(-1), valid.reshape(-1), d
+
+    def pass_fn(ts, lo, hi):
+        def one(args):
+            b, valid, _ = block_bits(*args)
+            return _count_pass(b, ts, lo, hi, ctype, valid)
+
+        counts, a, z, w = jax.lax.map(one, (xb, rows))
+        return jnp.sum(counts, axis=0, dtype=ctype), jnp.min(a), jnp.max(z), jnp.min(w)
+
+    # a strided sample of the (flattened) D for the first thresholds
+    flat = jnp.arange(0, n * n, max(1, n * n // int(min(1024, max(64, 2 * n)))))
+    i, j = flat // n, flat % n
+    sample = jnp.sum((x[i] - x[j]) ** 2, axis=1)
+    k = n * (n - 1) // 2 if paper else (m + 1) // 2
+    a, b, _ = select_pair_passes(pass_fn, sample, m, k, x.dtype)
+    if not paper:
+        a, b = _median_pair((a, b, None), m)
+
+    def dmax():
+        return jnp.max(jax.lax.map(lambda args: jnp.max(block_bits(*args)[2]), (xb, rows)))
+
+    return _finish_bandwidth(a, b, n, bandwidth, dmax)
+
+
+def _blocked_products(
+    x: Float[Array, "particles dim"],
+    scores: Float[Array, "particles dim"],
+    h: Float[Array, ""],
+    kernel: str,
+    block_size: int,
+) -> tuple[Array, ...]:
+    """:func:`_kernel_products` row block by row block: memory O(block_size * n)."""
+    n = x.shape[0]
+    xb, rows = _row_blocks(x, block_size)
+
+    def one(args):
+        xr, r = args
+        return _kernel_products(x, scores, _cross_distances(xr, r, x), h, kernel)
+
+    outs = jax.lax.map(one, (xb, rows))
+    return tuple(o.reshape(-1, *o.shape[2:])[:n] for o in outs)
+
+
 def _g0(kernel: str, h: Float[Array, ""]) -> tuple[float, Float[Array, ""]]:
     """``g(0)`` and ``g'(0)``."""
     return 1.0, (-1.0 / h if kernel == "rbf" else -0.5 / h)
@@ -177,8 +297,13 @@ def phi_and_ksd(
     kernel: str = "rbf",
     bandwidth: str | float | Float[Array, ""] = "median",
     with_ksd: bool = True,
+    block_size: int | None = None,
 ) -> tuple[Float[Array, "particles dim"], Float[Array, ""], Float[Array, ""]]:
     """The SVGD direction, the KSD U-statistic (KSD², may be < 0) and the bandwidth.
+
+    With ``block_size`` (and more particles than that), no n x n matrix is stored: the
+    kernel products run over row blocks of that many particles (``lax.map``), and the
+    median heuristic's counting passes recompute the distances block by block.
 
     ``phi_i = (1/n) sum_j [k(x_j, x_i) s_j + grad_{x_j} k(x_j, x_i)]`` with
     ``grad_{x_j} k(x_j, x_i) = 2 g'(D_ij) (x_j - x_i)``. The Stein kernel summed over
@@ -186,9 +311,13 @@ def phi_and_ksd(
     so nothing but the products of :func:`_kernel_products` touches an n x n matrix.
     """
     n, dim = x.shape
-    d = squared_distances(x)
-    h = bandwidth_from(d, bandwidth)
-    ks, kpx, kp_rows, kppx, kpp_rows = _kernel_products(x, scores, d, h, kernel)
+    if block_size is not None and n > block_size:
+        h = _blocked_bandwidth(x, bandwidth, block_size)
+        ks, kpx, kp_rows, kppx, kpp_rows = _blocked_products(x, scores, h, kernel, block_size)
+    else:
+        d = squared_distances(x)
+        h = bandwidth_from(d, bandwidth)
+        ks, kpx, kp_rows, kppx, kpp_rows = _kernel_products(x, scores, d, h, kernel)
     phi = (ks + 2.0 * (kpx - x * kp_rows[:, None])) / n
     if not with_ksd or n < 2:
         return phi, jnp.zeros((), x.dtype), h
@@ -305,6 +434,7 @@ def build_step(
     alpha: float = 0.9,
     fudge: float = 1e-6,
     track_ksd: bool = True,
+    block_size: int | None = None,
 ) -> Callable:
     """Build ``step(state, step_size, data=None) -> (state, info)``.
 
@@ -319,6 +449,9 @@ def build_step(
         alpha: the original rule's decay.
         fudge: the original rule's denominator offset.
         track_ksd: compute the KSD (else ``info.ksd`` is 0).
+        block_size: if given, particles beyond this count are processed in row blocks of
+            this size, so no n x n matrix is stored (memory O(block_size * n)); the
+            result equals the dense one up to rounding. For large n.
 
     Raises:
         ValueError: an unknown kernel or bandwidth rule, a non-positive bandwidth, or
@@ -343,6 +476,10 @@ def build_step(
         raise ValueError(f"`bandwidth` must be positive; got {bandwidth!r}")
     if not 0.0 <= float(alpha) < 1.0:
         raise ValueError(f"`alpha` must lie in [0, 1); got {alpha!r}")
+    if block_size is not None and (
+        not isinstance(block_size, int) or isinstance(block_size, bool) or block_size < 1
+    ):
+        raise ValueError(f"`block_size` must be a positive int or None; got {block_size!r}")
 
     def step(state: SVGDState, step_size, data=None) -> tuple[SVGDState, SVGDInfo]:
         x = state.particles
@@ -352,7 +489,7 @@ def build_step(
                 f"the gradient of log p must have the particles' shape {x.shape}; "
                 f"got {scores.shape}"
             )
-        phi, u, h = phi_and_ksd(x, scores.astype(x.dtype), kernel, bandwidth, track_ksd)
+        phi, u, h = phi_and_ksd(x, scores.astype(x.dtype), kernel, bandwidth, track_ksd, block_size)
         if optimizer is None:
             (hist,) = state.opt_state
             hist = jnp.where(state.iteration == 0, phi**2, alpha * hist + (1.0 - alpha) * phi**2)
@@ -373,3 +510,39 @@ def build_step(
         return SVGDState(new_x, opt_state, state.iteration + 1), info
 
     return step
+
+
+def shard(state: SVGDState, devices: Any = None) -> SVGDState:
+    """Split the particles (and per-particle step-rule state) across devices.
+
+    The jitted ``step`` then runs SPMD: each device computes its rows of the distance
+    and kernel matrices, and the median's counting passes add up across devices. The
+    result equals the unsharded step up to rounding.
+
+    Args:
+        state: from :func:`init`.
+        devices: the devices to use; default all of ``jax.devices()``.
+
+    Raises:
+        ValueError: the particle count is not a multiple of the number of devices.
+
+    Example:
+        >>> state = shard(init(jnp.zeros((8, 2))))  # doctest: +SKIP
+    """
+    devices = list(jax.devices() if devices is None else devices)
+    n = state.particles.shape[0]
+    if n % len(devices):
+        raise ValueError(
+            f"the particle count ({n}) must be a multiple of the number of devices "
+            f"({len(devices)}) to shard; use a multiple or pass fewer `devices`"
+        )
+    mesh = jax.sharding.Mesh(np.array(devices), ("particles",))
+    split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("particles"))
+    whole = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+    def place(a):
+        a = jnp.asarray(a)
+        per_particle = a.ndim >= 1 and a.shape[0] == n
+        return jax.device_put(a, split if per_particle else whole)
+
+    return jax.tree.map(place, state)
