@@ -3,7 +3,11 @@
 z 100, transition 200, emission 100, RNN 600, batch 20 (Pyro ``examples/dmm.py``). Each
 configuration runs one untimed epoch (compiling every bucket shape), then ``--repeats``
 timed epochs; prints one JSON line per configuration (median and minimum seconds per epoch,
-compile time on its own field).
+compile time on its own field). When ``torch`` and ``pyro-ppl`` are installed (the ``bench``
+extra), Pyro's DMM (``pyro_dmm.py``) is timed in the same run on the same batches, and a
+``dmm_jsb_epoch_ratio`` line gives Pyro's seconds over dgm's for each IAF setting. Pyro with
+IAF steps is slow (minutes per epoch), so by default only one of its batches is timed and the
+epoch is extrapolated by padded time steps (``"extrapolated": true``).
 
     PYTHONPATH=src DGM_DATA_DIR=../shared/data python benchmarks/bench_dmm.py
 """
@@ -75,6 +79,36 @@ def bench(cell: str, num_iafs: int, bucket_width: int, repeats: int, shard: bool
     }
 
 
+def _pyro_batches(bucket_width: int) -> list:
+    """The dgm loader's batches of one epoch as NumPy arrays, for Pyro (same work)."""
+    train = load_polyphonic("jsb")["train"]
+    loader = training.SequenceLoader(train.x, train.mask, 20, bucket_width=bucket_width)
+    rows = loader.order(np.random.default_rng(1))
+    return [tuple(np.array(a) for a in loader.batch(row)) for row in rows]
+
+
+def bench_pyro(num_iafs: int, bucket_width: int, max_batches: int, threads: int) -> dict:
+    """Pyro's DMM (``pyro_dmm.py``) on the same JSB batches; see its ``time_epoch``."""
+    import pyro
+    import torch
+
+    torch.set_num_threads(threads)
+    import pyro_dmm
+
+    timing = pyro_dmm.time_epoch(_pyro_batches(bucket_width), num_iafs, max_batches or None)
+    return {
+        "benchmark": "dmm_jsb_epoch",
+        "impl": "pyro",
+        "cell": "relu-rnn",
+        "num_iafs": num_iafs,
+        "bucket_width": bucket_width,
+        "s_per_epoch_median": timing["s_per_epoch"],
+        **timing,
+        "torch_threads": threads,
+        "versions": f"torch {torch.__version__}, pyro {pyro.__version__}",
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cells", default="rnn,gru,lstm")
@@ -82,21 +116,47 @@ def main() -> None:
     parser.add_argument("--bucket-width", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-shard", action="store_true", help="one device, no data parallelism")
+    parser.add_argument("--no-pyro", action="store_true", help="skip the Pyro comparison")
+    parser.add_argument(
+        "--pyro-batches",
+        default="0,1",
+        help="Pyro batches timed per IAF setting (0 = the whole epoch); fewer are "
+        "extrapolated to the epoch by padded time steps",
+    )
+    parser.add_argument("--torch-threads", type=int, default=1)
     args = parser.parse_args()
+    iafs = [int(v) for v in args.iafs.split(",")]
+    pyro_batches = [int(v) for v in args.pyro_batches.split(",")]
+    pyro_batches += [pyro_batches[-1]] * (len(iafs) - len(pyro_batches))
+    dgm_rnn = {}
     for cell in args.cells.split(","):
-        for num_iafs in (int(v) for v in args.iafs.split(",")):
-            print(
-                json.dumps(
-                    bench(cell, num_iafs, args.bucket_width, args.repeats, not args.no_shard)
-                ),
-                flush=True,
-            )
+        for num_iafs in iafs:
+            row = bench(cell, num_iafs, args.bucket_width, args.repeats, not args.no_shard)
+            dgm_rnn[(cell, num_iafs)] = row["s_per_epoch_median"]
+            print(json.dumps(row), flush=True)
+    if args.no_pyro:
+        return
     try:
         import pyro  # noqa: F401
-    except ImportError:
-        print(json.dumps({"benchmark": "dmm_jsb_epoch", "impl": "pyro", "skipped": "no pyro"}))
-    else:
-        print(json.dumps({"benchmark": "dmm_jsb_epoch", "impl": "pyro", "skipped": "not wired"}))
+        import torch  # noqa: F401
+    except ImportError as err:
+        print(json.dumps({"benchmark": "dmm_jsb_epoch", "impl": "pyro", "skipped": str(err)}))
+        return
+    for num_iafs, batches in zip(iafs, pyro_batches, strict=True):
+        row = bench_pyro(num_iafs, args.bucket_width, batches, args.torch_threads)
+        print(json.dumps(row), flush=True)
+        for (cell, k), seconds in dgm_rnn.items():
+            if k == num_iafs:
+                ratio = {
+                    "benchmark": "dmm_jsb_epoch_ratio",
+                    "num_iafs": num_iafs,
+                    "dgm_cell": cell,
+                    "pyro_s_per_epoch": row["s_per_epoch"],
+                    "dgm_s_per_epoch": seconds,
+                    "pyro_over_dgm": row["s_per_epoch"] / seconds,
+                    "pyro_extrapolated": row["extrapolated"],
+                }
+                print(json.dumps(ratio), flush=True)
 
 
 if __name__ == "__main__":
