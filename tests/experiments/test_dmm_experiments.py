@@ -21,6 +21,10 @@ def test_smoke_preset_through_cli(name, tmp_path, shared_data, monkeypatch):
     assert metrics["test_nll_is"] <= metrics["test_bound_frame"] + 0.5
     for f in ("report.md", "train_loss.png", "train_metrics.jsonl", "checkpoints/train.eqx"):
         assert (out / f).exists(), f
+    if name == "dmm-polyphonic":  # a sampled sequence as MIDI, readable back
+        from dgm.data.midi import read_piano_roll
+
+        assert read_piano_roll(out / "sample.mid").shape == (100, 88)
     # resuming a finished run trains no more epochs and gives the same checkpoint
     before = (out / "checkpoints" / "train.eqx").read_bytes()
     assert main(["run", name, "--smoke", "--out", str(out), "--no-progress", "--resume"]) == 0

@@ -11,6 +11,7 @@ import jax
 import numpy as np
 
 from dgm import runs, training
+from dgm.data import midi
 from dgm.data.polyphonic import DATASETS, NUM_PITCHES, load_polyphonic
 from dgm.experiments import _dmm
 from dgm.models import dmm
@@ -188,6 +189,7 @@ def _plot_sample(ctx: runs.RunContext, model, key) -> None:
 
     probs = np.asarray(jax.jit(dmm.sample_sequences, static_argnums=1)(model, 100, key))
     roll = np.asarray(jax.random.uniform(jax.random.fold_in(key, 1), probs.shape)) < probs
+    midi.write_piano_roll(ctx.path("sample.mid"), roll.astype(np.uint8))
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2), sharey=True)
     titles = ("note probabilities", "sampled piano roll")
     for ax, img, title in zip(axes, (probs, roll), titles, strict=True):
