@@ -27,6 +27,7 @@ class ModelConfig:
     transition: str = "gated"
     num_iafs: int = 0
     iaf_dim: int = 100
+    input_embedding: bool = True  # False: the RNN reads x directly (Pyro's guide)
 
     def __post_init__(self) -> None:
         dmm.check_choice("model.inference", self.inference, dmm.INFERENCE_NETWORKS)

@@ -36,7 +36,7 @@ NAME = "dmm-synthetic"
 DESCRIPTION = "DMM inference networks vs the Kalman smoother on linear-Gaussian data"
 EXTRA_ARGS = {"dataset": "dataset", "inference": "model.inference", "cell": "model.cell"}
 DATASETS = ("synthetic9", *NONLINEAR)
-_ADDED_FIELDS = ("dataset",)  # left out of checkpoint fingerprints at their defaults
+_ADDED_FIELDS = ("dataset", "model.input_embedding")  # left out of checkpoint fingerprints at their defaults
 
 
 @dataclasses.dataclass(frozen=True)
