@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from dgm import experiments
@@ -82,3 +83,18 @@ def test_added_fields_keep_old_fingerprints():
     assert json.loads(_dmm.fingerprint(other, added))["dataset"] == "synthetic10"
     with pytest.raises(ValueError, match="`dataset` must be one of"):
         dataclasses.replace(config, dataset="synthetic12")
+
+
+def test_frame_budget_keeps_shortest_sequences(shared_data):
+    from dgm.data.polyphonic import load_polyphonic
+    from dgm.experiments import dmm_polyphonic
+
+    data = load_polyphonic("nottingham", shared_data / "polyphonic_music")["train"]
+    kept = dmm_polyphonic._subset(data, 0, 14_000)
+    assert kept.num_frames <= 14_000 < kept.num_frames + data.lengths[len(kept.lengths)]
+    np.testing.assert_array_equal(kept.lengths, data.lengths[: len(kept.lengths)])
+    assert dmm_polyphonic._subset(data, 0, 1).lengths.size == 1  # never empty
+    jsb = load_polyphonic("jsb", shared_data / "polyphonic_music")
+    quick = dmm_polyphonic.PRESETS["quick"]
+    for split, limit in (("train", quick.max_train_frames), ("test", quick.max_eval_frames)):
+        assert dmm_polyphonic._subset(jsb[split], 0, limit).num_frames == jsb[split].num_frames
