@@ -167,6 +167,7 @@ def test_without_input_embedding_rnn_reads_x():
     assert jnp.isfinite(loss)
     assert jnp.any(grads.encoder.rnns[0].w_x != 0)
     # padding still leaves the loss unchanged
-    xp = jnp.concatenate([x, jnp.zeros((3, 5))])
-    padded = _nelbo(model, xp, jnp.concatenate([mask, jnp.zeros(3)]), jax.random.key(7))
+    xp = jnp.concatenate([x, jnp.zeros((3, 5), jnp.float32)])
+    mp = jnp.concatenate([mask, jnp.zeros(3, jnp.float32)])
+    padded = _nelbo(model, xp, mp, jax.random.key(7))
     np.testing.assert_allclose(padded, loss, rtol=1e-5)
