@@ -166,13 +166,14 @@ def epoch_timer(batches, num_iafs: int, max_batches: int = 0):
             chosen = (tensors + tensors)[start : start + max_batches]
         else:
             chosen = tensors
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         losses = [svi.step(x, m) for x, m in chosen]
-        elapsed = time.perf_counter() - t0
-        steps = sum(x.shape[0] * x.shape[1] for x, _ in chosen)
+        elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
+        scale = steps_all / sum(x.shape[0] * x.shape[1] for x, _ in chosen)
         return {
             "timed_batches": len(chosen),
-            "s_per_epoch": elapsed * steps_all / steps,
+            "s_per_epoch": elapsed * scale,
+            "cpu_s_per_epoch": cpu * scale,
             "extrapolated": len(chosen) < len(tensors),
             "finite_loss": bool(np.all(np.isfinite(losses))),
         }
