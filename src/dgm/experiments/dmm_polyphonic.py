@@ -251,6 +251,15 @@ def report(config: Config, metrics: dict) -> str:
         "not expected to reach its numbers.",
         "",
     ]
+    if any((config.max_train_frames, config.max_eval_frames)) or any(
+        (config.max_train_sequences, config.max_eval_sequences)
+    ):
+        lines += [
+            f"Subset (shortest sequences first): {metrics['train_frames']} training frames, "
+            f"{metrics['test_sequences']} test sequences ({metrics['test_frames']} frames); "
+            "the test numbers are not those of the full test split.",
+            "",
+        ]
     return "\n".join(lines)
 
 

@@ -36,7 +36,8 @@ NAME = "dmm-synthetic"
 DESCRIPTION = "DMM inference networks vs the Kalman smoother on linear-Gaussian data"
 EXTRA_ARGS = {"dataset": "dataset", "inference": "model.inference", "cell": "model.cell"}
 DATASETS = ("synthetic9", *NONLINEAR)
-_ADDED_FIELDS = ("dataset", "model.input_embedding")  # left out of checkpoint fingerprints at their defaults
+# Fields added after runs were started: left out of checkpoint fingerprints at defaults.
+_ADDED_FIELDS = ("dataset", "model.input_embedding")
 
 
 @dataclasses.dataclass(frozen=True)
