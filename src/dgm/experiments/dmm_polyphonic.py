@@ -196,6 +196,10 @@ def run(config: Config, key, ctx: runs.RunContext) -> dict:
         "test_eval_s": time.perf_counter() - t_eval,
         "wall_s": time.perf_counter() - start,
         "s_per_epoch": result.s_per_epoch,
+        "subset": any(
+            len(part.lengths) < len(data[name].lengths)
+            for name, part in (("train", train), ("valid", valid), ("test", test))
+        ),
         "train_frames": train.num_frames,
         "test_sequences": len(test.lengths),
         "test_frames": test.num_frames,
@@ -251,9 +255,7 @@ def report(config: Config, metrics: dict) -> str:
         "not expected to reach its numbers.",
         "",
     ]
-    if any((config.max_train_frames, config.max_eval_frames)) or any(
-        (config.max_train_sequences, config.max_eval_sequences)
-    ):
+    if metrics.get("subset"):
         lines += [
             f"Subset (shortest sequences first): {metrics['train_frames']} training frames, "
             f"{metrics['test_sequences']} test sequences ({metrics['test_frames']} frames); "
