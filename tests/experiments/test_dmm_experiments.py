@@ -64,7 +64,7 @@ def test_nonlinear_synthetic_smoke(dataset, tmp_path):
     assert main([*args, "--no-progress"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["dataset"] == dataset and metrics["epochs"] == 2
-    for field in ("test_nll_is", "test_bound_frame", "rmse_q_mean_vs_true_z"):
+    for field in ("test_nll_is", "test_bound_frame", "rmse_q_mean_affine_vs_true_z"):
         assert metrics[field] == pytest.approx(metrics[field])  # finite, not NaN
     assert metrics["rmse_naive_vs_true_z"] > 0
     assert "no exact log p(x)" in (out / "report.md").read_text()
@@ -98,3 +98,11 @@ def test_frame_budget_keeps_shortest_sequences(shared_data):
     quick = dmm_polyphonic.PRESETS["quick"]
     for split, limit in (("train", quick.max_train_frames), ("test", quick.max_eval_frames)):
         assert dmm_polyphonic._subset(jsb[split], 0, limit).num_frames == jsb[split].num_frames
+
+
+def test_affine_rmse_undoes_a_linear_relabelling():
+    from dgm.experiments import dmm_synthetic
+
+    z = np.random.default_rng(0).normal(size=(5, 7, 2))
+    q = z @ np.array([[2.0, 0.5], [0.0, -1.0]]) + 3.0
+    assert dmm_synthetic._affine_rmse(q, z) < 1e-9 < dmm_synthetic._rmse(q, z)
