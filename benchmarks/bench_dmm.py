@@ -133,6 +133,7 @@ def main() -> None:
     parser.add_argument("--bucket-width", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--shard", action="store_true", help="split batches over host devices")
+    parser.add_argument("--no-shard", action="store_true", help=argparse.SUPPRESS)  # the default
     parser.add_argument(
         "--embedding",
         action="store_true",
