@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from dgm import experiments
@@ -21,6 +22,10 @@ def test_smoke_preset_through_cli(name, tmp_path, shared_data, monkeypatch):
     assert metrics["test_nll_is"] <= metrics["test_bound_frame"] + 0.5
     for f in ("report.md", "train_loss.png", "train_metrics.jsonl", "checkpoints/train.eqx"):
         assert (out / f).exists(), f
+    if name == "dmm-polyphonic":  # a sampled sequence as MIDI, readable back
+        from dgm.data.midi import read_piano_roll
+
+        assert read_piano_roll(out / "sample.mid").shape == (100, 88)
     # resuming a finished run trains no more epochs and gives the same checkpoint
     before = (out / "checkpoints" / "train.eqx").read_bytes()
     assert main(["run", name, "--smoke", "--out", str(out), "--no-progress", "--resume"]) == 0
@@ -50,3 +55,54 @@ def test_resume_with_other_config_is_refused(tmp_path, shared_data, monkeypatch)
         training.load_checkpoint(
             ctx.out / "checkpoints" / "train.eqx", (), _dmm.fingerprint(module.PRESETS["smoke"])
         )
+
+
+@pytest.mark.parametrize("dataset", ["synthetic10", "synthetic11"])
+def test_nonlinear_synthetic_smoke(dataset, tmp_path):
+    out = tmp_path / dataset
+    args = ["run", "dmm-synthetic", "--smoke", "--dataset", dataset, "--out", str(out)]
+    assert main([*args, "--no-progress"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["dataset"] == dataset and metrics["epochs"] == 2
+    for field in ("test_nll_is", "test_bound_frame", "rmse_q_mean_affine_vs_true_z"):
+        assert metrics[field] == pytest.approx(metrics[field])  # finite, not NaN
+    assert metrics["rmse_naive_vs_true_z"] > 0
+    assert "no exact log p(x)" in (out / "report.md").read_text()
+
+
+def test_added_fields_keep_old_fingerprints():
+    """A field added later is left out of the fingerprint at its default (old runs resume)."""
+    import dataclasses
+
+    from dgm.experiments import _dmm, dmm_synthetic
+
+    config = dmm_synthetic.PRESETS["smoke"]
+    added = dmm_synthetic._ADDED_FIELDS
+    assert "dataset" not in json.loads(_dmm.fingerprint(config, added))
+    other = dataclasses.replace(config, dataset="synthetic10")
+    assert json.loads(_dmm.fingerprint(other, added))["dataset"] == "synthetic10"
+    with pytest.raises(ValueError, match="`dataset` must be one of"):
+        dataclasses.replace(config, dataset="synthetic12")
+
+
+def test_frame_budget_keeps_shortest_sequences(shared_data):
+    from dgm.data.polyphonic import load_polyphonic
+    from dgm.experiments import dmm_polyphonic
+
+    data = load_polyphonic("nottingham", shared_data / "polyphonic_music")["train"]
+    kept = dmm_polyphonic._subset(data, 0, 14_000)
+    assert kept.num_frames <= 14_000 < kept.num_frames + data.lengths[len(kept.lengths)]
+    np.testing.assert_array_equal(kept.lengths, data.lengths[: len(kept.lengths)])
+    assert dmm_polyphonic._subset(data, 0, 1).lengths.size == 1  # never empty
+    jsb = load_polyphonic("jsb", shared_data / "polyphonic_music")
+    quick = dmm_polyphonic.PRESETS["quick"]
+    for split, limit in (("train", quick.max_train_frames), ("test", quick.max_eval_frames)):
+        assert dmm_polyphonic._subset(jsb[split], 0, limit).num_frames == jsb[split].num_frames
+
+
+def test_affine_rmse_undoes_a_linear_relabelling():
+    from dgm.experiments import dmm_synthetic
+
+    z = np.random.default_rng(0).normal(size=(5, 7, 2))
+    q = z @ np.array([[2.0, 0.5], [0.0, -1.0]]) + 3.0
+    assert dmm_synthetic._affine_rmse(q, z) < 1e-9 < dmm_synthetic._rmse(q, z)

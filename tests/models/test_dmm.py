@@ -155,3 +155,19 @@ def test_bad_input_messages(model):
         dmm.log_importance_weights(
             model, jnp.asarray(x), jnp.asarray(mask), jax.random.key(0), 10, 3
         )
+
+
+def test_without_input_embedding_rnn_reads_x():
+    """``input_embedding=False`` (Pyro's guide): no embedding layer, the RNN reads the notes."""
+    model = _tiny(jax.random.key(5), inference="st-r", cell="rnn", input_embedding=False)
+    assert model.encoder.embed is None and model.encoder.rnns[0].w_x.shape == (8, 5)
+    x = (jax.random.uniform(jax.random.key(6), (7, 5)) < 0.3).astype(jnp.float32)
+    mask = jnp.ones(7, jnp.float32)
+    loss, grads = eqx.filter_value_and_grad(_nelbo)(model, x, mask, jax.random.key(7))
+    assert jnp.isfinite(loss)
+    assert jnp.any(grads.encoder.rnns[0].w_x != 0)
+    # padding still leaves the loss unchanged
+    xp = jnp.concatenate([x, jnp.zeros((3, 5), jnp.float32)])
+    mp = jnp.concatenate([mask, jnp.zeros(3, jnp.float32)])
+    padded = _nelbo(model, xp, mp, jax.random.key(7))
+    np.testing.assert_allclose(padded, loss, rtol=1e-5)

@@ -1,4 +1,9 @@
-"""Synthetic state-space datasets of the DMM paper (theanomodels ``synthp.py``)."""
+"""Synthetic state-space datasets of the DMM paper (theanomodels ``synthp.py``).
+
+``synthetic9`` is linear-Gaussian (exact answers from the Kalman filter); ``synthetic10``
+(1-D) and ``synthetic11`` (2-D) have nonlinear transitions. All second arguments of N(·, ·)
+below are **variances**.
+"""
 
 import functools
 
@@ -28,6 +33,72 @@ def synthetic9() -> LinearGaussianSSM:
         m0=jnp.zeros((1,), jnp.float32),
         P0=m(1.0),
     )
+
+
+NONLINEAR = ("synthetic10", "synthetic11")
+SYNTHETIC11_ALPHA, SYNTHETIC11_BETA = 0.5, -0.1
+
+
+def _synthetic10_step(z):
+    return 2.0 * jnp.sin(z) + z
+
+
+def _synthetic11_step(z):
+    return jnp.stack(
+        [
+            0.2 * z[..., 0] + jnp.tanh(SYNTHETIC11_ALPHA * z[..., 1]),
+            0.2 * z[..., 1] + jnp.sin(SYNTHETIC11_BETA * z[..., 0]),
+        ],
+        axis=-1,
+    )
+
+
+# name: (latent dim, transition mean, transition var, emission var, initial var)
+_NONLINEAR_SPECS = {
+    "synthetic10": (1, _synthetic10_step, 5.0, 5.0, 0.01),
+    "synthetic11": (2, _synthetic11_step, 1.0, 0.1, 1.0),
+}
+
+
+def nonlinear_latent_dim(name: str) -> int:
+    """Latent (= observed) dimension of a nonlinear synthetic dataset."""
+    if name not in _NONLINEAR_SPECS:
+        raise ValueError(f"`dataset` must be one of {list(NONLINEAR)}; got {name!r}")
+    return _NONLINEAR_SPECS[name][0]
+
+
+def sample_nonlinear(
+    name: str, num_sequences: int, num_steps: int, key: PRNGKeyArray
+) -> tuple[Float[Array, "batch time obs"], Float[Array, "batch time latent"]]:
+    """Draw ``(x, z)`` from a nonlinear synthetic state-space model of the paper.
+
+    ``synthetic10``: z₁ ~ N(0, 0.01), z_t ~ N(2 sin(z_{t−1}) + z_{t−1}, 5), x_t ~ N(0.5 z_t, 5).
+    ``synthetic11``: z_t ~ N([0.2 z⁰ + tanh(α z¹); 0.2 z¹ + sin(β z⁰)], I) with α = 0.5,
+    β = −0.1, x_t ~ N(0.5 z_t, 0.1 I); the spec leaves its initial state open, and
+    z₁ ~ N(0, I) is used here.
+    """
+    nonlinear_latent_dim(name)
+    for arg, v in [("num_sequences", num_sequences), ("num_steps", num_steps)]:
+        if not (isinstance(v, int) and v > 0):
+            raise ValueError(f"`{arg}` must be a positive int; got {v!r}")
+    return _sample_nonlinear(name, num_sequences, num_steps, key)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _sample_nonlinear(name: str, num_sequences: int, num_steps: int, key: PRNGKeyArray):
+    dim, mean_fn, q_var, r_var, p0_var = _NONLINEAR_SPECS[name]
+    k0, kz, kx = jax.random.split(key, 3)
+    z1 = jnp.sqrt(p0_var) * jax.random.normal(k0, (num_sequences, dim), jnp.float32)
+
+    def step(z, eps):
+        z_next = mean_fn(z) + jnp.sqrt(q_var) * eps
+        return z_next, z_next
+
+    eps = jax.random.normal(kz, (num_steps - 1, num_sequences, dim), jnp.float32)
+    _, zs = jax.lax.scan(step, z1, eps)
+    z = jnp.concatenate([z1[None], zs]).transpose(1, 0, 2)
+    x = 0.5 * z + jnp.sqrt(r_var) * jax.random.normal(kx, z.shape, jnp.float32)
+    return x, z
 
 
 def sample_linear_gaussian(

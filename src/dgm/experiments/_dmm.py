@@ -27,6 +27,7 @@ class ModelConfig:
     transition: str = "gated"
     num_iafs: int = 0
     iaf_dim: int = 100
+    input_embedding: bool = True  # False: the RNN reads x directly (Pyro's guide)
 
     def __post_init__(self) -> None:
         dmm.check_choice("model.inference", self.inference, dmm.INFERENCE_NETWORKS)
@@ -119,9 +120,21 @@ def evaluate(
     return out
 
 
-def fingerprint(config) -> str:
-    """A stable text form of a config, stored in checkpoints to refuse foreign ones."""
-    return json.dumps(runs._to_jsonable(config), sort_keys=True)
+def fingerprint(config, added: tuple[str, ...] = ()) -> str:
+    """A stable text form of a config, stored in checkpoints to refuse foreign ones.
+
+    ``added`` names fields (dotted for nested ones) introduced after runs were started:
+    at their default values they are left out, so those runs' checkpoints still resume.
+    """
+    data, default = runs._to_jsonable(config), type(config)()
+    for name in added:
+        *parents, leaf = name.split(".")
+        value, ref, node = config, default, data
+        for part in parents:
+            value, ref, node = getattr(value, part), getattr(ref, part), node[part]
+        if getattr(value, leaf) == getattr(ref, leaf):
+            node.pop(leaf)
+    return json.dumps(data, sort_keys=True)
 
 
 def save_model(ctx: runs.RunContext, name: str, model) -> None:

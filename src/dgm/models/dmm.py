@@ -152,20 +152,26 @@ class Emission(eqx.Module):
 
 
 class InferenceNetwork(eqx.Module):
-    """Embedding ``relu(W x + b)``, left and/or right RNNs, then the combiner or MF heads."""
+    """Embedding ``relu(W x + b)``, left and/or right RNNs, then the combiner or MF heads.
 
-    embed: Linear
+    With ``input_embedding=False`` the RNNs read x directly, as in Pyro's DMM guide.
+    """
+
+    embed: Linear | None
     rnns: list[RNN]
     combine: Linear | None
     locs: list[Linear]
     variances: list[Linear]
     kind: str = eqx.field(static=True)
 
-    def __init__(self, obs_dim, z_dim, rnn_dim, kind, cell, *, key: PRNGKeyArray):
+    def __init__(
+        self, obs_dim, z_dim, rnn_dim, kind, cell, *, key: PRNGKeyArray, input_embedding=True
+    ):
         keys = jax.random.split(key, 8)
         directions = kind.split("-")[1]
-        self.embed = Linear(obs_dim, rnn_dim, key=keys[0])
-        self.rnns = [RNN(rnn_dim, rnn_dim, cell, key=keys[1 + i]) for i in range(len(directions))]
+        self.embed = Linear(obs_dim, rnn_dim, key=keys[0]) if input_embedding else None
+        in_size = rnn_dim if input_embedding else obs_dim
+        self.rnns = [RNN(in_size, rnn_dim, cell, key=keys[1 + i]) for i in range(len(directions))]
         structured = kind.startswith("st")
         self.combine = Linear(z_dim, rnn_dim, key=keys[3]) if structured else None
         num_heads = 1 if structured else len(directions)
@@ -175,7 +181,9 @@ class InferenceNetwork(eqx.Module):
 
     def features(self, x: Float[Array, "time obs"], mask: Float[Array, " time"]):
         """RNN states, shape (time, directions, rnn_dim); "l" runs forward, "r" backward."""
-        e = jax.nn.relu(x @ self.embed.weight.T + self.embed.bias[None, :])
+        e = x
+        if self.embed is not None:
+            e = jax.nn.relu(x @ self.embed.weight.T + self.embed.bias[None, :])
         directions = self.kind.split("-")[1]
         hs = [rnn(e, mask, reverse=d == "r") for rnn, d in zip(self.rnns, directions, strict=True)]
         return jnp.stack(hs, axis=1)
@@ -225,6 +233,7 @@ class DMM(eqx.Module):
         likelihood: str = "bernoulli",
         num_iafs: int = 0,
         iaf_dim: int = 100,
+        input_embedding: bool = True,
         key: PRNGKeyArray,
     ):
         check_choice("inference", inference, INFERENCE_NETWORKS)
@@ -238,7 +247,9 @@ class DMM(eqx.Module):
         cls = {"gated": GatedTransition, "mlp": MLPTransition, "linear": LinearTransition}
         self.transition = cls[transition](z_dim, transition_dim, key=k_t)
         self.emission = Emission(z_dim, obs_dim, emission_dim, emission_layers, likelihood, key=k_e)
-        self.encoder = InferenceNetwork(obs_dim, z_dim, rnn_dim, inference, cell, key=k_q)
+        self.encoder = InferenceNetwork(
+            obs_dim, z_dim, rnn_dim, inference, cell, key=k_q, input_embedding=input_embedding
+        )
         self.flow = IAF(z_dim, num_iafs, (iaf_dim,), key=k_f) if num_iafs > 0 else None
         self.z_dim, self.obs_dim = z_dim, obs_dim
 
