@@ -32,10 +32,17 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
+        tmp_path.chmod(0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
@@ -69,8 +76,12 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 
 def save_npz(path: str | os.PathLike, **arrays: Any) -> None:
     """Save arrays to an ``.npz`` file atomically (no pickles: object arrays are refused)."""
+    arrays = {k: np.asarray(v) for k, v in arrays.items()}
+    for name, value in arrays.items():
+        if value.dtype.hasobject:
+            raise ValueError(f"`{name}` must be a numeric array; got dtype {value.dtype}")
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.savez(f, **{k: np.asarray(v) for k, v in arrays.items()})
+        np.savez(f, **arrays)
 
 
 def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:

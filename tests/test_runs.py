@@ -1,0 +1,43 @@
+"""Run outputs: atomic writes, file modes, safe npz round trips."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from dgm import runs
+
+
+def test_failed_write_leaves_previous_file_and_no_temporaries(tmp_path):
+    target = tmp_path / "metrics.json"
+    runs.write_json(target, {"a": 1})
+    with pytest.raises(RuntimeError), runs.atomic_path(target) as tmp:
+        tmp.write_text("half written")
+        raise RuntimeError("interrupted")
+    assert json.loads(target.read_text()) == {"a": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def test_written_files_get_the_umask_mode_not_mkstemps_0600(tmp_path):
+    old = os.umask(0o022)
+    try:
+        runs.write_text(tmp_path / "report.md", "x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "report.md").stat().st_mode & 0o777 == 0o644
+
+
+def test_npz_round_trip_and_object_arrays_refused(tmp_path):
+    runs.save_npz(tmp_path / "a.npz", x=np.arange(3.0), k=np.int64(7))
+    out = runs.load_npz(tmp_path / "a.npz")
+    np.testing.assert_array_equal(out["x"], np.arange(3.0))
+    assert out["k"] == 7
+    with pytest.raises(ValueError):
+        runs.save_npz(tmp_path / "b.npz", bad=np.array([{"a": 1}], dtype=object))
+    assert not (tmp_path / "b.npz").exists()
+
+
+def test_json_converts_arrays_and_dataclasses(tmp_path):
+    runs.write_json(tmp_path / "c.json", {"v": np.arange(2), "s": np.float32(1.5)})
+    assert json.loads((tmp_path / "c.json").read_text()) == {"v": [0, 1], "s": 1.5}
