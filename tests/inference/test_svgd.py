@@ -192,6 +192,13 @@ def test_order_statistics_every_rank_with_ties():
         assert float(b) == srt[min(k, 39)]
     same = jnp.full((9,), 2.5)
     assert float(svgd.median(same)) == 2.5
+    # distinct values: the early stops (k is the bracket's last rank, or the bracket
+    # holds exactly ranks k and k+1) give the same pair
+    y = np.random.default_rng(4).exponential(size=33)
+    srt = np.sort(y)
+    for k in range(1, 34):
+        a, b, _ = pair(jnp.asarray(y), jnp.asarray(k))
+        assert (float(a), float(b)) == (srt[k - 1], srt[min(k, 32)])
 
 
 def test_bandwidth_variants():
