@@ -201,6 +201,27 @@ def test_order_statistics_every_rank_with_ties():
         assert (float(a), float(b)) == (srt[k - 1], srt[min(k, 32)])
 
 
+@pytest.mark.parametrize("case", ["float32-ties", "beyond-float32", "zeros"])
+def test_float64_selection_from_a_float32_guess_stays_exact(case):
+    """Large float64 inputs start from the k-th of their float32 rounding: values that
+    float32 cannot tell apart, overflow it, or are zero must not change the result."""
+    rng = np.random.default_rng(5)
+    m = 6001
+    if case == "float32-ties":
+        x = 1.0 + rng.permutation(m) * 1e-13  # all round to 1.0 in float32
+    elif case == "beyond-float32":
+        x = rng.exponential(size=m) * 1e39
+    else:
+        x = rng.exponential(size=m)
+        x[: m // 2 + 10] = 0.0
+    srt = np.sort(x)
+    pair = jax.jit(select_pair)
+    for k in (1, m // 2, m // 2 + 1, m // 2 + 11, m - 1, m):
+        a, b, _ = pair(jnp.asarray(x), jnp.asarray(k))
+        assert (float(a), float(b)) == (srt[k - 1], srt[min(k, m - 1)])
+    assert float(jax.jit(svgd.median)(jnp.asarray(x))) == np.median(x)
+
+
 def test_bandwidth_variants():
     x = jax.random.normal(jax.random.key(2), (9, 3), jnp.float64)
     d = np.asarray(svgd.squared_distances(x))

@@ -20,6 +20,11 @@ returns the smallest value in the bracket, the largest, and the smallest above i
   bracket's last rank (its largest value), or when the bracket holds exactly the ranks
   k and k+1 (its smallest and largest value).
 
+A float64 input (of at least ``_GUESS_MIN_SIZE`` values) is first rounded to float32
+and its k-th found there (int32 passes cost about a third of int64 ones); the float64
+passes then start from the float32 neighbours of that value, which bracket the float64
+k-th, and finish in 2 passes.
+
 On squared distances of 1000 particles this takes 4-7 passes (mean 5.2-5.6 along
 2-d SVGD runs; 5.7-6.4 without the last two stops) where plain bisection on the bits
 took 17. The data are seen only
@@ -141,7 +146,30 @@ def select_pair(
     def pass_fn(ts, lo, hi):
         return _count_pass(b, ts, lo, hi, ctype)
 
-    return select_pair_passes(pass_fn, _sample(x), m, k, x.dtype)
+    first = None
+    if x.dtype == jnp.float64 and m >= _GUESS_MIN_SIZE:
+        first = _float32_thresholds(select_pair(x.astype(jnp.float32), k)[0])
+    return select_pair_passes(pass_fn, _sample(x), m, k, x.dtype, first)
+
+
+# float64 input of at least this size: the k-th is first found in float32 (cheaper passes)
+_GUESS_MIN_SIZE = 4096
+
+
+def _float32_thresholds(v32: Float[Array, ""]) -> Int[Array, " 4"]:
+    """float64 bits of thresholds around ``v32``, the k-th of the values rounded to float32.
+
+    Rounding is monotone, so the k-th in float64 rounds to ``v32`` and lies strictly
+    between the float32 neighbours of ``v32``: the first pass brackets it among the
+    (usually very few) values that round to ``v32``. Only speed depends on this guess.
+    """
+    below = jnp.nextafter(v32, jnp.asarray(-jnp.inf, v32.dtype))
+    above = jnp.nextafter(v32, jnp.asarray(jnp.inf, v32.dtype))
+    mid = _bits(v32.astype(jnp.float64))
+    ts = jnp.stack(
+        [_bits(below.astype(jnp.float64)), mid - 1, mid, _bits(above.astype(jnp.float64))]
+    )
+    return jnp.maximum(ts, 0)
 
 
 def _count_type(m: int):
@@ -160,12 +188,18 @@ def _sample(x: Float[Array, " m"]) -> Float[Array, " s"]:
 
 
 def select_pair_passes(
-    pass_fn: Callable, sample: Float[Array, " s"], m: int, k: int | Int[Array, ""], dtype
+    pass_fn: Callable,
+    sample: Float[Array, " s"],
+    m: int,
+    k: int | Int[Array, ""],
+    dtype,
+    first_thresholds: Int[Array, " 4"] | None = None,
 ) -> tuple[Float[Array, ""], Float[Array, ""], Int[Array, ""]]:
     """:func:`select_pair` over data seen only through ``pass_fn(ts, lo, hi)``.
 
     ``pass_fn`` returns what :func:`_count_pass` returns for the ``m`` values (which
     may be computed block by block, never stored); ``sample`` is a subsample of them.
+    ``first_thresholds`` (bits) replace the subsample's for the first pass.
     """
     itype = jnp.int64 if dtype == jnp.float64 else jnp.int32
     ctype = _count_type(m)
@@ -216,7 +250,7 @@ def select_pair_passes(
         hi=big,
         c_lo=jnp.zeros((), ctype),
         c_hi=jnp.asarray(m, ctype),
-        ts=_sample_thresholds(sample, m, kk),
+        ts=_sample_thresholds(sample, m, kk) if first_thresholds is None else first_thresholds,
         done=jnp.zeros((), bool),
         kth=big,
         next=big,
