@@ -10,7 +10,7 @@ import optax
 import pytest
 
 import dgm
-from dgm.inference import svgd
+from dgm.inference import _select, svgd
 from dgm.inference._select import select_pair
 from dgm.inference.svgd_driver import SVGDRunner, to_inference_data
 
@@ -202,9 +202,10 @@ def test_order_statistics_every_rank_with_ties():
 
 
 @pytest.mark.parametrize("case", ["float32-ties", "beyond-float32", "zeros"])
-def test_float64_selection_from_a_float32_guess_stays_exact(case):
+def test_float64_selection_from_a_float32_guess_stays_exact(case, monkeypatch):
     """Large float64 inputs start from the k-th of their float32 rounding: values that
     float32 cannot tell apart, overflow it, or are zero must not change the result."""
+    monkeypatch.setattr(_select, "_GUESS_MIN_SIZE", 1000)
     rng = np.random.default_rng(5)
     m = 6001
     if case == "float32-ties":
