@@ -27,10 +27,10 @@ k-th, and usually finish in 1 pass.
 
 On squared distances of 1000 particles this takes 4-7 passes (mean 5.2-5.6 along
 2-d SVGD runs; 5.7-6.4 without the last two stops) where plain bisection on the bits
-took 17. The data are seen only
-through the pass function, so the same loop serves a blocked variant that recomputes
-the values block by block (:func:`select_pair_passes`). Exact: ties and an even
-count (mean of the two middle values) are handled as ``numpy.median`` does.
+took 17. The data are seen only through the pass function, so the same loop serves a
+blocked variant that recomputes the values block by block (:func:`select_pair_passes`).
+Exact: ties and an even count (mean of the two middle values) are handled as
+``numpy.median`` does.
 """
 
 from collections.abc import Callable
@@ -154,7 +154,7 @@ def select_pair(
 
 # float64 input of at least this size (512 particles' squared distances): the k-th is
 # first found in float32. At 1000 particles that saves about 1 ms of 6 per SVGD step but
-# costs about 1 s more compilation (a second selection loop); at 100 it saves ~5 %.
+# costs 0.6-0.8 s more compilation (a second selection loop); at 100 it saves ~5 %.
 _GUESS_MIN_SIZE = 2**18
 
 
