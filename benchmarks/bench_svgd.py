@@ -3,10 +3,13 @@
 Also Bayesian logistic regression on breast cancer (minibatch 100), dgm vs NumPy.
 
 2-d correlated Gaussian of the original demo, 100 and 1000 particles, median-heuristic
-RBF kernel, one gradient evaluation per particle per iteration for every method. Prints
+RBF kernel, one gradient evaluation per particle per iteration for every method. dgm runs
+at JAX's default dtype (float32: ``dgm``, ``dgm+ksd``) and in float64 (``dgm-float64``,
+``dgm-float64+ksd``); NumPy and BlackJAX run in float64. Prints
 one JSON line per (method, particles) with ms/iter (median and min over repeats), the
 ratio to dgm, and the accuracy after the timed run: max abs error of the particle mean
-and relative Frobenius error of the covariance against the exact values.
+and relative Frobenius error of the covariance against the exact values. The row
+``exact-draws`` gives the same errors for as many independent exact draws (no timing).
 
 Run: ``PYTHONPATH=src python benchmarks/bench_svgd.py [--repeats 5] [--only gaussian2d|blr]
 [--particles 100,1000]``.
@@ -36,6 +39,11 @@ COV = np.linalg.inv(A)
 STEP = 0.01
 
 
+def _ms(value, digits=4):
+    """Rounded float, or None (valid JSON) for the untimed rows."""
+    return round(float(value), digits) if np.isfinite(value) else None
+
+
 def accuracy(x):
     x = np.asarray(x)
     return (
@@ -60,16 +68,19 @@ def numpy_original(x0, n_iter, stepsize=STEP, alpha=0.9):
     return theta
 
 
-def time_dgm(x0, n_iter, repeats, track_ksd):
+def gaussian_score(x):
+    return -(x - jnp.asarray(MU, x.dtype)[None, :]) @ jnp.asarray(A, x.dtype)
+
+
+def time_dgm(x0, n_iter, repeats, track_ksd, dtype=jnp.float32):
     step = svgd.build_step(
-        svgd.make_score_fn(grad_log_density_fn=lambda x: -(x - jnp.asarray(MU)[None, :]) @ A),
-        track_ksd=track_ksd,
+        svgd.make_score_fn(grad_log_density_fn=gaussian_score), track_ksd=track_ksd
     )
     runner = SVGDRunner(step, chunk_size=n_iter)
-    first = runner.run(svgd.init(jnp.asarray(x0)), n_iter, STEP)
+    first = runner.run(svgd.init(jnp.asarray(x0, dtype)), n_iter, STEP)
     times = []
     for _ in range(repeats):
-        res = runner.run(svgd.init(jnp.asarray(x0)), n_iter, STEP)
+        res = runner.run(svgd.init(jnp.asarray(x0, dtype)), n_iter, STEP)
         times.append(res.wall_s / n_iter * 1e3)
     return times, first.compile_s, res.particles
 
@@ -221,10 +232,17 @@ def bench_gaussian2d(args):
         ref = float(np.median(dgm_times))
         rows = [("dgm", dgm_times, dgm_compile, dgm_out, n_iter)]
         rows.append(("dgm+ksd", *time_dgm(x0, n_iter, args.repeats, True), n_iter))
+        f64 = time_dgm(x0, n_iter, args.repeats, False, jnp.float64)
+        rows.append(("dgm-float64", *f64, n_iter))
+        rows.append(
+            ("dgm-float64+ksd", *time_dgm(x0, n_iter, args.repeats, True, jnp.float64), n_iter)
+        )
         reps = max(1, args.repeats // 2)
         rows.append(("numpy-original", *time_numpy(x0, n_iter_slow, reps), n_iter_slow))
         if have_blackjax:
             rows.append(("blackjax", *time_blackjax(x0, n_iter_slow, reps), n_iter_slow))
+        exact = np.random.default_rng(1).multivariate_normal(MU, COV, size=n)
+        rows.append(("exact-draws", [np.nan], 0.0, exact, 0))
         for name, times, compile_s, out, iters in rows:
             mean_err, cov_err = accuracy(out)
             print(
@@ -232,11 +250,12 @@ def bench_gaussian2d(args):
                     {
                         "bench": "svgd-gaussian2d",
                         "method": name,
+                        "dtype": str(np.asarray(out).dtype),
                         "particles": n,
                         "iterations": iters,
-                        "ms_per_iter_median": round(float(np.median(times)), 4),
-                        "ms_per_iter_min": round(float(np.min(times)), 4),
-                        "ratio_vs_dgm": round(float(np.median(times)) / ref, 2),
+                        "ms_per_iter_median": _ms(np.median(times)),
+                        "ms_per_iter_min": _ms(np.min(times)),
+                        "ratio_vs_dgm": _ms(np.median(times) / ref, 2),
                         "compile_s": round(compile_s, 3),
                         "mean_error": round(mean_err, 4),
                         "cov_rel_error": round(cov_err, 4),

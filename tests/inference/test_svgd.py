@@ -10,7 +10,7 @@ import optax
 import pytest
 
 import dgm
-from dgm.inference import svgd
+from dgm.inference import _select, svgd
 from dgm.inference._select import select_pair
 from dgm.inference.svgd_driver import SVGDRunner, to_inference_data
 
@@ -192,6 +192,35 @@ def test_order_statistics_every_rank_with_ties():
         assert float(b) == srt[min(k, 39)]
     same = jnp.full((9,), 2.5)
     assert float(svgd.median(same)) == 2.5
+    # distinct values: the early stops (k is the bracket's last rank, or the bracket
+    # holds exactly ranks k and k+1) give the same pair
+    y = np.random.default_rng(4).exponential(size=33)
+    srt = np.sort(y)
+    for k in range(1, 34):
+        a, b, _ = pair(jnp.asarray(y), jnp.asarray(k))
+        assert (float(a), float(b)) == (srt[k - 1], srt[min(k, 32)])
+
+
+@pytest.mark.parametrize("case", ["float32-ties", "beyond-float32", "zeros"])
+def test_float64_selection_from_a_float32_guess_stays_exact(case, monkeypatch):
+    """Large float64 inputs start from the k-th of their float32 rounding: values that
+    float32 cannot tell apart, overflow it, or are zero must not change the result."""
+    monkeypatch.setattr(_select, "_GUESS_MIN_SIZE", 1000)
+    rng = np.random.default_rng(5)
+    m = 6001
+    if case == "float32-ties":
+        x = 1.0 + rng.permutation(m) * 1e-13  # all round to 1.0 in float32
+    elif case == "beyond-float32":
+        x = rng.exponential(size=m) * 1e39
+    else:
+        x = rng.exponential(size=m)
+        x[: m // 2 + 10] = 0.0
+    srt = np.sort(x)
+    pair = jax.jit(select_pair)
+    for k in (1, m // 2, m // 2 + 1, m // 2 + 11, m - 1, m):
+        a, b, _ = pair(jnp.asarray(x), jnp.asarray(k))
+        assert (float(a), float(b)) == (srt[k - 1], srt[min(k, m - 1)])
+    assert float(jax.jit(svgd.median)(jnp.asarray(x))) == np.median(x)
 
 
 def test_bandwidth_variants():
