@@ -150,7 +150,7 @@ def main() -> None:
     args = parser.parse_args()
     iafs = [int(v) for v in args.iafs.split(",")]
     pyro_batches = [int(v) for v in args.pyro_batches.split(",")]
-    pyro_batches += [pyro_batches[-1]] * (len(iafs) - len(pyro_batches))
+    pyro_batches = (pyro_batches + [pyro_batches[-1]] * len(iafs))[: len(iafs)]
     missing = "skipped by --no-pyro" if args.no_pyro else _have_pyro()
     if missing:
         print(json.dumps({"benchmark": "dmm_jsb_epoch", "impl": "pyro", "skipped": missing}))
