@@ -24,7 +24,7 @@ import numpy as np
 from dgm.inference import constrained_hmc
 from dgm.inference.base import ChainRunner
 from dgm.inference.hmc import _check_steps
-from dgm.inference.manifold import ManifoldSystem
+from dgm.inference.manifold import ManifoldSystem, gram_solve
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,7 +85,7 @@ class ConditionedGenerator:
             i, u, res = carry
             jac, chol = self.system.cache(u)
             c = self.system.constraint(u, self.y_obs)
-            delta = jac.T @ jax.scipy.linalg.cho_solve((chol, True), c)
+            delta = jac.T @ gram_solve(jac, chol, c)
 
             def shrink(state):
                 alpha, _ = state
@@ -384,7 +384,8 @@ def condition(
         input_dim: M, the number of inputs (at least the number of outputs).
         derived: named functions of ``u`` recorded with the posterior draws.
         jacobian: ``"auto"``, ``"fwd"`` or ``"rev"``.
-        gram_cholesky_fn: optional structured ``(u, J) -> chol(J Jᵀ)`` (lower).
+        gram_cholesky_fn: optional structured ``(u, J) -> chol(J Jᵀ)`` (lower), or a
+            structured factor such as :class:`~dgm.inference.manifold.TriangularBlockGram`.
         init_fn: optional ``init_fn(key) -> u`` returning a point on the manifold.
         half_log_det_fn: optional ``u -> ½ log det(J Jᵀ)``, exact on the manifold ``generator(u)
             = y_obs`` (see :class:`~dgm.inference.manifold.ManifoldSystem`); it replaces the

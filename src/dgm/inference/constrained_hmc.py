@@ -18,9 +18,14 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Bool, Float, Int
+from jaxtyping import Array, Bool, Float, Int, PyTree
 
-from dgm.inference.manifold import ManifoldSystem, project_onto_manifold, project_tangent
+from dgm.inference.manifold import (
+    ManifoldSystem,
+    factor_is_finite,
+    project_onto_manifold,
+    project_tangent,
+)
 
 
 class CHMCState(NamedTuple):
@@ -28,7 +33,7 @@ class CHMCState(NamedTuple):
 
     position: Float[Array, " dim"]
     jac: Float[Array, "obs dim"]
-    chol: Float[Array, "obs obs"]
+    chol: PyTree  # dense lower Cholesky factor of J Jᵀ, or a structured Gram factor
     potential: Float[Array, ""]
     potential_grad: Float[Array, " dim"]
 
@@ -48,7 +53,7 @@ class TrajectoryState(NamedTuple):
     position: Float[Array, " dim"]
     momentum: Float[Array, " dim"]
     jac: Float[Array, "obs dim"]
-    chol: Float[Array, "obs obs"]
+    chol: PyTree  # dense lower Cholesky factor of J Jᵀ, or a structured Gram factor
     potential: Float[Array, ""]
     potential_grad: Float[Array, " dim"]
     projection_failed: Bool[Array, ""]
@@ -71,7 +76,7 @@ def build_geodesic_step(system: ManifoldSystem, tol: float, max_iters: int, chec
         u1 = fwd.position
         jac1, chol1 = system.cache(u1)
         p1 = project_tangent((u1 - t.position) / h, jac1, chol1)
-        failed = ~fwd.converged | ~jnp.all(jnp.isfinite(chol1))
+        failed = ~fwd.converged | ~factor_is_finite(chol1)
         irreversible = jnp.asarray(False)
         if check_reverse:
             rev = project_onto_manifold(system, u1 - h * p1, y, jac1, chol1, tol, max_iters)

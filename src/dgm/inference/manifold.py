@@ -12,7 +12,7 @@ References:
 """
 
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -55,6 +55,51 @@ def cho_solve(
     return jnp.stack(x)
 
 
+class TriangularBlockGram(NamedTuple):
+    """Gram factor of J = [J_a | J_t] with J_t (obs × obs) lower triangular and J_a narrow.
+
+    J Jᵀ = J_t (I + B Bᵀ) J_tᵀ with B = J_t⁻¹ J_a, so (J Jᵀ)⁻¹ r costs two triangular
+    solves with J_t and a k×k Woodbury solve with I + Bᵀ B (k = J_a's columns): no
+    obs×obs Gram product and no obs×obs Cholesky. This is the shape of a generator whose
+    last ``obs`` inputs enter additively and in order (e.g. Euler–Maruyama noise).
+
+    Build it with :meth:`from_jacobian`; pass ``TriangularBlockGram.from_jacobian`` (with
+    ``num_leading`` bound) as ``gram_cholesky_fn`` of :class:`ManifoldSystem`.
+    """
+
+    b: Float[Array, "obs lead"]
+    chol_small: Float[Array, "lead lead"]  # lower Cholesky factor of I + Bᵀ B
+    half_log_det: Float[Array, ""]  # ½ log det(J Jᵀ) = Σ log|diag J_t| + Σ log diag chol_small
+
+    @staticmethod
+    def from_jacobian(jac: Float[Array, "obs dim"], num_leading: int) -> "TriangularBlockGram":
+        jac_t = jac[:, num_leading:]
+        b = jsl.solve_triangular(jac_t, jac[:, :num_leading], lower=True)
+        chol_small = gram_factor(jnp.eye(num_leading, dtype=jac.dtype) + b.T @ b)
+        half_log_det = jnp.sum(jnp.log(jnp.abs(jnp.diagonal(jac_t)))) + jnp.sum(
+            jnp.log(jnp.diagonal(chol_small))
+        )
+        return TriangularBlockGram(b, chol_small, half_log_det)
+
+    def solve(self, jac: Float[Array, "obs dim"], rhs: Float[Array, "obs ..."]):
+        """(J Jᵀ)⁻¹ rhs."""
+        jac_t = jac[:, self.b.shape[1] :]
+        s = jsl.solve_triangular(jac_t, rhs, lower=True)
+        s = s - self.b @ cho_solve(self.chol_small, self.b.T @ s)
+        return jsl.solve_triangular(jac_t, s, lower=True, trans=1)
+
+
+def gram_solve(jac: Float[Array, "obs dim"], factor: Any, rhs: Float[Array, "obs ..."]):
+    """(J Jᵀ)⁻¹ rhs with a dense lower Cholesky factor or a structured factor (``.solve``)."""
+    if hasattr(factor, "solve"):
+        return factor.solve(jac, rhs)
+    return cho_solve(factor, rhs)
+
+
+def factor_is_finite(factor: Any) -> Bool[Array, ""]:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(factor)]))
+
+
 class ProjectionResult(NamedTuple):
     position: Float[Array, " dim"]
     converged: Bool[Array, ""]
@@ -71,7 +116,9 @@ class ManifoldSystem:
         jacobian: ``"fwd"`` (M JVPs), ``"rev"`` (N VJPs) or ``"auto"`` (forward unless
             M > 2N: forward passes are cheaper per pass, notably through ``scan``).
         gram_cholesky_fn: optional ``(u, J) -> L``, a lower Cholesky factor of J Jᵀ that
-            exploits the Jacobian's structure; by default a dense Cholesky.
+            exploits the Jacobian's structure, or a structured factor: a pytree with
+            a ``solve(J, rhs)`` method and a ``half_log_det`` field (e.g.
+            :class:`TriangularBlockGram`); by default a dense Cholesky.
         half_log_det_fn: optional ``u -> ½ log det(J Jᵀ)``, exact at least on the manifold
             (it may differ off it). φ and ∇φ then use it instead of the Gram factor and
             the second-order term: the sampler only evaluates φ on the manifold and only
@@ -123,6 +170,8 @@ class ManifoldSystem:
         """φ(u) = ½ uᵀu + ½ log det(J Jᵀ) = ½ uᵀu + Σ log Lᵢᵢ."""
         if self._half_log_det_fn is not None:
             return 0.5 * jnp.dot(u, u) + self._half_log_det_fn(u)
+        if hasattr(chol, "half_log_det"):
+            return 0.5 * jnp.dot(u, u) + chol.half_log_det
         return 0.5 * jnp.dot(u, u) + jnp.sum(jnp.log(jnp.diagonal(chol)))
 
     def potential_grad(self, u: Float[Array, " dim"], jac, chol) -> Float[Array, " dim"]:
@@ -133,7 +182,7 @@ class ManifoldSystem:
         """
         if self._half_log_det_fn is not None:
             return u + jax.grad(self._half_log_det_fn)(u)
-        pmat = cho_solve(chol, jac)
+        pmat = gram_solve(jac, chol, jac)
         return u + jax.vjp(self._jac, u)[1](pmat)[0]
 
     def potential_and_grad(self, u: Float[Array, " dim"]):
@@ -146,7 +195,7 @@ def project_tangent(
     v: Float[Array, " dim"], jac: Float[Array, "obs dim"], chol
 ) -> Float[Array, " dim"]:
     """Π(v) = v − Jᵀ (J Jᵀ)⁻¹ J v: the component of v in the tangent space (null space of J)."""
-    return v - jac.T @ cho_solve(chol, jac @ v)
+    return v - jac.T @ gram_solve(jac, chol, jac @ v)
 
 
 def project_onto_manifold(
@@ -174,7 +223,7 @@ def project_onto_manifold(
         i, v, _, _ = carry
         c = system.constraint(v, y)
         bad = ~jnp.all(jnp.isfinite(c))
-        v_new = v - anchor_jac.T @ cho_solve(anchor_chol, c)
+        v_new = v - anchor_jac.T @ gram_solve(anchor_jac, anchor_chol, c)
         done = jnp.max(jnp.abs(c)) < tol
         return i + 1, jnp.where(bad, v, v_new), done, bad
 
