@@ -159,22 +159,9 @@ def nonlinear_model_config(config: Config) -> _dmm.ModelConfig:
     return dataclasses.replace(config.model, z_dim=dim, transition="gated", emission_layers=1)
 
 
-def run(config: Config, key, ctx: runs.RunContext) -> dict:
-    """Train q on synthetic9, then compare with the exact Kalman answers on the test set."""
-    if config.dataset != "synthetic9":
-        return run_nonlinear(config, key, ctx)
-    start = time.perf_counter()
-    k_data, k_model, k_train, k_test, k_post = jax.random.split(key, 5)
-    k_tr, k_va, k_te = jax.random.split(k_data, 3)
-    params = synthetic9()
-    x_train, _ = sample_linear_gaussian(params, config.num_train, config.train_steps, k_tr)
-    x_valid, _ = sample_linear_gaussian(params, config.num_valid, config.train_steps, k_va)
-    x_test, z_test = sample_linear_gaussian(params, config.num_test, config.test_steps, k_te)
-    train, valid, test = _as_set(x_train), _as_set(x_valid), _as_set(x_test)
-    model = _dmm.build_model(config.model, 1, "gaussian", k_model)
-    loss = _dmm.dmm_loss
-    if not config.learn_generative:
-        model, loss = with_true_parameters(model, params), _dmm.frozen_generative_loss
+def _fit_and_score(model, loss, splits, config: Config, k_train, k_test, ctx: runs.RunContext):
+    """Train with validation-bound model selection; test bound and IS-NLL of the best model."""
+    train, valid, test = splits
     cfg = config.train
     ev = dict(
         chunk_size=config.chunk_size, batch_size=cfg.batch_size, bucket_width=cfg.bucket_width
@@ -196,6 +183,28 @@ def run(config: Config, key, ctx: runs.RunContext) -> dict:
     _dmm.save_model(ctx, "model_best.eqx", best)
     scores = _dmm.evaluate(
         best, test, k_test, bound_samples=2, is_samples=config.test_samples, **ev
+    )
+    return result, best, scores
+
+
+def run(config: Config, key, ctx: runs.RunContext) -> dict:
+    """Train q on synthetic9, then compare with the exact Kalman answers on the test set."""
+    if config.dataset != "synthetic9":
+        return run_nonlinear(config, key, ctx)
+    start = time.perf_counter()
+    k_data, k_model, k_train, k_test, k_post = jax.random.split(key, 5)
+    k_tr, k_va, k_te = jax.random.split(k_data, 3)
+    params = synthetic9()
+    x_train, _ = sample_linear_gaussian(params, config.num_train, config.train_steps, k_tr)
+    x_valid, _ = sample_linear_gaussian(params, config.num_valid, config.train_steps, k_va)
+    x_test, z_test = sample_linear_gaussian(params, config.num_test, config.test_steps, k_te)
+    train, valid, test = _as_set(x_train), _as_set(x_valid), _as_set(x_test)
+    model = _dmm.build_model(config.model, 1, "gaussian", k_model)
+    loss = _dmm.dmm_loss
+    if not config.learn_generative:
+        model, loss = with_true_parameters(model, params), _dmm.frozen_generative_loss
+    result, best, scores = _fit_and_score(
+        model, loss, (train, valid, test), config, k_train, k_test, ctx
     )
     mask = jnp.asarray(test.mask)
     exact, smooth = jax.jit(jax.vmap(lambda a, m: _kalman(params, a, m)))(x_test, mask)
@@ -251,27 +260,8 @@ def run_nonlinear(config: Config, key, ctx: runs.RunContext) -> dict:
     train, valid, test = _as_set(x_train), _as_set(x_valid), _as_set(x_test)
     model_config = nonlinear_model_config(config)
     model = _dmm.build_model(model_config, model_config.z_dim, "gaussian", k_model)
-    cfg = config.train
-    ev = dict(
-        chunk_size=config.chunk_size, batch_size=cfg.batch_size, bucket_width=cfg.bucket_width
-    )
-    result = training.fit(
-        model,
-        _dmm.dmm_loss,
-        training.SequenceLoader(train.x, train.mask, cfg.batch_size, bucket=False),
-        cfg,
-        key=k_train,
-        ctx=ctx,
-        eval_fn=lambda m, k: _dmm.evaluate(m, valid, k, bound_samples=2, is_samples=0, **ev)[
-            "bound_frame"
-        ],
-        fingerprint=_dmm.fingerprint(config, _ADDED_FIELDS),
-        constants={"l2": cfg.l2},
-    )
-    best = result.best_model
-    _dmm.save_model(ctx, "model_best.eqx", best)
-    scores = _dmm.evaluate(
-        best, test, k_test, bound_samples=2, is_samples=config.test_samples, **ev
+    result, best, scores = _fit_and_score(
+        model, _dmm.dmm_loss, (train, valid, test), config, k_train, k_test, ctx
     )
     mask = jnp.asarray(test.mask)
     q_mean = _posterior_means(best, x_test, mask, k_post, config.posterior_samples)
