@@ -6,11 +6,15 @@ Three comparisons, one JSON line per result on stdout:
   on the paper's data. dgm runs its chains spread over both cores (two host devices);
   Mici (``DenseConstrainedEuclideanMetricSystem`` with ``dens_wrt_hausdorff=False``,
   ``ConstrainedLeapfrogIntegrator``, ``RandomMetropolisHMC``) runs one chain in its Python
-  loop, with the constraint, Jacobian and matrix–Hessian product supplied as ``jax.jit``
-  functions converted to NumPy. Same step size (0.25), step-count range (4...8 inclusive;
-  Mici's upper bound is exclusive, so it gets ``(4, 9)``), ``N_g`` (Mici's
-  ``n_inner_step``), quasi-Newton projection with the same tolerance, and the same kind
-  of start (log-rates near −4 with the noise in closed form).
+  loop, in two variants (``--mici-backend``, default both, one row each): ``jax``, with
+  the constraint, Jacobian and matrix–Hessian product supplied as ``jax.jit`` functions
+  converted to NumPy; ``autograd``, as Mici's own LV example runs it: only the constraint
+  and the density given, the generator written in ``autograd.numpy`` (checked against
+  dgm's to 1e-10), and Mici building every derivative with its ``autograd`` backend
+  (no JIT; seconds per step, so few draws). Same step size (0.25), step-count range
+  (4...8 inclusive; Mici's upper bound is exclusive, so it gets ``(4, 9)``), ``N_g``
+  (Mici's ``n_inner_step``), quasi-Newton projection with the same tolerance, and the same
+  kind of start (log-rates near −4 with the noise in closed form).
 * ``sphere``: generator ``‖u‖`` in R³ conditioned on 1; µs per constrained step, one
   chain each, Mici given NumPy closed forms.
 * ``scaling``: wall time of dgm CHMC on Lotka–Volterra with 8 chains against 1 chain.
@@ -111,7 +115,9 @@ def run_dgm(
 # ---------------------------------------------------------------------------- Mici
 
 
-def mici_system(constr, jacob_constr, mhp_constr, neg_log_dens, grad_neg_log_dens):
+def mici_system(
+    constr, neg_log_dens, jacob_constr=None, mhp_constr=None, grad_neg_log_dens=None, backend=None
+):
     from mici.systems import DenseConstrainedEuclideanMetricSystem
 
     return DenseConstrainedEuclideanMetricSystem(
@@ -121,6 +127,7 @@ def mici_system(constr, jacob_constr, mhp_constr, neg_log_dens, grad_neg_log_den
         jacob_constr=jacob_constr,
         mhp_constr=mhp_constr,
         dens_wrt_hausdorff=False,
+        backend=backend,
     )
 
 
@@ -191,6 +198,39 @@ def lv_mici_system(model, y_obs, u_example):
     )
 
 
+def lv_generate_autograd(model, u):
+    """``model.generate`` written in ``autograd.numpy``, as Mici's own LV example writes its
+    generator (a Python loop over time steps)."""
+    import autograd.numpy as anp
+
+    z = anp.exp(u[:NUM_PARAMS] + model.prior_loc)
+    scale = np.sqrt(model.dt) * model.sigma
+    y1, y2 = model.y0
+    ys = []
+    for t in range(model.num_steps):
+        n1, n2 = u[NUM_PARAMS + 2 * t], u[NUM_PARAMS + 2 * t + 1]
+        y1 = y1 + model.dt * (z[0] * y1 - z[1] * y1 * y2) + scale * n1
+        y2 = y2 + model.dt * (-z[2] * y2 + z[3] * y1 * y2) + scale * n2
+        ys += [y1, y2]
+    return anp.stack(ys)
+
+
+def lv_mici_system_autograd(model, y_obs):
+    """Mici as its LV example runs it: only ``constr`` and ``neg_log_dens`` given, in
+    ``autograd.numpy``; Mici builds the gradient, Jacobian and matrix–Hessian product with
+    its ``autograd`` backend (no JIT)."""
+    u = np.random.default_rng(7).normal(size=model.input_dim)
+    u[:NUM_PARAMS] -= 2.0
+    err = np.max(np.abs(lv_generate_autograd(model, u) - np.asarray(model.generate(u))))
+    if err > 1e-10:
+        raise AssertionError(f"autograd LV generator differs from dgm's by {err:.2e}")
+    return mici_system(
+        constr=lambda q: lv_generate_autograd(model, q) - y_obs,
+        neg_log_dens=lambda q: 0.5 * q @ q,
+        backend="autograd",
+    )
+
+
 # --------------------------------------------------------------------------- cases
 
 
@@ -215,28 +255,35 @@ def bench_lv(args):
     )
     dgm_init = lv_starts(model, y_obs, args.chains, seed=0)
     mici_init = lv_starts(model, y_obs, args.mici_chains, seed=1)
-    system = lv_mici_system(model, y_obs, mici_init[0])
+    backends = ["jax", "autograd"] if args.mici_backend == "both" else [args.mici_backend]
+    systems, draws = {}, {}
+    for b in backends:
+        if b == "jax":
+            systems[b], draws[b] = lv_mici_system(model, y_obs, mici_init[0]), args.mici_draws
+        else:
+            systems[b] = lv_mici_system_autograd(model, y_obs)
+            draws[b] = args.mici_autograd_draws
     devices = len(_device_groups(args.chains))
-    dgm_rows, mici_rows = [], []
+    dgm_rows, mici_rows = [], {b: [] for b in backends}
     run_dgm(posterior, jax.random.key(99), dgm_init, CHUNK, **settings)  # warm-up
     for r in range(args.repeats):
         key = jax.random.key(r)
         dgm_rows.append(run_dgm(posterior, key, dgm_init, args.draws, **settings))
-        mici_rows.append(
-            run_mici(
-                system,
-                mici_init,
-                args.mici_draws,
-                settings["step_size"],
-                settings["num_steps"],
-                settings["num_geodesic_steps"],
-                settings["tol"],
-                seed=r,
-                trace=lambda u: u[:NUM_PARAMS],
+        for b in backends:
+            mici_rows[b].append(
+                run_mici(
+                    systems[b],
+                    mici_init,
+                    draws[b],
+                    settings["step_size"],
+                    settings["num_steps"],
+                    settings["num_geodesic_steps"],
+                    settings["tol"],
+                    seed=r,
+                    trace=lambda u: u[:NUM_PARAMS],
+                )
             )
-        )
     dgm = summarize(dgm_rows, devices, args.chains)
-    mici = summarize(mici_rows, 1, args.mici_chains)
     emit(
         case="lv",
         sampler="dgm",
@@ -246,17 +293,20 @@ def bench_lv(args):
         devices=devices,
         **dgm,
     )
-    emit(
-        case="lv",
-        sampler="mici",
-        chains=args.mici_chains,
-        draws=args.mici_draws,
-        devices=1,
-        **mici,
-        dgm_over_peer_ms_per_step=dgm["ms_per_step"] / mici["ms_per_step"],
-        dgm_over_peer_cpu_ms_per_step=dgm["cpu_ms_per_step"] / mici["cpu_ms_per_step"],
-        dgm_over_peer_ess_per_s=dgm["min_ess_per_s"] / mici["min_ess_per_s"],
-    )
+    for b in backends:
+        mici = summarize(mici_rows[b], 1, args.mici_chains)
+        emit(
+            case="lv",
+            sampler="mici",
+            mici_backend=b,
+            chains=args.mici_chains,
+            draws=draws[b],
+            devices=1,
+            **mici,
+            dgm_over_peer_ms_per_step=dgm["ms_per_step"] / mici["ms_per_step"],
+            dgm_over_peer_cpu_ms_per_step=dgm["cpu_ms_per_step"] / mici["cpu_ms_per_step"],
+            dgm_over_peer_ess_per_s=dgm["min_ess_per_s"] / mici["min_ess_per_s"],
+        )
 
 
 def summarize(rows, devices, chains):
@@ -369,7 +419,17 @@ def main():
     parser.add_argument("--chains", type=int, default=8, help="dgm chains on LV")
     parser.add_argument("--draws", type=int, default=500, help="dgm draws per chain on LV")
     parser.add_argument("--mici-chains", type=int, default=1)
-    parser.add_argument("--mici-draws", type=int, default=50)
+    parser.add_argument("--mici-draws", type=int, default=50, help="Mici (jax) draws on LV")
+    parser.add_argument(
+        "--mici-backend",
+        choices=["jax", "autograd", "both"],
+        default="both",
+        help="Mici's LV derivatives: jax.jit functions (jax), or built by Mici from an"
+        " autograd.numpy generator (autograd, as Mici's own LV example); both: two Mici rows",
+    )
+    parser.add_argument(
+        "--mici-autograd-draws", type=int, default=5, help="Mici (autograd) draws on LV"
+    )
     parser.add_argument("--num-geodesic-steps", type=int, default=3)
     parser.add_argument(
         "--dense-log-det",
