@@ -134,9 +134,18 @@ class ChainRunner:
             while done < num_iterations:
                 t_chunk = time.perf_counter()
                 outs, chunk_compile = [], 0.0
-                for device, idx in groups:
-                    bounds = (jnp.asarray(start + done), jnp.asarray(start + num_iterations))
-                    args = jax.device_put((keys[idx], *bounds, _take(states, idx), params), device)
+                bounds = (jnp.asarray(start + done), jnp.asarray(start + num_iterations))
+                # Every group's inputs are split off before any group runs: a slice taken
+                # on device 0 after device 0's run was dispatched would wait for that run,
+                # and the devices would take turns instead of running in parallel.
+                group_args = [
+                    (
+                        device,
+                        jax.device_put((keys[idx], *bounds, _take(states, idx), params), device),
+                    )
+                    for device, idx in groups
+                ]
+                for device, args in group_args:
                     exe, c = self._executable(args, device)
                     chunk_compile += c
                     outs.append(exe(*args))
