@@ -423,7 +423,7 @@ def test_lotka_volterra_pmmh_uniform_acceptance_near_spec():
     noise = jax.random.normal(key_init, (3, model.input_dim - NUM_PARAMS), jnp.float64)
     u0 = jnp.concatenate([jnp.broadcast_to(u_obs[:NUM_PARAMS], (3, NUM_PARAMS)), noise], axis=1)
     states = jax.vmap(
-        lambda u: abc.pmmh_init(u, model.generate, y_obs, 1000.0, NUM_PARAMS, "uniform")
+        lambda u: abc.split_abc_init(u, model.generate, y_obs, 1000.0, NUM_PARAMS, "uniform")
     )(u0)
     run = ChainRunner(
         lambda key, s, p: step(key, s, y_obs, p["epsilon"], p["scale"]),

@@ -242,8 +242,7 @@ def _init_states(method: ABCMethod, runners: "ABCRunners", num_chains: int, key,
         u0 = jnp.concatenate([u0[:, :NUM_PARAMS], fresh], axis=1)
     y0 = runners.simulate(u0)
     log_k = jax.vmap(lambda y: abc.log_abc_kernel(y, y_obs, method.epsilon, method.kernel))(y0)
-    state = abc.SliceABCState if method.sampler == "slice" else abc.PMMHState
-    return state(u0[:, :NUM_PARAMS], u0[:, NUM_PARAMS:], log_k)
+    return abc.SplitABCState(u0[:, :NUM_PARAMS], u0[:, NUM_PARAMS:], log_k)
 
 
 def _budget(method: ABCMethod, cfg: ABCConfig) -> tuple[int, int]:

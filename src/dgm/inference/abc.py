@@ -234,14 +234,30 @@ def rejection_abc(
 # ------------------------------------------------------------------------------ PMMH
 
 
-class PMMHState(NamedTuple):
+class SplitABCState(NamedTuple):
+    """State of the pseudo-marginal samplers (PMMH and slice-sampling ABC): the input u
+    split into parameters and the noise behind the current kernel estimate."""
+
     params: Float[Array, " num_params"]
-    noise: Float[Array, " noise"]  # the noise behind the current kernel estimate
+    noise: Float[Array, " noise"]
     log_kernel: Float[Array, ""]  # log f(G([params; noise]))
 
     @property
     def position(self) -> Float[Array, "*batch dim"]:
         return jnp.concatenate([self.params, self.noise], axis=-1)
+
+
+def split_abc_init(
+    position: Float[Array, " dim"],
+    generator_fn: Callable,
+    y_obs,
+    epsilon,
+    num_params: int,
+    kernel: str,
+) -> SplitABCState:
+    """Pseudo-marginal state at ``u = position`` (its noise gives the kernel estimate)."""
+    log_k = log_abc_kernel(generator_fn(position), y_obs, epsilon, kernel)
+    return SplitABCState(position[:num_params], position[num_params:], log_k)
 
 
 class PMMHInfo(NamedTuple):
@@ -250,24 +266,11 @@ class PMMHInfo(NamedTuple):
     num_simulations: Int[Array, ""]
 
 
-def pmmh_init(
-    position: Float[Array, " dim"],
-    generator_fn: Callable,
-    y_obs,
-    epsilon,
-    num_params: int,
-    kernel: str,
-) -> PMMHState:
-    """PMMH state at ``u = position`` (its noise part is the initial kernel estimate's)."""
-    log_k = log_abc_kernel(generator_fn(position), y_obs, epsilon, kernel)
-    return PMMHState(position[:num_params], position[num_params:], log_k)
-
-
 def build_pmmh_kernel(generator_fn: Callable, num_params: int, kernel: str) -> Callable:
     """Pseudo-marginal ABC-MCMC (Marjoram et al. 2003; Andrieu & Roberts 2009).
 
     Returns:
-        ``step(key, state, y_obs, epsilon, scale) -> (PMMHState, PMMHInfo)``: propose
+        ``step(key, state, y_obs, epsilon, scale) -> (SplitABCState, PMMHInfo)``: propose
         ``theta' = theta + scale * N(0, I)`` with fresh ``noise' ~ N(0, I)``; accept with
         probability ``min(1, f(y') N(theta') / (f(y) N(theta)))``. One simulation per step.
     """
@@ -285,7 +288,7 @@ def build_pmmh_kernel(generator_fn: Callable, num_params: int, kernel: str) -> C
         old_target = state.log_kernel - 0.5 * jnp.sum(state.params**2)
         log_accept = jnp.minimum(0.0, _log_ratio(new_target, old_target))
         is_accepted = jnp.log(jax.random.uniform(key_accept, dtype=log_k.dtype)) < log_accept
-        proposal = PMMHState(params, noise, log_k)
+        proposal = SplitABCState(params, noise, log_k)
         new = jax.tree.map(lambda a, b: jnp.where(is_accepted, a, b), proposal, state)
         return new, PMMHInfo(jnp.exp(log_accept), is_accepted, jnp.asarray(1, jnp.int32))
 
@@ -324,22 +327,12 @@ def pmmh(
 
     def init_fn(position):
         position = _check_position(position, input_dim)
-        return pmmh_init(position, generator_fn, y_obs, epsilon, num_params, kernel)
+        return split_abc_init(position, generator_fn, y_obs, epsilon, num_params, kernel)
 
     return Kernel(init_fn, lambda key, state: raw(key, state, y_obs, epsilon, scale))
 
 
 # -------------------------------------------------------------- slice sampling ABC
-
-
-class SliceABCState(NamedTuple):
-    params: Float[Array, " num_params"]
-    noise: Float[Array, " noise"]
-    log_kernel: Float[Array, ""]
-
-    @property
-    def position(self) -> Float[Array, "*batch dim"]:
-        return jnp.concatenate([self.params, self.noise], axis=-1)
 
 
 class SliceABCInfo(NamedTuple):
@@ -348,19 +341,6 @@ class SliceABCInfo(NamedTuple):
     noise_failed: Bool[Array, ""]  # hit max_slice_iters: state kept
     params_failed: Bool[Array, ""]
     num_simulations: Int[Array, ""]  # G evaluations in both updates
-
-
-def slice_abc_init(
-    position: Float[Array, " dim"],
-    generator_fn: Callable,
-    y_obs,
-    epsilon,
-    num_params: int,
-    kernel: str,
-) -> SliceABCState:
-    """Slice-sampling ABC state at ``u = position``."""
-    log_k = log_abc_kernel(generator_fn(position), y_obs, epsilon, kernel)
-    return SliceABCState(position[:num_params], position[num_params:], log_k)
 
 
 def build_slice_abc_kernel(
@@ -372,7 +352,7 @@ def build_slice_abc_kernel(
     factor. An update that hits ``max_slice_iters`` keeps its block and is flagged.
 
     Returns:
-        ``step(key, state, y_obs, epsilon) -> (SliceABCState, SliceABCInfo)``.
+        ``step(key, state, y_obs, epsilon) -> (SplitABCState, SliceABCInfo)``.
 
     References:
         Murray & Graham (2016), "Pseudo-marginal slice sampling", AISTATS
@@ -398,7 +378,7 @@ def build_slice_abc_kernel(
             key_params, state.params, log_k, ll_params, max_slice_iters
         )
         info = SliceABCInfo(noise_moved, params_moved, ~noise_moved, ~params_moved, n1 + n2)
-        return SliceABCState(params, noise, log_k), info
+        return SplitABCState(params, noise, log_k), info
 
     return step
 
@@ -432,7 +412,7 @@ def slice_abc(
 
     def init_fn(position):
         position = _check_position(position, input_dim)
-        return slice_abc_init(position, generator_fn, y_obs, epsilon, num_params, kernel)
+        return split_abc_init(position, generator_fn, y_obs, epsilon, num_params, kernel)
 
     return Kernel(init_fn, lambda key, state: raw(key, state, y_obs, epsilon))
 
