@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dgm.config import check_positive
 from dgm.inference import constrained_hmc
 from dgm.inference.base import ChainRunner
 from dgm.inference.hmc import _check_steps
@@ -210,8 +211,7 @@ class ConditionedGenerator:
             ("max_iters", max_iters),
             ("chunk_size", chunk_size),
         ):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"`{name}` must be a positive int; got {value!r}")
+            check_positive(name, value, integer=True)
         if not isinstance(num_warmup, int) or num_warmup < 0:
             raise ValueError(f"`num_warmup` must be a non-negative int; got {num_warmup!r}")
         for name, value in (("step_size", step_size), ("tol", tol)):
