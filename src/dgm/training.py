@@ -12,6 +12,7 @@ the host each step (the KL weight), so changing them never recompiles.
 """
 
 import dataclasses
+import functools
 import json
 import math
 import time
@@ -130,13 +131,21 @@ def shard_batch(batch: PyTree) -> PyTree:
     runs data-parallel, one slice per device, and the gradients are summed across them. A
     batch whose size does not divide evenly is returned unchanged.
     """
-    devices = jax.local_devices()
+    num_devices, sharding = _batch_sharding()
     leaves = jax.tree_util.tree_leaves(batch)
-    if len(devices) < 2 or any(leaf.shape[0] % len(devices) for leaf in leaves):
+    if num_devices < 2 or any(leaf.shape[0] % num_devices for leaf in leaves):
         return batch
-    mesh = jax.sharding.Mesh(np.array(devices), ("batch",))
-    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("batch"))
     return jax.device_put(batch, sharding)
+
+
+@functools.cache
+def _batch_sharding() -> tuple[int, Any]:
+    """The local device count and a batch-axis sharding over them (built once)."""
+    devices = jax.local_devices()
+    if len(devices) < 2:
+        return len(devices), None
+    mesh = jax.sharding.Mesh(np.array(devices), ("batch",))
+    return len(devices), jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("batch"))
 
 
 class SequenceLoader:
@@ -323,14 +332,14 @@ def fit(
         disable=not ctx.progress,
         leave=False,
     )
+    fixed = {k: jnp.asarray(v, jnp.float32) for k, v in (constants or {}).items()}
     for epoch in range(start, config.num_epochs):
         t0 = time.perf_counter()
         order = loader.order(np.random.default_rng([*data_seed, epoch]))
         losses, beta = [], 1.0
         for row in order:
             beta = kl_weight(state.step, config.anneal_steps, config.kl_initial)
-            hyper = {k: jnp.asarray(v, jnp.float32) for k, v in (constants or {}).items()}
-            hyper["kl_weight"] = jnp.asarray(beta, jnp.float32)
+            hyper = {**fixed, "kl_weight": jnp.asarray(beta, jnp.float32)}
             step_key = jax.random.fold_in(key_train, state.step)
             data = loader.batch(row)
             if config.data_parallel:
@@ -339,7 +348,7 @@ def fit(
             state.step += 1
             losses.append(metrics["loss"])
             bar.update()
-            if state.step % 10 == 0:
+            if ctx.progress and state.step % 10 == 0:
                 bar.set_postfix(epoch=epoch + 1, loss=f"{float(metrics['loss']):.3f}")
         record = {
             "epoch": epoch + 1,
