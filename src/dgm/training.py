@@ -15,6 +15,7 @@ import dataclasses
 import functools
 import json
 import math
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -286,6 +287,10 @@ def _history_plot(history: list[dict], ctx: runs.RunContext, name: str) -> None:
     ctx.save_figure(f"{name}_loss.png", fig)
 
 
+def _jsonl(record: dict) -> str:
+    return json.dumps(runs._to_jsonable(record)) + "\n"
+
+
 def fit(
     model: PyTree,
     loss_fn: Callable,
@@ -326,6 +331,10 @@ def fit(
             raise ValueError(f"checkpoint {path} was written with a different seed")
         state = _State(**{f.name: header[f.name] for f in dataclasses.fields(_State)})
         state.best_valid = float(state.best_valid)
+    metrics_path = ctx.path(f"{name}_metrics.jsonl")
+    if state.history or metrics_path.exists():
+        # Once per fit: make the log match the checkpoint (a crash may have left it behind).
+        runs.write_text(metrics_path, "".join(_jsonl(h) for h in state.history))
     start, wall0, stopped = state.epoch, time.perf_counter(), False
     bar = tqdm(
         total=loader.num_batches * (config.num_epochs - start),
@@ -374,10 +383,10 @@ def fit(
         header = {"format": _FORMAT, "fingerprint": fingerprint, "key": key_list}
         header.update(dataclasses.asdict(state))
         save_checkpoint(path, (model, opt_state, best_model), header)
-        runs.write_text(
-            ctx.path(f"{name}_metrics.jsonl"),
-            "".join(json.dumps(runs._to_jsonable(h)) + "\n" for h in state.history),
-        )
+        with open(metrics_path, "a") as f:
+            f.write(_jsonl(record))
+            f.flush()
+            os.fsync(f.fileno())
         if stopped:
             break
     bar.close()
