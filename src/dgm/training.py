@@ -227,7 +227,6 @@ class _State:
     best_epoch: int = 0
     bad_evals: int = 0
     history: list = dataclasses.field(default_factory=list)
-    order: list = dataclasses.field(default_factory=list)
 
 
 _STEP_CACHE: dict[tuple, tuple[optax.GradientTransformation, Callable]] = {}
@@ -308,7 +307,7 @@ def fit(
     """Train ``model`` for ``config.num_epochs`` epochs (or until early stopping).
 
     Checkpoints ``checkpoints/<name>.eqx`` after every epoch (model, optimizer state, best
-    model, step, epoch, key, data order, history); with ``ctx.resume`` the run continues
+    model, step, epoch, key, history); with ``ctx.resume`` the run continues
     from it bit-identically. ``eval_fn(model, key)`` returns a validation loss (lower is
     better), evaluated every ``config.eval_every`` epochs and at the end. With ``plot`` a
     loss curve ``<name>_loss.png`` is written at the end. ``constants`` (e.g. ``{"l2": 0.05}``)
@@ -378,7 +377,7 @@ def fit(
             stopped = config.patience > 0 and state.bad_evals >= config.patience
         elif eval_fn is None:
             best_model, state.best_epoch = model, epoch + 1
-        state.epoch, state.order = epoch + 1, order.tolist()
+        state.epoch = epoch + 1
         state.history.append(record)
         header = {"format": _FORMAT, "fingerprint": fingerprint, "key": key_list}
         header.update(dataclasses.asdict(state))
