@@ -68,6 +68,20 @@ def test_resume_is_bit_identical(tmp_path):
     assert not np.allclose(np.asarray(first.layer.weight), np.asarray(straight.model.layer.weight))
 
 
+def test_resume_reads_old_header_with_order(tmp_path):
+    """Checkpoints from before `order` was dropped from the header still resume."""
+    straight = _fit(tmp_path / "a", 2)
+    _fit(tmp_path / "b", 1)
+    path = tmp_path / "b" / "checkpoints" / "train.eqx"
+    head, rest = path.read_bytes().split(b"\n", 1)
+    header = json.loads(head)
+    header["order"] = [[0, 1, 2]]
+    path.write_bytes(json.dumps(header).encode() + b"\n" + rest)
+    resumed = _fit(tmp_path / "b", 2, resume=True)
+    for a, b in zip(jax.tree.leaves(straight.model), jax.tree.leaves(resumed.model), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 def test_resume_refuses_other_config(tmp_path):
     _fit(tmp_path, 1)
     with pytest.raises(ValueError, match="different configuration"):

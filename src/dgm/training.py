@@ -12,8 +12,10 @@ the host each step (the KL weight), so changing them never recompiles.
 """
 
 import dataclasses
+import functools
 import json
 import math
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -130,13 +132,21 @@ def shard_batch(batch: PyTree) -> PyTree:
     runs data-parallel, one slice per device, and the gradients are summed across them. A
     batch whose size does not divide evenly is returned unchanged.
     """
-    devices = jax.local_devices()
+    num_devices, sharding = _batch_sharding()
     leaves = jax.tree_util.tree_leaves(batch)
-    if len(devices) < 2 or any(leaf.shape[0] % len(devices) for leaf in leaves):
+    if num_devices < 2 or any(leaf.shape[0] % num_devices for leaf in leaves):
         return batch
-    mesh = jax.sharding.Mesh(np.array(devices), ("batch",))
-    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("batch"))
     return jax.device_put(batch, sharding)
+
+
+@functools.cache
+def _batch_sharding() -> tuple[int, Any]:
+    """The local device count and a batch-axis sharding over them (built once)."""
+    devices = jax.local_devices()
+    if len(devices) < 2:
+        return len(devices), None
+    mesh = jax.sharding.Mesh(np.array(devices), ("batch",))
+    return len(devices), jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("batch"))
 
 
 class SequenceLoader:
@@ -217,7 +227,6 @@ class _State:
     best_epoch: int = 0
     bad_evals: int = 0
     history: list = dataclasses.field(default_factory=list)
-    order: list = dataclasses.field(default_factory=list)
 
 
 _STEP_CACHE: dict[tuple, tuple[optax.GradientTransformation, Callable]] = {}
@@ -277,6 +286,10 @@ def _history_plot(history: list[dict], ctx: runs.RunContext, name: str) -> None:
     ctx.save_figure(f"{name}_loss.png", fig)
 
 
+def _jsonl(record: dict) -> str:
+    return json.dumps(runs._to_jsonable(record)) + "\n"
+
+
 def fit(
     model: PyTree,
     loss_fn: Callable,
@@ -294,7 +307,7 @@ def fit(
     """Train ``model`` for ``config.num_epochs`` epochs (or until early stopping).
 
     Checkpoints ``checkpoints/<name>.eqx`` after every epoch (model, optimizer state, best
-    model, step, epoch, key, data order, history); with ``ctx.resume`` the run continues
+    model, step, epoch, key, history); with ``ctx.resume`` the run continues
     from it bit-identically. ``eval_fn(model, key)`` returns a validation loss (lower is
     better), evaluated every ``config.eval_every`` epochs and at the end. With ``plot`` a
     loss curve ``<name>_loss.png`` is written at the end. ``constants`` (e.g. ``{"l2": 0.05}``)
@@ -317,20 +330,24 @@ def fit(
             raise ValueError(f"checkpoint {path} was written with a different seed")
         state = _State(**{f.name: header[f.name] for f in dataclasses.fields(_State)})
         state.best_valid = float(state.best_valid)
+    metrics_path = ctx.path(f"{name}_metrics.jsonl")
+    if state.history or metrics_path.exists():
+        # Once per fit: make the log match the checkpoint (a crash may have left it behind).
+        runs.write_text(metrics_path, "".join(_jsonl(h) for h in state.history))
     start, wall0, stopped = state.epoch, time.perf_counter(), False
     bar = tqdm(
         total=loader.num_batches * (config.num_epochs - start),
         disable=not ctx.progress,
         leave=False,
     )
+    fixed = {k: jnp.asarray(v, jnp.float32) for k, v in (constants or {}).items()}
     for epoch in range(start, config.num_epochs):
         t0 = time.perf_counter()
         order = loader.order(np.random.default_rng([*data_seed, epoch]))
         losses, beta = [], 1.0
         for row in order:
             beta = kl_weight(state.step, config.anneal_steps, config.kl_initial)
-            hyper = {k: jnp.asarray(v, jnp.float32) for k, v in (constants or {}).items()}
-            hyper["kl_weight"] = jnp.asarray(beta, jnp.float32)
+            hyper = {**fixed, "kl_weight": jnp.asarray(beta, jnp.float32)}
             step_key = jax.random.fold_in(key_train, state.step)
             data = loader.batch(row)
             if config.data_parallel:
@@ -339,7 +356,7 @@ def fit(
             state.step += 1
             losses.append(metrics["loss"])
             bar.update()
-            if state.step % 10 == 0:
+            if ctx.progress and state.step % 10 == 0:
                 bar.set_postfix(epoch=epoch + 1, loss=f"{float(metrics['loss']):.3f}")
         record = {
             "epoch": epoch + 1,
@@ -360,15 +377,15 @@ def fit(
             stopped = config.patience > 0 and state.bad_evals >= config.patience
         elif eval_fn is None:
             best_model, state.best_epoch = model, epoch + 1
-        state.epoch, state.order = epoch + 1, order.tolist()
+        state.epoch = epoch + 1
         state.history.append(record)
         header = {"format": _FORMAT, "fingerprint": fingerprint, "key": key_list}
         header.update(dataclasses.asdict(state))
         save_checkpoint(path, (model, opt_state, best_model), header)
-        runs.write_text(
-            ctx.path(f"{name}_metrics.jsonl"),
-            "".join(json.dumps(runs._to_jsonable(h)) + "\n" for h in state.history),
-        )
+        with open(metrics_path, "a") as f:
+            f.write(_jsonl(record))
+            f.flush()
+            os.fsync(f.fileno())
         if stopped:
             break
     bar.close()

@@ -1,6 +1,7 @@
 """The DMM experiments' smoke presets run through the CLI and write their outputs."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -67,7 +68,8 @@ def test_nonlinear_synthetic_smoke(dataset, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["dataset"] == dataset and metrics["epochs"] == 2
     for field in ("test_nll_is", "test_bound_frame", "rmse_q_mean_affine_vs_true_z"):
-        assert metrics[field] == pytest.approx(metrics[field])  # finite, not NaN
+        v = metrics[field]
+        assert isinstance(v, float) and math.isfinite(v)
     assert metrics["rmse_naive_vs_true_z"] > 0
     assert "no exact log p(x)" in (out / "report.md").read_text()
 

@@ -139,5 +139,4 @@ def fingerprint(config, added: tuple[str, ...] = ()) -> str:
 
 def save_model(ctx: runs.RunContext, name: str, model) -> None:
     """Equinox-serialise ``model`` to ``<run>/<name>`` atomically."""
-    with runs.atomic_path(ctx.path(name)) as tmp:
-        eqx.tree_serialise_leaves(tmp, model)
+    ctx.save_with(name, lambda p: eqx.tree_serialise_leaves(p, model))

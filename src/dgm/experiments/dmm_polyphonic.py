@@ -217,7 +217,7 @@ def _plot_sample(ctx: runs.RunContext, model, key) -> None:
 
     probs = np.asarray(jax.jit(dmm.sample_sequences, static_argnums=1)(model, 100, key))
     roll = np.asarray(jax.random.uniform(jax.random.fold_in(key, 1), probs.shape)) < probs
-    midi.write_piano_roll(ctx.path("sample.mid"), roll.astype(np.uint8))
+    ctx.save_with("sample.mid", lambda p: midi.write_piano_roll(p, roll.astype(np.uint8)))
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2), sharey=True)
     titles = ("note probabilities", "sampled piano roll")
     for ax, img, title in zip(axes, (probs, roll), titles, strict=True):

@@ -145,7 +145,8 @@ def _posterior_means(model, x, mask, key, num_samples: int):
 
 
 def _kalman(params, x, mask):
-    return kalman.kalman_filter(params, x, mask)[0], kalman.rts_smoother(params, x, mask)[0]
+    log_lik, *filtered = kalman.kalman_filter(params, x, mask)
+    return log_lik, kalman.rts_from_filter(params, *filtered)[0]
 
 
 def _as_set(x) -> SequenceSet:

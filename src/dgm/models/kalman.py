@@ -70,7 +70,11 @@ def rts_smoother(
     params: LinearGaussianSSM, x: Float[Array, "time obs"], mask: Float[Array, " time"]
 ):
     """Rauch–Tung–Striebel smoothed means and covariances of one sequence."""
-    _, ms, Ps, m_preds, P_preds = kalman_filter(params, x, mask)
+    return rts_from_filter(params, *kalman_filter(params, x, mask)[1:])
+
+
+def rts_from_filter(params: LinearGaussianSSM, ms, Ps, m_preds, P_preds):
+    """:func:`rts_smoother` from :func:`kalman_filter`'s outputs (without re-filtering)."""
 
     def step(carry, inp):
         m_next, P_next = carry

@@ -29,12 +29,6 @@ def uniform(key: PRNGKeyArray, shape: tuple[int, ...], scale: float = 0.1) -> Fl
     return jnp.asarray(host_rng(key).uniform(-scale, scale, shape), jnp.float32)
 
 
-def orthogonal(key: PRNGKeyArray, size: int) -> Float[Array, "size size"]:
-    """A random orthogonal ``size × size`` float32 matrix (QR of a Gaussian, signs fixed)."""
-    q, r = np.linalg.qr(host_rng(key).standard_normal((size, size)))
-    return jnp.asarray(q * np.sign(np.diag(r))[None, :], jnp.float32)
-
-
 class Linear(eqx.Module):
     """``W x + b`` with float32 U(−0.1, 0.1) initialisation (weights and biases)."""
 
