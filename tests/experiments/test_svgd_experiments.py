@@ -1,6 +1,7 @@
 """Each SVGD experiment's smoke preset runs through the CLI and writes its outputs."""
 
 import json
+import math
 
 import pytest
 
@@ -23,7 +24,7 @@ def test_gaussian2d_smoke(tmp_path):
     assert idata.posterior["x"].shape == (1, 20, 2)  # smoke: 20 particles as one chain
     assert idata.svgd_trace["ksd"].shape == (1, 100)
     for key in ("mean_error", "cov_rel_error", "ksd_initial", "ksd_final", "ms_per_iter"):
-        assert isinstance(m[key], float), key
+        assert math.isfinite(m[key]), key
     assert m["ksd_final"] < m["ksd_initial"]
 
 

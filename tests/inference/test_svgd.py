@@ -300,6 +300,16 @@ def test_nan_stops_with_iteration_and_keeps_finite_particles():
     assert np.all(np.isfinite(out))
 
 
+def test_compat_runner_chunk_follows_n_iter():
+    """A short first call must not fix the chunk size of later, longer runs."""
+    parity = dgm.SVGD()
+    x0 = np.random.default_rng(0).normal(size=(5, 2))
+    grad = lambda x: -x  # noqa: E731
+    parity.update(x0, grad, n_iter=3)
+    parity.update(x0, grad, n_iter=2000)
+    assert sorted(r.chunk_size for r in parity._runners.values()) == [3, 1000]
+
+
 def test_bad_input_errors():
     parity = dgm.SVGD()
     with pytest.raises(ValueError, match=r"`x0` must be a 2-d array .* got shape \(3,\)"):

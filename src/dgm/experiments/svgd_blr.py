@@ -192,9 +192,7 @@ def gaussian_reference(config: Config, key, theta0, draws: np.ndarray) -> dict:
     return out
 
 
-def compare_hmc(
-    config, key, particles, data, log_prior, log_lik, xte, yte, ctx, theta0=None
-) -> dict:
+def compare_hmc(config, key, particles, data, log_prior, log_lik, xte, yte, ctx, theta0) -> dict:
     """Long HMC run on the full-data posterior, started at SVGD particles.
 
     The diagonal inverse mass matrix is the SVGD particles' variance. (The posterior in
@@ -242,9 +240,7 @@ def compare_hmc(
     acc, ll = evaluate(flat[:, :-1], xte, yte)
     sd = flat.std(0)
     z = np.abs(particles.mean(0) - flat.mean(0)) / sd
-    extra = {}
-    if theta0 is not None:
-        extra = gaussian_reference(config, jax.random.fold_in(key, 1), theta0, flat)
+    extra = gaussian_reference(config, jax.random.fold_in(key, 1), theta0, flat)
     return extra | {
         "hmc_test_accuracy": acc,
         "hmc_test_loglik": ll,

@@ -5,6 +5,7 @@ animated GIF of the particles' kernel density estimate against the target.
 """
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
@@ -95,7 +96,10 @@ def run(config: Config, key, ctx: runs.RunContext) -> dict:
         "mean_error": float(abs(x.mean() - mean)),
         "frac_right_mode": float(np.mean(x > 0)),
         "frac_right_mode_target": float(
-            sum(w * 0.5 * (1 + _erf(m / np.sqrt(2))) for w, m in zip(WEIGHTS, MEANS, strict=True))
+            sum(
+                w * 0.5 * (1 + math.erf(m / np.sqrt(2)))
+                for w, m in zip(WEIGHTS, MEANS, strict=True)
+            )
         ),
         "num_iterations": done,
     }
@@ -103,12 +107,6 @@ def run(config: Config, key, ctx: runs.RunContext) -> dict:
     runs.save_npz(ctx.path("frames.npz"), frames=np.stack(frames), iterations=np.asarray(iters))
     runs.write_text(ctx.path("report.md"), report(config, metrics))
     return metrics
-
-
-def _erf(z: float) -> float:
-    from math import erf
-
-    return erf(z)
 
 
 def _animate(frames, iters, path) -> None:

@@ -92,11 +92,10 @@ def _count_pass(
 
 
 # thresholds, in binomial standard deviations of a quantile: of the subsample quantile
-# in the first pass, of the interpolated position (plus a curvature allowance, as a
-# fraction of the bracket) later; tuned on squared distances of 1000 particles
+# in the first pass, of the interpolated position later; tuned on squared distances of
+# 1000 particles
 _SAMPLE_SDS = (-3.0, -1.0, 1.0, 3.0)
 _INTERP_SDS = (-2.5, -0.8, 0.8)
-_CURVATURE = 0.0
 
 
 def _sample_thresholds(sample: Float[Array, " s"], m: int, k: Int[Array, ""]) -> Int[Array, " t"]:
@@ -125,7 +124,7 @@ def _interpolated_thresholds(
     v_hi = _from_bits(hi, dtype)
     num = jnp.maximum(c_hi - c_lo, 1).astype(dtype)
     f = (k - c_lo).astype(dtype) / num - 0.5 / num
-    sd = jnp.sqrt(jnp.maximum(f * (1.0 - f), 0.0) / num) + 1.0 / num + _CURVATURE
+    sd = jnp.sqrt(jnp.maximum(f * (1.0 - f), 0.0) / num) + 1.0 / num
     frac = jnp.clip(f + jnp.asarray(_INTERP_SDS, dtype) * sd, 0.0, 1.0)
     t = _bits(v_lo + frac * (v_hi - v_lo))
     mid = lo + (hi - lo) // 2

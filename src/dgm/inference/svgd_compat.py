@@ -95,11 +95,12 @@ class SVGD:
         return np.asarray(out).astype(x0.dtype, copy=False)
 
     def _run_compiled(self, x, lnprob, n_iter, stepsize, bw, alpha, debug):
-        key = (lnprob, bw, float(alpha))
+        chunk_size = min(n_iter, 1000)
+        key = (lnprob, bw, float(alpha), chunk_size)
         if key not in self._runners:
             score = core.make_score_fn(grad_log_density_fn=_checked(lnprob))
             step = core.build_step(score, bandwidth=bw, alpha=alpha, track_ksd=False)
-            self._runners[key] = SVGDRunner(step, chunk_size=min(n_iter, 1000))
+            self._runners[key] = SVGDRunner(step, chunk_size=chunk_size)
         result = self._runners[key].run(core.init(x), n_iter, stepsize)
         if debug:
             print(f"iter {result.num_iterations}: {result.message}")
