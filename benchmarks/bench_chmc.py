@@ -6,9 +6,11 @@ Three comparisons, one JSON line per result on stdout:
   on the paper's data. dgm runs its chains spread over both cores (two host devices);
   Mici (``DenseConstrainedEuclideanMetricSystem`` with ``dens_wrt_hausdorff=False``,
   ``ConstrainedLeapfrogIntegrator``, ``RandomMetropolisHMC``) runs one chain in its Python
-  loop, in two variants (``--mici-backend``, default both, one row each): ``jax``, with
+  loop, in three variants (``--mici-backend``, default all, one row each): ``jax``, with
   the constraint, Jacobian and matrix–Hessian product supplied as ``jax.jit`` functions
-  converted to NumPy; ``autograd``, as Mici's own LV example runs it: only the constraint
+  converted to NumPy; ``jax-auto``, only the constraint and density given as JAX
+  functions and Mici building the derivatives with its own ``jax`` backend (compiled
+  before timing); ``autograd``, as Mici's own LV example runs it: only the constraint
   and the density given, the generator written in ``autograd.numpy`` (checked against
   dgm's to 1e-10), and Mici building every derivative with its ``autograd`` backend
   (no JIT; seconds per step, so few draws). Same step size (0.25), step-count range
@@ -198,6 +200,18 @@ def lv_mici_system(model, y_obs, u_example):
     )
 
 
+def lv_mici_system_jax_auto(model, y_obs):
+    """Mici building every derivative itself with its ``jax`` backend (``jax.jit`` of
+    Mici's Jacobian and matrix–Hessian-product constructions): only the constraint and the
+    density are given, as JAX functions."""
+    y = jnp.asarray(y_obs)
+    return mici_system(
+        constr=lambda q: model.generate(q) - y,
+        neg_log_dens=lambda q: 0.5 * jnp.sum(q**2),
+        backend="jax",
+    )
+
+
 def lv_generate_autograd(model, u):
     """``model.generate`` written in ``autograd.numpy``, as Mici's own LV example writes its
     generator (a Python loop over time steps)."""
@@ -255,11 +269,14 @@ def bench_lv(args):
     )
     dgm_init = lv_starts(model, y_obs, args.chains, seed=0)
     mici_init = lv_starts(model, y_obs, args.mici_chains, seed=1)
-    backends = ["jax", "autograd"] if args.mici_backend == "both" else [args.mici_backend]
+    backends = MICI_BACKENDS if args.mici_backend == "all" else args.mici_backend.split(",")
     systems, draws = {}, {}
     for b in backends:
         if b == "jax":
             systems[b], draws[b] = lv_mici_system(model, y_obs, mici_init[0]), args.mici_draws
+        elif b == "jax-auto":
+            systems[b], draws[b] = lv_mici_system_jax_auto(model, y_obs), args.mici_draws
+            run_mici(systems[b], mici_init, 1, 0.25, (4, 8), 3, 1e-8, 0, lambda u: u)  # compile
         else:
             systems[b] = lv_mici_system_autograd(model, y_obs)
             draws[b] = args.mici_autograd_draws
@@ -412,6 +429,9 @@ def bench_scaling(args):
     )
 
 
+MICI_BACKENDS = ["jax", "jax-auto", "autograd"]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default="lv,sphere,scaling")
@@ -422,10 +442,11 @@ def main():
     parser.add_argument("--mici-draws", type=int, default=50, help="Mici (jax) draws on LV")
     parser.add_argument(
         "--mici-backend",
-        choices=["jax", "autograd", "both"],
-        default="both",
-        help="Mici's LV derivatives: jax.jit functions (jax), or built by Mici from an"
-        " autograd.numpy generator (autograd, as Mici's own LV example); both: two Mici rows",
+        default="all",
+        help="Mici rows on LV, comma-separated: jax (jax.jit derivative functions given to"
+        " Mici), jax-auto (Mici builds the derivatives with its jax backend), autograd (Mici"
+        " builds them from an autograd.numpy generator, as Mici's own LV example); all: the"
+        " three",
     )
     parser.add_argument(
         "--mici-autograd-draws", type=int, default=5, help="Mici (autograd) draws on LV"
@@ -441,6 +462,9 @@ def main():
     parser.add_argument("--sphere-mici-draws", type=int, default=200)
     parser.add_argument("--scaling-draws", type=int, default=100)
     args = parser.parse_args()
+    unknown = set(args.mici_backend.split(",")) - {*MICI_BACKENDS, "all"}
+    if unknown:
+        parser.error(f"--mici-backend: expected some of {MICI_BACKENDS} or 'all'; got {unknown}")
     cases = {"lv": bench_lv, "sphere": bench_sphere, "scaling": bench_scaling}
     for name in args.only.split(","):
         cases[name](args)
