@@ -54,7 +54,6 @@ from dgm.experiments._lotka_volterra_report import (
 )
 from dgm.inference import hmc
 from dgm.inference.base import ChainRunner, _device_groups
-from dgm.inference.manifold import TriangularBlockGram
 from dgm.models.lotka_volterra import NUM_PARAMS, TRUE_RATES, LotkaVolterra
 from dgm.runs import RunContext, write_text
 
@@ -84,8 +83,9 @@ class CHMCConfig:
     max_iters: int = 100
     chunk_size: int = 50
     # ½ log det(J Jᵀ) from the closed-form noise map (4×4) instead of the dense Gram
-    # factor and its second-order gradient, and Gram solves by the triangular noise block
-    # plus a 4×4 Woodbury solve (no 100×100 Cholesky); same dynamics, ~40% less CPU.
+    # factor and its second-order gradient, and Gram solves by the banded inverse of the
+    # noise block plus a 4×4 Woodbury solve (no 100×100 Cholesky); same dynamics, about
+    # half the CPU. Its solves batch well, so the chains of a device then run vmapped.
     structured_log_det: bool = True
 
     def __post_init__(self):
@@ -198,11 +198,7 @@ def run_chmc(
             if cfg.structured_log_det
             else None
         ),
-        gram_cholesky_fn=(
-            (lambda u, jac: TriangularBlockGram.from_jacobian(jac, NUM_PARAMS))
-            if cfg.structured_log_det
-            else None
-        ),
+        gram_cholesky_fn=(model.gram_factor if cfg.structured_log_det else None),
     )
     idata = posterior.sample(
         key,
@@ -215,6 +211,7 @@ def run_chmc(
         tol=cfg.tol,
         max_iters=cfg.max_iters,
         chunk_size=cfg.chunk_size,
+        chain_map="vmap" if cfg.structured_log_det else "map",
         progress_bar=ctx.progress,
         checkpoint=ctx.checkpoint_path("chmc_chains"),
     )

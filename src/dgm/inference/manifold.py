@@ -55,6 +55,23 @@ def cho_solve(
     return jnp.stack(x)
 
 
+class TriangularInverse(NamedTuple):
+    """J_t⁻¹ and J_t⁻ᵀ applied by triangular solves (the default of :class:`TriangularBlockGram`).
+
+    J_t and J_tᵀ are kept as contiguous arrays, made once per factor: sliced out of J and
+    transposed inside every solve, XLA CPU copied the block on each Newton iteration.
+    """
+
+    lower: Float[Array, "obs obs"]  # J_t
+    upper: Float[Array, "obs obs"]  # J_tᵀ
+
+    def matvec(self, x: Float[Array, "obs ..."]) -> Float[Array, "obs ..."]:
+        return jsl.solve_triangular(self.lower, x, lower=True)
+
+    def rmatvec(self, x: Float[Array, "obs ..."]) -> Float[Array, "obs ..."]:
+        return jsl.solve_triangular(self.upper, x, lower=False)
+
+
 class TriangularBlockGram(NamedTuple):
     """Gram factor of J = [J_a | J_t] with J_t (obs × obs) lower triangular and J_a narrow.
 
@@ -63,6 +80,11 @@ class TriangularBlockGram(NamedTuple):
     obs×obs Gram product and no obs×obs Cholesky. This is the shape of a generator whose
     last ``obs`` inputs enter additively and in order (e.g. Euler–Maruyama noise).
 
+    A model that knows J_t⁻¹ in closed form (the Jacobian of its inverse noise map, often
+    banded) passes it as ``inverse``: a pytree with ``matvec(x) = J_t⁻¹ x`` and
+    ``rmatvec(x) = J_t⁻ᵀ x`` for ``x`` of shape ``(obs,)`` or ``(obs, k)``. Banded products
+    replace the triangular solves, and they batch well over ``vmap``-ed chains.
+
     Build it with :meth:`from_jacobian`; pass ``TriangularBlockGram.from_jacobian`` (with
     ``num_leading`` bound) as ``gram_cholesky_fn`` of :class:`ManifoldSystem`.
     """
@@ -70,23 +92,28 @@ class TriangularBlockGram(NamedTuple):
     b: Float[Array, "obs lead"]
     chol_small: Float[Array, "lead lead"]  # lower Cholesky factor of I + Bᵀ B
     half_log_det: Float[Array, ""]  # ½ log det(J Jᵀ) = Σ log|diag J_t| + Σ log diag chol_small
+    inverse: Any  # applies J_t⁻¹ and J_t⁻ᵀ (a TriangularInverse by default)
 
     @staticmethod
-    def from_jacobian(jac: Float[Array, "obs dim"], num_leading: int) -> "TriangularBlockGram":
+    def from_jacobian(
+        jac: Float[Array, "obs dim"], num_leading: int, inverse: Any = None
+    ) -> "TriangularBlockGram":
         jac_t = jac[:, num_leading:]
-        b = jsl.solve_triangular(jac_t, jac[:, :num_leading], lower=True)
+        if inverse is None:
+            inverse = TriangularInverse(jac_t, jac_t.T)
+        b = inverse.matvec(jac[:, :num_leading])
         chol_small = gram_factor(jnp.eye(num_leading, dtype=jac.dtype) + b.T @ b)
         half_log_det = jnp.sum(jnp.log(jnp.abs(jnp.diagonal(jac_t)))) + jnp.sum(
             jnp.log(jnp.diagonal(chol_small))
         )
-        return TriangularBlockGram(b, chol_small, half_log_det)
+        return TriangularBlockGram(b, chol_small, half_log_det, inverse)
 
     def solve(self, jac: Float[Array, "obs dim"], rhs: Float[Array, "obs ..."]):
-        """(J Jᵀ)⁻¹ rhs."""
-        jac_t = jac[:, self.b.shape[1] :]
-        s = jsl.solve_triangular(jac_t, rhs, lower=True)
+        """(J Jᵀ)⁻¹ rhs = J_t⁻ᵀ (I − B (I + Bᵀ B)⁻¹ Bᵀ) J_t⁻¹ rhs (``jac`` is unused: the
+        factor holds what it needs)."""
+        s = self.inverse.matvec(rhs)
         s = s - self.b @ cho_solve(self.chol_small, self.b.T @ s)
-        return jsl.solve_triangular(jac_t, s, lower=True, trans=1)
+        return self.inverse.rmatvec(s)
 
 
 def gram_solve(jac: Float[Array, "obs dim"], factor: Any, rhs: Float[Array, "obs ..."]):
@@ -148,6 +175,12 @@ class ManifoldSystem:
         self._jac = jax.jacfwd(generator) if jacobian == "fwd" else jax.jacrev(generator)
         self._gram_cholesky_fn = gram_cholesky_fn
         self._half_log_det_fn = half_log_det_fn
+
+    @property
+    def uses_lapack_cholesky(self) -> bool:
+        """Whether the Gram factor is the dense LAPACK Cholesky (no structured factor and
+        more than ``SMALL_GRAM`` outputs)."""
+        return self._gram_cholesky_fn is None and self.output_dim > SMALL_GRAM
 
     def constraint(self, u: Float[Array, " dim"], y: Float[Array, " obs"]) -> Float[Array, " obs"]:
         return self.generator(u) - y

@@ -12,10 +12,59 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from dgm.inference.manifold import gram_factor
+from dgm.inference.manifold import TriangularBlockGram, gram_factor
 
 NUM_PARAMS = 4
 TRUE_RATES = (0.4, 0.005, 0.05, 0.001)
+
+
+class NoiseMapJacobian(NamedTuple):
+    """D = ∂n/∂y of the closed-form noise map at fixed rates: J_n⁻¹, block bidiagonal.
+
+    With interleaved vectors r = [r1(1), r2(1), r1(2), …]/scale rows of D read
+    (D r)1(t) = r1(t) + c11(t) r1(t−1) + c12(t) r2(t−1) and
+    (D r)2(t) = r2(t) + e21(t) r1(t) + c22(t) r2(t−1) (r(0) = 0). Used as the
+    ``inverse`` of :class:`~dgm.inference.manifold.TriangularBlockGram`.
+    """
+
+    c11: Float[Array, " steps"]
+    c12: Float[Array, " steps"]
+    e21: Float[Array, " steps"]
+    c22: Float[Array, " steps"]
+    inv_scale: float
+
+    @staticmethod
+    def _split(x):
+        x = x.reshape(-1, 2, *x.shape[1:])
+        return x[:, 0], x[:, 1]
+
+    @staticmethod
+    def _merge(x1, x2):
+        return jnp.stack([x1, x2], axis=1).reshape(-1, *x1.shape[1:])
+
+    def _col(self, c, x):
+        return c.reshape(-1, *([1] * (x.ndim - 1)))
+
+    def matvec(self, x):
+        """D x for x of shape (obs,) or (obs, k)."""
+        x1, x2 = self._split(x)
+        prev1 = jnp.concatenate([jnp.zeros_like(x1[:1]), x1[:-1]])
+        prev2 = jnp.concatenate([jnp.zeros_like(x2[:1]), x2[:-1]])
+        c = lambda a: self._col(a, x1)  # noqa: E731
+        d1 = x1 + c(self.c11) * prev1 + c(self.c12) * prev2
+        d2 = x2 + c(self.e21) * x1 + c(self.c22) * prev2
+        return self.inv_scale * self._merge(d1, d2)
+
+    def rmatvec(self, x):
+        """Dᵀ x for x of shape (obs,) or (obs, k)."""
+        v1, v2 = self._split(x)
+        c = lambda a: self._col(a, v1)  # noqa: E731
+        # row (t+1, ·) of D reaches column t through the c·(t+1) coefficients
+        n1 = jnp.concatenate([c(self.c11)[1:] * v1[1:], jnp.zeros_like(v1[:1])])
+        n2 = jnp.concatenate(
+            [c(self.c12)[1:] * v1[1:] + c(self.c22)[1:] * v2[1:], jnp.zeros_like(v2[:1])]
+        )
+        return self.inv_scale * self._merge(v1 + c(self.e21) * v2 + n1, v2 + n2)
 
 
 class LotkaVolterra(NamedTuple):
@@ -67,6 +116,32 @@ class LotkaVolterra(NamedTuple):
         n2 = y2 - y2p - self.dt * (-z[2] * y2p + z[3] * y1 * y2p)
         scale = np.sqrt(self.dt) * self.sigma
         return (jnp.stack([n1, n2], axis=1) / scale).reshape(-1)
+
+    def noise_map_jacobian(self, u: Float[Array, " dim"]) -> NoiseMapJacobian:
+        """J_n(u)⁻¹, where J_n = ∂G/∂u_n is the (lower triangular) noise block of J.
+
+        For fixed rates the generator is a bijection from noise to outputs whose inverse
+        is :meth:`noise_given_params`, so J_n(u)⁻¹ = ∂n/∂y at y = G(u), at every u (on the
+        manifold or not); it is block bidiagonal, as n(t) reads only y(t) and y(t − 1).
+        """
+        z = self.rates(u[:NUM_PARAMS])
+        y = self.generate(u).reshape(self.num_steps, 2)
+        prev = jnp.concatenate([jnp.asarray([self.y0], y.dtype), y[:-1]], axis=0)
+        y1p, y2p, y1 = prev[:, 0], prev[:, 1], y[:, 0]
+        dt = self.dt
+        return NoiseMapJacobian(
+            c11=-1.0 - dt * (z[0] - z[1] * y2p),
+            c12=dt * z[1] * y1p,
+            e21=-dt * z[3] * y2p,
+            c22=-1.0 - dt * (-z[2] + z[3] * y1),
+            inv_scale=1.0 / (np.sqrt(self.dt) * self.sigma),
+        )
+
+    def gram_factor(self, u: Float[Array, " dim"], jac: Float[Array, "obs dim"]):
+        """Structured factor of J Jᵀ for ``gram_cholesky_fn``: J = [J_z | J_n] with J_n⁻¹
+        banded (:meth:`noise_map_jacobian`), so every (J Jᵀ)⁻¹ solve is two banded products
+        and a 4×4 Woodbury solve."""
+        return TriangularBlockGram.from_jacobian(jac, NUM_PARAMS, self.noise_map_jacobian(u))
 
     def half_log_det_gram(self, u: Float[Array, " dim"], y_obs) -> Float[Array, ""]:
         """½ log det(J Jᵀ) of the generator's Jacobian J, exact on {u : G(u) = y_obs}.
