@@ -181,6 +181,30 @@ def test_exact_median_of_pairwise_distances(n):
         assert int(passes) <= 10
 
 
+@pytest.mark.parametrize("n", [2, 3, 4, 7, 10, 51, 1001])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_folded_selection_equals_full(n, dtype):
+    """Order statistics of all n^2 distances from the folded upper triangle (odd and
+    even n, ties, coinciding particles; float64 from 512 particles takes the float32
+    guess): the same values as sorting the whole matrix."""
+    fold_select = jax.jit(
+        lambda d, k: _select.select_pair_folded(svgd._fold(d), d.shape[0] % 2, k)[:2]
+    )
+    m = n * n
+    ks = [1, n, n + 1, (m + 1) // 2, m // 2 + 1, m]
+    for case in ("distinct", "ties", "coinciding"):
+        x = np.random.default_rng(n).normal(size=(n, 2))
+        if case == "ties":
+            x = np.round(x, 1)
+        elif case == "coinciding":
+            x[: n // 2] = x[0]
+        d = svgd.squared_distances(jnp.asarray(x, dtype))
+        srt = np.sort(np.asarray(d).reshape(-1))
+        for k in ks if n > 10 else range(1, m + 1):
+            a, b = fold_select(d, jnp.asarray(k, jnp.int32))
+            assert (float(a), float(b)) == (srt[k - 1], srt[min(k, m - 1)]), (case, k)
+
+
 def test_order_statistics_every_rank_with_ties():
     x = np.round(np.random.default_rng(3).exponential(size=40), 1)
     x[:7] = 0.0

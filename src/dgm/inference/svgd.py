@@ -50,6 +50,7 @@ from dgm.inference._select import (
     median,
     order_statistic,
     select_pair,
+    select_pair_folded,
     select_pair_passes,
 )
 
@@ -126,11 +127,36 @@ def bandwidth_from(
     if n == 1:
         return jnp.ones((), dtype)
     if bandwidth == "median":
-        a, b = _median_pair(select_pair(d.reshape(-1), (n * n + 1) // 2), n * n)
+        # D is its upper triangle twice plus the zero diagonal: count over half of it
+        a, b = _median_pair(select_pair_folded(_fold(d), n % 2, (n * n + 1) // 2), n * n)
     else:  # median-paper: median of distances over pairs i < j == over off-diagonal entries
         off = jnp.where(jnp.eye(n, dtype=bool), jnp.inf, d).reshape(-1)
         a, b, _ = select_pair(off, n * (n - 1) // 2)
     return _finish_bandwidth(a, b, n, bandwidth, lambda: jnp.max(d))
+
+
+def _fold(d: Float[Array, "particles particles"]) -> Float[Array, " half"]:
+    """The entries above the diagonal of a symmetric ``d``, plus ``n // 2`` zeros.
+
+    With ``n = 2m`` or ``2m + 1`` particles split into ``A = [0, m)`` and ``B = [m, n)``,
+    the pairs are ``A x B`` (an ``m x (n - m)`` block) and those inside ``A`` and
+    inside ``B``. The latter fit in one more ``m x (n - m)`` block: ``A``'s pairs above
+    its diagonal, ``B``'s below it (shifted one row down for odd ``n``), and a zero in
+    the ``m`` places left over. Slices and a select, no gather: ``d``'s entries are
+    copied bit for bit, so ``d`` holds every value of the result twice plus ``n % 2``
+    more zeros.
+    """
+    n = d.shape[0]
+    m = n // 2
+    nb = n - m
+    off = nb - m
+    i = jax.lax.broadcasted_iota(jnp.int32, (m, nb), 0)
+    j = jax.lax.broadcasted_iota(jnp.int32, (m, nb), 1)
+    zero = jnp.zeros((), d.dtype)
+    inside = jnp.where(
+        (j > i) & (j < m), d[:m, :nb], jnp.where(j < i + off, d[m + off :, m:], zero)
+    )
+    return jnp.concatenate([d[:m, m:], inside], axis=1).reshape(-1)
 
 
 def _median_pair(selected, m: int):
