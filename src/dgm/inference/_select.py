@@ -9,28 +9,35 @@ reductions with several accumulators per element, get much slower).
 So the k-th value is found by a bracket ``(lo, hi]`` on the integer view of the float
 bits (monotone for non-negative floats), with ``#{x <= lo} < k <= #{x <= hi}``. Each
 pass is one variadic reduction that counts the values below four thresholds and also
-returns the smallest value in the bracket, the largest, and the smallest above it:
+returns, for one interval ``(p, q]``, its smallest value, its largest, and the
+smallest above it:
 
-- the first pass takes its thresholds from quantiles of a small sorted subsample;
+- the first pass takes its thresholds from quantiles of a small subsample (its bits
+  sorted: an integer sort is 4x cheaper than a float sort on XLA CPU);
 - later passes interpolate the k-th value linearly between the bracket ends (from the
   counts there) and place thresholds at ``+-c`` binomial standard deviations around
   the estimate, plus the midpoint of the bracket's bits, so the bracket at least halves
   whatever the data;
-- it stops when the smallest and largest value in the bracket coincide, when k is the
-  bracket's last rank (its largest value), or when the bracket holds exactly the ranks
-  k and k+1 (its smallest and largest value).
+- ``(p, q]`` is the interval between thresholds where the estimate falls. When the
+  k-th is in it, its values end the search in that same pass if it holds one distinct
+  value, if k is its last rank (its largest value), or if it holds exactly the ranks k
+  and k+1 (its smallest and largest value); they also snap the bracket to data values.
 
 A float64 input (of at least ``_GUESS_MIN_SIZE`` values) is first rounded to float32
 and its k-th found there (int32 passes cost about a third of int64 ones); the float64
 passes then start from the float32 neighbours of that value, which bracket the float64
 k-th, and usually finish in 1 pass.
 
-On squared distances of 1000 particles this takes 4-7 passes (mean 5.2-5.6 along
-2-d SVGD runs; 5.7-6.4 without the last two stops) where plain bisection on the bits
-took 17. The data are seen only through the pass function, so the same loop serves a
-blocked variant that recomputes the values block by block (:func:`select_pair_passes`).
-Exact: ties and an even count (mean of the two middle values) are handled as
-``numpy.median`` does.
+A symmetric matrix with a zero diagonal (SVGD's squared distances) is its upper
+triangle twice plus zeros: :func:`select_pair_folded` counts over the triangle alone,
+half the entries.
+
+On the folded squared distances of 1000 particles this takes 3-8 passes (mean 4.6-5.0
+along 2-d SVGD runs; 5.5-5.9 when the statistics were those of the whole bracket, one
+pass late) where plain bisection on the bits took 17. The data are seen only through
+the pass function, so the same loop serves a blocked variant that recomputes the
+values block by block (:func:`select_pair_passes`). Exact: ties and an even count (mean
+of the two middle values) are handled as ``numpy.median`` does.
 """
 
 from collections.abc import Callable
@@ -99,18 +106,18 @@ _INTERP_SDS = (-2.5, -0.8, 0.8)
 
 
 def _sample_thresholds(
-    sample: Float[Array, " s"], m: int, k: Int[Array, ""]
+    sample: Int[Array, " s"], m: int, k: Int[Array, ""], dtype
 ) -> tuple[Int[Array, " t"], Int[Array, ""]]:
-    """Bits of subsample quantiles around ``k/m``, and of the quantile at ``k/m``.
+    """Subsample quantiles around ``k/m``, and the quantile at ``k/m`` (all bits).
 
     The bits are sorted, not the floats: the same order for non-negative values, and
     an integer sort costs a quarter of a float sort on XLA CPU (25 vs 95 us for 1024).
     """
-    bits = jnp.sort(_bits(sample))
+    bits = jnp.sort(sample)
     s = sample.shape[0]
-    q = k.astype(sample.dtype) / m
+    q = k.astype(dtype) / m
     sd = jnp.sqrt(q * (1.0 - q) / s) + 1.0 / s
-    u = jnp.asarray(_SAMPLE_SDS, sample.dtype)
+    u = jnp.asarray(_SAMPLE_SDS, dtype)
     idx = jnp.clip(jnp.round((q + u * sd) * s).astype(jnp.int32) - 1, 0, s - 1)
     return bits[idx[1:]], bits[idx[0]]
 
@@ -155,7 +162,7 @@ def select_pair(
     first = None
     if x.dtype == jnp.float64 and m >= _GUESS_MIN_SIZE:
         first = _float32_thresholds(select_pair(x.astype(jnp.float32), k)[0])
-    return select_pair_passes(pass_fn, _sample(x), m, k, x.dtype, first)
+    return select_pair_passes(pass_fn, _sample(b), m, k, x.dtype, first)
 
 
 def select_pair_folded(
@@ -169,8 +176,8 @@ def select_pair_folded(
     entries: each pass counts in ``u``, doubles, and adds the zeros.
     """
     m = 2 * u.shape[0] + num_zeros
-    b = _bits(u)
     ctype = _count_type(m)
+    b = _bits(u)  # u's only consumer, so it is computed right into this buffer
     zero = jnp.zeros((), b.dtype)
 
     def pass_fn(ts, lo, hi):
@@ -186,7 +193,7 @@ def select_pair_folded(
     first = None
     if u.dtype == jnp.float64 and m >= _GUESS_MIN_SIZE:
         first = _float32_thresholds(select_pair_folded(u.astype(jnp.float32), num_zeros, k)[0])
-    return select_pair_passes(pass_fn, _sample(u), m, k, u.dtype, first)
+    return select_pair_passes(pass_fn, _sample(b), m, k, u.dtype, first)
 
 
 # float64 input of at least this size (512 particles' squared distances): the k-th is
@@ -215,7 +222,7 @@ def _count_type(m: int):
     return jnp.int32 if m < 2**31 - 1 else jnp.int64
 
 
-def _sample(x: Float[Array, " m"]) -> Float[Array, " s"]:
+def _sample(x: Array) -> Array:
     """A strided subsample of about ``2 sqrt(m)`` entries, 64 to 1024.
 
     Sorting it must stay cheap next to the passes it saves (a 1024-sort costs about
@@ -228,7 +235,7 @@ def _sample(x: Float[Array, " m"]) -> Float[Array, " s"]:
 
 def select_pair_passes(
     pass_fn: Callable,
-    sample: Float[Array, " s"],
+    sample: Int[Array, " s"],
     m: int,
     k: int | Int[Array, ""],
     dtype,
@@ -237,7 +244,7 @@ def select_pair_passes(
     """:func:`select_pair` over data seen only through ``pass_fn(ts, p, q)``.
 
     ``pass_fn`` returns what :func:`_count_pass` returns for the ``m`` values (which
-    may be computed block by block, never stored); ``sample`` is a subsample of them.
+    may be computed block by block, never stored); ``sample`` is the bits of a subsample of them.
     ``first_thresholds`` (bits, a guessed bracket ``(ts[0], ts[-1]]`` with thresholds
     inside) replace the subsample's for the first pass.
 
@@ -298,7 +305,7 @@ def select_pair_passes(
 
     lo, hi = -one, big
     if first_thresholds is None:
-        ts, est = _sample_thresholds(sample, m, kk)
+        ts, est = _sample_thresholds(sample, m, kk, dtype)
         p, q = _around(est, lo, ts, hi)
     else:  # if the guess misses, the bit midpoints still halve the bracket every pass
         ts = first_thresholds
