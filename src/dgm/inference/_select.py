@@ -23,7 +23,8 @@ smallest above it:
   value, if k is its last rank (its largest value), or if it holds exactly the ranks k
   and k+1 (its smallest and largest value); they also snap the bracket to data values.
 
-A float64 input (of at least ``_GUESS_MIN_SIZE`` values) is first rounded to float32
+A float64 input (of at least ``_GUESS_MIN_SIZE`` values, ``_FOLDED_GUESS_MIN_SIZE``
+when folded) is first rounded to float32
 and its k-th found there (int32 passes cost about a third of int64 ones); the float64
 passes then start from the float32 neighbours of that value, which bracket the float64
 k-th, and usually finish in 1 pass.
@@ -191,7 +192,7 @@ def select_pair_folded(
         return counts, a, z, w
 
     first = None
-    if u.dtype == jnp.float64 and m >= _GUESS_MIN_SIZE:
+    if u.dtype == jnp.float64 and m >= _FOLDED_GUESS_MIN_SIZE:
         first = _float32_thresholds(select_pair_folded(u.astype(jnp.float32), num_zeros, k)[0])
     return select_pair_passes(pass_fn, _sample(b), m, k, u.dtype, first)
 
@@ -200,6 +201,11 @@ def select_pair_folded(
 # first found in float32. At 1000 particles that saves about 1 ms of 6 per SVGD step but
 # costs 0.6-0.8 s more compilation (a second selection loop); at 100 it saves ~5 %.
 _GUESS_MIN_SIZE = 2**18
+# the same for select_pair_folded, in values of the whole multiset (n^2 for n particles):
+# over the fold the float64 passes cost half as much, so the guess paid nothing at 1000
+# particles (2.5-2.8 ms either way) for 0.4-0.5 s more compilation; at 2000, 10.5 vs
+# 11.5 ms
+_FOLDED_GUESS_MIN_SIZE = 2**21
 
 
 def _float32_thresholds(v32: Float[Array, ""]) -> Int[Array, " 4"]:
