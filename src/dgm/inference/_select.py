@@ -24,10 +24,9 @@ smallest above it:
   and k+1 (its smallest and largest value); they also snap the bracket to data values.
 
 A float64 input (of at least ``_GUESS_MIN_SIZE`` values, ``_FOLDED_GUESS_MIN_SIZE``
-when folded) is first rounded to float32
-and its k-th found there (int32 passes cost about a third of int64 ones); the float64
-passes then start from the float32 neighbours of that value, which bracket the float64
-k-th, and usually finish in 1 pass.
+when folded) is first rounded to float32 and its k-th found there (int32 passes cost
+about a third of int64 ones); the float64 passes then start from the float32
+neighbours of that value, which bracket the float64 k-th, and usually finish in 1 pass.
 
 A symmetric matrix with a zero diagonal (SVGD's squared distances) is its upper
 triangle twice plus zeros: :func:`select_pair_folded` counts over the triangle alone,
