@@ -9,28 +9,35 @@ reductions with several accumulators per element, get much slower).
 So the k-th value is found by a bracket ``(lo, hi]`` on the integer view of the float
 bits (monotone for non-negative floats), with ``#{x <= lo} < k <= #{x <= hi}``. Each
 pass is one variadic reduction that counts the values below four thresholds and also
-returns the smallest value in the bracket, the largest, and the smallest above it:
+returns, for one interval ``(p, q]``, its smallest value, its largest, and the
+smallest above it:
 
-- the first pass takes its thresholds from quantiles of a small sorted subsample;
+- the first pass takes its thresholds from quantiles of a small subsample (its bits
+  sorted: an integer sort is 4x cheaper than a float sort on XLA CPU);
 - later passes interpolate the k-th value linearly between the bracket ends (from the
   counts there) and place thresholds at ``+-c`` binomial standard deviations around
   the estimate, plus the midpoint of the bracket's bits, so the bracket at least halves
   whatever the data;
-- it stops when the smallest and largest value in the bracket coincide, when k is the
-  bracket's last rank (its largest value), or when the bracket holds exactly the ranks
-  k and k+1 (its smallest and largest value).
+- ``(p, q]`` is the interval between thresholds where the estimate falls. When the
+  k-th is in it, its values end the search in that same pass if it holds one distinct
+  value, if k is its last rank (its largest value), or if it holds exactly the ranks k
+  and k+1 (its smallest and largest value); they also snap the bracket to data values.
 
-A float64 input (of at least ``_GUESS_MIN_SIZE`` values) is first rounded to float32
-and its k-th found there (int32 passes cost about a third of int64 ones); the float64
-passes then start from the float32 neighbours of that value, which bracket the float64
-k-th, and usually finish in 1 pass.
+A float64 input (of at least ``_GUESS_MIN_SIZE`` values, ``_FOLDED_GUESS_MIN_SIZE``
+when folded) is first rounded to float32 and its k-th found there (int32 passes cost
+about a third of int64 ones); the float64 passes then start from the float32
+neighbours of that value, which bracket the float64 k-th, and usually finish in 1 pass.
 
-On squared distances of 1000 particles this takes 4-7 passes (mean 5.2-5.6 along
-2-d SVGD runs; 5.7-6.4 without the last two stops) where plain bisection on the bits
-took 17. The data are seen only through the pass function, so the same loop serves a
-blocked variant that recomputes the values block by block (:func:`select_pair_passes`).
-Exact: ties and an even count (mean of the two middle values) are handled as
-``numpy.median`` does.
+A symmetric matrix with a zero diagonal (SVGD's squared distances) is its upper
+triangle twice plus zeros: :func:`select_pair_folded` counts over the triangle alone,
+half the entries.
+
+On the folded squared distances of 1000 particles this takes 3-8 passes (mean 4.6-5.0
+along 2-d SVGD runs; 5.5-5.9 when the statistics were those of the whole bracket, one
+pass late) where plain bisection on the bits took 17. The data are seen only through
+the pass function, so the same loop serves a blocked variant that recomputes the
+values block by block (:func:`select_pair_passes`). Exact: ties and an even count (mean
+of the two middle values) are handled as ``numpy.median`` does.
 """
 
 from collections.abc import Callable
@@ -94,20 +101,25 @@ def _count_pass(
 # thresholds, in binomial standard deviations of a quantile: of the subsample quantile
 # in the first pass, of the interpolated position later; tuned on squared distances of
 # 1000 particles
-_SAMPLE_SDS = (-3.0, -1.0, 1.0, 3.0)
+_SAMPLE_SDS = (0.0, -3.0, -1.0, 1.0, 3.0)
 _INTERP_SDS = (-2.5, -0.8, 0.8)
 
 
-def _sample_thresholds(sample: Float[Array, " s"], m: int, k: Int[Array, ""]) -> Int[Array, " t"]:
-    """Bits of subsample quantiles around ``k/m``."""
-    x = sample
-    sample = jnp.sort(sample)
+def _sample_thresholds(
+    sample: Int[Array, " s"], m: int, k: Int[Array, ""], dtype
+) -> tuple[Int[Array, " t"], Int[Array, ""]]:
+    """Subsample quantiles around ``k/m``, and the quantile at ``k/m`` (all bits).
+
+    The bits are sorted, not the floats: the same order for non-negative values, and
+    an integer sort costs a quarter of a float sort on XLA CPU (25 vs 95 us for 1024).
+    """
+    bits = jnp.sort(sample)
     s = sample.shape[0]
-    q = k.astype(x.dtype) / m
+    q = k.astype(dtype) / m
     sd = jnp.sqrt(q * (1.0 - q) / s) + 1.0 / s
-    u = jnp.asarray(_SAMPLE_SDS, x.dtype)
+    u = jnp.asarray(_SAMPLE_SDS, dtype)
     idx = jnp.clip(jnp.round((q + u * sd) * s).astype(jnp.int32) - 1, 0, s - 1)
-    return _bits(sample[idx])
+    return bits[idx[1:]], bits[idx[0]]
 
 
 def _interpolated_thresholds(
@@ -117,18 +129,20 @@ def _interpolated_thresholds(
     c_hi: Int[Array, ""],
     k: Int[Array, ""],
     dtype,
-) -> Int[Array, " t"]:
-    """Thresholds around the linearly interpolated k-th value, plus the bit midpoint."""
+) -> tuple[Int[Array, " t"], Int[Array, ""]]:
+    """Thresholds around the linearly interpolated k-th value, plus the bit midpoint;
+    and that value (bits in ``(lo, hi]``)."""
     one = jnp.ones((), lo.dtype)
     v_lo = _from_bits(lo + one, dtype)
     v_hi = _from_bits(hi, dtype)
     num = jnp.maximum(c_hi - c_lo, 1).astype(dtype)
     f = (k - c_lo).astype(dtype) / num - 0.5 / num
     sd = jnp.sqrt(jnp.maximum(f * (1.0 - f), 0.0) / num) + 1.0 / num
-    frac = jnp.clip(f + jnp.asarray(_INTERP_SDS, dtype) * sd, 0.0, 1.0)
-    t = _bits(v_lo + frac * (v_hi - v_lo))
+    frac = jnp.clip(f + jnp.asarray((0.0, *_INTERP_SDS), dtype) * sd, 0.0, 1.0)
+    v = v_lo + frac * (v_hi - v_lo)
+    t = jnp.clip(_bits(v), lo + one, hi)
     mid = lo + (hi - lo) // 2
-    return jnp.clip(jnp.concatenate([t, mid[None]]), lo, hi)
+    return jnp.clip(jnp.concatenate([t[1:], mid[None]]), lo, hi), t[0]
 
 
 def select_pair(
@@ -148,13 +162,49 @@ def select_pair(
     first = None
     if x.dtype == jnp.float64 and m >= _GUESS_MIN_SIZE:
         first = _float32_thresholds(select_pair(x.astype(jnp.float32), k)[0])
-    return select_pair_passes(pass_fn, _sample(x), m, k, x.dtype, first)
+    return select_pair_passes(pass_fn, _sample(b), m, k, x.dtype, first)
+
+
+def select_pair_folded(
+    u: Float[Array, " h"], num_zeros: int, k: int | Int[Array, ""]
+) -> tuple[Float[Array, ""], Float[Array, ""], Int[Array, ""]]:
+    """:func:`select_pair` over the multiset that holds every value of ``u`` twice plus
+    ``num_zeros`` zeros (``m = 2 h + num_zeros`` values), reading only ``u``.
+
+    A symmetric matrix with a zero diagonal is its upper triangle counted twice plus
+    the diagonal's zeros, so its order statistics cost counting passes over half the
+    entries: each pass counts in ``u``, doubles, and adds the zeros.
+    """
+    m = 2 * u.shape[0] + num_zeros
+    ctype = _count_type(m)
+    b = _bits(u)  # u's only consumer, so it is computed right into this buffer
+    zero = jnp.zeros((), b.dtype)
+
+    def pass_fn(ts, lo, hi):
+        counts, a, z, w = _count_pass(b, ts, lo, hi, ctype)
+        if not num_zeros:
+            return 2 * counts, a, z, w
+        counts = 2 * counts + num_zeros * (ts >= 0).astype(ctype)
+        a = jnp.where(lo < 0, jnp.minimum(a, zero), a)
+        z = jnp.where(hi >= 0, jnp.maximum(z, zero), z)
+        w = jnp.where(hi < 0, jnp.minimum(w, zero), w)
+        return counts, a, z, w
+
+    first = None
+    if u.dtype == jnp.float64 and m >= _FOLDED_GUESS_MIN_SIZE:
+        first = _float32_thresholds(select_pair_folded(u.astype(jnp.float32), num_zeros, k)[0])
+    return select_pair_passes(pass_fn, _sample(b), m, k, u.dtype, first)
 
 
 # float64 input of at least this size (512 particles' squared distances): the k-th is
 # first found in float32. At 1000 particles that saves about 1 ms of 6 per SVGD step but
 # costs 0.6-0.8 s more compilation (a second selection loop); at 100 it saves ~5 %.
 _GUESS_MIN_SIZE = 2**18
+# the same for select_pair_folded, in values of the whole multiset (n^2 for n particles):
+# over the fold the float64 passes cost half as much, so the guess paid nothing at 1000
+# particles (2.5-2.8 ms either way) for 0.4-0.5 s more compilation; at 2000, 10.5 vs
+# 11.5 ms
+_FOLDED_GUESS_MIN_SIZE = 2**21
 
 
 def _float32_thresholds(v32: Float[Array, ""]) -> Int[Array, " 4"]:
@@ -177,7 +227,7 @@ def _count_type(m: int):
     return jnp.int32 if m < 2**31 - 1 else jnp.int64
 
 
-def _sample(x: Float[Array, " m"]) -> Float[Array, " s"]:
+def _sample(x: Array) -> Array:
     """A strided subsample of about ``2 sqrt(m)`` entries, 64 to 1024.
 
     Sorting it must stay cheap next to the passes it saves (a 1024-sort costs about
@@ -190,17 +240,24 @@ def _sample(x: Float[Array, " m"]) -> Float[Array, " s"]:
 
 def select_pair_passes(
     pass_fn: Callable,
-    sample: Float[Array, " s"],
+    sample: Int[Array, " s"],
     m: int,
     k: int | Int[Array, ""],
     dtype,
     first_thresholds: Int[Array, " 4"] | None = None,
 ) -> tuple[Float[Array, ""], Float[Array, ""], Int[Array, ""]]:
-    """:func:`select_pair` over data seen only through ``pass_fn(ts, lo, hi)``.
+    """:func:`select_pair` over data seen only through ``pass_fn(ts, p, q)``.
 
     ``pass_fn`` returns what :func:`_count_pass` returns for the ``m`` values (which
-    may be computed block by block, never stored); ``sample`` is a subsample of them.
-    ``first_thresholds`` (bits) replace the subsample's for the first pass.
+    may be computed block by block, never stored); ``sample`` is the bits of a subsample of them.
+    ``first_thresholds`` (bits, a guessed bracket ``(ts[0], ts[-1]]`` with thresholds
+    inside) replace the subsample's for the first pass.
+
+    Each pass counts at four thresholds and takes the smallest, largest and next
+    values of one interval ``(p, q]``: the one between thresholds where the k-th is
+    expected. When the k-th lies there, those values can end the search in the same
+    pass (one distinct value, k its last rank, or exactly ranks k and k+1 in it), and
+    they snap the new bracket's ends to data values.
     """
     itype = jnp.int64 if dtype == jnp.float64 else jnp.int32
     ctype = _count_type(m)
@@ -212,64 +269,76 @@ def select_pair_passes(
         return (~c["done"]) & (c["passes"] < _MAX_PASSES)
 
     def body(c):
-        return update(c, *pass_fn(c["ts"], c["lo"], c["hi"]))
-
-    def update(c, counts, a, z, w):
-        # the k-th is known when the bracket holds one distinct value (it is a), when
-        # k is its last rank (z, and the (k+1)-th is w), or when it holds exactly the
-        # ranks k and k+1 (a and z)
-        at_top = c["c_hi"] == kk
-        pair_left = (c["c_lo"] + 1 == kk) & (c["c_hi"] == kk + 1)
-        done = (a >= z) | at_top | pair_left
-        # tighten the bracket with the thresholds, snapping its old ends to data values
+        counts, a, z, w = pass_fn(c["ts"], c["p"], c["q"])
+        # the new bracket from the thresholds, and the counts at the stats interval's ends
         below = counts < kk
         lo_t = jnp.max(jnp.where(below, c["ts"], c["lo"]))
-        c_lo_t = jnp.max(jnp.where(below, counts, c["c_lo"]))
+        c_lo = jnp.max(jnp.where(below, counts, c["c_lo"]))
         hi_t = jnp.min(jnp.where(below, c["hi"], c["ts"]))
-        c_hi_t = jnp.min(jnp.where(below, c["c_hi"], counts))
-        lo = jnp.maximum(lo_t, a - one)  # #{b <= a - 1} == c_lo
-        c_lo = jnp.where(lo_t >= a - one, c_lo_t, c["c_lo"])
-        hi = jnp.minimum(hi_t, z)  # #{b <= z} == c_hi
-        c_hi = jnp.where(hi_t <= z, c_hi_t, c["c_hi"])
-        ts = _interpolated_thresholds(lo, hi, c_lo, c_hi, kk, dtype)
-        # the (k+1)-th: a again if the bracket holds more than one copy past k, else the
-        # smallest value above the bracket (none when k == m)
-        upper = jnp.where((c["c_hi"] >= kk + 1) | (w == big), a, w)
+        c_hi = jnp.min(jnp.where(below, c["c_hi"], counts))
+        ends = jnp.concatenate([c["lo"][None], c["ts"], c["hi"][None]])
+        c_ends = jnp.concatenate([c["c_lo"][None], counts, c["c_hi"][None]])
+        c_p = jnp.max(jnp.where(ends <= c["p"], c_ends, 0))
+        c_q = jnp.max(jnp.where(ends <= c["q"], c_ends, 0))
+        # (p, q] holds the k-th: it is a if (p, q] holds one distinct value, z if k is
+        # its last rank (and the (k+1)-th is w), a and z if it holds ranks k and k+1
+        inside = (c_p < kk) & (kk <= c_q)
+        at_top = inside & (c_q == kk)
+        pair_left = inside & (c_p + 1 == kk) & (c_q == kk + 1)
+        done = (inside & (a >= z)) | at_top | pair_left
+        upper = jnp.where((c_q >= kk + 1) | (w == big), a, w)
         upper = jnp.where(pair_left, z, jnp.where(at_top, jnp.where(w == big, z, w), upper))
+        # snap the bracket's ends to data values: #{b <= a - 1} == c_p, #{b <= z} == c_q
+        lo = jnp.where(inside, jnp.maximum(lo_t, a - one), lo_t)
+        lo = jnp.where(lo_t == c["q"], jnp.maximum(lo_t, w - one), lo)
+        hi = jnp.where(inside, jnp.minimum(hi_t, z), hi_t)
+        ts, est = _interpolated_thresholds(lo, hi, c_lo, c_hi, kk, dtype)
+        p, q = _around(est, lo, ts, hi)
         return dict(
             lo=lo,
             hi=hi,
             c_lo=c_lo,
             c_hi=c_hi,
             ts=ts,
+            p=p,
+            q=q,
             done=done,
             kth=jnp.where(at_top, z, a),
             next=upper,
             passes=c["passes"] + 1,
         )
 
+    lo, hi = -one, big
+    if first_thresholds is None:
+        ts, est = _sample_thresholds(sample, m, kk, dtype)
+        p, q = _around(est, lo, ts, hi)
+    else:  # if the guess misses, the bit midpoints still halve the bracket every pass
+        ts = first_thresholds
+        p, q = ts[0], ts[-1]
     init = dict(
-        lo=-one,
-        hi=big,
+        lo=lo,
+        hi=hi,
         c_lo=jnp.zeros((), ctype),
         c_hi=jnp.asarray(m, ctype),
-        ts=_sample_thresholds(sample, m, kk),
+        ts=ts,
+        p=p,
+        q=q,
         done=jnp.zeros((), bool),
         kth=big,
         next=big,
         passes=jnp.zeros((), jnp.int32),
     )
-    if first_thresholds is not None:
-        # a guessed bracket (ts[0], ts[-1]]: its first pass counts at both ends, so it can
-        # already finish; if the guess misses k, start over from the subsample
-        ts = first_thresholds
-        counts, a, z, w = pass_fn(ts, ts[0], ts[-1])
-        guess = dict(init, lo=ts[0], hi=ts[-1], c_lo=counts[0], c_hi=counts[-1], ts=ts)
-        guess = update(guess, counts, a, z, w)
-        hit = (counts[0] < kk) & (kk <= counts[-1])
-        init = jax.tree.map(lambda g, i: jnp.where(hit, g, i), guess, dict(init, passes=1))
     out = jax.lax.while_loop(cond, body, init)
     return _from_bits(out["kth"], dtype), _from_bits(out["next"], dtype), out["passes"]
+
+
+def _around(
+    est: Int[Array, ""], lo: Int[Array, ""], ts: Int[Array, " t"], hi: Int[Array, ""]
+) -> tuple[Int[Array, ""], Int[Array, ""]]:
+    """The interval ``(p, q]`` between neighbouring thresholds that holds ``est``."""
+    p = jnp.max(jnp.where(ts < est, ts, lo))
+    q = jnp.min(jnp.where(ts >= est, ts, hi))
+    return p, q
 
 
 def order_statistic(x: Float[Array, " m"], k: int) -> Float[Array, ""]:
