@@ -135,7 +135,7 @@ def _cell_update(cell: str, gx, hh, state: tuple) -> tuple:
 
 
 def _masked_steps(cell, reverse, w_h, gxs, mask, state0):
-    """The forward scan; also returns each step's input state and recurrent product."""
+    """The forward scan: every step's state and (but for the tanh cell) recurrent product."""
     w_t = w_h.T  # transposed once: ``h @ w_t`` in the loop is faster than ``h @ w_h.T``
 
     def body(state, inp):
@@ -144,10 +144,17 @@ def _masked_steps(cell, reverse, w_h, gxs, mask, state0):
         new = _cell_update(cell, gx, hh, state)
         keep = m[..., None] > 0
         new = tuple(jnp.where(keep, n, s) for n, s in zip(new, state, strict=True))
-        return new, (new[0], state, hh)
+        return new, (new, None if cell == "rnn" else hh)
 
-    _, (hs, states, hhs) = jax.lax.scan(body, state0, (gxs, mask), reverse=reverse)
-    return hs, (states, hhs)
+    return jax.lax.scan(body, state0, (gxs, mask), reverse=reverse)[1]
+
+
+def _previous(states, state0, reverse):
+    """Each step's input state: the state one step earlier in scan order."""
+    pairs = zip(states, state0, strict=True)
+    if reverse:
+        return tuple(jnp.concatenate([s[1:], s0[None]]) for s, s0 in pairs)
+    return tuple(jnp.concatenate([s0[None], s[:-1]]) for s, s0 in pairs)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
@@ -164,34 +171,43 @@ def recurrence(
     Where ``mask`` is 0 the state is held. ``reverse`` runs from the last step to the first
     (the outputs stay in time order). Any leading batch axes after time are allowed.
     """
-    return _masked_steps(cell, reverse, w_h, gxs, mask, state0)[0]
+    return _masked_steps(cell, reverse, w_h, gxs, mask, state0)[0][0]
 
 
 def _recurrence_fwd(cell, reverse, w_h, gxs, mask, state0):
-    hs, (states, hhs) = _masked_steps(cell, reverse, w_h, gxs, mask, state0)
-    return hs, (w_h, gxs, mask, states, hhs)
+    states, hhs = _masked_steps(cell, reverse, w_h, gxs, mask, state0)
+    return states[0], (w_h, gxs, mask, state0, states, hhs)
 
 
 def _recurrence_bwd(cell, reverse, residuals, dhs):
-    w_h, gxs, mask, states, hhs = residuals
+    w_h, gxs, mask, state0, states, hhs = residuals
+    prev = _previous(states, state0, reverse)
 
     def body(dstate, inp):
-        dh_out, gx, m, state, hh = inp
+        dh_out, m, *cell_inputs = inp
         dstate = (dstate[0] + dh_out, *dstate[1:])
         keep = m[..., None] > 0
         dnew = tuple(jnp.where(keep, d, jnp.zeros_like(d)) for d in dstate)
         held = tuple(jnp.where(keep, jnp.zeros_like(d), d) for d in dstate)
-        _, vjp = jax.vjp(functools.partial(_cell_update, cell), gx, hh, state)
-        dgx, dhh, dprev = vjp(dnew)
-        dprev = tuple(a + b for a, b in zip(held, dprev, strict=True))
-        return (dprev[0] + dhh @ w_h, *dprev[1:]), (dgx, dhh)
+        if cell == "rnn":  # h = tanh(gx + hh): both parts get the same cotangent
+            (h,) = cell_inputs
+            dgx = dhh = dnew[0] * (1.0 - h * h)
+            dprev = held
+        else:
+            _, vjp = jax.vjp(functools.partial(_cell_update, cell), *cell_inputs)
+            dgx, dhh, dprev = vjp(dnew)
+            dprev = tuple(a + b for a, b in zip(held, dprev, strict=True))
+        return (dprev[0] + dhh @ w_h, *dprev[1:]), (dgx, None if cell == "rnn" else dhh)
 
-    zeros = tuple(jnp.zeros_like(s[0]) for s in states)
+    # the tanh cell needs only its output; the others re-run their pointwise update
+    cell_inputs = (states[0],) if cell == "rnn" else (gxs, hhs, prev)
     dstate0, (dgxs, dhhs) = jax.lax.scan(
-        body, zeros, (dhs, gxs, mask, states, hhs), reverse=not reverse
-    )
+        body, tuple(jnp.zeros_like(s) for s in state0), (dhs, mask, *cell_inputs),
+        reverse=not reverse,
+    )  # fmt: skip
+    dhhs = dgxs if dhhs is None else dhhs
     axes = tuple(range(dhhs.ndim - 1))  # time and batch: one product for the whole weight
-    dw_h = jnp.tensordot(dhhs, states[0], axes=(axes, axes))
+    dw_h = jnp.tensordot(dhhs, prev[0], axes=(axes, axes))
     return dw_h, dgxs, jnp.zeros_like(mask), dstate0
 
 
