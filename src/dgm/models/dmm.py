@@ -147,8 +147,8 @@ class Emission(eqx.Module):
 
     def log_prob(self, z: Float[Array, " z"], x: Float[Array, " obs"]) -> Float[Array, ""]:
         out = self.params(z)
-        if self.raw_var is None:
-            return jnp.sum(x * jax.nn.log_sigmoid(out) + (1.0 - x) * jax.nn.log_sigmoid(-out))
+        if self.raw_var is None:  # x log σ(o) + (1 − x) log σ(−o), with one softplus
+            return jnp.sum(x * out - jax.nn.softplus(out))
         return gaussian_log_prob(x, out, jax.nn.softplus(self.raw_var))
 
 
