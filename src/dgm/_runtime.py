@@ -9,7 +9,10 @@ It also keeps glibc's allocator from handing large blocks back to the kernel: XL
 allocates each execution's temporaries as one block (47 MB for a DMM training step on a
 20 × 64 JSB batch) and frees it afterwards; by default glibc serves such blocks by ``mmap``
 and unmaps them on free, so every step touched fresh pages: 10,000 page faults per step
-(1,200 with the settings below), about 10 ms of a 65 ms step.
+(1,200 with the settings below), about 10 ms of a 65 ms step. The price is slower
+compilation (one malloc arena for XLA's compiler threads: a JSB step's compile 3.5 s instead
+of 3.0), so the test suite, which mostly compiles, opts out with
+``DGM_REUSE_FREED_MEMORY=0``.
 """
 
 import ctypes
@@ -23,6 +26,8 @@ _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
 def configure_cpu(num_devices: int | None = None) -> None:
     """Set thread and host-device environment variables; call before importing JAX.
 
+    Also calls :func:`keep_freed_memory` unless ``DGM_REUSE_FREED_MEMORY=0``.
+
     Args:
         num_devices: number of host (CPU) devices JAX should expose; defaults to the
             number of cores. Ignored when ``XLA_FLAGS`` already sets a device count.
@@ -33,7 +38,8 @@ def configure_cpu(num_devices: int | None = None) -> None:
     if "xla_force_host_platform_device_count" not in flags:
         count = num_devices or max(1, os.cpu_count() or 1)
         os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}".strip()
-    keep_freed_memory()
+    if os.environ.get("DGM_REUSE_FREED_MEMORY", "1") != "0":
+        keep_freed_memory()
 
 
 def keep_freed_memory() -> bool:
