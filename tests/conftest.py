@@ -1,10 +1,14 @@
 """Test configuration: CPU threads, strict numerics, dataset location."""
 
-from dgm._runtime import configure_cpu
+import os
+
+# Tests mostly compile; glibc's single arena (dgm._runtime) would slow that down.
+os.environ.setdefault("DGM_REUSE_FREED_MEMORY", "0")
+
+from dgm._runtime import configure_cpu  # noqa: E402
 
 configure_cpu(2)
 
-import os  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import jax  # noqa: E402

@@ -51,8 +51,7 @@ def dmm_loss(model: dmm.DMM, batch, key):
     """(Σ_i −ELBO_i(β) + l2·Σθ²) / batch size; aux: the β-weighted loss per frame."""
     (x, mask), hyper = batch
     keys = jax.random.split(key, x.shape[0])
-    nelbo = jax.vmap(dmm.neg_elbo, in_axes=(None, 0, 0, 0, None))
-    losses = nelbo(model, x, mask, keys, hyper["kl_weight"])
+    losses = dmm.batch_neg_elbo(model, x, mask, keys, hyper["kl_weight"])
     total = jnp.sum(losses) + hyper["l2"] * training.l2_penalty(model)
     frames = jnp.maximum(jnp.sum(mask), 1.0)
     return total / x.shape[0], {"loss_per_frame": jnp.sum(losses) / frames}

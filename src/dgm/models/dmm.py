@@ -20,8 +20,9 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
+from jaxtyping import Array, ArrayLike, Float, Key, PRNGKeyArray
 
+from dgm.models._posterior import posterior_path
 from dgm.nn.flows import IAF
 from dgm.nn.rnn import CELLS, RNN, Linear
 
@@ -146,8 +147,8 @@ class Emission(eqx.Module):
 
     def log_prob(self, z: Float[Array, " z"], x: Float[Array, " obs"]) -> Float[Array, ""]:
         out = self.params(z)
-        if self.raw_var is None:
-            return jnp.sum(x * jax.nn.log_sigmoid(out) + (1.0 - x) * jax.nn.log_sigmoid(-out))
+        if self.raw_var is None:  # x log σ(o) + (1 − x) log σ(−o), with one softplus
+            return jnp.sum(x * out - jax.nn.softplus(out))
         return gaussian_log_prob(x, out, jax.nn.softplus(self.raw_var))
 
 
@@ -179,17 +180,26 @@ class InferenceNetwork(eqx.Module):
         self.variances = [Linear(rnn_dim, z_dim, key=keys[6 + i]) for i in range(num_heads)]
         self.kind = kind
 
-    def features(self, x: Float[Array, "time obs"], mask: Float[Array, " time"]):
-        """RNN states, shape (time, directions, rnn_dim); "l" runs forward, "r" backward."""
+    def features(
+        self, x: Float[Array, "batch time obs"], mask: Float[Array, "batch time"]
+    ) -> Float[Array, "time batch dirs rnn"]:
+        """RNN states of a batch, time-major; "l" runs forward, "r" backward.
+
+        Batch-level rather than one sequence under ``vmap``: :meth:`RNN.batched` then
+        computes each recurrent weight's gradient as one product over the whole batch.
+        """
         e = x
         if self.embed is not None:
-            e = jax.nn.relu(x @ self.embed.weight.T + self.embed.bias[None, :])
+            e = jax.nn.relu(x @ self.embed.weight.T + self.embed.bias[None, None, :])
         directions = self.kind.split("-")[1]
-        hs = [rnn(e, mask, reverse=d == "r") for rnn, d in zip(self.rnns, directions, strict=True)]
-        return jnp.stack(hs, axis=1)
+        hs = [
+            rnn.batched(e, mask, reverse=d == "r")
+            for rnn, d in zip(self.rnns, directions, strict=True)
+        ]
+        return jnp.stack(hs, axis=2)
 
-    def posterior(self, feats: Float[Array, "dirs rnn"], z_prev: Float[Array, " z"]):
-        """Mean and variance of q(z_t | z_{t−1}, x)."""
+    def posterior(self, feats: Float[Array, "dirs rnn"], z_prev: Float[Array, " z"] | None):
+        """Mean and variance of q(z_t | z_{t−1}, x) (``z_prev`` is unused by mean-field q)."""
         if self.combine is not None:
             h = (jnp.tanh(self.combine(z_prev)) + jnp.sum(feats, axis=0)) / (1 + feats.shape[0])
             return self.locs[0](h), jax.nn.softplus(self.variances[0](h))
@@ -262,33 +272,10 @@ def _step_noise(key: PRNGKeyArray, num_steps: int, dim: int) -> Float[Array, "ti
     )
 
 
-def sequence_terms(
-    model: DMM, x: Float[Array, "time obs"], mask: Float[Array, " time"], key: PRNGKeyArray
-) -> dict[str, Float[Array, "..."]]:
-    """One posterior sample path and its per-step terms (unmasked).
-
-    Returns:
-        ``z`` (time, latent), ``log_lik`` log p(x_t | z_t), ``kl`` the per-step KL (analytic
-        at the sampled z_{t−1}; a one-sample estimate with IAF), ``log_p`` log p(z_t | z_{t−1})
-        and ``log_q`` log q(z_t | z_{t−1}, x), each of shape (time,).
-    """
-    feats = model.encoder.features(x, mask)
-    eps = _step_noise(key, x.shape[0], model.z_dim)
-
-    def step(z_prev, inp):
-        # Only q is sequential; the prior terms are computed for all steps at once below.
-        feat, eps_t = inp
-        mu_q, var_q = model.encoder.posterior(feat, z_prev)
-        z = mu_q + jnp.sqrt(var_q) * eps_t
-        log_q = gaussian_log_prob(z, mu_q, var_q)
-        if model.flow is not None:
-            z, log_det = model.flow(z)
-            log_q = log_q - log_det
-        return z, (z, mu_q, var_q, log_q)
-
-    z0 = jnp.zeros((model.z_dim,), jnp.float32)
-    _, (z, mu_q, var_q, log_q) = jax.lax.scan(step, z0, (feats, eps))
-    z_prev = jnp.concatenate([z0[None, :], z[:-1]], axis=0)
+def _generative_terms(model: DMM, x, z, eps, mu_q, var_q, log_det):
+    """One sequence's per-step terms, given its posterior path."""
+    log_q = jax.vmap(gaussian_log_prob)(mu_q + jnp.sqrt(var_q) * eps, mu_q, var_q) - log_det
+    z_prev = jnp.concatenate([jnp.zeros_like(z[:1]), z[:-1]], axis=0)
     mu_p, var_p = jax.vmap(model.transition)(z_prev)
     first = (jnp.arange(x.shape[0]) == 0)[:, None]
     mu_p = jnp.where(first, jnp.zeros_like(mu_p), mu_p)
@@ -302,10 +289,54 @@ def sequence_terms(
     return {"z": z, "log_lik": log_lik, "kl": kl, "log_p": log_p, "log_q": log_q}
 
 
+def batch_sequence_terms(
+    model: DMM,
+    x: Float[Array, "batch time obs"],
+    mask: Float[Array, "batch time"],
+    keys: Key[Array, " batch"],
+) -> dict[str, Float[Array, "..."]]:
+    """:func:`sequence_terms` of a batch (sequence ``i`` uses ``keys[i]``); batch-major outputs.
+
+    The recurrences run on the whole batch, so that their weight gradients are single
+    products (see :meth:`RNN.batched` and :func:`posterior_path`); the rest is a ``vmap``.
+    """
+    feats = model.encoder.features(x, mask)
+    noise = jax.vmap(_step_noise, in_axes=(0, None, None))(keys, x.shape[1], model.z_dim)
+    path = posterior_path(model.encoder, model.flow, feats, jnp.swapaxes(noise, 0, 1))
+    z, mu_q, var_q, log_det = (jnp.swapaxes(a, 0, 1) for a in path)
+    per_seq = jax.vmap(_generative_terms, in_axes=(None, 0, 0, 0, 0, 0, 0))
+    return per_seq(model, x, z, noise, mu_q, var_q, log_det)
+
+
+def sequence_terms(
+    model: DMM, x: Float[Array, "time obs"], mask: Float[Array, " time"], key: PRNGKeyArray
+) -> dict[str, Float[Array, "..."]]:
+    """One posterior sample path and its per-step terms (unmasked).
+
+    Returns:
+        ``z`` (time, latent), ``log_lik`` log p(x_t | z_t), ``kl`` the per-step KL (analytic
+        at the sampled z_{t−1}; a one-sample estimate with IAF), ``log_p`` log p(z_t | z_{t−1})
+        and ``log_q`` log q(z_t | z_{t−1}, x), each of shape (time,).
+    """
+    terms = batch_sequence_terms(model, x[None], mask[None], key[None])
+    return {name: value[0] for name, value in terms.items()}
+
+
+def batch_neg_elbo(
+    model: DMM,
+    x: Float[Array, "batch time obs"],
+    mask: Float[Array, "batch time"],
+    keys: Key[Array, " batch"],
+    kl_weight=1.0,
+) -> Float[Array, " batch"]:
+    """:func:`neg_elbo` of each sequence of a batch, computed batch-wide (training's path)."""
+    terms = batch_sequence_terms(model, x, mask, keys)
+    return jnp.sum(mask * (-terms["log_lik"] + kl_weight * terms["kl"]), axis=1)
+
+
 def neg_elbo(model: DMM, x, mask, key: PRNGKeyArray, kl_weight=1.0) -> Float[Array, ""]:
     """Masked negative ELBO of one sequence, Σ_t m_t (−log p(x_t | z_t) + β KL_t)."""
-    terms = sequence_terms(model, x, mask, key)
-    return jnp.sum(mask * (-terms["log_lik"] + kl_weight * terms["kl"]))
+    return batch_neg_elbo(model, x[None], mask[None], key[None], kl_weight)[0]
 
 
 def log_importance_weight(model: DMM, x, mask, key: PRNGKeyArray) -> Float[Array, ""]:
