@@ -19,7 +19,7 @@ CPU time, all threads) are steadier than wall time when other jobs share the cor
 
 from dgm._runtime import configure_cpu
 
-configure_cpu()
+configure_cpu(reuse_freed_memory=True)  # as `dgm run dmm-*`
 
 import argparse  # noqa: E402
 import json  # noqa: E402
