@@ -21,17 +21,17 @@ TRUE_RATES = (0.4, 0.005, 0.05, 0.001)
 class NoiseMapJacobian(NamedTuple):
     """D = ∂n/∂y of the closed-form noise map at fixed rates: J_n⁻¹, block bidiagonal.
 
-    With interleaved vectors r = [r1(1), r2(1), r1(2), …]/scale rows of D read
-    (D r)1(t) = r1(t) + c11(t) r1(t−1) + c12(t) r2(t−1) and
-    (D r)2(t) = r2(t) + e21(t) r1(t) + c22(t) r2(t−1) (r(0) = 0). Used as the
-    ``inverse`` of :class:`~dgm.inference.manifold.TriangularBlockGram`.
+    For an interleaved vector r = [r1(1), r2(1), r1(2), …] (with r(0) = 0),
+    scale · (D r)1(t) = r1(t) + c11(t) r1(t−1) + c12(t) r2(t−1) and
+    scale · (D r)2(t) = r2(t) + e21(t) r1(t) + c22(t) r2(t−1), where scale = √dt·σ.
+    Used as the ``inverse`` of :class:`~dgm.inference.manifold.TriangularBlockGram`.
     """
 
     c11: Float[Array, " steps"]
     c12: Float[Array, " steps"]
     e21: Float[Array, " steps"]
     c22: Float[Array, " steps"]
-    inv_scale: float
+    inv_scale: float  # 1 / scale
 
     @staticmethod
     def _split(x):
@@ -42,7 +42,8 @@ class NoiseMapJacobian(NamedTuple):
     def _merge(x1, x2):
         return jnp.stack([x1, x2], axis=1).reshape(-1, *x1.shape[1:])
 
-    def _col(self, c, x):
+    @staticmethod
+    def _col(c, x):
         return c.reshape(-1, *([1] * (x.ndim - 1)))
 
     def matvec(self, x):
