@@ -227,7 +227,7 @@ def lv_generate_autograd(model, u):
     import autograd.numpy as anp
 
     z = anp.exp(u[:NUM_PARAMS] + model.prior_loc)
-    scale = np.sqrt(model.dt) * model.sigma
+    scale = model.noise_scale
     y1, y2 = model.y0
     ys = []
     for t in range(model.num_steps):

@@ -2,10 +2,7 @@
 
 import os
 
-# Tests mostly compile; glibc's single arena (dgm._runtime) would slow that down.
-os.environ.setdefault("DGM_REUSE_FREED_MEMORY", "0")
-
-from dgm._runtime import configure_cpu  # noqa: E402
+from dgm._runtime import configure_cpu
 
 configure_cpu(2)
 

@@ -11,8 +11,8 @@ allocates each execution's temporaries as one block (47 MB for a DMM training st
 and unmaps them on free, so every step touched fresh pages: 10,000 page faults per step
 (1,200 with the settings below), about 10 ms of a 65 ms step. The price is slower
 compilation (one malloc arena for XLA's compiler threads: a JSB step's compile 3.5 s instead
-of 3.0), so the test suite, which mostly compiles, opts out with
-``DGM_REUSE_FREED_MEMORY=0``.
+of 3.0), so it is opt-in (``reuse_freed_memory``): the CLI turns it on for training runs
+only, and ``DGM_REUSE_FREED_MEMORY=0`` turns it off there too.
 """
 
 import ctypes

@@ -199,7 +199,7 @@ class ConditionedGenerator:
                 the slowest one's loops (trajectory length, Newton iterations), but the
                 linear algebra batches: with a structured Gram factor whose solves are
                 cheap array operations (e.g. ``LotkaVolterra.gram_factor``) 8 chains on 2
-                cores take 2.3–2.7× one chain's time instead of 3.8×. Not with the dense
+                cores take 2.3–3.0× one chain's time on LV instead of 3.8×. Not with the dense
                 LAPACK Gram Cholesky (more than 4 outputs and no ``gram_cholesky_fn``):
                 jaxlib 0.10.2 hangs on it under ``vmap``, so that raises ``ValueError``.
             checkpoint: ``.npz`` path; written atomically after every chunk, and a run with

@@ -85,6 +85,11 @@ class LotkaVolterra(NamedTuple):
     def output_dim(self) -> int:
         return 2 * self.num_steps
 
+    @property
+    def noise_scale(self) -> float:
+        """√dt·σ: the factor of each noise input in the Euler–Maruyama update."""
+        return float(np.sqrt(self.dt) * self.sigma)
+
     def rates(self, u_z: Float[Array, " 4"]) -> Float[Array, " 4"]:
         return jnp.exp(u_z + self.prior_loc)
 
@@ -92,7 +97,7 @@ class LotkaVolterra(NamedTuple):
         """y = G(u): the simulated, interleaved prey and predator sequence."""
         z = self.rates(u[:NUM_PARAMS])
         noise = u[NUM_PARAMS:].reshape(self.num_steps, 2)
-        scale = np.sqrt(self.dt) * self.sigma
+        scale = self.noise_scale
 
         def body(y, n):
             y1, y2 = y
@@ -115,7 +120,7 @@ class LotkaVolterra(NamedTuple):
         y1, y2 = y[:, 0], y[:, 1]
         n1 = y1 - y1p - self.dt * (z[0] * y1p - z[1] * y1p * y2p)
         n2 = y2 - y2p - self.dt * (-z[2] * y2p + z[3] * y1 * y2p)
-        scale = np.sqrt(self.dt) * self.sigma
+        scale = self.noise_scale
         return (jnp.stack([n1, n2], axis=1) / scale).reshape(-1)
 
     def noise_map_jacobian(self, u: Float[Array, " dim"]) -> NoiseMapJacobian:
@@ -135,7 +140,7 @@ class LotkaVolterra(NamedTuple):
             c12=dt * z[1] * y1p,
             e21=-dt * z[3] * y2p,
             c22=-1.0 - dt * (-z[2] + z[3] * y1),
-            inv_scale=1.0 / (np.sqrt(self.dt) * self.sigma),
+            inv_scale=1.0 / self.noise_scale,
         )
 
     def gram_factor(self, u: Float[Array, " dim"], jac: Float[Array, "obs dim"]):
@@ -155,7 +160,7 @@ class LotkaVolterra(NamedTuple):
         """
         b = jax.jacfwd(self.noise_given_params)(u[:NUM_PARAMS], y_obs)
         gram4 = jnp.eye(NUM_PARAMS, dtype=u.dtype) + b.T @ b
-        scale = np.sqrt(self.dt) * self.sigma
+        scale = self.noise_scale
         return self.output_dim * np.log(scale) + jnp.sum(jnp.log(jnp.diagonal(gram_factor(gram4))))
 
     def input_on_manifold(self, u_z, y_obs) -> Float[Array, " dim"]:
