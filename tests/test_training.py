@@ -190,3 +190,45 @@ def test_interrupt_keeps_last_checkpoint_and_resume_continues(tmp_path):
     resumed = _fit(tmp_path / "b", 2, resume=True)
     for a, b in zip(jax.tree.leaves(straight.model), jax.tree.leaves(resumed.model), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def _tensorboard_scalars(directory):
+    """(tag, step) -> value from every TFRecord event file under ``directory``."""
+    import struct
+
+    event_pb2 = pytest.importorskip("tensorboardX.proto.event_pb2")
+    scalars = {}
+    for path in sorted(directory.glob("events.out.tfevents.*")):
+        data, pos = path.read_bytes(), 0
+        while pos < len(data):
+            (length,) = struct.unpack("<Q", data[pos : pos + 8])
+            event = event_pb2.Event.FromString(data[pos + 12 : pos + 12 + length])
+            pos += 12 + length + 4
+            for value in event.summary.value:
+                scalars[(value.tag, event.step)] = value.simple_value
+    return scalars
+
+
+def test_tensorboard_logs_every_record_across_resume(tmp_path):
+    pytest.importorskip("tensorboardX")
+    _fit(tmp_path, 1)
+    _fit(tmp_path, 2, resume=True)
+    lines = (tmp_path / "train_metrics.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    scalars = _tensorboard_scalars(tmp_path / "tensorboard")
+    expected = {
+        (f"train/{k}", r["epoch"]): v for r in records for k, v in r.items() if k != "epoch"
+    }
+    assert set(scalars) == set(expected), set(scalars) ^ set(expected)
+    assert ("train/valid", 2) in scalars
+    for tag_step, value in expected.items():
+        assert scalars[tag_step] == pytest.approx(value, rel=1e-6)
+
+
+def test_no_tensorboard_without_tensorboardx(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "tensorboardX", None)
+    _fit(tmp_path, 1)
+    assert (tmp_path / "train_metrics.jsonl").exists()
+    assert not (tmp_path / "tensorboard").exists()

@@ -290,6 +290,29 @@ def _jsonl(record: dict) -> str:
     return json.dumps(runs._to_jsonable(record)) + "\n"
 
 
+def _tensorboard(ctx: runs.RunContext, name: str, start: int):
+    """A tensorboardX writer for ``<out>/tensorboard`` when tensorboardX is installed, else None.
+
+    Each epoch's record is logged under ``<name>/<field>`` with the epoch as the step. A
+    resumed run adds an event file, which TensorBoard reads as a continuation; its name ends
+    in the fit's name and first epoch, since the time in it has a resolution of seconds.
+    """
+    try:
+        from tensorboardX import SummaryWriter
+    except ImportError:
+        return None
+    suffix = f".{name}.{start}"
+    return SummaryWriter(str(ctx.path("tensorboard")), flush_secs=30, filename_suffix=suffix)
+
+
+def _log_scalars(writer, name: str, record: dict) -> None:
+    if writer is None:
+        return
+    for field, value in record.items():
+        if field != "epoch":
+            writer.add_scalar(f"{name}/{field}", value, global_step=record["epoch"])
+
+
 def fit(
     model: PyTree,
     loss_fn: Callable,
@@ -307,10 +330,12 @@ def fit(
     """Train ``model`` for ``config.num_epochs`` epochs (or until early stopping).
 
     Checkpoints ``checkpoints/<name>.eqx`` after every epoch (model, optimizer state, best
-    model, step, epoch, key, history); with ``ctx.resume`` the run continues
-    from it bit-identically. ``eval_fn(model, key)`` returns a validation loss (lower is
-    better), evaluated every ``config.eval_every`` epochs and at the end. With ``plot`` a
-    loss curve ``<name>_loss.png`` is written at the end. ``constants`` (e.g. ``{"l2": 0.05}``)
+    model, step, epoch, key, history); with ``ctx.resume`` the run continues from it
+    bit-identically. Each epoch's record goes to ``<name>_metrics.jsonl`` and, when
+    tensorboardX is installed, to TensorBoard event files under ``tensorboard/``.
+    ``eval_fn(model, key)`` returns a validation loss (lower is better), evaluated every
+    ``config.eval_every`` epochs and at the end. With ``plot`` a loss curve
+    ``<name>_loss.png`` is written at the end. ``constants`` (e.g. ``{"l2": 0.05}``)
     join the per-step ``hyper`` dict as float32 scalars.
     """
     from tqdm.auto import tqdm
@@ -341,6 +366,7 @@ def fit(
         leave=False,
     )
     fixed = {k: jnp.asarray(v, jnp.float32) for k, v in (constants or {}).items()}
+    writer = _tensorboard(ctx, name, start)
     for epoch in range(start, config.num_epochs):
         t0 = time.perf_counter()
         order = loader.order(np.random.default_rng([*data_seed, epoch]))
@@ -386,9 +412,12 @@ def fit(
             f.write(_jsonl(record))
             f.flush()
             os.fsync(f.fileno())
+        _log_scalars(writer, name, record)
         if stopped:
             break
     bar.close()
+    if writer is not None:
+        writer.close()
     if plot and state.history:
         _history_plot(state.history, ctx, name)
     times = [h["epoch_s"] for h in state.history]
