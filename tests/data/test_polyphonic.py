@@ -1,9 +1,6 @@
 """Polyphonic loaders: published splits, checksums, corrupt files, download over HTTP."""
 
-import functools
-import http.server
 import shutil
-import threading
 
 import numpy as np
 import pytest
@@ -55,40 +52,21 @@ def test_corrupt_and_truncated_files(music, tmp_path):
         poly.load_polyphonic("jsb", tmp_path / "empty")
 
 
-@pytest.fixture
-def http_root(tmp_path):
-    root = tmp_path / "served"
-    root.mkdir()
-    handler = functools.partial(_QuietHandler, directory=str(root))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield root, f"http://127.0.0.1:{server.server_address[1]}/"
-    server.shutdown()
-    server.server_close()
-    thread.join()
-
-
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-
-def test_download_verifies_and_loads_mat(music, http_root, tmp_path):
-    served, url = http_root
+def test_download_verifies_and_loads_mat(music, http_dir, tmp_path):
+    served, url = http_dir
     shutil.copy(music / "JSB_Chorales.mat", served / "JSB_Chorales.mat")
     dest = tmp_path / "dl"
-    poly.download_polyphonic("jsb", dest, base_url=url)
+    poly.download_polyphonic("jsb", dest, base_url=f"{url}/")
     from_mat = poly.load_polyphonic("jsb", dest)
     from_npz = poly.load_polyphonic("jsb", music)
     for split in poly.SPLITS:
         np.testing.assert_array_equal(from_mat[split].x, from_npz[split].x)
 
 
-def test_download_of_corrupt_file_leaves_nothing(music, http_root, tmp_path):
-    served, url = http_root
+def test_download_of_corrupt_file_leaves_nothing(music, http_dir, tmp_path):
+    served, url = http_dir
     (served / "JSB_Chorales.mat").write_bytes((music / "JSB_Chorales.mat").read_bytes()[:1000])
     dest = tmp_path / "dl"
     with pytest.raises(ChecksumError):
-        poly.load_polyphonic("jsb", dest, allow_download=True, base_url=url)
+        poly.load_polyphonic("jsb", dest, allow_download=True, base_url=f"{url}/")
     assert not any(dest.iterdir())

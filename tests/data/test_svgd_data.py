@@ -1,10 +1,7 @@
 """SVGD dataset loaders: checksums, formats, and a download from a local HTTP server."""
 
 import bz2
-import functools
-import http.server
 import shutil
-import threading
 
 import numpy as np
 import pytest
@@ -13,29 +10,6 @@ from dgm.data import ChecksumError, sha256
 from dgm.data import svgd as svgd_data
 
 LIBSVM = "1 1:0.5 3:1 54:0.25\n2 2:-1 10:3.5\n1 54:1\n"
-
-
-@pytest.fixture
-def http_dir(tmp_path):
-    """A directory served over HTTP on 127.0.0.1; yields (directory, base URL)."""
-    root = tmp_path / "served"
-    root.mkdir()
-
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(Quiet, directory=str(root))
-    )
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield root, f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
 
 
 def test_covertype_downloads_verifies_and_parses(http_dir, tmp_path):

@@ -75,19 +75,41 @@ def download(url: str, dest: str | os.PathLike, expected_sha256: str, timeout: f
 
 
 def fetch(
-    relpath: str, expected_sha256: str | None, url: str | None = None, download_ok: bool = True
+    path: str | os.PathLike,
+    expected_sha256: str | None,
+    url: str | None = None,
+    download_ok: bool = True,
+    name: str | None = None,
 ) -> Path:
-    """Path to a verified data file under :func:`data_dir`, downloading it if allowed.
+    """Path to a verified data file, downloaded first when it is missing and that is allowed.
 
     Args:
-        relpath: path below the data directory, e.g. ``"polyphonic_music/JSB_Chorales.npz"``.
-        expected_sha256: the published checksum (``None`` skips the check).
+        path: the file; a relative path is below :func:`data_dir`, e.g.
+            ``"polyphonic_music/JSB_Chorales.mat"``.
+        expected_sha256: the published checksum (``None`` skips the check; a download
+            needs one).
         url: where to download the file from if it is missing.
         download_ok: allow the download.
+        name: what the file is, for error messages (default: its file name).
+
+    Raises:
+        FileNotFoundError: missing and not downloadable; the message names the path and the
+            URL (and the network error, when the download failed).
+        ChecksumError: the file, or the downloaded bytes, do not match ``expected_sha256``.
     """
-    path = data_dir() / relpath
-    if not path.exists() and url is not None and download_ok:
+    path = Path(path)
+    path = path if path.is_absolute() else data_dir() / path
+    name = name or path.name
+    if not path.exists() and url is not None:
+        if not download_ok:
+            raise FileNotFoundError(f"{name} not found at {path}; download it from {url}")
         if expected_sha256 is None:
             raise ValueError(f"refusing to download {url} without a sha256 to check")
-        download(url, path, expected_sha256)
+        try:
+            download(url, path, expected_sha256)
+        except OSError as err:  # offline, refused, HTTP error: say where the file must go
+            raise FileNotFoundError(
+                f"{name} not found at {path}, and downloading it from {url} failed ({err}); "
+                "download it by hand to that path (its sha256 is checked)"
+            ) from None
     return verify(path, expected_sha256)

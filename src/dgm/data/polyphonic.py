@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from dgm.data import data_dir, download, verify
+from dgm.data import data_dir, fetch, verify
 
 NUM_PITCHES = 88
 SPLITS = ("train", "valid", "test")
@@ -149,10 +149,10 @@ def read_mat_rolls(path: str | Path) -> dict[str, list[np.ndarray]]:
 def download_polyphonic(
     name: str, root: str | Path | None = None, base_url: str = BASE_URL
 ) -> Path:
-    """Download the original ``.mat`` file of dataset ``name`` and verify its sha256."""
+    """The original ``.mat`` file of dataset ``name``, downloaded unless present; sha256-checked."""
     spec = _spec(name)
     root = Path(root) if root is not None else data_dir() / "polyphonic_music"
-    return download(base_url + spec.stem + ".mat", root / f"{spec.stem}.mat", spec.mat_sha256)
+    return fetch(root / f"{spec.stem}.mat", spec.mat_sha256, base_url + spec.stem + ".mat")
 
 
 def load_polyphonic(

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dgm.data import ChecksumError, data_dir, download, verify
+from dgm.data import ChecksumError, data_dir, fetch, verify
 
 BOSTON_SHA256 = "baadf72995725d76efe787b664e1f083388c79ba21ef9a7990d87f774184735a"
 BOSTON_SOURCE = "DartML/Stein-Variational-Gradient-Descent, data/boston_housing"
@@ -138,11 +138,7 @@ def load_covertype(
             f"of {url} and pass it (e.g. --set data_sha256=...)"
         )
     path = Path(path) if path is not None else data_dir() / "svgd" / Path(url).name
-    if not path.exists():
-        if not download_ok:
-            raise FileNotFoundError(f"Covertype not found at {path}; download it from {url}")
-        _download_or_explain("Covertype", url, path, sha256)
-    verify(path, sha256)
+    fetch(path, sha256, url, download_ok, name="Covertype")
     raw = path.read_bytes()
     if raw[:3] == b"BZh":
         raw = bz2.decompress(raw)
@@ -151,17 +147,6 @@ def load_covertype(
         raise ValueError(f"{path}: expected labels in {{1, 2}}; got {np.unique(labels)[:5]}")
     y = np.where(labels == 1.0, 1.0, -1.0)
     return np.concatenate([x, np.ones((len(x), 1))], axis=1), y
-
-
-def _download_or_explain(name: str, url: str, path: Path, sha256: str) -> None:
-    """``download``, turning a network failure into an error naming the path and URL."""
-    try:
-        download(url, path, sha256)
-    except OSError as err:  # offline, refused, HTTP error: say where the file must go
-        raise FileNotFoundError(
-            f"{name} not found at {path}, and downloading it from {url} failed ({err}); "
-            "download it by hand to that path (its sha256 is checked)"
-        ) from None
 
 
 def load_breast_cancer() -> tuple[np.ndarray, np.ndarray]:
@@ -216,11 +201,7 @@ def load_uci_regression(
             f"copy of {url} and pass it"
         )
     path = Path(path) if path is not None else data_dir() / "uci" / f"{name}.txt"
-    if not path.exists():
-        if not download_ok:
-            raise FileNotFoundError(f"{name} not found at {path}; download it from {url}")
-        _download_or_explain(name, url, path, sha256)
-    verify(path, sha256)
+    fetch(path, sha256, url, download_ok, name=name)
     text = path.read_text().replace(",", " ")
     try:
         table = np.loadtxt(text.splitlines(), ndmin=2)
