@@ -63,12 +63,25 @@ def _set(obj: Any, parts: list[str], value: str, dotted: str) -> Any:
     return dataclasses.replace(obj, **{head: new})
 
 
+def _is_number(value: Any, integer: bool) -> bool:
+    kinds = int if integer else int | float
+    return isinstance(value, kinds) and not isinstance(value, bool)
+
+
 def check_positive(name: str, value: Any, *, integer: bool = False) -> None:
     """Raise ``ValueError`` naming ``name`` unless ``value`` is a positive number/int."""
-    kind = "int" if integer else "number"
-    ok = isinstance(value, int) if integer else isinstance(value, int | float)
-    if not ok or isinstance(value, bool) or not value > 0:
-        raise ValueError(f"`{name}` must be a positive {kind}; got {value!r}")
+    if not (_is_number(value, integer) and value > 0):
+        raise ValueError(
+            f"`{name}` must be a positive {'int' if integer else 'number'}; got {value!r}"
+        )
+
+
+def check_nonnegative(name: str, value: Any, *, integer: bool = False) -> None:
+    """Raise ``ValueError`` naming ``name`` unless ``value`` is a number/int >= 0."""
+    if not (_is_number(value, integer) and value >= 0):
+        raise ValueError(
+            f"`{name}` must be {'an int' if integer else 'a number'} >= 0; got {value!r}"
+        )
 
 
 def check_choice(name: str, value: Any, choices: Iterable[Any]) -> None:

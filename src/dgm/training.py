@@ -29,6 +29,7 @@ import optax
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
 from dgm import runs
+from dgm.config import check_nonnegative, check_positive
 
 _FORMAT = "dgm-checkpoint-v1"
 
@@ -68,14 +69,12 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for name in ("num_epochs", "batch_size", "eval_every", "bucket_width"):
-            value = getattr(self, name)
-            if not (isinstance(value, int) and value > 0):
-                raise ValueError(f"`train.{name}` must be a positive int; got {value!r}")
-        for name in ("clip_norm", "l2", "anneal_steps", "patience"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"`train.{name}` must be >= 0; got {getattr(self, name)!r}")
-        if not self.learning_rate > 0:
-            raise ValueError(f"`train.learning_rate` must be positive; got {self.learning_rate!r}")
+            check_positive(f"train.{name}", getattr(self, name), integer=True)
+        for name in ("clip_norm", "l2"):
+            check_nonnegative(f"train.{name}", getattr(self, name))
+        for name in ("anneal_steps", "patience"):
+            check_nonnegative(f"train.{name}", getattr(self, name), integer=True)
+        check_positive("train.learning_rate", self.learning_rate)
         if not 0 <= self.kl_initial <= 1:
             raise ValueError(f"`train.kl_initial` must be in [0, 1]; got {self.kl_initial!r}")
 

@@ -9,8 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from dgm import runs, training
+from dgm.config import check_choice, check_nonnegative, check_positive
 from dgm.data.polyphonic import SequenceSet
 from dgm.models import dmm
+from dgm.nn.rnn import CELLS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,16 +32,13 @@ class ModelConfig:
     input_embedding: bool = True  # False: the RNN reads x directly (Pyro's guide)
 
     def __post_init__(self) -> None:
-        dmm.check_choice("model.inference", self.inference, dmm.INFERENCE_NETWORKS)
-        dmm.check_choice("model.cell", self.cell, ("gru", "lstm", "rnn"))
-        dmm.check_choice("model.transition", self.transition, dmm.TRANSITIONS)
+        check_choice("model.inference", self.inference, dmm.INFERENCE_NETWORKS)
+        check_choice("model.cell", self.cell, CELLS)
+        check_choice("model.transition", self.transition, dmm.TRANSITIONS)
         for name in ("z_dim", "transition_dim", "emission_dim", "rnn_dim", "iaf_dim"):
-            value = getattr(self, name)
-            if not (isinstance(value, int) and value > 0):
-                raise ValueError(f"`model.{name}` must be a positive int; got {value!r}")
+            check_positive(f"model.{name}", getattr(self, name), integer=True)
         for name in ("emission_layers", "num_iafs"):
-            if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 0):
-                raise ValueError(f"`model.{name}` must be an int >= 0; got {getattr(self, name)!r}")
+            check_nonnegative(f"model.{name}", getattr(self, name), integer=True)
 
 
 def build_model(config: ModelConfig, obs_dim: int, likelihood: str, key) -> dmm.DMM:

@@ -11,6 +11,7 @@ import jax
 import numpy as np
 
 from dgm import runs, training
+from dgm.config import check_choice, check_positive
 from dgm.data import midi
 from dgm.data.polyphonic import DATASETS, NUM_PITCHES, load_polyphonic
 from dgm.experiments import _dmm
@@ -61,12 +62,9 @@ class Config:
     max_eval_frames: int = 0
 
     def __post_init__(self) -> None:
-        if self.dataset not in DATASETS:
-            raise ValueError(f"`dataset` must be one of {sorted(DATASETS)}; got {self.dataset!r}")
+        check_choice("dataset", self.dataset, sorted(DATASETS))
         for name in ("valid_samples", "test_bound_samples", "test_samples", "chunk_size"):
-            value = getattr(self, name)
-            if not (isinstance(value, int) and value > 0):
-                raise ValueError(f"`{name}` must be a positive int; got {value!r}")
+            check_positive(name, getattr(self, name), integer=True)
         if self.test_samples % min(self.chunk_size, self.test_samples):
             raise ValueError(
                 f"`test_samples` ({self.test_samples}) must be a multiple of `chunk_size` "

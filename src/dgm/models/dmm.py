@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Key, PRNGKeyArray
 
+from dgm.config import check_choice, check_positive
 from dgm.models._posterior import posterior_path
 from dgm.nn.flows import IAF
 from dgm.nn.rnn import CELLS, RNN, Linear
@@ -30,12 +31,6 @@ INFERENCE_NETWORKS = ("st-r", "st-l", "st-lr", "mf-r", "mf-l", "mf-lr")
 TRANSITIONS = ("gated", "mlp", "linear")
 LIKELIHOODS = ("bernoulli", "gaussian")
 _LOG_2PI = math.log(2.0 * math.pi)
-
-
-def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    """Raise ``ValueError`` naming ``name`` unless ``value`` is in ``choices``."""
-    if value not in choices:
-        raise ValueError(f"`{name}` must be one of {list(choices)}; got {value!r}")
 
 
 def gaussian_log_prob(x: Float[Array, " d"], loc: Float[Array, " d"], var: Float[Array, " d"]):
@@ -251,8 +246,7 @@ class DMM(eqx.Module):
         check_choice("transition", transition, TRANSITIONS)
         check_choice("likelihood", likelihood, LIKELIHOODS)
         for name, v in [("obs_dim", obs_dim), ("z_dim", z_dim), ("rnn_dim", rnn_dim)]:
-            if not (isinstance(v, int) and v > 0):
-                raise ValueError(f"`{name}` must be a positive int; got {v!r}")
+            check_positive(name, v, integer=True)
         k_t, k_e, k_q, k_f = jax.random.split(key, 4)
         cls = {"gated": GatedTransition, "mlp": MLPTransition, "linear": LinearTransition}
         self.transition = cls[transition](z_dim, transition_dim, key=k_t)

@@ -1,0 +1,50 @@
+"""dgm.config validators: the message names the field, what was expected and what arrived."""
+
+import pytest
+
+from dgm import training
+from dgm.config import check_choice, check_nonnegative, check_positive
+from dgm.experiments import _dmm
+
+
+@pytest.mark.parametrize(
+    "check,value,integer,message",
+    [
+        (check_positive, 0, True, "`n` must be a positive int; got 0"),
+        (check_positive, 2.0, True, "`n` must be a positive int; got 2.0"),
+        (check_positive, True, True, "`n` must be a positive int; got True"),
+        (check_positive, -0.5, False, "`n` must be a positive number; got -0.5"),
+        (check_nonnegative, -1, True, "`n` must be an int >= 0; got -1"),
+        (check_nonnegative, 1.5, True, "`n` must be an int >= 0; got 1.5"),
+        (check_nonnegative, "1", False, "`n` must be a number >= 0; got '1'"),
+    ],
+)
+def test_numeric_checks_reject(check, value, integer, message):
+    with pytest.raises(ValueError, match=f"^{message}$".replace(".", r"\.")):
+        check("n", value, integer=integer)
+
+
+def test_numeric_checks_accept():
+    check_positive("n", 3, integer=True)
+    check_positive("x", 1e-9)
+    check_nonnegative("n", 0, integer=True)
+    check_nonnegative("x", 0.0)
+    check_choice("c", "b", ("a", "b"))
+    with pytest.raises(ValueError, match=r"`c` must be one of \['a', 'b'\]; got 'z'"):
+        check_choice("c", "z", ("a", "b"))
+
+
+@pytest.mark.parametrize(
+    "make,message",
+    [
+        (lambda: training.TrainConfig(patience=-1), "`train.patience` must be an int >= 0"),
+        (lambda: training.TrainConfig(learning_rate=0.0), "`train.learning_rate` must be a"),
+        (lambda: training.TrainConfig(l2=-0.1), "`train.l2` must be a number >= 0"),
+        (lambda: _dmm.ModelConfig(num_iafs=-1), "`model.num_iafs` must be an int >= 0"),
+        (lambda: _dmm.ModelConfig(rnn_dim=0), "`model.rnn_dim` must be a positive int"),
+        (lambda: _dmm.ModelConfig(cell="tanh"), "`model.cell` must be one of"),
+    ],
+)
+def test_training_and_dmm_configs_name_the_field(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
