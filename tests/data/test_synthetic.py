@@ -28,8 +28,22 @@ def test_synthetic11_mean_uses_alpha_beta():
     np.testing.assert_allclose(out[0], expected, rtol=1e-6)
 
 
+@pytest.mark.parametrize("name", ["synthetic10", "synthetic11"])
+def test_nonlinear_ssm_is_the_sampled_model(name):
+    dim, mean_fn, q_var, r_var, p0_var = synthetic._NONLINEAR_SPECS[name]
+    ssm = synthetic.nonlinear_ssm(name)
+    z = np.array([0.3, -1.2][:dim], np.float32)
+    np.testing.assert_allclose(ssm.f(z), mean_fn(z))
+    np.testing.assert_allclose(ssm.h(z), 0.5 * z)
+    for cov, var in [(ssm.Q, q_var), (ssm.R, r_var), (ssm.P0, p0_var)]:
+        np.testing.assert_array_equal(cov, var * np.eye(dim, dtype=np.float32))
+    np.testing.assert_array_equal(ssm.m0, np.zeros(dim, np.float32))
+
+
 def test_nonlinear_rejects_bad_input():
     with pytest.raises(ValueError, match="dataset"):
         synthetic.sample_nonlinear("synthetic12", 2, 3, jax.random.key(0))
+    with pytest.raises(ValueError, match="dataset"):
+        synthetic.nonlinear_ssm("synthetic12")
     with pytest.raises(ValueError, match="num_steps"):
         synthetic.sample_nonlinear("synthetic10", 2, 0, jax.random.key(0))

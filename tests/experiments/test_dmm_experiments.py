@@ -67,11 +67,14 @@ def test_nonlinear_synthetic_smoke(dataset, tmp_path):
     assert main([*args, "--no-progress"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["dataset"] == dataset and metrics["epochs"] == 2
-    for field in ("test_nll_is", "test_bound_frame", "rmse_q_mean_affine_vs_true_z"):
+    fields = ("test_nll_is", "test_bound_frame", "rmse_q_mean_affine_vs_true_z")
+    for field in (*fields, "rmse_ukf_smoother_vs_true_z", "ukf_nll_frame"):
         v = metrics[field]
         assert isinstance(v, float) and math.isfinite(v)
-    assert metrics["rmse_naive_vs_true_z"] > 0
-    assert "no exact log p(x)" in (out / "report.md").read_text()
+    assert 0 < metrics["rmse_ukf_smoother_vs_true_z"] < metrics["rmse_naive_vs_true_z"]
+    report = (out / "report.md").read_text()
+    assert "no exact log p(x)" in report and "RMSE(unscented smoother mean, true z)" in report
+    assert "not implemented" not in report
 
 
 def test_added_fields_keep_old_fingerprints():

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from dgm.models.kalman import LinearGaussianSSM
+from dgm.models.kalman import LinearGaussianSSM, NonlinearGaussianSSM
 
 
 def synthetic9() -> LinearGaussianSSM:
@@ -60,11 +60,30 @@ _NONLINEAR_SPECS = {
 }
 
 
+def _emission_mean(z):
+    return 0.5 * z
+
+
 def nonlinear_latent_dim(name: str) -> int:
     """Latent (= observed) dimension of a nonlinear synthetic dataset."""
     if name not in _NONLINEAR_SPECS:
         raise ValueError(f"`dataset` must be one of {list(NONLINEAR)}; got {name!r}")
     return _NONLINEAR_SPECS[name][0]
+
+
+def nonlinear_ssm(name: str) -> NonlinearGaussianSSM:
+    """The model :func:`sample_nonlinear` draws from (float32), for the unscented smoother."""
+    dim = nonlinear_latent_dim(name)
+    _, mean_fn, q_var, r_var, p0_var = _NONLINEAR_SPECS[name]
+    eye = jnp.eye(dim, dtype=jnp.float32)
+    return NonlinearGaussianSSM(
+        f=mean_fn,
+        h=_emission_mean,
+        Q=q_var * eye,
+        R=r_var * eye,
+        m0=jnp.zeros((dim,), jnp.float32),
+        P0=p0_var * eye,
+    )
 
 
 def sample_nonlinear(
@@ -97,7 +116,7 @@ def _sample_nonlinear(name: str, num_sequences: int, num_steps: int, key: PRNGKe
     eps = jax.random.normal(kz, (num_steps - 1, num_sequences, dim), jnp.float32)
     _, zs = jax.lax.scan(step, z1, eps)
     z = jnp.concatenate([z1[None], zs]).transpose(1, 0, 2)
-    x = 0.5 * z + jnp.sqrt(r_var) * jax.random.normal(kx, z.shape, jnp.float32)
+    x = _emission_mean(z) + jnp.sqrt(r_var) * jax.random.normal(kx, z.shape, jnp.float32)
     return x, z
 
 
