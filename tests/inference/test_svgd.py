@@ -10,7 +10,7 @@ import optax
 import pytest
 
 import dgm
-from dgm.inference import _select, svgd
+from dgm.inference import _select, svgd, svgd_kernel
 from dgm.inference._select import select_pair
 from dgm.inference.svgd_driver import SVGDRunner, to_inference_data
 
@@ -189,9 +189,12 @@ def test_folded_selection_equals_full(n, dtype, monkeypatch):
     guess): the same values as sorting the whole matrix."""
     if n == 1001:
         monkeypatch.setattr(_select, "_FOLDED_GUESS_MIN_SIZE", 2**18)
-    fold_select = jax.jit(
-        lambda d, k: _select.select_pair_folded(svgd._fold(d), d.shape[0] % 2 * d.shape[0], k)[:2]
-    )
+
+    def fold_select(d, k):
+        folded = svgd_kernel._fold(d)
+        return _select.select_pair_folded(folded, d.shape[0] % 2 * d.shape[0], k)[:2]
+
+    fold_select = jax.jit(fold_select)
     m = n * n
     ks = [1, n, n + 1, (m + 1) // 2, m // 2 + 1, m]
     for case in ("distinct", "ties", "coinciding"):
