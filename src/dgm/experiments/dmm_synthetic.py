@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dgm import runs, training
+from dgm.config import check_choice, check_positive
 from dgm.data.polyphonic import SequenceSet
 from dgm.data.synthetic import (
     NONLINEAR,
@@ -67,11 +68,8 @@ class Config:
 
     def __post_init__(self) -> None:
         for name in ("num_train", "num_valid", "num_test", "train_steps", "test_steps"):
-            value = getattr(self, name)
-            if not (isinstance(value, int) and value > 0):
-                raise ValueError(f"`{name}` must be a positive int; got {value!r}")
-        if self.dataset not in DATASETS:
-            raise ValueError(f"`dataset` must be one of {list(DATASETS)}; got {self.dataset!r}")
+            check_positive(name, getattr(self, name), integer=True)
+        check_choice("dataset", self.dataset, DATASETS)
         m = self.model
         linear = (m.z_dim, m.transition, m.emission_layers) == (1, "linear", 0)
         if self.dataset == "synthetic9" and not linear:
