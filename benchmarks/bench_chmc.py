@@ -257,12 +257,6 @@ def lv_mici_system_autograd(model, y_obs):
 # --------------------------------------------------------------------------- cases
 
 
-def lv_chain_map(args):
-    """As the experiment: batched chains with the structured factor (its solves batch
-    well), one after another with the dense Cholesky (which hangs under vmap)."""
-    return "map" if args.dense_log_det else "vmap"
-
-
 def lv_posterior(model, y_obs, structured=True):
     """dgm's LV posterior as the experiment builds it (by default: closed-form ½ log det(J Jᵀ)
     and the banded-inverse triangular-block Gram factor)."""
@@ -280,17 +274,18 @@ def bench_lv(args):
     settings = dict(
         step_size=0.25, num_steps=(4, 8), num_geodesic_steps=args.num_geodesic_steps, tol=1e-8
     )
-    dgm_settings = settings | {"chain_map": lv_chain_map(args)}
+    dgm_settings = settings | {"chain_map": "auto"}  # as the experiment
     dgm_init = lv_starts(model, y_obs, args.chains, seed=0)
     mici_init = lv_starts(model, y_obs, args.mici_chains, seed=1)
     backends = MICI_BACKENDS if args.mici_backend == "all" else args.mici_backend.split(",")
+    mici_settings = [settings[k] for k in ("step_size", "num_steps", "num_geodesic_steps", "tol")]
     systems, draws = {}, {}
     for b in backends:
         if b == "jax":
             systems[b], draws[b] = lv_mici_system(model, y_obs, mici_init[0]), args.mici_draws
         elif b == "jax-auto":
             systems[b], draws[b] = lv_mici_system_jax_auto(model, y_obs), args.mici_draws
-            run_mici(systems[b], mici_init, 1, 0.25, (4, 8), 3, 1e-8, 0, lambda u: u)  # compile
+            run_mici(systems[b], mici_init, 1, *mici_settings, 0, lambda u: u)  # compile
         else:
             systems[b] = lv_mici_system_autograd(model, y_obs)
             draws[b] = args.mici_autograd_draws
@@ -306,10 +301,7 @@ def bench_lv(args):
                     systems[b],
                     mici_init,
                     draws[b],
-                    settings["step_size"],
-                    settings["num_steps"],
-                    settings["num_geodesic_steps"],
-                    settings["tol"],
+                    *mici_settings,
                     seed=r,
                     trace=lambda u: u[:NUM_PARAMS],
                 )
@@ -420,7 +412,7 @@ def bench_scaling(args):
     model, y_obs = lv_setup()
     posterior = lv_posterior(model, y_obs, structured=not args.dense_log_det)
     settings = dict(step_size=0.25, num_steps=(4, 8), num_geodesic_steps=3, tol=1e-8)
-    settings["chain_map"] = lv_chain_map(args)
+    settings["chain_map"] = "auto"  # as the experiment
     inits = {c: lv_starts(model, y_obs, c, seed=0) for c in (1, 8)}
     walls: dict[int, list[float]] = {1: [], 8: []}
     cpus: dict[int, list[float]] = {1: [], 8: []}

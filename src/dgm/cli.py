@@ -9,8 +9,11 @@ import sys
 
 from dgm._runtime import configure_cpu
 
-# Training runs (the DMM experiments) keep freed memory for reuse; see configure_cpu.
-configure_cpu(reuse_freed_memory=any(arg.startswith("dmm-") for arg in sys.argv[1:3]))
+# Training runs (the DMM experiments) keep freed memory for reuse; see configure_cpu. The
+# arguments are not parsed yet (JAX must not be imported first): any `dmm-*` argument after
+# `run` turns it on, wherever the options put the experiment name.
+_after_run = sys.argv[sys.argv.index("run") + 1 :] if "run" in sys.argv[1:] else []
+configure_cpu(reuse_freed_memory=any(arg.startswith("dmm-") for arg in _after_run))
 
 import argparse  # noqa: E402
 import json  # noqa: E402

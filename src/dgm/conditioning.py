@@ -200,8 +200,10 @@ class ConditionedGenerator:
                 linear algebra batches: with a structured Gram factor whose solves are
                 cheap array operations (e.g. ``LotkaVolterra.gram_factor``) 8 chains on 2
                 cores take 2.3–3.0× one chain's time on LV instead of 3.8×. Not with the dense
-                LAPACK Gram Cholesky (more than 4 outputs and no ``gram_cholesky_fn``):
-                jaxlib 0.10.2 hangs on it under ``vmap``, so that raises ``ValueError``.
+                LAPACK Gram Cholesky (more than 4 outputs and no structured factor):
+                jaxlib 0.10.2 hangs on it under ``vmap`` on several host devices, so that
+                raises ``ValueError``. ``"auto"``: ``"vmap"`` with a structured factor,
+                else ``"map"``.
             checkpoint: ``.npz`` path; written atomically after every chunk, and a run with
                 the same path continues from it (same draws as an uninterrupted run).
 
@@ -225,12 +227,15 @@ class ConditionedGenerator:
         for name, value in (("step_size", step_size), ("tol", tol)):
             if not (isinstance(value, int | float) and np.isfinite(value) and value > 0):
                 raise ValueError(f"`{name}` must be a positive number; got {value!r}")
-        check_choice("chain_map", chain_map, ("map", "vmap"))
+        check_choice("chain_map", chain_map, ("map", "vmap", "auto"))
+        if chain_map == "auto":
+            chain_map = "vmap" if self.system.structured_gram else "map"
         if chain_map == "vmap" and self.system.uses_lapack_cholesky:
             raise ValueError(
-                "`chain_map` 'vmap' needs a structured Gram factor (`gram_cholesky_fn`) when "
-                f"there are more than {SMALL_GRAM} outputs (got {self.system.output_dim}): the "
-                "dense LAPACK Cholesky hangs under vmap in jaxlib 0.10.2; use 'map'"
+                "`chain_map` 'vmap' needs a structured Gram factor (a `gram_cholesky_fn` "
+                f"whose factor has its own `solve`) when there are more than {SMALL_GRAM} "
+                f"outputs (got {self.system.output_dim}): a dense LAPACK Cholesky hangs under "
+                "vmap on several host devices in jaxlib 0.10.2; use 'map'"
             )
         settings = SamplerSettings(
             num_geodesic_steps, float(tol), max_iters, check_reverse, chunk_size, chain_map

@@ -292,7 +292,8 @@ def _jsonl(record: dict) -> str:
 def _tensorboard(ctx: runs.RunContext, name: str, start: int):
     """A tensorboardX writer for ``<out>/tensorboard`` when tensorboardX is installed, else None.
 
-    Each epoch's record is logged under ``<name>/<field>`` with the epoch as the step. A
+    Each epoch's record is logged under ``<name>/<field>`` with the epoch as the step and
+    flushed at once (like the JSON-lines log, so a killed run loses no logged epoch). A
     resumed run adds an event file, which TensorBoard reads as a continuation; its name ends
     in the fit's name and first epoch, since the time in it has a resolution of seconds.
     """
@@ -301,7 +302,7 @@ def _tensorboard(ctx: runs.RunContext, name: str, start: int):
     except ImportError:
         return None
     suffix = f".{name}.{start}"
-    return SummaryWriter(str(ctx.path("tensorboard")), flush_secs=30, filename_suffix=suffix)
+    return SummaryWriter(str(ctx.path("tensorboard")), filename_suffix=suffix)
 
 
 def _log_scalars(writer, name: str, record: dict) -> None:
@@ -310,6 +311,7 @@ def _log_scalars(writer, name: str, record: dict) -> None:
     for field, value in record.items():
         if field != "epoch":
             writer.add_scalar(f"{name}/{field}", value, global_step=record["epoch"])
+    writer.flush()
 
 
 def fit(

@@ -187,8 +187,10 @@ def test_triangular_block_gram_transitions_equal_dense(variant):
 
 
 def test_vmapped_chains_give_the_mapped_draws():
-    """``chain_map="vmap"`` (what the experiment uses with the banded factor) gives the
-    draws of ``"map"``; the dense LAPACK Cholesky refuses ``vmap`` (jaxlib hang)."""
+    """``chain_map="vmap"`` (what ``"auto"`` picks with the banded factor) gives the draws
+    of ``"map"``, with 3 chains so that one device batches chains whose projection loops
+    differ; a dense LAPACK Cholesky, default or returned by the hook, refuses ``vmap``
+    (jaxlib hang)."""
     from dgm import condition
 
     model = LotkaVolterra()
@@ -197,19 +199,26 @@ def test_vmapped_chains_give_the_mapped_draws():
     posterior = condition(
         model.generate, y, model.input_dim, half_log_det_fn=hook, gram_cholesky_fn=model.gram_factor
     )
-    u_z = jnp.log(jnp.asarray([[0.4, 0.005, 0.05, 0.001]])) + 2.0 + jnp.asarray([[0.0], [0.05]])
+    shifts = jnp.asarray([[0.0], [0.05], [-0.03]])
+    u_z = jnp.log(jnp.asarray([[0.4, 0.005, 0.05, 0.001]])) + 2.0 + shifts
     init = jax.vmap(lambda z: model.input_on_manifold(z, y))(u_z)
     draws = {}
-    for how in ("map", "vmap"):
+    for how in ("map", "vmap", "auto"):
         idata = posterior.sample(
-            jax.random.key(1), 2, 6, init=init, chunk_size=3, chain_map=how, progress_bar=False
+            jax.random.key(1), 3, 6, init=init, chunk_size=3, chain_map=how, progress_bar=False
         )
         draws[how] = idata.posterior["u"].values
         assert idata.sample_stats["is_accepted"].values.sum() >= 6
     np.testing.assert_allclose(draws["vmap"], draws["map"], atol=1e-8, rtol=0)
-    dense = condition(model.generate, y, model.input_dim)
-    with pytest.raises(ValueError, match="`chain_map` 'vmap' needs a structured Gram factor"):
-        dense.sample(jax.random.key(1), 2, 2, init=init, chain_map="vmap", progress_bar=False)
+    np.testing.assert_array_equal(draws["auto"], draws["vmap"])  # auto: vmap when structured
+    plain = lambda v, jac: jnp.linalg.cholesky(jac @ jac.T)  # noqa: E731
+    for dense in (
+        condition(model.generate, y, model.input_dim),
+        condition(model.generate, y, model.input_dim, gram_cholesky_fn=plain),
+    ):
+        assert not dense.system.structured_gram  # so "auto" maps
+        with pytest.raises(ValueError, match="`chain_map` 'vmap' needs a structured Gram"):
+            dense.sample(jax.random.key(1), 2, 2, init=init, chain_map="vmap", progress_bar=False)
     with pytest.raises(ValueError, match="`chain_map` must be one of"):
         posterior.sample(jax.random.key(1), 2, 2, init=init, chain_map="pmap")
 

@@ -26,12 +26,12 @@ def test_reference_permutation_is_python27_shuffle(seed):
 
 def test_split_permutation_modes():
     key = jax.random.key(0)
-    ref = bnn.split_permutation(bnn.Config(splits="reference"), key, 19, 506)
+    ref = bnn.split_permutation(bnn.Config(split_source="reference"), key, 19, 506)
     assert np.array_equal(ref, bnn.reference_permutation(506, 19))
     rnd = bnn.split_permutation(bnn.Config(), key, 19, 506)
     assert np.array_equal(rnd, np.asarray(jax.random.permutation(key, 506)))
-    with pytest.raises(ValueError, match="`splits` must be one of"):
-        bnn.Config(splits="pbp")
+    with pytest.raises(ValueError, match="`split_source` must be one of"):
+        bnn.Config(split_source="pbp")
 
 
 def test_split_sizes_as_the_original():

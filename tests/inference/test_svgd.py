@@ -179,6 +179,12 @@ def test_exact_median_of_pairwise_distances(n):
     if n == 1000:  # speed guard, deterministic: plain bisection on the bits took 17
         _, _, passes = jax.jit(select_pair, static_argnums=1)(d.reshape(-1), n * n // 2)
         assert int(passes) <= 10
+        # and on the fold, which the default "median" bandwidth counts over
+        fold_select = jax.jit(_select.select_pair_folded, static_argnums=(1, 2))
+        _, _, passes = fold_select(
+            svgd_kernel._fold(d), svgd_kernel._fold_extra_zeros(n), n * n // 2
+        )
+        assert int(passes) <= 10
 
 
 @pytest.mark.parametrize("n", [2, 3, 4, 7, 10, 51, 1001])
@@ -191,8 +197,8 @@ def test_folded_selection_equals_full(n, dtype, monkeypatch):
         monkeypatch.setattr(_select, "_FOLDED_GUESS_MIN_SIZE", 2**18)
 
     def fold_select(d, k):
-        folded = svgd_kernel._fold(d)
-        return _select.select_pair_folded(folded, d.shape[0] % 2 * d.shape[0], k)[:2]
+        zeros = svgd_kernel._fold_extra_zeros(d.shape[0])
+        return _select.select_pair_folded(svgd_kernel._fold(d), zeros, k)[:2]
 
     fold_select = jax.jit(fold_select)
     m = n * n

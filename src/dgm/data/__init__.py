@@ -106,7 +106,7 @@ def fetch(
         if expected_sha256 is None:
             raise ValueError(f"refusing to download {url} without a sha256 to check")
         try:
-            download(url, path, expected_sha256)
+            return download(url, path, expected_sha256)  # verified before it is in place
         except OSError as err:  # offline, refused, HTTP error: say where the file must go
             raise FileNotFoundError(
                 f"{name} not found at {path}, and downloading it from {url} failed ({err}); "

@@ -181,12 +181,10 @@ def load_polyphonic(
     npz, mat = root / f"{spec.stem}.npz", root / f"{spec.stem}.mat"
     if npz.exists():
         splits = read_npz_rolls(verify(npz, spec.npz_sha256))
+    elif mat.exists() or allow_download:
+        splits = read_mat_rolls(download_polyphonic(name, root, base_url))  # verified
     else:
-        if not mat.exists():
-            if not allow_download:
-                raise FileNotFoundError(
-                    f"{npz} (or {mat.name}) not found; set DGM_DATA_DIR or pass allow_download=True"
-                )
-            download_polyphonic(name, root, base_url)
-        splits = read_mat_rolls(verify(mat, spec.mat_sha256))
+        raise FileNotFoundError(
+            f"{npz} (or {mat.name}) not found; set DGM_DATA_DIR or pass allow_download=True"
+        )
     return {split: pad_sequences(seqs, sort) for split, seqs in splits.items()}

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from dgm.config import check_choice, check_positive
 from dgm.models.kalman import LinearGaussianSSM, NonlinearGaussianSSM
 
 
@@ -66,8 +67,7 @@ def _emission_mean(z):
 
 def nonlinear_latent_dim(name: str) -> int:
     """Latent (= observed) dimension of a nonlinear synthetic dataset."""
-    if name not in _NONLINEAR_SPECS:
-        raise ValueError(f"`dataset` must be one of {list(NONLINEAR)}; got {name!r}")
+    check_choice("dataset", name, NONLINEAR)
     return _NONLINEAR_SPECS[name][0]
 
 
@@ -98,8 +98,7 @@ def sample_nonlinear(
     """
     nonlinear_latent_dim(name)
     for arg, v in [("num_sequences", num_sequences), ("num_steps", num_steps)]:
-        if not (isinstance(v, int) and v > 0):
-            raise ValueError(f"`{arg}` must be a positive int; got {v!r}")
+        check_positive(arg, v, integer=True)
     return _sample_nonlinear(name, num_sequences, num_steps, key)
 
 
@@ -125,8 +124,7 @@ def sample_linear_gaussian(
 ) -> tuple[Float[Array, "batch time obs"], Float[Array, "batch time latent"]]:
     """Draw ``num_sequences`` sequences of length ``num_steps``; returns ``(x, z)``."""
     for name, v in [("num_sequences", num_sequences), ("num_steps", num_steps)]:
-        if not (isinstance(v, int) and v > 0):
-            raise ValueError(f"`{name}` must be a positive int; got {v!r}")
+        check_positive(name, v, integer=True)
     return _sample(params, num_sequences, num_steps, key)
 
 

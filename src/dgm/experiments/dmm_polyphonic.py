@@ -136,22 +136,47 @@ def _subset(data, count, max_frames=0):
     return data
 
 
+def splits(config: Config) -> tuple[dict, dict]:
+    """The dataset's full splits and the ones the run uses (``max_*`` subsets applied)."""
+    data = load_polyphonic(config.dataset, config.data_root or None)
+    used = {
+        "train": _subset(data["train"], config.max_train_sequences, config.max_train_frames),
+        "valid": _subset(data["valid"], config.max_eval_sequences, config.max_eval_frames),
+        "test": _subset(data["test"], config.max_eval_sequences, config.max_eval_frames),
+    }
+    return data, used
+
+
+def _eval_kwargs(config: Config) -> dict:
+    return dict(
+        chunk_size=config.chunk_size,
+        batch_size=config.eval_batch_size,
+        bucket_width=config.train.bucket_width,
+    )
+
+
+def evaluate_test(config: Config, model: dmm.DMM, test, key, is_samples: int | None = None):
+    """The paper's three test numbers (``is_samples`` defaults to ``config.test_samples``)."""
+    return _dmm.evaluate(
+        model,
+        test,
+        key,
+        bound_samples=config.test_bound_samples,
+        is_samples=config.test_samples if is_samples is None else is_samples,
+        **_eval_kwargs(config),
+    )
+
+
 def run(config: Config, key, ctx: runs.RunContext) -> dict:
     """Train on the training split, select by validation bound, report test a (b) {c}."""
     start = time.perf_counter()
     key_model, key_train, key_test, key_sample = jax.random.split(key, 4)
-    data = load_polyphonic(config.dataset, config.data_root or None)
-    train = _subset(data["train"], config.max_train_sequences, config.max_train_frames)
-    valid = _subset(data["valid"], config.max_eval_sequences, config.max_eval_frames)
-    test = _subset(data["test"], config.max_eval_sequences, config.max_eval_frames)
+    data, used = splits(config)
+    train, valid, test = used["train"], used["valid"], used["test"]
     dmm.validate_sequences(train.x, train.mask, NUM_PITCHES, "bernoulli")
     model = _dmm.build_model(config.model, NUM_PITCHES, "bernoulli", key_model)
     cfg = config.train
-    eval_kwargs = dict(
-        chunk_size=config.chunk_size,
-        batch_size=config.eval_batch_size,
-        bucket_width=cfg.bucket_width,
-    )
+    eval_kwargs = _eval_kwargs(config)
 
     def eval_fn(m, k):
         return _dmm.evaluate(
@@ -171,14 +196,7 @@ def run(config: Config, key, ctx: runs.RunContext) -> dict:
     )
     _dmm.save_model(ctx, "model_best.eqx", result.best_model)
     t_eval = time.perf_counter()
-    scores = _dmm.evaluate(
-        result.best_model,
-        test,
-        key_test,
-        bound_samples=config.test_bound_samples,
-        is_samples=config.test_samples,
-        **eval_kwargs,
-    )
+    scores = evaluate_test(config, result.best_model, test, key_test)
     _plot_sample(ctx, result.best_model, key_sample)
     metrics = {
         "dataset": config.dataset,
@@ -194,10 +212,7 @@ def run(config: Config, key, ctx: runs.RunContext) -> dict:
         "test_eval_s": time.perf_counter() - t_eval,
         "wall_s": time.perf_counter() - start,
         "s_per_epoch": result.s_per_epoch,
-        "subset": any(
-            len(part.lengths) < len(data[name].lengths)
-            for name, part in (("train", train), ("valid", valid), ("test", test))
-        ),
+        "subset": any(len(used[name].lengths) < len(data[name].lengths) for name in used),
         "train_frames": train.num_frames,
         "test_sequences": len(test.lengths),
         "test_frames": test.num_frames,

@@ -211,7 +211,7 @@ def run_chmc(
         tol=cfg.tol,
         max_iters=cfg.max_iters,
         chunk_size=cfg.chunk_size,
-        chain_map="vmap" if cfg.structured_log_det else "map",
+        chain_map="auto",  # vmap with the banded factor, map with the dense Cholesky
         progress_bar=ctx.progress,
         checkpoint=ctx.checkpoint_path("chmc_chains"),
     )

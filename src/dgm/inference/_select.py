@@ -142,7 +142,7 @@ def _interpolated_thresholds(
     v = v_lo + frac * (v_hi - v_lo)
     t = jnp.clip(_bits(v), lo + one, hi)
     mid = lo + (hi - lo) // 2
-    return jnp.clip(jnp.concatenate([t[1:], mid[None]]), lo, hi), t[0]
+    return jnp.concatenate([t[1:], mid[None]]), t[0]  # all in [lo, hi]
 
 
 def select_pair(
@@ -197,8 +197,9 @@ def select_pair_folded(
 
 
 # float64 input of at least this size (512 particles' squared distances): the k-th is
-# first found in float32. At 1000 particles that saves about 1 ms of 6 per SVGD step but
-# costs 0.6-0.8 s more compilation (a second selection loop); at 100 it saves ~5 %.
+# first found in float32. Measured when SVGD's median still counted over the whole
+# matrix (it now uses select_pair_folded): at 1000 particles that saved about 1 ms of 6
+# per step but cost 0.6-0.8 s more compilation (a second selection loop); at 100, ~5 %.
 _GUESS_MIN_SIZE = 2**18
 # the same for select_pair_folded, in values of the whole multiset (n^2 for n particles):
 # over the fold the float64 passes cost half as much, so the guess paid nothing at 1000
@@ -230,8 +231,9 @@ def _count_type(m: int):
 def _sample(x: Array) -> Array:
     """A strided subsample of about ``2 sqrt(m)`` entries, 64 to 1024.
 
-    Sorting it must stay cheap next to the passes it saves (a 1024-sort costs about
-    half a counting pass over 10^6 values).
+    Sorting it must stay cheap next to the passes it saves: the sort is of integer bits,
+    25 us for 1024, against ~80 us for one counting pass over the 500,000-value fold of
+    1000 particles (benchmarks/README.md).
     """
     m = x.shape[0]
     sample_size = int(min(1024, max(64, 2 * m**0.5)))

@@ -52,7 +52,9 @@ class ChainRunner:
         chain_map: how the chains of one device run: ``"vmap"`` (batched; best for
             kernels of fixed length) or ``"map"`` (``lax.map``, one chain after another;
             best for kernels with data-dependent loops, such as constrained HMC, where a
-            batched ``while_loop`` runs every chain to the slowest chain's count).
+            batched ``while_loop`` runs every chain to the slowest chain's count, unless
+            the loop body batches well: constrained HMC with a banded Gram factor, see
+            ``dgm.condition(...).sample(chain_map=...)``).
     """
 
     def __init__(

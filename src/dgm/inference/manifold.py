@@ -177,10 +177,18 @@ class ManifoldSystem:
         self._half_log_det_fn = half_log_det_fn
 
     @property
+    def structured_gram(self) -> bool:
+        """Whether :meth:`gram_cholesky` returns a factor with its own ``solve`` (a
+        ``gram_cholesky_fn`` such as ``TriangularBlockGram``) rather than a plain matrix."""
+        u = jax.ShapeDtypeStruct((self.input_dim,), jnp.float32)
+        jac = jax.ShapeDtypeStruct((self.output_dim, self.input_dim), jnp.float32)
+        return not isinstance(jax.eval_shape(self.gram_cholesky, u, jac), jax.ShapeDtypeStruct)
+
+    @property
     def uses_lapack_cholesky(self) -> bool:
-        """Whether the Gram factor is the dense LAPACK Cholesky (no structured factor and
-        more than ``SMALL_GRAM`` outputs)."""
-        return self._gram_cholesky_fn is None and self.output_dim > SMALL_GRAM
+        """Whether the Gram factor is a dense Cholesky matrix of more than ``SMALL_GRAM``
+        rows (LAPACK): the default, or a ``gram_cholesky_fn`` returning a plain matrix."""
+        return self.output_dim > SMALL_GRAM and not self.structured_gram
 
     def constraint(self, u: Float[Array, " dim"], y: Float[Array, " obs"]) -> Float[Array, " obs"]:
         return self.generator(u) - y

@@ -21,8 +21,9 @@ particles coincide; with one particle SVGD is then exactly gradient ascent on lo
 
 The median is exact and found by selection (counting passes that narrow a bracket on
 the float bits, see ``_select``), not by sorting: ``jnp.median`` sorts and is very slow
-on XLA CPU. The passes read the upper triangle only (folded into an ``n/2 x n``
-array), since the full matrix holds it twice plus the zero diagonal.
+on XLA CPU. For ``"median"`` the passes read the upper triangle only (folded into an
+``n/2 x n`` array), since the full matrix holds it twice plus the zero diagonal;
+``"median-paper"`` and the blocked path count over the whole matrix.
 
 Large n: with a ``block_size`` the particles are processed in row blocks (``lax.map``),
 so no n x n matrix is stored; the median's counting passes recompute the distances block
@@ -97,8 +98,8 @@ def bandwidth_from(
         return jnp.ones((), dtype)
     if bandwidth == "median":
         # D is its upper triangle twice plus the zero diagonal: count over half of it
-        zeros = n if n % 2 else 0  # the diagonal, less the spare zeros of an even fold
-        a, b = _median_pair(select_pair_folded(_fold(d), zeros, (n * n + 1) // 2), n * n)
+        folded = select_pair_folded(_fold(d), _fold_extra_zeros(n), (n * n + 1) // 2)
+        a, b = _median_pair(folded, n * n)
     else:  # median-paper: median of distances over pairs i < j == over off-diagonal entries
         off = jnp.where(jnp.eye(n, dtype=bool), jnp.inf, d).reshape(-1)
         a, b, _ = select_pair(off, n * (n - 1) // 2)
@@ -106,6 +107,12 @@ def bandwidth_from(
     # (recomputing the distances inside the fold and the kernel was slower: 1.4 vs 1.1
     # ms per 1000-particle step)
     return _finish_bandwidth(a, b, n, bandwidth, lambda: jnp.max(d))
+
+
+def _fold_extra_zeros(n: int) -> int:
+    """Zeros of an ``n x n`` ``d`` beyond twice :func:`_fold`'s values: the diagonal, less
+    the fold's spare zeros for even ``n`` (``select_pair_folded``'s ``num_zeros``)."""
+    return n if n % 2 else 0
 
 
 def _fold(d: Float[Array, "particles particles"]) -> Float[Array, " half"]:

@@ -7,6 +7,7 @@ uses the already-updated prey y1(t), as the original code (and its observed data
 
 from typing import NamedTuple
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,7 +19,7 @@ NUM_PARAMS = 4
 TRUE_RATES = (0.4, 0.005, 0.05, 0.001)
 
 
-class NoiseMapJacobian(NamedTuple):
+class NoiseMapJacobian(eqx.Module):
     """D = ∂n/∂y of the closed-form noise map at fixed rates: J_n⁻¹, block bidiagonal.
 
     For an interleaved vector r = [r1(1), r2(1), r1(2), …] (with r(0) = 0),
@@ -31,7 +32,7 @@ class NoiseMapJacobian(NamedTuple):
     c12: Float[Array, " steps"]
     e21: Float[Array, " steps"]
     c22: Float[Array, " steps"]
-    inv_scale: float  # 1 / scale
+    inv_scale: float = eqx.field(static=True)  # 1 / scale: a constant, not chain state
 
     @staticmethod
     def _split(x):

@@ -19,6 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from dgm.config import check_choice
+
 CELLS = ("gru", "lstm", "rnn")
 _GATES = {"gru": 3, "lstm": 4, "rnn": 1}
 
@@ -67,8 +69,7 @@ class RNN(eqx.Module):
     hidden_size: int = eqx.field(static=True)
 
     def __init__(self, in_size: int, hidden_size: int, cell: str = "lstm", *, key: PRNGKeyArray):
-        if cell not in CELLS:
-            raise ValueError(f"`cell` must be one of {list(CELLS)}; got {cell!r}")
+        check_choice("cell", cell, CELLS)
         num = _GATES[cell]
         key_x, key_h, key_b = jax.random.split(key, 3)
         ortho = jax.nn.initializers.orthogonal()
