@@ -57,7 +57,7 @@ def _resolve(args: argparse.Namespace, extra: list[str]):
     if extra:
         sub = argparse.ArgumentParser(prog=f"dgm run {args.name}", add_help=False)
         for flag in extra_args:
-            sub.add_argument(f"--{flag}")
+            sub.add_argument(f"--{flag}", dest=flag)  # keep hyphens: the EXTRA_ARGS key
         parsed, unknown = sub.parse_known_args(extra)
         if unknown:
             raise ValueError(f"unrecognized arguments for {args.name}: {' '.join(unknown)}")

@@ -77,3 +77,16 @@ def test_evaluate_matches_the_original():
     # the mean of per-particle log-liks is a different (lower) number
     per_particle = bnn.gaussian_loglik(pred_test, y_test[None, :], kept[:, None]).mean()
     assert per_particle < m["loglik"] - 0.01
+
+
+def test_cli_flags_set_split_source_and_count():
+    """``--split-source`` (a hyphenated flag) and ``--splits`` reach their own fields."""
+    import argparse
+
+    from dgm import cli
+
+    args = argparse.Namespace(name="svgd-bnn", smoke=True, preset="quick", set=[])
+    _, _, config = cli._resolve(args, ["--split-source", "reference", "--splits", "3"])
+    assert (config.split_source, config.num_splits) == ("reference", 3)
+    with pytest.raises(ValueError, match="`num_splits` expects a int; got 'reference'"):
+        cli._resolve(args, ["--splits", "reference"])
