@@ -22,7 +22,8 @@ from dgm.inference.adaptation import (
     welford_init,
     welford_update,
 )
-from dgm.inference.hmc import build_kernel, init
+from dgm.inference.base import Kernel
+from dgm.inference.hmc import HMCParams, build_kernel, init
 
 # Anisotropic Gaussian: sds spread over a factor 30.
 SD = np.array([0.1, 0.3, 1.0, 2.0, 3.0])
@@ -37,11 +38,9 @@ def log_density(x):
     return -0.5 * jnp.sum((x / jnp.asarray(SD)) ** 2)
 
 
-_RAW = build_kernel()
-
-
-def kernel_step(key, state, step_size, inverse_mass_matrix):
-    return _RAW(key, state, log_density, step_size, inverse_mass_matrix, 1, 10)
+KERNEL = Kernel(
+    lambda x: init(x, log_density), build_kernel(log_density), HMCParams(1.0, 1.0, 1, 10)
+)
 
 
 def run_warmup(metric: str, seed: int, num_warmup: int = NUM_WARMUP, num_samples: int = 0):
@@ -51,10 +50,12 @@ def run_warmup(metric: str, seed: int, num_warmup: int = NUM_WARMUP, num_samples
     states = jax.vmap(lambda x: init(x, log_density))(positions)
 
     def one(key_warmup, key_sample, state):
-        out = warmup(key_warmup, kernel_step, state, log_density, num_warmup, metric=metric)
+        out = warmup(
+            key_warmup, KERNEL, state, num_warmup, log_density_fn=log_density, metric=metric
+        )
 
         def body(s, k):
-            return kernel_step(k, s, out.step_size, out.inverse_mass_matrix)
+            return KERNEL.step(k, s, out.params)
 
         _, infos = jax.lax.scan(body, out.state, jax.random.split(key_sample, num_samples))
         return out, infos
@@ -131,7 +132,13 @@ def test_step_size_only_warmup_keeps_metric():
     state = init(jnp.zeros(SD.size), log_density)
     out = jax.jit(
         lambda k: warmup(
-            k, kernel_step, state, log_density, 200, inverse_mass_matrix=imm, metric="none"
+            k,
+            KERNEL,
+            state,
+            200,
+            params=KERNEL.params._replace(inverse_mass_matrix=imm),
+            log_density_fn=log_density,
+            metric="none",
         )
     )(jax.random.key(4))
     np.testing.assert_array_equal(out.inverse_mass_matrix, imm)
@@ -200,14 +207,15 @@ def test_find_reasonable_step_size_scales_with_target():
     [
         ({"num_warmup": 0}, "`num_warmup` must be a positive int"),
         ({"metric": "full"}, "`metric` must be"),
-        ({"step_size": -1.0}, "`step_size` must be positive"),
+        ({"params": HMCParams(-1.0, 1.0, 1, 1)}, "`step_size` must be positive"),
         ({"target_accept": 1.5}, r"`target_accept` must lie in \(0, 1\)"),
-        ({"inverse_mass_matrix": jnp.ones((5, 5))}, r"must have shape \(5,\)"),
-        ({"inverse_mass_matrix": jnp.ones(4)}, r"must have shape \(5,\)"),
+        ({"params": HMCParams(1.0, jnp.ones((5, 5)), 1, 1)}, r"must have shape \(5,\)"),
+        ({"params": HMCParams(1.0, jnp.ones(4), 1, 1)}, r"must have shape \(5,\)"),
+        ({"params": (1.0,)}, "`params` must have a `step_size` field"),
     ],
 )
 def test_warmup_bad_input_errors(kwargs, match):
     args = {"num_warmup": 10} | kwargs
     state = init(jnp.ones(5), log_density)
     with pytest.raises(ValueError, match=match):
-        warmup(jax.random.key(0), kernel_step, state, log_density, **args)
+        warmup(jax.random.key(0), KERNEL, state, log_density_fn=log_density, **args)

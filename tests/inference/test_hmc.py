@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from dgm.inference.base import ChainRunner
-from dgm.inference.hmc import build_kernel, hmc, init
+from dgm.inference.hmc import HMCParams, build_kernel, hmc, init
 from dgm.inference.integrators import IntegratorState, leapfrog
 from dgm.inference.metrics import kinetic_energy
 
@@ -40,12 +40,12 @@ def quartic_log_density(x):
     return -0.5 * jnp.sum(x**2 / jnp.array([1.0, 0.25])) - 0.1 * jnp.sum(x**4)
 
 
-def _params_step(key, state, params):
-    raw = build_kernel()
-    return raw(key, state, gaussian_log_density, params["step_size"], params["imm"], *NUM_STEPS)
+_STEP = build_kernel(gaussian_log_density)
+_RUNNER = ChainRunner(_STEP, chunk_size=NUM_DRAWS)
 
 
-_RUNNER = ChainRunner(_params_step, chunk_size=NUM_DRAWS)
+def _params(step_size, imm) -> HMCParams:
+    return HMCParams(jnp.asarray(step_size), imm, *NUM_STEPS)
 
 
 def run_chains(metric: str, seed: int):
@@ -56,7 +56,7 @@ def run_chains(metric: str, seed: int):
     z = jax.random.normal(key_init, (NUM_CHAINS, 2), jnp.float64)
     positions = jnp.asarray(MEAN)[None, :] + z @ chol.T
     states = jax.vmap(lambda x: init(x, gaussian_log_density))(positions)
-    params = {"step_size": jnp.asarray(step_size), "imm": imm}
+    params = _params(step_size, imm)
     keys = jax.random.split(key_run, NUM_CHAINS)
     return _RUNNER.run(keys, states, params, NUM_DRAWS)
 
@@ -140,8 +140,8 @@ def test_accept_probability_matches_closed_form():
     The momentum is the kernel's first subkey (``split(key, 3)[0]``) drawn as N(0, 1).
     """
     logp_fn = lambda q: -0.5 * jnp.sum(q**2)  # noqa: E731
-    raw = build_kernel()
-    step = jax.jit(lambda key, state: raw(key, state, logp_fn, 1.5, jnp.ones(1), 1, 1))
+    raw = build_kernel(logp_fn)
+    step = jax.jit(lambda key, state: raw(key, state, HMCParams(1.5, jnp.ones(1), 1, 1)))
     h, q0 = 1.5, 0.8
     for seed in range(5):
         key = jax.random.key(seed)
@@ -209,22 +209,22 @@ def test_moments_calibration(metric, seed):
 def test_runner_map_matches_vmap():
     """``chain_map="map"`` runs the chains one after another and gives the same draws."""
     states = jax.vmap(lambda x: init(x, gaussian_log_density))(jnp.zeros((3, 2)) + 0.1)
-    params = {"step_size": jnp.asarray(0.3), "imm": jnp.ones(2)}
+    params = _params(0.3, jnp.ones(2))
     keys = jax.random.split(jax.random.key(5), 3)
     out = {
-        how: ChainRunner(_params_step, chunk_size=7, chain_map=how).run(keys, states, params, 10)
+        how: ChainRunner(_STEP, chunk_size=7, chain_map=how).run(keys, states, params, 10)
         for how in ("vmap", "map")
     }
     np.testing.assert_allclose(out["map"].draws, out["vmap"].draws, rtol=1e-12, atol=1e-12)
-    with pytest.raises(ValueError, match="`chain_map` must be 'vmap' or 'map'"):
-        ChainRunner(_params_step, chain_map="pmap")
+    with pytest.raises(ValueError, match="`chain_map` must be one of"):
+        ChainRunner(_STEP, chain_map="pmap")
 
 
 def test_same_start_different_keys_differ():
     kernel = hmc(gaussian_log_density, 0.5, num_steps=3)
     state = kernel.init(jnp.asarray(MEAN))
     keys = jax.random.split(jax.random.key(7), 2)
-    step = jax.jit(jax.vmap(kernel.step, in_axes=(0, None)))
+    step = jax.jit(jax.vmap(lambda k, s: kernel.step(k, s, kernel.params), in_axes=(0, None)))
     new, _ = step(keys, state)
     assert not np.allclose(new.position[0], new.position[1])
     again, _ = step(keys, state)
@@ -238,7 +238,7 @@ def test_runner_chains_from_one_start_differ():
         jnp.tile(jnp.asarray(MEAN)[None, :], (NUM_CHAINS, 1))
     )
     keys = jax.random.split(jax.random.key(9), NUM_CHAINS)
-    params = {"step_size": jnp.asarray(step_size), "imm": imm}
+    params = _params(step_size, imm)
     draws = _RUNNER.run(keys, states, params, NUM_DRAWS).draws
     first = draws[:, 0, :]
     assert len(np.unique(first[:, 0])) == NUM_CHAINS, first
@@ -247,7 +247,8 @@ def test_runner_chains_from_one_start_differ():
 def test_bound_kernel_runs_with_dense_and_diagonal_metric():
     for imm in (jnp.asarray(np.diag(COV)), jnp.asarray(COV), None):
         kernel = hmc(gaussian_log_density, 0.3, inverse_mass_matrix=imm, num_steps=(2, 4))
-        state, info = kernel.step(jax.random.key(3), kernel.init(jnp.asarray(MEAN)))
+        state = kernel.init(jnp.asarray(MEAN))
+        state, info = kernel.step(jax.random.key(3), state, kernel.params)
         assert state.position.shape == (2,)
         assert 2 <= int(info.num_steps) <= 4
 

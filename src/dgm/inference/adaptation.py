@@ -25,8 +25,10 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
+from jaxtyping import Array, Float, Int, PRNGKeyArray
 
+from dgm.config import check_choice, check_positive
+from dgm.inference.base import Kernel
 from dgm.inference.integrators import IntegratorState, leapfrog
 from dgm.inference.metrics import InverseMass, kinetic_energy, sample_momentum
 
@@ -211,76 +213,80 @@ class WarmupResult(NamedTuple):
     """What :func:`warmup` returns for one chain."""
 
     state: Any
-    step_size: Float[Array, ""]
-    inverse_mass_matrix: InverseMass
+    params: Any  # the kernel's params with the adapted step size (and inverse mass matrix)
     infos: Any  # kernel info per warm-up iteration (leading axis: iteration)
+
+    @property
+    def step_size(self) -> Any:  # batched when the result is
+        return self.params.step_size
+
+    @property
+    def inverse_mass_matrix(self) -> Any:
+        return self.params.inverse_mass_matrix
 
 
 class _Carry(NamedTuple):
     state: Any
     da: DualAveragingState
     welford: WelfordState
-    step_size: Float[Array, ""]
-    inverse_mass_matrix: InverseMass
+    params: Any
 
 
 def warmup(
     key: PRNGKeyArray,
-    kernel_step: Callable,
+    kernel: Kernel,
     init_state: Any,
-    log_density_fn: Callable,
     num_warmup: int,
     *,
-    step_size: ArrayLike = 1.0,
-    inverse_mass_matrix: ArrayLike | None = None,
+    params: Any = None,
+    log_density_fn: Callable | None = None,
     metric: str = "diagonal",
     target_accept: float = 0.8,
     find_initial_step_size: bool = True,
 ) -> WarmupResult:
-    """Warm up one chain: Stan's windowed adaptation of step size and inverse mass matrix.
+    """Warm up one chain of any kernel: Stan's windowed adaptation of its params.
 
-    The whole warm-up is one ``lax.scan``; call it under ``jax.jit`` and ``jax.vmap`` it
-    over ``(keys, states)`` for several chains (each chain adapts on its own).
+    The kernel's params must have a ``step_size`` field, adapted by dual averaging; with a
+    ``metric`` other than ``"none"`` also an ``inverse_mass_matrix`` field, set from the
+    slow windows' (co)variance estimates. The whole warm-up is one ``lax.scan``; call it
+    under ``jax.jit`` and ``jax.vmap`` it over ``(keys, states)`` for several chains (each
+    chain adapts on its own).
 
     Args:
         key: PRNG key for this chain.
-        kernel_step: ``(key, state, step_size, inverse_mass_matrix) -> (state, info)``
-            where ``info.accept_prob`` is the Metropolis acceptance probability and
-            ``state.position`` the position vector.
+        kernel: a :class:`~dgm.inference.base.Kernel`; ``info.accept_prob`` of its step is
+            the Metropolis acceptance probability and ``state.position`` the position.
         init_state: the chain's initial state.
-        log_density_fn: log target density (used by the initial step-size search).
         num_warmup: number of warm-up iterations (a positive Python int).
-        step_size: initial step size (> 0).
-        inverse_mass_matrix: initial inverse mass matrix; ``None`` for the identity
-            (shaped by ``metric``).
+        params: the starting params (default ``kernel.params``); their step size is the
+            initial step size.
+        log_density_fn: the log target density, for Hoffman & Gelman's one-leapfrog initial
+            step-size search (Euclidean HMC); without it the search runs the kernel's own
+            step, counting a failed step as acceptance 0 (any kernel, e.g. on a manifold).
         metric: ``"diagonal"``, ``"dense"``, or ``"none"`` (adapt the step size only).
         target_accept: mean acceptance probability dual averaging aims for.
-        find_initial_step_size: start from Hoffman & Gelman's doubling/halving search
-            (also rerun after every mass-matrix update).
+        find_initial_step_size: start from the doubling/halving search (rerun after every
+            mass-matrix update).
 
     Returns:
-        :class:`WarmupResult` with the final state, step size and inverse mass matrix.
+        :class:`WarmupResult` with the final state and the adapted params.
 
     Raises:
-        ValueError: for a non-positive ``num_warmup`` or ``step_size``, an unknown
-            ``metric``, a ``target_accept`` outside (0, 1), or an inverse mass matrix of
-            the wrong shape.
+        ValueError: for a non-positive ``num_warmup`` or step size, an unknown ``metric``,
+            a ``target_accept`` outside (0, 1), or an inverse mass matrix of the wrong shape.
 
     Example:
         >>> import functools, jax, jax.numpy as jnp
-        >>> from dgm.inference.hmc import build_kernel, init
+        >>> from dgm.inference.hmc import hmc
         >>> logp = lambda x: -0.5 * jnp.sum(x**2)
-        >>> raw = build_kernel()
-        >>> step = lambda k, s, eps, imm: raw(k, s, logp, eps, imm, 5, 5)
-        >>> run = jax.jit(functools.partial(warmup, kernel_step=step, log_density_fn=logp,
-        ...                                 num_warmup=200))
-        >>> out = run(jax.random.key(0), init_state=init(jnp.ones(3), logp))
+        >>> kernel = hmc(logp, step_size=1.0, inverse_mass_matrix=jnp.ones(3), num_steps=5)
+        >>> run = jax.jit(functools.partial(warmup, kernel=kernel, num_warmup=200,
+        ...                                 log_density_fn=logp))
+        >>> out = run(jax.random.key(0), init_state=kernel.init(jnp.ones(3)))
     """
-    state0, imm0, metric = _check_warmup_args(
-        init_state, num_warmup, step_size, inverse_mass_matrix, metric, target_accept
-    )
-    dtype = state0.dtype
-    eps0 = jnp.asarray(step_size, dtype)
+    params = kernel.params if params is None else params
+    position, params = _check_warmup_args(init_state, num_warmup, params, metric, target_accept)
+    dense = metric == "dense"
     in_window, window_end = build_schedule(num_warmup)
     if metric == "none":
         in_window[:] = False
@@ -288,35 +294,37 @@ def warmup(
     key_init, key_run = jax.random.split(key)
     keys_restart = jax.random.split(key_init, num_warmup + 1)
 
-    def initial_step(k, imm, eps):
+    def search(k, state, params):
         if not find_initial_step_size:
-            return eps
-        return find_reasonable_step_size(k, _position(init_state), log_density_fn, imm, eps)
+            return params.step_size
+        if log_density_fn is not None:
+            return find_reasonable_step_size(
+                k, _position(state), log_density_fn, params.inverse_mass_matrix, params.step_size
+            )
+        return kernel_step_size_search(k, kernel.step, state, params)
 
-    eps0 = initial_step(keys_restart[0], imm0, eps0)
+    params = params._replace(step_size=search(keys_restart[0], init_state, params))
     carry = _Carry(
-        init_state, dual_averaging_init(eps0), welford_init(state0, metric == "dense"), eps0, imm0
+        init_state, dual_averaging_init(params.step_size), welford_init(position, dense), params
     )
 
     def body(c: _Carry, xs):
         k, k_restart, adapt, close = xs
-        state, info = kernel_step(k, c.state, c.step_size, c.inverse_mass_matrix)
+        state, info = kernel.step(k, c.state, c.params)
         da = dual_averaging_update(c.da, info.accept_prob, target_accept)
         welford = jax.tree.map(
             lambda a, b: jnp.where(adapt, a, b),
             welford_update(c.welford, _position(state)),
             c.welford,
         )
-        c = _Carry(state, da, welford, jnp.exp(da.log_step_size), c.inverse_mass_matrix)
-        return jax.lax.cond(close, lambda c: _close_window(c, k_restart), lambda c: c, c), info
+        c = _Carry(state, da, welford, c.params._replace(step_size=jnp.exp(da.log_step_size)))
+        return jax.lax.cond(close, lambda c: close_window(c, k_restart), lambda c: c, c), info
 
-    def _close_window(c: _Carry, k):
-        imm = welford_final(c.welford)
-        eps = c.step_size
-        if find_initial_step_size:
-            eps = find_reasonable_step_size(k, _position(c.state), log_density_fn, imm, eps)
-        empty = welford_init(_position(c.state), metric == "dense")
-        return _Carry(c.state, dual_averaging_init(eps), empty, eps, imm)
+    def close_window(c: _Carry, k):
+        params = c.params._replace(inverse_mass_matrix=welford_final(c.welford))
+        params = params._replace(step_size=search(k, c.state, params))
+        empty = welford_init(_position(c.state), dense)
+        return _Carry(c.state, dual_averaging_init(params.step_size), empty, params)
 
     xs = (
         jax.random.split(key_run, num_warmup),
@@ -325,38 +333,80 @@ def warmup(
         jnp.asarray(window_end),
     )
     carry, infos = jax.lax.scan(body, carry, xs)
-    return WarmupResult(
-        carry.state, dual_averaging_final(carry.da), carry.inverse_mass_matrix, infos
-    )
+    params = carry.params._replace(step_size=dual_averaging_final(carry.da))
+    return WarmupResult(carry.state, params, infos)
+
+
+def kernel_step_size_search(
+    key: PRNGKeyArray, step: Callable, state: Any, params: Any, max_iters: int = 100
+) -> Float[Array, ""]:
+    """Double or halve ``params.step_size`` until one kernel step's acceptance crosses 1/2.
+
+    The same key is used at every size; a non-finite acceptance (a failed step) counts as
+    0, so failures read as a step size too large.
+    """
+
+    def accept(eps):
+        _, info = step(key, state, params._replace(step_size=eps))
+        return jnp.where(jnp.isfinite(info.accept_prob), info.accept_prob, 0.0)
+
+    eps0 = params.step_size
+    direction = jnp.where(accept(eps0) > 0.5, 1.0, -1.0)
+
+    def cond(carry):
+        i, eps = carry
+        return (i < max_iters) & ~(direction * accept(eps) <= direction * 0.5)
+
+    def body(carry):
+        i, eps = carry
+        return i + 1, eps * 2.0**direction
+
+    _, eps = jax.lax.while_loop(cond, body, (jnp.asarray(0), eps0))
+    return jnp.where(direction > 0, eps / 2.0, eps)
 
 
 def _position(state) -> Float[Array, " dim"]:
     return state.position
 
 
-def _check_warmup_args(
-    init_state, num_warmup, step_size, inverse_mass_matrix, metric, target_accept
-):
-    if not isinstance(num_warmup, int) or isinstance(num_warmup, bool) or num_warmup < 1:
-        raise ValueError(f"`num_warmup` must be a positive int; got {num_warmup!r}")
-    if metric not in ("diagonal", "dense", "none"):
-        raise ValueError(f"`metric` must be 'diagonal', 'dense' or 'none'; got {metric!r}")
+def _check_warmup_args(init_state, num_warmup, params, metric, target_accept):
+    """Validate; return the position and params with a step size and inverse mass matrix
+    of the position's dtype (an identity of ``metric``'s shape for a scalar one)."""
+    check_positive("num_warmup", num_warmup, integer=True)
+    check_choice("metric", metric, ("diagonal", "dense", "none"))
     if not 0.0 < float(target_accept) < 1.0:
         raise ValueError(f"`target_accept` must lie in (0, 1); got {target_accept!r}")
+    if not hasattr(params, "step_size"):
+        raise ValueError(f"`params` must have a `step_size` field; got {type(params).__name__}")
+    step_size = params.step_size
     if not isinstance(step_size, jax.core.Tracer) and not float(np.asarray(step_size)) > 0:
         raise ValueError(f"`step_size` must be positive; got {step_size!r}")
     position = _position(init_state)
     if position.ndim != 1:
         raise ValueError(f"`init_state.position` must be a vector; got shape {position.shape}")
+    params = params._replace(step_size=jnp.asarray(step_size, position.dtype))
+    if not hasattr(params, "inverse_mass_matrix"):
+        if metric != "none":
+            raise ValueError(
+                f"`metric` must be 'none' for params without an inverse mass matrix "
+                f"({type(params).__name__}); got {metric!r}"
+            )
+        return position, params
+    return position, params._replace(
+        inverse_mass_matrix=_inverse_mass(params.inverse_mass_matrix, position, metric)
+    )
+
+
+def _inverse_mass(imm, position, metric: str) -> InverseMass:
     dim = position.shape[0]
-    if inverse_mass_matrix is None:
-        eye = jnp.eye(dim, dtype=position.dtype)
-        return position, (eye if metric == "dense" else jnp.ones_like(position)), metric
-    imm = jnp.asarray(inverse_mass_matrix, position.dtype)
+    imm = jnp.asarray(imm, position.dtype)
+    if imm.ndim == 0:  # a multiple of the identity
+        eye = jnp.eye(dim, dtype=position.dtype) if metric == "dense" else jnp.ones_like(position)
+        return imm * eye
     expected = {"dense": (2,), "diagonal": (1,), "none": (1, 2)}[metric]
     if imm.ndim not in expected or any(s != dim for s in imm.shape):
         raise ValueError(
             f"`inverse_mass_matrix` for metric {metric!r} must have shape "
             f"{' or '.join(str((dim,) * n) for n in expected)}; got {imm.shape}."
         )
-    return position, imm, metric
+    return imm

@@ -1,38 +1,86 @@
-"""Kernel container and the multi-chain driver.
+"""The sampler convention, the shared Metropolis step, and the multi-chain driver.
 
-The driver runs ``num_chains`` chains of a single-chain ``step(key, state, params)`` by
-``vmap`` inside one compiled ``scan`` over a *chunk* of iterations. Chunks let a
-progress bar move, let a long run checkpoint, and let Ctrl-C keep the draws made so far.
-Iteration ``i`` of chain ``c`` uses ``fold_in(key_c, i)``, so a run split into chunks,
-or interrupted and resumed, gives bit-identical draws. Chains are spread over the
-available devices (one group per device, dispatched asynchronously).
+Every kernel in :mod:`dgm.inference` has one shape: ``init(position) -> state`` and
+``step(key, state, params) -> (state, info)`` for one chain, where ``params`` is a
+NamedTuple of tunable values (``HMCParams``, ``CHMCParams``, the ABC samplers' params).
+Array-valued params are traced, so adaptation changes them without recompiling; a Python
+``int`` in params (a fixed step count) is a compile-time constant. :class:`Kernel`
+bundles the two functions with a default ``params``; :func:`dgm.inference.adaptation.warmup`
+takes any such kernel and returns adapted params; :class:`ChainRunner` runs chains of it.
+
+The driver runs ``num_chains`` chains by ``vmap`` (or ``lax.map``) inside one compiled
+``scan`` over a *chunk* of iterations. Chunks let a progress bar move, let a long run
+checkpoint, and let Ctrl-C keep the draws made so far. Iteration ``i`` of chain ``c`` uses
+``fold_in(key_c, i)``, so a run split into chunks, or interrupted and resumed from its
+checkpoint, gives bit-identical draws. Chains are spread over the available devices (one
+group per device, dispatched asynchronously).
 """
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array, Bool, Float, PRNGKeyArray, PyTree
+
+from dgm.config import check_choice, check_positive
 
 
 class Kernel(NamedTuple):
-    """A transition kernel: ``init(position) -> state``, ``step(key, state) -> (state, info)``."""
+    """A transition kernel and its default tunables.
+
+    Attributes:
+        init: ``init(position) -> state``.
+        step: ``step(key, state, params) -> (state, info)``, pure, for one chain.
+        params: the tunables bound by the constructor (a NamedTuple), passed as
+            ``kernel.step(key, state, kernel.params)``, or replaced by adapted ones.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from dgm.inference.hmc import hmc
+        >>> kernel = hmc(lambda x: -0.5 * jnp.sum(x**2), step_size=0.5, num_steps=5)
+        >>> state, info = kernel.step(jax.random.key(0), kernel.init(jnp.zeros(2)), kernel.params)
+    """
 
     init: Callable
     step: Callable
+    params: Any
+
+
+def metropolis(
+    key: PRNGKeyArray, log_ratio: Float[Array, ""], proposal: PyTree, state: PyTree
+) -> tuple[PyTree, Float[Array, ""], Bool[Array, ""]]:
+    """Accept ``proposal`` with probability ``min(1, exp(log_ratio))``, else keep ``state``.
+
+    A NaN ``log_ratio`` counts as −∞ (reject): kernels pass −∞ for a proposal they
+    already know to reject (a divergence, a failed projection).
+
+    Returns:
+        ``(new_state, accept_prob, is_accepted)``.
+    """
+    log_ratio = jnp.where(jnp.isnan(log_ratio), -jnp.inf, log_ratio)
+    accept_prob = jnp.exp(jnp.minimum(0.0, log_ratio))
+    is_accepted = jax.random.uniform(key, dtype=accept_prob.dtype) < accept_prob
+    new = jax.tree.map(lambda a, b: jnp.where(is_accepted, a, b), proposal, state)
+    return new, accept_prob, is_accepted
 
 
 class ChainResult(NamedTuple):
-    """What :meth:`ChainRunner.run` returns (NumPy arrays, chains first)."""
+    """What :meth:`ChainRunner.run` returns (NumPy arrays, chains first).
+
+    With a checkpoint, ``draws``, ``infos`` and ``num_done`` cover the whole run, the
+    iterations of earlier (interrupted) calls included.
+    """
 
     states: Any  # final states, leading axis chains (JAX arrays)
     draws: Any  # extract_fn(state) per iteration: (chains, iterations, ...)
     infos: Any  # step info per iteration: (chains, iterations, ...)
     num_done: int  # iterations completed (< requested if interrupted)
     interrupted: bool
-    wall_s: float  # sampling time, compilation excluded
+    wall_s: float  # sampling time of this call, compilation excluded
     compile_s: float
 
 
@@ -41,12 +89,33 @@ def _signature(tree) -> tuple:
     return (treedef, tuple((np.shape(x), jnp.result_type(x)) for x in leaves))
 
 
+def _split_params(params) -> tuple[Any, Any]:
+    """``(traced, static)``: Python ints stay static (compile-time), the rest are arrays."""
+    is_static = [_is_int(x) for x in jax.tree.leaves(params)]
+    leaves, treedef = jax.tree.flatten(params)
+    traced = [None if s else jnp.asarray(x) for x, s in zip(leaves, is_static, strict=True)]
+    static = tuple(int(x) if s else None for x, s in zip(leaves, is_static, strict=True))
+    return treedef.unflatten(traced), (treedef, static)
+
+
+def _join_params(traced, static) -> Any:
+    treedef, values = static
+    leaves = jax.tree.leaves(traced, is_leaf=lambda x: x is None)
+    return treedef.unflatten(
+        [v if v is not None else x for x, v in zip(leaves, values, strict=True)]
+    )
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int | np.integer) and not isinstance(x, bool)
+
+
 class ChainRunner:
-    """Compile a chunk of ``step`` for many chains once per shape, then run it repeatedly.
+    """Compile a chunk of a kernel's ``step`` for many chains once per shape; run it repeatedly.
 
     Args:
-        step_fn: ``step(key, state, params) -> (state, info)`` for one chain; ``params``
-            is a PyTree of tunable values (traced: changing them never recompiles).
+        step_fn: ``step(key, state, params) -> (state, info)`` for one chain (a
+            :class:`Kernel`'s ``step``).
         extract_fn: what to record from each state (default: ``state.position``).
         chunk_size: iterations per compiled call.
         chain_map: how the chains of one device run: ``"vmap"`` (batched; best for
@@ -61,20 +130,20 @@ class ChainRunner:
         self,
         step_fn: Callable,
         extract_fn: Callable | None = None,
-        chunk_size=100,
+        chunk_size: int = 100,
         chain_map: str = "vmap",
     ):
-        if not isinstance(chunk_size, int) or chunk_size < 1:
-            raise ValueError(f"`chunk_size` must be a positive int; got {chunk_size!r}")
-        if chain_map not in ("vmap", "map"):
-            raise ValueError(f"`chain_map` must be 'vmap' or 'map'; got {chain_map!r}")
+        check_positive("chunk_size", chunk_size, integer=True)
+        check_choice("chain_map", chain_map, ("vmap", "map"))
         self.step_fn = step_fn
         self.extract_fn = extract_fn or (lambda s: s.position)
         self.chunk_size = chunk_size
         self._compiled: dict = {}
         self.num_compiles = 0
 
-        def chunk(keys, start, stop, states, params):
+        def chunk(keys, start, stop, states, traced, static):
+            params = _join_params(traced, static)
+
             def one_chain(key, state):
                 def body(state, i):
                     new, info = step_fn(jax.random.fold_in(key, i), state, params)
@@ -89,30 +158,28 @@ class ChainRunner:
                 states, (draws, infos) = jax.vmap(one_chain)(keys, states)
             return states, draws, infos
 
-        self._jitted = jax.jit(chunk)
+        self._jitted = jax.jit(chunk, static_argnums=5)
 
-    def _executable(self, args, device):
-        sig = (_signature(args), device)
+    def _executable(self, args, static, device):
+        sig = (_signature(args), static, device)
         if sig not in self._compiled:
             t0 = time.perf_counter()
-            lowered = self._jitted.trace(*args).lower()
-            self._compiled[sig] = lowered.compile()
+            self._compiled[sig] = self._jitted.trace(*args, static).lower().compile()
             self.num_compiles += 1
             return self._compiled[sig], time.perf_counter() - t0
         return self._compiled[sig], 0.0
 
     def run(
         self,
-        keys,
-        states,
-        params,
+        keys: Any,
+        states: Any,
+        params: Any,
         num_iterations: int,
         *,
-        start: int = 0,
         progress: bool = False,
         desc: str = "sampling",
-        on_chunk: Callable | None = None,
         accept_fn: Callable | None = None,
+        checkpoint: str | Path | None = None,
     ) -> ChainResult:
         """Run all chains for ``num_iterations`` iterations (the last chunk's surplus
         iterations leave the state unchanged and are dropped).
@@ -120,68 +187,138 @@ class ChainRunner:
         Args:
             keys: one key per chain.
             states: batched initial states (leading axis chains).
-            params: tunable values shared by all chains.
-            start: index of the first iteration (for resuming).
-            on_chunk: called as ``on_chunk(num_done, states, draws, infos)`` after each chunk.
+            params: the kernel's tunables, shared by all chains.
+            num_iterations: iterations of the whole run.
             accept_fn: ``info -> acceptance array`` for the progress bar's running mean.
+            checkpoint: ``.npz`` path, written atomically after every chunk (states, draws,
+                infos). If it exists, the run continues from it: its states replace
+                ``states`` and its iterations count towards ``num_iterations``, giving the
+                same draws as an uninterrupted run.
+
+        Returns:
+            :class:`ChainResult`. Ctrl-C ends the run after the chunk in flight (the result
+            says ``interrupted``); Ctrl-C before any iteration exists re-raises.
         """
-        num_chains = jax.tree.leaves(states)[0].shape[0]
-        groups = _device_groups(num_chains)
-        draws_parts, info_parts = [], []
-        compile_s = wall_s = 0.0
-        done, interrupted = 0, False
-        bar = _progress(num_iterations, desc) if progress else None
-        accepted_sum = 0.0
+        check_positive("num_iterations", num_iterations, integer=True)
+        previous, done = None, 0
+        if checkpoint is not None and Path(checkpoint).exists():
+            previous = _load_chains(checkpoint, states, self._templates(keys[0], states, params))
+            states, done = previous["states"], previous["num_done"]
+        first = done
+        traced, static = _split_params(params)
+        groups = _device_groups(jax.tree.leaves(states)[0].shape[0])
+        parts = [(previous["draws"], previous["infos"])] if previous else []
+        compile_s = wall_s = accepted = 0.0
+        interrupted = False
+        bar = _progress(num_iterations, desc, done) if progress else None
         try:
             while done < num_iterations:
-                t_chunk = time.perf_counter()
-                outs, chunk_compile = [], 0.0
-                bounds = (jnp.asarray(start + done), jnp.asarray(start + num_iterations))
-                # Every group's inputs are split off before any group runs: a slice taken
-                # on device 0 after device 0's run was dispatched would wait for that run,
-                # and the devices would take turns instead of running in parallel.
-                group_args = [
-                    (
-                        device,
-                        jax.device_put((keys[idx], *bounds, _take(states, idx), params), device),
-                    )
-                    for device, idx in groups
-                ]
-                for device, args in group_args:
-                    exe, c = self._executable(args, device)
-                    chunk_compile += c
-                    outs.append(exe(*args))
-                outs = jax.block_until_ready(outs)
-                compile_s += chunk_compile
-                wall_s += time.perf_counter() - t_chunk - chunk_compile
-                states = _concat([o[0] for o in outs])
+                t0 = time.perf_counter()
+                bounds = (jnp.asarray(done), jnp.asarray(num_iterations))
+                states, chunk, c = self._run_chunk(keys, bounds, states, traced, static, groups)
                 take = min(self.chunk_size, num_iterations - done)
-                chunk_draws = _head(_concat([o[1] for o in outs]), take)
-                chunk_infos = _head(_concat([o[2] for o in outs]), take)
-                draws_parts.append(chunk_draws)
-                info_parts.append(chunk_infos)
+                chunk = _head(chunk, take)
+                compile_s, wall_s = compile_s + c, wall_s + time.perf_counter() - t0 - c
+                parts.append(chunk)
                 done += take
+                if checkpoint is not None:
+                    _save_chains(checkpoint, done, states, _cat_time(parts))
                 if bar is not None:
                     if accept_fn is not None:
-                        accepted_sum += float(np.sum(np.mean(accept_fn(chunk_infos), axis=0)))
-                        bar.set_postfix(accept=f"{accepted_sum / done:.3f}")
+                        accepted += float(np.sum(np.mean(accept_fn(chunk[1]), axis=0)))
+                        bar.set_postfix(accept=f"{accepted / (done - first):.3f}")
                     bar.update(take)
-                if on_chunk is not None:
-                    on_chunk(start + done, states, _cat_time(draws_parts), _cat_time(info_parts))
         except KeyboardInterrupt:
+            if not parts:
+                raise
             interrupted = True
         finally:
             if bar is not None:
                 bar.close()
-        return ChainResult(
-            states,
-            _cat_time(draws_parts),
-            _cat_time(info_parts),
-            done,
-            interrupted,
-            wall_s,
-            compile_s,
-        )
+        draws, infos = _cat_time(parts) if parts else (None, None)
+        return ChainResult(states, draws, infos, done, interrupted, wall_s, compile_s)
+
+    def _run_chunk(self, keys, bounds, states, traced, static, groups):
+        """One compiled chunk on every device group: ``(states, (draws, infos), compile_s)``."""
+        # Every group's inputs are split off before any group runs: a slice taken on
+        # device 0 after device 0's run was dispatched would wait for that run, and the
+        # devices would take turns instead of running in parallel.
+        group_args = [
+            (device, jax.device_put((keys[idx], *bounds, _take(states, idx), traced), device))
+            for device, idx in groups
+        ]
+        outs, compile_s = [], 0.0
+        try:
+            for device, args in group_args:
+                exe, c = self._executable(args, static, device)
+                compile_s += c
+                outs.append(exe(*args))
+            outs = jax.block_until_ready(outs)
+        except KeyboardInterrupt:
+            _finish_quietly(outs)  # never leave a computation running into shutdown
+            raise
+        states = _concat([o[0] for o in outs])
+        return states, (_concat([o[1] for o in outs]), _concat([o[2] for o in outs])), compile_s
+
+    def _templates(self, key, states, params):
+        """Shapes of one chain's ``(draws, info)`` per iteration (for checkpoint loading)."""
+        one = jax.tree.map(lambda x: x[0], states)
+
+        def probe(state):
+            new, info = self.step_fn(key, state, params)
+            return self.extract_fn(new), info
+
+        return jax.eval_shape(probe, one)
+
+
+def _finish_quietly(outs) -> None:
+    """Wait for dispatched work even through further Ctrl-C presses."""
+    while True:
+        try:
+            jax.block_until_ready(outs)
+            return
+        except KeyboardInterrupt:
+            continue
+
+
+def _save_chains(path, done: int, states, parts) -> None:
+    from dgm.runs import save_npz
+
+    draws, infos = parts
+    arrays = {"num_done": done}
+    for prefix, tree in (("state", states), ("draws", draws), ("info", infos)):
+        for i, leaf in enumerate(jax.tree.leaves(tree)):
+            arrays[f"{prefix}_{i}"] = np.asarray(leaf)
+    save_npz(path, **arrays)
+
+
+def _load_chains(path, states, template) -> dict:
+    """The checkpoint at ``path`` as ``{num_done, states, draws, infos}``."""
+    from dgm.runs import load_npz
+
+    data = load_npz(path)
+    loaded = _unflatten(data, "state", states)
+    for new, old in zip(jax.tree.leaves(loaded), jax.tree.leaves(states), strict=True):
+        if new.shape != old.shape:
+            raise ValueError(
+                f"checkpoint {path} holds chain states of shape {new.shape}; this run has "
+                f"{old.shape}: use the same number of chains, or another checkpoint path"
+            )
+    draws_like, infos_like = template
+    return {
+        "num_done": int(data["num_done"]),
+        "states": jax.tree.map(jnp.asarray, loaded),
+        "draws": _unflatten(data, "draws", draws_like),
+        "infos": _unflatten(data, "info", infos_like),
+    }
+
+
+def _unflatten(data: dict, prefix: str, like):
+    leaves, treedef = jax.tree.flatten(like)
+    try:
+        return treedef.unflatten([data[f"{prefix}_{i}"] for i in range(len(leaves))])
+    except KeyError as err:
+        raise ValueError(f"checkpoint lacks {err}: it was written by another sampler") from None
 
 
 def _device_groups(num_chains: int) -> list[tuple[Any, np.ndarray]]:
@@ -211,12 +348,10 @@ def _concat(trees):
 
 
 def _cat_time(parts):
-    if not parts:
-        return None
     return jax.tree.map(lambda *xs: np.concatenate(xs, axis=1), *parts)
 
 
-def _progress(total: int, desc: str):
+def _progress(total: int, desc: str, initial: int = 0):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit="it", leave=False, dynamic_ncols=True)
+    return tqdm(total=total, initial=initial, desc=desc, unit="it", leave=False, dynamic_ncols=True)

@@ -1,8 +1,8 @@
 """Euclidean metrics: momentum draws and kinetic energy for identity, diagonal or dense mass.
 
 The tunable quantity is the *inverse* mass matrix, passed to every function so that
-adaptation can change it without recompiling: a vector for a diagonal (ones for the
-identity) metric, a matrix for a dense one.
+adaptation can change it without recompiling: a vector for a diagonal metric, a matrix
+for a dense one, or a scalar (a multiple of the identity; 1 for the identity).
 """
 
 import jax
@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 from jaxtyping import Array, Float, PRNGKeyArray
 
-InverseMass = Float[Array, " dim"] | Float[Array, "dim dim"]
+InverseMass = Float[Array, ""] | Float[Array, " dim"] | Float[Array, "dim dim"]
 
 
 def check_inverse_mass_matrix(inverse_mass_matrix, dim: int) -> None:
@@ -32,7 +32,7 @@ def sample_momentum(
 ) -> Float[Array, " dim"]:
     """Draw p ~ N(0, M) where M is the mass matrix."""
     z = jax.random.normal(key, position.shape, position.dtype)
-    if inverse_mass_matrix.ndim == 1:
+    if inverse_mass_matrix.ndim <= 1:
         return z / jnp.sqrt(inverse_mass_matrix)
     chol = jnp.linalg.cholesky(inverse_mass_matrix)  # M^-1 = L L^T  =>  M = L^-T L^-1
     return jsl.solve_triangular(chol.T, z, lower=False)
@@ -40,7 +40,7 @@ def sample_momentum(
 
 def velocity(p: Float[Array, " dim"], inverse_mass_matrix: InverseMass) -> Float[Array, " dim"]:
     """M^-1 p."""
-    if inverse_mass_matrix.ndim == 1:
+    if inverse_mass_matrix.ndim <= 1:
         return inverse_mass_matrix * p
     return inverse_mass_matrix @ p
 
