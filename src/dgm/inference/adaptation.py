@@ -29,8 +29,8 @@ from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from dgm.config import check_choice, check_positive
 from dgm.inference.base import Kernel
-from dgm.inference.integrators import IntegratorState, leapfrog
-from dgm.inference.metrics import InverseMass, kinetic_energy, sample_momentum
+from dgm.inference.metrics import InverseMass
+from dgm.inference.step_size import find_reasonable_step_size, kernel_step_size_search
 
 # ---------------------------------------------------------------------------- dual averaging
 
@@ -164,48 +164,6 @@ def build_schedule(
     return in_window, window_end
 
 
-# ---------------------------------------------------------------------------- initial step
-
-
-def find_reasonable_step_size(
-    key: PRNGKeyArray,
-    position: Float[Array, " dim"],
-    log_density_fn: Callable,
-    inverse_mass_matrix: InverseMass,
-    step_size: Float[Array, ""],
-    max_iters: int = 100,
-) -> Float[Array, ""]:
-    """Double or halve ``step_size`` until one leapfrog step's acceptance crosses 1/2.
-
-    References:
-        Hoffman & Gelman (2014), JMLR 15, Algorithm 4.
-    """
-    p0 = sample_momentum(key, inverse_mass_matrix, position)
-    logp, grad = jax.value_and_grad(log_density_fn)(position)
-    h0 = -logp + kinetic_energy(p0, inverse_mass_matrix)
-    start = IntegratorState(position, p0, logp, grad)
-
-    def log_accept(eps):
-        end = leapfrog(start, eps, log_density_fn, inverse_mass_matrix)
-        delta = h0 + end.log_density - kinetic_energy(end.momentum, inverse_mass_matrix)
-        return jnp.where(jnp.isfinite(delta), delta, -jnp.inf)
-
-    direction = jnp.where(log_accept(step_size) > jnp.log(0.5), 1.0, -1.0)
-
-    def cond(carry):
-        i, eps = carry
-        crossed = direction * log_accept(eps) <= direction * jnp.log(0.5)
-        return (i < max_iters) & ~crossed
-
-    def body(carry):
-        i, eps = carry
-        return i + 1, eps * 2.0**direction
-
-    _, eps = jax.lax.while_loop(cond, body, (jnp.asarray(0), step_size))
-    # On doubling, ``eps`` is the first size that fails; step back to the last that passed.
-    return jnp.where(direction > 0, eps / 2.0, eps)
-
-
 # ---------------------------------------------------------------------------- driver
 
 
@@ -286,7 +244,6 @@ def warmup(
     """
     params = kernel.params if params is None else params
     position, params = _check_warmup_args(init_state, num_warmup, params, metric, target_accept)
-    dense = metric == "dense"
     in_window, window_end = build_schedule(num_warmup)
     if metric == "none":
         in_window[:] = False
@@ -298,34 +255,16 @@ def warmup(
         if not find_initial_step_size:
             return params.step_size
         if log_density_fn is not None:
+            imm = params.inverse_mass_matrix
             return find_reasonable_step_size(
-                k, _position(state), log_density_fn, params.inverse_mass_matrix, params.step_size
+                k, _position(state), log_density_fn, imm, params.step_size
             )
         return kernel_step_size_search(k, kernel.step, state, params)
 
     params = params._replace(step_size=search(keys_restart[0], init_state, params))
-    carry = _Carry(
-        init_state, dual_averaging_init(params.step_size), welford_init(position, dense), params
-    )
-
-    def body(c: _Carry, xs):
-        k, k_restart, adapt, close = xs
-        state, info = kernel.step(k, c.state, c.params)
-        da = dual_averaging_update(c.da, info.accept_prob, target_accept)
-        welford = jax.tree.map(
-            lambda a, b: jnp.where(adapt, a, b),
-            welford_update(c.welford, _position(state)),
-            c.welford,
-        )
-        c = _Carry(state, da, welford, c.params._replace(step_size=jnp.exp(da.log_step_size)))
-        return jax.lax.cond(close, lambda c: close_window(c, k_restart), lambda c: c, c), info
-
-    def close_window(c: _Carry, k):
-        params = c.params._replace(inverse_mass_matrix=welford_final(c.welford))
-        params = params._replace(step_size=search(k, c.state, params))
-        empty = welford_init(_position(c.state), dense)
-        return _Carry(c.state, dual_averaging_init(params.step_size), empty, params)
-
+    da = dual_averaging_init(params.step_size)
+    carry = _Carry(init_state, da, welford_init(position, metric == "dense"), params)
+    body = _warmup_body(kernel.step, search, target_accept, metric == "dense")
     xs = (
         jax.random.split(key_run, num_warmup),
         keys_restart[1:],
@@ -337,32 +276,29 @@ def warmup(
     return WarmupResult(carry.state, params, infos)
 
 
-def kernel_step_size_search(
-    key: PRNGKeyArray, step: Callable, state: Any, params: Any, max_iters: int = 100
-) -> Float[Array, ""]:
-    """Double or halve ``params.step_size`` until one kernel step's acceptance crosses 1/2.
+def _warmup_body(step: Callable, search: Callable, target_accept: float, dense: bool):
+    """One warm-up iteration: a kernel step, dual averaging, Welford inside a slow window,
+    and at a window's end the new inverse mass matrix and a restarted step-size search."""
 
-    The same key is used at every size; a non-finite acceptance (a failed step) counts as
-    0, so failures read as a step size too large.
-    """
+    def close_window(c: _Carry, key):
+        params = c.params._replace(inverse_mass_matrix=welford_final(c.welford))
+        params = params._replace(step_size=search(key, c.state, params))
+        empty = welford_init(_position(c.state), dense)
+        return _Carry(c.state, dual_averaging_init(params.step_size), empty, params)
 
-    def accept(eps):
-        _, info = step(key, state, params._replace(step_size=eps))
-        return jnp.where(jnp.isfinite(info.accept_prob), info.accept_prob, 0.0)
+    def body(c: _Carry, xs):
+        key, key_restart, adapt, close = xs
+        state, info = step(key, c.state, c.params)
+        da = dual_averaging_update(c.da, info.accept_prob, target_accept)
+        welford = jax.tree.map(
+            lambda a, b: jnp.where(adapt, a, b),
+            welford_update(c.welford, _position(state)),
+            c.welford,
+        )
+        c = _Carry(state, da, welford, c.params._replace(step_size=jnp.exp(da.log_step_size)))
+        return jax.lax.cond(close, lambda c: close_window(c, key_restart), lambda c: c, c), info
 
-    eps0 = params.step_size
-    direction = jnp.where(accept(eps0) > 0.5, 1.0, -1.0)
-
-    def cond(carry):
-        i, eps = carry
-        return (i < max_iters) & ~(direction * accept(eps) <= direction * 0.5)
-
-    def body(carry):
-        i, eps = carry
-        return i + 1, eps * 2.0**direction
-
-    _, eps = jax.lax.while_loop(cond, body, (jnp.asarray(0), eps0))
-    return jnp.where(direction > 0, eps / 2.0, eps)
+    return body
 
 
 def _position(state) -> Float[Array, " dim"]:
