@@ -93,7 +93,8 @@ def _fmt_means(r: dict) -> str:
     )
 
 
-def report(m: dict) -> str:
+def _method_rows(m: dict) -> list[dict]:
+    """One table row per method block of the metrics."""
     rows = []
     for name, r in m.items():
         if not isinstance(r, dict):
@@ -114,6 +115,11 @@ def report(m: dict) -> str:
                 "paper ESS/s (min)": min(paper) if paper else "-",
             }
         )
+    return rows
+
+
+def report(m: dict) -> str:
+    rows = _method_rows(m)
     table = diagnostics.format_table(rows, list(rows[0]))
     c = m["chmc"]
     means = "\n".join(
