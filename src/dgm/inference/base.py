@@ -142,9 +142,11 @@ class ChainRunner:
         self.num_compiles = 0
 
         def chunk(keys, start, stop, states, traced, static):
-            params = _join_params(traced, static)
+            split, per_chain = static
 
-            def one_chain(key, state):
+            def one_chain(key, state, traced):
+                params = _join_params(traced, split)
+
                 def body(state, i):
                     new, info = step_fn(jax.random.fold_in(key, i), state, params)
                     new = jax.tree.map(lambda a, b: jnp.where(i < stop, a, b), new, state)
@@ -153,9 +155,15 @@ class ChainRunner:
                 return jax.lax.scan(body, state, start + jnp.arange(chunk_size))
 
             if chain_map == "map":
-                states, (draws, infos) = jax.lax.map(lambda a: one_chain(*a), (keys, states))
+                if per_chain:
+                    xs = (keys, states, traced)
+                    states, (draws, infos) = jax.lax.map(lambda a: one_chain(*a), xs)
+                else:
+                    xs = (keys, states)
+                    states, (draws, infos) = jax.lax.map(lambda a: one_chain(*a, traced), xs)
             else:
-                states, (draws, infos) = jax.vmap(one_chain)(keys, states)
+                in_axes = (0, 0, 0 if per_chain else None)
+                states, (draws, infos) = jax.vmap(one_chain, in_axes)(keys, states, traced)
             return states, draws, infos
 
         self._jitted = jax.jit(chunk, static_argnums=5)
@@ -180,6 +188,7 @@ class ChainRunner:
         desc: str = "sampling",
         accept_fn: Callable | None = None,
         checkpoint: str | Path | None = None,
+        per_chain_params: bool = False,
     ) -> ChainResult:
         """Run all chains for ``num_iterations`` iterations (the last chunk's surplus
         iterations leave the state unchanged and are dropped).
@@ -187,7 +196,10 @@ class ChainRunner:
         Args:
             keys: one key per chain.
             states: batched initial states (leading axis chains).
-            params: the kernel's tunables, shared by all chains.
+            params: the kernel's tunables, shared by all chains, or with
+                ``per_chain_params`` one set per chain (every array leaf has a leading
+                chains axis; e.g. the output of a ``vmap``-ed
+                :func:`~dgm.inference.adaptation.warmup`).
             num_iterations: iterations of the whole run.
             accept_fn: ``info -> acceptance array`` for the progress bar's running mean.
             checkpoint: ``.npz`` path, written atomically after every chunk (states, draws,
@@ -202,10 +214,13 @@ class ChainRunner:
         check_positive("num_iterations", num_iterations, integer=True)
         previous, done = None, 0
         if checkpoint is not None and Path(checkpoint).exists():
-            previous = _load_chains(checkpoint, states, self._templates(keys[0], states, params))
+            previous = _load_chains(
+                checkpoint, states, self._templates(keys[0], states, params, per_chain_params)
+            )
             states, done = previous["states"], previous["num_done"]
         first = done
-        traced, static = _split_params(params)
+        traced, split = _split_params(params)
+        static = (split, per_chain_params)
         groups = _device_groups(jax.tree.leaves(states)[0].shape[0])
         parts = [(previous["draws"], previous["infos"])] if previous else []
         compile_s = wall_s = accepted = 0.0
@@ -240,11 +255,23 @@ class ChainRunner:
 
     def _run_chunk(self, keys, bounds, states, traced, static, groups):
         """One compiled chunk on every device group: ``(states, (draws, infos), compile_s)``."""
+        per_chain = static[1]
         # Every group's inputs are split off before any group runs: a slice taken on
         # device 0 after device 0's run was dispatched would wait for that run, and the
         # devices would take turns instead of running in parallel.
         group_args = [
-            (device, jax.device_put((keys[idx], *bounds, _take(states, idx), traced), device))
+            (
+                device,
+                jax.device_put(
+                    (
+                        keys[idx],
+                        *bounds,
+                        _take(states, idx),
+                        _take(traced, idx) if per_chain else traced,
+                    ),
+                    device,
+                ),
+            )
             for device, idx in groups
         ]
         outs, compile_s = [], 0.0
@@ -260,9 +287,11 @@ class ChainRunner:
         states = _concat([o[0] for o in outs])
         return states, (_concat([o[1] for o in outs]), _concat([o[2] for o in outs])), compile_s
 
-    def _templates(self, key, states, params):
+    def _templates(self, key, states, params, per_chain: bool):
         """Shapes of one chain's ``(draws, info)`` per iteration (for checkpoint loading)."""
         one = jax.tree.map(lambda x: x[0], states)
+        if per_chain:
+            params = jax.tree.map(lambda x: x[0] if jnp.ndim(x) else x, params)
 
         def probe(state):
             new, info = self.step_fn(key, state, params)
