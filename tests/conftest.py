@@ -1,4 +1,4 @@
-"""Test configuration: CPU threads, strict numerics, dataset location."""
+"""Test configuration: CPU threads, strict numerics, JAX's default dtypes, dataset location."""
 
 import os
 
@@ -11,9 +11,19 @@ from pathlib import Path  # noqa: E402
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
-jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")
 jax.config.update("jax_numpy_dtype_promotion", "strict")
+
+
+@pytest.fixture
+def x64():
+    """Run a test with float64 enabled (JAX's default, which the suite keeps, is float32).
+
+    Use it for float64 algorithms and exact-arithmetic checks: ``pytestmark =
+    pytest.mark.usefixtures("x64")`` for a whole module.
+    """
+    with jax.enable_x64(True):
+        yield
 
 
 def data_dir() -> Path | None:

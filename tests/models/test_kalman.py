@@ -21,18 +21,21 @@ def _spd(diag, off):
     return L @ L.T
 
 
-LINEAR = kalman.LinearGaussianSSM(
-    A=jnp.asarray(_A),
-    b=jnp.asarray(_B),
-    Q=jnp.asarray(_spd([0.6, 0.5, 0.4], 0.2)),
-    C=jnp.asarray(_C),
-    d=jnp.asarray(_D),
-    R=jnp.asarray(_spd([0.7, 0.5], 0.3)),
-    m0=jnp.asarray([0.5, -1.0, 0.2]),
-    P0=jnp.asarray(_spd([1.0, 0.8, 0.6], -0.3)),
-)
-# Observed frames; the last two are padding and frame 2 is missing.
-MASK = jnp.asarray([1.0, 1.0, 0.0, 1.0, 1.0, 1.0, 0.0, 0.0])
+pytestmark = pytest.mark.usefixtures("x64")  # exact filtering checks, in float64
+
+with jax.enable_x64(True):  # the model's arrays keep float64 outside the context too
+    LINEAR = kalman.LinearGaussianSSM(
+        A=jnp.asarray(_A),
+        b=jnp.asarray(_B),
+        Q=jnp.asarray(_spd([0.6, 0.5, 0.4], 0.2)),
+        C=jnp.asarray(_C),
+        d=jnp.asarray(_D),
+        R=jnp.asarray(_spd([0.7, 0.5], 0.3)),
+        m0=jnp.asarray([0.5, -1.0, 0.2]),
+        P0=jnp.asarray(_spd([1.0, 0.8, 0.6], -0.3)),
+    )
+    # Observed frames; the last two are padding and frame 2 is missing.
+    MASK = jnp.asarray([1.0, 1.0, 0.0, 1.0, 1.0, 1.0, 0.0, 0.0])
 
 
 def _as_unscented(p: kalman.LinearGaussianSSM) -> kalman.NonlinearGaussianSSM:
@@ -43,7 +46,8 @@ def _as_unscented(p: kalman.LinearGaussianSSM) -> kalman.NonlinearGaussianSSM:
 
 @pytest.fixture(scope="module")
 def x():
-    return synthetic.sample_linear_gaussian(LINEAR, 1, len(MASK), jax.random.key(0))[0][0]
+    with jax.enable_x64(True):
+        return synthetic.sample_linear_gaussian(LINEAR, 1, len(MASK), jax.random.key(0))[0][0]
 
 
 def _dense_posterior(p, x, observed):

@@ -46,13 +46,15 @@ def _reference(rnn: RNN, xs, mask, reverse):
 @pytest.fixture(scope="module")
 def data():
     k_x, k_w = jax.random.split(jax.random.key(0))
-    xs = jax.random.normal(k_x, (BATCH, TIME, INP), jnp.float64)
-    lengths = jnp.asarray([TIME, 4, 1])  # full, padded, a single frame
-    mask = (jnp.arange(TIME)[None, :] < lengths[:, None]).astype(jnp.float64)
-    weights = jax.random.normal(k_w, (TIME, BATCH, HIDDEN), jnp.float64)
+    with jax.enable_x64(True):
+        xs = jax.random.normal(k_x, (BATCH, TIME, INP), jnp.float64)
+        lengths = jnp.asarray([TIME, 4, 1])  # full, padded, a single frame
+        mask = (jnp.arange(TIME)[None, :] < lengths[:, None]).astype(jnp.float64)
+        weights = jax.random.normal(k_w, (TIME, BATCH, HIDDEN), jnp.float64)
     return xs, mask, weights
 
 
+@pytest.mark.usefixtures("x64")
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("cell", CELLS)
 def test_batched_matches_plain_autodiff(cell, reverse, data):
