@@ -114,6 +114,21 @@ def _run(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def _wait_for_jax() -> None:
+    """Let computations still running finish before the interpreter shuts down (exiting
+    under a running XLA computation can crash), even through further Ctrl-C presses."""
+    if "jax" not in sys.modules:
+        return
+    import jax
+
+    while True:
+        try:
+            jax.block_until_ready(jax.live_arrays())
+            return
+        except KeyboardInterrupt:
+            continue
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``dgm`` console script."""
     parser = _parser()
@@ -125,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _run(args, extra)
     except KeyboardInterrupt:
+        _wait_for_jax()
         print(
             "dgm: interrupted; the last checkpoint is kept, continue with --resume", file=sys.stderr
         )

@@ -192,6 +192,7 @@ def _reference_path(model, feats, eps):
     return jax.lax.scan(step, jnp.zeros_like(eps[0]), (feats, eps))[1]
 
 
+@pytest.mark.usefixtures("x64")
 @pytest.mark.parametrize("inference,num_iafs", [("st-r", 0), ("st-lr", 1)])
 def test_structured_path_gradients_match_plain_scan(inference, num_iafs):
     """The path's hoisted weight gradients equal plain autodiff of the scan (float64)."""
