@@ -31,7 +31,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from dgm.inference import svgd  # noqa: E402
-from dgm.inference.svgd_driver import SVGDRunner  # noqa: E402
+from dgm.inference.svgd.driver import SVGDRunner  # noqa: E402
 
 A = np.array([[0.2260, 0.1652], [0.1652, 0.6779]])
 MU = np.array([-0.6871, 0.8010])

@@ -7,7 +7,7 @@ JAX (``dgm.condition``, ``dgm.SVGD``) are imported on first access.
 __version__ = "0.1.0"
 
 _LAZY = {
-    "SVGD": "dgm.inference.svgd_compat",
+    "SVGD": "dgm.svgd_original",
     "condition": "dgm.conditioning",
     "ConditionedGenerator": "dgm.conditioning",
 }

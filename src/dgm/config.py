@@ -89,3 +89,37 @@ def check_choice(name: str, value: Any, choices: Iterable[Any]) -> None:
     choices = list(choices)
     if value not in choices:
         raise ValueError(f"`{name}` must be one of {choices}; got {value!r}")
+
+
+def check_positive_or_none(name: str, value: Any, *, integer: bool = False) -> None:
+    """Like :func:`check_positive`, but ``None`` passes too (an optional setting)."""
+    if value is not None and not (_is_number(value, integer) and value > 0):
+        raise ValueError(
+            f"`{name}` must be a positive {'int' if integer else 'number'} or None; got {value!r}"
+        )
+
+
+def check_positive_values(name: str, value: Any, *, allow_none: bool = False) -> None:
+    """Raise ``ValueError`` naming ``name`` unless every entry of ``value`` (a number or
+    an array, NumPy or JAX) is > 0; NaN fails. With ``allow_none``, ``None`` passes."""
+    if allow_none and value is None:
+        return
+    import numpy as np
+
+    try:
+        ok = bool(np.all(np.asarray(value, dtype=float) > 0))
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        extra = " or None" if allow_none else ""
+        raise ValueError(f"`{name}` must be positive{extra}; got {value!r}")
+
+
+def check_range(name: str, value: Any, low: float | int, high: float | int) -> None:
+    """Raise ``ValueError`` naming ``name`` unless ``low <= value < high``."""
+    try:
+        ok = low <= float(value) < high
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"`{name}` must lie in [{low}, {high}); got {value!r}")

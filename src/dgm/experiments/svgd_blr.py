@@ -21,7 +21,7 @@ from dgm.inference import svgd
 from dgm.inference.base import ChainRunner
 from dgm.inference.hmc import build_kernel as build_hmc_kernel
 from dgm.inference.hmc import init as hmc_init
-from dgm.inference.svgd_driver import SVGDRunner
+from dgm.inference.svgd.driver import SVGDRunner
 
 NAME = "svgd-blr"
 DESCRIPTION = "SVGD Bayesian logistic regression (Covertype / breast cancer) vs HMC"

@@ -24,7 +24,7 @@ from dgm import runs
 from dgm.config import check_choice, check_positive
 from dgm.data import svgd as svgd_data
 from dgm.inference import svgd
-from dgm.inference.svgd_driver import SVGDRunner
+from dgm.inference.svgd.driver import SVGDRunner
 
 NAME = "svgd-bnn"
 DESCRIPTION = "SVGD Bayesian neural network on Boston housing (RMSE, log-lik vs the paper)"

@@ -13,7 +13,7 @@ import numpy as np
 from dgm import runs
 from dgm.config import check_choice, check_positive
 from dgm.inference import svgd
-from dgm.inference.svgd_driver import SVGDRunner, to_inference_data
+from dgm.inference.svgd.driver import SVGDRunner, to_inference_data
 
 NAME = "svgd-gaussian2d"
 DESCRIPTION = "SVGD on the original 2-D correlated Gaussian demo (accuracy, KSD, speed)"

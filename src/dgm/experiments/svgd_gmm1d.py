@@ -14,7 +14,7 @@ import numpy as np
 from dgm import runs
 from dgm.config import check_positive
 from dgm.inference import svgd
-from dgm.inference.svgd_driver import SVGDRunner
+from dgm.inference.svgd.driver import SVGDRunner
 
 NAME = "svgd-gmm1d"
 DESCRIPTION = "SVGD on the 1-D Gaussian mixture (paper Fig. 1): KDE animation and KSD"

@@ -6,8 +6,7 @@ Modules: ``hmc``, ``constrained_hmc``, ``manifold``, ``integrators``, ``metrics`
 
 from dgm.inference.adaptation import WarmupResult, warmup
 from dgm.inference.base import ChainRunner, Kernel
-from dgm.inference.svgd import SVGDInfo, SVGDState
-from dgm.inference.svgd_driver import SVGDResult, SVGDRunner
+from dgm.inference.svgd import SVGDInfo, SVGDResult, SVGDRunner, SVGDState
 
 __all__ = [
     "ChainRunner",

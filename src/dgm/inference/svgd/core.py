@@ -3,7 +3,7 @@
 ``init`` and the ``step`` returned by :func:`build_step` are pure. Each step computes the
 pairwise distances, the bandwidth and the kernel products once, and from them the SVGD
 direction and the kernelized Stein discrepancy of the current particles (see
-:mod:`dgm.inference.svgd_kernel` for the kernels, the exact median bandwidth and the
+:mod:`dgm.inference.svgd.kernel` for the kernels, the exact median bandwidth and the
 blocked path for large particle counts).
 
 Large n: ``build_step(..., block_size=B)`` processes the particles in row blocks of B,
@@ -24,30 +24,10 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
-from dgm.inference._select import median, order_statistic
-from dgm.inference.svgd_kernel import (
-    BANDWIDTHS,
-    KERNELS,
-    bandwidth_from,
-    ksd,
-    phi_and_ksd,
-    squared_distances,
-)
+from dgm.config import check_choice, check_positive_or_none, check_positive_values, check_range
+from dgm.inference.svgd.kernel import BANDWIDTHS, KERNELS, phi_and_ksd
 
-__all__ = [
-    "SVGDInfo",
-    "SVGDState",
-    "bandwidth_from",
-    "build_step",
-    "init",
-    "ksd",
-    "make_score_fn",
-    "median",
-    "order_statistic",
-    "phi_and_ksd",
-    "shard",
-    "squared_distances",
-]
+__all__ = ["SVGDInfo", "SVGDState", "build_step", "init", "make_score_fn", "shard"]
 
 
 class SVGDState(NamedTuple):
@@ -106,10 +86,7 @@ def make_score_fn(
             "give exactly one target: `log_density_fn`, `grad_log_density_fn`, or "
             f"`log_likelihood_fn` (with `log_prior_fn`); got {sum(given)}"
         )
-    if batch_size is not None and (
-        not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1
-    ):
-        raise ValueError(f"`batch_size` must be a positive int or None; got {batch_size!r}")
+    check_positive_or_none("batch_size", batch_size, integer=True)
     if grad_log_density_fn is not None:
         return lambda x, it, data: grad_log_density_fn(x)
     if log_density_fn is not None:
@@ -177,10 +154,10 @@ def build_step(
         score_fn: from :func:`make_score_fn`.
         kernel: ``"rbf"`` or ``"imq"``.
         bandwidth: ``"median"``, ``"median-paper"`` or a fixed positive ``h``.
-        optimizer: an Optax ``GradientTransformation`` (applied to ``-phi``); ``None``
-            for the original rule ``hist = phi^2`` at the first step, then
-            ``hist = alpha hist + (1 - alpha) phi^2``, ``x += step_size phi /
-            (fudge + sqrt(hist))``, elementwise. With Optax, ``step_size`` is ignored.
+        optimizer: an Optax ``GradientTransformation`` (applied to ``-phi``; then
+            ``step_size`` is ignored); ``None`` for the original rule, elementwise:
+            ``hist = phi^2`` at the first step, then ``hist = alpha hist + (1 - alpha)
+            phi^2``; ``x += step_size phi / (fudge + sqrt(hist))``.
         alpha: the original rule's decay.
         fudge: the original rule's denominator offset.
         track_ksd: compute the KSD (else ``info.ksd`` is 0).
@@ -189,47 +166,22 @@ def build_step(
             result equals the dense one up to rounding. For large n.
 
     Raises:
-        ValueError: an unknown kernel or bandwidth rule, a non-positive bandwidth, or
-            ``alpha`` outside [0, 1); at trace time, a score of the wrong shape.
+        ValueError: an unknown kernel or bandwidth rule, a non-positive bandwidth or
+            ``block_size``, ``alpha`` outside [0, 1); when traced, scores of a wrong shape.
 
     Example:
         >>> import jax, jax.numpy as jnp
-        >>> score = make_score_fn(log_density_fn=lambda x: -0.5 * jnp.sum(x**2))
-        >>> step = jax.jit(build_step(score))
-        >>> state = init(jax.random.normal(jax.random.key(0), (50, 2)))
-        >>> state, info = step(state, 0.05)
+        >>> step = jax.jit(build_step(make_score_fn(log_density_fn=lambda x: -x @ x / 2)))
+        >>> state, info = step(init(jax.random.normal(jax.random.key(0), (50, 2))), 0.05)
     """
-    if kernel not in KERNELS:
-        raise ValueError(f"`kernel` must be one of {list(KERNELS)}; got {kernel!r}")
-    if isinstance(bandwidth, str):
-        if bandwidth not in BANDWIDTHS:
-            raise ValueError(
-                f"`bandwidth` must be one of {list(BANDWIDTHS)} or a positive number; "
-                f"got {bandwidth!r}"
-            )
-    elif not float(bandwidth) > 0:
-        raise ValueError(f"`bandwidth` must be positive; got {bandwidth!r}")
-    if not 0.0 <= float(alpha) < 1.0:
-        raise ValueError(f"`alpha` must lie in [0, 1); got {alpha!r}")
-    if block_size is not None and (
-        not isinstance(block_size, int) or isinstance(block_size, bool) or block_size < 1
-    ):
-        raise ValueError(f"`block_size` must be a positive int or None; got {block_size!r}")
+    _check_step_args(kernel, bandwidth, alpha, block_size)
 
     def step(state: SVGDState, step_size, data=None) -> tuple[SVGDState, SVGDInfo]:
         x = state.particles
-        scores = score_fn(x, state.iteration, data)
-        if scores.shape != x.shape:
-            raise ValueError(
-                f"the gradient of log p must have the particles' shape {x.shape}; "
-                f"got {scores.shape}"
-            )
+        scores = _checked_scores(score_fn(x, state.iteration, data), x)
         phi, u, h = phi_and_ksd(x, scores.astype(x.dtype), kernel, bandwidth, track_ksd, block_size)
         if optimizer is None:
-            (hist,) = state.opt_state
-            hist = jnp.where(state.iteration == 0, phi**2, alpha * hist + (1.0 - alpha) * phi**2)
-            new_x = x + jnp.asarray(step_size, x.dtype) * phi / (fudge + jnp.sqrt(hist))
-            opt_state = (hist,)
+            new_x, opt_state = _original_rule(state, phi, step_size, alpha, fudge)
         else:
             # Optax's bias corrections mix Python floats and int32 counts
             with jax.numpy_dtype_promotion("standard"):
@@ -245,6 +197,37 @@ def build_step(
         return SVGDState(new_x, opt_state, state.iteration + 1), info
 
     return step
+
+
+def _checked_scores(scores: Array, x: Float[Array, "particles dim"]) -> Array:
+    """``scores``, after checking at trace time that they have the particles' shape."""
+    if scores.shape != x.shape:
+        raise ValueError(
+            f"the gradient of log p must have the particles' shape {x.shape}; got {scores.shape}"
+        )
+    return scores
+
+
+def _check_step_args(kernel: str, bandwidth: Any, alpha: float, block_size: Any) -> None:
+    """:func:`build_step`'s trace-time checks (see its ``Raises``)."""
+    check_choice("kernel", kernel, KERNELS)
+    if isinstance(bandwidth, str):
+        check_choice("bandwidth", bandwidth, BANDWIDTHS)
+    else:
+        check_positive_values("bandwidth", bandwidth)
+    check_range("alpha", alpha, 0, 1)
+    check_positive_or_none("block_size", block_size, integer=True)
+
+
+def _original_rule(
+    state: SVGDState, phi: Float[Array, "particles dim"], step_size, alpha: float, fudge: float
+) -> tuple[Float[Array, "particles dim"], tuple]:
+    """The original code's "AdaGrad with momentum" move (see :func:`build_step`)."""
+    x = state.particles
+    (hist,) = state.opt_state
+    hist = jnp.where(state.iteration == 0, phi**2, alpha * hist + (1.0 - alpha) * phi**2)
+    new_x = x + jnp.asarray(step_size, x.dtype) * phi / (fudge + jnp.sqrt(hist))
+    return new_x, (hist,)
 
 
 def shard(state: SVGDState, devices: Any = None) -> SVGDState:

@@ -20,10 +20,10 @@ coinciding particles) falls back to the largest squared distance, or 1 when all
 particles coincide; with one particle SVGD is then exactly gradient ascent on log p.
 
 The median is exact and found by selection (counting passes that narrow a bracket on
-the float bits, see ``_select``), not by sorting: ``jnp.median`` sorts and is very slow
-on XLA CPU. For ``"median"`` the passes read the upper triangle only (folded into an
-``n/2 x n`` array), since the full matrix holds it twice plus the zero diagonal;
-``"median-paper"`` and the blocked path count over the whole matrix.
+the float bits, see :mod:`dgm.inference.svgd.median`), not by sorting: ``jnp.median``
+sorts and is very slow on XLA CPU. For ``"median"`` the passes read the upper triangle
+only (folded into an ``n/2 x n`` array), since the full matrix holds it twice plus the
+zero diagonal; ``"median-paper"`` and the blocked path count over the whole matrix.
 
 Large n: with a ``block_size`` the particles are processed in row blocks (``lax.map``),
 so no n x n matrix is stored; the median's counting passes recompute the distances block
@@ -36,14 +36,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
-from dgm.inference._select import (
-    _bits,
-    _count_pass,
-    _count_type,
-    select_pair,
-    select_pair_folded,
-    select_pair_passes,
-)
+from dgm.inference.svgd.median import select_pair, select_pair_blocked, select_pair_folded
 
 KERNELS = ("rbf", "imq")
 BANDWIDTHS = ("median", "median-paper")
@@ -250,34 +243,26 @@ def _blocked_bandwidth(
     xb, rows = _row_blocks(x, block_size)
     paper = bandwidth == "median-paper"
     m = n * (n - 1) if paper else n * n
-    ctype = _count_type(m)
 
-    def block_bits(xr, r):
+    def block_values(block):
+        xr, r = block
         d = _cross_distances(xr, r, x)
         valid = (r < n)[:, None] & jnp.ones((1, n), bool)
         if paper:
             valid = valid & (r[:, None] != jnp.arange(n)[None, :])
-        return _bits(d).reshape(-1), valid.reshape(-1), d
-
-    def pass_fn(ts, lo, hi):
-        def one(args):
-            b, valid, _ = block_bits(*args)
-            return _count_pass(b, ts, lo, hi, ctype, valid)
-
-        counts, a, z, w = jax.lax.map(one, (xb, rows))
-        return jnp.sum(counts, axis=0, dtype=ctype), jnp.min(a), jnp.max(z), jnp.min(w)
+        return d.reshape(-1), valid.reshape(-1)
 
     # a strided sample of the (flattened) D for the first thresholds
     flat = jnp.arange(0, n * n, max(1, n * n // int(min(1024, max(64, 2 * n)))))
     i, j = flat // n, flat % n
-    sample = _bits(jnp.sum((x[i] - x[j]) ** 2, axis=1))
+    sample = jnp.sum((x[i] - x[j]) ** 2, axis=1)
     k = n * (n - 1) // 2 if paper else (m + 1) // 2
-    a, b, _ = select_pair_passes(pass_fn, sample, m, k, x.dtype)
+    a, b, _ = select_pair_blocked(block_values, (xb, rows), sample, m, k)
     if not paper:
         a, b = _median_pair((a, b, None), m)
 
     def dmax():
-        return jnp.max(jax.lax.map(lambda args: jnp.max(block_bits(*args)[2]), (xb, rows)))
+        return jnp.max(jax.lax.map(lambda blk: jnp.max(_cross_distances(*blk, x)), (xb, rows)))
 
     return _finish_bandwidth(a, b, n, bandwidth, dmax)
 

@@ -36,11 +36,12 @@ On the folded squared distances of 1000 particles this takes 3-8 passes (mean 4.
 along 2-d SVGD runs; 5.5-5.9 when the statistics were those of the whole bracket, one
 pass late) where plain bisection on the bits took 17. The data are seen only through
 the pass function, so the same loop serves a blocked variant that recomputes the
-values block by block (:func:`select_pair_passes`). Exact: ties and an even count (mean
+values block by block (:func:`select_pair_blocked`). Exact: ties and an even count (mean
 of the two middle values) are handled as ``numpy.median`` does.
 """
 
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -196,6 +197,33 @@ def select_pair_folded(
     return select_pair_passes(pass_fn, _sample(b), m, k, u.dtype, first)
 
 
+def select_pair_blocked(
+    values_fn: Callable,
+    blocks: Any,
+    sample: Float[Array, " s"],
+    m: int,
+    k: int | Int[Array, ""],
+) -> tuple[Float[Array, ""], Float[Array, ""], Int[Array, ""]]:
+    """:func:`select_pair` over ``m`` values made block by block and never stored.
+
+    Every counting pass maps ``values_fn(block) -> (values, valid)`` over ``blocks`` (a
+    PyTree with a leading block axis, ``jax.lax.map``): one block's non-negative values,
+    flat, and which of them count (``m`` of them count in all). ``sample`` holds a few
+    of the values (a strided subsample) for the first pass's thresholds.
+    """
+    ctype = _count_type(m)
+
+    def pass_fn(ts, lo, hi):
+        def one(block):
+            values, valid = values_fn(block)
+            return _count_pass(_bits(values), ts, lo, hi, ctype, valid)
+
+        counts, a, z, w = jax.lax.map(one, blocks)
+        return jnp.sum(counts, axis=0, dtype=ctype), jnp.min(a), jnp.max(z), jnp.min(w)
+
+    return select_pair_passes(pass_fn, _bits(sample), m, k, sample.dtype)
+
+
 # float64 input of at least this size (512 particles' squared distances): the k-th is
 # first found in float32. Measured when SVGD's median still counted over the whole
 # matrix (it now uses select_pair_folded): at 1000 particles that saved about 1 ms of 6
@@ -248,12 +276,10 @@ def select_pair_passes(
     dtype,
     first_thresholds: Int[Array, " 4"] | None = None,
 ) -> tuple[Float[Array, ""], Float[Array, ""], Int[Array, ""]]:
-    """:func:`select_pair` over data seen only through ``pass_fn(ts, p, q)``.
-
-    ``pass_fn`` returns what :func:`_count_pass` returns for the ``m`` values (which
-    may be computed block by block, never stored); ``sample`` is the bits of a subsample of them.
-    ``first_thresholds`` (bits, a guessed bracket ``(ts[0], ts[-1]]`` with thresholds
-    inside) replace the subsample's for the first pass.
+    """:func:`select_pair` over data seen only through ``pass_fn(ts, p, q)``, which returns
+    what :func:`_count_pass` does for the ``m`` values (possibly made block by block, never
+    stored); ``sample`` is the bits of a subsample of them. ``first_thresholds`` (bits, a
+    guessed bracket ``(ts[0], ts[-1]]`` with thresholds inside) replace the subsample's.
 
     Each pass counts at four thresholds and takes the smallest, largest and next
     values of one interval ``(p, q]``: the one between thresholds where the k-th is
@@ -262,54 +288,27 @@ def select_pair_passes(
     they snap the new bracket's ends to data values.
     """
     itype = jnp.int64 if dtype == jnp.float64 else jnp.int32
-    ctype = _count_type(m)
-    kk = jnp.asarray(k, ctype)
+    kk = jnp.asarray(k, _count_type(m))
+
+    out = jax.lax.while_loop(
+        lambda c: (~c["done"]) & (c["passes"] < _MAX_PASSES),
+        lambda c: _narrow(c, pass_fn(c["ts"], c["p"], c["q"]), kk, dtype),
+        _initial_carry(sample, m, kk, dtype, itype, first_thresholds),
+    )
+    return _from_bits(out["kth"], dtype), _from_bits(out["next"], dtype), out["passes"]
+
+
+def _initial_carry(
+    sample: Int[Array, " s"],
+    m: int,
+    kk: Int[Array, ""],
+    dtype,
+    itype,
+    first_thresholds: Int[Array, " 4"] | None,
+) -> dict:
+    """The search state before the first pass: the whole bit range as the bracket."""
     one = jnp.ones((), itype)
     big = jnp.asarray(jnp.iinfo(itype).max, itype)
-
-    def cond(c):
-        return (~c["done"]) & (c["passes"] < _MAX_PASSES)
-
-    def body(c):
-        counts, a, z, w = pass_fn(c["ts"], c["p"], c["q"])
-        # the new bracket from the thresholds, and the counts at the stats interval's ends
-        below = counts < kk
-        lo_t = jnp.max(jnp.where(below, c["ts"], c["lo"]))
-        c_lo = jnp.max(jnp.where(below, counts, c["c_lo"]))
-        hi_t = jnp.min(jnp.where(below, c["hi"], c["ts"]))
-        c_hi = jnp.min(jnp.where(below, c["c_hi"], counts))
-        ends = jnp.concatenate([c["lo"][None], c["ts"], c["hi"][None]])
-        c_ends = jnp.concatenate([c["c_lo"][None], counts, c["c_hi"][None]])
-        c_p = jnp.max(jnp.where(ends <= c["p"], c_ends, 0))
-        c_q = jnp.max(jnp.where(ends <= c["q"], c_ends, 0))
-        # (p, q] holds the k-th: it is a if (p, q] holds one distinct value, z if k is
-        # its last rank (and the (k+1)-th is w), a and z if it holds ranks k and k+1
-        inside = (c_p < kk) & (kk <= c_q)
-        at_top = inside & (c_q == kk)
-        pair_left = inside & (c_p + 1 == kk) & (c_q == kk + 1)
-        done = (inside & (a >= z)) | at_top | pair_left
-        upper = jnp.where((c_q >= kk + 1) | (w == big), a, w)
-        upper = jnp.where(pair_left, z, jnp.where(at_top, jnp.where(w == big, z, w), upper))
-        # snap the bracket's ends to data values: #{b <= a - 1} == c_p, #{b <= z} == c_q
-        lo = jnp.where(inside, jnp.maximum(lo_t, a - one), lo_t)
-        lo = jnp.where(lo_t == c["q"], jnp.maximum(lo_t, w - one), lo)
-        hi = jnp.where(inside, jnp.minimum(hi_t, z), hi_t)
-        ts, est = _interpolated_thresholds(lo, hi, c_lo, c_hi, kk, dtype)
-        p, q = _around(est, lo, ts, hi)
-        return dict(
-            lo=lo,
-            hi=hi,
-            c_lo=c_lo,
-            c_hi=c_hi,
-            ts=ts,
-            p=p,
-            q=q,
-            done=done,
-            kth=jnp.where(at_top, z, a),
-            next=upper,
-            passes=c["passes"] + 1,
-        )
-
     lo, hi = -one, big
     if first_thresholds is None:
         ts, est = _sample_thresholds(sample, m, kk, dtype)
@@ -317,11 +316,11 @@ def select_pair_passes(
     else:  # if the guess misses, the bit midpoints still halve the bracket every pass
         ts = first_thresholds
         p, q = ts[0], ts[-1]
-    init = dict(
+    return dict(
         lo=lo,
         hi=hi,
-        c_lo=jnp.zeros((), ctype),
-        c_hi=jnp.asarray(m, ctype),
+        c_lo=jnp.zeros((), kk.dtype),
+        c_hi=jnp.asarray(m, kk.dtype),
         ts=ts,
         p=p,
         q=q,
@@ -330,8 +329,50 @@ def select_pair_passes(
         next=big,
         passes=jnp.zeros((), jnp.int32),
     )
-    out = jax.lax.while_loop(cond, body, init)
-    return _from_bits(out["kth"], dtype), _from_bits(out["next"], dtype), out["passes"]
+
+
+def _narrow(c: dict, pass_out: tuple, kk: Int[Array, ""], dtype) -> dict:
+    """One pass's counts and interval statistics -> the next search state."""
+    counts, a, z, w = pass_out
+    one = jnp.ones((), c["lo"].dtype)
+    big = jnp.asarray(jnp.iinfo(c["lo"].dtype).max, c["lo"].dtype)
+    # the new bracket from the thresholds, and the counts at the stats interval's ends
+    below = counts < kk
+    lo_t = jnp.max(jnp.where(below, c["ts"], c["lo"]))
+    c_lo = jnp.max(jnp.where(below, counts, c["c_lo"]))
+    hi_t = jnp.min(jnp.where(below, c["hi"], c["ts"]))
+    c_hi = jnp.min(jnp.where(below, c["c_hi"], counts))
+    ends = jnp.concatenate([c["lo"][None], c["ts"], c["hi"][None]])
+    c_ends = jnp.concatenate([c["c_lo"][None], counts, c["c_hi"][None]])
+    c_p = jnp.max(jnp.where(ends <= c["p"], c_ends, 0))
+    c_q = jnp.max(jnp.where(ends <= c["q"], c_ends, 0))
+    # (p, q] holds the k-th: it is a if (p, q] holds one distinct value, z if k is
+    # its last rank (and the (k+1)-th is w), a and z if it holds ranks k and k+1
+    inside = (c_p < kk) & (kk <= c_q)
+    at_top = inside & (c_q == kk)
+    pair_left = inside & (c_p + 1 == kk) & (c_q == kk + 1)
+    done = (inside & (a >= z)) | at_top | pair_left
+    upper = jnp.where((c_q >= kk + 1) | (w == big), a, w)
+    upper = jnp.where(pair_left, z, jnp.where(at_top, jnp.where(w == big, z, w), upper))
+    # snap the bracket's ends to data values: #{b <= a - 1} == c_p, #{b <= z} == c_q
+    lo = jnp.where(inside, jnp.maximum(lo_t, a - one), lo_t)
+    lo = jnp.where(lo_t == c["q"], jnp.maximum(lo_t, w - one), lo)
+    hi = jnp.where(inside, jnp.minimum(hi_t, z), hi_t)
+    ts, est = _interpolated_thresholds(lo, hi, c_lo, c_hi, kk, dtype)
+    p, q = _around(est, lo, ts, hi)
+    return dict(
+        lo=lo,
+        hi=hi,
+        c_lo=c_lo,
+        c_hi=c_hi,
+        ts=ts,
+        p=p,
+        q=q,
+        done=done,
+        kth=jnp.where(at_top, z, a),
+        next=upper,
+        passes=c["passes"] + 1,
+    )
 
 
 def _around(

@@ -15,7 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import ArrayLike
 
-from dgm.inference.svgd import SVGDState
+from dgm.config import check_positive, check_positive_values
+from dgm.inference._compiled import ChunkOutcome, CompiledCache, run_chunks
+from dgm.inference.svgd.core import SVGDState
 
 
 class SVGDResult(NamedTuple):
@@ -25,7 +27,8 @@ class SVGDResult(NamedTuple):
         state: the final state (the last finite one if the run hit a NaN).
         trace: per-iteration ``ksd``, ``update_norm`` and ``bandwidth`` (NumPy arrays).
         num_iterations: steps applied.
-        status: ``"completed"``, ``"converged"`` (stopping rule) or ``"non-finite"``.
+        status: ``"completed"``, ``"converged"`` (stopping rule), ``"non-finite"`` or
+            ``"interrupted"`` (Ctrl-C: the state after the last finished chunk).
         message: one line saying how the run ended.
         wall_s: run time, compilation excluded.
         compile_s: compilation time (tracing, lowering and compiling the chunk; 0 when
@@ -63,10 +66,20 @@ class SVGDRunner:
     """
 
     def __init__(self, step: Callable, chunk_size: int = 100):
-        if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
-            raise ValueError(f"`chunk_size` must be a positive int; got {chunk_size!r}")
+        check_positive("chunk_size", chunk_size, integer=True)
         self.chunk_size = chunk_size
         self.num_traces = 0
+        self._cache = CompiledCache(jax.jit(self._chunk_fn(step, chunk_size)))
+
+    @property
+    def num_compiles(self) -> int:
+        """Executables compiled so far (one per argument shapes and placement)."""
+        return self._cache.num_compiles
+
+    def _chunk_fn(self, step: Callable, chunk_size: int) -> Callable:
+        """``chunk(state, step_size, data, num_left, ksd_tol, update_tol)``: a scan of
+        ``chunk_size`` steps; steps past ``num_left``, after a stop, or that would make
+        the particles non-finite leave the state as it is."""
 
         def chunk(state, step_size, data, num_left, ksd_tol, update_tol):
             self.num_traces += 1
@@ -87,22 +100,7 @@ class SVGDRunner:
             )
             return state, out
 
-        self._chunk = jax.jit(chunk)
-        self._compiled: dict = {}
-
-    def _executable(self, args) -> tuple[Callable, float]:
-        """The compiled chunk for these argument shapes, and the seconds spent compiling
-        it now (0 when it was compiled before): compilation is timed apart from running."""
-        leaves, treedef = jax.tree.flatten(args)
-        sig = (
-            treedef,
-            tuple((np.shape(a), jnp.result_type(a), getattr(a, "sharding", None)) for a in leaves),
-        )
-        if sig in self._compiled:
-            return self._compiled[sig], 0.0
-        t0 = time.perf_counter()
-        self._compiled[sig] = self._chunk.trace(*args).lower().compile()
-        return self._compiled[sig], time.perf_counter() - t0
+        return chunk
 
     def run(
         self,
@@ -129,62 +127,63 @@ class SVGDRunner:
         Raises:
             ValueError: for a non-positive ``num_iterations``, ``step_size`` or tolerance.
         """
-        if not isinstance(num_iterations, int) or num_iterations < 1:
-            raise ValueError(f"`num_iterations` must be a positive int; got {num_iterations!r}")
-        if not np.all(np.asarray(step_size) > 0):
-            raise ValueError(f"`step_size` must be positive; got {step_size!r}")
-        for name, tol in (("ksd_tol", ksd_tol), ("update_tol", update_tol)):
-            if tol is not None and not float(tol) > 0:
-                raise ValueError(f"`{name}` must be positive or None; got {tol!r}")
+        check_positive("num_iterations", num_iterations, integer=True)
+        check_positive_values("step_size", step_size)
+        check_positive_values("ksd_tol", ksd_tol, allow_none=True)
+        check_positive_values("update_tol", update_tol, allow_none=True)
         dtype = state.particles.dtype
         tols = [jnp.asarray(-np.inf if t is None else t, dtype) for t in (ksd_tol, update_tol)]
-        step_size = jnp.asarray(step_size, dtype)
-        parts, done, status, message = [], 0, "completed", ""
-        wall = compile_s = 0.0
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=num_iterations, desc="svgd", unit="it", leave=False)
-        try:
-            while done < num_iterations:
-                args = (state, step_size, data, jnp.asarray(num_iterations - done), *tols)
-                exe, seconds = self._executable(args)
-                compile_s += seconds
-                t0 = time.perf_counter()
-                state, (info, active, bad, conv) = jax.block_until_ready(exe(*args))
-                wall += time.perf_counter() - t0
-                active, bad, conv = np.asarray(active), np.asarray(bad), np.asarray(conv)
-                num_active = int(active.sum())
-                info = jax.tree.map(np.asarray, info)
-                if bad.any():
-                    first = int(np.argmax(bad))
-                    parts.append(jax.tree.map(lambda a, f=first: a[:f], info))
-                    status = "non-finite"
-                    message = (
-                        f"non-finite particles at iteration {done + first + 1}; stopped and kept "
-                        f"the last finite particles (iteration {done + first})"
-                    )
-                    done += first
-                    break
-                parts.append(jax.tree.map(lambda a, m=num_active: a[:m], info))
-                done += num_active
-                if bar is not None:
-                    bar.update(num_active)
-                if conv.any():
-                    status = "converged"
-                    message = f"stopping rule met at iteration {done}"
-                    break
-        finally:
-            if bar is not None:
-                bar.close()
-        if not message:
-            message = f"completed {done} iterations"
+        run = _Run(self._cache, state, (jnp.asarray(step_size, dtype), data), tols)
+        done, interrupted = run_chunks(
+            num_iterations, self.chunk_size, run.chunk, progress=progress, desc="svgd"
+        )
+        if interrupted:
+            run.status, run.message = "interrupted", f"interrupted after {done} iterations"
+        message = run.message or f"completed {done} iterations"
         trace = {
-            name: np.concatenate([getattr(p, name) for p in parts])
+            name: np.concatenate([getattr(p, name) for p in run.parts])
+            if run.parts
+            else np.zeros((0,), dtype)
             for name in ("ksd", "update_norm", "bandwidth")
         }
-        return SVGDResult(state, trace, done, status, message, wall, compile_s)
+        return SVGDResult(run.state, trace, done, run.status, message, run.wall, run.compile_s)
+
+
+class _Run:
+    """One :meth:`SVGDRunner.run`: the state, trace parts and times, chunk by chunk."""
+
+    def __init__(self, cache: CompiledCache, state: SVGDState, step_args: tuple, tols: list):
+        self.cache, self.state, self.step_args, self.tols = cache, state, step_args, tols
+        self.parts: list = []
+        self.status, self.message = "completed", ""
+        self.wall = self.compile_s = 0.0
+
+    def chunk(self, done: int, num_todo: int) -> ChunkOutcome:
+        args = (self.state, *self.step_args, jnp.asarray(num_todo), *self.tols)
+        placement = tuple(getattr(a, "sharding", None) for a in jax.tree.leaves(args))
+        exe, seconds = self.cache.get(args, placement)
+        self.compile_s += seconds
+        t0 = time.perf_counter()
+        state, (info, active, bad, conv) = jax.block_until_ready(exe(*args))
+        self.wall += time.perf_counter() - t0
+        info = jax.tree.map(np.asarray, info)
+        self.state = state  # the chunk never applies a non-finite step
+        if np.any(bad):
+            first = int(np.argmax(np.asarray(bad)))
+            self.parts.append(jax.tree.map(lambda a: a[:first], info))
+            self.status = "non-finite"
+            self.message = (
+                f"non-finite particles at iteration {done + first + 1}; stopped and kept "
+                f"the last finite particles (iteration {done + first})"
+            )
+            return ChunkOutcome(first, stop=True)
+        num_active = int(np.asarray(active).sum())
+        self.parts.append(jax.tree.map(lambda a: a[:num_active], info))
+        if np.any(conv):
+            self.status = "converged"
+            self.message = f"stopping rule met at iteration {done + num_active}"
+            return ChunkOutcome(num_active, stop=True)
+        return ChunkOutcome(num_active)
 
 
 def to_inference_data(result: SVGDResult, var_name: str = "x"):

@@ -7,10 +7,15 @@ distances, "AdaGrad with momentum" steps), NumPy in and out, run by JAX. A
 runs as one compiled scan; a NumPy-only one is called once per iteration between
 compiled steps.
 
+It computes in the dtype it is given, as the NumPy original does: float64 particles
+run in float64 (inside a scoped ``jax.enable_x64(True)``, so this works in a process
+where JAX's 64-bit mode is off and leaves that setting as it was), float32 in float32.
+
 References:
     Liu & Wang, "Stein Variational Gradient Descent", NIPS 2016 (arXiv:1608.04471).
 """
 
+import contextlib
 import warnings
 from collections.abc import Callable
 
@@ -19,8 +24,9 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import ArrayLike
 
-from dgm.inference import svgd as core
-from dgm.inference.svgd_driver import SVGDRunner
+from dgm.config import check_positive, check_positive_values, check_range
+from dgm.inference.svgd import core
+from dgm.inference.svgd.driver import SVGDRunner
 
 
 class SVGD:
@@ -67,32 +73,27 @@ class SVGD:
             ValueError: for a bad ``x0``, ``n_iter``, ``stepsize``, ``bandwidth`` or
                 ``alpha``, or a gradient of the wrong shape.
         """
-        x0 = np.array(x0, dtype=float if np.asarray(x0).dtype.kind in "iub" else None)
-        if x0.ndim != 2:
-            raise ValueError(f"`x0` must be a 2-d array (particles, dim); got shape {x0.shape}")
-        if x0.shape[0] < 1 or x0.shape[1] < 1:
-            raise ValueError(f"`x0` needs at least one particle and one dimension; got {x0.shape}")
-        if not np.all(np.isfinite(x0)):
-            raise ValueError("`x0` must be finite; it contains NaN or inf")
-        if not isinstance(n_iter, int) or isinstance(n_iter, bool) or n_iter < 1:
-            raise ValueError(f"`n_iter` must be a positive int; got {n_iter!r}")
-        if not stepsize > 0:
-            raise ValueError(f"`stepsize` must be positive; got {stepsize!r}")
+        x0 = _checked_particles(x0)
+        check_positive("n_iter", n_iter, integer=True)
+        check_positive_values("stepsize", stepsize)
         if bandwidth == 0:
             raise ValueError(
                 "`bandwidth` must be positive, or negative for the median trick; got 0"
             )
-        if not 0 <= alpha < 1:
-            raise ValueError(f"`alpha` must lie in [0, 1); got {alpha!r}")
+        check_range("alpha", alpha, 0, 1)
         bw = "median" if bandwidth < 0 else 2.0 * float(bandwidth) ** 2
-        x = jnp.asarray(x0)
-        if _traceable(lnprob, x):
-            out, msg = self._run_compiled(x, lnprob, n_iter, stepsize, bw, alpha, debug)
-        else:
-            out, msg = self._run_loop(x, lnprob, n_iter, stepsize, bw, alpha, debug)
+        # float64 in: compute in float64 even where JAX's 64-bit mode is off
+        x64 = jax.enable_x64(True) if x0.dtype == np.float64 else contextlib.nullcontext()
+        with x64:
+            x = jnp.asarray(x0)
+            if _traceable(lnprob, x):
+                out, msg = self._run_compiled(x, lnprob, n_iter, stepsize, bw, alpha, debug)
+            else:
+                out, msg = self._run_loop(x, lnprob, n_iter, stepsize, bw, alpha, debug)
+            out = np.asarray(out)
         if msg:
             warnings.warn(msg, RuntimeWarning, stacklevel=2)
-        return np.asarray(out).astype(x0.dtype, copy=False)
+        return out.astype(x0.dtype, copy=False)
 
     def _run_compiled(self, x, lnprob, n_iter, stepsize, bw, alpha, debug):
         chunk_size = min(n_iter, 1000)
@@ -133,6 +134,22 @@ class SVGD:
                 )
             state = new
         return state.particles, ""
+
+
+def _checked_particles(x0: ArrayLike) -> np.ndarray:
+    """A copy of ``x0`` as a float array (integers and booleans become float64).
+
+    Raises:
+        ValueError: ``x0`` is not a finite 2-d array with a particle and a dimension.
+    """
+    x0 = np.array(x0, dtype=float if np.asarray(x0).dtype.kind in "iub" else None)
+    if x0.ndim != 2:
+        raise ValueError(f"`x0` must be a 2-d array (particles, dim); got shape {x0.shape}")
+    if x0.shape[0] < 1 or x0.shape[1] < 1:
+        raise ValueError(f"`x0` needs at least one particle and one dimension; got {x0.shape}")
+    if not np.all(np.isfinite(x0)):
+        raise ValueError("`x0` must be finite; it contains NaN or inf")
+    return x0
 
 
 def _checked(lnprob: Callable) -> Callable:
