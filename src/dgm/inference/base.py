@@ -16,6 +16,7 @@ checkpoint, gives bit-identical draws. Chains are spread over the available devi
 group per device, dispatched asynchronously).
 """
 
+import functools
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +28,7 @@ import numpy as np
 from jaxtyping import Array, Bool, Float, PRNGKeyArray, PyTree
 
 from dgm.config import check_choice, check_positive
+from dgm.inference._compiled import ChunkOutcome, CompiledCache, run_chunks
 
 
 class Kernel(NamedTuple):
@@ -84,11 +86,6 @@ class ChainResult(NamedTuple):
     compile_s: float
 
 
-def _signature(tree) -> tuple:
-    leaves, treedef = jax.tree.flatten(tree)
-    return (treedef, tuple((np.shape(x), jnp.result_type(x)) for x in leaves))
-
-
 def _split_params(params) -> tuple[Any, Any]:
     """``(traced, static)``: Python ints stay static (compile-time), the rest are arrays."""
     is_static = [_is_int(x) for x in jax.tree.leaves(params)]
@@ -138,10 +135,9 @@ class ChainRunner:
         self.step_fn = step_fn
         self.extract_fn = extract_fn or (lambda s: s.position)
         self.chunk_size = chunk_size
-        self._compiled: dict = {}
-        self.num_compiles = 0
+        self._caches: dict[Any, CompiledCache] = {}  # one per static part of the params
 
-        def chunk(keys, start, stop, states, traced, static):
+        def chunk(keys, start, stop, states, traced, *, static):
             split, per_chain = static
 
             def one_chain(key, state, traced):
@@ -166,16 +162,19 @@ class ChainRunner:
                 states, (draws, infos) = jax.vmap(one_chain, in_axes)(keys, states, traced)
             return states, draws, infos
 
-        self._jitted = jax.jit(chunk, static_argnums=5)
+        self._chunk = chunk
 
-    def _executable(self, args, static, device):
-        sig = (_signature(args), static, device)
-        if sig not in self._compiled:
-            t0 = time.perf_counter()
-            self._compiled[sig] = self._jitted.trace(*args, static).lower().compile()
-            self.num_compiles += 1
-            return self._compiled[sig], time.perf_counter() - t0
-        return self._compiled[sig], 0.0
+    @property
+    def num_compiles(self) -> int:
+        """Executables compiled so far (one per shapes, static params and device)."""
+        return sum(cache.num_compiles for cache in self._caches.values())
+
+    def _executable(self, args, static, device) -> tuple[Callable, float]:
+        if static not in self._caches:
+            self._caches[static] = CompiledCache(
+                jax.jit(functools.partial(self._chunk, static=static))
+            )
+        return self._caches[static].get(args, device)
 
     def run(
         self,
@@ -212,46 +211,50 @@ class ChainRunner:
             says ``interrupted``); Ctrl-C before any iteration exists re-raises.
         """
         check_positive("num_iterations", num_iterations, integer=True)
-        previous, done = None, 0
+        previous, first = None, 0
         if checkpoint is not None and Path(checkpoint).exists():
-            previous = _load_chains(
-                checkpoint, states, self._templates(keys[0], states, params, per_chain_params)
-            )
-            states, done = previous["states"], previous["num_done"]
-        first = done
+            template = self._templates(keys[0], states, params, per_chain_params)
+            previous = _load_chains(checkpoint, states, template)
+            states, first = previous["states"], previous["num_done"]
         traced, split = _split_params(params)
         static = (split, per_chain_params)
         groups = _device_groups(jax.tree.leaves(states)[0].shape[0])
         parts = [(previous["draws"], previous["infos"])] if previous else []
-        compile_s = wall_s = accepted = 0.0
+        # One dict updated in one call, so a Ctrl-C between statements never leaves the
+        # states, the draws and the count describing different iterations.
+        run = {"states": states, "parts": parts, "done": first, "compile_s": 0.0, "wall_s": 0.0}
+        accepted = [0.0]
+
+        def run_chunk(done: int, todo: int) -> ChunkOutcome:
+            t0 = time.perf_counter()
+            bounds = (jnp.asarray(first + done), jnp.asarray(num_iterations))
+            states, chunk, c = self._run_chunk(keys, bounds, run["states"], traced, static, groups)
+            chunk = _head(chunk, todo)
+            run.update(
+                states=states,
+                parts=[*run["parts"], chunk],
+                done=first + done + todo,
+                compile_s=run["compile_s"] + c,
+                wall_s=run["wall_s"] + time.perf_counter() - t0 - c,
+            )
+            if checkpoint is not None:
+                _save_chains(checkpoint, run["done"], states, _cat_time(run["parts"]))
+            if accept_fn is None:
+                return ChunkOutcome(todo)
+            accepted[0] += float(np.sum(np.mean(accept_fn(chunk[1]), axis=0)))
+            return ChunkOutcome(todo, postfix={"accept": f"{accepted[0] / (done + todo):.3f}"})
+
         interrupted = False
-        bar = _progress(num_iterations, desc, done) if progress else None
-        try:
-            while done < num_iterations:
-                t0 = time.perf_counter()
-                bounds = (jnp.asarray(done), jnp.asarray(num_iterations))
-                states, chunk, c = self._run_chunk(keys, bounds, states, traced, static, groups)
-                take = min(self.chunk_size, num_iterations - done)
-                chunk = _head(chunk, take)
-                compile_s, wall_s = compile_s + c, wall_s + time.perf_counter() - t0 - c
-                parts.append(chunk)
-                done += take
-                if checkpoint is not None:
-                    _save_chains(checkpoint, done, states, _cat_time(parts))
-                if bar is not None:
-                    if accept_fn is not None:
-                        accepted += float(np.sum(np.mean(accept_fn(chunk[1]), axis=0)))
-                        bar.set_postfix(accept=f"{accepted / (done - first):.3f}")
-                    bar.update(take)
-        except KeyboardInterrupt:
-            if not parts:
-                raise
-            interrupted = True
-        finally:
-            if bar is not None:
-                bar.close()
-        draws, infos = _cat_time(parts) if parts else (None, None)
-        return ChainResult(states, draws, infos, done, interrupted, wall_s, compile_s)
+        if first < num_iterations:
+            _, interrupted = run_chunks(
+                num_iterations - first, self.chunk_size, run_chunk, progress=progress, desc=desc
+            )
+        if not run["parts"]:
+            raise KeyboardInterrupt  # interrupted before any iteration existed
+        draws, infos = _cat_time(run["parts"])
+        return ChainResult(
+            run["states"], draws, infos, run["done"], interrupted, run["wall_s"], run["compile_s"]
+        )
 
     def _run_chunk(self, keys, bounds, states, traced, static, groups):
         """One compiled chunk on every device group: ``(states, (draws, infos), compile_s)``."""
