@@ -264,7 +264,7 @@ def warmup(
     params = params._replace(step_size=search(keys_restart[0], init_state, params))
     da = dual_averaging_init(params.step_size)
     carry = _Carry(init_state, da, welford_init(position, metric == "dense"), params)
-    body = _warmup_body(kernel.step, search, target_accept, metric == "dense")
+    body = _warmup_body(kernel.step, search, target_accept, metric)
     xs = (
         jax.random.split(key_run, num_warmup),
         keys_restart[1:],
@@ -276,9 +276,11 @@ def warmup(
     return WarmupResult(carry.state, params, infos)
 
 
-def _warmup_body(step: Callable, search: Callable, target_accept: float, dense: bool):
+def _warmup_body(step: Callable, search: Callable, target_accept: float, metric: str):
     """One warm-up iteration: a kernel step, dual averaging, Welford inside a slow window,
-    and at a window's end the new inverse mass matrix and a restarted step-size search."""
+    and at a window's end the new inverse mass matrix and a restarted step-size search
+    (not traced for ``metric="none"``, whose params may have no inverse mass matrix)."""
+    dense = metric == "dense"
 
     def close_window(c: _Carry, key):
         params = c.params._replace(inverse_mass_matrix=welford_final(c.welford))
@@ -296,6 +298,8 @@ def _warmup_body(step: Callable, search: Callable, target_accept: float, dense: 
             c.welford,
         )
         c = _Carry(state, da, welford, c.params._replace(step_size=jnp.exp(da.log_step_size)))
+        if metric == "none":
+            return c, info
         return jax.lax.cond(close, lambda c: close_window(c, key_restart), lambda c: c, c), info
 
     return body
