@@ -263,7 +263,7 @@ class ConditionedGenerator:
     ):
         """The kept draws (warm-up dropped) of ``result`` as ArviZ ``InferenceData``."""
         keep = slice(min(num_warmup, result.num_done), min(result.num_done, total))
-        draws = result.draws[:, keep]
+        draws, infos = jax.tree.map(lambda x: x[:, keep], (result.draws, result.infos))
         with jax.enable_x64(True):
             derived = {name: np.asarray(fn(draws)) for name, fn in self.derived.items()}
         attrs = {
@@ -275,12 +275,7 @@ class ConditionedGenerator:
             "compile_s": result.compile_s,
             "interrupted": int(result.num_done < total),
         }
-        return to_inference_data(
-            {"u": draws, **derived},
-            jax.tree.map(lambda x: x[:, keep], result.infos),
-            self.y_obs,
-            attrs,
-        )
+        return to_inference_data({"u": draws, **derived}, infos, self.y_obs, attrs)
 
 
 # sample_stats names (ArviZ's where it has one) of the CHMCInfo fields
@@ -303,11 +298,9 @@ def to_inference_data(posterior: dict, infos: constrained_hmc.CHMCInfo, y_obs, a
     import arviz as az
 
     stats = {name: getattr(infos, field) for field, name in STAT_NAMES.items()}
+    observed = {"y": np.asarray(y_obs)}
     idata = az.from_dict(
-        posterior=posterior,
-        sample_stats=stats,
-        observed_data={"y": np.asarray(y_obs)},
-        dims={"u": ["u_dim"]},
+        posterior, sample_stats=stats, observed_data=observed, dims={"u": ["u_dim"]}
     )
     for group in (idata.posterior, idata.sample_stats):
         group.attrs.update(attrs)
