@@ -264,7 +264,7 @@ def lv_posterior(model, y_obs, structured=True):
     hook = (lambda u: model.half_log_det_gram(u, y)) if structured else None
     gram = model.gram_factor if structured else None
     return condition(
-        model.generate, y_obs, model.input_dim, half_log_det_fn=hook, gram_cholesky_fn=gram
+        model.generate, y_obs, model.input_dim, half_log_det_fn=hook, gram_factor_fn=gram
     )
 
 

@@ -23,9 +23,9 @@ import numpy as np
 
 from dgm.config import check_choice, check_positive
 from dgm.inference import constrained_hmc
-from dgm.inference.base import ChainRunner
-from dgm.inference.hmc import _check_steps
-from dgm.inference.manifold import SMALL_GRAM, ManifoldSystem, gram_solve
+from dgm.inference.base import ChainResult, ChainRunner
+from dgm.inference.hmc import check_steps
+from dgm.inference.manifold import SMALL_GRAM, DenseCholesky, ManifoldSystem, gauss_newton
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,7 +50,7 @@ class ConditionedGenerator:
         input_dim,
         derived,
         jacobian,
-        gram_cholesky_fn,
+        gram_factor_fn,
         init_fn,
         half_log_det_fn=None,
     ):
@@ -63,55 +63,29 @@ class ConditionedGenerator:
         }
         self.init_fn = init_fn
         self.system = ManifoldSystem(
-            generator, input_dim, self.output_dim, jacobian, gram_cholesky_fn, half_log_det_fn
+            generator, input_dim, self.output_dim, jacobian, gram_factor_fn, half_log_det_fn
         )
         self._runners: dict[SamplerSettings, ChainRunner] = {}
         self._init_states = jax.jit(jax.vmap(lambda u: constrained_hmc.init(self.system, u)))
         self._residuals = jax.jit(jax.vmap(self.constraint_residual))
         self._newton = jax.jit(
-            jax.vmap(self._gauss_newton, in_axes=(0, None, None)), static_argnums=2
+            jax.vmap(
+                lambda u, tol, n: gauss_newton(self.system, u, self.y_obs, tol, n), (0, None, None)
+            ),
+            static_argnums=2,
         )
 
     def constraint_residual(self, u) -> jax.Array:
         """max |generator(u) − y_obs|."""
         return jnp.max(jnp.abs(self.system.constraint(u, self.y_obs)))
 
-    def _gauss_newton(self, u, tol, max_iters):
-        """Minimum-norm Gauss–Newton with step halving on ‖c‖."""
-
-        def cond(carry):
-            i, _, res = carry
-            return (i < max_iters) & (res > tol)
-
-        def body(carry):
-            i, u, res = carry
-            jac, chol = self.system.cache(u)
-            c = self.system.constraint(u, self.y_obs)
-            delta = jac.T @ gram_solve(jac, chol, c)
-
-            def shrink(state):
-                alpha, _ = state
-                return alpha * 0.5, self.constraint_residual(u - 0.5 * alpha * delta)
-
-            def too_big(state):
-                alpha, r = state
-                return (alpha > 1e-6) & ~(r < res)
-
-            alpha, r = jax.lax.while_loop(
-                too_big, shrink, (jnp.asarray(1.0, u.dtype), self.constraint_residual(u - delta))
-            )
-            u_new = jnp.where(r < res, u - alpha * delta, u)
-            return i + 1, u_new, jnp.minimum(r, res)
-
-        _, u, res = jax.lax.while_loop(cond, body, (0, u, self.constraint_residual(u)))
-        return u
-
     def initial_points(self, key, num_chains: int, tol: float = 1e-8) -> jax.Array:
         """Starting points on the manifold, one per chain.
 
         With a model ``init_fn(key) -> u`` (a closed form), it is used; otherwise a
-        Gauss–Newton solve runs from a prior draw. Raises ``RuntimeError`` with the worst
-        residual if some start is not on the manifold to within ``tol``.
+        Gauss–Newton solve (:func:`~dgm.inference.manifold.gauss_newton`) runs from a prior
+        draw. Raises ``RuntimeError`` with the worst residual if some start is not on the
+        manifold to within ``tol``.
         """
         keys = jax.random.split(key, num_chains)
         with jax.enable_x64(True):
@@ -138,25 +112,16 @@ class ConditionedGenerator:
         return u
 
     def _runner(self, settings: SamplerSettings) -> ChainRunner:
+        """One runner (and its compiled chunks) per structural setting."""
         if settings not in self._runners:
-            kernel = constrained_hmc.build_kernel(
+            step = constrained_hmc.build_kernel(
                 self.system,
+                self.y_obs,
                 settings.num_geodesic_steps,
                 settings.tol,
                 settings.max_iters,
                 settings.check_reverse,
             )
-
-            def step(key, state, params):
-                return kernel(
-                    key,
-                    state,
-                    params["y"],
-                    params["step_size"],
-                    params["num_min"],
-                    params["num_max"],
-                )
-
             self._runners[settings] = ChainRunner(
                 step, chunk_size=settings.chunk_size, chain_map=settings.chain_map
             )
@@ -164,21 +129,21 @@ class ConditionedGenerator:
 
     def sample(
         self,
-        key,
-        num_chains: int = 4,
-        num_samples: int = 1000,
-        num_warmup: int = 0,
-        step_size: float = 0.25,
-        num_steps: int | tuple[int, int] = (4, 8),
-        num_geodesic_steps: int = 3,
-        tol: float = 1e-8,
-        max_iters: int = 100,
-        check_reverse: bool = True,
+        key: Any,
+        num_chains: Any = 4,
+        num_samples: Any = 1000,
+        num_warmup: Any = 0,
+        step_size: Any = 0.25,
+        num_steps: Any = (4, 8),
+        num_geodesic_steps: Any = 3,
+        tol: Any = 1e-8,
+        max_iters: Any = 100,
+        check_reverse: Any = True,
         init: Any = None,
-        chunk_size: int = 50,
-        chain_map: str = "map",
-        progress_bar: bool = True,
-        checkpoint: str | Path | None = None,
+        chunk_size: Any = 50,
+        chain_map: Any = "map",
+        progress_bar: Any = True,
+        checkpoint: Any = None,
     ):
         """Run constrained HMC chains on the manifold ``generator(u) = y_obs``.
 
@@ -200,10 +165,10 @@ class ConditionedGenerator:
                 linear algebra batches: with a structured Gram factor whose solves are
                 cheap array operations (e.g. ``LotkaVolterra.gram_factor``) 8 chains on 2
                 cores take 2.3–3.0× one chain's time on LV instead of 3.8×. Not with the dense
-                LAPACK Gram Cholesky (more than 4 outputs and no structured factor):
-                jaxlib 0.10.2 hangs on it under ``vmap`` on several host devices, so that
-                raises ``ValueError``. ``"auto"``: ``"vmap"`` with a structured factor,
-                else ``"map"``.
+                LAPACK Gram Cholesky (a ``DenseCholesky`` of more than 4 rows): jaxlib
+                0.10.2 hangs on it under ``vmap`` on several host devices, so that raises
+                ``ValueError``. ``"auto"``: ``"vmap"`` with a structured factor (any Gram
+                factor but ``DenseCholesky``), else ``"map"``.
             checkpoint: ``.npz`` path; written atomically after every chunk, and a run with
                 the same path continues from it (same draws as an uninterrupted run).
 
@@ -211,189 +176,147 @@ class ConditionedGenerator:
             ``arviz.InferenceData`` with ``posterior`` (``u`` and any derived quantities),
             ``sample_stats`` (acceptance, step counts, projection failures, irreversible
             steps, divergences, constraint residuals) and run attributes (``wall_s``,
-            ``compile_s``).
+            ``compile_s``, ``interrupted``). Ctrl-C keeps the draws made so far (a message
+            on stderr; ``interrupted`` = 1); before the first chunk it propagates.
         """
-        lo, hi = _check_steps(num_steps)
-        for name, value in (
-            ("num_chains", num_chains),
-            ("num_samples", num_samples),
-            ("num_geodesic_steps", num_geodesic_steps),
-            ("max_iters", max_iters),
-            ("chunk_size", chunk_size),
-        ):
-            check_positive(name, value, integer=True)
-        if not isinstance(num_warmup, int) or num_warmup < 0:
-            raise ValueError(f"`num_warmup` must be a non-negative int; got {num_warmup!r}")
-        for name, value in (("step_size", step_size), ("tol", tol)):
-            if not (isinstance(value, int | float) and np.isfinite(value) and value > 0):
-                raise ValueError(f"`{name}` must be a positive number; got {value!r}")
-        check_choice("chain_map", chain_map, ("map", "vmap", "auto"))
-        if chain_map == "auto":
-            chain_map = "vmap" if self.system.structured_gram else "map"
-        if chain_map == "vmap" and self.system.uses_lapack_cholesky:
-            raise ValueError(
-                "`chain_map` 'vmap' needs a structured Gram factor (a `gram_cholesky_fn` "
-                f"whose factor has its own `solve`) when there are more than {SMALL_GRAM} "
-                f"outputs (got {self.system.output_dim}): a dense LAPACK Cholesky hangs under "
-                "vmap on several host devices in jaxlib 0.10.2; use 'map'"
-            )
+        lo, hi = check_steps(num_steps)
+        # Raw user input: annotated loosely and validated here, each error naming its
+        # argument (a precise annotation's type check would pre-empt the messages).
+        chain_map = self._check_sample_args(locals())
         settings = SamplerSettings(
             num_geodesic_steps, float(tol), max_iters, check_reverse, chunk_size, chain_map
         )
         key_init, key_chains = jax.random.split(key)
+        total = num_warmup + num_samples
         with jax.enable_x64(True):
-            if init is None:
-                u0 = self.initial_points(key_init, num_chains, tol)
-            else:
-                u0 = self._check_init(jnp.asarray(init, jnp.float64), tol, "`init`")
-                if u0.shape[0] != num_chains:
-                    raise ValueError(
-                        f"`init` must have {num_chains} rows (num_chains); got {u0.shape[0]}"
-                    )
-            return self._run(
-                settings,
-                key_chains,
-                u0,
-                num_warmup + num_samples,
-                num_warmup,
-                (step_size, lo, hi),
-                progress_bar,
-                checkpoint,
+            u0 = self._start(key_init, num_chains, init, tol)
+            params = constrained_hmc.CHMCParams(
+                jnp.asarray(step_size, jnp.float64), jnp.asarray(lo), jnp.asarray(hi)
             )
-
-    def _run(self, settings, key, u0, total, num_warmup, tunables, progress, checkpoint):
-        step_size, lo, hi = tunables
-        runner = self._runner(settings)
-        keys = jax.random.split(key, u0.shape[0])
-        params = {
-            "y": self.y_obs,
-            "step_size": jnp.asarray(step_size, jnp.float64),
-            "num_min": jnp.asarray(lo),
-            "num_max": jnp.asarray(hi),
-        }
-        start, previous = 0, None
-        if checkpoint is not None and Path(checkpoint).exists():
-            previous = _load_checkpoint(checkpoint, u0.shape)
-            start, u0 = int(previous["num_done"]), jnp.asarray(previous["position"])
-        states = self._init_states(u0)
-        on_chunk = None
-        if checkpoint is not None:
-
-            def on_chunk(done, states, draws, infos):
-                _save_checkpoint(checkpoint, done, states.position, previous, draws, infos)
-
-        result = runner.run(
-            keys,
-            states,
-            params,
-            total - start,
-            start=start,
-            progress=progress,
-            desc="constrained HMC",
-            on_chunk=on_chunk,
-            accept_fn=lambda info: info.is_accepted,
-        )
-        draws, infos = _merge_previous(previous, result.draws, result.infos)
-        done = start + result.num_done
+            result = self._runner(settings).run(
+                jax.random.split(key_chains, num_chains),
+                self._init_states(u0),
+                params,
+                total,
+                progress=progress_bar,
+                desc="constrained HMC",
+                accept_fn=lambda info: info.is_accepted,
+                checkpoint=checkpoint,
+            )
         if result.interrupted:
             print(
-                f"interrupted after {done} of {total} iterations; keeping the draws so far",
+                f"interrupted after {result.num_done} of {total} iterations; keeping the "
+                "draws so far",
                 file=sys.stderr,
             )
-        keep = slice(min(num_warmup, done), done)
-        return self._to_inference_data(
-            draws[:, keep],
-            jax.tree.map(lambda x: x[:, keep], infos),
-            result,
-            settings,
-            step_size,
-            (lo, hi),
-            done < total,
-        )
+        attrs = {"step_size": float(step_size), "num_steps_low": lo, "num_steps_high": hi}
+        return self._inference_data(result, num_warmup, total, settings, attrs)
 
-    def _to_inference_data(self, draws, infos, result, settings, step_size, steps, interrupted):
-        import arviz as az
+    def _check_sample_args(self, args: dict) -> str:
+        """Validate :meth:`sample`'s arguments (each error names one); return the chain map."""
+        key = args["key"]
+        typed = isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+        raw = isinstance(key, jax.Array) and key.dtype == jnp.uint32 and key.shape == (2,)
+        if not (typed or raw):
+            raise ValueError(f"`key` must be one PRNG key (jax.random.key(seed)); got {key!r}")
+        for name in ("num_chains", "num_samples", "num_geodesic_steps", "max_iters", "chunk_size"):
+            check_positive(name, args[name], integer=True)
+        num_warmup = args["num_warmup"]
+        if not isinstance(num_warmup, int) or isinstance(num_warmup, bool) or num_warmup < 0:
+            raise ValueError(f"`num_warmup` must be a non-negative int; got {num_warmup!r}")
+        for name in ("step_size", "tol"):
+            value = args[name]
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+            if not (ok and np.isfinite(value) and value > 0):
+                raise ValueError(f"`{name}` must be a positive number; got {value!r}")
+        for name in ("check_reverse", "progress_bar"):
+            if not isinstance(args[name], bool):
+                raise ValueError(f"`{name}` must be a bool; got {args[name]!r}")
+        path = args["checkpoint"]
+        if path is not None and not isinstance(path, str | Path):
+            raise ValueError(f"`checkpoint` must be a str or Path; got {type(path).__name__}")
+        chain_map = args["chain_map"]
+        check_choice("chain_map", chain_map, ("map", "vmap", "auto"))
+        structured = self.system.factor_type() is not DenseCholesky
+        if chain_map == "auto":
+            chain_map = "vmap" if structured else "map"
+        if chain_map == "vmap" and self.system.uses_lapack_cholesky:
+            raise ValueError(
+                "`chain_map` 'vmap' needs a structured Gram factor (a `gram_factor_fn` "
+                f"returning another factor than DenseCholesky) when there are more than "
+                f"{SMALL_GRAM} outputs (got {self.system.output_dim}): a dense LAPACK "
+                "Cholesky hangs under vmap on several host devices in jaxlib 0.10.2; use 'map'"
+            )
+        return chain_map
 
-        posterior = {"u": draws}
-        for name, fn in self.derived.items():
-            with jax.enable_x64(True):
-                posterior[name] = np.asarray(fn(draws))
-        stats = {
-            "acceptance_rate": infos.accept_prob,
-            "is_accepted": infos.is_accepted,
-            "diverging": infos.is_divergent,
-            "projection_failed": infos.projection_failed,
-            "irreversible": infos.is_irreversible,
-            "n_steps": infos.num_steps,
-            "energy_error": infos.energy_error,
-            "constraint_residual": infos.constraint_residual,
-        }
+    def _start(self, key, num_chains: int, init, tol: float) -> jax.Array:
+        """Checked float64 starting points: ``init``, or :meth:`initial_points`."""
+        if init is None:
+            return self.initial_points(key, num_chains, tol)
+        u0 = self._check_init(jnp.asarray(init, jnp.float64), tol, "`init`")
+        if u0.shape[0] != num_chains:
+            raise ValueError(f"`init` must have {num_chains} rows (num_chains); got {u0.shape[0]}")
+        return u0
+
+    def _inference_data(
+        self, result: ChainResult, num_warmup: int, total: int, settings, attrs: dict
+    ):
+        """The kept draws (warm-up dropped) of ``result`` as ArviZ ``InferenceData``."""
+        keep = slice(min(num_warmup, result.num_done), min(result.num_done, total))
+        draws, infos = jax.tree.map(lambda x: x[:, keep], (result.draws, result.infos))
+        with jax.enable_x64(True):
+            derived = {name: np.asarray(fn(draws)) for name, fn in self.derived.items()}
         attrs = {
             "sampler": "constrained_hmc",
-            "step_size": float(step_size),
-            "num_steps_low": steps[0],
-            "num_steps_high": steps[1],
+            **attrs,
             **dataclasses.asdict(settings),
             "check_reverse": int(settings.check_reverse),
             "wall_s": result.wall_s,
             "compile_s": result.compile_s,
-            "interrupted": int(interrupted),
+            "interrupted": int(result.num_done < total),
         }
-        idata = az.from_dict(
-            posterior=posterior,
-            sample_stats=stats,
-            observed_data={"y": np.asarray(self.y_obs)},
-            dims={"u": ["u_dim"]},
-        )
-        for group in (idata.posterior, idata.sample_stats):
-            group.attrs.update(attrs)
-        return idata
+        return to_inference_data({"u": draws, **derived}, infos, self.y_obs, attrs)
 
 
-def _save_checkpoint(path, done, position, previous, draws, infos):
-    from dgm.runs import save_npz
-
-    draws, infos = _merge_previous(previous, draws, infos)
-    fields = {f"info_{k}": v for k, v in infos._asdict().items()}
-    save_npz(path, num_done=done, position=np.asarray(position), draws=draws, **fields)
-
-
-def _load_checkpoint(path, shape):
-    from dgm.runs import load_npz
-
-    data = load_npz(path)
-    if data["position"].shape != tuple(shape):
-        raise ValueError(
-            f"checkpoint {path} holds chains of shape {data['position'].shape}; "
-            f"this run has {tuple(shape)}"
-        )
-    return data
+# sample_stats names (ArviZ's where it has one) of the CHMCInfo fields
+STAT_NAMES = {
+    "accept_prob": "acceptance_rate",
+    "is_accepted": "is_accepted",
+    "is_divergent": "diverging",
+    "projection_failed": "projection_failed",
+    "is_irreversible": "irreversible",
+    "num_steps": "n_steps",
+    "energy_error": "energy_error",
+    "constraint_residual": "constraint_residual",
+}
 
 
-def _merge_previous(previous, draws, infos):
-    if previous is None:
-        return draws, infos
-    old = constrained_hmc.CHMCInfo(
-        **{k: previous[f"info_{k}"] for k in constrained_hmc.CHMCInfo._fields}
+def to_inference_data(posterior: dict, infos: constrained_hmc.CHMCInfo, y_obs, attrs: dict):
+    """ArviZ ``InferenceData`` of constrained HMC draws: ``posterior`` (``u`` first, over
+    ``u_dim``, then derived quantities), ``sample_stats`` (:data:`STAT_NAMES`),
+    ``observed_data`` and ``attrs`` on the posterior and sample-stats groups."""
+    import arviz as az
+
+    stats = {name: getattr(infos, field) for field, name in STAT_NAMES.items()}
+    observed = {"y": np.asarray(y_obs)}
+    idata = az.from_dict(
+        posterior, sample_stats=stats, observed_data=observed, dims={"u": ["u_dim"]}
     )
-    if draws is None:
-        return previous["draws"], old
-    return (
-        np.concatenate([previous["draws"], draws], axis=1),
-        jax.tree.map(lambda a, b: np.concatenate([a, b], axis=1), old, infos),
-    )
+    for group in (idata.posterior, idata.sample_stats):
+        group.attrs.update(attrs)
+    return idata
 
 
 def condition(
-    generator: Callable,
+    generator: Any,
     y_obs: Any,
-    input_dim: int,
+    input_dim: Any,
     *,
-    derived: dict[str, Callable] | None = None,
-    jacobian: str = "auto",
-    gram_cholesky_fn: Callable | None = None,
-    init_fn: Callable | None = None,
-    half_log_det_fn: Callable | None = None,
+    derived: Any = None,
+    jacobian: Any = "auto",
+    gram_factor_fn: Any = None,
+    init_fn: Any = None,
+    half_log_det_fn: Any = None,
 ) -> ConditionedGenerator:
     """Condition ``y = generator(u)``, ``u ~ N(0, I)``, on an observed ``y``.
 
@@ -404,8 +327,9 @@ def condition(
         input_dim: M, the number of inputs (at least the number of outputs).
         derived: named functions of ``u`` recorded with the posterior draws.
         jacobian: ``"auto"``, ``"fwd"`` or ``"rev"``.
-        gram_cholesky_fn: optional structured ``(u, J) -> chol(J Jᵀ)`` (lower), or a
-            structured factor such as :class:`~dgm.inference.manifold.TriangularBlockGram`.
+        gram_factor_fn: optional ``(u, J) -> AbstractGramFactor`` of J Jᵀ exploiting the
+            Jacobian's structure, such as :class:`~dgm.inference.manifold.TriangularBlockGram`
+            (default: :class:`~dgm.inference.manifold.DenseCholesky`).
         init_fn: optional ``init_fn(key) -> u`` returning a point on the manifold.
         half_log_det_fn: optional ``u -> ½ log det(J Jᵀ)``, exact on the manifold ``generator(u)
             = y_obs`` (see :class:`~dgm.inference.manifold.ManifoldSystem`); it replaces the
@@ -413,7 +337,9 @@ def condition(
 
     Raises:
         ValueError: for a generator whose output shape does not match ``y_obs``, more
-            outputs than inputs, or a ``y_obs`` that is not a finite vector.
+            outputs than inputs, a ``y_obs`` that is not a finite vector, an unknown
+            ``jacobian``, or a function argument that is not callable.
+        TypeError: for a ``gram_factor_fn`` that does not return an ``AbstractGramFactor``.
 
     Example:
         >>> import jax, jax.numpy as jnp, dgm
@@ -423,6 +349,27 @@ def condition(
     """
     if not isinstance(input_dim, int) or isinstance(input_dim, bool) or input_dim < 1:
         raise ValueError(f"`input_dim` must be a positive int; got {input_dim!r}")
+    functions = {"generator": generator, "gram_factor_fn": gram_factor_fn, "init_fn": init_fn}
+    functions |= {"half_log_det_fn": half_log_det_fn}
+    if derived is not None and not isinstance(derived, dict):
+        raise ValueError(f"`derived` must be a dict of name -> function; got {derived!r}")
+    functions |= {f"derived[{name!r}]": fn for name, fn in (derived or {}).items()}
+    for name, fn in functions.items():
+        if (fn is not None or name == "generator") and not callable(fn):
+            raise ValueError(f"`{name}` must be callable; got {type(fn).__name__}")
+    check_choice("jacobian", jacobian, ("auto", "fwd", "rev"))
+    y = _check_y_obs(generator, y_obs, input_dim)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        posterior = ConditionedGenerator(
+            generator, y, input_dim, derived, jacobian, gram_factor_fn, init_fn, half_log_det_fn
+        )
+    posterior.system.factor_type()  # TypeError unless an AbstractGramFactor
+    return posterior
+
+
+def _check_y_obs(generator: Callable, y_obs: Any, input_dim: int) -> jax.Array:
+    """``y_obs`` as a float64 vector that matches the generator's output."""
     with jax.enable_x64(True):
         y = jnp.asarray(y_obs, jnp.float64)
         if y.ndim != 1:
@@ -446,11 +393,4 @@ def condition(
             f"the generator must have at least as many inputs as outputs; got input_dim="
             f"{input_dim} < {y.shape[0]} outputs"
         )
-    for name, fn in (("init_fn", init_fn), ("half_log_det_fn", half_log_det_fn)):
-        if fn is not None and not callable(fn):
-            raise ValueError(f"`{name}` must be callable; got {type(fn).__name__}")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        return ConditionedGenerator(
-            generator, y, input_dim, derived, jacobian, gram_cholesky_fn, init_fn, half_log_det_fn
-        )
+    return y

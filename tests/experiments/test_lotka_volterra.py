@@ -10,9 +10,9 @@ import pytest
 from dgm.cli import main
 from dgm.inference import constrained_hmc
 from dgm.inference.manifold import (
+    DenseCholesky,
     ManifoldSystem,
     TriangularBlockGram,
-    gram_solve,
     project_onto_manifold,
     project_tangent,
 )
@@ -64,14 +64,14 @@ def test_structured_log_det_equals_dense_on_manifold(shift):
         model.output_dim,
         half_log_det_fn=lambda v: model.half_log_det_gram(v, y),
     )
-    jac, chol = dense.cache(u)
-    np.testing.assert_allclose(fast.potential(u, chol), dense.potential(u, chol), rtol=1e-10)
-    g_dense = project_tangent(dense.potential_grad(u, jac, chol), jac, chol)
-    g_fast = project_tangent(fast.potential_grad(u, jac, chol), jac, chol)
+    jac, factor = dense.cache(u)
+    np.testing.assert_allclose(fast.potential(u, factor), dense.potential(u, factor), rtol=1e-10)
+    g_dense = project_tangent(dense.potential_grad(u, jac, factor), jac, factor)
+    g_fast = project_tangent(fast.potential_grad(u, jac, factor), jac, factor)
     np.testing.assert_allclose(g_fast, g_dense, rtol=1e-7, atol=1e-7 * np.max(np.abs(g_dense)))
     # off the tangent space the two gradients differ: the check above is not vacuous
     assert (
-        np.max(np.abs(fast.potential_grad(u, jac, chol) - dense.potential_grad(u, jac, chol)))
+        np.max(np.abs(fast.potential_grad(u, jac, factor) - dense.potential_grad(u, jac, factor)))
         > 1e-3
     )
 
@@ -87,12 +87,12 @@ def _lv_gram_systems():
     dims = (model.generate, model.input_dim, model.output_dim)
     systems = {
         "dense": ManifoldSystem(*dims),
-        "structured": ManifoldSystem(*dims, gram_cholesky_fn=structured),
-        "banded": ManifoldSystem(*dims, gram_cholesky_fn=model.gram_factor),
+        "structured": ManifoldSystem(*dims, gram_factor_fn=structured),
+        "banded": ManifoldSystem(*dims, gram_factor_fn=model.gram_factor),
         "dense_hook": ManifoldSystem(*dims, half_log_det_fn=hook),
-        "structured_hook": ManifoldSystem(*dims, gram_cholesky_fn=structured, half_log_det_fn=hook),
+        "structured_hook": ManifoldSystem(*dims, gram_factor_fn=structured, half_log_det_fn=hook),
         "banded_hook": ManifoldSystem(
-            *dims, gram_cholesky_fn=model.gram_factor, half_log_det_fn=hook
+            *dims, gram_factor_fn=model.gram_factor, half_log_det_fn=hook
         ),
     }
     return systems, u, y
@@ -132,8 +132,8 @@ def test_triangular_block_gram_matches_dense_cholesky(variant):
             moved = project_onto_manifold(system, u + 0.1 * v, y, jac, factor, 1e-8, 50)
             out.append(
                 (
-                    gram_solve(jac, factor, rhs[:, 0]),
-                    gram_solve(jac, factor, rhs),
+                    factor.solve(rhs[:, 0]),
+                    factor.solve(rhs),
                     project_tangent(v, jac, factor),
                     moved.position,
                     moved.converged,
@@ -169,10 +169,11 @@ def test_triangular_block_gram_transitions_equal_dense(variant):
     systems, u, y = _lv_gram_systems()
 
     def transitions(system):
-        step = constrained_hmc.build_kernel(system)
+        step = constrained_hmc.build_kernel(system, y)
+        params = constrained_hmc.CHMCParams(0.25, 4, 8)
 
         def body(state, key):
-            state, info = step(key, state, y, 0.25, 4, 8)
+            state, info = step(key, state, params)
             return state, (state.position, info.is_accepted, info.projection_failed)
 
         keys = jax.random.split(jax.random.key(3), 6)
@@ -189,15 +190,15 @@ def test_triangular_block_gram_transitions_equal_dense(variant):
 def test_vmapped_chains_give_the_mapped_draws():
     """``chain_map="vmap"`` (what ``"auto"`` picks with the banded factor) gives the draws
     of ``"map"``, with 3 chains so that one device batches chains whose projection loops
-    differ; a dense LAPACK Cholesky, default or returned by the hook, refuses ``vmap``
-    (jaxlib hang)."""
+    differ; a dense LAPACK Cholesky, default or returned by ``gram_factor_fn``, refuses
+    ``vmap`` (jaxlib hang)."""
     from dgm import condition
 
     model = LotkaVolterra()
     y = model.generate(jnp.asarray(model.observed_inputs()))
     hook = lambda v: model.half_log_det_gram(v, y)  # noqa: E731
     posterior = condition(
-        model.generate, y, model.input_dim, half_log_det_fn=hook, gram_cholesky_fn=model.gram_factor
+        model.generate, y, model.input_dim, half_log_det_fn=hook, gram_factor_fn=model.gram_factor
     )
     shifts = jnp.asarray([[0.0], [0.05], [-0.03]])
     u_z = jnp.log(jnp.asarray([[0.4, 0.005, 0.05, 0.001]])) + 2.0 + shifts
@@ -211,12 +212,12 @@ def test_vmapped_chains_give_the_mapped_draws():
         assert idata.sample_stats["is_accepted"].values.sum() >= 6
     np.testing.assert_allclose(draws["vmap"], draws["map"], atol=1e-8, rtol=0)
     np.testing.assert_array_equal(draws["auto"], draws["vmap"])  # auto: vmap when structured
-    plain = lambda v, jac: jnp.linalg.cholesky(jac @ jac.T)  # noqa: E731
+    plain = lambda v, jac: DenseCholesky.from_jacobian(jac)  # noqa: E731
     for dense in (
         condition(model.generate, y, model.input_dim),
-        condition(model.generate, y, model.input_dim, gram_cholesky_fn=plain),
+        condition(model.generate, y, model.input_dim, gram_factor_fn=plain),
     ):
-        assert not dense.system.structured_gram  # so "auto" maps
+        assert dense.system.factor_type() is DenseCholesky  # so "auto" maps
         with pytest.raises(ValueError, match="`chain_map` 'vmap' needs a structured Gram"):
             dense.sample(jax.random.key(1), 2, 2, init=init, chain_map="vmap", progress_bar=False)
     with pytest.raises(ValueError, match="`chain_map` must be one of"):

@@ -22,6 +22,7 @@ import pytest
 
 import dgm
 from dgm.inference import constrained_hmc, manifold
+from dgm.inference.adaptation import warmup
 from tests.stats import moment_stats, z_scores
 
 Z_MAX = 4.5
@@ -140,46 +141,88 @@ def test_constraint_and_tangent_momentum_after_every_step():
     """|c(u)| < 1e-8 and J p ≈ 0 after each integrator step, in float64."""
     with jax.enable_x64(True):
         system = _system(ellipsoid, 3, 1)
-        traj = jax.jit(constrained_hmc.build_trajectory(system, num_geodesic_steps=2))
         y = jnp.ones(1)
+        traj = jax.jit(constrained_hmc.build_trajectory(system, y, num_geodesic_steps=2))
         u = jnp.array([1.0, 0.0, 0.0])
-        phi, grad, jac, chol = system.potential_and_grad(u)
-        p = manifold.project_tangent(jnp.array([0.3, -1.0, 0.7]), jac, chol)
+        phi, grad, jac, factor = system.potential_and_grad(u)
+        p = manifold.project_tangent(jnp.array([0.3, -1.0, 0.7]), jac, factor)
         f = jnp.asarray(False)
-        t = constrained_hmc.TrajectoryState(u, p, jac, chol, phi, grad, f, f)
+        t = constrained_hmc.TrajectoryState(u, p, jac, factor, phi, grad, f, f)
         for _ in range(20):
-            t = traj(t, y, 0.2, 1)
+            t = traj(t, 0.2, 1)
             assert not bool(t.projection_failed | t.is_irreversible)
             assert float(jnp.abs(ellipsoid(t.position) - 1.0)[0]) < 1e-8
             assert float(jnp.max(jnp.abs(t.jac @ t.momentum))) < 1e-10
 
 
-def test_gradient_of_potential_matches_autodiff():
-    with jax.enable_x64(True):
-        system = _system(ellipsoid, 3, 1)
-        u = jnp.array([0.3, 0.2, 0.1])
-
-        def phi(v):
-            j = jax.jacfwd(ellipsoid)(v)
-            return 0.5 * v @ v + 0.5 * jnp.linalg.slogdet(j @ j.T)[1]
-
-        _, grad, _, _ = system.potential_and_grad(u)
-        np.testing.assert_allclose(grad, jax.grad(phi)(u), rtol=1e-10)
-
-
 def test_reversibility_flag_clean_for_small_steps_raised_for_absurd():
     with jax.enable_x64(True):
         system = _system(sphere, 3, 1)
-        kernel = jax.jit(constrained_hmc.build_kernel(system, num_geodesic_steps=1))
+        kernel = jax.jit(constrained_hmc.build_kernel(system, jnp.ones(1), num_geodesic_steps=1))
         state = constrained_hmc.init(system, jnp.array([0.0, 0.6, 0.8]))
         keys = jax.random.split(jax.random.key(3), 50)
-        y = jnp.ones(1)
-        small = [kernel(k, state, y, 0.05, 1, 3)[1] for k in keys]
+        small_params = constrained_hmc.CHMCParams(jnp.asarray(0.05), 1, 3)
+        small = [kernel(k, state, small_params)[1] for k in keys]
         assert not any(bool(i.is_irreversible | i.projection_failed) for i in small)
-        big = [kernel(k, state, y, 2.5, 1, 3)[1] for k in keys]
+        big_params = constrained_hmc.CHMCParams(jnp.asarray(2.5), 1, 3)
+        big = [kernel(k, state, big_params)[1] for k in keys]
         flagged = sum(bool(i.is_irreversible | i.projection_failed) for i in big)
         assert flagged >= 10, flagged
-        assert all(not bool(i.is_accepted) for i in big if bool(i.is_irreversible))
+        failed = [i for i in big if bool(i.is_irreversible | i.projection_failed)]
+        assert all(not bool(i.is_accepted) and float(i.accept_prob) == 0.0 for i in failed)
+
+
+def test_metropolis_accept_prob_is_exp_of_minus_energy_error():
+    """The shared Metropolis step sees −energy_error: accept_prob = min(1, exp(−ΔH))."""
+    with jax.enable_x64(True):
+        kernel = constrained_hmc.constrained_hmc(
+            _system(ellipsoid, 3, 1), jnp.ones(1), step_size=0.4, num_steps=(2, 4)
+        )
+        state = kernel.init(jnp.array([1.0, 0.0, 0.0]))
+        step = jax.jit(kernel.step)
+        for k in jax.random.split(jax.random.key(8), 20):
+            _, info = step(k, state, kernel.params)
+            if not bool(info.projection_failed | info.is_irreversible):
+                expected = min(1.0, float(np.exp(-float(info.energy_error))))
+                np.testing.assert_allclose(float(info.accept_prob), expected, rtol=1e-12)
+
+
+def test_constructor_kernel_matches_build_kernel_and_validates():
+    with jax.enable_x64(True):
+        system = _system(sphere, 3, 1)
+        kernel = constrained_hmc.constrained_hmc(system, [1.0], step_size=0.5, num_steps=3)
+        assert kernel.params.num_steps_min == kernel.params.num_steps_max == 3
+        state = kernel.init(jnp.array([0.0, 0.6, 0.8]))
+        direct = constrained_hmc.build_kernel(system, jnp.ones(1))
+        a, _ = kernel.step(jax.random.key(2), state, kernel.params)
+        b, _ = direct(jax.random.key(2), state, constrained_hmc.CHMCParams(0.5, 3, 3))
+        np.testing.assert_array_equal(a.position, b.position)
+    with pytest.raises(ValueError, match="`step_size` must be a positive scalar"):
+        constrained_hmc.constrained_hmc(system, [1.0], step_size=0.0)
+    with pytest.raises(ValueError, match="`num_steps` must satisfy"):
+        constrained_hmc.constrained_hmc(system, [1.0], step_size=0.5, num_steps=(3, 1))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=ValueError,
+    reason="adaptation.warmup traces its mass-matrix window (params._replace("
+    "inverse_mass_matrix=...)) under lax.cond even with metric='none', and CHMCParams has "
+    "no mass matrix; passes once warmup skips that branch for metric='none'",
+)
+def test_warmup_adapts_step_size_on_the_sphere():
+    """adaptation.warmup runs CHMC (params without a mass matrix: metric "none", and the
+    kernel's own step-size search) and returns a positive step size."""
+    with jax.enable_x64(True):
+        kernel = constrained_hmc.constrained_hmc(
+            _system(sphere, 3, 1), jnp.ones(1), step_size=0.1, num_steps=(2, 4)
+        )
+        state = kernel.init(jnp.array([0.0, 0.6, 0.8]))
+        run = jax.jit(lambda k, s: warmup(k, kernel, s, 60, metric="none"))
+        out = run(jax.random.key(4), state)
+        step_size = float(out.params.step_size)
+        assert np.isfinite(step_size) and step_size > 0, step_size
+        assert abs(float(jnp.linalg.norm(out.state.position)) - 1.0) < 1e-8
 
 
 def test_chains_with_different_keys_differ():
@@ -208,16 +251,6 @@ def test_second_call_same_shapes_does_not_recompile():
     assert runner.num_compiles == compiles
 
 
-def test_checkpoint_resume_gives_identical_draws(tmp_path):
-    posterior = dgm.condition(sphere, [1.0], 3)
-    kwargs = dict(num_chains=2, step_size=0.5, num_steps=2, progress_bar=False, chunk_size=5)
-    full = posterior.sample(jax.random.key(9), num_samples=20, **kwargs)
-    ckpt = tmp_path / "chains.npz"
-    posterior.sample(jax.random.key(9), num_samples=10, checkpoint=ckpt, **kwargs)
-    resumed = posterior.sample(jax.random.key(9), num_samples=20, checkpoint=ckpt, **kwargs)
-    np.testing.assert_array_equal(full.posterior["u"].values, resumed.posterior["u"].values)
-
-
 @pytest.mark.slow
 def test_planted_bugs_are_caught(monkeypatch):
     """Each broken kernel fails the z-test that passes on the correct kernel.
@@ -237,7 +270,7 @@ def test_planted_bugs_are_caught(monkeypatch):
 
     assert linear_worst_z() < Z_MAX
     with monkeypatch.context() as m:  # no ½ log det(J Jᵀ)
-        m.setattr(manifold.ManifoldSystem, "potential", lambda self, u, chol: 0.5 * u @ u)
+        m.setattr(manifold.ManifoldSystem, "potential", lambda self, u, factor: 0.5 * u @ u)
         m.setattr(manifold.ManifoldSystem, "potential_grad", lambda self, u, j, c: u)
         idata = run(ellipsoid, [1.0], 3, jax.random.key(21), 0.3, (2, 4))
         assert np.max(z_scores(idata.posterior["u"].values ** 2, ellipsoid_moments())[0]) > Z_MAX
@@ -265,16 +298,3 @@ def test_calibration_moments(seed):
     z_l, _ = z_scores(stats, np.r_[mean, np.diag(cov) + mean**2, cov[0, 1] + mean[0] * mean[1]])
     print(f"seed {seed}: sphere {z_s.max():.2f} ellipsoid {z_e.max():.2f} linear {z_l.max():.2f}")
     assert max(z_s.max(), z_e.max(), z_l.max()) < Z_MAX
-
-
-@pytest.mark.parametrize("n", [1, 2, 3, 4, 6])
-def test_unrolled_gram_factor_and_solve_match_lapack(n):
-    """The unrolled small-Gram Cholesky and solve agree with LAPACK's (n > 4 is LAPACK)."""
-    rng = np.random.default_rng(n)
-    a = rng.normal(size=(n, n + 2))
-    gram = jnp.asarray(a @ a.T)
-    chol = manifold.gram_factor(gram)
-    np.testing.assert_allclose(chol, np.linalg.cholesky(a @ a.T), rtol=1e-12, atol=1e-12)
-    for rhs in (rng.normal(size=n), rng.normal(size=(n, 5))):
-        expected = np.linalg.solve(a @ a.T, rhs)
-        np.testing.assert_allclose(manifold.cho_solve(chol, jnp.asarray(rhs)), expected, rtol=1e-9)

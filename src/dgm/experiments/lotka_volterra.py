@@ -198,7 +198,7 @@ def run_chmc(
             if cfg.structured_log_det
             else None
         ),
-        gram_cholesky_fn=(model.gram_factor if cfg.structured_log_det else None),
+        gram_factor_fn=(model.gram_factor if cfg.structured_log_det else None),
     )
     idata = posterior.sample(
         key,

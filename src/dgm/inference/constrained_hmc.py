@@ -5,7 +5,9 @@ tangent space, a random inclusive number of steps, and per step ``num_geodesic_s
 position sub-steps (quasi-Newton projection anchored at the sub-step's start, momentum
 from the projected finite difference, a reversibility check) between merged kicks. Any
 projection failure, failed reversibility check or divergence rejects the proposal and
-is flagged in :class:`CHMCInfo`; nothing raises inside ``step``.
+is flagged in :class:`CHMCInfo`; nothing raises inside ``step``. ``init``/``build_kernel``
+follow the house kernel pattern (see :mod:`dgm.inference.hmc`); the tunables are
+:class:`CHMCParams`, an argument of ``step``.
 
 References:
     Graham & Storkey (2017), "Asymptotically exact inference in differentiable generative
@@ -14,15 +16,18 @@ References:
 """
 
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Bool, Float, Int, PyTree
+import numpy as np
+from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
+from dgm.inference.base import Kernel, metropolis
+from dgm.inference.hmc import check_steps
 from dgm.inference.manifold import (
+    AbstractGramFactor,
     ManifoldSystem,
-    factor_is_finite,
     project_onto_manifold,
     project_tangent,
 )
@@ -33,7 +38,7 @@ class CHMCState(NamedTuple):
 
     position: Float[Array, " dim"]
     jac: Float[Array, "obs dim"]
-    chol: PyTree  # dense lower Cholesky factor of J Jᵀ, or a structured Gram factor
+    gram_factor: AbstractGramFactor  # of J Jᵀ at ``position``
     potential: Float[Array, ""]
     potential_grad: Float[Array, " dim"]
 
@@ -49,11 +54,20 @@ class CHMCInfo(NamedTuple):
     constraint_residual: Float[Array, ""]  # max |G(u) - y| at the state after the step
 
 
+class CHMCParams(NamedTuple):
+    """Tunables of constrained HMC: the step ``dt`` and the inclusive range of the number
+    of steps per trajectory, drawn uniformly from ``{num_steps_min, ..., num_steps_max}``."""
+
+    step_size: Float[ArrayLike, ""]
+    num_steps_min: Int[ArrayLike, ""]
+    num_steps_max: Int[ArrayLike, ""]
+
+
 class TrajectoryState(NamedTuple):
     position: Float[Array, " dim"]
     momentum: Float[Array, " dim"]
     jac: Float[Array, "obs dim"]
-    chol: PyTree  # dense lower Cholesky factor of J Jᵀ, or a structured Gram factor
+    gram_factor: AbstractGramFactor  # of J Jᵀ at ``position``
     potential: Float[Array, ""]
     potential_grad: Float[Array, " dim"]
     projection_failed: Bool[Array, ""]
@@ -62,26 +76,34 @@ class TrajectoryState(NamedTuple):
 
 def init(system: ManifoldSystem, position: Float[Array, " dim"]) -> CHMCState:
     """State at ``position`` (which must already lie on the manifold)."""
-    phi, grad, jac, chol = system.potential_and_grad(position)
-    return CHMCState(position, jac, chol, phi, grad)
+    phi, grad, jac, factor = system.potential_and_grad(position)
+    return CHMCState(position, jac, factor, phi, grad)
 
 
-def build_geodesic_step(system: ManifoldSystem, tol: float, max_iters: int, check_reverse: bool):
-    """One geodesic sub-step ``(traj, y, h) -> traj`` (position move, no kick)."""
+def build_geodesic_step(
+    system: ManifoldSystem, y: Float[Array, " obs"], tol: float, max_iters: int, check_reverse: bool
+) -> Callable:
+    """One geodesic sub-step ``(traj, h) -> traj`` (a position move, no kick)."""
 
-    def substep(t: TrajectoryState, y, h) -> TrajectoryState:
+    def substep(t: TrajectoryState, h) -> TrajectoryState:
+        # u' ← PROJECT(u + h·p), along the rows of the start point's Jacobian
         fwd = project_onto_manifold(
-            system, t.position + h * t.momentum, y, t.jac, t.chol, tol, max_iters
+            system, t.position + h * t.momentum, y, t.jac, t.gram_factor, tol, max_iters
         )
         u1 = fwd.position
-        jac1, chol1 = system.cache(u1)
-        p1 = project_tangent((u1 - t.position) / h, jac1, chol1)
-        failed = ~fwd.converged | ~factor_is_finite(chol1)
+        jac1, factor1 = system.cache(u1)  # cache(u') becomes the current cache
+        p1 = project_tangent((u1 - t.position) / h, jac1, factor1)  # p' ← Π_{u'}((u' − u)/h)
+        failed = ~fwd.converged | ~factor1.is_finite()
         irreversible = jnp.asarray(False)
         if check_reverse:
-            rev = project_onto_manifold(system, u1 - h * p1, y, jac1, chol1, tol, max_iters)
+            rev = project_onto_manifold(system, u1 - h * p1, y, jac1, factor1, tol, max_iters)
             diff = t.position - rev.position
             failed = failed | ~rev.converged
+            # Two tolerances, as the paper's runs used them (spec §2.4): J(u)(u − u_r) is the
+            # step back's error in output units, held to the projection's own output
+            # tolerance `tol`; positions can drift along the manifold (tangentially) without
+            # changing the outputs, so they get the looser √tol. Either failing rejects: the
+            # notebook logs show rejections that only the constraint-space test triggers.
             irreversible = (jnp.max(jnp.abs(t.jac @ diff)) > tol) | (
                 jnp.max(jnp.abs(diff)) > jnp.sqrt(tol)
             )
@@ -89,7 +111,7 @@ def build_geodesic_step(system: ManifoldSystem, tol: float, max_iters: int, chec
             position=u1,
             momentum=p1,
             jac=jac1,
-            chol=chol1,
+            gram_factor=factor1,
             projection_failed=t.projection_failed | failed,
             is_irreversible=t.is_irreversible | (irreversible & ~failed),
         )
@@ -99,26 +121,28 @@ def build_geodesic_step(system: ManifoldSystem, tol: float, max_iters: int, chec
 
 def build_trajectory(
     system: ManifoldSystem,
+    y: Float[Array, " obs"],
     num_geodesic_steps: int = 3,
     tol: float = 1e-8,
     max_iters: int = 100,
     check_reverse: bool = True,
-):
-    """``trajectory(traj, y, step_size, num_steps) -> traj``: the whole integration.
+) -> Callable:
+    """``trajectory(traj, step_size, num_steps) -> traj``: the whole integration (spec §2.2).
 
-    Half kick, then ``num_steps`` × (``num_geodesic_steps`` sub-steps, kick), where every
-    kick but the last is a merged full kick; each kick is followed by the tangent
-    projection. The loop stops early once a sub-step fails.
+    Half kick; then ``num_steps`` × (``num_geodesic_steps`` sub-steps, kick), where the
+    kick is a merged full kick except after the last step, where it is the final half
+    kick. Every kick is followed by the tangent projection. The loop stops as soon as a
+    sub-step fails (the proposal is rejected anyway).
     """
-    substep = build_geodesic_step(system, tol, max_iters, check_reverse)
+    substep = build_geodesic_step(system, y, tol, max_iters, check_reverse)
 
     def kick(t: TrajectoryState, eps) -> TrajectoryState:
-        p = project_tangent(t.momentum - eps * t.potential_grad, t.jac, t.chol)
+        p = project_tangent(t.momentum - eps * t.potential_grad, t.jac, t.gram_factor)
         return t._replace(momentum=p)
 
-    def trajectory(t: TrajectoryState, y, step_size, num_steps) -> TrajectoryState:
+    def trajectory(t: TrajectoryState, step_size, num_steps) -> TrajectoryState:
         h = step_size / num_geodesic_steps
-        t = kick(t, 0.5 * step_size)
+        t = kick(t, 0.5 * step_size)  # p ← Π_u(p − ½·dt·∇φ(u))
 
         def cond(carry):
             s, t = carry
@@ -126,10 +150,11 @@ def build_trajectory(
 
         def body(carry):
             s, t = carry
-            t = jax.lax.fori_loop(0, num_geodesic_steps, lambda _, t: substep(t, y, h), t)
-            phi = system.potential(t.position, t.chol)
-            grad = system.potential_grad(t.position, t.jac, t.chol)
+            t = jax.lax.fori_loop(0, num_geodesic_steps, lambda _, t: substep(t, h), t)
+            phi = system.potential(t.position, t.gram_factor)
+            grad = system.potential_grad(t.position, t.jac, t.gram_factor)
             t = t._replace(potential=phi, potential_grad=grad)
+            # two half kicks merged into one, except the last half kick after step S
             t = kick(t, jnp.where(s == num_steps - 1, 0.5, 1.0) * step_size)
             return s + 1, t
 
@@ -141,36 +166,40 @@ def build_trajectory(
 
 def build_kernel(
     system: ManifoldSystem,
+    y_obs: Float[Array, " obs"],
     num_geodesic_steps: int = 3,
     tol: float = 1e-8,
     max_iters: int = 100,
     check_reverse: bool = True,
     divergence_threshold: float = 1000.0,
 ) -> Callable:
-    """Build the constrained HMC transition.
+    """Build the constrained HMC transition on the manifold ``system.generator(u) = y_obs``.
 
     Returns:
-        ``step(key, state, y, step_size, num_steps_min, num_steps_max) -> (CHMCState,
-        CHMCInfo)`` for one chain; the step count is uniform on the inclusive range.
-    """
-    trajectory = build_trajectory(system, num_geodesic_steps, tol, max_iters, check_reverse)
+        ``step(key, state, params: CHMCParams) -> (CHMCState, CHMCInfo)`` for one chain.
 
-    def step(key, state: CHMCState, y, step_size, num_min, num_max):
+    References:
+        Graham & Storkey (2017), §3 and the sampler their experiments ran (spec §2).
+    """
+    trajectory = build_trajectory(system, y_obs, num_geodesic_steps, tol, max_iters, check_reverse)
+
+    def step(key, state: CHMCState, params: CHMCParams) -> tuple[CHMCState, CHMCInfo]:
         key_mom, key_steps, key_accept = jax.random.split(key, 3)
-        num_steps = jax.random.randint(key_steps, (), num_min, num_max + 1)
+        step_size = jnp.asarray(params.step_size, state.position.dtype)
+        # p ← Π_u(n), n ~ N(0, I): a full momentum refresh in the tangent space
         noise = jax.random.normal(key_mom, state.position.shape, state.position.dtype)
-        p0 = project_tangent(noise, state.jac, state.chol)
+        p0 = project_tangent(noise, state.jac, state.gram_factor)
+        # S ~ UniformInteger{lo, …, hi}
+        lo, hi = params.num_steps_min, params.num_steps_max
+        num_steps = jax.random.randint(key_steps, (), lo, hi + 1)
+        # u*, p* ← trajectory(u, p, dt, S, N_g)
+        f = jnp.asarray(False)
         t0 = TrajectoryState(
-            state.position,
-            p0,
-            state.jac,
-            state.chol,
-            state.potential,
-            state.potential_grad,
-            jnp.asarray(False),
-            jnp.asarray(False),
-        )
-        t1 = trajectory(t0, y, step_size, num_steps)
+            state.position, p0, state.jac, state.gram_factor, state.potential,
+            state.potential_grad, f, f,
+        )  # fmt: skip
+        t1 = trajectory(t0, step_size, num_steps)
+        # accept with probability min(1, exp(H(u, p) − H(u*, p*))); any FAIL rejects
         h0 = state.potential + 0.5 * jnp.dot(p0, p0)
         h1 = t1.potential + 0.5 * jnp.dot(t1.momentum, t1.momentum)
         energy_error = h1 - h0
@@ -178,14 +207,9 @@ def build_kernel(
         is_divergent = ~failed & (
             ~jnp.isfinite(energy_error) | (energy_error > divergence_threshold)
         )
-        ok = ~failed & ~is_divergent
-        accept_prob = jnp.where(
-            ok, jnp.exp(jnp.minimum(0.0, -jnp.where(ok, energy_error, 0.0))), 0.0
-        )
-        is_accepted = jax.random.uniform(key_accept, dtype=accept_prob.dtype) < accept_prob
-        proposal = CHMCState(t1.position, t1.jac, t1.chol, t1.potential, t1.potential_grad)
-        new = jax.tree.map(lambda a, b: jnp.where(is_accepted, a, b), proposal, state)
-        residual = jnp.max(jnp.abs(system.constraint(new.position, y)))
+        log_ratio = jnp.where(failed | is_divergent, -jnp.inf, -energy_error)
+        proposal = CHMCState(t1.position, t1.jac, t1.gram_factor, t1.potential, t1.potential_grad)
+        new, accept_prob, is_accepted = metropolis(key_accept, log_ratio, proposal, state)
         info = CHMCInfo(
             accept_prob,
             is_accepted,
@@ -194,8 +218,50 @@ def build_kernel(
             t1.is_irreversible & ~t1.projection_failed,
             energy_error,
             num_steps,
-            residual,
+            jnp.max(jnp.abs(system.constraint(new.position, y_obs))),
         )
         return new, info
 
     return step
+
+
+def constrained_hmc(
+    system: ManifoldSystem,
+    y_obs: Any,
+    step_size: ArrayLike,
+    num_steps: Any = (4, 8),
+    num_geodesic_steps: int = 3,
+    tol: float = 1e-8,
+    max_iters: int = 100,
+    check_reverse: bool = True,
+    divergence_threshold: float = 1000.0,
+) -> Kernel:
+    """Constrained HMC with validated default tunables: ``Kernel(init, step, params)``.
+
+    Args:
+        system: the constraint system (generator, dimensions, Gram factor).
+        y_obs: the observed output the manifold is conditioned on.
+        step_size: integrator step ``dt`` (> 0).
+        num_steps: a fixed count, or an inclusive ``(low, high)`` range drawn each step.
+        num_geodesic_steps, tol, max_iters, check_reverse, divergence_threshold: as
+            :func:`build_kernel`.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from dgm.inference.manifold import ManifoldSystem
+        >>> system = ManifoldSystem(lambda u: jnp.sqrt(u @ u)[None], 3, 1)
+        >>> kernel = constrained_hmc(system, jnp.ones(1), step_size=0.5, num_steps=(2, 4))
+        >>> state = kernel.init(jnp.array([0.0, 0.6, 0.8]))
+        >>> state, info = kernel.step(jax.random.key(0), state, kernel.params)
+    """
+    lo, hi = check_steps(num_steps)
+    if np.ndim(step_size) != 0 or not float(np.asarray(step_size)) > 0:
+        raise ValueError(f"`step_size` must be a positive scalar; got {step_size!r}")
+    y = jnp.asarray(y_obs)
+    step = build_kernel(
+        system, y, num_geodesic_steps, tol, max_iters, check_reverse, divergence_threshold
+    )
+    # float64 NumPy: the step size keeps its precision until the kernel casts it to the
+    # position's dtype (a float32 0.1 would not round-trip)
+    params = CHMCParams(np.asarray(step_size, np.float64), lo, hi)
+    return Kernel(lambda position: init(system, jnp.asarray(position)), step, params)

@@ -1,31 +1,55 @@
 """The constraint system of a generator conditioned on its output: c(u) = G(u) − y.
 
 Everything the constrained sampler needs about the manifold {u : G(u) = y}: the
-Jacobian J (forward or reverse mode, chosen by shape), the Cholesky factor of the Gram
-matrix J Jᵀ (dense, or a user-supplied structured factorisation), the tangent-space
-projection, the quasi-Newton projection onto the manifold, and the potential energy
-φ(u) = ½ uᵀu + ½ log det(J Jᵀ) with its gradient. The input density is N(0, I).
+Jacobian J (forward or reverse mode, chosen by shape), a factor of the Gram matrix
+J Jᵀ (an :class:`AbstractGramFactor`: a dense Cholesky by default, or a structured
+factorisation), the tangent-space projection, the quasi-Newton projection onto the
+manifold, the Gauss–Newton solver that finds starting points on it, and the potential
+energy φ(u) = ½ uᵀu + ½ log det(J Jᵀ) with its gradient. The input density is N(0, I).
 
 References:
     Graham & Storkey (2017), "Asymptotically exact inference in differentiable generative
     models", AISTATS, §3 and Algorithm 1; Barth et al. (1995) for the projection.
 """
 
+import abc
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.scipy.linalg as jsl
-from jaxtyping import Array, Bool, Float, Int
+from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 # Up to this many constraints, the Gram Cholesky and its solves are unrolled into scalar
 # operations: on a 1×1 or 3×3 Gram matrix, LAPACK's per-call overhead dominates the step.
 SMALL_GRAM = 4
 
 
-def gram_factor(gram: Float[Array, "obs obs"]) -> Float[Array, "obs obs"]:
-    """Lower Cholesky factor of the Gram matrix (unrolled for at most ``SMALL_GRAM`` rows)."""
+class AbstractGramFactor(eqx.Module):
+    """A factorisation of the Gram matrix J Jᵀ at one point (a pytree: it is chain state).
+
+    A subclass applies (J Jᵀ)⁻¹ and gives ½ log det(J Jᵀ); whatever it needs from J it
+    holds itself, so callers pass right-hand sides only.
+    """
+
+    @abc.abstractmethod
+    def solve(self, rhs: Float[Array, "obs ..."]) -> Float[Array, "obs ..."]:
+        """(J Jᵀ)⁻¹ rhs for ``rhs`` of shape ``(obs,)`` or ``(obs, k)``."""
+
+    @abc.abstractmethod
+    def half_log_det(self) -> Float[Array, ""]:
+        """½ log det(J Jᵀ)."""
+
+    def is_finite(self) -> Bool[Array, ""]:
+        """Whether every array of the factor is finite (a failed factorisation is not)."""
+        leaves = jax.tree.leaves(self)
+        return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+def cholesky_lower(gram: Float[Array, "obs obs"]) -> Float[Array, "obs obs"]:
+    """Lower Cholesky factor of a Gram matrix (unrolled for at most ``SMALL_GRAM`` rows)."""
     n = gram.shape[0]
     if n > SMALL_GRAM:
         return jnp.linalg.cholesky(gram)
@@ -39,23 +63,47 @@ def gram_factor(gram: Float[Array, "obs obs"]) -> Float[Array, "obs obs"]:
     return jnp.stack([jnp.stack(r) for r in rows])
 
 
-def cho_solve(
-    chol: Float[Array, "obs obs"], rhs: Float[Array, "obs ..."]
+def cholesky_solve(
+    lower: Float[Array, "obs obs"], rhs: Float[Array, "obs ..."]
 ) -> Float[Array, "obs ..."]:
     """(L Lᵀ)⁻¹ rhs for a lower factor L (unrolled for at most ``SMALL_GRAM`` rows)."""
-    n = chol.shape[0]
+    n = lower.shape[0]
     if n > SMALL_GRAM:
-        return jsl.cho_solve((chol, True), rhs)
+        return jsl.cho_solve((lower, True), rhs)
     z = []
     for i in range(n):  # L z = rhs
-        z.append((rhs[i] - sum((chol[i, k] * z[k] for k in range(i)), 0.0)) / chol[i, i])
+        z.append((rhs[i] - sum((lower[i, k] * z[k] for k in range(i)), 0.0)) / lower[i, i])
     x = [None] * n
     for i in reversed(range(n)):  # Lᵀ x = z
-        x[i] = (z[i] - sum((chol[k, i] * x[k] for k in range(i + 1, n)), 0.0)) / chol[i, i]
+        x[i] = (z[i] - sum((lower[k, i] * x[k] for k in range(i + 1, n)), 0.0)) / lower[i, i]
     return jnp.stack(x)
 
 
-class TriangularInverse(NamedTuple):
+class DenseCholesky(AbstractGramFactor):
+    """J Jᵀ = L Lᵀ with L dense lower triangular: O(obs³) to build, any Jacobian.
+
+    ½ log det(J Jᵀ) = Σ log Lᵢᵢ. Up to ``SMALL_GRAM`` rows the factorisation and the
+    solves are unrolled scalar code; above, LAPACK's.
+    """
+
+    lower: Float[Array, "obs obs"]
+
+    @staticmethod
+    def from_gram(gram: Float[Array, "obs obs"]) -> "DenseCholesky":
+        return DenseCholesky(cholesky_lower(gram))
+
+    @staticmethod
+    def from_jacobian(jac: Float[Array, "obs dim"]) -> "DenseCholesky":
+        return DenseCholesky(cholesky_lower(jac @ jac.T))
+
+    def solve(self, rhs: Float[Array, "obs ..."]) -> Float[Array, "obs ..."]:
+        return cholesky_solve(self.lower, rhs)
+
+    def half_log_det(self) -> Float[Array, ""]:
+        return jnp.sum(jnp.log(jnp.diagonal(self.lower)))
+
+
+class TriangularInverse(eqx.Module):
     """J_t⁻¹ and J_t⁻ᵀ applied by triangular solves (the default of :class:`TriangularBlockGram`).
 
     J_t and J_tᵀ are kept as contiguous arrays, made once per factor: sliced out of J and
@@ -72,13 +120,14 @@ class TriangularInverse(NamedTuple):
         return jsl.solve_triangular(self.upper, x, lower=False)
 
 
-class TriangularBlockGram(NamedTuple):
+class TriangularBlockGram(AbstractGramFactor):
     """Gram factor of J = [J_a | J_t] with J_t (obs × obs) lower triangular and J_a narrow.
 
     J Jᵀ = J_t (I + B Bᵀ) J_tᵀ with B = J_t⁻¹ J_a, so (J Jᵀ)⁻¹ r costs two triangular
     solves with J_t and a k×k Woodbury solve with I + Bᵀ B (k = J_a's columns): no
     obs×obs Gram product and no obs×obs Cholesky. This is the shape of a generator whose
-    last ``obs`` inputs enter additively and in order (e.g. Euler–Maruyama noise).
+    last ``obs`` inputs enter additively and in order (e.g. Euler–Maruyama noise). By the
+    determinant lemma, ½ log det(J Jᵀ) = Σ log|diag J_t| + ½ log det(I + Bᵀ B).
 
     A model that knows J_t⁻¹ in closed form (the Jacobian of its inverse noise map, often
     banded) passes it as ``inverse``: a pytree with ``matvec(x) = J_t⁻¹ x`` and
@@ -86,12 +135,12 @@ class TriangularBlockGram(NamedTuple):
     replace the triangular solves, and they batch well over ``vmap``-ed chains.
 
     Build it with :meth:`from_jacobian`; pass ``TriangularBlockGram.from_jacobian`` (with
-    ``num_leading`` bound) as ``gram_cholesky_fn`` of :class:`ManifoldSystem`.
+    ``num_leading`` bound) as ``gram_factor_fn`` of :class:`ManifoldSystem`.
     """
 
     b: Float[Array, "obs lead"]
-    chol_small: Float[Array, "lead lead"]  # lower Cholesky factor of I + Bᵀ B
-    half_log_det: Float[Array, ""]  # ½ log det(J Jᵀ) = Σ log|diag J_t| + Σ log diag chol_small
+    small: DenseCholesky  # of I + Bᵀ B
+    half_log_det_value: Float[Array, ""]
     inverse: Any  # applies J_t⁻¹ and J_t⁻ᵀ (a TriangularInverse by default)
 
     @staticmethod
@@ -102,29 +151,18 @@ class TriangularBlockGram(NamedTuple):
         if inverse is None:
             inverse = TriangularInverse(jac_t, jac_t.T)
         b = inverse.matvec(jac[:, :num_leading])
-        chol_small = gram_factor(jnp.eye(num_leading, dtype=jac.dtype) + b.T @ b)
-        half_log_det = jnp.sum(jnp.log(jnp.abs(jnp.diagonal(jac_t)))) + jnp.sum(
-            jnp.log(jnp.diagonal(chol_small))
-        )
-        return TriangularBlockGram(b, chol_small, half_log_det, inverse)
+        small = DenseCholesky.from_gram(jnp.eye(num_leading, dtype=jac.dtype) + b.T @ b)
+        half_log_det = jnp.sum(jnp.log(jnp.abs(jnp.diagonal(jac_t)))) + small.half_log_det()
+        return TriangularBlockGram(b, small, half_log_det, inverse)
 
-    def solve(self, jac: Float[Array, "obs dim"], rhs: Float[Array, "obs ..."]):
-        """(J Jᵀ)⁻¹ rhs = J_t⁻ᵀ (I − B (I + Bᵀ B)⁻¹ Bᵀ) J_t⁻¹ rhs (``jac`` is unused: the
-        factor holds what it needs)."""
+    def solve(self, rhs: Float[Array, "obs ..."]) -> Float[Array, "obs ..."]:
+        """(J Jᵀ)⁻¹ rhs = J_t⁻ᵀ (I − B (I + Bᵀ B)⁻¹ Bᵀ) J_t⁻¹ rhs."""
         s = self.inverse.matvec(rhs)
-        s = s - self.b @ cho_solve(self.chol_small, self.b.T @ s)
+        s = s - self.b @ self.small.solve(self.b.T @ s)
         return self.inverse.rmatvec(s)
 
-
-def gram_solve(jac: Float[Array, "obs dim"], factor: Any, rhs: Float[Array, "obs ..."]):
-    """(J Jᵀ)⁻¹ rhs with a dense lower Cholesky factor or a structured factor (``.solve``)."""
-    if hasattr(factor, "solve"):
-        return factor.solve(jac, rhs)
-    return cho_solve(factor, rhs)
-
-
-def factor_is_finite(factor: Any) -> Bool[Array, ""]:
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(factor)]))
+    def half_log_det(self) -> Float[Array, ""]:
+        return self.half_log_det_value
 
 
 class ProjectionResult(NamedTuple):
@@ -142,10 +180,9 @@ class ManifoldSystem:
         output_dim: N ≤ M, the number of outputs.
         jacobian: ``"fwd"`` (M JVPs), ``"rev"`` (N VJPs) or ``"auto"`` (forward unless
             M > 2N: forward passes are cheaper per pass, notably through ``scan``).
-        gram_cholesky_fn: optional ``(u, J) -> L``, a lower Cholesky factor of J Jᵀ that
-            exploits the Jacobian's structure, or a structured factor: a pytree with
-            a ``solve(J, rhs)`` method and a ``half_log_det`` field (e.g.
-            :class:`TriangularBlockGram`); by default a dense Cholesky.
+        gram_factor_fn: optional ``(u, J) -> AbstractGramFactor`` exploiting the
+            Jacobian's structure (e.g. :class:`TriangularBlockGram`); by default
+            :meth:`DenseCholesky.from_jacobian`.
         half_log_det_fn: optional ``u -> ½ log det(J Jᵀ)``, exact at least on the manifold
             (it may differ off it). φ and ∇φ then use it instead of the Gram factor and
             the second-order term: the sampler only evaluates φ on the manifold and only
@@ -161,7 +198,7 @@ class ManifoldSystem:
         input_dim: int,
         output_dim: int,
         jacobian: str = "auto",
-        gram_cholesky_fn: Callable | None = None,
+        gram_factor_fn: Callable | None = None,
         half_log_det_fn: Callable | None = None,
     ):
         if jacobian not in ("auto", "fwd", "rev"):
@@ -173,22 +210,31 @@ class ManifoldSystem:
         self.output_dim = output_dim
         self.jacobian_mode = jacobian
         self._jac = jax.jacfwd(generator) if jacobian == "fwd" else jax.jacrev(generator)
-        self._gram_cholesky_fn = gram_cholesky_fn
+        self._gram_factor_fn = gram_factor_fn
         self._half_log_det_fn = half_log_det_fn
 
-    @property
-    def structured_gram(self) -> bool:
-        """Whether :meth:`gram_cholesky` returns a factor with its own ``solve`` (a
-        ``gram_cholesky_fn`` such as ``TriangularBlockGram``) rather than a plain matrix."""
+    def factor_type(self) -> type:
+        """The class of the Gram factor :meth:`gram_factor` returns (found by tracing).
+
+        Raises:
+            TypeError: if ``gram_factor_fn`` returns something other than an
+                :class:`AbstractGramFactor`.
+        """
         u = jax.ShapeDtypeStruct((self.input_dim,), jnp.float32)
         jac = jax.ShapeDtypeStruct((self.output_dim, self.input_dim), jnp.float32)
-        return not isinstance(jax.eval_shape(self.gram_cholesky, u, jac), jax.ShapeDtypeStruct)
+        out = jax.eval_shape(self.gram_factor, u, jac)
+        if not isinstance(out, AbstractGramFactor):
+            raise TypeError(
+                "`gram_factor_fn` must return an AbstractGramFactor (e.g. "
+                f"DenseCholesky.from_jacobian(J) or TriangularBlockGram); got {type(out).__name__}"
+            )
+        return type(out)
 
     @property
     def uses_lapack_cholesky(self) -> bool:
-        """Whether the Gram factor is a dense Cholesky matrix of more than ``SMALL_GRAM``
-        rows (LAPACK): the default, or a ``gram_cholesky_fn`` returning a plain matrix."""
-        return self.output_dim > SMALL_GRAM and not self.structured_gram
+        """Whether the Gram factor is a :class:`DenseCholesky` of more than ``SMALL_GRAM``
+        rows (LAPACK's Cholesky)."""
+        return self.output_dim > SMALL_GRAM and self.factor_type() is DenseCholesky
 
     def constraint(self, u: Float[Array, " dim"], y: Float[Array, " obs"]) -> Float[Array, " obs"]:
         return self.generator(u) - y
@@ -196,47 +242,48 @@ class ManifoldSystem:
     def jacobian(self, u: Float[Array, " dim"]) -> Float[Array, "obs dim"]:
         return self._jac(u)
 
-    def gram_cholesky(self, u: Float[Array, " dim"], jac: Float[Array, "obs dim"]):
-        """Lower Cholesky factor of J Jᵀ."""
-        if self._gram_cholesky_fn is not None:
-            return self._gram_cholesky_fn(u, jac)
-        return gram_factor(jac @ jac.T)
+    def gram_factor(self, u: Float[Array, " dim"], jac: Float[Array, "obs dim"]):
+        """The :class:`AbstractGramFactor` of J Jᵀ at u."""
+        if self._gram_factor_fn is not None:
+            return self._gram_factor_fn(u, jac)
+        return DenseCholesky.from_jacobian(jac)
 
-    def cache(self, u: Float[Array, " dim"]):
-        """``(J(u), chol(J Jᵀ))``."""
+    def cache(self, u: Float[Array, " dim"]) -> tuple[Float[Array, "obs dim"], Any]:
+        """``(J(u), Gram factor of J Jᵀ)``."""
         jac = self.jacobian(u)
-        return jac, self.gram_cholesky(u, jac)
+        return jac, self.gram_factor(u, jac)
 
-    def potential(self, u: Float[Array, " dim"], chol) -> Float[Array, ""]:
-        """φ(u) = ½ uᵀu + ½ log det(J Jᵀ) = ½ uᵀu + Σ log Lᵢᵢ."""
+    def potential(self, u: Float[Array, " dim"], factor: AbstractGramFactor) -> Float[Array, ""]:
+        """φ(u) = ½ uᵀu + ½ log det(J Jᵀ)."""
         if self._half_log_det_fn is not None:
             return 0.5 * jnp.dot(u, u) + self._half_log_det_fn(u)
-        if hasattr(chol, "half_log_det"):
-            return 0.5 * jnp.dot(u, u) + chol.half_log_det
-        return 0.5 * jnp.dot(u, u) + jnp.sum(jnp.log(jnp.diagonal(chol)))
+        return 0.5 * jnp.dot(u, u) + factor.half_log_det()
 
-    def potential_grad(self, u: Float[Array, " dim"], jac, chol) -> Float[Array, " dim"]:
+    def potential_grad(
+        self, u: Float[Array, " dim"], jac: Float[Array, "obs dim"], factor: AbstractGramFactor
+    ) -> Float[Array, " dim"]:
         """∇φ(u) = u + Σᵢⱼ Pᵢⱼ ∂Jᵢⱼ/∂u with P = (J Jᵀ)⁻¹ J held fixed.
 
-        The second term is one reverse pass through the Jacobian map, ``vjp(J)(P)``, so no
-        derivative passes through the Cholesky; P costs one solve with M right-hand sides.
+        From d(½ log det G) = ½ tr(G⁻¹ dG) with G = J Jᵀ: the second term is one reverse
+        pass through the Jacobian map, ``vjp(J)(P)``, so no derivative passes through the
+        factorisation; P costs one solve with M right-hand sides.
         """
         if self._half_log_det_fn is not None:
             return u + jax.grad(self._half_log_det_fn)(u)
-        pmat = gram_solve(jac, chol, jac)
+        pmat = factor.solve(jac)
         return u + jax.vjp(self._jac, u)[1](pmat)[0]
 
     def potential_and_grad(self, u: Float[Array, " dim"]):
-        """φ(u), ∇φ(u) and the cache ``(J, L)`` at u."""
-        jac, chol = self.cache(u)
-        return self.potential(u, chol), self.potential_grad(u, jac, chol), jac, chol
+        """φ(u), ∇φ(u) and the cache ``(J, Gram factor)`` at u."""
+        jac, factor = self.cache(u)
+        return self.potential(u, factor), self.potential_grad(u, jac, factor), jac, factor
 
 
 def project_tangent(
-    v: Float[Array, " dim"], jac: Float[Array, "obs dim"], chol
+    v: Float[Array, " dim"], jac: Float[Array, "obs dim"], factor: AbstractGramFactor
 ) -> Float[Array, " dim"]:
     """Π(v) = v − Jᵀ (J Jᵀ)⁻¹ J v: the component of v in the tangent space (null space of J)."""
-    return v - jac.T @ gram_solve(jac, chol, jac @ v)
+    return v - jac.T @ factor.solve(jac @ v)
 
 
 def project_onto_manifold(
@@ -244,7 +291,7 @@ def project_onto_manifold(
     x: Float[Array, " dim"],
     y: Float[Array, " obs"],
     anchor_jac: Float[Array, "obs dim"],
-    anchor_chol,
+    anchor_factor: AbstractGramFactor,
     tol: float,
     max_iters: int,
 ) -> ProjectionResult:
@@ -264,10 +311,55 @@ def project_onto_manifold(
         i, v, _, _ = carry
         c = system.constraint(v, y)
         bad = ~jnp.all(jnp.isfinite(c))
-        v_new = v - anchor_jac.T @ gram_solve(anchor_jac, anchor_chol, c)
+        v_new = v - anchor_jac.T @ anchor_factor.solve(c)
         done = jnp.max(jnp.abs(c)) < tol
         return i + 1, jnp.where(bad, v, v_new), done, bad
 
     init = (jnp.asarray(0), x, jnp.asarray(False), jnp.asarray(False))
     iters, v, done, bad = jax.lax.while_loop(cond, body, init)
     return ProjectionResult(v, done & ~bad & jnp.all(jnp.isfinite(v)), iters)
+
+
+def gauss_newton(
+    system: ManifoldSystem,
+    u: Float[Array, " dim"],
+    y: Float[Array, " obs"],
+    tol: Float[ArrayLike, ""],
+    max_iters: int,
+) -> Float[Array, " dim"]:
+    """A point near ``u`` on G(u) = y: minimum-norm Gauss–Newton with step halving.
+
+    Each iteration steps by −Jᵀ (J Jᵀ)⁻¹ c(u) with J at the current iterate, halving the
+    step (down to 1e-6) until max |c| decreases; it stops when max |c| ≤ ``tol`` or after
+    ``max_iters`` iterations (the caller checks the residual). For starting points only:
+    the sampler's own projection is :func:`project_onto_manifold`.
+    """
+
+    def residual(v):
+        return jnp.max(jnp.abs(system.constraint(v, y)))
+
+    def cond(carry):
+        i, _, res = carry
+        return (i < max_iters) & (res > tol)
+
+    def body(carry):
+        i, u, res = carry
+        jac, factor = system.cache(u)
+        delta = jac.T @ factor.solve(system.constraint(u, y))
+
+        def shrink(state):
+            alpha, _ = state
+            return alpha * 0.5, residual(u - 0.5 * alpha * delta)
+
+        def too_big(state):
+            alpha, r = state
+            return (alpha > 1e-6) & ~(r < res)
+
+        alpha, r = jax.lax.while_loop(
+            too_big, shrink, (jnp.asarray(1.0, u.dtype), residual(u - delta))
+        )
+        u_new = jnp.where(r < res, u - alpha * delta, u)
+        return i + 1, u_new, jnp.minimum(r, res)
+
+    _, u, _ = jax.lax.while_loop(cond, body, (0, u, residual(u)))
+    return u

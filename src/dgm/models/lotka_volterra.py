@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from dgm.inference.manifold import TriangularBlockGram, gram_factor
+from dgm.inference.manifold import DenseCholesky, TriangularBlockGram
 
 NUM_PARAMS = 4
 TRUE_RATES = (0.4, 0.005, 0.05, 0.001)
@@ -144,8 +144,10 @@ class LotkaVolterra(NamedTuple):
             inv_scale=1.0 / self.noise_scale,
         )
 
-    def gram_factor(self, u: Float[Array, " dim"], jac: Float[Array, "obs dim"]):
-        """Structured factor of J Jᵀ for ``gram_cholesky_fn``: J = [J_z | J_n] with J_n⁻¹
+    def gram_factor(
+        self, u: Float[Array, " dim"], jac: Float[Array, "obs dim"]
+    ) -> TriangularBlockGram:
+        """Structured factor of J Jᵀ for ``gram_factor_fn``: J = [J_z | J_n] with J_n⁻¹
         banded (:meth:`noise_map_jacobian`), so every (J Jᵀ)⁻¹ solve is two banded products
         and a 4×4 Woodbury solve."""
         return TriangularBlockGram.from_jacobian(jac, NUM_PARAMS, self.noise_map_jacobian(u))
@@ -162,7 +164,7 @@ class LotkaVolterra(NamedTuple):
         b = jax.jacfwd(self.noise_given_params)(u[:NUM_PARAMS], y_obs)
         gram4 = jnp.eye(NUM_PARAMS, dtype=u.dtype) + b.T @ b
         scale = self.noise_scale
-        return self.output_dim * np.log(scale) + jnp.sum(jnp.log(jnp.diagonal(gram_factor(gram4))))
+        return self.output_dim * np.log(scale) + DenseCholesky.from_gram(gram4).half_log_det()
 
     def input_on_manifold(self, u_z, y_obs) -> Float[Array, " dim"]:
         return jnp.concatenate([u_z, self.noise_given_params(u_z, y_obs)])
