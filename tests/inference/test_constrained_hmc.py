@@ -203,13 +203,6 @@ def test_constructor_kernel_matches_build_kernel_and_validates():
         constrained_hmc.constrained_hmc(system, [1.0], step_size=0.5, num_steps=(3, 1))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="adaptation.warmup traces its mass-matrix window (params._replace("
-    "inverse_mass_matrix=...)) under lax.cond even with metric='none', and CHMCParams has "
-    "no mass matrix; passes once warmup skips that branch for metric='none'",
-)
 def test_warmup_adapts_step_size_on_the_sphere():
     """adaptation.warmup runs CHMC (params without a mass matrix: metric "none", and the
     kernel's own step-size search) and returns a positive step size."""
