@@ -46,7 +46,7 @@ KERNEL = Kernel(
 def run_warmup(metric: str, seed: int, num_warmup: int = NUM_WARMUP, num_samples: int = 0):
     """Warm up 4 chains, then draw ``num_samples`` with the adapted values (one jit)."""
     keys = jax.random.split(jax.random.key(seed), 2 * NUM_CHAINS + 1)
-    positions = jax.random.normal(keys[0], (NUM_CHAINS, SD.size), jnp.float64)
+    positions = jax.random.normal(keys[0], (NUM_CHAINS, SD.size))  # float32, as users run
     states = jax.vmap(lambda x: init(x, log_density))(positions)
 
     def one(key_warmup, key_sample, state):
@@ -145,6 +145,7 @@ def test_step_size_only_warmup_keeps_metric():
     assert 0.7 < float(out.infos.accept_prob[-100:].mean()) < 0.9
 
 
+@pytest.mark.usefixtures("x64")
 def test_welford_matches_numpy():
     x = np.asarray(jax.random.normal(jax.random.key(0), (50, 3), jnp.float64)) * [1.0, 2.0, 3.0]
     for dense, expected in ((False, np.var(x, axis=0, ddof=1)), (True, np.cov(x.T))):
