@@ -241,9 +241,13 @@ def _devices_used(num_chains: int) -> int:
 
 
 def run_reference(
-    cfg: ReferenceConfig, model: LotkaVolterra, y_obs, key
+    cfg: ReferenceConfig, model: LotkaVolterra, y_obs, key, checkpoint=None
 ) -> tuple[dict, np.ndarray]:
-    """HMC on the exact 4-d posterior of the log-rates, preconditioned by its Laplace fit."""
+    """HMC on the exact 4-d posterior of the log-rates, preconditioned by its Laplace fit.
+
+    ``checkpoint``: ``.npz`` path for the chains; Ctrl-C raises ``KeyboardInterrupt``
+    once the chunk in flight is saved there, and a later call resumes from it.
+    """
     with jax.enable_x64(True):
         y = jnp.asarray(y_obs, jnp.float64)
         logp = jax.jit(lambda v: model.log_posterior_params(v, y))
@@ -261,19 +265,16 @@ def run_reference(
         key_init, key_run = jax.random.split(key)
         z = jax.random.normal(key_init, (cfg.num_chains, NUM_PARAMS), jnp.float64)
         u0 = jnp.asarray(fit.x)[None, :] + z @ jnp.linalg.cholesky(jnp.asarray(cov)).T
-        kernel = hmc.build_kernel()
-
-        def step(k, state, params):
-            return kernel(k, state, logp, params["step_size"], params["imm"], *cfg.num_steps)
-
         states = jax.vmap(lambda u: hmc.init(u, logp))(u0)
-        params = {"step_size": jnp.asarray(cfg.step_size, jnp.float64), "imm": jnp.asarray(cov)}
-        result = ChainRunner(step, chunk_size=min(1000, cfg.num_warmup + cfg.num_samples)).run(
-            jax.random.split(key_run, cfg.num_chains),
-            states,
-            params,
-            cfg.num_warmup + cfg.num_samples,
+        params = hmc.HMCParams(
+            jnp.asarray(cfg.step_size, jnp.float64), jnp.asarray(cov), *cfg.num_steps
         )
+        total = cfg.num_warmup + cfg.num_samples
+        result = ChainRunner(hmc.build_kernel(logp), chunk_size=min(1000, total)).run(
+            jax.random.split(key_run, cfg.num_chains), states, params, total, checkpoint=checkpoint
+        )
+    if result.interrupted:
+        raise KeyboardInterrupt
     draws = result.draws[:, cfg.num_warmup :] + model.prior_loc
     accept = result.infos.is_accepted[:, cfg.num_warmup :].mean()
     return _method_metrics(draws, result.wall_s, result.compile_s, accept), draws
@@ -283,7 +284,14 @@ def run_abc(
     name: str, runners: ABCRunners, key, ctx: RunContext, epsilon=None
 ) -> tuple[dict, np.ndarray, dict]:
     """One ABC baseline: its metrics, the draws to store, and the group's attributes."""
-    res = run_method(name, runners, key, epsilon=epsilon, progress=ctx.progress)
+    res = run_method(
+        name,
+        runners,
+        key,
+        epsilon=epsilon,
+        progress=ctx.progress,
+        checkpoint=ctx.checkpoint_path(f"abc_{name}_chains"),
+    )
     if res.log_rates.shape[1] < 2:  # rejection ABC that accepted (almost) nothing
         metrics = _no_draws_metrics(res)
     else:
@@ -319,7 +327,9 @@ def run(config: Config, key, ctx: RunContext) -> dict:
     abc_runners = ABCRunners(model, y_obs, config.abc)
     runners = {
         "chmc": lambda: run_chmc(config.chmc, model, y_obs, key_chmc, ctx),
-        "reference": lambda: run_reference(config.reference, model, y_obs, key_ref),
+        "reference": lambda: run_reference(
+            config.reference, model, y_obs, key_ref, ctx.checkpoint_path("reference_chains")
+        ),
     }
     for i, name in enumerate(config.abc.methods):
         k = jax.random.fold_in(key_abc, i)
@@ -334,6 +344,10 @@ def run(config: Config, key, ctx: RunContext) -> dict:
             continue
         t0 = time.perf_counter()
         out = fn()
+        if name == "chmc" and out[1].shape[1] < config.chmc.num_samples:
+            # An interrupted CHMC run that returned its partial draws: stop here, with
+            # its chain checkpoint kept for --resume (the CLI prints the one line).
+            raise KeyboardInterrupt
         results[name], draws[name] = out[:2]
         if len(out) > 2:
             attrs[name] = out[2]
