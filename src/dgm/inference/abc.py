@@ -56,6 +56,7 @@ from dgm.inference.abc_mcmc import (
     slice_abc,
     split_abc_init,
 )
+from dgm.inference.elliptical_slice import elliptical_slice
 
 __all__ = [
     "KERNELS",
@@ -76,6 +77,7 @@ __all__ = [
     "build_slice_abc_kernel",
     "check_inputs",
     "check_position",
+    "elliptical_slice",
     "log_abc_kernel",
     "pmmh",
     "rejection_abc",
