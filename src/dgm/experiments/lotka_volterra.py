@@ -336,27 +336,8 @@ def run(config: Config, key, ctx: RunContext) -> dict:
         eps = config.abc.rejection_epsilon if name == "rejection" else None
         runners[f"abc_{name}"] = functools.partial(run_abc, name, abc_runners, k, ctx, eps)
     for name, fn in runners.items():
-        saved = ctx.load_checkpoint(f"method_{name}")
-        if saved is not None and "metrics_json" in saved:
-            results[name] = json.loads(str(saved["metrics_json"]))
-            draws[name] = saved["log_rates"]
-            attrs[name] = json.loads(str(saved["attrs_json"])) if "attrs_json" in saved else {}
-            continue
-        t0 = time.perf_counter()
-        out = fn()
-        if name == "chmc" and out[1].shape[1] < config.chmc.num_samples:
-            # An interrupted CHMC run that returned its partial draws: stop here, with
-            # its chain checkpoint kept for --resume (the CLI prints the one line).
-            raise KeyboardInterrupt
-        results[name], draws[name] = out[:2]
-        if len(out) > 2:
-            attrs[name] = out[2]
-        results[name]["total_s"] = time.perf_counter() - t0
-        ctx.save_checkpoint(
-            f"method_{name}",
-            log_rates=draws[name],
-            metrics_json=np.asarray(json.dumps(results[name])),
-            attrs_json=np.asarray(json.dumps(attrs.get(name, {}))),
+        results[name], draws[name], attrs[name] = _run_or_resume(
+            name, fn, ctx, config, attrs.get(name, {})
         )
     ref = results["reference"]
     for name, r in results.items():
@@ -373,6 +354,35 @@ def run(config: Config, key, ctx: RunContext) -> dict:
     plot_ess(ctx, results)
     write_text(ctx.path("report.md"), report(metrics))
     return metrics
+
+
+def _run_or_resume(name: str, fn, ctx: RunContext, config: Config, attrs: dict):
+    """``(metrics, draws, attrs)`` of one method: from its checkpoint when resuming a run
+    that finished it, else by running ``fn`` and checkpointing the result.
+
+    Raises:
+        KeyboardInterrupt: when the method was interrupted (its chain checkpoint is kept,
+            and the CLI prints its one line and exits 130).
+    """
+    saved = ctx.load_checkpoint(f"method_{name}")
+    if saved is not None and "metrics_json" in saved:
+        attrs = json.loads(str(saved["attrs_json"])) if "attrs_json" in saved else {}
+        return json.loads(str(saved["metrics_json"])), saved["log_rates"], attrs
+    t0 = time.perf_counter()
+    out = fn()
+    if name == "chmc" and out[1].shape[1] < config.chmc.num_samples:
+        # dgm.condition returned the draws of an interrupted run: stop here.
+        raise KeyboardInterrupt
+    metrics, draws = out[:2]
+    attrs = out[2] if len(out) > 2 else attrs
+    metrics["total_s"] = time.perf_counter() - t0
+    ctx.save_checkpoint(
+        f"method_{name}",
+        log_rates=draws,
+        metrics_json=np.asarray(json.dumps(metrics)),
+        attrs_json=np.asarray(json.dumps(attrs)),
+    )
+    return metrics, draws, attrs
 
 
 def _mean_error(r: dict, ref: dict) -> list:
