@@ -262,7 +262,9 @@ def _moment_test_passes(metric: str, seed: int = 20260) -> bool:
     chol = jnp.linalg.cholesky(jnp.asarray(COV))
     key_init, key_run = jax.random.split(jax.random.key(seed))
     z = jax.random.normal(key_init, (NUM_CHAINS, 2), jnp.float64)
-    states = jax.vmap(lambda x: init(x, gaussian_log_density))(jnp.asarray(MEAN) + z @ chol.T)
+    states = jax.vmap(lambda x: init(x, gaussian_log_density))(
+        jnp.asarray(MEAN)[None, :] + z @ chol.T
+    )
     runner = ChainRunner(build_kernel(gaussian_log_density), chunk_size=NUM_DRAWS)
     keys = jax.random.split(key_run, NUM_CHAINS)
     result = runner.run(keys, states, _params(step_size, imm), NUM_DRAWS)
