@@ -35,6 +35,9 @@ def _start(out: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "dgm.cli", *argv],
         env=env,
+        # A shell's background job (pytest run with `&`) ignores SIGINT, and a child
+        # Python keeps an ignored SIGINT ignored: restore the default so Ctrl-C counts.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
