@@ -52,16 +52,12 @@ def timed(run, repeats: int):
 
 def bench_dgm(keys, positions, step_size, imm, num_steps, num_draws, repeats):
     from dgm.inference.base import ChainRunner
-    from dgm.inference.hmc import build_kernel, init
+    from dgm.inference.hmc import HMCParams, build_kernel, init
 
-    raw = build_kernel()
-
-    def step(key, state, params):
-        return raw(key, state, log_density, params[0], params[1], num_steps, num_steps)
-
-    runner = ChainRunner(step, chunk_size=num_draws)
+    runner = ChainRunner(build_kernel(log_density), chunk_size=num_draws)
     states = jax.vmap(lambda x: init(x, log_density))(positions)
-    params = (jnp.asarray(step_size), imm)
+    # Python-int step counts: a fixed, compile-time leapfrog loop.
+    params = HMCParams(jnp.asarray(step_size), imm, num_steps, num_steps)
     results = [runner.run(keys, states, params, num_draws) for _ in range(repeats + 1)]
     res = results[-1]
     times = [r.wall_s for r in results[1:]]
@@ -160,13 +156,13 @@ def main():
 def adapted(keys, positions, num_steps, num_warmup):
     """dgm's windowed warm-up per chain; the median step size and mean metric, shared."""
     from dgm.inference.adaptation import warmup
-    from dgm.inference.hmc import build_kernel, init
+    from dgm.inference.hmc import hmc
 
-    raw = build_kernel()
+    kernel = hmc(log_density, 1.0, jnp.ones(positions.shape[1]), num_steps=num_steps)
 
     def one(key, position):
-        step = lambda k, s, eps, imm: raw(k, s, log_density, eps, imm, num_steps, num_steps)  # noqa: E731
-        return warmup(key, step, init(position, log_density), log_density, num_warmup)
+        out = warmup(key, kernel, kernel.init(position), num_warmup, log_density_fn=log_density)
+        return out.params
 
     keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
     out = jax.jit(jax.vmap(one))(keys, positions)

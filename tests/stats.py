@@ -1,16 +1,27 @@
-"""ESS-based z-tests (STYLE §9): z = |mean(f) − E f| / (sd(f) / sqrt(ESS_f))."""
+"""ESS-based z-tests (STYLE §9): z = |mean(f) − E f| / (sd(f) / sqrt(ESS_f)).
+
+The one statistics helper of the sampler tests (test_hmc.py, test_abc.py, ...).
+"""
 
 import numpy as np
 
 from dgm.diagnostics import ess
 
 
-def z_scores(values: np.ndarray, expected: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """z and multi-chain bulk ESS for each statistic; ``values`` is (chains, draws, k)."""
+def z_scores(
+    values: np.ndarray, expected: np.ndarray, expected_var: np.ndarray | float = 0.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """z and multi-chain bulk ESS for each statistic; ``values`` is (chains, draws, k).
+
+    ``expected_var``: the variance of ``expected`` itself when it is an estimate (e.g. a
+    mean over ``n`` independent reference draws: ``var / n``), added to the chains'
+    Monte Carlo variance ``sd² / ESS``.
+    """
     values = np.asarray(values, np.float64)
     flat = values.reshape(-1, values.shape[-1])
     n_eff = ess(values, "bulk").reshape(-1)
-    z = np.abs(flat.mean(0) - expected) / (flat.std(0, ddof=1) / np.sqrt(n_eff))
+    mc_var = flat.var(0, ddof=1) / n_eff
+    z = np.abs(flat.mean(0) - expected) / np.sqrt(mc_var + expected_var)
     return z, n_eff
 
 

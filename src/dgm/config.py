@@ -123,3 +123,16 @@ def check_range(name: str, value: Any, low: float | int, high: float | int) -> N
         ok = False
     if not ok:
         raise ValueError(f"`{name}` must lie in [{low}, {high}); got {value!r}")
+
+
+def check_positive_scalar(name: str, value: Any) -> None:
+    """Raise ``ValueError`` naming ``name`` unless ``value`` is a positive finite scalar
+    (a Python number or a 0-d array: tunables such as a tolerance may arrive as arrays)."""
+    import numpy as np
+
+    try:
+        arr = np.asarray(value, dtype=float)
+    except (TypeError, ValueError):
+        arr = np.asarray(np.nan)
+    if isinstance(value, bool) or arr.ndim != 0 or not np.isfinite(arr) or not arr > 0:
+        raise ValueError(f"`{name}` must be a positive finite scalar; got {value!r}")

@@ -1,4 +1,7 @@
-"""Lotka–Volterra: the model, its observed data, and the experiment through the CLI."""
+"""Lotka–Volterra: constrained HMC on its manifold and the experiment through the CLI.
+
+Model-level tests (noise inversion, observed data): tests/models/test_lotka_volterra.py.
+"""
 
 import json
 
@@ -28,26 +31,6 @@ METHOD_FIELDS = (
     "posterior_sd",
     "accept_rate",
 )
-
-
-def test_observed_data_matches_thesis_files(shared_data, monkeypatch):
-    from dgm.data.lotka_volterra import observed_data
-
-    monkeypatch.setenv("DGM_DATA_DIR", str(shared_data))
-    y, diff = observed_data(LotkaVolterra())
-    assert diff is not None and diff < 1e-9
-    assert y.shape == (100,)
-    np.testing.assert_allclose(y[-2:], [50.3637, 104.3204], atol=1e-4)
-
-
-def test_noise_inversion_is_exact_and_jacobian_unit_triangular():
-    model = LotkaVolterra()
-    u = jnp.asarray(model.observed_inputs())
-    y = model.generate(u)
-    np.testing.assert_allclose(model.noise_given_params(u[:4], y), u[4:], atol=1e-10)
-    jac_noise = jax.jacfwd(model.generate)(u)[:, 4:]
-    np.testing.assert_allclose(np.diag(jac_noise), 1.0)
-    np.testing.assert_allclose(np.triu(jac_noise, 1), 0.0)
 
 
 @pytest.mark.parametrize("shift", [0.0, 0.3])

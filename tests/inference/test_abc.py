@@ -10,7 +10,6 @@ slice sampler's states ``(theta, noise)`` target this same joint, so every coord
 
 import functools
 
-import arviz as az
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,6 +18,7 @@ import pytest
 from dgm.inference import abc
 from dgm.inference.base import ChainRunner
 from dgm.models.lotka_volterra import NUM_PARAMS, LotkaVolterra
+from tests.stats import z_scores as ess_z_scores
 
 A = np.array([[1.0, 0.5], [-0.3, 0.8], [0.6, -0.4]])
 SIGMA, EPS = 0.5, 0.5
@@ -26,6 +26,13 @@ Y_OBS = np.array([1.0, -0.5, 0.8])
 INPUT_DIM, NUM_PARAMS_TOY = 5, 2
 NUM_CHAINS = 8
 Z_MAX = 4.5
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _x64():
+    """These tests draw float64 starts and compare to float64 references."""
+    with jax.enable_x64(True):
+        yield
 
 
 def generator(u):
@@ -97,7 +104,7 @@ def runner(method):
 
     def one_chain(key, state):
         def body(s, k):
-            s, info = kernel.step(k, s)
+            s, info = kernel.step(k, s, kernel.params)
             return s, (s.position, info)
 
         return jax.lax.scan(body, state, jax.random.split(key, num_iter))[1]
@@ -115,18 +122,16 @@ def run_method(method, seed):
 
 
 def z_scores(draws):
-    """(z, ESS) for the first and second moment of every coordinate and theta1*theta2."""
+    """{name: (z, ESS)} for the first and second moment of every coordinate and theta1*theta2."""
     mean, cov = exact_moments()
     checks = []
     for i in range(INPUT_DIM):
         checks.append((f"u{i}", draws[..., i], mean[i]))
         checks.append((f"u{i}^2", draws[..., i] ** 2, cov[i, i] + mean[i] ** 2))
     checks.append(("u0*u1", draws[..., 0] * draws[..., 1], cov[0, 1] + mean[0] * mean[1]))
-    out = {}
-    for name, f, expected in checks:
-        ess = float(az.ess(f))
-        out[name] = (abs(f.mean() - expected) / (f.std() / np.sqrt(ess)), ess)
-    return out
+    values = np.stack([f for _, f, _ in checks], axis=-1)
+    z, ess = ess_z_scores(values, np.array([e for _, _, e in checks]))
+    return {name: (z[j], ess[j]) for j, (name, _, _) in enumerate(checks)}
 
 
 @pytest.fixture(scope="module", params=list(SETTINGS))
@@ -324,12 +329,12 @@ def test_pmmh_uniform_kernel_rejects_outside_ball_and_accepts_inside():
     k = abc.pmmh(generator, Y_OBS, 1e-6, 0.5, input_dim=INPUT_DIM, num_params=2)
     state = k.init(jnp.zeros(INPUT_DIM))
     assert float(state.log_kernel) == -np.inf
-    new, info = k.step(jax.random.key(6), state)
+    new, info = k.step(jax.random.key(6), state, k.params)
     assert float(info.accept_prob) == 0.0 and not bool(info.is_accepted)
     # From an impossible state any possible proposal is accepted.
     k = abc.pmmh(generator, Y_OBS, 1e6, 0.5, input_dim=INPUT_DIM, num_params=2)
     state = k.init(jnp.zeros(INPUT_DIM))._replace(log_kernel=jnp.asarray(-jnp.inf))
-    _, info = k.step(jax.random.key(6), state)
+    _, info = k.step(jax.random.key(6), state, k.params)
     assert float(info.accept_prob) == 1.0 and bool(info.is_accepted)
 
 
@@ -338,7 +343,7 @@ def test_pmmh_gaussian_accept_prob_closed_form():
     k = abc.pmmh(generator, Y_OBS, EPS, 0.8, input_dim=INPUT_DIM, num_params=2, kernel="gaussian")
     state = k.init(jnp.asarray([0.4, -0.2, 0.1, 0.3, -0.5]))
     key = jax.random.key(12)
-    new, info = k.step(key, state)
+    new, info = k.step(key, state, k.params)
     key_walk, key_noise, _ = jax.random.split(key, 3)
     theta = np.asarray(state.params) + 0.8 * np.asarray(jax.random.normal(key_walk, (2,)))
     noise = np.asarray(jax.random.normal(key_noise, (3,)))
@@ -417,7 +422,7 @@ def test_lotka_volterra_pmmh_uniform_acceptance_near_spec():
     u_obs = jnp.asarray(model.observed_inputs())
     y_obs = model.generate(u_obs)
     abc.check_inputs(model.generate, y_obs, model.input_dim, NUM_PARAMS, 1000.0, "uniform")
-    step = abc.build_pmmh_kernel(model.generate, NUM_PARAMS, "uniform")
+    step = abc.build_pmmh_kernel(model.generate, y_obs, "uniform")
     # 3 chains: not divisible by the 2 host devices, so ChainRunner compiles only once.
     key_init, key_run = jax.random.split(jax.random.key(7))
     noise = jax.random.normal(key_init, (3, model.input_dim - NUM_PARAMS), jnp.float64)
@@ -425,18 +430,14 @@ def test_lotka_volterra_pmmh_uniform_acceptance_near_spec():
     states = jax.vmap(
         lambda u: abc.split_abc_init(u, model.generate, y_obs, 1000.0, NUM_PARAMS, "uniform")
     )(u0)
-    run = ChainRunner(
-        lambda key, s, p: step(key, s, y_obs, p["epsilon"], p["scale"]),
-        lambda s: s.params,
-        chunk_size=2000,
-    )
-    params = {"epsilon": jnp.asarray(1000.0), "scale": jnp.asarray(0.2)}
+    run = ChainRunner(step, lambda s: s.params, chunk_size=2000)
+    params = abc.PMMHParams(jnp.asarray(1000.0), jnp.asarray(0.2))
     res = run.run(jax.random.split(key_run, 3), states, params, 2000)
     assert res.draws.shape == (3, 2000, NUM_PARAMS)
     rate = res.infos.is_accepted[:, 200:].mean()
     assert 0.2 < rate < 0.55, rate
     assert res.infos.num_simulations.sum() == 3 * 2000
-    params = {"epsilon": jnp.asarray(500.0), "scale": jnp.asarray(0.1)}
+    params = abc.PMMHParams(jnp.asarray(500.0), jnp.asarray(0.1))
     run.run(jax.random.split(key_run, 3), res.states, params, 10)
     assert run.num_compiles == 1
 
@@ -473,14 +474,16 @@ def uniform_scores(method, seed):
     draws = np.asarray(draws)[:, UNIFORM_ITERS[method] // 10 :]
     if method == "slice_uniform":
         assert not np.any(infos.noise_failed) and not np.any(infos.params_failed)
-    out = {}
+    names, values, expected, expected_var = [], [], [], []
     for power, f in ((1, lambda t: t), (2, lambda t: t**2)):
         for i in range(NUM_PARAMS_TOY):
-            d, r = f(draws[..., i]), f(ref[:, i])
-            ess = float(az.ess(d))
-            z = abs(d.mean() - r.mean()) / np.sqrt(d.var() / ess + r.var() / r.size)
-            out[f"theta{i}^{power}"] = (z, ess)
-    return out
+            r = f(ref[:, i])
+            names.append(f"theta{i}^{power}")
+            values.append(f(draws[..., i]))
+            expected.append(r.mean())
+            expected_var.append(r.var() / r.size)
+    z, ess = ess_z_scores(np.stack(values, axis=-1), np.array(expected), np.array(expected_var))
+    return {name: (z[j], ess[j]) for j, name in enumerate(names)}
 
 
 @pytest.mark.calibration
@@ -514,3 +517,44 @@ def test_lotka_volterra_rejection_spec_setting_accepts_nothing():
     )
     assert res.num_simulations == 1_000_000
     assert res.num_accepted == 0
+
+
+# -------------------------------------------------------------------- planted bugs
+
+
+def _moment_test_passes(method: str, seed: int = 0) -> bool:
+    """``test_moments_match_exact_gaussian_kernel_posterior``'s verdict on a kernel built
+    now (``runner.__wrapped__`` skips the cache, so a monkeypatch takes effect)."""
+    kernel, run = runner.__wrapped__(method)
+    key_init, key_run = jax.random.split(jax.random.key(seed))
+    u0 = jax.random.normal(key_init, (NUM_CHAINS, INPUT_DIM), jnp.float64)
+    draws, _ = run(jax.random.split(key_run, NUM_CHAINS), jax.vmap(kernel.init)(u0))
+    draws = np.asarray(draws)[:, SETTINGS[method][0] // 10 :]
+    scores = z_scores(draws).values()
+    return all(z < Z_MAX and ess >= SETTINGS[method][1] for z, ess in scores)
+
+
+@pytest.mark.slow
+def test_planted_bugs_are_caught(monkeypatch):
+    """The moment test passes on the correct samplers and fails under each planted bug:
+    PMMH accepting every proposal; slice ABC ignoring the ABC kernel (a flat likelihood:
+    it samples the prior). (HMC's planted bugs: test_hmc.py.)"""
+    from dgm.inference import abc_mcmc
+
+    def always_accept(key, log_ratio, proposal, state):
+        return proposal, jnp.ones_like(log_ratio), jnp.ones((), bool)
+
+    real_slice = abc_mcmc.elliptical_slice
+
+    def slice_ignoring_kernel(key, x, log_lik, log_lik_fn, max_iters):
+        flat = jnp.zeros_like(log_lik)
+        return real_slice(key, x, flat, lambda v: flat, max_iters)
+
+    for method in SETTINGS:
+        assert _moment_test_passes(method), method
+    with monkeypatch.context() as m:
+        m.setattr(abc_mcmc, "metropolis", always_accept)
+        assert not _moment_test_passes("pmmh")
+    with monkeypatch.context() as m:
+        m.setattr(abc_mcmc, "elliptical_slice", slice_ignoring_kernel)
+        assert not _moment_test_passes("slice")

@@ -1,15 +1,19 @@
-"""HMC: integrator invariants, Metropolis correctness, moments, diagnostics, API errors."""
+"""HMC: Metropolis correctness, moments, diagnostics, keys, API errors.
 
-import arviz as az
+The leapfrog integrator has its own tests (test_integrators.py).
+"""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from dgm.inference import hmc as hmc_module
 from dgm.inference.base import ChainRunner
 from dgm.inference.hmc import HMCParams, build_kernel, hmc, init
-from dgm.inference.integrators import IntegratorState, leapfrog
-from dgm.inference.metrics import kinetic_energy
+from dgm.inference.integrators import IntegratorState
+from dgm.inference.metrics import velocity
+from tests.stats import z_scores
 
 # Correlated 2-D Gaussian with unequal scales (sd 1 and 0.3, correlation 0.7).
 MEAN = np.array([0.5, -1.0])
@@ -33,11 +37,6 @@ ACCEPT_BAND = {"dense": (0.78, 0.86), "diagonal": (0.73, 0.81)}
 def gaussian_log_density(x):
     d = x - jnp.asarray(MEAN)
     return -0.5 * d @ (jnp.asarray(PREC) @ d)
-
-
-def quartic_log_density(x):
-    """Non-Gaussian, anisotropic target for the integrator checks."""
-    return -0.5 * jnp.sum(x**2 / jnp.array([1.0, 0.25])) - 0.1 * jnp.sum(x**4)
 
 
 _STEP = build_kernel(gaussian_log_density)
@@ -64,71 +63,19 @@ def run_chains(metric: str, seed: int):
 def moment_z_scores(draws: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """z and multi-chain bulk ESS for f = x_i and f = (x_i - mu_i)^2, i = 1, 2."""
     stats = np.concatenate([draws, (draws - MEAN) ** 2], axis=-1)  # (chains, draws, 4)
-    expected = np.concatenate([MEAN, SD**2])
-    zs, esss = [], []
-    for j in range(stats.shape[-1]):
-        f = stats[..., j]
-        ess = float(az.ess(f, method="bulk"))
-        zs.append(abs(f.mean() - expected[j]) / (f.std(ddof=1) / np.sqrt(ess)))
-        esss.append(ess)
-    return np.array(zs), np.array(esss)
+    return z_scores(stats, np.concatenate([MEAN, SD**2]))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _x64():
+    """Float64 draws: the z-tests and the map = vmap check compare at 1e-12."""
+    with jax.enable_x64(True):
+        yield
 
 
 @pytest.fixture(scope="module", params=["dense", "diagonal"])
 def chains(request):
     return request.param, run_chains(request.param, seed=20260)
-
-
-# ---------------------------------------------------------------- 1. deterministic invariants
-
-
-@pytest.mark.parametrize("imm", [jnp.array([1.0, 0.5]), jnp.array([[1.0, 0.3], [0.3, 0.5]])])
-def test_leapfrog_is_reversible(imm):
-    logp, grad = jax.value_and_grad(quartic_log_density)(jnp.array([0.7, -0.4]))
-    start = IntegratorState(jnp.array([0.7, -0.4]), jnp.array([0.3, 1.1]), logp, grad)
-    step = jax.jit(lambda s: leapfrog(s, jnp.asarray(0.1), quartic_log_density, imm))
-    s = start
-    for _ in range(25):
-        s = step(s)
-    assert not np.allclose(s.position, start.position, atol=1e-2)  # it did move
-    s = s._replace(momentum=-s.momentum)
-    for _ in range(25):
-        s = step(s)
-    np.testing.assert_allclose(s.position, start.position, atol=1e-12)
-    np.testing.assert_allclose(-s.momentum, start.momentum, atol=1e-12)
-
-
-def _energy_error(step_size: float, imm) -> float:
-    q0, p0 = jnp.array([0.7, -0.4]), jnp.array([0.3, 1.1])
-    logp, grad = jax.value_and_grad(quartic_log_density)(q0)
-    s = IntegratorState(q0, p0, logp, grad)
-    num_steps = round(1.0 / step_size)
-    s = jax.lax.fori_loop(
-        0, num_steps, lambda _, s: leapfrog(s, jnp.asarray(step_size), quartic_log_density, imm), s
-    )
-    h0 = -logp + kinetic_energy(p0, imm)
-    return float(jnp.abs(-s.log_density + kinetic_energy(s.momentum, imm) - h0))
-
-
-@pytest.mark.parametrize("imm", [jnp.array([1.0, 0.5]), jnp.array([[1.0, 0.3], [0.3, 0.5]])])
-def test_energy_error_scales_as_step_size_squared(imm):
-    sizes = np.array([0.1, 0.05, 0.025, 0.0125])
-    errors = np.array([_energy_error(h, imm) for h in sizes])
-    slope = np.polyfit(np.log(sizes), np.log(errors), 1)[0]
-    assert abs(slope - 2.0) < 0.3, (slope, errors)
-
-
-def test_harmonic_oscillator_exact_orbit():
-    """q'' = -q from (q, p) = (0, 1): after time 1 the orbit is at (sin 1, cos 1)."""
-    logp_fn = lambda q: -0.5 * jnp.sum(q**2)  # noqa: E731
-    q0 = jnp.zeros(1)
-    s = IntegratorState(q0, jnp.ones(1), *jax.value_and_grad(logp_fn)(q0))
-    h = 1e-3
-    s = jax.lax.fori_loop(
-        0, 1000, lambda _, s: leapfrog(s, jnp.asarray(h), logp_fn, jnp.ones(1)), s
-    )
-    np.testing.assert_allclose(s.position, [np.sin(1.0)], atol=1e-6)
-    np.testing.assert_allclose(s.momentum, [np.cos(1.0)], atol=1e-6)
 
 
 # ---------------------------------------------------------------- 2. Metropolis correctness
@@ -294,3 +241,50 @@ def test_compiles_once_for_new_step_size():
     assert _RUNNER.num_compiles == num_compiles
     assert second.compile_s == 0.0
     assert not np.allclose(first.draws, second.draws)
+
+
+# ---------------------------------------------------------------- planted bugs
+
+
+def _flipped_kicks_leapfrog(state, step_size, log_density_fn, inverse_mass_matrix):
+    """Leapfrog with the sign of both kicks flipped (a planted bug)."""
+    p = state.momentum - 0.5 * step_size * state.log_density_grad
+    q = state.position + step_size * velocity(p, inverse_mass_matrix)
+    logp, grad = jax.value_and_grad(log_density_fn)(q)
+    p = p - 0.5 * step_size * grad
+    return IntegratorState(q, p, logp, grad)
+
+
+def _moment_test_passes(metric: str, seed: int = 20260) -> bool:
+    """``test_moments_match_exact``'s verdict on a kernel built now (so a monkeypatch
+    takes effect)."""
+    imm, step_size = SETTINGS[metric]
+    chol = jnp.linalg.cholesky(jnp.asarray(COV))
+    key_init, key_run = jax.random.split(jax.random.key(seed))
+    z = jax.random.normal(key_init, (NUM_CHAINS, 2), jnp.float64)
+    states = jax.vmap(lambda x: init(x, gaussian_log_density))(
+        jnp.asarray(MEAN)[None, :] + z @ chol.T
+    )
+    runner = ChainRunner(build_kernel(gaussian_log_density), chunk_size=NUM_DRAWS)
+    keys = jax.random.split(key_run, NUM_CHAINS)
+    result = runner.run(keys, states, _params(step_size, imm), NUM_DRAWS)
+    zs, esss = moment_z_scores(result.draws)
+    return bool(np.all(zs < Z_MAX) and np.all(esss >= ESS_FLOOR))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("metric", ["dense", "diagonal"])
+def test_planted_bugs_are_caught(metric, monkeypatch):
+    """The moment test passes on the correct kernel and fails under each planted bug:
+    no Metropolis step (``metropolis`` always accepts) and flipped kick signs."""
+    assert _moment_test_passes(metric)
+
+    def always_accept(key, log_ratio, proposal, state):
+        return proposal, jnp.ones_like(log_ratio), jnp.ones((), bool)
+
+    with monkeypatch.context() as m:
+        m.setattr(hmc_module, "metropolis", always_accept)
+        assert not _moment_test_passes(metric)
+    with monkeypatch.context() as m:
+        m.setattr(hmc_module, "leapfrog", _flipped_kicks_leapfrog)
+        assert not _moment_test_passes(metric)

@@ -158,32 +158,50 @@ class ABCRunners:
         key = (method.sampler, method.kernel, chunk)
         if key not in self._runners:
             self._runners[key] = ChainRunner(
-                self._step_fn(method), lambda s: s.position[:NUM_PARAMS], chunk_size=chunk
+                self._kernel(method), lambda s: s.position[:NUM_PARAMS], chunk_size=chunk
             )
         return self._runners[key]
 
-    def _step_fn(self, method: ABCMethod):
-        g, y, cfg = self.model.generate, jnp.asarray(self.y_obs), self.cfg
+    def _kernel(self, method: ABCMethod):
+        """The sampler's ``step(key, state, params)`` with ``y_obs`` and the kernel bound."""
+        g, y = self.model.generate, jnp.asarray(self.y_obs)
         if method.sampler == "slice":
-            step = abc.build_slice_abc_kernel(g, NUM_PARAMS, method.kernel, cfg.max_slice_iters)
-            return lambda k, s, p: step(k, s, y, p["epsilon"])
+            return abc.build_slice_abc_kernel(g, y, method.kernel, self.cfg.max_slice_iters)
         if method.sampler == "pmmh":
-            step = abc.build_pmmh_kernel(g, NUM_PARAMS, method.kernel)
-            return lambda k, s, p: step(k, s, y, p["epsilon"], p["scale"])
-        step = abc.build_abc_hmc_kernel(g)
-        lo, hi = cfg.hmc_num_steps
-        return lambda k, s, p: step(k, s, y, p["epsilon"], p["step_size"], lo, hi)
+            return abc.build_pmmh_kernel(g, y, method.kernel)
+        return abc.build_abc_hmc_kernel(g, y)
+
+    def params(self, method: ABCMethod):
+        """The method's tunables (float64 arrays: traced, so ε and scales share a runner)."""
+        eps = jnp.asarray(method.epsilon, jnp.float64)
+        if method.sampler == "slice":
+            return abc.SliceABCParams(eps)
+        if method.sampler == "pmmh":
+            return abc.PMMHParams(eps, jnp.asarray(method.scale, jnp.float64))
+        lo, hi = self.cfg.hmc_num_steps
+        return abc.ABCHMCParams(eps, jnp.asarray(method.step_size, jnp.float64), lo, hi)
 
 
 def run_method(
-    name: str, runners: ABCRunners, key, *, epsilon: float | None = None, progress=False
+    name: str,
+    runners: ABCRunners,
+    key,
+    *,
+    epsilon: float | None = None,
+    progress=False,
+    checkpoint=None,
 ) -> ABCRun:
-    """Run the ABC baseline ``name`` (a key of :data:`ABC_METHODS`); float64 throughout."""
+    """Run the ABC baseline ``name`` (a key of :data:`ABC_METHODS`); float64 throughout.
+
+    ``checkpoint``: ``.npz`` path for the chains (see :meth:`ChainRunner.run`): an
+    interrupted run resumes from it with the same draws. Ctrl-C during sampling raises
+    ``KeyboardInterrupt`` once the chunk in flight is saved.
+    """
     with jax.enable_x64(True):
-        return _run_method(name, runners, key, epsilon, progress)
+        return _run_method(name, runners, key, epsilon, progress, checkpoint)
 
 
-def _run_method(name: str, runners: ABCRunners, key, epsilon, progress) -> ABCRun:
+def _run_method(name: str, runners: ABCRunners, key, epsilon, progress, checkpoint) -> ABCRun:
     method = ABC_METHODS[name]
     if method.sampler == "rejection":
         return _run_rejection(method, runners, key, epsilon)
@@ -192,20 +210,18 @@ def _run_method(name: str, runners: ABCRunners, key, epsilon, progress) -> ABCRu
     total = num_samples + num_warmup
     key_init, key_run = jax.random.split(key)
     states = _init_states(method, runners, cfg.num_chains, key_init, y_obs)
-    params = {
-        "epsilon": jnp.asarray(method.epsilon, jnp.float64),
-        "scale": jnp.asarray(method.scale, jnp.float64),
-        "step_size": jnp.asarray(method.step_size, jnp.float64),
-    }
     runner = runners.runner(method, min(cfg.chunk_size, total))
     result = runner.run(
         jax.random.split(key_run, cfg.num_chains),
         states,
-        params,
+        runners.params(method),
         total,
         progress=progress,
         desc=f"abc_{name}",
+        checkpoint=checkpoint,
     )
+    if result.interrupted:  # the checkpoint holds the chains so far
+        raise KeyboardInterrupt
     draws = np.asarray(result.draws)[:, num_warmup:] + model.prior_loc
     accept, extra = _counters(method, result.infos, num_warmup)
     thin = cfg.pmmh_store_thin if method.sampler == "pmmh" else 1

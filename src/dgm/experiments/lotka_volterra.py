@@ -241,9 +241,13 @@ def _devices_used(num_chains: int) -> int:
 
 
 def run_reference(
-    cfg: ReferenceConfig, model: LotkaVolterra, y_obs, key
+    cfg: ReferenceConfig, model: LotkaVolterra, y_obs, key, checkpoint=None
 ) -> tuple[dict, np.ndarray]:
-    """HMC on the exact 4-d posterior of the log-rates, preconditioned by its Laplace fit."""
+    """HMC on the exact 4-d posterior of the log-rates, preconditioned by its Laplace fit.
+
+    ``checkpoint``: ``.npz`` path for the chains; Ctrl-C raises ``KeyboardInterrupt``
+    once the chunk in flight is saved there, and a later call resumes from it.
+    """
     with jax.enable_x64(True):
         y = jnp.asarray(y_obs, jnp.float64)
         logp = jax.jit(lambda v: model.log_posterior_params(v, y))
@@ -261,19 +265,16 @@ def run_reference(
         key_init, key_run = jax.random.split(key)
         z = jax.random.normal(key_init, (cfg.num_chains, NUM_PARAMS), jnp.float64)
         u0 = jnp.asarray(fit.x)[None, :] + z @ jnp.linalg.cholesky(jnp.asarray(cov)).T
-        kernel = hmc.build_kernel()
-
-        def step(k, state, params):
-            return kernel(k, state, logp, params["step_size"], params["imm"], *cfg.num_steps)
-
         states = jax.vmap(lambda u: hmc.init(u, logp))(u0)
-        params = {"step_size": jnp.asarray(cfg.step_size, jnp.float64), "imm": jnp.asarray(cov)}
-        result = ChainRunner(step, chunk_size=min(1000, cfg.num_warmup + cfg.num_samples)).run(
-            jax.random.split(key_run, cfg.num_chains),
-            states,
-            params,
-            cfg.num_warmup + cfg.num_samples,
+        params = hmc.HMCParams(
+            jnp.asarray(cfg.step_size, jnp.float64), jnp.asarray(cov), *cfg.num_steps
         )
+        total = cfg.num_warmup + cfg.num_samples
+        result = ChainRunner(hmc.build_kernel(logp), chunk_size=min(1000, total)).run(
+            jax.random.split(key_run, cfg.num_chains), states, params, total, checkpoint=checkpoint
+        )
+    if result.interrupted:
+        raise KeyboardInterrupt
     draws = result.draws[:, cfg.num_warmup :] + model.prior_loc
     accept = result.infos.is_accepted[:, cfg.num_warmup :].mean()
     return _method_metrics(draws, result.wall_s, result.compile_s, accept), draws
@@ -283,7 +284,14 @@ def run_abc(
     name: str, runners: ABCRunners, key, ctx: RunContext, epsilon=None
 ) -> tuple[dict, np.ndarray, dict]:
     """One ABC baseline: its metrics, the draws to store, and the group's attributes."""
-    res = run_method(name, runners, key, epsilon=epsilon, progress=ctx.progress)
+    res = run_method(
+        name,
+        runners,
+        key,
+        epsilon=epsilon,
+        progress=ctx.progress,
+        checkpoint=ctx.checkpoint_path(f"abc_{name}_chains"),
+    )
     if res.log_rates.shape[1] < 2:  # rejection ABC that accepted (almost) nothing
         metrics = _no_draws_metrics(res)
     else:
@@ -319,30 +327,17 @@ def run(config: Config, key, ctx: RunContext) -> dict:
     abc_runners = ABCRunners(model, y_obs, config.abc)
     runners = {
         "chmc": lambda: run_chmc(config.chmc, model, y_obs, key_chmc, ctx),
-        "reference": lambda: run_reference(config.reference, model, y_obs, key_ref),
+        "reference": lambda: run_reference(
+            config.reference, model, y_obs, key_ref, ctx.checkpoint_path("reference_chains")
+        ),
     }
     for i, name in enumerate(config.abc.methods):
         k = jax.random.fold_in(key_abc, i)
         eps = config.abc.rejection_epsilon if name == "rejection" else None
         runners[f"abc_{name}"] = functools.partial(run_abc, name, abc_runners, k, ctx, eps)
     for name, fn in runners.items():
-        saved = ctx.load_checkpoint(f"method_{name}")
-        if saved is not None and "metrics_json" in saved:
-            results[name] = json.loads(str(saved["metrics_json"]))
-            draws[name] = saved["log_rates"]
-            attrs[name] = json.loads(str(saved["attrs_json"])) if "attrs_json" in saved else {}
-            continue
-        t0 = time.perf_counter()
-        out = fn()
-        results[name], draws[name] = out[:2]
-        if len(out) > 2:
-            attrs[name] = out[2]
-        results[name]["total_s"] = time.perf_counter() - t0
-        ctx.save_checkpoint(
-            f"method_{name}",
-            log_rates=draws[name],
-            metrics_json=np.asarray(json.dumps(results[name])),
-            attrs_json=np.asarray(json.dumps(attrs.get(name, {}))),
+        results[name], draws[name], attrs[name] = _run_or_resume(
+            name, fn, ctx, config, attrs.get(name, {})
         )
     ref = results["reference"]
     for name, r in results.items():
@@ -359,6 +354,35 @@ def run(config: Config, key, ctx: RunContext) -> dict:
     plot_ess(ctx, results)
     write_text(ctx.path("report.md"), report(metrics))
     return metrics
+
+
+def _run_or_resume(name: str, fn, ctx: RunContext, config: Config, attrs: dict):
+    """``(metrics, draws, attrs)`` of one method: from its checkpoint when resuming a run
+    that finished it, else by running ``fn`` and checkpointing the result.
+
+    Raises:
+        KeyboardInterrupt: when the method was interrupted (its chain checkpoint is kept,
+            and the CLI prints its one line and exits 130).
+    """
+    saved = ctx.load_checkpoint(f"method_{name}")
+    if saved is not None and "metrics_json" in saved:
+        attrs = json.loads(str(saved["attrs_json"])) if "attrs_json" in saved else {}
+        return json.loads(str(saved["metrics_json"])), saved["log_rates"], attrs
+    t0 = time.perf_counter()
+    out = fn()
+    if name == "chmc" and out[1].shape[1] < config.chmc.num_samples:
+        # dgm.condition returned the draws of an interrupted run: stop here.
+        raise KeyboardInterrupt
+    metrics, draws = out[:2]
+    attrs = out[2] if len(out) > 2 else attrs
+    metrics["total_s"] = time.perf_counter() - t0
+    ctx.save_checkpoint(
+        f"method_{name}",
+        log_rates=draws,
+        metrics_json=np.asarray(json.dumps(metrics)),
+        attrs_json=np.asarray(json.dumps(attrs)),
+    )
+    return metrics, draws, attrs
 
 
 def _mean_error(r: dict, ref: dict) -> list:

@@ -18,7 +18,9 @@ from dgm import runs
 from dgm.config import check_choice, check_positive
 from dgm.data import svgd as svgd_data
 from dgm.inference import svgd
-from dgm.inference.base import ChainRunner
+from dgm.inference.adaptation import warmup
+from dgm.inference.base import ChainRunner, Kernel
+from dgm.inference.hmc import HMCParams
 from dgm.inference.hmc import build_kernel as build_hmc_kernel
 from dgm.inference.hmc import init as hmc_init
 from dgm.inference.svgd.driver import SVGDRunner
@@ -197,9 +199,12 @@ def compare_hmc(config, key, particles, data, log_prior, log_lik, xte, yte, ctx,
 
     The diagonal inverse mass matrix is the SVGD particles' variance. (The posterior in
     ``(w, log alpha)`` is funnel-shaped when the data are nearly separable, so a Laplace
-    approximation is no help: its Newton iteration diverges.) During warm-up the
-    step size (a traced parameter: no recompilation) is halved or grown by 1.5 after each
-    chunk whose mean acceptance falls outside [0.6, 0.9].
+    approximation is no help: its Newton iteration diverges.) Warm-up is
+    :func:`~dgm.inference.adaptation.warmup` with ``metric="none"``: dual averaging of
+    the step size only, keeping that mass matrix (an estimate from all the particles;
+    the short warm-ups' windowed estimates from a few correlated draws are noisier). It
+    runs vmapped over chains under one ``jit``; each chain adapts its own step size, and
+    the sampling run shares their median (``ChainRunner`` params are shared by all chains).
     """
 
     def log_post(theta):
@@ -207,30 +212,28 @@ def compare_hmc(config, key, particles, data, log_prior, log_lik, xte, yte, ctx,
 
     inv_mass = jnp.asarray(np.var(particles, axis=0) + 1e-6, particles.dtype)
     lo, hi = config.hmc_num_steps // 2 + 1, config.hmc_num_steps
-    raw = build_hmc_kernel()
-
-    def step_fn(k, s, step_size):
-        return raw(k, s, log_post, step_size, inv_mass, lo, hi)
-
-    key_init, key_run = jax.random.split(key)
+    step_size = jnp.asarray(config.hmc_step_size, particles.dtype)
+    kernel = Kernel(
+        lambda q: hmc_init(q, log_post),
+        build_hmc_kernel(log_post),
+        HMCParams(step_size, inv_mass, lo, hi),
+    )
+    key_init, key_warm, key_run = jax.random.split(key, 3)
     idx = jax.random.choice(key_init, particles.shape[0], (config.hmc_chains,), replace=False)
-    states = jax.vmap(lambda q: hmc_init(q, log_post))(jnp.asarray(particles)[idx])
-    chunk = 50
-    chain_runner = ChainRunner(step_fn, chunk_size=chunk)
-    keys = jax.random.split(key_run, config.hmc_chains)
-    step_size, done = float(config.hmc_step_size), 0
-    while done < config.hmc_warmup:
-        n = min(chunk, config.hmc_warmup - done)
-        res = chain_runner.run(keys, states, jnp.asarray(step_size, particles.dtype), n, start=done)
-        states, done = res.states, done + n
-        acc = float(np.mean(np.asarray(res.infos.accept_prob)))
-        step_size *= 0.5 if acc < 0.6 else (1.5 if acc > 0.9 else 1.0)
-    res = chain_runner.run(
-        keys,
+    states = jax.vmap(kernel.init)(jnp.asarray(particles)[idx])
+
+    def warm(k, state):
+        out = warmup(k, kernel, state, config.hmc_warmup, log_density_fn=log_post, metric="none")
+        return out.state, out.params.step_size
+
+    keys_warm = jax.random.split(key_warm, config.hmc_chains)
+    states, step_sizes = jax.jit(jax.vmap(warm))(keys_warm, states)
+    step_size = jnp.median(step_sizes).astype(particles.dtype)
+    res = ChainRunner(kernel.step, chunk_size=50).run(
+        jax.random.split(key_run, config.hmc_chains),
         states,
-        jnp.asarray(step_size, particles.dtype),
+        kernel.params._replace(step_size=step_size),
         config.hmc_draws,
-        start=done,
         progress=ctx.progress,
         desc="hmc",
     )
@@ -245,7 +248,7 @@ def compare_hmc(config, key, particles, data, log_prior, log_lik, xte, yte, ctx,
         "hmc_test_accuracy": acc,
         "hmc_test_loglik": ll,
         "hmc_accept": accept,
-        "hmc_step_size": step_size,
+        "hmc_step_size": float(step_size),
         "hmc_divergent": int(np.sum(np.asarray(res.infos.is_divergent))),
         "mean_diff_in_hmc_sd_max": float(np.max(z)),
         "mean_diff_in_hmc_sd_median": float(np.median(z)),
