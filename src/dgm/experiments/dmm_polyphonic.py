@@ -123,7 +123,12 @@ PRESETS = {
 
 
 # Fields added after runs were started: left out of checkpoint fingerprints at defaults.
-_ADDED_FIELDS = ("max_train_frames", "max_eval_frames", "model.input_embedding")
+_ADDED_FIELDS = (
+    "max_train_frames",
+    "max_eval_frames",
+    "model.input_embedding",
+    "train.ema_decay",
+)
 
 
 def _subset(data, count, max_frames=0):
@@ -183,7 +188,7 @@ def run(config: Config, key, ctx: runs.RunContext) -> dict:
             m, valid, k, bound_samples=config.valid_samples, is_samples=0, **eval_kwargs
         )["bound_frame"]
 
-    result = training.fit(
+    result = _dmm.fit(
         model,
         _dmm.dmm_loss,
         training.SequenceLoader(train.x, train.mask, cfg.batch_size, bucket_width=cfg.bucket_width),
@@ -192,7 +197,6 @@ def run(config: Config, key, ctx: runs.RunContext) -> dict:
         ctx=ctx,
         eval_fn=eval_fn,
         fingerprint=_dmm.fingerprint(config, _ADDED_FIELDS),
-        constants={"l2": cfg.l2},
     )
     _dmm.save_model(ctx, "model_best.eqx", result.best_model)
     t_eval = time.perf_counter()
