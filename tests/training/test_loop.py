@@ -127,3 +127,46 @@ def test_averaged_model_is_validated_checkpointed_and_resumed(averaged_runs):
         straight.best_model, valid[int(np.argmin([h["valid"] for h in straight.history]))]
     )
     assert not np.allclose(straight.averaged_model.layer.weight, straight.model.layer.weight)
+
+
+def test_sigint_stops_at_a_safe_point_and_restores_the_handler(tmp_path):
+    """A real SIGINT during validation: epoch 1 is checkpointed, then KeyboardInterrupt."""
+    import os
+    import signal
+
+    straight = fit(tmp_path / "a", 2)
+    before = signal.getsignal(signal.SIGINT)
+
+    def signalling_eval(model, key):
+        os.kill(os.getpid(), signal.SIGINT)  # deferred: validation and checkpoint finish
+        return 1.0
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(tmp_path / "b", 2, eval_fn=signalling_eval)
+    assert signal.getsignal(signal.SIGINT) is before
+    assert training.read_header(tmp_path / "b" / "checkpoints" / "train.eqx")["epoch"] == 1
+    resumed = fit(tmp_path / "b", 2, resume=True)
+    assert_trees_equal(straight.model, resumed.model)
+
+
+def test_sigint_mid_epoch_drops_the_partial_epoch(tmp_path):
+    import os
+    import signal
+
+    calls = []
+
+    trainer = training.Trainer.from_config(loss, CONFIG)
+    step = trainer.step
+
+    def step_and_signal(state, batch, key):
+        calls.append(1)
+        if len(calls) == 6:  # the second update of epoch 2
+            os.kill(os.getpid(), signal.SIGINT)
+        return step(state, batch, key)
+
+    trainer.step = step_and_signal
+    with pytest.raises(KeyboardInterrupt):
+        fit(tmp_path, 2, trainer=trainer)
+    assert len(calls) == 6
+    header = training.read_header(tmp_path / "checkpoints" / "train.eqx")
+    assert header["epoch"] == 1 and header["step"] == 4

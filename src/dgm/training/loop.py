@@ -20,6 +20,7 @@ from jaxtyping import PRNGKeyArray, PyTree
 
 from dgm.training.checkpoint import FORMAT, load_training, save_checkpoint
 from dgm.training.config import TrainConfig
+from dgm.training.interrupt import DeferredInterrupt
 from dgm.training.loaders import ArrayLoader, SequenceLoader
 from dgm.training.loggers import Logger
 from dgm.training.schedules import Schedule
@@ -101,8 +102,11 @@ def _restore(trainer, model, checkpoint, resume, fingerprint, keys):
     return TrainState(model, opt_state, averaged), best, progress
 
 
-def train_epoch(trainer, state, loader, epoch, progress, keys, hyper, config, bar):
-    """One pass over ``loader``; returns the new state and the epoch's record."""
+def train_epoch(trainer, state, loader, epoch, progress, keys, hyper, config, bar, interrupt):
+    """One pass over ``loader``; returns the new state and the epoch's record.
+
+    A Ctrl-C stops it after the current update (``interrupt.check``).
+    """
     t0 = time.perf_counter()
     order = loader.order(np.random.default_rng([*keys.data_seed, epoch]))
     losses, values = [], {}
@@ -115,6 +119,7 @@ def train_epoch(trainer, state, loader, epoch, progress, keys, hyper, config, ba
         state, metrics = trainer.step(state, (data, hyper.arrays(values)), step_key)
         progress.step += 1
         losses.append(metrics["loss"])
+        interrupt.check(state)
         bar.update()
         if progress.step % 10 == 0 and not bar.disable:
             bar.set_postfix(epoch=epoch + 1, loss=f"{float(metrics['loss']):.3f}")
@@ -174,10 +179,8 @@ def fit(
     """Train ``model`` for ``config.num_epochs`` epochs (or until early stopping).
 
     Args:
-        model: the initial model.
         trainer: a :class:`Trainer` (keep it to reuse its compilations across fits), or a
             loss function, trained by ``Trainer.from_config(loss_fn, config)``.
-        loader: the training batches.
         config: epochs, validation cadence, patience, data parallelism.
         key: the root key of data order, update and validation keys.
         eval_fn: ``eval_fn(model, key)`` returns a validation loss (lower is better),
@@ -193,45 +196,67 @@ def fit(
             the loss's ``hyper`` dict as a float32 scalar and the epoch's record.
         constants: ``{name: value}`` (e.g. ``{"l2": 0.05}``) joining ``hyper`` as float32.
 
-    Returns:
-        The :class:`FitResult`.
-
     Raises:
         ValueError: the checkpoint is foreign (another config, seed or format).
+        KeyboardInterrupt: on Ctrl-C, raised after the current update (the epoch is
+            dropped) or, during validation, after that epoch's checkpoint; the last
+            checkpoint is always whole, and ``resume=True`` continues from it.
     """
-    from tqdm.auto import tqdm
-
     if not isinstance(trainer, Trainer):
         trainer = Trainer.from_config(trainer, config)
     checkpoint = None if checkpoint is None else Path(checkpoint)
     keys = _Keys.split(key)
     state, best, prog = _restore(trainer, model, checkpoint, resume, fingerprint, keys)
     fixed = {k: jnp.asarray(v, jnp.float32) for k, v in (constants or {}).items()}
-    hyper = _Hyper(fixed, dict(schedules or {}))
+    run = _Run(trainer, loader, config, keys, _Hyper(fixed, dict(schedules or {})), eval_fn)
     for logger in loggers:
         logger.start(list(prog.history))
-    total = loader.num_batches * max(config.num_epochs - prog.epoch, 0)
-    bar = tqdm(total=total, disable=not progress, leave=False)
-    wall0, stopped = time.perf_counter(), False
+    wall0 = time.perf_counter()
     try:
-        for epoch in range(prog.epoch, config.num_epochs):
-            state, record = train_epoch(
-                trainer, state, loader, epoch, prog, keys, hyper, config, bar
-            )
-            evaluated = trainer.eval_model(state)
-            best, stopped = validate(evaluated, best, eval_fn, epoch, prog, keys, config, record)
+        state, best, stopped = _epochs(
+            run, state, best, prog, checkpoint, fingerprint, loggers, progress
+        )
+    finally:
+        for logger in loggers:
+            logger.close()
+    return _result(state, best, prog, stopped, time.perf_counter() - wall0)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Run:
+    """What stays fixed through a fit."""
+
+    trainer: Trainer
+    loader: Any
+    config: TrainConfig
+    keys: _Keys
+    hyper: _Hyper
+    eval_fn: Callable | None
+
+
+def _epochs(run: _Run, state, best, prog, checkpoint, fingerprint, loggers, progress):
+    """Train, validate, checkpoint and log epoch by epoch; stop early or on Ctrl-C."""
+    from tqdm.auto import tqdm
+
+    total = run.loader.num_batches * max(run.config.num_epochs - prog.epoch, 0)
+    bar, stopped = tqdm(total=total, disable=not progress, leave=False), False
+    with DeferredInterrupt() as interrupt:
+        for epoch in range(prog.epoch, run.config.num_epochs):
+            args = (run.loader, epoch, prog, run.keys, run.hyper, run.config, bar, interrupt)
+            state, record = train_epoch(run.trainer, state, *args)
+            evaluated = run.trainer.eval_model(state)
+            args = (run.eval_fn, epoch, prog, run.keys, run.config, record)
+            best, stopped = validate(evaluated, best, *args)
             prog.epoch = epoch + 1
             prog.history.append(record)
-            write_checkpoint(checkpoint, state, best, prog, keys, fingerprint)
+            write_checkpoint(checkpoint, state, best, prog, run.keys, fingerprint)
             for logger in loggers:
                 logger.log(record)
             if stopped:
                 break
-    finally:
-        bar.close()
-        for logger in loggers:
-            logger.close()
-    return _result(state, best, prog, stopped, time.perf_counter() - wall0)
+            interrupt.check(state)
+    bar.close()
+    return state, best, stopped
 
 
 def _result(state: TrainState, best, prog: _Progress, stopped: bool, wall_s: float) -> FitResult:
