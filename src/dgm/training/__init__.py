@@ -11,6 +11,7 @@
 - :mod:`~dgm.training.loggers`: the :class:`Logger` protocol, :class:`JsonLinesLogger`,
   :class:`TensorBoardLogger`, :class:`HistoryPlot`.
 - :mod:`~dgm.training.checkpoint`: atomic checkpoints with a JSON header.
+- :mod:`~dgm.training.interrupt`: Ctrl-C taken only between updates.
 - :mod:`~dgm.training.loop`: :func:`fit`, the epoch loop (validation, early stopping, best
   model, bit-identical resume).
 
