@@ -1,6 +1,5 @@
 """Checkpoints: the header checks, and v1 files (written by the pre-split trainer) resume."""
 
-import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -8,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from dgm import training
-from tests.training._toy import CONFIG, assert_trees_equal, fit
+from tests.training._toy import CONFIG, assert_trees_equal, fit, loss
 
 # Written by the trainer before the v2 format (`dgm.training.fit` of commit 36a3a65, with x64
 # off and on): the toy fit of `_toy.fit` after 1 of 2 epochs, fingerprint "a".
@@ -39,9 +38,7 @@ def test_v1_checkpoint_resumes_bit_identically(tmp_path, x64):
 
 def test_v1_checkpoint_starts_the_average_at_the_saved_model(tmp_path, x64):
     path = _with_v1_checkpoint(tmp_path, x64)
-    trainer = training.Trainer.from_config(
-        lambda *a: None, dataclasses.replace(CONFIG, ema_decay=0.9)
-    )
+    trainer = training.Trainer.from_config(loss, CONFIG, ema_decay=0.9)
     state = trainer.init(fit(tmp_path / "fresh", 1).model)
     like = (state.model, state.opt_state, state.model, state.averaged)
     (model, _, _, averaged), header = training.load_training(path, like, "a")
@@ -76,6 +73,6 @@ def test_foreign_files_are_refused(tmp_path):
 
 
 def test_average_in_checkpoint_needs_averaging_to_resume(tmp_path):
-    fit(tmp_path, 1, config=dataclasses.replace(CONFIG, ema_decay=0.5))
+    fit(tmp_path, 1, trainer=training.Trainer.from_config(loss, CONFIG, ema_decay=0.5))
     with pytest.raises(ValueError, match="holds a weight average"):
         fit(tmp_path, 2, resume=True)

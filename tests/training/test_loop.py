@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from dgm import training
@@ -96,10 +97,8 @@ def test_interrupt_keeps_last_checkpoint_and_resume_continues(tmp_path):
 @pytest.fixture(scope="module")
 def averaged_runs(tmp_path_factory):
     """Straight and resumed fits with an EMA, and the fit without one."""
-    import dataclasses
-
     out = tmp_path_factory.mktemp("ema")
-    config = dataclasses.replace(CONFIG, ema_decay=0.5)
+    trainer = training.Trainer.from_config(loss, CONFIG, ema_decay=0.5)  # kept across fits
     valid = []
 
     def eval_fn(model, key):
@@ -107,15 +106,16 @@ def averaged_runs(tmp_path_factory):
         return float(jnp.sum(model.layer.weight**2))
 
     plain = fit(out / "plain", 2)
-    straight = fit(out / "a", 2, config=config, eval_fn=eval_fn)
-    fit(out / "b", 1, config=config)
-    resumed = fit(out / "b", 2, config=config, resume=True)
+    straight = fit(out / "a", 2, trainer=trainer, eval_fn=eval_fn)
+    fit(out / "b", 1, trainer=trainer)
+    resumed = fit(out / "b", 2, trainer=trainer, resume=True)
     return plain, straight, resumed, valid
 
 
 def test_averaging_is_off_by_default_and_leaves_the_model_alone(averaged_runs):
     plain, straight, _, _ = averaged_runs
-    assert training.TrainConfig().ema_decay is None and plain.averaged_model is None
+    assert training.Trainer(loss, optax.adam(0.1)).ema_decay is None
+    assert plain.averaged_model is None
     assert_trees_equal(plain.model, straight.model)  # the average never feeds back
 
 

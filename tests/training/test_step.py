@@ -60,6 +60,11 @@ def test_ema_equals_hand_computed_average(x64):
     np.testing.assert_allclose(avg_state.model.layer.weight, state.model.layer.weight, rtol=1e-6)
 
 
+def test_ema_decay_is_validated():
+    with pytest.raises(ValueError, match=r"`ema_decay` must be None or in \[0, 1\); got 1.0"):
+        training.Trainer(loss, training.make_optimizer(CONFIG), ema_decay=1.0)
+
+
 def test_learning_rate_schedule_in_the_optimizer():
     """A zero learning rate after step 0 freezes the model after one update."""
     schedule = optax.piecewise_constant_schedule(0.05, {1: 0.0})

@@ -142,10 +142,8 @@ def save_model(ctx: runs.RunContext, name: str, model) -> None:
 
 
 @functools.cache
-def _trainer(loss_fn, learning_rate, b1, b2, clip_norm, ema_decay) -> training.Trainer:
-    config = training.TrainConfig(
-        learning_rate=learning_rate, b1=b1, b2=b2, clip_norm=clip_norm, ema_decay=ema_decay
-    )
+def _trainer(loss_fn, learning_rate, b1, b2, clip_norm) -> training.Trainer:
+    config = training.TrainConfig(learning_rate=learning_rate, b1=b1, b2=b2, clip_norm=clip_norm)
     return training.Trainer.from_config(loss_fn, config)
 
 
@@ -153,7 +151,7 @@ def trainer(loss_fn, config: training.TrainConfig) -> training.Trainer:
     """One :class:`~dgm.training.Trainer` per (loss, optimizer settings) in this process,
     so repeated runs (tests, sweeps) reuse the compiled step."""
     c = config
-    return _trainer(loss_fn, c.learning_rate, c.b1, c.b2, c.clip_norm, c.ema_decay)
+    return _trainer(loss_fn, c.learning_rate, c.b1, c.b2, c.clip_norm)
 
 
 def fit_outputs(ctx: runs.RunContext, name: str = "train") -> dict:

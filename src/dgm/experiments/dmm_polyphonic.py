@@ -123,12 +123,7 @@ PRESETS = {
 
 
 # Fields added after runs were started: left out of checkpoint fingerprints at defaults.
-_ADDED_FIELDS = (
-    "max_train_frames",
-    "max_eval_frames",
-    "model.input_embedding",
-    "train.ema_decay",
-)
+_ADDED_FIELDS = ("max_train_frames", "max_eval_frames", "model.input_embedding")
 
 
 def _subset(data, count, max_frames=0):

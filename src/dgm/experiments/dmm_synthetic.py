@@ -40,7 +40,7 @@ DESCRIPTION = "DMM inference networks vs the Kalman smoother on linear-Gaussian 
 EXTRA_ARGS = {"dataset": "dataset", "inference": "model.inference", "cell": "model.cell"}
 DATASETS = ("synthetic9", *NONLINEAR)
 # Fields added after runs were started: left out of checkpoint fingerprints at defaults.
-_ADDED_FIELDS = ("dataset", "model.input_embedding", "train.ema_decay")
+_ADDED_FIELDS = ("dataset", "model.input_embedding")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -24,8 +24,10 @@ class TrainConfig:
         patience: stop after this many validations without improvement (0: never).
         bucket_width: pad each batch's time axis to a multiple of this (bounds recompiles).
         data_parallel: split each batch over the local devices (see :func:`shard_batch`).
-        ema_decay: keep an exponential moving average of the weights with this decay
-            (Polyak averaging), validate and select with it; ``None`` (default) keeps none.
+
+    The weight average is a :class:`~dgm.training.Trainer` argument, not a field here:
+    ``dgm run --resume`` compares the saved config field by field, so a new field would
+    refuse every earlier run.
     """
 
     num_epochs: int = 2000
@@ -41,7 +43,6 @@ class TrainConfig:
     patience: int = 0
     bucket_width: int = 16
     data_parallel: bool = False
-    ema_decay: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("num_epochs", "batch_size", "eval_every", "bucket_width"):
@@ -53,9 +54,6 @@ class TrainConfig:
         check_positive("train.learning_rate", self.learning_rate)
         if not 0 <= self.kl_initial <= 1:
             raise ValueError(f"`train.kl_initial` must be in [0, 1]; got {self.kl_initial!r}")
-        decay = self.ema_decay
-        if decay is not None and not (isinstance(decay, int | float) and 0 <= decay < 1):
-            raise ValueError(f"`train.ema_decay` must be None or in [0, 1); got {decay!r}")
 
 
 def make_optimizer(

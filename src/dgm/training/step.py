@@ -84,7 +84,7 @@ class Trainer:
             updated inside the jitted step after each update), or ``None``.
 
     Example:
-        >>> trainer = Trainer.from_config(loss_fn, TrainConfig(ema_decay=0.999))
+        >>> trainer = Trainer.from_config(loss_fn, TrainConfig(), ema_decay=0.999)
         >>> state = trainer.init(model)
         >>> state, metrics = trainer.step(state, (data, hyper), key)
     """
@@ -96,6 +96,10 @@ class Trainer:
         *,
         ema_decay: float | None = None,
     ):
+        if ema_decay is not None and not (
+            isinstance(ema_decay, int | float) and 0 <= ema_decay < 1
+        ):
+            raise ValueError(f"`ema_decay` must be None or in [0, 1); got {ema_decay!r}")
         self.loss_fn, self.optimizer, self.ema_decay = loss_fn, optimizer, ema_decay
         self.step = eqx.filter_jit(self._step)
 
@@ -105,10 +109,11 @@ class Trainer:
         loss_fn: Callable,
         config: TrainConfig,
         learning_rate: float | optax.Schedule | None = None,
+        *,
+        ema_decay: float | None = None,
     ) -> "Trainer":
-        """The :func:`make_optimizer` optimizer and ``config.ema_decay``."""
-        optimizer = make_optimizer(config, learning_rate)
-        return cls(loss_fn, optimizer, ema_decay=config.ema_decay)
+        """A trainer with the :func:`make_optimizer` optimizer of ``config``."""
+        return cls(loss_fn, make_optimizer(config, learning_rate), ema_decay=ema_decay)
 
     def init(self, model: PyTree) -> TrainState:
         """The state before the first update."""
