@@ -125,7 +125,7 @@ def test_affine_rmse_undoes_a_linear_relabelling():
 def test_ctrl_c_keeps_the_checkpoint_and_resume_continues(tmp_path, shared_data):
     """SIGINT to a real `dgm run` after its first checkpoint: exit 130, one line, resumable.
 
-    Slow: two runs with their compilations (about 25 s on 2 idle cores).
+    Slow: two runs with their compilations (73 s measured on the shared, loaded 2-core box).
     """
     import dgm
     from dgm import training
