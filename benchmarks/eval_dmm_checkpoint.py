@@ -19,7 +19,6 @@ from dgm._runtime import configure_cpu
 
 configure_cpu()
 
-import equinox as eqx  # noqa: E402
 import jax  # noqa: E402
 
 from dgm import training  # noqa: E402
@@ -39,11 +38,10 @@ def main():
     # a run with other --set overrides fails the checkpoint's fingerprint check, with a message
     config = dataclasses.replace(dp.PRESETS[saved["preset"]], dataset=saved["config"]["dataset"])
     model = _dmm.build_model(config.model, NUM_PITCHES, "bernoulli", jax.random.key(0))
-    optimizer = training.make_optimizer(config.train)
-    opt_state = optimizer.init(eqx.filter(model, eqx.is_inexact_array))
-    (_, _, best), header = training.load_checkpoint(
+    state = training.Trainer.from_config(_dmm.dmm_loss, config.train).init(model)
+    (_, _, best, _), header = training.load_training(  # v1 and v2 checkpoints
         args.run_dir / "checkpoints" / "train.eqx",
-        (model, opt_state, model),
+        (state.model, state.opt_state, model, state.averaged),
         _dmm.fingerprint(config, dp._ADDED_FIELDS),
     )
     t0 = time.perf_counter()

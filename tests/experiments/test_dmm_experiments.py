@@ -2,6 +2,12 @@
 
 import json
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -113,3 +119,53 @@ def test_affine_rmse_undoes_a_linear_relabelling():
     z = np.random.default_rng(0).normal(size=(5, 7, 2))
     q = z @ np.array([[2.0, 0.5], [0.0, -1.0]]) + 3.0
     assert dmm_synthetic._affine_rmse(q, z) < 1e-9 < dmm_synthetic._rmse(q, z)
+
+
+@pytest.mark.slow
+def test_ctrl_c_keeps_the_checkpoint_and_resume_continues(tmp_path, shared_data):
+    """SIGINT to a real `dgm run` after its first checkpoint: exit 130, one line, resumable.
+
+    Slow: two runs with their compilations (73 s measured on the shared, loaded 2-core box).
+    """
+    import dgm
+    from dgm import training
+
+    out, num_epochs = tmp_path / "run", 6
+    # 2000 sequences of 50: 40 updates per epoch, so the signal lands in training
+    args = ["run", "dmm-synthetic", "--smoke", "--no-progress", "--out", str(out)]
+    args += ["--set", "num_train=2000", "--set", f"train.num_epochs={num_epochs}"]
+    env = {**os.environ, "DGM_DATA_DIR": str(shared_data)}
+    env["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [str(Path(dgm.__file__).parents[1]), env.get("PYTHONPATH")])
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dgm.cli", *args], env=env, stderr=subprocess.PIPE, text=True
+    )
+    checkpoint = out / "checkpoints" / "train.eqx"
+    deadline = time.monotonic() + 300
+    while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    line = "dgm: interrupted; the last checkpoint is kept, continue with --resume"
+    assert err.strip().splitlines()[-1] == line and err.count(line) == 1
+    epoch = training.read_header(checkpoint)["epoch"]
+    assert 1 <= epoch < num_epochs
+    assert main([*args, "--resume"]) == 0
+    assert training.read_header(checkpoint)["epoch"] == num_epochs
+    log = (out / "train_metrics.jsonl").read_text().splitlines()
+    assert [json.loads(r)["epoch"] for r in log] == list(range(1, num_epochs + 1))
+
+
+def test_runs_share_one_trainer_per_loss_and_optimizer():
+    """The jitted DMM step is built once per (loss, optimizer settings), as before the split."""
+    import dataclasses
+
+    from dgm.experiments import _dmm, dmm_synthetic
+
+    cfg = dmm_synthetic.PRESETS["smoke"].train
+    trainer = _dmm.trainer(_dmm.dmm_loss, cfg)
+    assert _dmm.trainer(_dmm.dmm_loss, dataclasses.replace(cfg, num_epochs=7)) is trainer
+    assert _dmm.trainer(_dmm.frozen_generative_loss, cfg) is not trainer
+    assert _dmm.trainer(_dmm.dmm_loss, dataclasses.replace(cfg, learning_rate=0.1)) is not trainer

@@ -183,7 +183,7 @@ def run(config: Config, key, ctx: runs.RunContext) -> dict:
             m, valid, k, bound_samples=config.valid_samples, is_samples=0, **eval_kwargs
         )["bound_frame"]
 
-    result = training.fit(
+    result = _dmm.fit(
         model,
         _dmm.dmm_loss,
         training.SequenceLoader(train.x, train.mask, cfg.batch_size, bucket_width=cfg.bucket_width),
@@ -192,7 +192,6 @@ def run(config: Config, key, ctx: runs.RunContext) -> dict:
         ctx=ctx,
         eval_fn=eval_fn,
         fingerprint=_dmm.fingerprint(config, _ADDED_FIELDS),
-        constants={"l2": cfg.l2},
     )
     _dmm.save_model(ctx, "model_best.eqx", result.best_model)
     t_eval = time.perf_counter()

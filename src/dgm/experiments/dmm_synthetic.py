@@ -172,7 +172,7 @@ def _fit_and_score(model, loss, splits, config: Config, k_train, k_test, ctx: ru
     ev = dict(
         chunk_size=config.chunk_size, batch_size=cfg.batch_size, bucket_width=cfg.bucket_width
     )
-    result = training.fit(
+    result = _dmm.fit(
         model,
         loss,
         training.SequenceLoader(train.x, train.mask, cfg.batch_size, bucket=False),
@@ -183,7 +183,6 @@ def _fit_and_score(model, loss, splits, config: Config, k_train, k_test, ctx: ru
             "bound_frame"
         ],
         fingerprint=_dmm.fingerprint(config, _ADDED_FIELDS),
-        constants={"l2": cfg.l2},
     )
     best = result.best_model
     _dmm.save_model(ctx, "model_best.eqx", best)

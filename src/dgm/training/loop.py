@@ -1,0 +1,276 @@
+"""The epoch loop: train one epoch, validate, checkpoint, log, until done or stopped.
+
+:func:`fit` only sequences these pieces. Each epoch's order comes from a NumPy generator
+seeded by the data key and the epoch; each update's key is ``fold_in(train_key, step)``;
+schedules are evaluated at the update count. Everything that moves is in the checkpoint,
+so a resumed run is bit-identical to a straight one.
+"""
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import PRNGKeyArray, PyTree
+
+from dgm.training.checkpoint import FORMAT, load_training, save_checkpoint
+from dgm.training.config import TrainConfig
+from dgm.training.interrupt import DeferredInterrupt
+from dgm.training.loaders import ArrayLoader, SequenceLoader
+from dgm.training.loggers import Logger
+from dgm.training.schedules import Schedule
+from dgm.training.step import Trainer, TrainState, shard_batch
+
+
+@dataclasses.dataclass
+class FitResult:
+    """What :func:`fit` returns: final and best models, the history, timings.
+
+    ``best_model`` is the model validated best (the weight average when averaging is on);
+    ``averaged_model`` is the final weight average, or ``None`` without averaging.
+    """
+
+    model: Any
+    best_model: Any
+    history: list[dict]
+    epochs: int
+    best_epoch: int
+    best_valid: float
+    stopped_early: bool
+    wall_s: float
+    s_per_epoch: float
+    averaged_model: Any = None
+
+
+@dataclasses.dataclass
+class _Progress:
+    """The loop's counters, saved in the checkpoint header."""
+
+    epoch: int = 0
+    step: int = 0
+    best_valid: float = math.inf
+    best_epoch: int = 0
+    bad_evals: int = 0
+    history: list = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Keys:
+    data_seed: list  # seeds each epoch's NumPy generator with the epoch number
+    train: PRNGKeyArray
+    eval: PRNGKeyArray
+    root: list  # the fit key, stored in the header to refuse another seed's checkpoint
+
+    @classmethod
+    def split(cls, key: PRNGKeyArray) -> "_Keys":
+        key_data, key_train, key_eval = jax.random.split(key, 3)
+        data_seed = np.asarray(jax.random.key_data(key_data)).ravel().tolist()
+        return cls(data_seed, key_train, key_eval, np.asarray(jax.random.key_data(key)).tolist())
+
+
+@dataclasses.dataclass(frozen=True)
+class _Hyper:
+    """The ``hyper`` dict of each update: constants, and schedules of the update count."""
+
+    constants: dict[str, jax.Array]
+    schedules: Mapping[str, Schedule]
+
+    def values(self, step: int) -> dict[str, float]:
+        return {name: fn(step) for name, fn in self.schedules.items()}
+
+    def arrays(self, values: dict[str, float]) -> dict[str, jax.Array]:
+        scheduled = {k: jnp.asarray(v, jnp.float32) for k, v in values.items()}
+        return {**self.constants, **scheduled}
+
+
+def _restore(trainer, model, checkpoint, resume, fingerprint, keys):
+    """The state, best model and counters to start from: fresh, or the checkpoint's."""
+    state, best, progress = trainer.init(model), model, _Progress()
+    if not (resume and checkpoint is not None and checkpoint.exists()):
+        return state, best, progress
+    like = (state.model, state.opt_state, best, state.averaged)
+    (model, opt_state, best, averaged), header = load_training(checkpoint, like, fingerprint)
+    if header["key"] != keys.root:
+        raise ValueError(f"checkpoint {checkpoint} was written with a different seed")
+    progress = _Progress(**{f.name: header[f.name] for f in dataclasses.fields(_Progress)})
+    progress.best_valid = float(progress.best_valid)
+    return TrainState(model, opt_state, averaged), best, progress
+
+
+def train_epoch(trainer, state, loader, epoch, progress, keys, hyper, config, bar, interrupt):
+    """One pass over ``loader``; returns the new state and the epoch's record.
+
+    A Ctrl-C stops it after the current update (``interrupt.check``).
+    """
+    t0 = time.perf_counter()
+    order = loader.order(np.random.default_rng([*keys.data_seed, epoch]))
+    losses, values = [], {}
+    for row in order:
+        values = hyper.values(progress.step)
+        data = loader.batch(row)
+        if config.data_parallel:
+            data = shard_batch(data)
+        step_key = jax.random.fold_in(keys.train, progress.step)
+        state, metrics = trainer.step(state, (data, hyper.arrays(values)), step_key)
+        progress.step += 1
+        losses.append(metrics["loss"])
+        interrupt.check(state)
+        bar.update()
+        if progress.step % 10 == 0 and not bar.disable:
+            bar.set_postfix(epoch=epoch + 1, loss=f"{float(metrics['loss']):.3f}")
+    record = {
+        "epoch": epoch + 1,
+        "step": progress.step,
+        "train_loss": float(np.mean(jax.device_get(losses))),
+        **{name: float(v) for name, v in values.items()},
+        "epoch_s": time.perf_counter() - t0,
+    }
+    return state, record
+
+
+def validate(model, best, eval_fn, epoch, progress, keys, config, record):
+    """Validate when due (adds ``record["valid"]``); returns the best model and whether to stop."""
+    last = epoch + 1 == config.num_epochs
+    if eval_fn is None:
+        progress.best_epoch = epoch + 1
+        return model, False
+    if (epoch + 1) % config.eval_every and not last:
+        return best, False
+    record["valid"] = float(eval_fn(model, jax.random.fold_in(keys.eval, epoch)))
+    if record["valid"] < progress.best_valid:
+        progress.best_valid, progress.best_epoch, progress.bad_evals = record["valid"], epoch + 1, 0
+        best = model
+    else:
+        progress.bad_evals += 1
+    return best, config.patience > 0 and progress.bad_evals >= config.patience
+
+
+def write_checkpoint(path, state, best, progress, keys, fingerprint):
+    """Save everything the next epoch needs (atomically; nothing when ``path`` is None)."""
+    if path is None:
+        return
+    header = {"format": FORMAT, "fingerprint": fingerprint, "key": keys.root}
+    header.update(dataclasses.asdict(progress))
+    header["averaged"] = state.averaged is not None
+    save_checkpoint(path, (state.model, state.opt_state, best, state.averaged), header)
+
+
+def fit(
+    model: PyTree,
+    trainer: Trainer | Callable,
+    loader: SequenceLoader | ArrayLoader,
+    config: TrainConfig,
+    *,
+    key: PRNGKeyArray,
+    eval_fn: Callable[[PyTree, PRNGKeyArray], float] | None = None,
+    checkpoint: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = False,
+    loggers: Sequence[Logger] = (),
+    fingerprint: str = "",
+    schedules: Mapping[str, Schedule] | None = None,
+    constants: Mapping[str, float] | None = None,
+) -> FitResult:
+    """Train ``model`` for ``config.num_epochs`` epochs (or until early stopping).
+
+    Args:
+        trainer: a :class:`Trainer` (keep it to reuse its compilations across fits), or a
+            loss function, trained by ``Trainer.from_config(loss_fn, config)``.
+        config: epochs, validation cadence, patience, data parallelism.
+        key: the root key of data order, update and validation keys.
+        eval_fn: ``eval_fn(model, key)`` returns a validation loss (lower is better),
+            evaluated every ``config.eval_every`` epochs and at the end, on the weight
+            average when the trainer keeps one. Without it the last model is the best.
+        checkpoint: written atomically after every epoch (model, optimizer state, best
+            model, weight average, counters, history); ``None``: no checkpoint.
+        resume: continue from ``checkpoint`` when it exists, bit-identically.
+        progress: show a progress bar.
+        loggers: each receives every epoch's record (see :mod:`dgm.training.loggers`).
+        fingerprint: a text form of the config; a checkpoint of another one is refused.
+        schedules: ``{name: schedule(step)}``, e.g. :func:`kl_schedule`; each value joins
+            the loss's ``hyper`` dict as a float32 scalar and the epoch's record.
+        constants: ``{name: value}`` (e.g. ``{"l2": 0.05}``) joining ``hyper`` as float32.
+
+    Raises:
+        ValueError: the checkpoint is foreign (another config, seed or format).
+        KeyboardInterrupt: on Ctrl-C, raised after the current update (the epoch is
+            dropped) or, during validation, after that epoch's checkpoint; the last
+            checkpoint is always whole, and ``resume=True`` continues from it.
+    """
+    if not isinstance(trainer, Trainer):
+        trainer = Trainer.from_config(trainer, config)
+    checkpoint = None if checkpoint is None else Path(checkpoint)
+    keys = _Keys.split(key)
+    state, best, prog = _restore(trainer, model, checkpoint, resume, fingerprint, keys)
+    fixed = {k: jnp.asarray(v, jnp.float32) for k, v in (constants or {}).items()}
+    run = _Run(trainer, loader, config, keys, _Hyper(fixed, dict(schedules or {})), eval_fn)
+    for logger in loggers:
+        logger.start(list(prog.history))
+    wall0 = time.perf_counter()
+    try:
+        state, best, stopped = _epochs(
+            run, state, best, prog, checkpoint, fingerprint, loggers, progress
+        )
+    finally:
+        for logger in loggers:
+            logger.close()
+    return _result(state, best, prog, stopped, time.perf_counter() - wall0)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Run:
+    """What stays fixed through a fit."""
+
+    trainer: Trainer
+    loader: Any
+    config: TrainConfig
+    keys: _Keys
+    hyper: _Hyper
+    eval_fn: Callable | None
+
+
+def _epochs(run: _Run, state, best, prog, checkpoint, fingerprint, loggers, progress):
+    """Train, validate, checkpoint and log epoch by epoch; stop early or on Ctrl-C."""
+    from tqdm.auto import tqdm
+
+    total = run.loader.num_batches * max(run.config.num_epochs - prog.epoch, 0)
+    bar, stopped = tqdm(total=total, disable=not progress, leave=False), False
+    with DeferredInterrupt() as interrupt:
+        for epoch in range(prog.epoch, run.config.num_epochs):
+            args = (run.loader, epoch, prog, run.keys, run.hyper, run.config, bar, interrupt)
+            state, record = train_epoch(run.trainer, state, *args)
+            evaluated = run.trainer.eval_model(state)
+            args = (run.eval_fn, epoch, prog, run.keys, run.config, record)
+            best, stopped = validate(evaluated, best, *args)
+            prog.epoch = epoch + 1
+            prog.history.append(record)
+            write_checkpoint(checkpoint, state, best, prog, run.keys, fingerprint)
+            for logger in loggers:
+                logger.log(record)
+            if stopped:
+                break
+            interrupt.check(state)
+    bar.close()
+    return state, best, stopped
+
+
+def _result(state: TrainState, best, prog: _Progress, stopped: bool, wall_s: float) -> FitResult:
+    times = [h["epoch_s"] for h in prog.history]
+    steady = times[1:] if len(times) > 1 else times
+    return FitResult(
+        model=state.model,
+        best_model=best,
+        history=prog.history,
+        epochs=prog.epoch,
+        best_epoch=prog.best_epoch,
+        best_valid=prog.best_valid,
+        stopped_early=stopped,
+        wall_s=wall_s,
+        s_per_epoch=float(np.median(steady)) if steady else math.nan,
+        averaged_model=state.averaged,
+    )

@@ -1,0 +1,172 @@
+"""The epoch loop: bit-identical resume, early stopping, interruption, weight averaging."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from dgm import training
+from tests.training._toy import CONFIG, Net, assert_trees_equal, data, fit, loss
+
+
+def test_resume_is_bit_identical(tmp_path):
+    straight = fit(tmp_path / "a", 2)
+    fit(tmp_path / "b", 1)
+    resumed = fit(tmp_path / "b", 2, resume=True)
+    assert_trees_equal(straight.model, resumed.model)
+    assert resumed.epochs == 2 and len(resumed.history) == 2
+    assert straight.history[1]["train_loss"] == resumed.history[1]["train_loss"]
+    assert straight.history == [
+        {**h, "epoch_s": s["epoch_s"]}
+        for h, s in zip(resumed.history, straight.history, strict=True)
+    ]
+    # and training moved the parameters at all
+    first = Net(key=jax.random.key(1))
+    assert not np.allclose(np.asarray(first.layer.weight), np.asarray(straight.model.layer.weight))
+
+
+def test_schedules_reach_the_loss_as_float32_and_the_record(tmp_path, x64):
+    seen = []
+
+    def spy_loss(model, batch, key):
+        seen.append({k: (v.dtype, v.shape) for k, v in batch[1].items()})
+        return loss(model, batch, key)
+
+    result = fit(
+        tmp_path,
+        2,
+        trainer=spy_loss,
+        schedules={"kl_weight": training.constant(1.0), "free_bits": lambda s: 0.5 * s},
+        constants={"l2": 0.1},
+    )
+    assert seen and all(
+        s == {k: (jnp.float32, ()) for k in ("kl_weight", "free_bits", "l2")} for s in seen
+    )
+    assert len(seen) == 1  # traced once: changing values never recompile
+    last_step = result.history[-1]["step"] - 1
+    assert result.history[-1]["free_bits"] == 0.5 * last_step
+    assert "l2" not in result.history[-1]
+
+
+def test_resume_refuses_other_config_and_seed(tmp_path):
+    fit(tmp_path, 1)
+    with pytest.raises(ValueError, match="different configuration"):
+        fit(tmp_path, 2, resume=True, fingerprint="b")
+
+
+def test_no_checkpoint_without_path(tmp_path):
+    result = training.fit(
+        Net(key=jax.random.key(1)), loss, training.ArrayLoader(data(), 4), CONFIG,
+        key=jax.random.key(2), schedules=training.kl_schedule(CONFIG),
+    )  # fmt: skip
+    assert result.epochs == 2 and result.best_epoch == 2  # no eval_fn: the last model is best
+    assert result.best_model is result.model and result.averaged_model is None
+
+
+def test_early_stopping_keeps_best(tmp_path):
+    import dataclasses
+
+    values = iter([3.0, 1.0, 2.0, 0.5])
+    config = dataclasses.replace(CONFIG, patience=1)
+    result = fit(tmp_path, 4, config=config, eval_fn=lambda m, k: next(values))
+    assert result.stopped_early and result.epochs == 3
+    assert result.best_epoch == 2 and result.best_valid == 1.0
+
+
+def test_interrupt_keeps_last_checkpoint_and_resume_continues(tmp_path):
+    """Ctrl-C in epoch 2 leaves epoch 1's checkpoint; resuming matches a straight run."""
+    straight = fit(tmp_path / "a", 2)
+    calls = []
+
+    def interrupting_eval(model, key):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return 1.0
+
+    log = training.JsonLinesLogger(tmp_path / "b" / "log.jsonl")
+    with pytest.raises(KeyboardInterrupt):
+        fit(tmp_path / "b", 2, eval_fn=interrupting_eval, loggers=[log])
+    header = training.read_header(tmp_path / "b" / "checkpoints" / "train.eqx")
+    assert header["epoch"] == 1 and len(log.path.read_text().splitlines()) == 1
+    resumed = fit(tmp_path / "b", 2, resume=True)
+    assert_trees_equal(straight.model, resumed.model)
+
+
+@pytest.fixture(scope="module")
+def averaged_runs(tmp_path_factory):
+    """Straight and resumed fits with an EMA, and the fit without one."""
+    out = tmp_path_factory.mktemp("ema")
+    trainer = training.Trainer.from_config(loss, CONFIG, ema_decay=0.5)  # kept across fits
+    valid = []
+
+    def eval_fn(model, key):
+        valid.append(model)
+        return float(jnp.sum(model.layer.weight**2))
+
+    plain = fit(out / "plain", 2)
+    straight = fit(out / "a", 2, trainer=trainer, eval_fn=eval_fn)
+    fit(out / "b", 1, trainer=trainer)
+    resumed = fit(out / "b", 2, trainer=trainer, resume=True)
+    return plain, straight, resumed, valid
+
+
+def test_averaging_is_off_by_default_and_leaves_the_model_alone(averaged_runs):
+    plain, straight, _, _ = averaged_runs
+    assert training.Trainer(loss, optax.adam(0.1)).ema_decay is None
+    assert plain.averaged_model is None
+    assert_trees_equal(plain.model, straight.model)  # the average never feeds back
+
+
+def test_averaged_model_is_validated_checkpointed_and_resumed(averaged_runs):
+    plain, straight, resumed, valid = averaged_runs
+    assert_trees_equal(straight.averaged_model, resumed.averaged_model)
+    assert_trees_equal(straight.averaged_model, valid[-1])  # validation saw the average
+    assert_trees_equal(
+        straight.best_model, valid[int(np.argmin([h["valid"] for h in straight.history]))]
+    )
+    assert not np.allclose(straight.averaged_model.layer.weight, straight.model.layer.weight)
+
+
+def test_sigint_stops_at_a_safe_point_and_restores_the_handler(tmp_path):
+    """A real SIGINT during validation: epoch 1 is checkpointed, then KeyboardInterrupt."""
+    import os
+    import signal
+
+    straight = fit(tmp_path / "a", 2)
+    before = signal.getsignal(signal.SIGINT)
+
+    def signalling_eval(model, key):
+        os.kill(os.getpid(), signal.SIGINT)  # deferred: validation and checkpoint finish
+        return 1.0
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(tmp_path / "b", 2, eval_fn=signalling_eval)
+    assert signal.getsignal(signal.SIGINT) is before
+    assert training.read_header(tmp_path / "b" / "checkpoints" / "train.eqx")["epoch"] == 1
+    resumed = fit(tmp_path / "b", 2, resume=True)
+    assert_trees_equal(straight.model, resumed.model)
+
+
+def test_sigint_mid_epoch_drops_the_partial_epoch(tmp_path):
+    import os
+    import signal
+
+    calls = []
+
+    trainer = training.Trainer.from_config(loss, CONFIG)
+    step = trainer.step
+
+    def step_and_signal(state, batch, key):
+        calls.append(1)
+        if len(calls) == 6:  # the second update of epoch 2
+            os.kill(os.getpid(), signal.SIGINT)
+        return step(state, batch, key)
+
+    trainer.step = step_and_signal
+    with pytest.raises(KeyboardInterrupt):
+        fit(tmp_path, 2, trainer=trainer)
+    assert len(calls) == 6
+    header = training.read_header(tmp_path / "checkpoints" / "train.eqx")
+    assert header["epoch"] == 1 and header["step"] == 4
