@@ -67,13 +67,33 @@ def _resolve(args: argparse.Namespace, extra: list[str]):
     return module, preset, config
 
 
+def _same_run(saved: dict, current: dict, preset: dict) -> bool:
+    """Whether a saved config describes the current one. A field missing from the saved
+    config (added to dgm after that run started) matches while it keeps its preset value."""
+    for name, value in current.items():
+        if name not in saved:
+            if value != preset.get(name):
+                return False
+        elif isinstance(value, dict) and isinstance(saved[name], dict):
+            if not _same_run(saved[name], value, preset.get(name) or {}):
+                return False
+        elif saved[name] != value:
+            return False
+    return set(saved) <= set(current)
+
+
 def _prepare_out(args: argparse.Namespace, preset: str, record: dict) -> Path:
     out = args.out or Path("runs") / f"{args.name}-{preset}-seed{args.seed}"
     cfg_path = out / "config.json"
     if cfg_path.exists():
         previous = json.loads(cfg_path.read_text())
         if args.resume:
-            if previous.get("config") != record["config"] or previous.get("seed") != args.seed:
+            defaults = _jsonable(experiments.get(args.name).PRESETS[preset])
+            saved = previous.get("config", {})
+            if (
+                not _same_run(saved, record["config"], defaults)
+                or previous.get("seed") != args.seed
+            ):
                 raise ValueError(
                     f"--resume: {out} holds a run with a different config or seed; "
                     "use another --out"
@@ -89,6 +109,10 @@ def _prepare_out(args: argparse.Namespace, preset: str, record: dict) -> Path:
     return out
 
 
+def _jsonable(config) -> dict:
+    return json.loads(json.dumps(runs._to_jsonable(config)))
+
+
 def _run(args: argparse.Namespace, extra: list[str]) -> int:
     import jax
 
@@ -97,7 +121,7 @@ def _run(args: argparse.Namespace, extra: list[str]) -> int:
         "experiment": args.name,
         "preset": preset,
         "seed": args.seed,
-        "config": json.loads(json.dumps(runs._to_jsonable(config))),
+        "config": _jsonable(config),
     }
     out = _prepare_out(args, preset, record)
     ctx = runs.RunContext(out=out, resume=args.resume, progress=not args.no_progress)
