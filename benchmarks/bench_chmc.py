@@ -49,7 +49,7 @@ jax.config.update("jax_enable_x64", True)
 
 from dgm import diagnostics  # noqa: E402
 from dgm.conditioning import condition  # noqa: E402
-from dgm.inference.base import _device_groups  # noqa: E402
+from dgm.inference.base import device_groups  # noqa: E402
 from dgm.models.lotka_volterra import NUM_PARAMS, LotkaVolterra  # noqa: E402
 
 CHUNK = 50  # dgm iterations per compiled call; a first CHUNK-draw run warms each shape up
@@ -289,7 +289,7 @@ def bench_lv(args):
         else:
             systems[b] = lv_mici_system_autograd(model, y_obs)
             draws[b] = args.mici_autograd_draws
-    devices = len(_device_groups(args.chains))
+    devices = len(device_groups(args.chains))
     dgm_rows, mici_rows = [], {b: [] for b in backends}
     run_dgm(posterior, jax.random.key(99), dgm_init, CHUNK, **dgm_settings)  # warm-up
     for r in range(args.repeats):
@@ -432,7 +432,7 @@ def bench_scaling(args):
         wall_s_8_chains=eight,
         ratio_8_over_1=eight / one,
         cpu_ratio_8_over_1=statistics.median(cpus[8]) / statistics.median(cpus[1]),
-        devices_8_chains=len(_device_groups(8)),
+        devices_8_chains=len(device_groups(8)),
     )
 
 

@@ -21,6 +21,10 @@ from dgm.inference.manifold import (
 )
 from dgm.models.lotka_volterra import NUM_PARAMS, LotkaVolterra
 
+# Constrained HMC is a float64 algorithm: the checks of its manifold run in float64; the
+# CLI runs below use JAX's defaults, as users do (the experiment enables x64 itself).
+x64 = pytest.mark.usefixtures("x64")
+
 ABC_KEYS = ("abc_slice_uniform_100", "abc_rejection")  # the smoke preset's ABC methods
 METHOD_FIELDS = (
     "ess_bulk_min",
@@ -33,6 +37,7 @@ METHOD_FIELDS = (
 )
 
 
+@x64
 @pytest.mark.parametrize("shift", [0.0, 0.3])
 def test_structured_log_det_equals_dense_on_manifold(shift):
     """The closed-form ½ log det(J Jᵀ) and its tangential gradient match the dense ones."""
@@ -81,6 +86,7 @@ def _lv_gram_systems():
     return systems, u, y
 
 
+@x64
 @pytest.mark.parametrize("shift", [0.0, 0.7])
 def test_noise_map_jacobian_is_inverse_of_noise_block(shift):
     """D = ∂n/∂y applied in banded form equals the dense autodiff Jacobian of the noise
@@ -98,6 +104,7 @@ def test_noise_map_jacobian_is_inverse_of_noise_block(shift):
     np.testing.assert_allclose(dense @ jac_noise, np.eye(100), atol=1e-10)
 
 
+@x64
 @pytest.mark.parametrize("variant", ["structured", "banded"])
 def test_triangular_block_gram_matches_dense_cholesky(variant):
     """Solves, projections, φ and ∇φ: the structured Gram factors (triangular solves, or
@@ -141,6 +148,7 @@ def test_triangular_block_gram_matches_dense_cholesky(variant):
     np.testing.assert_allclose(got[2], reference, atol=1e-10, rtol=0)
 
 
+@x64
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", ["structured", "banded"])
 def test_triangular_block_gram_transitions_equal_dense(variant):
@@ -170,6 +178,7 @@ def test_triangular_block_gram_transitions_equal_dense(variant):
     np.testing.assert_allclose(pos_f, pos_d, atol=1e-8, rtol=0)
 
 
+@x64
 def test_vmapped_chains_give_the_mapped_draws():
     """``chain_map="vmap"`` (what ``"auto"`` picks with the banded factor) gives the draws
     of ``"map"``, with 3 chains so that one device batches chains whose projection loops

@@ -33,15 +33,21 @@ def _start(out: Path, *extra: str) -> subprocess.Popen:
         env["DGM_DATA_DIR"] = str(data_dir())
     argv = ["run", "lotka-volterra", "--smoke", "--out", str(out), "--no-progress", *extra]
     return subprocess.Popen(
-        [sys.executable, "-m", "dgm.cli", *argv],
+        [sys.executable, "-c", _CHILD, *argv],
         env=env,
-        # A shell's background job (pytest run with `&`) ignores SIGINT, and a child
-        # Python keeps an ignored SIGINT ignored: restore the default so Ctrl-C counts.
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+# A shell's background job (pytest run with `&`) ignores SIGINT, and a child Python keeps
+# an ignored SIGINT ignored: the child restores Python's own handler before running the
+# CLI, so Ctrl-C counts. (A ``preexec_fn`` would fork the multithreaded JAX process.)
+_CHILD = (
+    "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "from dgm.cli import main; sys.exit(main(sys.argv[1:]))"
+)
 
 
 def _wait_for(proc: subprocess.Popen, path: Path, timeout: float = 120.0) -> bool:

@@ -168,3 +168,35 @@ is not the exact one (ε > 0), and chains that have not converged show up here:
 |---|---|
 {abc_means}
 """
+
+
+def mean_error(r: dict, ref: dict) -> list:
+    """|mean − reference mean| in reference sds, per log-rate (None without draws)."""
+    if any(m is None for m in r["posterior_mean"]):
+        return [None] * NUM_PARAMS
+    gap = np.abs(np.subtract(r["posterior_mean"], ref["posterior_mean"]))
+    return (gap / np.asarray(ref["posterior_sd"])).tolist()
+
+
+def save_posterior(ctx: RunContext, draws: dict, attrs: dict) -> None:
+    """Add one group per non-CHMC method to CHMC's ``posterior.nc`` (see module doc)."""
+    import arviz as az
+
+    path = ctx.path("posterior.nc")
+    if path.exists():
+        stored = az.from_netcdf(str(path))
+        chmc_groups = ("posterior", "sample_stats", "observed_data")
+        idata = az.InferenceData(
+            **{g: getattr(stored, g).load() for g in stored.groups() if g in chmc_groups}
+        )
+    else:  # resumed run whose CHMC file was lost: keep its log-rates at least
+        idata = az.from_dict(posterior={"log_rates": draws["chmc"]})
+    groups = {}
+    for name, d in draws.items():
+        if name == "chmc" or d.shape[1] == 0:
+            continue
+        ds = az.convert_to_dataset({"log_rates": d}, dims={"log_rates": ["log_rates_dim_0"]})
+        ds.attrs.update({k: v for k, v in attrs.get(name, {}).items() if v is not None})
+        groups[name] = ds
+    idata.add_groups(groups)
+    ctx.save_with("posterior.nc", lambda p: idata.to_netcdf(str(p), engine="h5netcdf"))

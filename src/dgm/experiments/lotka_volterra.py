@@ -48,12 +48,14 @@ from dgm.experiments._lotka_volterra_abc import DEFAULT_METHODS as DEFAULT_ABC_M
 from dgm.experiments._lotka_volterra_report import (
     PAPER_ESS_PER_S,
     PARAM_NAMES,
+    mean_error,
     plot_ess,
     plot_marginals,
     report,
+    save_posterior,
 )
 from dgm.inference import hmc
-from dgm.inference.base import ChainRunner, _device_groups
+from dgm.inference.base import ChainRunner, device_groups
 from dgm.models.lotka_volterra import NUM_PARAMS, TRUE_RATES, LotkaVolterra
 from dgm.runs import RunContext, write_text
 
@@ -237,7 +239,7 @@ def run_chmc(
 
 
 def _devices_used(num_chains: int) -> int:
-    return len(_device_groups(num_chains))
+    return len(device_groups(num_chains))
 
 
 def run_reference(
@@ -342,14 +344,14 @@ def run(config: Config, key, ctx: RunContext) -> dict:
     ref = results["reference"]
     for name, r in results.items():
         if name != "reference":
-            r["mean_error_in_ref_sd"] = _mean_error(r, ref)
+            r["mean_error_in_ref_sd"] = mean_error(r, ref)
     metrics = {
         **results,
         "true_log_rates": np.log(TRUE_RATES).tolist(),
         "observed_data_max_diff_vs_thesis": diff,
         "chmc_mean_error_in_ref_sd": results["chmc"]["mean_error_in_ref_sd"],
     }
-    _save_posterior(ctx, draws, attrs)
+    save_posterior(ctx, draws, attrs)
     plot_marginals(ctx, draws, ref)
     plot_ess(ctx, results)
     write_text(ctx.path("report.md"), report(metrics))
@@ -383,38 +385,6 @@ def _run_or_resume(name: str, fn, ctx: RunContext, config: Config, attrs: dict):
         attrs_json=np.asarray(json.dumps(attrs)),
     )
     return metrics, draws, attrs
-
-
-def _mean_error(r: dict, ref: dict) -> list:
-    """|mean − reference mean| in reference sds, per log-rate (None without draws)."""
-    if any(m is None for m in r["posterior_mean"]):
-        return [None] * NUM_PARAMS
-    gap = np.abs(np.subtract(r["posterior_mean"], ref["posterior_mean"]))
-    return (gap / np.asarray(ref["posterior_sd"])).tolist()
-
-
-def _save_posterior(ctx: RunContext, draws: dict, attrs: dict) -> None:
-    """Add one group per non-CHMC method to CHMC's ``posterior.nc`` (see module doc)."""
-    import arviz as az
-
-    path = ctx.path("posterior.nc")
-    if path.exists():
-        stored = az.from_netcdf(str(path))
-        chmc_groups = ("posterior", "sample_stats", "observed_data")
-        idata = az.InferenceData(
-            **{g: getattr(stored, g).load() for g in stored.groups() if g in chmc_groups}
-        )
-    else:  # resumed run whose CHMC file was lost: keep its log-rates at least
-        idata = az.from_dict(posterior={"log_rates": draws["chmc"]})
-    groups = {}
-    for name, d in draws.items():
-        if name == "chmc" or d.shape[1] == 0:
-            continue
-        ds = az.convert_to_dataset({"log_rates": d}, dims={"log_rates": ["log_rates_dim_0"]})
-        ds.attrs.update({k: v for k, v in attrs.get(name, {}).items() if v is not None})
-        groups[name] = ds
-    idata.add_groups(groups)
-    ctx.save_with("posterior.nc", lambda p: idata.to_netcdf(str(p), engine="h5netcdf"))
 
 
 def summary(metrics: dict) -> str:

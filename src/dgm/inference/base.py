@@ -88,7 +88,7 @@ class ChainResult(NamedTuple):
 
 def _split_params(params) -> tuple[Any, Any]:
     """``(traced, static)``: Python ints stay static (compile-time), the rest are arrays."""
-    is_static = [_is_int(x) for x in jax.tree.leaves(params)]
+    is_static = [is_static_int(x) for x in jax.tree.leaves(params)]
     leaves, treedef = jax.tree.flatten(params)
     traced = [None if s else jnp.asarray(x) for x, s in zip(leaves, is_static, strict=True)]
     static = tuple(int(x) if s else None for x, s in zip(leaves, is_static, strict=True))
@@ -103,7 +103,7 @@ def _join_params(traced, static) -> Any:
     )
 
 
-def _is_int(x) -> bool:
+def is_static_int(x) -> bool:
     return isinstance(x, int | np.integer) and not isinstance(x, bool)
 
 
@@ -218,7 +218,7 @@ class ChainRunner:
             states, first = previous["states"], previous["num_done"]
         traced, split = _split_params(params)
         static = (split, per_chain_params)
-        groups = _device_groups(jax.tree.leaves(states)[0].shape[0])
+        groups = device_groups(jax.tree.leaves(states)[0].shape[0])
         parts = [(previous["draws"], previous["infos"])] if previous else []
         # One dict updated in one call, so a Ctrl-C between statements never leaves the
         # states, the draws and the count describing different iterations.
@@ -353,7 +353,9 @@ def _unflatten(data: dict, prefix: str, like):
         raise ValueError(f"checkpoint lacks {err}: it was written by another sampler") from None
 
 
-def _device_groups(num_chains: int) -> list[tuple[Any, np.ndarray]]:
+def device_groups(num_chains: int) -> list[tuple[Any, np.ndarray]]:
+    """``(device, chain indices)`` per local device: equal groups, or all chains on the first
+    device when they do not divide evenly."""
     devices = jax.local_devices()
     n = len(devices)
     if n == 1 or num_chains % n != 0:

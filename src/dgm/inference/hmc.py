@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
-from dgm.inference.base import Kernel, _is_int, metropolis
+from dgm.inference.base import Kernel, is_static_int, metropolis
 from dgm.inference.integrators import IntegratorState, leapfrog
 from dgm.inference.metrics import (
     InverseMass,
@@ -76,7 +76,7 @@ def transition(
 
     # A fixed Python count gives a static-length loop; a traced count a while loop whose
     # predicate, once vmapped over chains, selects on every leaf at every step.
-    count = int(lo) if _is_int(lo) and _is_int(hi) and lo == hi else num_steps
+    count = int(lo) if is_static_int(lo) and is_static_int(hi) and lo == hi else num_steps
     end = jax.lax.fori_loop(0, count, body, start)
     h0 = -state.log_density + kinetic_energy(p0, imm)
     h1 = -end.log_density + kinetic_energy(end.momentum, imm)
