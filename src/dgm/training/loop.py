@@ -81,7 +81,7 @@ class _Hyper:
     schedules: Mapping[str, Schedule]
 
     def values(self, step: int) -> dict[str, float]:
-        return {name: fn(step) for name, fn in self.schedules.items()}
+        return {name: float(fn(step)) for name, fn in self.schedules.items()}
 
     def arrays(self, values: dict[str, float]) -> dict[str, jax.Array]:
         scheduled = {k: jnp.asarray(v, jnp.float32) for k, v in values.items()}
