@@ -41,3 +41,14 @@ def test_npz_round_trip_and_object_arrays_refused(tmp_path):
 def test_json_converts_arrays_and_dataclasses(tmp_path):
     runs.write_json(tmp_path / "c.json", {"v": np.arange(2), "s": np.float32(1.5)})
     assert json.loads((tmp_path / "c.json").read_text()) == {"v": [0, 1], "s": 1.5}
+
+
+def test_stop_if_interrupted_raises_only_for_interrupted_results():
+    class Result:
+        def __init__(self, interrupted):
+            self.interrupted = interrupted
+
+    done = Result(False)
+    assert runs.stop_if_interrupted(done) is done
+    with pytest.raises(KeyboardInterrupt):
+        runs.stop_if_interrupted(Result(True))

@@ -90,6 +90,18 @@ def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
         return {k: data[k] for k in data.files}
 
 
+def stop_if_interrupted(result: Any) -> Any:
+    """Return ``result``, or raise ``KeyboardInterrupt`` if Ctrl-C ended the run it describes.
+
+    The drivers (``ChainRunner``, ``SVGDRunner``) return what they finished when the user
+    presses Ctrl-C, so library callers keep it; an experiment stops there instead, and the
+    CLI prints its one line and exits 130 (the driver's checkpoint, if any, is kept).
+    """
+    if result.interrupted:
+        raise KeyboardInterrupt
+    return result
+
+
 def git_revision() -> str | None:
     """The git commit of the dgm checkout, if it is one."""
     try:

@@ -103,6 +103,8 @@ class SVGD:
             step = core.build_step(score, bandwidth=bw, alpha=alpha, track_ksd=False)
             self._runners[key] = SVGDRunner(step, chunk_size=chunk_size)
         result = self._runners[key].run(core.init(x), n_iter, stepsize)
+        if result.interrupted:  # Ctrl-C stops the caller's script, as in the original
+            raise KeyboardInterrupt
         if debug:
             print(f"iter {result.num_iterations}: {result.message}")
         return result.particles, ("" if result.status != "non-finite" else result.message)

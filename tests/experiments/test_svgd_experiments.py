@@ -6,6 +6,7 @@ import math
 import pytest
 
 from dgm.cli import main
+from dgm.inference.svgd import SVGDRunner
 
 
 def _run(name, tmp_path):
@@ -60,3 +61,18 @@ def test_bad_config_is_usage_error(name, tmp_path, capsys):
     args = ["run", name, "--smoke", "--set", f"{field}=0", "--out", str(tmp_path / "b")]
     assert main(args) == 1
     assert f"`{field}` must be a positive int; got 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["svgd-gaussian2d", "svgd-gmm1d", "svgd-blr"])
+def test_ctrl_c_in_svgd_exits_130_with_one_line(name, tmp_path, capsys, monkeypatch):
+    """The driver returns an interrupted run; the experiment stops and the CLI says so."""
+    real_run = SVGDRunner.run
+
+    def interrupted_run(self, *args, **kwargs):
+        return real_run(self, *args, **kwargs)._replace(status="interrupted")
+
+    monkeypatch.setattr(SVGDRunner, "run", interrupted_run)
+    assert main(["run", name, "--smoke", "--out", str(tmp_path / "o"), "--no-progress"]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["dgm: interrupted; the last checkpoint is kept, continue with --resume"]
+    assert not (tmp_path / "o" / "metrics.json").exists()

@@ -138,8 +138,10 @@ def run(config: Config, key, ctx: runs.RunContext) -> dict:
     )
     step = svgd.build_step(score, alpha=config.alpha)
     runner = SVGDRunner(step, chunk_size=min(config.num_iterations, 500))
-    result = runner.run(
-        svgd.init(theta0), config.num_iterations, config.step_size, data, progress=ctx.progress
+    result = runs.stop_if_interrupted(
+        runner.run(
+            svgd.init(theta0), config.num_iterations, config.step_size, data, progress=ctx.progress
+        )
     )
     particles = result.particles
     acc, ll = evaluate(particles[:, :-1], xte, yte)
@@ -184,7 +186,9 @@ def gaussian_reference(config: Config, key, theta0, draws: np.ndarray) -> dict:
     )
     out = {}
     for name, x0 in (("gaussian", theta0), ("gaussian_exact_start", start)):
-        res = runner.run(svgd.init(x0), config.num_iterations, config.step_size)
+        res = runs.stop_if_interrupted(
+            runner.run(svgd.init(x0), config.num_iterations, config.step_size)
+        )
         ratio = res.particles.std(0) / exact_sd
         out |= {
             f"{name}_sd_ratio_median": float(np.median(ratio)),
@@ -229,13 +233,16 @@ def compare_hmc(config, key, particles, data, log_prior, log_lik, xte, yte, ctx,
     keys_warm = jax.random.split(key_warm, config.hmc_chains)
     states, step_sizes = jax.jit(jax.vmap(warm))(keys_warm, states)
     step_size = jnp.median(step_sizes).astype(particles.dtype)
-    res = ChainRunner(kernel.step, chunk_size=50).run(
-        jax.random.split(key_run, config.hmc_chains),
-        states,
-        kernel.params._replace(step_size=step_size),
-        config.hmc_draws,
-        progress=ctx.progress,
-        desc="hmc",
+    runner = ChainRunner(kernel.step, chunk_size=50)
+    res = runs.stop_if_interrupted(
+        runner.run(
+            jax.random.split(key_run, config.hmc_chains),
+            states,
+            kernel.params._replace(step_size=step_size),
+            config.hmc_draws,
+            progress=ctx.progress,
+            desc="hmc",
+        )
     )
     draws = np.asarray(res.draws)
     accept = float(np.mean(np.asarray(res.infos.accept_prob)))

@@ -238,8 +238,10 @@ def train_split(config, key, index, x, y, runner_cache, progress=False) -> Split
         step = svgd.build_step(score, alpha=config.alpha, track_ksd=False)  # never read
         runner_cache["runner"] = SVGDRunner(step, chunk_size=min(config.num_iterations, 500))
         runner_cache["predict"] = jax.jit(jax.vmap(net.predict, in_axes=(0, None)))
-    result = runner_cache["runner"].run(
-        svgd.init(theta0), config.num_iterations, config.step_size, data, progress=progress
+    result = runs.stop_if_interrupted(
+        runner_cache["runner"].run(
+            svgd.init(theta0), config.num_iterations, config.step_size, data, progress=progress
+        )
     )
     predict, params = runner_cache["predict"], jnp.asarray(result.particles)
 

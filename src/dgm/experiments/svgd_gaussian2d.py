@@ -61,8 +61,8 @@ def run(config: Config, key, ctx: runs.RunContext) -> dict:
         bandwidth=config.bandwidth,
     )
     runner = SVGDRunner(step, chunk_size=min(config.num_iterations, 500))
-    result = runner.run(
-        svgd.init(x0), config.num_iterations, config.step_size, progress=ctx.progress
+    result = runs.stop_if_interrupted(
+        runner.run(svgd.init(x0), config.num_iterations, config.step_size, progress=ctx.progress)
     )
     x = result.particles
     cov = np.linalg.inv(PRECISION)

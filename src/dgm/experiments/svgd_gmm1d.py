@@ -80,7 +80,7 @@ def run(config: Config, key, ctx: runs.RunContext) -> dict:
     done = 0
     while done < config.num_iterations:
         n = min(config.frame_every, config.num_iterations - done)
-        result = runner.run(state, n, config.step_size)
+        result = runs.stop_if_interrupted(runner.run(state, n, config.step_size))
         state, done = result.state, done + result.num_iterations
         ksds.append(result.trace["ksd"])
         frames.append(result.particles)

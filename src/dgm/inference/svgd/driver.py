@@ -44,6 +44,11 @@ class SVGDResult(NamedTuple):
     compile_s: float
 
     @property
+    def interrupted(self) -> bool:
+        """Whether Ctrl-C ended the run (``status == "interrupted"``)."""
+        return self.status == "interrupted"
+
+    @property
     def particles(self) -> np.ndarray:
         return np.asarray(self.state.particles)
 
