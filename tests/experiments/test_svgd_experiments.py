@@ -63,7 +63,9 @@ def test_bad_config_is_usage_error(name, tmp_path, capsys):
     assert f"`{field}` must be a positive int; got 0" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("name", ["svgd-gaussian2d", "svgd-gmm1d", "svgd-blr"])
+@pytest.mark.parametrize(
+    "name", ["svgd-gaussian2d", pytest.param("svgd-blr", marks=pytest.mark.slow)]
+)
 def test_ctrl_c_in_svgd_exits_130_with_one_line(name, tmp_path, capsys, monkeypatch):
     """The driver returns an interrupted run; the experiment stops and the CLI says so."""
     real_run = SVGDRunner.run
