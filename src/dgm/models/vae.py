@@ -150,10 +150,14 @@ def _normal_log_pdf(z, mean, log_var) -> Float[Array, ""]:
     return -0.5 * jnp.sum(math.log(2 * math.pi) + log_var + (z - mean) ** 2 * jnp.exp(-log_var))
 
 
-def _sample_posterior(model: VAE, x, key):
-    mean, log_var = model.encoder(x)
+def _draw(mean, log_var, key):
     eps = jax.random.normal(key, mean.shape, mean.dtype)
-    return mean + jnp.exp(0.5 * log_var) * eps, mean, log_var
+    return mean + jnp.exp(0.5 * log_var) * eps
+
+
+def _log_weight(decoder: Decoder, x, mean, log_var, key) -> Float[Array, ""]:
+    """log p(x|z) + log p(z) − log q(z|x) for z drawn from N(mean, exp(log_var)) by ``key``."""
+    return -_weighted_sampled(decoder, x, mean, log_var, key, 1.0)
 
 
 def neg_elbo(
@@ -178,14 +182,20 @@ def neg_elbo(
     Returns:
         The estimate in nats.
     """
-    z, mean, log_var = _sample_posterior(model, x, key)
-    log_lik = _bernoulli_log_lik(model.decoder.logits(z), x)
-    if analytic_kl:
-        kl = 0.5 * jnp.sum(jnp.exp(log_var) + mean**2 - 1.0 - log_var)
-    else:
-        zeros = jnp.zeros_like(z)
-        kl = _normal_log_pdf(z, mean, log_var) - _normal_log_pdf(z, zeros, zeros)
-    return -(log_lik - kl_weight * kl)
+    mean, log_var = model.encoder(x)
+    if not analytic_kl:
+        return _weighted_sampled(model.decoder, x, mean, log_var, key, kl_weight)
+    z = _draw(mean, log_var, key)
+    kl = 0.5 * jnp.sum(jnp.exp(log_var) + mean**2 - 1.0 - log_var)
+    return -(_bernoulli_log_lik(model.decoder.logits(z), x) - kl_weight * kl)
+
+
+def _weighted_sampled(decoder, x, mean, log_var, key, kl_weight) -> Float[Array, ""]:
+    """−(log p(x|z) − β·(log q(z|x) − log p(z))) for one z ~ N(mean, exp(log_var))."""
+    z = _draw(mean, log_var, key)
+    zeros = jnp.zeros_like(z)
+    kl = _normal_log_pdf(z, mean, log_var) - _normal_log_pdf(z, zeros, zeros)
+    return -(_bernoulli_log_lik(decoder.logits(z), x) - kl_weight * kl)
 
 
 def log_importance_weight(
@@ -224,7 +234,8 @@ def importance_log_likelihood(
             f"`chunk_size` must divide `num_samples`; got {chunk_size} and {num_samples}"
         )
     keys = jax.random.split(key, num_samples).reshape(num_samples // chunk_size, chunk_size)
-    per_chunk = jax.vmap(lambda k: log_importance_weight(model, x, k))
+    mean, log_var = model.encoder(x)  # once, not once per sample
+    per_chunk = jax.vmap(lambda k: _log_weight(model.decoder, x, mean, log_var, k))
     log_w = jax.lax.map(per_chunk, keys).reshape(-1)
     return jax.nn.logsumexp(log_w) - math.log(num_samples)
 
