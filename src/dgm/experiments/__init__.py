@@ -17,6 +17,7 @@ _REGISTRY: dict[str, str] = {
     "svgd-bnn": "dgm.experiments.svgd_bnn",
     "svgd-gaussian2d": "dgm.experiments.svgd_gaussian2d",
     "svgd-gmm1d": "dgm.experiments.svgd_gmm1d",
+    "vae-mnist": "dgm.experiments.vae_mnist",
 }
 
 
