@@ -23,7 +23,7 @@ import jax  # noqa: E402
 
 from dgm import training  # noqa: E402
 from dgm.data.polyphonic import NUM_PITCHES  # noqa: E402
-from dgm.experiments import _dmm  # noqa: E402
+from dgm.experiments import _dmm, _training  # noqa: E402
 from dgm.experiments import dmm_polyphonic as dp  # noqa: E402
 
 
@@ -42,7 +42,7 @@ def main():
     (_, _, best, _), header = training.load_training(  # v1 and v2 checkpoints
         args.run_dir / "checkpoints" / "train.eqx",
         (state.model, state.opt_state, model, state.averaged),
-        _dmm.fingerprint(config, dp._ADDED_FIELDS),
+        _training.fingerprint(config, dp._ADDED_FIELDS),
     )
     t0 = time.perf_counter()
     test = dp.splits(config)[1]["test"]

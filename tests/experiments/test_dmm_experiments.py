@@ -51,7 +51,7 @@ def test_bad_names_fail_cleanly(tmp_path, capsys):
 def test_resume_with_other_config_is_refused(tmp_path, shared_data, monkeypatch):
     """A checkpoint written under another config is refused, even if config.json is edited."""
     from dgm import runs, training
-    from dgm.experiments import _dmm, dmm_synthetic
+    from dgm.experiments import _training, dmm_synthetic
 
     module = experiments.get("dmm-synthetic")
     assert module is dmm_synthetic
@@ -60,7 +60,9 @@ def test_resume_with_other_config_is_refused(tmp_path, shared_data, monkeypatch)
     training.save_checkpoint(ctx.out / "checkpoints" / "train.eqx", (), header)
     with pytest.raises(ValueError, match="different configuration"):
         training.load_checkpoint(
-            ctx.out / "checkpoints" / "train.eqx", (), _dmm.fingerprint(module.PRESETS["smoke"])
+            ctx.out / "checkpoints" / "train.eqx",
+            (),
+            _training.fingerprint(module.PRESETS["smoke"]),
         )
 
 
@@ -87,13 +89,13 @@ def test_added_fields_keep_old_fingerprints():
     """A field added later is left out of the fingerprint at its default (old runs resume)."""
     import dataclasses
 
-    from dgm.experiments import _dmm, dmm_synthetic
+    from dgm.experiments import _training, dmm_synthetic
 
     config = dmm_synthetic.PRESETS["smoke"]
     added = dmm_synthetic._ADDED_FIELDS
-    assert "dataset" not in json.loads(_dmm.fingerprint(config, added))
+    assert "dataset" not in json.loads(_training.fingerprint(config, added))
     other = dataclasses.replace(config, dataset="synthetic10")
-    assert json.loads(_dmm.fingerprint(other, added))["dataset"] == "synthetic10"
+    assert json.loads(_training.fingerprint(other, added))["dataset"] == "synthetic10"
     with pytest.raises(ValueError, match="`dataset` must be one of"):
         dataclasses.replace(config, dataset="synthetic12")
 
@@ -162,10 +164,11 @@ def test_runs_share_one_trainer_per_loss_and_optimizer():
     """The jitted DMM step is built once per (loss, optimizer settings), as before the split."""
     import dataclasses
 
-    from dgm.experiments import _dmm, dmm_synthetic
+    from dgm.experiments import _dmm, _training, dmm_synthetic
 
     cfg = dmm_synthetic.PRESETS["smoke"].train
-    trainer = _dmm.trainer(_dmm.dmm_loss, cfg)
-    assert _dmm.trainer(_dmm.dmm_loss, dataclasses.replace(cfg, num_epochs=7)) is trainer
-    assert _dmm.trainer(_dmm.frozen_generative_loss, cfg) is not trainer
-    assert _dmm.trainer(_dmm.dmm_loss, dataclasses.replace(cfg, learning_rate=0.1)) is not trainer
+    trainer = _training.trainer(_dmm.dmm_loss, cfg)
+    assert _training.trainer(_dmm.dmm_loss, dataclasses.replace(cfg, num_epochs=7)) is trainer
+    assert _training.trainer(_dmm.frozen_generative_loss, cfg) is not trainer
+    other = dataclasses.replace(cfg, learning_rate=0.1)
+    assert _training.trainer(_dmm.dmm_loss, other) is not trainer

@@ -14,7 +14,7 @@ from dgm import runs, training
 from dgm.config import check_choice, check_positive
 from dgm.data import midi
 from dgm.data.polyphonic import DATASETS, NUM_PITCHES, load_polyphonic
-from dgm.experiments import _dmm
+from dgm.experiments import _dmm, _training
 from dgm.models import dmm
 
 NAME = "dmm-polyphonic"
@@ -183,7 +183,7 @@ def run(config: Config, key, ctx: runs.RunContext) -> dict:
             m, valid, k, bound_samples=config.valid_samples, is_samples=0, **eval_kwargs
         )["bound_frame"]
 
-    result = _dmm.fit(
+    result = _training.fit(
         model,
         _dmm.dmm_loss,
         training.SequenceLoader(train.x, train.mask, cfg.batch_size, bucket_width=cfg.bucket_width),
@@ -191,9 +191,9 @@ def run(config: Config, key, ctx: runs.RunContext) -> dict:
         key=key_train,
         ctx=ctx,
         eval_fn=eval_fn,
-        fingerprint=_dmm.fingerprint(config, _ADDED_FIELDS),
+        fingerprint=_training.fingerprint(config, _ADDED_FIELDS),
     )
-    _dmm.save_model(ctx, "model_best.eqx", result.best_model)
+    _training.save_model(ctx, "model_best.eqx", result.best_model)
     t_eval = time.perf_counter()
     scores = evaluate_test(config, result.best_model, test, key_test)
     _plot_sample(ctx, result.best_model, key_sample)

@@ -32,7 +32,7 @@ from dgm.data.synthetic import (
     sample_nonlinear,
     synthetic9,
 )
-from dgm.experiments import _dmm
+from dgm.experiments import _dmm, _training
 from dgm.models import dmm, kalman
 
 NAME = "dmm-synthetic"
@@ -172,7 +172,7 @@ def _fit_and_score(model, loss, splits, config: Config, k_train, k_test, ctx: ru
     ev = dict(
         chunk_size=config.chunk_size, batch_size=cfg.batch_size, bucket_width=cfg.bucket_width
     )
-    result = _dmm.fit(
+    result = _training.fit(
         model,
         loss,
         training.SequenceLoader(train.x, train.mask, cfg.batch_size, bucket=False),
@@ -182,10 +182,10 @@ def _fit_and_score(model, loss, splits, config: Config, k_train, k_test, ctx: ru
         eval_fn=lambda m, k: _dmm.evaluate(m, valid, k, bound_samples=2, is_samples=0, **ev)[
             "bound_frame"
         ],
-        fingerprint=_dmm.fingerprint(config, _ADDED_FIELDS),
+        fingerprint=_training.fingerprint(config, _ADDED_FIELDS),
     )
     best = result.best_model
-    _dmm.save_model(ctx, "model_best.eqx", best)
+    _training.save_model(ctx, "model_best.eqx", best)
     scores = _dmm.evaluate(
         best, test, k_test, bound_samples=2, is_samples=config.test_samples, **ev
     )

@@ -21,7 +21,7 @@ import numpy as np
 from dgm import runs, training
 from dgm.config import check_positive
 from dgm.data.mnist import SPLIT_SIZES, load_binarized_mnist
-from dgm.experiments import _dmm
+from dgm.experiments import _training
 from dgm.models import vae
 
 NAME = "vae-mnist"
@@ -147,7 +147,7 @@ def run(config: Config, key, ctx: runs.RunContext) -> dict:
     model = vae.VAE(train.shape[1], config.latent_dim, hidden, key=k_model)
     cfg = config.train
     batch = config.eval_batch_size
-    result = _dmm.fit(
+    result = _training.fit(
         model,
         loss,
         training.ArrayLoader(train, cfg.batch_size),
@@ -155,7 +155,7 @@ def run(config: Config, key, ctx: runs.RunContext) -> dict:
         key=k_train,
         ctx=ctx,
         eval_fn=lambda m, k: mean_neg_elbo(m, valid, k, batch),
-        fingerprint=_dmm.fingerprint(config),
+        fingerprint=_training.fingerprint(config),
     )
     best = result.best_model
     test_neg_elbo = mean_neg_elbo(best, test, k_elbo, batch)
