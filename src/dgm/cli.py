@@ -16,7 +16,11 @@ _after_run = sys.argv[sys.argv.index("run") + 1 :] if "run" in sys.argv[1:] else
 configure_cpu(reuse_freed_memory=any(arg.startswith("dmm-") for arg in _after_run))
 
 import argparse  # noqa: E402
+import gc  # noqa: E402
 import json  # noqa: E402
+import os  # noqa: E402
+import signal  # noqa: E402
+import threading  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -153,6 +157,19 @@ def _wait_for_jax() -> None:
             continue
 
 
+def _on_sigint(signum, frame) -> None:
+    """Ctrl-C: raise ``KeyboardInterrupt``, except inside a garbage-collector callback
+    (JAX registers one), where Python prints the exception and drops it and the run would
+    go on: there, send the signal again a moment later, once the callback has returned."""
+    codes = {getattr(callback, "__code__", None) for callback in gc.callbacks}
+    while frame is not None:
+        if frame.f_code in codes:
+            threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGINT)).start()
+            return
+        frame = frame.f_back
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``dgm`` console script."""
     parser = _parser()
@@ -161,7 +178,12 @@ def main(argv: list[str] | None = None) -> int:
         for name in experiments.names():
             print(f"{name:24s} {experiments.get(name).DESCRIPTION}")
         return 0
+    ours = threading.current_thread() is threading.main_thread() and (
+        signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    )
     try:
+        if ours:
+            signal.signal(signal.SIGINT, _on_sigint)
         return _run(args, extra)
     except KeyboardInterrupt:
         _wait_for_jax()
@@ -173,6 +195,9 @@ def main(argv: list[str] | None = None) -> int:
         msg = " ".join(str(err).split()) or type(err).__name__
         print(f"dgm: error: {msg}", file=sys.stderr)
         return 1
+    finally:
+        if ours:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 if __name__ == "__main__":

@@ -66,9 +66,8 @@ def test_resume_with_other_config_is_refused(tmp_path, shared_data, monkeypatch)
         )
 
 
-@pytest.mark.parametrize(
-    "dataset", ["synthetic10", pytest.param("synthetic11", marks=pytest.mark.slow)]
-)
+@pytest.mark.slow  # 20 s: the UKF and the nonlinear models have fast unit tests
+@pytest.mark.parametrize("dataset", ["synthetic10", "synthetic11"])
 def test_nonlinear_synthetic_smoke(dataset, tmp_path):
     out = tmp_path / dataset
     args = ["run", "dmm-synthetic", "--smoke", "--dataset", dataset, "--out", str(out)]

@@ -179,6 +179,7 @@ def test_triangular_block_gram_transitions_equal_dense(variant):
 
 
 @x64
+@pytest.mark.slow  # 18 s; the vmap/map equality of the driver is tested fast in test_base
 def test_vmapped_chains_give_the_mapped_draws():
     """``chain_map="vmap"`` (what ``"auto"`` picks with the banded factor) gives the draws
     of ``"map"``, with 3 chains so that one device batches chains whose projection loops

@@ -193,7 +193,9 @@ def _reference_path(model, feats, eps):
 
 
 @pytest.mark.usefixtures("x64")
-@pytest.mark.parametrize("inference,num_iafs", [("st-r", 0), ("st-lr", 1)])
+@pytest.mark.parametrize(
+    "inference,num_iafs", [("st-r", 0), pytest.param("st-lr", 1, marks=pytest.mark.slow)]
+)
 def test_structured_path_gradients_match_plain_scan(inference, num_iafs):
     """The path's hoisted weight gradients equal plain autodiff of the scan (float64)."""
     model = _float64(_tiny(jax.random.key(20), inference=inference, num_iafs=num_iafs))

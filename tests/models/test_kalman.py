@@ -95,7 +95,12 @@ def test_kalman_filter_and_smoother_match_dense_conditioning(x):
 
 
 @pytest.mark.parametrize(
-    "sigma", [{}, {"kappa": 0.0, "beta": 2.0}, {"alpha": 0.5, "kappa": 1.0, "beta": 2.0}]
+    "sigma",
+    [
+        {},
+        pytest.param({"kappa": 0.0, "beta": 2.0}, marks=pytest.mark.slow),
+        pytest.param({"alpha": 0.5, "kappa": 1.0, "beta": 2.0}, marks=pytest.mark.slow),
+    ],
 )
 def test_unscented_equals_kalman_on_linear_model(x, sigma):
     """The unscented transform is exact for affine maps, whatever the sigma-point weights."""
