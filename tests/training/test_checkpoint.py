@@ -1,7 +1,6 @@
-"""Checkpoints: the header checks, and v1 files (written by the pre-split trainer) resume."""
+"""Checkpoints: the header checks, and v1 files (the pre-split trainer's layout) resume."""
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -9,26 +8,26 @@ import pytest
 from dgm import training
 from tests.training._toy import CONFIG, assert_trees_equal, fit, loss
 
-# Written by the trainer before the v2 format (`dgm.training.fit` of commit 36a3a65, with x64
-# off and on): the toy fit of `_toy.fit` after 1 of 2 epochs, fingerprint "a".
-DATA = Path(__file__).parent / "data"
+V1 = "dgm-checkpoint-v1"
 
 
-def _v1(x64: bool) -> Path:
-    return DATA / f"v1_train_{'x64' if x64 else 'x32'}.eqx"
-
-
-def _with_v1_checkpoint(out: Path, x64: bool) -> Path:
+def _with_v1_checkpoint(out: Path) -> Path:
+    """A v1 file (the pre-split trainer's layout: ``(model, opt_state, best_model)`` and no
+    ``averaged`` in the header) of the toy fit after 1 of 2 epochs, built from a v2 one."""
     path = out / "checkpoints" / "train.eqx"
-    path.parent.mkdir(parents=True)
-    shutil.copy(_v1(x64), path)
+    fit(out, 1)
+    state = training.Trainer.from_config(loss, CONFIG).init(fit(out / "like", 1).model)
+    like = (state.model, state.opt_state, state.model, None)
+    (model, opt_state, best, _), header = training.load_training(path, like, "a")
+    header = {k: v for k, v in header.items() if k != "averaged"}
+    training.save_checkpoint(path, (model, opt_state, best), header | {"format": V1})
     return path
 
 
 def test_v1_checkpoint_resumes_bit_identically(tmp_path, x64):
-    assert training.read_header(_v1(x64))["format"] == "dgm-checkpoint-v1"
     straight = fit(tmp_path / "a", 2)
-    _with_v1_checkpoint(tmp_path / "b", x64)
+    path = _with_v1_checkpoint(tmp_path / "b")
+    assert training.read_header(path)["format"] == V1
     resumed = fit(tmp_path / "b", 2, resume=True)
     assert_trees_equal(straight.model, resumed.model)
     assert straight.history[1]["train_loss"] == resumed.history[1]["train_loss"]
@@ -37,7 +36,7 @@ def test_v1_checkpoint_resumes_bit_identically(tmp_path, x64):
 
 
 def test_v1_checkpoint_starts_the_average_at_the_saved_model(tmp_path, x64):
-    path = _with_v1_checkpoint(tmp_path, x64)
+    path = _with_v1_checkpoint(tmp_path)
     trainer = training.Trainer.from_config(loss, CONFIG, ema_decay=0.9)
     state = trainer.init(fit(tmp_path / "fresh", 1).model)
     like = (state.model, state.opt_state, state.model, state.averaged)
