@@ -217,6 +217,8 @@ def run_chmc(
         progress_bar=ctx.progress,
         checkpoint=ctx.checkpoint_path("chmc_chains"),
     )
+    if idata.posterior.attrs["interrupted"]:  # draws so far: its chain checkpoint is kept
+        raise KeyboardInterrupt
     ctx.save_with("posterior.nc", lambda p: idata.to_netcdf(str(p), engine="h5netcdf"))
     stats = idata.sample_stats
     attrs = idata.posterior.attrs
@@ -338,9 +340,7 @@ def run(config: Config, key, ctx: RunContext) -> dict:
         eps = config.abc.rejection_epsilon if name == "rejection" else None
         runners[f"abc_{name}"] = functools.partial(run_abc, name, abc_runners, k, ctx, eps)
     for name, fn in runners.items():
-        results[name], draws[name], attrs[name] = _run_or_resume(
-            name, fn, ctx, config, attrs.get(name, {})
-        )
+        results[name], draws[name], attrs[name] = _run_or_resume(name, fn, ctx, attrs.get(name, {}))
     ref = results["reference"]
     for name, r in results.items():
         if name != "reference":
@@ -358,7 +358,7 @@ def run(config: Config, key, ctx: RunContext) -> dict:
     return metrics
 
 
-def _run_or_resume(name: str, fn, ctx: RunContext, config: Config, attrs: dict):
+def _run_or_resume(name: str, fn, ctx: RunContext, attrs: dict):
     """``(metrics, draws, attrs)`` of one method: from its checkpoint when resuming a run
     that finished it, else by running ``fn`` and checkpointing the result.
 
@@ -372,9 +372,6 @@ def _run_or_resume(name: str, fn, ctx: RunContext, config: Config, attrs: dict):
         return json.loads(str(saved["metrics_json"])), saved["log_rates"], attrs
     t0 = time.perf_counter()
     out = fn()
-    if name == "chmc" and out[1].shape[1] < config.chmc.num_samples:
-        # dgm.condition returned the draws of an interrupted run: stop here.
-        raise KeyboardInterrupt
     metrics, draws = out[:2]
     attrs = out[2] if len(out) > 2 else attrs
     metrics["total_s"] = time.perf_counter() - t0
