@@ -18,7 +18,7 @@ import optax
 import pytest
 
 from dgm import training
-from dgm.models import vae
+from dgm.models import decoders, vae
 
 INPUT_DIM, NUM_DRAWS = 12, 4000
 
@@ -161,6 +161,9 @@ def test_save_load_round_trip(tmp_path):
         np.testing.assert_array_equal(a, b)
     dec = vae.load_decoder(tmp_path)
     np.testing.assert_array_equal(dec.mean(jnp.ones(1)), model.decoder.mean(jnp.ones(1)))
+    gen = decoders.load(tmp_path)
+    assert (gen.input_dim, gen.image_shape, gen.kind) == (1, (1, INPUT_DIM), "vae")
+    np.testing.assert_array_equal(gen(jnp.ones(1)), model.decoder.mean(jnp.ones(1)))
 
 
 def test_load_decoder_errors(tmp_path):
@@ -171,6 +174,8 @@ def test_load_decoder_errors(tmp_path):
     (tmp_path / vae.MODEL_FILE).write_text('{"format": "dgm-model-v1", "kind": "dmm"}\n')
     with pytest.raises(ValueError, match="kind 'dmm'; expected 'vae'"):
         vae.load_decoder(tmp_path)
+    with pytest.raises(ValueError, match=r"kind 'dmm', which has no image decoder; .*\['vae'"):
+        decoders.load(tmp_path)
     (tmp_path / vae.MODEL_FILE).write_bytes(b"\x00\x01binary")
     with pytest.raises(ValueError, match="not a dgm model file"):
         vae.load_decoder(tmp_path)

@@ -26,9 +26,10 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from dgm import runs
+from dgm.models import decoders
 
-FORMAT = "dgm-model-v1"
-MODEL_FILE = "model.eqx"
+FORMAT = decoders.FORMAT
+MODEL_FILE = decoders.MODEL_FILE
 
 
 def _mlp_layers(sizes: tuple[int, ...], key: PRNGKeyArray) -> tuple[eqx.nn.Linear, ...]:
@@ -268,19 +269,15 @@ def load(path: str | os.PathLike) -> tuple[VAE, dict]:
         ValueError: not a dgm model file, or a model of another kind.
     """
     path = Path(path)
+    head = decoders.read_header(path)
+    if head.get("kind") != "vae":
+        raise ValueError(f"{path} holds a model of kind {head.get('kind')!r}; expected 'vae'")
+    sizes = (head["input_dim"], head["latent_dim"], tuple(head["hidden"]))
+    # Only shapes are needed: the constant key draws nothing that is kept.
+    like = eqx.filter_eval_shape(lambda: VAE(*sizes, key=jax.random.key(0)))
+    like = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), like)
     with open(path, "rb") as f:
-        try:
-            head = json.loads(f.readline())
-        except ValueError:
-            raise ValueError(f"{path} is not a dgm model file (unreadable header)") from None
-        if not isinstance(head, dict) or head.get("format") != FORMAT:
-            raise ValueError(f"{path} is not a dgm model file; expected format {FORMAT}")
-        if head.get("kind") != "vae":
-            raise ValueError(f"{path} holds a model of kind {head.get('kind')!r}; expected 'vae'")
-        sizes = (head["input_dim"], head["latent_dim"], tuple(head["hidden"]))
-        # Only shapes are needed: the constant key draws nothing that is kept.
-        like = eqx.filter_eval_shape(lambda: VAE(*sizes, key=jax.random.key(0)))
-        like = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), like)
+        f.readline()
         return eqx.tree_deserialise_leaves(f, like), head
 
 
@@ -291,11 +288,13 @@ def load_decoder(run_dir: str | os.PathLike) -> Decoder:
         FileNotFoundError: the directory does not exist or holds no ``model.eqx``.
         ValueError: the file holds another kind of model or is not a model file.
     """
-    run_dir = Path(run_dir)
-    path = run_dir / MODEL_FILE
-    if not path.is_file():
-        what = "does not exist" if not run_dir.is_dir() else f"holds no {MODEL_FILE}"
-        raise FileNotFoundError(
-            f"{run_dir} {what}; expected the directory of a finished `dgm run vae-mnist`"
-        )
-    return load(path)[0].decoder
+    return load(decoders.model_path(run_dir))[0].decoder
+
+
+def image_decoder(path: str | os.PathLike, head: dict) -> decoders.ImageDecoder:
+    """The decoder protocol (:mod:`dgm.models.decoders`) for a saved VAE: the 784 pixel
+    means of a ``latent_dim`` code."""
+    model = load(path)[0]
+    side = math.isqrt(model.input_dim)
+    shape = (side, side) if side * side == model.input_dim else (1, model.input_dim)
+    return decoders.ImageDecoder(model.decoder.mean, model.latent_dim, shape, "vae")

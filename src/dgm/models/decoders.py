@@ -1,0 +1,106 @@
+"""Trained image models as generators: the decoder protocol.
+
+Every image model dgm trains (the VAE; DRAW and the IAF-VAE as they land) saves
+``model.eqx`` in its run directory: one JSON header line with ``"format"`` and ``"kind"``,
+then the Equinox leaves. :func:`load` turns such a run directory into an
+:class:`ImageDecoder`, a generator ``m = g(u)`` from ``input_dim`` standard-normal inputs to
+the image's pixel means, which :func:`dgm.condition` and the in-painting experiment
+condition on part of an image.
+
+A new model kind needs two things: a ``"kind"`` in its header and a loader
+``fn(path, header) -> ImageDecoder`` registered in ``_LOADERS`` (as ``"module:function"``,
+imported only when a run of that kind is loaded).
+"""
+
+import importlib
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import equinox as eqx
+from jaxtyping import Array, Float
+
+FORMAT = "dgm-model-v1"
+MODEL_FILE = "model.eqx"
+
+_LOADERS: dict[str, str] = {
+    "vae": "dgm.models.vae:image_decoder",
+}
+
+
+class ImageDecoder(eqx.Module):
+    """Pixel means of an image as a function of ``input_dim`` N(0, I) inputs.
+
+    Attributes:
+        mean_fn: ``u (input_dim,) -> pixel means (prod(image_shape),)`` in (0, 1).
+        input_dim: number of standard-normal inputs (all of the model's latent draws).
+        image_shape: ``(height, width)``; pixels are in row-major order.
+        kind: the model kind it came from (``"vae"``, ...).
+    """
+
+    mean_fn: Callable
+    input_dim: int = eqx.field(static=True)
+    image_shape: tuple[int, int] = eqx.field(static=True)
+    kind: str = eqx.field(static=True)
+
+    def __call__(self, u: Float[Array, " input"]) -> Float[Array, " pixels"]:
+        return self.mean_fn(u)
+
+
+def read_header(path: str | os.PathLike) -> dict:
+    """The JSON header of a dgm model file.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not a dgm model file.
+    """
+    path = Path(path)
+    with open(path, "rb") as f:
+        try:
+            head = json.loads(f.readline())
+        except ValueError:
+            raise ValueError(f"{path} is not a dgm model file (unreadable header)") from None
+    if not isinstance(head, dict) or head.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a dgm model file; expected format {FORMAT}")
+    return head
+
+
+def model_path(run_dir: str | os.PathLike) -> Path:
+    """``run_dir/model.eqx``, checked to exist.
+
+    Raises:
+        FileNotFoundError: the directory does not exist or holds no model file.
+    """
+    run_dir = Path(run_dir)
+    path = run_dir / MODEL_FILE
+    if not path.is_file():
+        what = "does not exist" if not run_dir.is_dir() else f"holds no {MODEL_FILE}"
+        raise FileNotFoundError(
+            f"{run_dir} {what}; expected the run directory of a trained dgm image model"
+        )
+    return path
+
+
+def kinds() -> list[str]:
+    """Model kinds that :func:`load` can turn into an :class:`ImageDecoder`."""
+    return sorted(_LOADERS)
+
+
+def load(run_dir: str | os.PathLike) -> ImageDecoder:
+    """The decoder of the image model saved in a dgm run directory, as a generator.
+
+    Raises:
+        FileNotFoundError: the directory does not exist or holds no ``model.eqx``.
+        ValueError: not a model file, or a model kind with no decoder (the known ones listed).
+    """
+    path = model_path(run_dir)
+    head = read_header(path)
+    kind = head.get("kind")
+    if kind not in _LOADERS:
+        raise ValueError(
+            f"{path} holds a model of kind {kind!r}, which has no image decoder; "
+            f"expected one of {kinds()}"
+        )
+    module, name = _LOADERS[kind].split(":")
+    return getattr(importlib.import_module(module), name)(path, head)
