@@ -10,9 +10,10 @@ _LAZY = {
     "SVGD": "dgm.svgd_original",
     "condition": "dgm.conditioning",
     "ConditionedGenerator": "dgm.conditioning",
+    "sample": "dgm.sampling",
 }
 
-__all__ = ["SVGD", "ConditionedGenerator", "__version__", "condition"]
+__all__ = ["SVGD", "ConditionedGenerator", "__version__", "condition", "sample"]
 
 
 def __getattr__(name: str):

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dgm.config import check_choice, check_positive
-from dgm.inference import constrained_hmc
+from dgm.inference import constrained_hmc, dynamic_chmc
 from dgm.inference.base import ChainResult, ChainRunner
 from dgm.inference.hmc import check_steps
 from dgm.inference.manifold import SMALL_GRAM, DenseCholesky, ManifoldSystem, gauss_newton
@@ -38,6 +38,7 @@ class SamplerSettings:
     check_reverse: bool = True
     chunk_size: int = 50
     chain_map: str = "map"
+    trajectory: str = "fixed"
 
 
 class ConditionedGenerator:
@@ -114,7 +115,8 @@ class ConditionedGenerator:
     def _runner(self, settings: SamplerSettings) -> ChainRunner:
         """One runner (and its compiled chunks) per structural setting."""
         if settings not in self._runners:
-            step = constrained_hmc.build_kernel(
+            build = {"fixed": constrained_hmc, "dynamic": dynamic_chmc}[settings.trajectory]
+            step = build.build_kernel(
                 self.system,
                 self.y_obs,
                 settings.num_geodesic_steps,
@@ -144,6 +146,8 @@ class ConditionedGenerator:
         chain_map: Any = "map",
         progress_bar: Any = True,
         checkpoint: Any = None,
+        trajectory: Any = "fixed",
+        max_depth: Any = 10,
     ):
         """Run constrained HMC chains on the manifold ``generator(u) = y_obs``.
 
@@ -171,6 +175,12 @@ class ConditionedGenerator:
                 factor but ``DenseCholesky``), else ``"map"``.
             checkpoint: ``.npz`` path; written atomically after every chunk, and a run with
                 the same path continues from it (same draws as an uninterrupted run).
+            trajectory: ``"fixed"`` (default): ``num_steps`` steps per transition and a
+                Metropolis step. ``"dynamic"``: no-U-turn trajectories of up to
+                ``2^max_depth − 1`` steps, multinomial sampling along them
+                (:mod:`dgm.inference.dynamic_chmc`); ``num_steps`` is unused, and
+                ``sample_stats`` gains ``tree_depth``.
+            max_depth: the most tree doublings of a dynamic trajectory (an int ≥ 1).
 
         Returns:
             ``arviz.InferenceData`` with ``posterior`` (``u`` and any derived quantities),
@@ -184,8 +194,9 @@ class ConditionedGenerator:
         # argument (a precise annotation's type check would pre-empt the messages).
         chain_map = self._check_sample_args(locals())
         settings = SamplerSettings(
-            num_geodesic_steps, float(tol), max_iters, check_reverse, chunk_size, chain_map
-        )
+            num_geodesic_steps, float(tol), max_iters, check_reverse, chunk_size, chain_map,
+            trajectory,
+        )  # fmt: skip
         key_init, key_chains = jax.random.split(key)
         total = num_warmup + num_samples
         with jax.enable_x64(True):
@@ -193,6 +204,8 @@ class ConditionedGenerator:
             params = constrained_hmc.CHMCParams(
                 jnp.asarray(step_size, jnp.float64), jnp.asarray(lo), jnp.asarray(hi)
             )
+            if trajectory == "dynamic":
+                params = dynamic_chmc.DCHMCParams(params.step_size, max_depth)
             result = self._runner(settings).run(
                 jax.random.split(key_chains, num_chains),
                 self._init_states(u0),
@@ -210,6 +223,8 @@ class ConditionedGenerator:
                 file=sys.stderr,
             )
         attrs = {"step_size": float(step_size), "num_steps_low": lo, "num_steps_high": hi}
+        if trajectory == "dynamic":
+            attrs = {"step_size": float(step_size), "max_depth": max_depth}
         return self._inference_data(result, num_warmup, total, settings, attrs)
 
     def _check_sample_args(self, args: dict) -> str:
@@ -235,6 +250,8 @@ class ConditionedGenerator:
         path = args["checkpoint"]
         if path is not None and not isinstance(path, str | Path):
             raise ValueError(f"`checkpoint` must be a str or Path; got {type(path).__name__}")
+        check_choice("trajectory", args["trajectory"], ("fixed", "dynamic"))
+        dynamic_chmc.check_max_depth(args["max_depth"])
         chain_map = args["chain_map"]
         check_choice("chain_map", chain_map, ("map", "vmap", "auto"))
         structured = self.system.factor_type() is not DenseCholesky
@@ -288,6 +305,7 @@ STAT_NAMES = {
     "num_steps": "n_steps",
     "energy_error": "energy_error",
     "constraint_residual": "constraint_residual",
+    "tree_depth": "tree_depth",  # dynamic trajectories only
 }
 
 
@@ -297,7 +315,7 @@ def to_inference_data(posterior: dict, infos: constrained_hmc.CHMCInfo, y_obs, a
     ``observed_data`` and ``attrs`` on the posterior and sample-stats groups."""
     import arviz as az
 
-    stats = {name: getattr(infos, field) for field, name in STAT_NAMES.items()}
+    stats = {name: getattr(infos, f) for f, name in STAT_NAMES.items() if hasattr(infos, f)}
     observed = {"y": np.asarray(y_obs)}
     idata = az.from_dict(
         posterior, sample_stats=stats, observed_data=observed, dims={"u": ["u_dim"]}

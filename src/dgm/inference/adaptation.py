@@ -28,7 +28,7 @@ import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from dgm.config import check_choice, check_positive
-from dgm.inference.base import Kernel
+from dgm.inference.base import Kernel, _join_params, _split_params
 from dgm.inference.metrics import InverseMass
 from dgm.inference.step_size import find_reasonable_step_size, kernel_step_size_search
 
@@ -263,8 +263,11 @@ def warmup(
 
     params = params._replace(step_size=search(keys_restart[0], init_state, params))
     da = dual_averaging_init(params.step_size)
-    carry = _Carry(init_state, da, welford_init(position, metric == "dense"), params)
-    body = _warmup_body(kernel.step, search, target_accept, metric)
+    # Python ints in the params (a fixed step count, a maximum tree depth) stay
+    # compile-time constants: the scan carries only the array part.
+    traced, static = _split_params(params)
+    carry = _Carry(init_state, da, welford_init(position, metric == "dense"), traced)
+    body = _warmup_body(kernel.step, search, target_accept, metric, static)
     xs = (
         jax.random.split(key_run, num_warmup),
         keys_restart[1:],
@@ -272,11 +275,11 @@ def warmup(
         jnp.asarray(window_end),
     )
     carry, infos = jax.lax.scan(body, carry, xs)
-    params = carry.params._replace(step_size=dual_averaging_final(carry.da))
+    params = _join_params(carry.params, static)._replace(step_size=dual_averaging_final(carry.da))
     return WarmupResult(carry.state, params, infos)
 
 
-def _warmup_body(step: Callable, search: Callable, target_accept: float, metric: str):
+def _warmup_body(step: Callable, search: Callable, target_accept: float, metric: str, static):
     """One warm-up iteration: a kernel step, dual averaging, Welford inside a slow window,
     and at a window's end the new inverse mass matrix and a restarted step-size search
     (not traced for ``metric="none"``, whose params may have no inverse mass matrix)."""
@@ -284,13 +287,13 @@ def _warmup_body(step: Callable, search: Callable, target_accept: float, metric:
 
     def close_window(c: _Carry, key):
         params = c.params._replace(inverse_mass_matrix=welford_final(c.welford))
-        params = params._replace(step_size=search(key, c.state, params))
+        params = params._replace(step_size=search(key, c.state, _join_params(params, static)))
         empty = welford_init(_position(c.state), dense)
         return _Carry(c.state, dual_averaging_init(params.step_size), empty, params)
 
     def body(c: _Carry, xs):
         key, key_restart, adapt, close = xs
-        state, info = step(key, c.state, c.params)
+        state, info = step(key, c.state, _join_params(c.params, static))
         da = dual_averaging_update(c.da, info.accept_prob, target_accept)
         welford = jax.tree.map(
             lambda a, b: jnp.where(adapt, a, b),

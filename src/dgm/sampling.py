@@ -1,0 +1,264 @@
+"""``dgm.sample``: a log density in, ArviZ draws out; NUTS with windowed warm-up by default.
+
+One call warms up every chain (:func:`dgm.inference.adaptation.warmup`: dual-averaging step
+size and a diagonal or dense inverse mass matrix from Stan's windows, each chain on its
+own) and then samples with the adapted values (:class:`~dgm.inference.base.ChainRunner`).
+The compiled warm-up and sampling functions are kept per log density and structural
+setting, so a second call with the same shapes compiles nothing.
+
+Example:
+    >>> import jax, jax.numpy as jnp, dgm
+    >>> idata = dgm.sample(lambda x: -0.5 * jnp.sum(x**2), jnp.zeros(3), key=jax.random.key(0),
+    ...                    num_warmup=200, num_samples=200, num_chains=2)
+    >>> idata.posterior["x"].shape
+    (2, 200, 3)
+"""
+
+import functools
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dgm.config import check_choice, check_positive
+from dgm.inference import hmc, nuts
+from dgm.inference._compiled import CompiledCache
+from dgm.inference.adaptation import warmup
+from dgm.inference.base import ChainRunner, _join_params, _split_params
+from dgm.inference.dynamic import check_max_depth
+
+# Stan's default windows: initial buffer + first slow window + terminal buffer.
+FULL_SCHEDULE = 75 + 25 + 50
+MIN_WINDOWED = 20  # below this, build_schedule adapts no mass matrix at all
+
+STAT_NAMES = {  # sample_stats names (ArviZ's) of the NUTSInfo / HMCInfo fields
+    "accept_prob": "acceptance_rate",
+    "is_divergent": "diverging",
+    "energy": "energy",
+    "energy_error": "energy_error",
+    "tree_depth": "tree_depth",
+    "num_steps": "n_steps",
+}
+
+
+class _Compiled:
+    """The kernel, the compiled warm-up and the chain runner of one structural setting."""
+
+    def __init__(self, log_density_fn, kernel, metric, num_warmup, target_accept, options):
+        chunk_size, chain_map = options
+        self.kernel = kernel
+        self.runner = ChainRunner(kernel.step, chunk_size=chunk_size, chain_map=chain_map)
+        self._static = _split_params(kernel.params)[1]
+
+        def warm(keys, states, params):
+            params = self.with_static(params)
+
+            def one(key, state):
+                return warmup(
+                    key, kernel, state, num_warmup, params=params, metric=metric,
+                    log_density_fn=log_density_fn, target_accept=target_accept,
+                )  # fmt: skip
+
+            return jax.vmap(one)(keys, states)
+
+        self.warmup = CompiledCache(jax.jit(warm))
+        self.init = jax.jit(jax.vmap(kernel.init))
+
+    def with_static(self, params):
+        """``params`` with the kernel's Python ints (max depth, step counts) put back."""
+        return _join_params(params, self._static)
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled(log_density_fn, kind, metric, num_warmup, target_accept, max_depth, num_steps,
+              options) -> _Compiled:  # fmt: skip
+    if kind == "nuts":
+        kernel = nuts.nuts(log_density_fn, max_depth=max_depth)
+    else:
+        kernel = hmc.hmc(log_density_fn, step_size=1.0, num_steps=num_steps)
+    return _Compiled(log_density_fn, kernel, metric, num_warmup, target_accept, options)
+
+
+def sample(
+    log_density_fn: Callable,
+    init_params: Any,
+    *,
+    key: Any,
+    num_warmup: Any = 1000,
+    num_samples: Any = 1000,
+    num_chains: Any = 4,
+    kernel: Any = "nuts",
+    step_size: Any = 1.0,
+    metric: Any = "diagonal",
+    target_accept: Any = 0.8,
+    max_depth: Any = 10,
+    num_steps: Any = 10,
+    var_name: Any = "x",
+    chain_map: Any = "vmap",
+    chunk_size: Any = 250,
+    progress_bar: Any = False,
+):
+    """Sample ``exp(log_density_fn)`` with NUTS (or HMC) after windowed adaptation.
+
+    Args:
+        log_density_fn: log density (up to a constant) of one position vector; JAX-traceable.
+        init_params: starting point: a vector (every chain starts there) or one row per
+            chain ``(num_chains, dim)``. Its dtype is the sampling dtype.
+        key: a PRNG key (``jax.random.key(seed)``).
+        num_warmup: warm-up iterations per chain (discarded). 0 samples with ``step_size``
+            and the identity metric as given. With a mass matrix to adapt it must be at least
+            20; below 150 (Stan's 75 + 25 + 50 windows) the windows shrink (15% initial
+            buffer, 10% terminal buffer, one slow window) with a warning.
+        num_samples, num_chains: kept draws per chain, and chains.
+        kernel: ``"nuts"`` (default) or ``"hmc"`` (``num_steps`` leapfrog steps per
+            transition: an int, or an inclusive ``(low, high)`` range).
+        step_size: the initial step size (the warm-up searches from it).
+        metric: ``"diagonal"``, ``"dense"`` or ``"none"`` (identity; step size only).
+        target_accept: the mean acceptance statistic dual averaging aims for, in (0, 1).
+        max_depth: NUTS's most tree doublings (at most ``2^max_depth − 1`` steps).
+        var_name: the posterior variable's name in the ArviZ output.
+        chain_map: ``"vmap"`` or ``"map"`` (see :class:`~dgm.inference.base.ChainRunner`).
+        chunk_size: sampling iterations per compiled call.
+        progress_bar: show a progress bar while sampling.
+
+    Returns:
+        ``arviz.InferenceData``: ``posterior[var_name]`` of shape ``(chains, draws, dim)``,
+        ``sample_stats`` (``acceptance_rate``, ``diverging``, ``energy``,
+        ``energy_error``, ``tree_depth`` and ``n_steps`` for NUTS, ``step_size``), and
+        attributes ``step_size`` (adapted, per chain), ``wall_s``, ``warmup_s``,
+        ``compile_s``.
+
+    Raises:
+        ValueError: for bad arguments (each message names the argument), or a start where
+            the log density is not finite.
+    """
+    _check_args(locals())
+    options = (chunk_size, chain_map)
+    steps = tuple(num_steps) if isinstance(num_steps, list) else num_steps
+    fns = _compiled(
+        log_density_fn, kernel, metric, num_warmup, float(target_accept), max_depth, steps, options
+    )
+    positions = _positions(init_params, num_chains)
+    states = fns.init(positions)
+    if not bool(jnp.all(jnp.isfinite(states.log_density))):
+        raise ValueError("`init_params`: the log density is not finite at some starting point")
+    key_warmup, key_sample = jax.random.split(key)
+    dtype = positions.dtype
+    params = fns.kernel.params._replace(step_size=jnp.asarray(step_size, dtype))
+    params = params._replace(inverse_mass_matrix=_identity(metric, positions.shape[1], dtype))
+    warmup_s = compile_s = 0.0
+    per_chain = num_warmup > 0
+    if per_chain:
+        args = (jax.random.split(key_warmup, num_chains), states, _split_params(params)[0])
+        exe, compile_s = fns.warmup.get(args)
+        t0 = time.perf_counter()
+        out = jax.block_until_ready(exe(*args))
+        warmup_s = time.perf_counter() - t0
+        states, params = out.state, fns.with_static(out.params)
+    result = fns.runner.run(
+        jax.random.split(key_sample, num_chains),
+        states,
+        params,
+        num_samples,
+        progress=progress_bar,
+        desc=kernel.upper(),
+        accept_fn=lambda info: info.accept_prob,
+        per_chain_params=per_chain,
+    )
+    step_sizes = np.broadcast_to(np.asarray(params.step_size), (num_chains,))
+    attrs = {
+        "sampler": kernel,
+        "metric": metric,
+        "step_size": step_sizes.tolist(),
+        "wall_s": result.wall_s,
+        "warmup_s": warmup_s,
+        "compile_s": compile_s + result.compile_s,
+        "num_warmup": num_warmup,
+    }
+    return _inference_data(result, var_name, step_sizes, attrs)
+
+
+def _positions(init_params, num_chains: int) -> jax.Array:
+    x = jnp.asarray(init_params)
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        x = x.astype(jnp.result_type(float))
+    if x.ndim == 1:
+        x = jnp.broadcast_to(x, (num_chains, x.shape[0]))
+    if x.ndim != 2 or x.shape[0] != num_chains or x.shape[1] < 1:
+        raise ValueError(
+            f"`init_params` must be a vector or have shape (num_chains={num_chains}, dim); "
+            f"got shape {tuple(x.shape)}"
+        )
+    if not bool(jnp.all(jnp.isfinite(x))):
+        raise ValueError("`init_params` must be finite; it contains NaN or inf")
+    return x
+
+
+def _identity(metric: str, dim: int, dtype) -> jax.Array:
+    return jnp.eye(dim, dtype=dtype) if metric == "dense" else jnp.ones(dim, dtype)
+
+
+def _check_args(args: dict) -> None:
+    """Validate :func:`sample`'s raw arguments; each error names its argument."""
+    if not callable(args["log_density_fn"]):
+        raise ValueError(
+            f"`log_density_fn` must be callable; got {type(args['log_density_fn']).__name__}"
+        )
+    key = args["key"]
+    if not (isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key)):
+        raise ValueError(f"`key` must be one PRNG key (jax.random.key(seed)); got {key!r}")
+    for name in ("num_samples", "num_chains", "chunk_size"):
+        check_positive(name, args[name], integer=True)
+    check_choice("kernel", args["kernel"], ("nuts", "hmc"))
+    check_choice("metric", args["metric"], ("diagonal", "dense", "none"))
+    check_choice("chain_map", args["chain_map"], ("vmap", "map"))
+    check_max_depth(args["max_depth"])
+    if args["kernel"] == "hmc":
+        hmc.check_steps(args["num_steps"])
+    step_size, target = args["step_size"], args["target_accept"]
+    if isinstance(step_size, bool) or not isinstance(step_size, int | float) or not step_size > 0:
+        raise ValueError(f"`step_size` must be a positive number; got {step_size!r}")
+    if isinstance(target, bool) or not isinstance(target, int | float) or not 0 < target < 1:
+        raise ValueError(f"`target_accept` must lie in (0, 1); got {target!r}")
+    if not isinstance(args["var_name"], str) or not args["var_name"]:
+        raise ValueError(f"`var_name` must be a non-empty str; got {args['var_name']!r}")
+    _check_num_warmup(args["num_warmup"], args["metric"])
+
+
+def _check_num_warmup(num_warmup, metric: str) -> None:
+    if isinstance(num_warmup, bool) or not isinstance(num_warmup, int) or num_warmup < 0:
+        raise ValueError(f"`num_warmup` must be an int >= 0; got {num_warmup!r}")
+    if metric == "none" or num_warmup == 0:
+        return
+    if num_warmup < MIN_WINDOWED:
+        raise ValueError(
+            f"`num_warmup` must be 0 or at least {MIN_WINDOWED} to adapt a {metric} mass "
+            f"matrix (Stan's windows need {FULL_SCHEDULE}); got {num_warmup}. Use "
+            "metric='none' to adapt the step size only."
+        )
+    if num_warmup < FULL_SCHEDULE:
+        warnings.warn(
+            f"num_warmup={num_warmup} is shorter than Stan's adaptation windows "
+            f"(75 + 25 + 50 = {FULL_SCHEDULE}): they shrink to a {int(0.15 * num_warmup)}-"
+            f"iteration initial buffer, one slow window and a {int(0.1 * num_warmup)}-"
+            "iteration terminal buffer",
+            stacklevel=3,
+        )
+
+
+def _inference_data(result, var_name: str, step_sizes, attrs: dict):
+    import arviz as az
+
+    infos = result.infos
+    stats = {name: np.asarray(getattr(infos, f)) for f, name in STAT_NAMES.items()
+             if hasattr(infos, f)}  # fmt: skip
+    stats["step_size"] = np.broadcast_to(step_sizes[:, None], stats["acceptance_rate"].shape)
+    dims = {var_name: [f"{var_name}_dim"]}
+    idata = az.from_dict({var_name: np.asarray(result.draws)}, sample_stats=stats, dims=dims)
+    for group in (idata.posterior, idata.sample_stats):
+        group.attrs.update(attrs)
+    return idata
