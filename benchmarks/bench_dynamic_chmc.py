@@ -44,14 +44,16 @@ PAPER = dict(step_size=0.25, num_steps=(4, 8))
 
 def adapt(posterior, key, init, num_warmup, num_geodesic_steps, chain_map):
     """Step-size warm-up per chain, chains split over the devices: (positions, step sizes,
-    seconds, compile seconds)."""
+    seconds, compile seconds, mean acceptance statistic over the second half). Dual
+    averaging starts from the paper's step size (no initial search: it would compile a
+    second copy of the kernel)."""
     kernel = dynamic_chmc.dynamic_constrained_hmc(
-        posterior.system, posterior.y_obs, step_size=0.1, num_geodesic_steps=num_geodesic_steps
+        posterior.system, posterior.y_obs, PAPER["step_size"], num_geodesic_steps=num_geodesic_steps
     )
 
     def one(key, u):
         state = kernel.init(u)
-        out = warmup(key, kernel, state, num_warmup, metric="none", target_accept=0.8)
+        out = warmup(key, kernel, state, num_warmup, metric="none", find_initial_step_size=False)
         return out.state.position, out.params.step_size, out.infos.accept_prob
 
     mapped = (

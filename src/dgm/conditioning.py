@@ -309,9 +309,10 @@ STAT_NAMES = {
 }
 
 
-def to_inference_data(posterior: dict, infos: constrained_hmc.CHMCInfo, y_obs, attrs: dict):
+def to_inference_data(posterior: dict, infos: Any, y_obs, attrs: dict):
     """ArviZ ``InferenceData`` of constrained HMC draws: ``posterior`` (``u`` first, over
-    ``u_dim``, then derived quantities), ``sample_stats`` (:data:`STAT_NAMES`),
+    ``u_dim``, then derived quantities), ``sample_stats`` (the :data:`STAT_NAMES` fields
+    ``infos`` has: a ``CHMCInfo`` or a ``DCHMCInfo``),
     ``observed_data`` and ``attrs`` on the posterior and sample-stats groups."""
     import arviz as az
 

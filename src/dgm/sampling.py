@@ -17,7 +17,6 @@ Example:
 import functools
 import time
 import warnings
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -63,6 +62,8 @@ class _Compiled:
                     log_density_fn=log_density_fn, target_accept=target_accept,
                 )  # fmt: skip
 
+            if chain_map == "map":
+                return jax.lax.map(lambda a: one(*a), (keys, states))
             return jax.vmap(one)(keys, states)
 
         self.warmup = CompiledCache(jax.jit(warm))
@@ -84,7 +85,7 @@ def _compiled(log_density_fn, kind, metric, num_warmup, target_accept, max_depth
 
 
 def sample(
-    log_density_fn: Callable,
+    log_density_fn: Any,
     init_params: Any,
     *,
     key: Any,
@@ -121,16 +122,19 @@ def sample(
         target_accept: the mean acceptance statistic dual averaging aims for, in (0, 1).
         max_depth: NUTS's most tree doublings (at most ``2^max_depth − 1`` steps).
         var_name: the posterior variable's name in the ArviZ output.
-        chain_map: ``"vmap"`` or ``"map"`` (see :class:`~dgm.inference.base.ChainRunner`).
+        chain_map: ``"vmap"`` or ``"map"`` (see :class:`~dgm.inference.base.ChainRunner`),
+            for warm-up and sampling alike. ``"map"`` compiles about 2.5x faster (no
+            batched loops), ``"vmap"`` runs cheap targets faster.
         chunk_size: sampling iterations per compiled call.
         progress_bar: show a progress bar while sampling.
 
     Returns:
         ``arviz.InferenceData``: ``posterior[var_name]`` of shape ``(chains, draws, dim)``,
         ``sample_stats`` (``acceptance_rate``, ``diverging``, ``energy``,
-        ``energy_error``, ``tree_depth`` and ``n_steps`` for NUTS, ``step_size``), and
-        attributes ``step_size`` (adapted, per chain), ``wall_s``, ``warmup_s``,
-        ``compile_s``.
+        ``energy_error``, ``tree_depth`` and ``n_steps`` for NUTS, ``step_size``),
+        ``warmup_sample_stats`` (the same statistics during warm-up, when there was one),
+        and attributes ``step_size`` (adapted, per chain), ``wall_s`` (sampling),
+        ``warmup_s``, ``compile_s``.
 
     Raises:
         ValueError: for bad arguments (each message names the argument), or a start where
@@ -151,6 +155,7 @@ def sample(
     params = fns.kernel.params._replace(step_size=jnp.asarray(step_size, dtype))
     params = params._replace(inverse_mass_matrix=_identity(metric, positions.shape[1], dtype))
     warmup_s = compile_s = 0.0
+    warmup_infos = None
     per_chain = num_warmup > 0
     if per_chain:
         args = (jax.random.split(key_warmup, num_chains), states, _split_params(params)[0])
@@ -159,6 +164,7 @@ def sample(
         out = jax.block_until_ready(exe(*args))
         warmup_s = time.perf_counter() - t0
         states, params = out.state, fns.with_static(out.params)
+        warmup_infos = out.infos
     result = fns.runner.run(
         jax.random.split(key_sample, num_chains),
         states,
@@ -179,7 +185,7 @@ def sample(
         "compile_s": compile_s + result.compile_s,
         "num_warmup": num_warmup,
     }
-    return _inference_data(result, var_name, step_sizes, attrs)
+    return _inference_data(result.draws, result.infos, warmup_infos, var_name, step_sizes, attrs)
 
 
 def _positions(init_params, num_chains: int) -> jax.Array:
@@ -250,15 +256,23 @@ def _check_num_warmup(num_warmup, metric: str) -> None:
         )
 
 
-def _inference_data(result, var_name: str, step_sizes, attrs: dict):
+def _stats(infos) -> dict:
+    return {name: np.asarray(getattr(infos, f)) for f, name in STAT_NAMES.items()
+            if hasattr(infos, f)}  # fmt: skip
+
+
+def _inference_data(draws, infos, warmup_infos, var_name: str, step_sizes, attrs: dict):
+    """ArviZ data: the draws, their sample stats, and the warm-up's sample stats (ArviZ's
+    ``warmup_sample_stats`` group) when there was a warm-up."""
     import arviz as az
 
-    infos = result.infos
-    stats = {name: np.asarray(getattr(infos, f)) for f, name in STAT_NAMES.items()
-             if hasattr(infos, f)}  # fmt: skip
+    stats = _stats(infos)
     stats["step_size"] = np.broadcast_to(step_sizes[:, None], stats["acceptance_rate"].shape)
     dims = {var_name: [f"{var_name}_dim"]}
-    idata = az.from_dict({var_name: np.asarray(result.draws)}, sample_stats=stats, dims=dims)
+    extra = {}
+    if warmup_infos is not None:
+        extra = {"warmup_sample_stats": _stats(warmup_infos), "save_warmup": True}
+    idata = az.from_dict({var_name: np.asarray(draws)}, sample_stats=stats, dims=dims, **extra)
     for group in (idata.posterior, idata.sample_stats):
         group.attrs.update(attrs)
     return idata

@@ -97,16 +97,26 @@ def build_kernel(
     max_iters: int = 100,
     check_reverse: bool = True,
     divergence_threshold: float = 1000.0,
+    max_depth_bound: int = 10,
 ) -> Callable:
     """Build the dynamic constrained HMC transition on ``system.generator(u) = y_obs``.
+
+    Args:
+        max_depth_bound: the U-turn stack's size when ``params.max_depth`` arrives traced
+            (as :func:`dgm.inference.nuts.build_kernel`); a Python int depth is used as is.
 
     Returns:
         ``step(key, state: CHMCState, params: DCHMCParams) -> (CHMCState, DCHMCInfo)``.
     """
     fns = geodesic_leaves(system, y_obs, num_geodesic_steps, tol, max_iters, check_reverse)
+    check_max_depth(max_depth_bound)
 
     def step(key, state: CHMCState, params: DCHMCParams) -> tuple[CHMCState, DCHMCInfo]:
-        max_depth = check_max_depth(params.max_depth)
+        max_depth, capacity = params.max_depth, None
+        if isinstance(max_depth, jax.Array):
+            capacity = max_depth_bound
+        else:
+            check_max_depth(max_depth)
         key_mom, key_tree = jax.random.split(key)
         step_size = jnp.asarray(params.step_size, state.position.dtype)
         # p ← Π_u(n), n ~ N(0, I): a full momentum refresh in the tangent space
@@ -118,7 +128,7 @@ def build_kernel(
             state.potential_grad, f, f,
         )  # fmt: skip
         leaf, tree = sample_trajectory(
-            key_tree, fns, start, step_size, max_depth, divergence_threshold
+            key_tree, fns, start, step_size, max_depth, divergence_threshold, capacity
         )
         new = CHMCState(leaf.position, leaf.jac, leaf.gram_factor, leaf.potential,
                         leaf.potential_grad)  # fmt: skip

@@ -1,0 +1,115 @@
+"""dgm.sample: NUTS with windowed warm-up behind a log density in, ArviZ data out.
+
+The NUTS kernel's own moment tests are in tests/inference/test_nuts.py; here: the
+adaptation reaches its target, the ArviZ output, no recompilation on a second call (these
+three share one run, marked slow: about 30 s, mostly compiling warm-up and sampling), and
+bad input.
+
+Calibration of the adaptation test (seeds 0-19, correct code): mean acceptance statistic
+over the last 300 warm-up iterations 0.781-0.818 against the target 0.8; after warm-up
+0.86-0.93 (the averaged step size is smaller than the last iterates, as with Stan).
+Power: flipping the sign of the dual-averaging update drives the step size to the search
+cap and the acceptance statistic to about 0.
+"""
+
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import dgm
+from dgm import sampling
+from tests.stats import z_scores
+
+MEAN = np.array([0.5, -1.0, 2.0])
+SD = np.array([1.0, 0.1, 3.0])
+NUM_WARMUP = 1000
+
+
+def log_density(x):
+    return -0.5 * jnp.sum(((x - jnp.asarray(MEAN, x.dtype)) / jnp.asarray(SD, x.dtype)) ** 2)
+
+
+def run(seed: int):
+    return dgm.sample(
+        log_density,
+        jnp.zeros(3),
+        key=jax.random.key(seed),
+        num_warmup=NUM_WARMUP,
+        num_samples=500,
+        num_chains=4,
+        chain_map="map",  # compiles faster than vmap
+    )
+
+
+@pytest.fixture(scope="module")
+def idata():
+    return run(0)
+
+
+@pytest.mark.slow
+def test_adaptation_reaches_target_acceptance(idata):
+    during = float(idata.warmup_sample_stats["acceptance_rate"].values[:, -300:].mean())
+    assert abs(during - 0.8) < 0.05, during
+    after = float(idata.sample_stats["acceptance_rate"].values.mean())
+    assert 0.75 < after < 0.97, after
+    assert int(idata.sample_stats["diverging"].values.sum()) == 0
+
+
+@pytest.mark.slow
+def test_output_and_moments(idata):
+    """Shapes, statistics, attributes; means and variances by z-test (float32 draws)."""
+    x = idata.posterior["x"].values
+    assert x.shape == (4, 500, 3) and x.dtype == np.float32
+    for name in ("acceptance_rate", "diverging", "tree_depth", "n_steps", "step_size", "energy"):
+        assert idata.sample_stats[name].shape == (4, 500), name
+    attrs = idata.posterior.attrs
+    assert attrs["sampler"] == "nuts" and len(attrs["step_size"]) == 4
+    assert attrs["wall_s"] > 0 and attrs["warmup_s"] > 0
+    z, n_eff = z_scores(np.concatenate([x, (x - MEAN) ** 2], -1), np.r_[MEAN, SD**2])
+    assert np.all(n_eff > 400), n_eff
+    assert np.all(z < 4.5), z
+
+
+@pytest.mark.slow
+def test_second_call_with_same_shapes_compiles_nothing(idata):
+    again = run(1)
+    assert again.posterior.attrs["compile_s"] == 0.0
+    assert idata.posterior.attrs["compile_s"] > 0.0 or sampling._compiled.cache_info().hits
+    fns = sampling._compiled.cache_info()
+    assert fns.hits >= 1, fns
+    assert not np.allclose(again.posterior["x"].values, idata.posterior["x"].values)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"target_accept": 1.0}, "`target_accept` must lie in \\(0, 1\\); got 1.0"),
+        ({"target_accept": 0}, "`target_accept` must lie in \\(0, 1\\)"),
+        ({"max_depth": 0}, "`max_depth` must be an int >= 1; got 0"),
+        ({"num_warmup": 10}, "`num_warmup` must be 0 or at least 20 .* got 10"),
+        ({"num_warmup": -1}, "`num_warmup` must be an int >= 0"),
+        ({"kernel": "mala"}, "`kernel` must be one of"),
+        ({"metric": "full"}, "`metric` must be one of"),
+        ({"num_chains": 0}, "`num_chains` must be a positive int"),
+        ({"step_size": 0.0}, "`step_size` must be a positive number"),
+        ({"init_params": np.zeros((3, 3))}, "`init_params` must be a vector or have shape"),
+        ({"init_params": [np.nan, 0.0, 0.0]}, "`init_params` must be finite"),
+        ({"key": 0}, "`key` must be one PRNG key"),
+        ({"log_density_fn": 3}, "`log_density_fn` must be callable"),
+    ],
+)
+def test_bad_input(kwargs, match):
+    args = {"log_density_fn": log_density, "init_params": jnp.zeros(3), "key": jax.random.key(0)}
+    args |= {"num_chains": 2} | kwargs
+    with pytest.raises(ValueError, match=match):
+        dgm.sample(args.pop("log_density_fn"), args.pop("init_params"), **args)
+
+
+def test_short_warmup_warns_that_windows_shrink():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(UserWarning, match="num_warmup=100 is shorter than Stan's"):
+            dgm.sample(log_density, jnp.zeros(3), key=jax.random.key(0), num_warmup=100)
