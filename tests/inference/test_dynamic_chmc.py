@@ -5,12 +5,14 @@ of θ is Gaussian in closed form (a step size of 0.9 with N_g = 1 makes energy e
 large enough that ignoring them shows), and the unit sphere in R³ (E u = 0, E u² = 1/3),
 on which the energy is constant and only the geometry is tested.
 
-Calibration: ``pytest -m calibration tests/inference/test_dynamic_chmc.py`` runs the linear
-moment test on 50 seeds (1000-1049); with the correct kernel the worst z was 3.63 and the
-lowest ESS 2270.
-Power (test_planted_bugs_are_caught, slow): uniform weights over the trajectory
-(no multinomial re-weighting) give worst z 9.1 on the linear target; the U-turn criterion
-with its sign flipped stops every trajectory after one step: ESS 660 < 1000.
+The linear chains start from exact posterior draws (no burn-in). Calibration: ``pytest -m
+calibration tests/inference/test_dynamic_chmc.py`` runs the linear moment test on 50 seeds
+(1000-1049); with the correct kernel the worst z was 2.68, the lowest ESS 5944, the mean
+acceptance statistic 0.908-0.913 and the mean tree depth 1.80-1.82.
+Power (test_planted_bugs_are_caught, slow; seed 13): uniform weights over the trajectory
+(no multinomial re-weighting) give worst z 6.25; the U-turn criterion with its sign
+flipped stops every trajectory after one step: ESS 2137 < 4000 and mean depth 1.0 < 1.5
+(z stays 1.9: the sampler is still correct, only slow).
 """
 
 import jax
@@ -26,6 +28,7 @@ from tests.stats import moment_stats, z_scores
 
 Z_MAX = 4.5
 ESS_FLOOR = 1000.0
+LINEAR_ESS_FLOOR = 4000.0  # calibrated minimum 5944
 DEPTH_FLOOR = 1.5  # mean tree depth: a kernel that never doubles past 1 step mixes slowly
 LINEAR_STEP = 0.9
 
@@ -36,9 +39,13 @@ _POSTERIORS = {}
 def run(generator, y, dim, key, step_size, chains=8, draws=1000, init=None, num_warmup=50):
     """Dynamic CHMC chains; one posterior (and compiled runner) per generator, unless the
     kernel's code is patched (planted bugs), when a fresh one must be traced."""
-    if generator not in _POSTERIORS or _patched():
-        _POSTERIORS[generator] = dgm.condition(generator, y, dim)
-    return _POSTERIORS[generator].sample(
+    if _patched():  # traced afresh, and not kept for later tests
+        posterior = dgm.condition(generator, y, dim)
+    else:
+        if generator not in _POSTERIORS:
+            _POSTERIORS[generator] = dgm.condition(generator, y, dim)
+        posterior = _POSTERIORS[generator]
+    return posterior.sample(
         key,
         num_chains=chains,
         num_samples=draws,
@@ -87,15 +94,15 @@ def linear_run():
 
 def test_linear_gaussian_moments(linear_run):
     z, n_eff = linear_z(linear_run)
-    assert np.all(n_eff >= ESS_FLOOR), n_eff
+    assert np.all(n_eff >= LINEAR_ESS_FLOOR), n_eff
     assert np.all(z < Z_MAX), z
 
 
 def test_diagnostic_floors(linear_run):
-    """Calibrated on seed 13: acceptance statistic 0.87, tree depth 1-4, no failures."""
+    """Bands around the calibration (module docstring); no failures on a flat manifold."""
     stats = linear_run.sample_stats
     accept = float(stats["acceptance_rate"].values.mean())
-    assert 0.75 < accept < 0.97, accept
+    assert 0.88 < accept < 0.94, accept
     depth = stats["tree_depth"].values
     assert depth.min() >= 1 and depth.max() <= 10
     assert depth.mean() > DEPTH_FLOOR, depth.mean()
@@ -191,7 +198,7 @@ def test_planted_bugs_are_caught(monkeypatch):
         z, n_eff = linear_z(idata)
         depth = float(idata.sample_stats["tree_depth"].values.mean())
         print("flipped U-turn: worst z", z.max(), "min ESS", n_eff.min(), "mean depth", depth)
-        assert np.max(z) > Z_MAX or np.min(n_eff) < ESS_FLOOR or depth < DEPTH_FLOOR
+        assert np.min(n_eff) < LINEAR_ESS_FLOOR and depth < DEPTH_FLOOR, (n_eff, depth)
 
 
 @pytest.mark.calibration
@@ -205,4 +212,4 @@ def test_calibration_moments(seed):
         f"CALIB {seed} max_z={z.max():.2f} min_ess={n_eff.min():.0f} acc={accept:.3f} "
         f"depth={depth:.3f}"
     )
-    assert np.all(z < Z_MAX) and np.all(n_eff >= ESS_FLOOR)
+    assert np.all(z < Z_MAX) and np.all(n_eff >= LINEAR_ESS_FLOOR)
