@@ -126,9 +126,9 @@ def test_chains_with_different_keys_differ(chains):
 
 
 def test_second_run_with_same_shapes_compiles_nothing(chains):
-    assert _RUNNER.num_compiles == 1
+    compiled = _RUNNER.num_compiles  # one executable per host device
     again = run_chains(seed=7, runner=_RUNNER)
-    assert _RUNNER.num_compiles == 1 and again.compile_s == 0.0
+    assert _RUNNER.num_compiles == compiled and again.compile_s == 0.0
 
 
 def test_max_depth_bounds_the_trajectory():
