@@ -6,10 +6,10 @@ three share one run, marked slow: about 30 s, mostly compiling warm-up and sampl
 bad input.
 
 Calibration of the adaptation test (seeds 0-19, correct code): mean acceptance statistic
-over the last 300 warm-up iterations 0.781-0.818 against the target 0.8; after warm-up
-0.86-0.93 (the averaged step size is smaller than the last iterates, as with Stan).
-Power: flipping the sign of the dual-averaging update drives the step size to the search
-cap and the acceptance statistic to about 0.
+over the last 300 warm-up iterations 0.793-0.796 against the target 0.8; after warm-up
+0.889-0.922 (the averaged step size is smaller than the last iterates, as with Stan).
+Power: flipping the sign of the dual-averaging update drives the step size to infinity and
+the acceptance statistic to 0 in warm-up and after.
 """
 
 import warnings
@@ -54,7 +54,7 @@ def test_adaptation_reaches_target_acceptance(idata):
     during = float(idata.warmup_sample_stats["acceptance_rate"].values[:, -300:].mean())
     assert abs(during - 0.8) < 0.05, during
     after = float(idata.sample_stats["acceptance_rate"].values.mean())
-    assert 0.75 < after < 0.97, after
+    assert 0.85 < after < 0.96, after
     assert int(idata.sample_stats["diverging"].values.sum()) == 0
 
 

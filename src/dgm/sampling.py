@@ -123,8 +123,8 @@ def sample(
         max_depth: NUTS's most tree doublings (at most ``2^max_depth − 1`` steps).
         var_name: the posterior variable's name in the ArviZ output.
         chain_map: ``"vmap"`` or ``"map"`` (see :class:`~dgm.inference.base.ChainRunner`),
-            for warm-up and sampling alike. ``"map"`` compiles about 2.5x faster (no
-            batched loops), ``"vmap"`` runs cheap targets faster.
+            for warm-up and sampling alike. ``"map"`` compiles faster (no batched
+            loops), ``"vmap"`` runs cheap targets faster.
         chunk_size: sampling iterations per compiled call.
         progress_bar: show a progress bar while sampling.
 

@@ -48,7 +48,8 @@ def _x64():
 
 
 def _runner() -> ChainRunner:
-    # lax.map over the chains: it compiles 2.5x faster than vmap (no batched while loops)
+    # lax.map over the chains: it compiles faster than vmap (no batched while loops; the
+    # NUTS chunk took 12 s under vmap against about 5 s for one unbatched step, under load)
     return ChainRunner(build_kernel(gaussian_log_density), chunk_size=NUM_DRAWS, chain_map="map")
 
 
