@@ -2,7 +2,7 @@
 
 The NUTS kernel's own moment tests are in tests/inference/test_nuts.py; here: the
 adaptation reaches its target, the ArviZ output, no recompilation on a second call (these
-three share one run, marked slow: about 30 s, mostly compiling warm-up and sampling), and
+three share one run: about 17 s under load, mostly compiling warm-up and sampling), and
 bad input.
 
 Calibration of the adaptation test (seeds 0-19, correct code): mean acceptance statistic
@@ -49,7 +49,6 @@ def idata():
     return run(0)
 
 
-@pytest.mark.slow
 def test_adaptation_reaches_target_acceptance(idata):
     during = float(idata.warmup_sample_stats["acceptance_rate"].values[:, -300:].mean())
     assert abs(during - 0.8) < 0.05, during
@@ -58,7 +57,6 @@ def test_adaptation_reaches_target_acceptance(idata):
     assert int(idata.sample_stats["diverging"].values.sum()) == 0
 
 
-@pytest.mark.slow
 def test_output_and_moments(idata):
     """Shapes, statistics, attributes; means and variances by z-test (float32 draws)."""
     x = idata.posterior["x"].values
@@ -73,7 +71,6 @@ def test_output_and_moments(idata):
     assert np.all(z < 4.5), z
 
 
-@pytest.mark.slow
 def test_second_call_with_same_shapes_compiles_nothing(idata):
     again = run(1)
     assert again.posterior.attrs["compile_s"] == 0.0
