@@ -46,6 +46,12 @@ def _parser() -> argparse.ArgumentParser:
         "--set", action="append", default=[], metavar="FIELD=VALUE", help="override a field"
     )
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    bvh = sub.add_parser("bvh", help="BVH motion files").add_subparsers(dest="bvh", required=True)
+    render = bvh.add_parser("render", help="animate a BVH clip to a GIF (or MP4 with ffmpeg)")
+    render.add_argument("file", type=Path, help="the .bvh file")
+    render.add_argument("--out", type=Path, required=True, help="output .gif or .mp4")
+    render.add_argument("--stride", type=int, default=4, help="draw every Nth frame (default 4)")
+    render.add_argument("--max-frames", type=int, default=None, help="draw at most N frames")
     return parser
 
 
@@ -142,6 +148,18 @@ def _run(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def _bvh(args: argparse.Namespace, extra: list[str]) -> int:
+    if extra:
+        raise ValueError(f"unrecognized arguments: {' '.join(extra)}")
+    from dgm.bvh import read_bvh
+    from dgm.bvh.render import animate
+
+    clip = read_bvh(args.file)
+    out = animate(clip, args.out, stride=args.stride, max_frames=args.max_frames)
+    print(f"{clip.num_frames} frames of {args.file} drawn to {out}")
+    return 0
+
+
 def _wait_for_jax() -> None:
     """Let computations still running finish before the interpreter shuts down (exiting
     under a running XLA computation can crash), even through further Ctrl-C presses."""
@@ -184,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if ours:
             signal.signal(signal.SIGINT, _on_sigint)
+        if args.command == "bvh":
+            return _bvh(args, extra)
         return _run(args, extra)
     except KeyboardInterrupt:
         _wait_for_jax()
