@@ -65,7 +65,7 @@ class _Tokens:
         self.items = [(tok, i + 1) for i, line in enumerate(lines) for tok in line.split()]
         self.pos = 0
         self.source = source
-        self.last_line = len(lines)
+        self.last_line = _last_line(lines)
 
     def error(self, line: int, msg: str) -> BvhSyntaxError:
         return BvhSyntaxError(f"{self.source}:{line}: {msg}")
@@ -103,7 +103,7 @@ def _parse_node(toks: _Tokens, name: str, parent: int, nodes: list) -> None:
     toks.expect("{")
     toks.expect("OFFSET")
     offset = tuple(toks.number(f"OFFSET {axis} of {name}") for axis in "xyz")
-    line = toks.expect("CHANNELS")
+    toks.expect("CHANNELS")
     num = toks.count(f"the channel count of {name}")
     channels = []
     for k in range(num):
@@ -116,8 +116,6 @@ def _parse_node(toks: _Tokens, name: str, parent: int, nodes: list) -> None:
                 f"got {tok!r}{hint}",
             )
         channels.append(tok)
-    if len(set(channels)) != len(channels):
-        raise toks.error(line, f"{name} lists a channel twice: {channels}")
     nodes.append((name, parent, offset, tuple(channels)))
     while True:
         tok, line = toks.next(f"JOINT, End Site or '}}' closing {name}")
@@ -192,7 +190,7 @@ def _parse_motion(lines: list[str], start: int, num_channels: int, source: str):
         ) from None
     rows = [(i + 1, line) for i, line in enumerate(lines[start + 3 :], start + 3) if line.strip()]
     if len(rows) != num_frames:
-        line = rows[num_frames][0] if len(rows) > num_frames else len(lines)
+        line = rows[num_frames][0] if len(rows) > num_frames else _last_line(lines)
         raise BvhSyntaxError(
             f"{source}:{line}: 'Frames: {num_frames}' but the file has {len(rows)} frame lines"
         )
@@ -214,6 +212,11 @@ def _parse_motion(lines: list[str], start: int, num_channels: int, source: str):
     return frames, frame_time
 
 
+def _last_line(lines: list[str]) -> int:
+    """The 1-based number of the last line that is not blank (1 for an empty text)."""
+    return next((i + 1 for i in range(len(lines) - 1, -1, -1) if lines[i].strip()), 1)
+
+
 def parse_bvh(text: str, source: str = "<string>") -> Bvh:
     """Parse BVH text (LF or CRLF line ends).
 
@@ -227,7 +230,7 @@ def parse_bvh(text: str, source: str = "<string>") -> Bvh:
     lines = [line.rstrip("\r") for line in text.split("\n")]
     motion = next((i for i, line in enumerate(lines) if line.strip() == "MOTION"), None)
     if motion is None:
-        raise BvhSyntaxError(f"{source}:{len(lines)}: no MOTION line; the file is truncated")
+        raise BvhSyntaxError(f"{source}:{_last_line(lines)}: no MOTION line; the file is truncated")
     skeleton = _parse_hierarchy(lines[:motion], source)
     frames, frame_time = _parse_motion(lines, motion, skeleton.num_channels, source)
     return Bvh(skeleton, frames, frame_time)
