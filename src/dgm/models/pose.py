@@ -266,7 +266,7 @@ class PoseGenerator(eqx.Module):
         shifts = [[BASELINE, 0, 0], [-BASELINE, 0, 0]] if self.binocular else [[0, 0, 0]]
         scale = np.array([FOCAL_LENGTH, FOCAL_LENGTH, 1.0])
         rot = jnp.asarray(scale[:, None] * _CAMERA_ROTATION, t.dtype)
-        cols = (t[None, :] + jnp.asarray(shifts, t.dtype)) * jnp.asarray(scale, t.dtype)
+        cols = (t[None, :] + jnp.asarray(shifts, t.dtype)) * jnp.asarray(scale[None, :], t.dtype)
         rots = jnp.broadcast_to(rot, (len(shifts), 3, 3))
         return jnp.concatenate([rots, cols[:, :, None]], axis=2)
 
@@ -321,4 +321,5 @@ def rmse_homogeneous(
     positions: Float[Array, "... 4 19"], truth: Float[Array, "4 19"]
 ) -> Float[Array, "..."]:
     """The original metric: RMSE over all 76 homogeneous entries (the 1s included)."""
-    return jnp.sqrt(jnp.mean((positions - truth) ** 2, axis=(-2, -1)))
+    diff = positions - jnp.broadcast_to(truth, positions.shape)
+    return jnp.sqrt(jnp.mean(diff**2, axis=(-2, -1)))
