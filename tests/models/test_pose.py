@@ -146,6 +146,8 @@ def test_pieces_follow_the_spec(gen, parts, scenes, compiled):
         d = np.linalg.norm(p[:3, idx[a]] - p[:3, idx[b]])
         np.testing.assert_allclose(d, lengths[order[bone]], rtol=1e-12, err_msg=f"{a}-{b}")
     np.testing.assert_allclose(np.linalg.norm(p[:3, idx["Spine"]]), lengths[order["waist"]])
+    drawn = {(OUTPUT_JOINTS[a], OUTPUT_JOINTS[b]) for a, b in gen.output_bones()}
+    assert len(drawn) == 18 and ("Spine", "LeftArm") in drawn and ("Spine", "RightUpLeg") in drawn
     # cameras: R_y(pi), translation straight into [R | t], camera 1 at +0.5 in x
     tx, ty, tz = 0.1 * u[137], 0.1 * u[138], np.exp(1.5 + 0.5 * u[139])
     y = np.asarray(compiled["noise_free"](jnp.asarray(u[None, :140]))[0]).reshape(2, 2, 19)

@@ -80,6 +80,7 @@ def pose_figure(positions, pairs, *, title: str | None = None):
         ax.set_title(label)
     if title:
         fig.suptitle(title)
+    fig.tight_layout()
     return fig
 
 

@@ -211,6 +211,24 @@ class PoseGenerator(eqx.Module):
         """Inputs of the noisy generator: 140 + output_dim (216 binocular)."""
         return LATENT_DIM + self.output_dim
 
+    def output_bones(self) -> np.ndarray:
+        """``(bones, 2)`` (parent, child) pairs of columns of P for drawing: each output joint
+        joins its nearest output ancestor; joints with none (the legs, below the skipped
+        Hips) join the first such joint (the Spine)."""
+        column = {node: k for k, node in enumerate(self.output_nodes)}
+        pairs, roots = [], []
+        for k, node in enumerate(self.output_nodes):
+            p = self.skeleton.parents[node]
+            while p >= 0 and p not in column:
+                p = self.skeleton.parents[p]
+            if p >= 0:
+                pairs.append((column[p], k))
+            elif roots:
+                pairs.append((roots[0], k))
+            else:
+                roots.append(k)
+        return np.asarray(pairs, dtype=int)
+
     # pieces
     def bone_lengths(self, u_len: Float[Array, " 13"]) -> Float[Array, " 13"]:
         """ℓ = exp(μ + u_len · U)."""
