@@ -11,6 +11,7 @@ from types import ModuleType
 
 _REGISTRY: dict[str, str] = {
     "lotka-volterra": "dgm.experiments.lotka_volterra",
+    "pose": "dgm.experiments.pose",
     "dmm-polyphonic": "dgm.experiments.dmm_polyphonic",
     "dmm-synthetic": "dgm.experiments.dmm_synthetic",
     "svgd-blr": "dgm.experiments.svgd_blr",

@@ -270,9 +270,14 @@ class PoseGenerator(eqx.Module):
         """The 19 output joints as homogeneous columns P (4×19), from the 140 latent inputs."""
         u = self._check(u, self.latent_dim, "u")
         u_len, u_lat, u_ang, _ = jnp.split(u, np.cumsum([13, 30, 94]))
-        angles = self.joint_angles(u_lat, u_ang)
-        lengths = self.node_lengths(self.bone_lengths(u_len))
-        transforms = global_transforms(self.skeleton, self.channel_values(angles), lengths)
+        return self.pose(self.bone_lengths(u_len), self.joint_angles(u_lat, u_ang))
+
+    def pose(
+        self, lengths: Float[Array, " 13"], angles: Float[Array, " 47"]
+    ) -> Float[Array, "4 19"]:
+        """Forward kinematics: P (4×19) from the 13 bone lengths and 47 free angles."""
+        node_lengths = self.node_lengths(lengths)
+        transforms = global_transforms(self.skeleton, self.channel_values(angles), node_lengths)
         return transforms[np.asarray(self.output_nodes), :, 3].T
 
     def camera_translation(self, u_cam: Float[Array, " 3"]) -> Float[Array, " 3"]:
@@ -302,8 +307,11 @@ class PoseGenerator(eqx.Module):
         """f(u): the noise-free image coordinates from the 140 latent inputs; NaN where a
         joint is at non-positive depth (a failed projection)."""
         u = self._check(u, self.latent_dim, "u")
-        cams = self.camera_matrices(self.camera_translation(u[-NUM_CAMERA:]))
-        proj = cams @ self.joint_positions(u)  # (cams, 3, 19)
+        return self.image(self.joint_positions(u), self.camera_translation(u[-NUM_CAMERA:]))
+
+    def image(self, positions: Float[Array, "4 19"], t: Float[Array, " 3"]) -> Float[Array, " obs"]:
+        """The cameras' image coordinates of P at camera position t (NaN behind a camera)."""
+        proj = self.camera_matrices(t) @ positions  # (cams, 3, 19)
         depth = proj[:, 2:3]
         ok = depth > 0
         xy = proj[:, :2] / jnp.where(ok, depth, 1.0)
