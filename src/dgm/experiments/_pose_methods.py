@@ -11,6 +11,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import ArrayLike
 
 from dgm.models.pose import LATENT_DIM, NUM_ANGLES, PoseGenerator
 
@@ -37,7 +38,7 @@ def batched_positions(fn, draws: np.ndarray, chunk: int = 256) -> np.ndarray:
     return np.concatenate(out)[: len(flat)].reshape(*draws.shape[:2], 4, 19)
 
 
-def latent_energy(gen: PoseGenerator, u: jax.Array, y_obs: jax.Array) -> jax.Array:
+def latent_energy(gen: PoseGenerator, u: jax.Array, y_obs: ArrayLike) -> jax.Array:
     """HMC on the 140 latent inputs: ½‖f(u) − y‖²/σ² + ½‖u‖² (exact, as the noise is additive)."""
     resid = gen.noise_free(u) - jnp.asarray(y_obs, u.dtype)
     return 0.5 * jnp.sum(resid**2) / gen.sigma**2 + 0.5 * jnp.sum(u**2)
@@ -63,7 +64,7 @@ def hierarchical_positions(gen: PoseGenerator, s: jax.Array) -> jax.Array:
     return gen.pose(jnp.exp(log_len), angles)
 
 
-def hierarchical_energy(gen: PoseGenerator, s: jax.Array, y_obs: jax.Array) -> jax.Array:
+def hierarchical_energy(gen: PoseGenerator, s: jax.Array, y_obs: ArrayLike) -> jax.Array:
     """The original ``energy_func_hier_binocular``: it omits ½ Σ log var(latent), so its
     target is not the model's posterior (spec §5)."""
     log_len, latent, r, cam_xy, log_z = _state_parts(s)

@@ -102,7 +102,7 @@ def report(m: dict) -> str:
             "s/chain": m[k]["s_per_chain"],
             "compile_s": m[k]["compile_s"],
             "accept": m[k]["accept_rate"],
-            "ess_min": m[k]["ess_bulk_min"],
+            "ess_min": m[k]["ess_bulk_min"] if m[k]["ess_bulk_min"] is not None else float("nan"),
             "draws": m[k]["num_draws"],
         }
         for k in names
