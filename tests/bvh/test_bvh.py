@@ -216,6 +216,17 @@ def test_fk_is_differentiable_jittable_and_takes_lengths():
         fk(sk, jnp.asarray(clip.frames[k]))
 
 
+@pytest.mark.usefixtures("x64")
+def test_fk_under_two_vmaps_equals_one(shared_data):
+    """(chains, draws) batches, as samplers' derived quantities use: a regression test for
+    an XLA:CPU verifier error with batched ``dot_general`` of gathered operands."""
+    sk = read_bvh(shared_data / SKELETON[0]).skeleton
+    frames = jax.random.normal(jax.random.key(0), (2, 20, sk.num_channels), jnp.float64)
+    fk = jax.vmap(lambda f: joint_positions(sk, f))
+    twice = jax.jit(jax.vmap(fk))(frames)
+    np.testing.assert_allclose(twice, jax.jit(fk)(frames.reshape(40, -1)).reshape(twice.shape))
+
+
 def test_fk_rejects_wrong_shapes():
     sk = parse_bvh(TINY).skeleton
     with pytest.raises(ValueError, match=r"`channel_values` must .* shape \(12,\).*\(2, 12\)"):

@@ -171,6 +171,13 @@ def _gather(values: Float[Array, " channels"], index: np.ndarray) -> Array:
     return padded[np.where(index < 0, values.shape[0], index)]
 
 
+def _matmul(a: Array, b: Array) -> Array:
+    """Batched products of small matrices as broadcast-multiply-sum. (XLA:CPU 0.10 rejected
+    the ``dot_general`` of gathered operands under two ``vmap``s: "hlo verifier: Expected
+    instruction to have shape f64[3,2,20,4,4], actual f64[20,3,2,4,4]".)"""
+    return jnp.sum(a[..., :, :, None] * b[..., None, :, :], axis=-2)
+
+
 def global_transforms(
     skeleton: Skeleton,
     channel_values: ArrayLike,
@@ -209,13 +216,13 @@ def global_transforms(
     rot = _axis_rotations(angles, plan.rot_axis.reshape(-1)).reshape(n, slots, 3, 3)
     local_r = rot[:, 0]
     for k in range(1, slots):
-        local_r = local_r @ rot[:, k]
+        local_r = _matmul(local_r, rot[:, k])
     local_t = offsets + _gather(values, plan.pos_index.reshape(-1)).reshape(n, 3)
     top = jnp.concatenate([local_r, local_t[:, :, None]], axis=2)
     bottom = jnp.broadcast_to(jnp.eye(4, dtype=dtype)[3], (n, 1, 4))
     out = jnp.concatenate([top, bottom], axis=1)  # local transforms; the root's is global
     for nodes, parents in plan.levels:
-        out = out.at[nodes].set(out[parents] @ out[nodes])
+        out = out.at[nodes].set(_matmul(out[parents], out[nodes]))
     return out
 
 
