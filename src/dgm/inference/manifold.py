@@ -179,7 +179,10 @@ class ManifoldSystem:
         input_dim: M, the number of inputs.
         output_dim: N ≤ M, the number of outputs.
         jacobian: ``"fwd"`` (M JVPs), ``"rev"`` (N VJPs) or ``"auto"`` (forward unless
-            M > 2N: forward passes are cheaper per pass, notably through ``scan``).
+            M > 2N: forward passes are cheaper per pass, notably through ``scan``); or a
+            function ``u -> J`` exploiting the generator's structure (e.g.
+            :meth:`dgm.inference.additive_noise.AdditiveNoise.jacobian`), differentiable
+            in u (∇φ takes a VJP through it).
         gram_factor_fn: optional ``(u, J) -> AbstractGramFactor`` exploiting the
             Jacobian's structure (e.g. :class:`TriangularBlockGram`); by default
             :meth:`DenseCholesky.from_jacobian`.
@@ -201,15 +204,20 @@ class ManifoldSystem:
         gram_factor_fn: Callable | None = None,
         half_log_det_fn: Callable | None = None,
     ):
-        if jacobian not in ("auto", "fwd", "rev"):
-            raise ValueError(f"`jacobian` must be 'auto', 'fwd' or 'rev'; got {jacobian!r}")
+        if not callable(jacobian) and jacobian not in ("auto", "fwd", "rev"):
+            raise ValueError(
+                f"`jacobian` must be 'auto', 'fwd', 'rev' or a function u -> J; got {jacobian!r}"
+            )
         if jacobian == "auto":
             jacobian = "rev" if input_dim > 2 * output_dim else "fwd"
         self.generator = generator
         self.input_dim = input_dim
         self.output_dim = output_dim
-        self.jacobian_mode = jacobian
-        self._jac = jax.jacfwd(generator) if jacobian == "fwd" else jax.jacrev(generator)
+        if callable(jacobian):
+            self.jacobian_mode, self._jac = "custom", jacobian
+        else:
+            self.jacobian_mode = jacobian
+            self._jac = jax.jacfwd(generator) if jacobian == "fwd" else jax.jacrev(generator)
         self._gram_factor_fn = gram_factor_fn
         self._half_log_det_fn = half_log_det_fn
 
