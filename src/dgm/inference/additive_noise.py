@@ -28,6 +28,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float
 
 from dgm.inference.manifold import AbstractGramFactor, DenseCholesky
@@ -106,7 +107,7 @@ class AdditiveNoise:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"`{name}` must be a positive int; got {value!r}")
         ok = isinstance(sigma, int | float) and not isinstance(sigma, bool)
-        if not (ok and jnp.isfinite(sigma) and sigma > 0):
+        if not (ok and np.isfinite(sigma) and sigma > 0):
             raise ValueError(f"`sigma` must be a positive number; got {sigma!r}")
         if jacobian not in ("auto", "fwd", "rev"):
             raise ValueError(f"`jacobian` must be 'auto', 'fwd' or 'rev'; got {jacobian!r}")
