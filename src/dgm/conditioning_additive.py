@@ -66,6 +66,7 @@ def condition_additive_noise(
     if y.ndim != 1:
         raise ValueError(f"`y_obs` must be a vector; got shape {tuple(y.shape)}")
     noise = AdditiveNoise(f, latent_dim, int(y.shape[0]), sigma, jacobian, gram)
+    _check_f(f, latent_dim, y.shape)
     y = _check_y_obs(noise.generator, y, noise.input_dim)
 
     def init_fn(key):
@@ -85,3 +86,15 @@ def condition_additive_noise(
         )
     posterior.additive_noise = noise
     return posterior
+
+
+def _check_f(f, latent_dim: int, shape: tuple) -> None:
+    """``f`` maps a ``(latent_dim,)`` vector to one of ``shape`` (that of ``y_obs``)."""
+    with jax.enable_x64(True):
+        try:
+            out = jax.eval_shape(f, jax.ShapeDtypeStruct((latent_dim,), jnp.float64))
+        except Exception as err:  # the user's function failed to trace
+            raise ValueError(f"`f` failed on an input of shape ({latent_dim},): {err}") from err
+    if getattr(out, "shape", None) != shape:
+        got = getattr(out, "shape", type(out).__name__)
+        raise ValueError(f"`f` must return a vector of shape {shape} to match `y_obs`; got {got}")

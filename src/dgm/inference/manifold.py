@@ -200,7 +200,7 @@ class ManifoldSystem:
         generator: Callable,
         input_dim: int,
         output_dim: int,
-        jacobian: str = "auto",
+        jacobian: str | Callable = "auto",
         gram_factor_fn: Callable | None = None,
         half_log_det_fn: Callable | None = None,
     ):
