@@ -6,10 +6,13 @@ The statistical test conditions a small random decoder (3 latents, 8 observed ou
 outputs and the 3 latents against a latent-HMC reference (tests/stats.py, both runs' Monte
 Carlo variances). The decoder is nonlinear enough that ½ log det(J Jᵀ) varies over the
 posterior: with that term dropped (test_planted_log_det_bug_is_caught, slow) the worst z was
-15.7 in development, against 0.67 for the correct sampler.
+15.7 in development (4 chains × 500 draws), against 0.67 for the correct sampler.
 Calibration: `pytest -m calibration tests/inference/test_additive_noise.py` (seeds 1000-1019)
-gave a worst z of WORST_Z (threshold 4.5).
+gave a worst z of 2.97 (threshold 4.5), bulk ESS 282-1733 of 2100 draws and acceptance
+0.873-0.905 (the floors below: ESS ≥ 200, acceptance in (0.8, 0.97)).
 """
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -111,28 +114,33 @@ def test_gram_choice_and_bad_arguments():
 # ---------------------------------------------------------------- CHMC vs latent HMC
 
 
-def _problem(seed: int = 0):
-    m = _decoder(seed)
-    rng = np.random.default_rng(100 + seed)
+@functools.cache
+def _problem():
+    """The decoder, the observation, and the compiled pieces (reused across seeds)."""
+    m = _decoder(0)
+    rng = np.random.default_rng(100)
     y = np.asarray(m(jnp.asarray(rng.normal(size=K), jnp.float32)))[:N]
-    return m, y + SIGMA * rng.normal(size=N)
-
-
-def _latent_hmc(m, y, key, chains=3, draws=2000, warmup=200):
-    """Reference draws of [pixels | z] from HMC on z (the noise integrated out)."""
+    y = y + SIGMA * rng.normal(size=N)
     noise = AdditiveNoise(lambda z: m(z)[:N], K, N, SIGMA)
     with jax.enable_x64(True):
-        logp = lambda z: noise.latent_log_density(z, jnp.asarray(y))  # noqa: E731
+        y64 = jnp.asarray(y, jnp.float64)
+    logp = lambda z: noise.latent_log_density(z, y64)  # noqa: E731
+    hmc_runner = ChainRunner(hmc.build_kernel(logp), chunk_size=2200)
+    pixels = jax.jit(jax.vmap(jax.vmap(lambda z: m(z)[N:])))
+    return m, y, logp, hmc_runner, pixels
+
+
+def _latent_hmc(key, chains=3, draws=2000, warmup=200):
+    """Reference draws of [pixels | z] from HMC on z (the noise integrated out)."""
+    _, _, logp, runner, pixels = _problem()
+    with jax.enable_x64(True):
         k_init, k_run = jax.random.split(key)
         z0 = jax.random.normal(k_init, (chains, K), jnp.float64)
         states = jax.vmap(lambda z: hmc.init(z, logp))(z0)
         params = hmc.HMCParams(jnp.asarray(0.2, jnp.float64), jnp.ones((), jnp.float64), 5, 10)
-        res = ChainRunner(hmc.build_kernel(logp), chunk_size=warmup + draws).run(
-            jax.random.split(k_run, chains), states, params, warmup + draws
-        )
+        res = runner.run(jax.random.split(k_run, chains), states, params, warmup + draws)
         z = res.draws[:, warmup:]
-        pixels = np.asarray(jax.vmap(jax.vmap(lambda z: m(z)[N:]))(jnp.asarray(z)))
-    return np.concatenate([pixels, z], -1)
+        return np.concatenate([np.asarray(pixels(jnp.asarray(z))), z], -1)
 
 
 def _chmc(posterior, key, draws=700):
@@ -146,7 +154,9 @@ def _chmc(posterior, key, draws=700):
     return vals, float(idata.sample_stats["is_accepted"].values.mean())
 
 
-def _posteriors(m, y, drop_log_det: bool = False):
+@functools.cache
+def _posterior(drop_log_det: bool = False):
+    m, y = _problem()[:2]
     derived = {"pixels": lambda u: m(u[:K])[N:]}
     post = dgm.condition_additive_noise(lambda z: m(z)[:N], y, K, SIGMA, derived=derived)
     if not drop_log_det:
@@ -166,36 +176,32 @@ def _z_test(chmc_vals, ref_vals):
 
 @pytest.fixture(scope="module")
 def reference():
-    m, y = _problem()
-    return m, y, _latent_hmc(m, y, jax.random.key(7))
+    return _latent_hmc(jax.random.key(7))
 
 
 def test_chmc_matches_latent_hmc(reference):
     """Posterior means of the in-painted outputs and the latents agree within MC error."""
-    m, y, ref = reference
-    vals, accept = _chmc(_posteriors(m, y), jax.random.key(11))
-    z, ess = _z_test(vals, ref)
+    vals, accept = _chmc(_posterior(), jax.random.key(11))
+    z, ess = _z_test(vals, reference)
     assert np.all(z < Z_MAX), z
-    assert np.all(ess >= 300), ess  # floor: calibrated runs gave ESS 450-1300 of 2100 draws
-    assert 0.6 < accept < 0.98, accept
+    assert np.all(ess >= 200), ess  # calibration: ESS 282-1733
+    assert 0.8 < accept < 0.97, accept  # calibration: 0.873-0.905
 
 
 @pytest.mark.slow
 def test_planted_log_det_bug_is_caught(reference):
     """Dropping ½ log det(J Jᵀ) from the potential fails the same z-test (about 20 s)."""
-    m, y, ref = reference
-    vals, _ = _chmc(_posteriors(m, y, drop_log_det=True), jax.random.key(11))
-    z, _ = _z_test(vals, ref)
+    vals, _ = _chmc(_posterior(drop_log_det=True), jax.random.key(11))
+    z, _ = _z_test(vals, reference)
     assert np.max(z) > Z_MAX, z
 
 
 @pytest.mark.calibration
 @pytest.mark.parametrize("seed", range(20))
 def test_calibration_chmc_vs_latent_hmc(seed):
-    m, y = _problem()
     key = jax.random.key(1000 + seed)
-    ref = _latent_hmc(m, y, jax.random.fold_in(key, 1))
-    vals, _ = _chmc(_posteriors(m, y), jax.random.fold_in(key, 2))
+    ref = _latent_hmc(jax.random.fold_in(key, 1))
+    vals, accept = _chmc(_posterior(), jax.random.fold_in(key, 2))
     z, ess = _z_test(vals, ref)
-    print(f"seed {seed}: worst z {z.max():.2f}, min ESS {ess.min():.0f}")
+    print(f"seed {seed}: worst z {z.max():.2f}, ESS {ess.min():.0f}-{ess.max():.0f}, {accept=:.3f}")
     assert np.all(z < Z_MAX)
