@@ -35,7 +35,9 @@ def condition_additive_noise(
     """Condition ``y = f(z) + σ n`` (z, n standard normal) on an observed ``y``.
 
     The returned posterior is over all inputs ``u = [z | n]`` (``latent_dim + len(y_obs)``
-    of them); ``posterior.system.generator`` is ``u ↦ f(u[:k]) + σ u[k:]``.
+    of them); ``posterior.system.generator`` is ``u ↦ f(u[:k]) + σ u[k:]`` and
+    ``posterior.additive_noise`` the :class:`~dgm.inference.additive_noise.AdditiveNoise`
+    (closed-form inputs on the manifold, the latent log density).
 
     Args:
         f: JAX-differentiable ``z (latent_dim,) -> (len(y_obs),)``.
@@ -61,6 +63,9 @@ def condition_additive_noise(
         raise ValueError(f"`f` must be callable; got {type(f).__name__}")
     if derived is not None and not isinstance(derived, dict):
         raise ValueError(f"`derived` must be a dict of name -> function; got {derived!r}")
+    for name, fn in (derived or {}).items():
+        if not callable(fn):
+            raise ValueError(f"`derived[{name!r}]` must be callable; got {type(fn).__name__}")
     with jax.enable_x64(True):
         y = jnp.asarray(y_obs, jnp.float64)
     if y.ndim != 1:
