@@ -111,6 +111,18 @@ def test_gram_choice_and_bad_arguments():
         dgm.condition_additive_noise(f, np.full(N, np.nan), K, SIGMA)
 
 
+def test_lapack_capacitance_is_never_vmapped():
+    """A capacitance matrix of more than SMALL_GRAM latents is a LAPACK Cholesky, which hangs
+    under vmap on several host devices (it did in a 4-chain in-painting run): "auto" maps."""
+    small = dgm.condition_additive_noise(lambda z: _decoder(0)(z)[:N], np.zeros(N), K, SIGMA)
+    assert not small.system.uses_lapack_cholesky  # 3×3: unrolled
+    m = _decoder(0, k=6)
+    wide = dgm.condition_additive_noise(lambda z: m(z)[:N], np.zeros(N), 6, SIGMA)
+    assert wide.system.uses_lapack_cholesky
+    with pytest.raises(ValueError, match="needs a structured Gram factor with no LAPACK"):
+        wide.sample(jax.random.key(0), num_chains=1, chain_map="vmap", progress_bar=False)
+
+
 # ---------------------------------------------------------------- CHMC vs latent HMC
 
 

@@ -240,9 +240,17 @@ class ManifoldSystem:
 
     @property
     def uses_lapack_cholesky(self) -> bool:
-        """Whether the Gram factor is a :class:`DenseCholesky` of more than ``SMALL_GRAM``
-        rows (LAPACK's Cholesky)."""
-        return self.output_dim > SMALL_GRAM and self.factor_type() is DenseCholesky
+        """Whether the Gram factor is, or holds, a :class:`DenseCholesky` of more than
+        ``SMALL_GRAM`` rows (LAPACK's Cholesky), e.g. the k×k capacitance matrix of a
+        Woodbury factor with k > ``SMALL_GRAM``."""
+        u = jax.ShapeDtypeStruct((self.input_dim,), jnp.float32)
+        jac = jax.ShapeDtypeStruct((self.output_dim, self.input_dim), jnp.float32)
+        factor = jax.eval_shape(self.gram_factor, u, jac)
+        is_chol = lambda x: isinstance(x, DenseCholesky)  # noqa: E731
+        return any(
+            is_chol(x) and x.lower.shape[0] > SMALL_GRAM
+            for x in jax.tree.leaves(factor, is_leaf=is_chol)
+        )
 
     def constraint(self, u: Float[Array, " dim"], y: Float[Array, " obs"]) -> Float[Array, " obs"]:
         return self.generator(u) - y
