@@ -1,8 +1,11 @@
 """MNIST in-painting: the additive-noise Gram factor, and constrained vs latent HMC.
 
-Two comparisons on the 246-input in-painting generator ``y = m(z)[:196] + 0.05 n``, one
+Three comparisons on the 246-input in-painting generator ``y = m(z)[:196] + 0.05 n``, one
 JSON line per result on stdout:
 
+* ``factor``: the Gram factor alone at one point, from a given J (build, solve with J's 246
+  columns as ∇φ does, solve one vector as a projection does, ½ log det), one jitted call:
+  ``woodbury`` (50×50 capacitance) vs ``dense`` (196×196 Cholesky of J Jᵀ).
 * ``step``: ms per constrained-HMC integrator step (3 geodesic sub-steps, reversibility
   check) for three ways of handling the Gram matrix J Jᵀ, same decoder, observation, starts,
   step size (0.25) and step-count range (4...6):
@@ -21,7 +24,7 @@ Times exclude compilation (``ChainRunner`` times it apart); per-step times are p
 and core (wall time × devices used / steps). Absolute times on a shared CPU mean little:
 compare ratios measured in the same run.
 
-Run:  python benchmarks/bench_inpainting.py [--decoder RUN_DIR] [--only step,ess]
+Run:  python benchmarks/bench_inpainting.py [--decoder RUN_DIR] [--only factor,step,ess]
           [--chmc-draws 60] [--hmc-draws 600] [--step-draws 10] [--repeats 2]
 """
 
@@ -30,6 +33,7 @@ import dataclasses
 import json
 import statistics
 import tempfile
+import time
 
 from dgm._runtime import configure_cpu
 
@@ -53,7 +57,8 @@ def _decoder(run_dir: str | None) -> decoders.ImageDecoder:
     if run_dir:
         return decoders.load(run_dir)
     model = vae.VAE(784, 50, (500, 500), key=jax.random.key(0))
-    return decoders.ImageDecoder(model.decoder.mean, 50, (28, 28), "vae (random weights)")
+    dec = model.decoder
+    return decoders.ImageDecoder(dec.mean, 50, (28, 28), "vae (random weights)", dec.mean_head)
 
 
 def _observation(decoder) -> np.ndarray:
@@ -66,13 +71,43 @@ def _observation(decoder) -> np.ndarray:
 
 
 def _posteriors(dec64, k: int, y: np.ndarray) -> dict:
-    f = lambda z: dec64(z)[:196]  # noqa: E731
+    f = lambda z: dec64.head(z, 196)  # noqa: E731
     gen = lambda u: f(u[:k]) + SIGMA * u[k:]  # noqa: E731
     return {
         "woodbury": dgm.condition_additive_noise(f, y, k, SIGMA, gram="woodbury"),
         "dense": dgm.condition_additive_noise(f, y, k, SIGMA, gram="dense"),
         "dense_generic": dgm.condition(gen, y, k + 196, jacobian="fwd"),
     }
+
+
+def bench_factor(dec64, k: int, y: np.ndarray, repeats: int) -> None:
+    """The Gram factor alone, from a given J: build it, solve with J's 246 columns (∇φ's P)
+    and one vector (a projection), ½ log det: Woodbury vs dense Cholesky."""
+    posts = _posteriors(dec64, k, y)
+    with jax.enable_x64(True):
+        u = jnp.asarray(posts["woodbury"].additive_noise.input_on_manifold(jnp.zeros(k), y))
+        jac = posts["woodbury"].system.jacobian(u)
+        r = jnp.asarray(y)
+        times = {}
+        for name in ("woodbury", "dense"):
+            system = posts[name].system
+
+            @jax.jit
+            def work(jac, r, system=system):
+                factor = system.gram_factor(u, jac)
+                return factor.solve(jac), factor.solve(r), factor.half_log_det()
+
+            jax.block_until_ready(work(jac, r))
+            runs_ms = []
+            for _ in range(20 * repeats):
+                t0 = time.perf_counter()
+                jax.block_until_ready(work(jac, r))
+                runs_ms.append(1e3 * (time.perf_counter() - t0))
+            times[name] = (statistics.median(runs_ms), min(runs_ms))
+    for name, (med, low) in times.items():
+        row = {"bench": "factor", "gram": name, "ms_median": med, "ms_min": low}
+        row["dense_over_woodbury"] = med / times["woodbury"][0]
+        print(json.dumps(row), flush=True)
 
 
 def bench_step(dec64, k: int, y: np.ndarray, draws: int, repeats: int) -> None:
@@ -121,7 +156,7 @@ def bench_ess(decoder, y: np.ndarray, chmc_draws: int, hmc_draws: int) -> None:
             dec64 = exp._float64(decoder)
             k = decoder.input_dim
             post = dgm.condition_additive_noise(
-                lambda z: dec64(z)[:196], y, k, SIGMA,
+                lambda z: dec64.head(z, 196), y, k, SIGMA,
                 derived={"pixels": lambda u: dec64(u[:k])[196:]},
             )  # fmt: skip
             pixel_fn = jax.jit(jax.vmap(jax.vmap(lambda z: dec64(z)[196:])))
@@ -146,7 +181,7 @@ def bench_ess(decoder, y: np.ndarray, chmc_draws: int, hmc_draws: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--decoder", default=None, help="run directory of a trained model")
-    parser.add_argument("--only", default="step,ess")
+    parser.add_argument("--only", default="factor,step,ess")
     parser.add_argument("--step-draws", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--chmc-draws", type=int, default=60)
@@ -155,9 +190,11 @@ def main() -> None:
     decoder = _decoder(args.decoder)
     y = _observation(decoder)
     only = set(args.only.split(","))
+    with jax.enable_x64(True):
+        dec64 = exp._float64(decoder)
+    if "factor" in only:
+        bench_factor(dec64, decoder.input_dim, y, args.repeats)
     if "step" in only:
-        with jax.enable_x64(True):
-            dec64 = exp._float64(decoder)
         bench_step(dec64, decoder.input_dim, y, args.step_draws, args.repeats)
     if "ess" in only:
         bench_ess(decoder, y, args.chmc_draws, args.hmc_draws)

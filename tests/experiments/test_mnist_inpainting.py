@@ -15,7 +15,7 @@ import pytest
 
 from dgm.cli import main
 from dgm.experiments import mnist_inpainting
-from dgm.models import vae
+from dgm.models import decoders, vae
 
 
 def _tiny_decoder_dir(path):
@@ -50,6 +50,16 @@ def _check_outputs(out):
     assert idata.posterior["pixels"].shape == (1, 6, 588)
     assert idata.hmc["z"].shape[:2] == (1, 30)
     return metrics
+
+
+def test_decoder_head_is_the_first_pixels(tmp_path):
+    """``ImageDecoder.head`` (the VAE's sliced last layer) equals slicing the pixel means;
+    a decoder without ``head_fn`` slices."""
+    decoder = decoders.load(_tiny_decoder_dir(tmp_path / "dec"))
+    z = jax.random.normal(jax.random.key(1), (4,))
+    np.testing.assert_allclose(decoder.head(z, 196), decoder(z)[:196], rtol=1e-6)
+    plain = decoders.ImageDecoder(decoder.mean_fn, 4, (28, 28), "vae")
+    np.testing.assert_array_equal(plain.head(z, 196), decoder(z)[:196])
 
 
 def _decoder_run(tmp_path):

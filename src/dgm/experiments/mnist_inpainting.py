@@ -271,7 +271,7 @@ def run(config: Config, key, ctx: runs.RunContext) -> dict:
     with jax.enable_x64(True):
         dec64 = _float64(decoder)
         posterior = condition_additive_noise(
-            lambda z: dec64(z)[:num_obs],
+            lambda z: dec64.head(z, num_obs),
             y,
             decoder.input_dim,
             config.noise_sd,
