@@ -57,7 +57,8 @@ def method_metrics(res: dict, ess: dict, num_chains: int) -> dict:
         }
     # per chain and core: each host device runs its group of chains in parallel
     devices = len(device_groups(num_chains))
-    out["ms_per_iteration"] = 1e3 * wall * devices / (chains * draws) if draws else None
+    iterations = res.get("num_iterations", draws)  # warm-up included, as in wall_s
+    out["ms_per_iteration"] = 1e3 * wall * devices / (chains * iterations) if draws else None
     return out
 
 
@@ -205,7 +206,7 @@ def report(m: dict, config) -> str:
             *rows,
             "",
             "ESS: ArviZ bulk, multi-chain; *pixels* are the decoder's means of the in-painted "
-            "pixels. Times exclude compilation.",
+            "pixels. Sampling times include warm-up and exclude compilation.",
             "",
             "- Run time per effective sample, CHMC / HMC: z "
             f"{_fmt(m['chmc_over_hmc_s_per_ess_z'])}×,"

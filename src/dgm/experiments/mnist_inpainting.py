@@ -217,6 +217,7 @@ def run_chmc(cfg: CHMCConfig, posterior, z0, key, ctx: runs.RunContext) -> dict:
         "wall_s": attrs["wall_s"],
         "compile_s": attrs["compile_s"],
         "accept_rate": float(stats["is_accepted"].values.mean()),
+        "num_iterations": cfg.num_warmup + cfg.num_samples,
         "n_steps": int(stats["n_steps"].values.sum()),
         "n_projection_failures": int(stats["projection_failed"].values.sum()),
         "n_irreversible": int(stats["irreversible"].values.sum()),
@@ -256,6 +257,7 @@ def run_latent_hmc(cfg: HMCConfig, noise, y, z0, pixel_fn, key, ctx: runs.RunCon
         "wall_s": result.wall_s,
         "compile_s": result.compile_s,
         "accept_rate": float(infos.is_accepted.mean()),
+        "num_iterations": total,
         "n_steps": int(infos.num_steps.sum()),
         "n_divergent": int(infos.is_divergent.sum()),
     }
