@@ -52,19 +52,6 @@ def _check_outputs(out):
     return metrics
 
 
-def test_decoder_head_is_the_first_pixels(tmp_path):
-    """``ImageDecoder.head`` (the VAE's sliced last layer) equals slicing the pixel means;
-    a decoder without ``head_fn`` slices."""
-    decoder = decoders.load(_tiny_decoder_dir(tmp_path / "dec"))
-    plain = decoders.ImageDecoder(decoder.mean_fn, 4, (28, 28), "vae")
-    z = jax.random.normal(jax.random.key(1), (4,))
-    head, sliced, fallback = jax.jit(
-        lambda z: (decoder.head(z, 196), decoder(z)[:196], plain.head(z, 196))
-    )(z)
-    np.testing.assert_allclose(head, sliced, rtol=1e-6)
-    np.testing.assert_array_equal(fallback, sliced)
-
-
 def _decoder_run(tmp_path):
     dec = _tiny_decoder_dir(tmp_path / "dec")
     obs = _observed(tmp_path / "obs.npz", np.random.default_rng(0).uniform(0, 1, 196))
@@ -77,6 +64,16 @@ def test_smoke_with_a_decoder_dir(tmp_path):
     assert main(args) == 0
     metrics = _check_outputs(out)
     assert metrics["latent_dim"] == 4 and metrics["decoder_kind"] == "vae"
+    # the generator's first pixels: ``ImageDecoder.head`` (the VAE's sliced last layer)
+    # equals slicing the pixel means; a decoder without ``head_fn`` slices
+    decoder = decoders.load(tmp_path / "dec")
+    plain = decoders.ImageDecoder(decoder.mean_fn, 4, (28, 28), "vae")
+    z = jax.random.normal(jax.random.key(1), (4,))
+    head, sliced, fallback = jax.jit(
+        lambda z: (decoder.head(z, 196), decoder(z)[:196], plain.head(z, 196))
+    )(z)
+    np.testing.assert_allclose(head, sliced, rtol=1e-6)
+    np.testing.assert_array_equal(fallback, sliced)
 
 
 @pytest.mark.slow
