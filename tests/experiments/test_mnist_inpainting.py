@@ -78,7 +78,7 @@ def test_smoke_with_a_decoder_dir(tmp_path):
 
 @pytest.mark.slow
 def test_smoke_resume_keeps_the_finished_run(tmp_path):
-    """A resumed finished run samples nothing again: the same draws and timings (~15 s)."""
+    """A resumed finished run samples nothing again: the same draws and timings (18 s CPU)."""
     out, args = _decoder_run(tmp_path)
     assert main(args) == 0
     metrics = json.loads((out / "metrics.json").read_text())
@@ -92,7 +92,7 @@ def test_smoke_resume_keeps_the_finished_run(tmp_path):
 @pytest.mark.slow
 def test_smoke_preset_trains_its_decoder(tmp_path, shared_data, monkeypatch):
     """The smoke preset as users run it: trains the smoke VAE, the paper's observation
-    (about 30 s idle)."""
+    (24 s CPU)."""
     monkeypatch.setenv("DGM_DATA_DIR", str(shared_data))
     out = tmp_path / "run"
     assert main(_args(out)) == 0
