@@ -9,10 +9,17 @@ __version__ = "0.1.0"
 _LAZY = {
     "SVGD": "dgm.svgd_original",
     "condition": "dgm.conditioning",
+    "condition_additive_noise": "dgm.conditioning_additive",
     "ConditionedGenerator": "dgm.conditioning",
 }
 
-__all__ = ["SVGD", "ConditionedGenerator", "__version__", "condition"]
+__all__ = [
+    "SVGD",
+    "ConditionedGenerator",
+    "__version__",
+    "condition",
+    "condition_additive_noise",
+]
 
 
 def __getattr__(name: str):

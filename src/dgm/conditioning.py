@@ -238,14 +238,15 @@ class ConditionedGenerator:
         chain_map = args["chain_map"]
         check_choice("chain_map", chain_map, ("map", "vmap", "auto"))
         structured = self.system.factor_type() is not DenseCholesky
-        if chain_map == "auto":
-            chain_map = "vmap" if structured else "map"
+        if chain_map == "auto":  # never vmap a LAPACK Cholesky, even inside another factor
+            chain_map = "vmap" if structured and not self.system.uses_lapack_cholesky else "map"
         if chain_map == "vmap" and self.system.uses_lapack_cholesky:
             raise ValueError(
-                "`chain_map` 'vmap' needs a structured Gram factor (a `gram_factor_fn` "
-                f"returning another factor than DenseCholesky) when there are more than "
-                f"{SMALL_GRAM} outputs (got {self.system.output_dim}): a dense LAPACK "
-                "Cholesky hangs under vmap on several host devices in jaxlib 0.10.2; use 'map'"
+                "`chain_map` 'vmap' needs a structured Gram factor with no LAPACK Cholesky "
+                f"(a DenseCholesky of more than {SMALL_GRAM} rows, alone or inside another "
+                f"factor, e.g. a Woodbury factor of more than {SMALL_GRAM} latents; "
+                f"{self.system.output_dim} outputs here): it hangs under vmap on several "
+                "host devices in jaxlib 0.10.2; use 'map'"
             )
         return chain_map
 

@@ -11,6 +11,7 @@ from types import ModuleType
 
 _REGISTRY: dict[str, str] = {
     "lotka-volterra": "dgm.experiments.lotka_volterra",
+    "mnist-inpainting": "dgm.experiments.mnist_inpainting",
     "pose": "dgm.experiments.pose",
     "dmm-polyphonic": "dgm.experiments.dmm_polyphonic",
     "dmm-synthetic": "dgm.experiments.dmm_synthetic",
