@@ -255,9 +255,11 @@ class ConditionedGenerator:
             params, jnp.asarray(target, jnp.float64), jnp.asarray(num_warmup)
         )
         if run["checkpoint"] is None or not Path(run["checkpoint"]).exists():
-            states = self._runner(settings, "search").run(
-                jax.random.split(key_search, num_chains), states, full, 1
-            ).states
+            states = (
+                self._runner(settings, "search")
+                .run(jax.random.split(key_search, num_chains), states, full, 1)
+                .states
+            )
         keys = jax.random.split(key_chains, num_chains)
         result = self._runner(settings, "adaptive").run(keys, states, full, total, **run)
         step_sizes = np.asarray(jax.vmap(adaptive_step.final_step_size)(result.states))
