@@ -10,9 +10,10 @@ _LAZY = {
     "SVGD": "dgm.svgd_original",
     "condition": "dgm.conditioning",
     "ConditionedGenerator": "dgm.conditioning",
+    "set_host_device_count": "dgm._runtime",
 }
 
-__all__ = ["SVGD", "ConditionedGenerator", "__version__", "condition"]
+__all__ = ["SVGD", "ConditionedGenerator", "__version__", "condition", "set_host_device_count"]
 
 
 def __getattr__(name: str):

@@ -1,0 +1,97 @@
+"""Chains on two host devices against one: constrained HMC throughput on Lotka–Volterra.
+
+One process with two host devices; the same ``ChainRunner`` of the fixed-length
+constrained HMC kernel (the paper's settings: step 0.25, 4...8 steps, N_g 3) runs the same
+chains on a one-device mesh and on the two-device mesh, interleaved, ``--repeats`` times.
+Compilation is excluded (an untimed first run per mesh). One JSON line per chain map
+(``vmap``: the banded Gram factor, as the experiment runs it; ``map``: one chain after
+another per device) with the median chain-transitions per second on each mesh and their
+ratio ``speedup`` (target: at least 1.8). The draws of the two meshes are checked equal.
+
+Run:  python benchmarks/bench_devices.py [--chains 8] [--draws 100] [--repeats 3]
+"""
+
+import argparse
+import json
+import statistics
+import time
+
+from dgm import set_host_device_count
+
+set_host_device_count(2)
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+jax.config.update("jax_enable_x64", True)
+
+from dgm.conditioning import condition  # noqa: E402
+from dgm.inference import constrained_hmc  # noqa: E402
+from dgm.inference.base import ChainRunner  # noqa: E402
+from dgm.models.lotka_volterra import NUM_PARAMS, LotkaVolterra  # noqa: E402
+
+
+def lv_problem(num_chains: int):
+    from dgm.data.lotka_volterra import observed_data
+
+    model = LotkaVolterra()
+    y_obs, _ = observed_data(model, check=True)
+    y = jnp.asarray(np.asarray(y_obs, np.float64))
+    posterior = condition(
+        model.generate,
+        y,
+        model.input_dim,
+        half_log_det_fn=lambda u: model.half_log_det_gram(u, y),
+        gram_factor_fn=model.gram_factor,
+    )
+    z = 0.1 * np.random.default_rng(0).normal(size=(num_chains, NUM_PARAMS)) - 4.0
+    u0 = jax.vmap(lambda z: model.input_on_manifold(z, y))(jnp.asarray(z))
+    states = jax.vmap(lambda u: constrained_hmc.init(posterior.system, u))(u0)
+    step = constrained_hmc.build_kernel(posterior.system, y, 3, 1e-8, 100, True)
+    params = constrained_hmc.CHMCParams(jnp.asarray(0.25), jnp.asarray(4), jnp.asarray(8))
+    return step, states, params
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--chains", type=int, default=8)
+    parser.add_argument("--draws", type=int, default=100)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--chain-maps", default="vmap,map")
+    args = parser.parse_args()
+    step, states, params = lv_problem(args.chains)
+    keys = jax.random.split(jax.random.key(0), args.chains)
+    devices = jax.devices()
+    for chain_map in args.chain_maps.split(","):
+        runners = {
+            n: ChainRunner(step, chunk_size=args.draws, chain_map=chain_map, devices=devices[:n])
+            for n in (1, 2)
+        }
+        first = {n: r.run(keys, states, params, args.draws) for n, r in runners.items()}
+        same = bool(np.array_equal(first[1].draws, first[2].draws))
+        walls = {1: [], 2: []}
+        for _ in range(args.repeats):
+            for n, runner in runners.items():
+                t0 = time.perf_counter()
+                runner.run(keys, states, params, args.draws)
+                walls[n].append(time.perf_counter() - t0)
+        rate = {n: args.chains * args.draws / statistics.median(w) for n, w in walls.items()}
+        row = {
+            "benchmark": "chains_over_devices",
+            "model": "lotka_volterra",
+            "sampler": "constrained_hmc_fixed_length",
+            "chain_map": chain_map,
+            "chains": args.chains,
+            "draws": args.draws,
+            "transitions_per_s_1_device": rate[1],
+            "transitions_per_s_2_devices": rate[2],
+            "speedup": rate[2] / rate[1],
+            "compile_s": {n: first[n].compile_s for n in first},
+            "draws_equal": same,
+        }
+        print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()
