@@ -21,8 +21,8 @@ def _logp(x):
 
 @pytest.fixture(scope="module")
 def runs():
-    devices = jax.devices()
-    assert len(devices) == 2, "the suite runs with two host devices"
+    devs = jax.devices()
+    assert len(devs) == 2, "the suite runs with two host devices"
     kernel = hmc.hmc(_logp, step_size=0.4, num_steps=(2, 5))
     x0 = jax.random.normal(jax.random.key(0), (3, 2))
     states = jax.vmap(kernel.init)(x0)
@@ -30,7 +30,7 @@ def runs():
     out = {}
     for chain_map in ("vmap", "map"):
         for n in (1, 2):
-            runner = ChainRunner(kernel.step, 7, chain_map=chain_map, devices=devices[:n])
+            runner = ChainRunner(kernel.step, chunk_size=7, chain_map=chain_map, devices=devs[:n])
             out[chain_map, n] = runner.run(keys, states, kernel.params, 10)
     return out
 
