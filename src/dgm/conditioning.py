@@ -186,8 +186,9 @@ class ConditionedGenerator:
                 the same path continues from it (same draws as an uninterrupted run).
             adapt: with ``num_warmup > 0``, adapt the step size of each chain during warm-up:
                 an initial doubling/halving search (a failed step counts as too large), then
-                dual averaging (a failed transition counts as acceptance 0); the draws use
-                the iterate average. ``False`` keeps ``step_size`` fixed.
+                dual averaging (a failed transition counts as acceptance 0), its average
+                refined over the last quarter (:mod:`~dgm.inference.adaptive_step`).
+                ``False`` keeps ``step_size`` fixed.
             target_accept: the mean acceptance probability the adaptation aims for, in (0, 1).
 
         Returns:
@@ -251,8 +252,9 @@ class ConditionedGenerator:
         num_chains = u0.shape[0]
         eps = jnp.asarray(params.step_size)
         states = jax.vmap(lambda s: adaptive_step.init(s, eps))(self._init_states(u0))
+        num_adapt, num_dual = adaptive_step.schedule(num_warmup)
         full = adaptive_step.AdaptiveParams(
-            params, jnp.asarray(target, jnp.float64), jnp.asarray(num_warmup)
+            params, jnp.asarray(target, jnp.float64), jnp.asarray(num_adapt), jnp.asarray(num_dual)
         )
         if run["checkpoint"] is None or not Path(run["checkpoint"]).exists():
             states = (
@@ -262,7 +264,8 @@ class ConditionedGenerator:
             )
         keys = jax.random.split(key_chains, num_chains)
         result = self._runner(settings, "adaptive").run(keys, states, full, total, **run)
-        step_sizes = np.asarray(jax.vmap(adaptive_step.final_step_size)(result.states))
+        final = jax.vmap(adaptive_step.final_step_size, (0, None))(result.states, full)
+        step_sizes = np.asarray(final)
         states = result.states.state
         return result._replace(states=states), step_sizes
 

@@ -1,11 +1,20 @@
-"""A kernel that adapts its own step size by dual averaging during its first iterations.
+"""A kernel that adapts its own step size during its first iterations.
 
 :func:`dgm.inference.adaptation.warmup` runs a whole warm-up as one ``lax.scan``. This
-module puts the same dual averaging *inside* the kernel instead: the state carries the
-dual-averaging iterate, the first ``num_adapt`` transitions use (and update) it, and every
-later transition uses the iterate average, frozen. One :class:`~dgm.inference.base.ChainRunner`
+module puts the adaptation *inside* the kernel instead: the state carries the step-size
+iterate, the first ``num_adapt`` transitions use (and update) it, and every later
+transition uses the adapted value, frozen. One :class:`~dgm.inference.base.ChainRunner`
 run of ``num_warmup + num_samples`` iterations then covers warm-up and sampling with one
 compiled chunk, and keeps the runner's chunking, progress bar, checkpoints and resume.
+
+Two phases. First ``num_dual`` transitions: dual averaging (Hoffman & Gelman's
+parameters). Then, until ``num_adapt``: a Robbins–Monro refinement that starts from the
+dual-averaging iterate average, ``log ε += c (a − δ) / (k + 10)`` with ``c = 2``, whose
+last iterate is the adapted step size. Why: the dual-averaging average alone left the
+acceptance after warm-up 0.03–0.09 *above* the target (measured on the linear-Gaussian
+generator, 1000 warm-up iterations, 6 seeds: 0.665–0.689 for a target of 0.6, 0.834–0.846
+for 0.8), since its iterates scatter widely and the acceptance is concave in ``log ε``
+there; the refinement's iterates settle (gain ∝ 1/k), which removes that bias.
 
 Failed transitions (a projection or reversibility failure on a manifold, a divergence)
 report acceptance 0 and so shrink the step size; :func:`search_kernel` finds the starting
@@ -14,7 +23,7 @@ step size by doubling or halving, counting a failed step as too large
 
 References:
     Hoffman & Gelman (2014), "The No-U-Turn Sampler", JMLR 15, §3.2 and Algorithm 4;
-    Nesterov (2009).
+    Nesterov (2009); Robbins & Monro (1951).
 """
 
 from collections.abc import Callable
@@ -26,7 +35,6 @@ from jaxtyping import Array, Float, Int
 
 from dgm.inference.adaptation import (
     DualAveragingState,
-    dual_averaging_final,
     dual_averaging_init,
     dual_averaging_update,
 )
@@ -42,11 +50,22 @@ class AdaptiveState(NamedTuple):
 
 class AdaptiveParams(NamedTuple):
     """The wrapped kernel's params (their ``step_size`` is ignored), the acceptance target,
-    and how many transitions adapt (traced: changing them does not recompile)."""
+    how many transitions adapt, and how many of them by dual averaging (traced: changing
+    them does not recompile)."""
 
     params: Any
     target_accept: Float[Array, ""]
     num_adapt: Int[Array, ""]
+    num_dual: Int[Array, ""]
+
+
+REFINE_GAIN = 2.0  # c in log ε += c (a − δ) / (k + 10)
+
+
+def schedule(num_warmup: int) -> tuple[int, int]:
+    """``(num_adapt, num_dual)`` for a warm-up of ``num_warmup`` iterations: the last
+    quarter refines (none below 8 iterations)."""
+    return num_warmup, num_warmup - (num_warmup // 4 if num_warmup >= 8 else 0)
 
 
 def check_target_accept(target_accept: Any) -> float:
@@ -62,16 +81,15 @@ def init(state: Any, step_size: Float[Array, ""]) -> AdaptiveState:
     return AdaptiveState(state, dual_averaging_init(jnp.asarray(step_size)))
 
 
-def current_step_size(state: AdaptiveState, num_adapt) -> Float[Array, ""]:
-    """The step size of the next transition: the iterate while adapting, then its average."""
-    da = state.da
-    adapting = da.count < num_adapt
-    return jnp.exp(jnp.where(adapting, da.log_step_size, da.log_step_size_avg))
+def _log_step_size(da: DualAveragingState, num_dual) -> Float[Array, ""]:
+    """The log step size in use: the dual-averaging iterate, its average once that phase
+    has ended (``count == num_dual``), then the refinement's iterate."""
+    return jnp.where(da.count == num_dual, da.log_step_size_avg, da.log_step_size)
 
 
-def final_step_size(state: AdaptiveState) -> Float[Array, ""]:
-    """The adapted step size (the dual-averaging iterate average)."""
-    return dual_averaging_final(state.da)
+def final_step_size(state: AdaptiveState, params: AdaptiveParams) -> Float[Array, ""]:
+    """The adapted step size (after ``num_adapt`` transitions)."""
+    return jnp.exp(_log_step_size(state.da, params.num_dual))
 
 
 def adaptive_kernel(step: Callable) -> Callable:
@@ -79,15 +97,24 @@ def adaptive_kernel(step: Callable) -> Callable:
     Metropolis acceptance) into ``step(key, AdaptiveState, AdaptiveParams)``."""
 
     def adaptive_step(key, state: AdaptiveState, params: AdaptiveParams):
-        adapting = state.da.count < params.num_adapt
-        step_size = current_step_size(state, params.num_adapt)
-        inner = params.params._replace(step_size=step_size.astype(state.da.log_step_size.dtype))
-        new, info = step(key, state.state, inner)
-        da = dual_averaging_update(state.da, info.accept_prob, params.target_accept)
-        da = jax.tree.map(lambda a, b: jnp.where(adapting, a, b), da, state.da)
+        da, target = state.da, params.target_accept
+        log_eps = _log_step_size(da, params.num_dual)
+        new, info = step(key, state.state, params.params._replace(step_size=jnp.exp(log_eps)))
+        accept = jnp.where(jnp.isfinite(info.accept_prob), info.accept_prob, 0.0)
+        dual = dual_averaging_update(da, accept, target)
+        k = (da.count - params.num_dual).astype(log_eps.dtype)
+        refined = log_eps + REFINE_GAIN * (accept - target) / (k + 10.0)
+        refine = da._replace(log_step_size=refined, count=da.count + 1)
+        in_dual = da.count < params.num_dual
+        adapting = da.count < params.num_adapt
+        da = _select(in_dual, dual, _select(adapting, refine, da))
         return AdaptiveState(new, da), info
 
     return adaptive_step
+
+
+def _select(pred, a, b):
+    return jax.tree.map(lambda x, y: jnp.where(pred, x, y), a, b)
 
 
 def search_kernel(step: Callable) -> Callable:
