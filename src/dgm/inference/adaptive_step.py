@@ -9,12 +9,13 @@ compiled chunk, and keeps the runner's chunking, progress bar, checkpoints and r
 
 Two phases. First ``num_dual`` transitions: dual averaging (Hoffman & Gelman's
 parameters). Then, until ``num_adapt``: a Robbins–Monro refinement that starts from the
-dual-averaging iterate average, ``log ε += c (a − δ) / (k + 10)`` with ``c = 2``, whose
-last iterate is the adapted step size. Why: the dual-averaging average alone left the
-acceptance after warm-up 0.03–0.09 *above* the target (measured on the linear-Gaussian
-generator, 1000 warm-up iterations, 6 seeds: 0.665–0.689 for a target of 0.6, 0.834–0.846
-for 0.8), since its iterates scatter widely and the acceptance is concave in ``log ε``
-there; the refinement's iterates settle (gain ∝ 1/k), which removes that bias.
+dual-averaging iterate average, ``log ε += c (a − δ) / (k + 10)`` with ``c = 2``; the
+adapted step size is the mean of its iterates over the phase's second half (Polyak–
+Ruppert averaging). Why: the dual-averaging average alone left the acceptance after
+warm-up 0.03–0.09 *above* the target (measured on the linear-Gaussian generator, 1000
+warm-up iterations, 6 seeds: 0.665–0.689 for a target of 0.6, 0.834–0.846 for 0.8),
+since its iterates scatter widely and the acceptance is concave in ``log ε`` there; the
+refinement's iterates settle (gain ∝ 1/k), which removes that bias.
 
 Failed transitions (a projection or reversibility failure on a manifold, a divergence)
 report acceptance 0 and so shrink the step size; :func:`search_kernel` finds the starting
@@ -63,9 +64,9 @@ REFINE_GAIN = 2.0  # c in log ε += c (a − δ) / (k + 10)
 
 
 def schedule(num_warmup: int) -> tuple[int, int]:
-    """``(num_adapt, num_dual)`` for a warm-up of ``num_warmup`` iterations: the last
-    quarter refines (none below 8 iterations)."""
-    return num_warmup, num_warmup - (num_warmup // 4 if num_warmup >= 8 else 0)
+    """``(num_adapt, num_dual)`` for a warm-up of ``num_warmup`` iterations: the second
+    half refines (none below 8 iterations)."""
+    return num_warmup, num_warmup - (num_warmup // 2 if num_warmup >= 8 else 0)
 
 
 def check_target_accept(target_accept: Any) -> float:
@@ -81,15 +82,17 @@ def init(state: Any, step_size: Float[Array, ""]) -> AdaptiveState:
     return AdaptiveState(state, dual_averaging_init(jnp.asarray(step_size)))
 
 
-def _log_step_size(da: DualAveragingState, num_dual) -> Float[Array, ""]:
-    """The log step size in use: the dual-averaging iterate, its average once that phase
-    has ended (``count == num_dual``), then the refinement's iterate."""
-    return jnp.where(da.count == num_dual, da.log_step_size_avg, da.log_step_size)
+def _log_step_size(da: DualAveragingState, params: AdaptiveParams) -> Float[Array, ""]:
+    """The log step size in use: the iterate while adapting, except at the switch from dual
+    averaging to refinement (``count == num_dual``) and after the warm-up, where it is the
+    average (``log_step_size_avg``: dual averaging's, then the refinement's)."""
+    iterate = (da.count != params.num_dual) & (da.count < params.num_adapt)
+    return jnp.where(iterate, da.log_step_size, da.log_step_size_avg)
 
 
 def final_step_size(state: AdaptiveState, params: AdaptiveParams) -> Float[Array, ""]:
     """The adapted step size (after ``num_adapt`` transitions)."""
-    return jnp.exp(_log_step_size(state.da, params.num_dual))
+    return jnp.exp(state.da.log_step_size_avg)
 
 
 def adaptive_kernel(step: Callable) -> Callable:
@@ -98,19 +101,30 @@ def adaptive_kernel(step: Callable) -> Callable:
 
     def adaptive_step(key, state: AdaptiveState, params: AdaptiveParams):
         da, target = state.da, params.target_accept
-        log_eps = _log_step_size(da, params.num_dual)
+        log_eps = _log_step_size(da, params)
         new, info = step(key, state.state, params.params._replace(step_size=jnp.exp(log_eps)))
         accept = jnp.where(jnp.isfinite(info.accept_prob), info.accept_prob, 0.0)
         dual = dual_averaging_update(da, accept, target)
-        k = (da.count - params.num_dual).astype(log_eps.dtype)
-        refined = log_eps + REFINE_GAIN * (accept - target) / (k + 10.0)
-        refine = da._replace(log_step_size=refined, count=da.count + 1)
+        refine = _refine(da, log_eps, accept, target, params)
         in_dual = da.count < params.num_dual
         adapting = da.count < params.num_adapt
         da = _select(in_dual, dual, _select(adapting, refine, da))
         return AdaptiveState(new, da), info
 
     return adaptive_step
+
+
+def _refine(da: DualAveragingState, log_eps, accept, target, params: AdaptiveParams):
+    """One Robbins–Monro step; over the phase's second half ``log_step_size_avg`` becomes
+    the running mean of the iterates."""
+    k = da.count - params.num_dual
+    new = log_eps + REFINE_GAIN * (accept - target) / (k.astype(log_eps.dtype) + 10.0)
+    j = k - (params.num_adapt - params.num_dual) // 2  # index within the averaged half
+    w = 1.0 / (j.astype(log_eps.dtype) + 1.0)
+    avg = jnp.where(
+        j >= 0, da.log_step_size_avg + w * (new - da.log_step_size_avg), da.log_step_size_avg
+    )
+    return da._replace(log_step_size=new, log_step_size_avg=avg, count=da.count + 1)
 
 
 def _select(pred, a, b):
