@@ -12,6 +12,8 @@ dual-averaging average), the 0.6 target failed (acceptance 0.665-0.689 over 6 se
 (see the report of the commit that added this file).
 """
 
+import warnings
+
 import jax
 import numpy as np
 import pytest
@@ -19,7 +21,7 @@ import pytest
 import dgm
 from tests.inference.test_constrained_hmc import Y_LIN, linear, sphere
 
-NUM_WARMUP = 400
+NUM_WARMUP = 1000
 KWARGS = dict(num_chains=4, num_samples=400, num_warmup=NUM_WARMUP, step_size=0.25)
 KWARGS |= dict(num_steps=(2, 4), progress_bar=False, chunk_size=200)
 
@@ -73,9 +75,11 @@ def test_resumed_warmup_gives_the_uninterrupted_draws(linear_posterior, tmp_path
     args = dict(KWARGS, num_samples=200, num_warmup=NUM_WARMUP)
     full = linear_posterior.sample(jax.random.key(23), **args)
     ckpt = tmp_path / "chains.npz"
-    with monkeypatch.context() as m:
-        _interrupt_on_call(m, 3)  # the search, then chunk 1 of warm-up; Ctrl-C in chunk 2
-        linear_posterior.sample(jax.random.key(23), checkpoint=ckpt, **args)
+    with monkeypatch.context() as m, warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # ArviZ: no kept draws yet
+        _interrupt_on_call(m, 4)  # the search, then warm-up chunks; Ctrl-C in the third
+        part = linear_posterior.sample(jax.random.key(23), checkpoint=ckpt, **args)
+    assert part.posterior.attrs["interrupted"] == 1
     resumed = linear_posterior.sample(jax.random.key(23), checkpoint=ckpt, **args)
     np.testing.assert_array_equal(resumed.posterior["u"].values, full.posterior["u"].values)
     np.testing.assert_array_equal(

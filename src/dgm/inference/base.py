@@ -174,7 +174,7 @@ class ChainRunner:
 
     @property
     def num_compiles(self) -> int:
-        """Executables compiled so far (one per shapes, static params and device)."""
+        """Executables compiled so far (one per shapes, static params and device mesh)."""
         return sum(cache.num_compiles for cache in self._caches.values())
 
     def _executable(self, args, static, mesh) -> tuple[Callable, float]:
