@@ -6,7 +6,9 @@ chains on a one-device mesh and on the two-device mesh, interleaved, ``--repeats
 Compilation is excluded (an untimed first run per mesh). One JSON line per chain map
 (``vmap``: the banded Gram factor, as the experiment runs it; ``map``: one chain after
 another per device) with the median chain-transitions per second on each mesh and their
-ratio ``speedup`` (target: at least 1.8). The draws of the two meshes are checked equal.
+ratio ``speedup`` (target: at least 1.8), and CPU seconds per wall second of each (on a
+shared machine, ``cpu_over_wall_2_devices`` near 1 means only one core was free, so no
+speedup could show). The draws of the two meshes are checked equal.
 
 Run:  python benchmarks/bench_devices.py [--chains 8] [--draws 100] [--repeats 3]
 """
@@ -70,13 +72,18 @@ def main():
         }
         first = {n: r.run(keys, states, params, args.draws) for n, r in runners.items()}
         same = bool(np.array_equal(first[1].draws, first[2].draws))
-        walls = {1: [], 2: []}
+        walls, cpus = {1: [], 2: []}, {1: [], 2: []}
         for _ in range(args.repeats):
             for n, runner in runners.items():
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 runner.run(keys, states, params, args.draws)
                 walls[n].append(time.perf_counter() - t0)
+                cpus[n].append(time.process_time() - c0)
         rate = {n: args.chains * args.draws / statistics.median(w) for n, w in walls.items()}
+        # CPU seconds per wall second: up to 2 when both cores were free for the 2-device
+        # run; about 1 means the machine gave this process one core's worth (no speedup
+        # can show then).
+        busy = {n: statistics.median(c) / statistics.median(walls[n]) for n, c in cpus.items()}
         row = {
             "benchmark": "chains_over_devices",
             "model": "lotka_volterra",
@@ -87,6 +94,8 @@ def main():
             "transitions_per_s_1_device": rate[1],
             "transitions_per_s_2_devices": rate[2],
             "speedup": rate[2] / rate[1],
+            "cpu_over_wall_1_device": busy[1],
+            "cpu_over_wall_2_devices": busy[2],
             "compile_s": {n: first[n].compile_s for n in first},
             "draws_equal": same,
         }
