@@ -18,6 +18,7 @@ its own slice, so the draws of chain ``i`` depend only on its key and ``i``, not
 number of devices.
 """
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -91,11 +92,15 @@ def gather(tree: Any) -> Any:
     there are several processes: all of them must call it)."""
     if jax.process_count() == 1:
         return jax.tree.map(np.asarray, tree)
-    from jax.experimental import multihost_utils
+    mesh = jax.tree.leaves(tree)[0].sharding.mesh
+    # One all-gather program for the whole tree (multihost_utils.process_allgather would
+    # compile one per leaf), cached per mesh and tree signature.
+    return jax.tree.map(np.asarray, _replicate(mesh)(tree))
 
-    return jax.tree.map(
-        lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True)), tree
-    )
+
+@functools.cache
+def _replicate(mesh: Mesh) -> Callable:
+    return jax.jit(lambda tree: tree, out_shardings=NamedSharding(mesh, PartitionSpec()))
 
 
 def shard_chains(fn: Callable, mesh: Mesh, in_specs: Any, out_specs: Any = None) -> Callable:
