@@ -106,12 +106,16 @@ def initialize(
     try:
         jax.distributed.initialize(initialization_timeout=max(1, int(timeout_s)), **kwargs)
     except Exception as err:  # XLA reports timeouts and refusals as assorted runtime errors
-        where = coordinator_address or "the address from the cluster environment"
-        who = f"process {process_id} of {num_processes}" if all(given) else "this process"
         reason = " ".join(str(err).split())[:300]
+        if not all(given):
+            raise RuntimeError(
+                "could not join a run described by the cluster environment (Slurm, Open "
+                f"MPI, Kubernetes, Cloud TPU): {reason}; outside such a cluster pass "
+                "`coordinator_address`, `num_processes` and `process_id`"
+            ) from err
         raise RuntimeError(
-            f"{who} could not join the run through the coordinator at {where} within "
-            f"{timeout_s} s: {reason}"
+            f"process {process_id} of {num_processes} could not join the run through the "
+            f"coordinator at {coordinator_address} within {timeout_s} s: {reason}"
         ) from err
     _STATE["process_id"] = jax.process_index()
 
