@@ -367,7 +367,8 @@ def to_inference_data(
         posterior, sample_stats=stats, observed_data=observed, dims={"u": ["u_dim"]}
     )
     for group in (idata.posterior, idata.sample_stats):
-        group.attrs.update(attrs)
+        # an attribute named like a variable would shadow it (`ds.step_size`)
+        group.attrs.update({k: v for k, v in attrs.items() if k not in group.data_vars})
     return idata
 
 
