@@ -165,7 +165,9 @@ def _run(args: argparse.Namespace, extra: list[str]) -> int:
     metrics = module.run(config, jax.random.key(args.seed), ctx)
     metrics = {**metrics, "total_wall_s": time.perf_counter() - start, "seed": args.seed}
     runs.write_json(out / "metrics.json", metrics)
-    if not runs._is_writer():
+    from dgm.distributed import is_main_process
+
+    if not is_main_process():  # process 0 prints and has written everything
         return 0
     if hasattr(module, "summary"):
         print(module.summary(metrics))
