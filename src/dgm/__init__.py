@@ -11,6 +11,7 @@ _LAZY = {
     "condition": "dgm.conditioning",
     "condition_additive_noise": "dgm.conditioning_additive",
     "ConditionedGenerator": "dgm.conditioning",
+    "set_host_device_count": "dgm._runtime",
 }
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "__version__",
     "condition",
     "condition_additive_noise",
+    "set_host_device_count",
 ]
 
 

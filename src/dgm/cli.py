@@ -52,7 +52,33 @@ def _parser() -> argparse.ArgumentParser:
     render.add_argument("--out", type=Path, required=True, help="output .gif or .mp4")
     render.add_argument("--stride", type=int, default=4, help="draw every Nth frame (default 4)")
     render.add_argument("--max-frames", type=int, default=None, help="draw at most N frames")
+    scale = run.add_argument_group("devices and processes")
+    scale.add_argument(
+        "--devices", type=int, default=None, help="host (CPU) devices (default: one per core)"
+    )
+    scale.add_argument("--coordinator", default=None, metavar="HOST:PORT", help="process 0")
+    scale.add_argument("--num-processes", type=int, default=None, help="processes in the run")
+    scale.add_argument("--process-id", type=int, default=None, help="this process, from 0")
+    scale.add_argument(
+        "--distributed",
+        action="store_true",
+        help="join a multi-process run described by the cluster environment (Slurm, ...)",
+    )
     return parser
+
+
+def _start_devices(args: argparse.Namespace) -> None:
+    """Host devices and the processes of a distributed run, before JAX runs anything."""
+    from dgm import distributed
+    from dgm._runtime import set_host_device_count
+
+    if args.devices is not None:
+        set_host_device_count(args.devices)
+    explicit = (args.coordinator, args.num_processes, args.process_id)
+    if args.distributed or any(x is not None for x in explicit):
+        if args.distributed and any(x is not None for x in explicit):
+            raise ValueError("--distributed reads the cluster environment: drop --coordinator etc.")
+        distributed.initialize(*explicit)
 
 
 def _resolve(args: argparse.Namespace, extra: list[str]):
@@ -134,14 +160,21 @@ def _run(args: argparse.Namespace, extra: list[str]) -> int:
         "config": _jsonable(config),
     }
     out = _prepare_out(args, preset, record)
+    # After every process checked --out (joining is a barrier), before process 0 writes.
+    _start_devices(args)
     ctx = runs.RunContext(out=out, resume=args.resume, progress=not args.no_progress)
     record["versions"] = runs.versions()
+    record["processes"] = jax.process_count()
     record["devices"] = [str(d) for d in jax.devices()]
     runs.write_json(out / "config.json", record)
     start = time.perf_counter()
     metrics = module.run(config, jax.random.key(args.seed), ctx)
     metrics = {**metrics, "total_wall_s": time.perf_counter() - start, "seed": args.seed}
     runs.write_json(out / "metrics.json", metrics)
+    from dgm.distributed import is_main_process
+
+    if not is_main_process():  # process 0 prints and has written everything
+        return 0
     if hasattr(module, "summary"):
         print(module.summary(metrics))
     print(f"outputs written to {out}")
