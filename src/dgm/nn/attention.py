@@ -124,3 +124,16 @@ def write(
 ) -> Float[Array, "height width"]:
     """The patch spread over the image, ``(1/γ) · F_Yᵀ w F_X``."""
     return (f_y.T @ patch @ f_x) / gamma
+
+
+def grid_extent(
+    params: AttentionParams, n: int, grid: str = "paper"
+) -> tuple[Float[Array, "..."], ...]:
+    """The first and last filter centres ``(x0, y0, x1, y1)`` in 0-based pixel coordinates
+    (column, row): the window the glimpse covers, for drawing it over an image. Works on
+    batched parameters."""
+    first, last = (-(n - 1) / 2, (n - 1) / 2) if grid == "paper" else (-n / 2 - 0.5, n / 2 - 1.5)
+    shift = 1.0 if grid == "paper" else 0.0  # paper coordinates are 1-based
+    x0, x1 = (params.g_x + k * params.delta - shift for k in (first, last))
+    y0, y1 = (params.g_y + k * params.delta - shift for k in (first, last))
+    return x0, y0, x1, y1
