@@ -12,7 +12,6 @@ from pathlib import Path
 
 import equinox as eqx
 import jax
-import jax.numpy as jnp
 
 from dgm import runs
 from dgm.models import decoders
@@ -54,9 +53,9 @@ def load(path: str | os.PathLike) -> tuple[DRAW, dict]:
         shape = tuple(head["image_shape"])
     except KeyError as err:
         raise ValueError(f"{path}: the model header lacks {err}") from None
-    # Only shapes are needed: the constant key draws nothing that is kept.
-    like = eqx.filter_eval_shape(lambda: DRAW(shape, **sizes, key=jax.random.key(0)))
-    like = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), like)
+    # Only shapes are needed: the constant key draws nothing that is kept (initialisation
+    # runs on the host, so it cannot go under eval_shape).
+    like = DRAW(shape, **sizes, key=jax.random.key(0))
     with open(path, "rb") as f:
         f.readline()
         try:
