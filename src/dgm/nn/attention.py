@@ -126,12 +126,10 @@ def write(
     return (f_y.T @ patch @ f_x) / gamma
 
 
-def grid_extent(
-    params: AttentionParams, n: int, grid: str = "paper"
-) -> tuple[Float[Array, "..."], ...]:
+def grid_extent(params: AttentionParams, n: int, grid: str = "paper") -> tuple:
     """The first and last filter centres ``(x0, y0, x1, y1)`` in 0-based pixel coordinates
     (column, row): the window the glimpse covers, for drawing it over an image. Works on
-    batched parameters."""
+    batched parameters, JAX or NumPy."""
     first, last = (-(n - 1) / 2, (n - 1) / 2) if grid == "paper" else (-n / 2 - 0.5, n / 2 - 1.5)
     shift = 1.0 if grid == "paper" else 0.0  # paper coordinates are 1-based
     x0, x1 = (params.g_x + k * params.delta - shift for k in (first, last))
