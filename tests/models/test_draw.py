@@ -16,12 +16,35 @@ SHAPE = (5, 4)  # rows, columns: not square, so a transposed filterbank shows
 
 
 def _float64(tree):
-    return jax.tree.map(lambda a: a.astype(jnp.float64) if eqx.is_inexact_array(a) else a, tree)
+    to64 = lambda a: jnp.asarray(np.asarray(a, np.float64))  # noqa: E731 (host: no compile)
+    return jax.tree.map(lambda a: to64(a) if eqx.is_inexact_array(a) else a, tree)
 
 
-# Jitted once per model shape: run eagerly, every primitive compiled on its own (minutes).
-_parts = eqx.filter_jit(draw.neg_elbo_parts)
-_reconstruct = eqx.filter_jit(draw.reconstruct)
+_COMPILED = {}
+
+
+def _fast(fn, *args):
+    """``fn(*args)`` compiled at XLA backend optimisation level 0, once per function and
+    argument shapes: compilation dominates these tests, and this halves it (eagerly, every
+    primitive compiles on its own: minutes)."""
+    leaves = jax.tree.leaves(args)
+    sig = (fn, jax.tree.structure(args), tuple((a.shape, a.dtype) for a in leaves))
+    if sig not in _COMPILED:
+        lowered = jax.jit(fn).lower(*args)
+        _COMPILED[sig] = lowered.compile({"xla_backend_optimization_level": 0})
+    return _COMPILED[sig](*args)
+
+
+def _plain_parts(model, x, key):
+    return draw.neg_elbo_parts(model, x, key, hoist=False)
+
+
+def _parts(model, x, key, hoist=False):
+    return _fast(_plain_parts, model, x, key)
+
+
+def _reconstruct(model, x, key):
+    return _fast(draw.reconstruct, model, x, key)
 
 
 def _perturbed(model, seed, scale=0.3):
@@ -29,12 +52,16 @@ def _perturbed(model, seed, scale=0.3):
     the host: no compilation)."""
     rng = np.random.default_rng(seed)
     params, static = eqx.partition(model, eqx.is_inexact_array)
-    noisy = jax.tree.map(lambda a: a + scale * rng.normal(size=a.shape).astype(a.dtype), params)
+    noisy = jax.tree.map(
+        lambda a: jnp.asarray(np.asarray(a) + scale * rng.normal(size=a.shape).astype(a.dtype)),
+        params,
+    )
     return eqx.combine(noisy, static)
 
 
-def _images(key, batch, dtype=jnp.float32):
-    return (jax.random.uniform(key, (batch, SHAPE[0] * SHAPE[1])) > 0.5).astype(dtype)
+def _images(seed, batch, dtype=np.float32):
+    rng = np.random.default_rng(seed)
+    return jnp.asarray((rng.uniform(size=(batch, SHAPE[0] * SHAPE[1])) > 0.5).astype(dtype))
 
 
 def _sigmoid(v):
@@ -52,7 +79,7 @@ def test_one_step_without_attention_is_a_vae(x64):
     weights (the reference BCE form, the closed-form Gaussian KL)."""
     model = draw.DRAW(SHAPE, 1, 3, 6, 5, None, None, key=jax.random.key(0))
     model = _perturbed(_float64(model), 1)
-    x = _images(jax.random.key(2), 4, jnp.float64)
+    x = _images(2, 4, np.float64)
     key = jax.random.key(3)
     recon, kl, _ = _parts(model, x, key, hoist=False)
     eps = np.asarray(jax.random.normal(key, (1, 4, 3), jnp.float64))[0]
@@ -83,7 +110,7 @@ NUM_KL = 4000
 
 
 def _trace(model, key):
-    x = jnp.broadcast_to(_images(jax.random.key(6), 1), (NUM_KL, SHAPE[0] * SHAPE[1]))
+    x = jnp.asarray(np.repeat(np.asarray(_images(6, 1)), NUM_KL, axis=0))
     return _reconstruct(model, x, key)
 
 
@@ -123,16 +150,17 @@ def test_gradients_match_finite_differences(x64):
     directions, in float64."""
     model = draw.DRAW(SHAPE, 3, 2, 6, 5, 2, 3, key=jax.random.key(8))
     model = _perturbed(_float64(model), 9, 0.2)
-    x, key = _images(jax.random.key(10), 3, jnp.float64), jax.random.key(11)
-    grad = eqx.filter_jit(eqx.filter_grad(_loss(True)))(model, x, key)
+    x, key = _images(10, 3, np.float64), jax.random.key(11)
     params, static = eqx.partition(model, eqx.is_inexact_array)
+    train_loss = lambda p: _loss(True)(eqx.combine(p, static), x, key)  # noqa: E731
+    grad = _fast(jax.grad(train_loss), params)
     flat, unravel = jax.flatten_util.ravel_pytree(params)
-    loss = jax.jit(jax.vmap(lambda p: _loss(False)(eqx.combine(unravel(p), static), x, key)))
+    loss = jax.vmap(lambda p: _loss(False)(eqx.combine(unravel(p), static), x, key))
     g = np.asarray(jax.flatten_util.ravel_pytree(eqx.filter(grad, eqx.is_inexact_array))[0])
     v = np.random.default_rng(12).normal(size=(3, flat.size))  # three random directions
     h = 1e-6
     flat = np.asarray(flat)
-    values = np.asarray(loss(jnp.asarray(np.concatenate([flat + h * v, flat - h * v]))))
+    values = np.asarray(_fast(loss, jnp.asarray(np.concatenate([flat + h * v, flat - h * v]))))
     np.testing.assert_allclose((values[:3] - values[3:]) / (2 * h), v @ g, rtol=1e-6)
 
 
@@ -146,10 +174,10 @@ def test_noise_is_fresh_at_every_step_and_image(attn_model):
 
 
 def test_generation_and_pixel_means(attn_model):
-    u = jax.random.normal(jax.random.key(14), (3, 2))
-    canvases, write = eqx.filter_jit(draw.generate)(attn_model, u)
+    u = jnp.asarray(np.random.default_rng(14).normal(size=(3, 2)), jnp.float32)
+    canvases, write = _fast(draw.generate, attn_model, u)
     assert canvases.shape == (3, 20) and write.g_x.shape == (3,)
-    means = eqx.filter_jit(draw.pixel_means)(attn_model, u.ravel())
+    means = _fast(draw.pixel_means, attn_model, u.ravel())
     np.testing.assert_allclose(means, jax.nn.sigmoid(canvases[-1]), rtol=1e-6)
     assert np.all((means > 0) & (means < 1))
 
