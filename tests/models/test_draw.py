@@ -35,12 +35,8 @@ def _fast(fn, *args):
     return _COMPILED[sig](*args)
 
 
-def _plain_parts(model, x, key):
-    return draw.neg_elbo_parts(model, x, key, hoist=False)
-
-
-def _parts(model, x, key, hoist=False):
-    return _fast(_plain_parts, model, x, key)
+def _parts(model, x, key):
+    return _fast(draw.neg_elbo_parts, model, x, key)
 
 
 def _reconstruct(model, x, key):
@@ -81,7 +77,7 @@ def test_one_step_without_attention_is_a_vae(x64):
     model = _perturbed(_float64(model), 1)
     x = _images(2, 4, np.float64)
     key = jax.random.key(3)
-    recon, kl, _ = _parts(model, x, key, hoist=False)
+    recon, kl, _ = _parts(model, x, key)
     eps = np.asarray(jax.random.normal(key, (1, 4, 3), jnp.float64))[0]
     w = {n: (np.asarray(getattr(model, n).weight), np.asarray(getattr(model, n).bias))
          for n in ("encoder", "decoder", "posterior", "write_patch")}  # fmt: skip
@@ -137,25 +133,25 @@ def test_kl_calibration(attn_model, seed):
     print(seed, _kl_z(attn_model, jax.random.key(seed)))
 
 
-def _loss(hoist):
+def _loss():
     def fn(model, x, key):
-        recon, kl, _ = draw.neg_elbo_parts(model, x, key, hoist=hoist)
+        recon, kl, _ = draw.neg_elbo_parts(model, x, key)
         return jnp.mean(recon + kl)
 
     return fn
 
 
 def test_gradients_match_finite_differences(x64):
-    """The training gradient (the hoisted VJP) against central differences along three random
-    directions, in float64."""
+    """The training gradient against central differences along three random directions, in
+    float64."""
     model = draw.DRAW(SHAPE, 3, 2, 6, 5, 2, 3, key=jax.random.key(8))
     model = _perturbed(_float64(model), 9, 0.2)
     x, key = _images(10, 3, np.float64), jax.random.key(11)
     params, static = eqx.partition(model, eqx.is_inexact_array)
-    train_loss = lambda p: _loss(True)(eqx.combine(p, static), x, key)  # noqa: E731
+    train_loss = lambda p: _loss()(eqx.combine(p, static), x, key)  # noqa: E731
     grad = _fast(jax.grad(train_loss), params)
     flat, unravel = jax.flatten_util.ravel_pytree(params)
-    loss = jax.vmap(lambda p: _loss(False)(eqx.combine(unravel(p), static), x, key))
+    loss = jax.vmap(lambda p: _loss()(eqx.combine(unravel(p), static), x, key))
     g = np.asarray(jax.flatten_util.ravel_pytree(eqx.filter(grad, eqx.is_inexact_array))[0])
     v = np.random.default_rng(12).normal(size=(3, flat.size))  # three random directions
     h = 1e-6

@@ -16,7 +16,7 @@ from dgm.nn import attention
 
 @eqx.filter_jit
 def _parts(model, x, key):
-    return draw.neg_elbo_parts(model, x, key, hoist=False)
+    return draw.neg_elbo_parts(model, x, key)
 
 
 def _padded_batches(x: np.ndarray, batch_size: int):
