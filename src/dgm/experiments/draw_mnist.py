@@ -102,7 +102,7 @@ PRESETS = {
                     test_samples=10, is_images=20, eval_batch_size=100, num_images=4),
     # A small model that draws recognisable digits in about two minutes.
     "quick": Config(num_steps=10, z_size=10, enc_size=128, dec_size=128, read_n=2, write_n=5,
-                    train=_train(num_epochs=2), test_samples=100, is_images=200,
+                    train=_train(num_epochs=3), test_samples=100, is_images=200,
                     track_test=False),
     # The reference code's configuration: 10k updates of 100 images = 20 epochs.
     "small": Config(num_steps=10, z_size=10, read_n=5, write_n=5, train=_train(num_epochs=20),
