@@ -59,6 +59,11 @@ def test_sample_command(smoke_run, tmp_path, capsys):
         assert (tmp_path / name).exists(), name
     assert main(["sample", str(tmp_path)]) == 1
     assert "holds no model.eqx" in capsys.readouterr().err
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "model.eqx").write_bytes((out / "model.eqx").read_bytes()[:2000])
+    assert main(["sample", str(broken)]) == 1
+    assert "is corrupt or truncated" in capsys.readouterr().err
 
 
 def _toy_loss(model, batch, key):
