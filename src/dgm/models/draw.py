@@ -167,9 +167,11 @@ def _attention(layers: _Layers, name: str, h_dec, n: int):
 
 
 def _read(layers: _Layers, x, x_hat, h_dec):
+    """The glimpse r_t; without read attention only x̂ (x's part of the encoder's gates is
+    computed once, before the scan: see :func:`_scan`)."""
     model = layers.model
     if model.read_n is None:
-        return jnp.concatenate([x, x_hat]), None
+        return x_hat, None
     params, f_y, f_x = _attention(layers, "read_attention", h_dec, model.read_n)
     glimpses = [attention.read(im.reshape(model.image_shape), f_y, f_x, params.gamma)
                 for im in (x, x_hat)]  # fmt: skip
@@ -192,12 +194,14 @@ def _decode(layers: _Layers, z, h_dec, s_dec, canvas):
     return h_dec, s_dec, canvas + update, params
 
 
-def _encode_decode_step(model: DRAW, x, carry, e, trace: bool):
+def _encode_decode_step(model: DRAW, x, x_gates, w_rest, carry, e, trace: bool):
     """One step for one image: returns the new carry and the step's outputs."""
     canvas, h_enc, s_enc, h_dec, s_dec = carry
     layers = _Layers(model)
     r, read_params = _read(layers, x, x - jax.nn.sigmoid(canvas), h_dec)
-    h_enc, s_enc = _lstm(layers("encoder", jnp.concatenate([r, h_dec, h_enc])), s_enc)
+    enc_in = jnp.concatenate([r, h_dec, h_enc])
+    gates = layers("encoder", enc_in) if x_gates is None else x_gates + w_rest @ enc_in
+    h_enc, s_enc = _lstm(gates, s_enc)
     mu, log_sigma = jnp.split(layers("posterior", h_enc), 2)
     z = mu + jnp.exp(log_sigma) * e
     h_dec, s_dec, canvas, write_params = _decode(layers, z, h_dec, s_dec, canvas)
@@ -219,8 +223,12 @@ def _scan(model: DRAW, x, eps, trace=False):
     zeros = lambda n: jnp.zeros((batch, n), x.dtype)  # noqa: E731
     carry = (tile(model.canvas0), tile(model.h_enc0), zeros(model.enc_size),
              tile(model.h_dec0), zeros(model.dec_size))  # fmt: skip
-    step = jax.vmap(lambda c, xb, e: _encode_decode_step(model, xb, c, e, trace))
-    carry, outs = jax.lax.scan(lambda c, e: step(c, x, e), carry, eps)
+    x_gates = w_rest = None
+    if model.read_n is None:  # r_t = [x, x̂_t]: x's product with its weights is the same
+        w, pixels = model.encoder.weight, model.num_pixels  # at every step; do it once
+        x_gates, w_rest = x @ w[:, :pixels].T + model.encoder.bias[None, :], w[:, pixels:]
+    step = jax.vmap(lambda c, xb, xg, e: _encode_decode_step(model, xb, xg, w_rest, c, e, trace))
+    carry, outs = jax.lax.scan(lambda c, e: step(c, x, x_gates, e), carry, eps)
     return carry[0], outs
 
 
