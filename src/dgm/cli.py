@@ -1,4 +1,4 @@
-"""Command-line interface: ``dgm list`` and ``dgm run NAME``.
+"""Command-line interface: ``dgm list``, ``dgm run NAME`` and ``dgm sample RUN_DIR``.
 
 Parses arguments, resolves the config, calls the experiment and writes the run's
 ``config.json`` and ``metrics.json``. It does no numerics. Exit codes: 0 success,
@@ -64,6 +64,11 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="join a multi-process run described by the cluster environment (Slurm, ...)",
     )
+    sample = sub.add_parser("sample", help="new samples (and a DRAW's animation) from a run")
+    sample.add_argument("run_dir", type=Path, help="run directory of a trained image model")
+    sample.add_argument("--num", type=int, default=64, help="number of samples (default 64)")
+    sample.add_argument("--out", type=Path, default=None, help="PNG file (GIFs beside it)")
+    sample.add_argument("--seed", type=int, default=0, help="PRNG seed (default 0)")
     return parser
 
 
@@ -79,6 +84,14 @@ def _start_devices(args: argparse.Namespace) -> None:
         if args.distributed and any(x is not None for x in explicit):
             raise ValueError("--distributed reads the cluster environment: drop --coordinator etc.")
         distributed.initialize(*explicit)
+
+
+def _sample(args: argparse.Namespace) -> int:
+    from dgm.experiments import sample
+
+    for path in sample.sample_run(args.run_dir, args.num, args.out, args.seed):
+        print(f"wrote {path}")
+    return 0
 
 
 def _resolve(args: argparse.Namespace, extra: list[str]):
@@ -237,6 +250,10 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(signal.SIGINT, _on_sigint)
         if args.command == "bvh":
             return _bvh(args, extra)
+        if args.command == "sample":
+            if extra:
+                parser.error(f"unrecognized arguments: {' '.join(extra)}")
+            return _sample(args)
         return _run(args, extra)
     except KeyboardInterrupt:
         _wait_for_jax()

@@ -15,6 +15,7 @@ _REGISTRY: dict[str, str] = {
     "pose": "dgm.experiments.pose",
     "dmm-polyphonic": "dgm.experiments.dmm_polyphonic",
     "dmm-synthetic": "dgm.experiments.dmm_synthetic",
+    "draw-mnist": "dgm.experiments.draw_mnist",
     "svgd-blr": "dgm.experiments.svgd_blr",
     "svgd-bnn": "dgm.experiments.svgd_bnn",
     "svgd-gaussian2d": "dgm.experiments.svgd_gaussian2d",
