@@ -8,6 +8,7 @@ import optax
 import pytest
 
 import dgm
+import dgm.distributed
 from dgm import training
 from dgm.cli import main
 from dgm.inference import ChainRunner, abc, warmup
@@ -63,6 +64,14 @@ CASES = [
     ("condition.sample", lambda: _sample(num_chains=0), "num_chains", "0"),
     ("condition.sample", lambda: _sample(step_size=-0.1), "step_size", "-0.1"),
     ("condition.sample", lambda: _sample(chain_map="pmap"), "chain_map", "pmap"),
+    ("condition.sample", lambda: _sample(target_accept=1.2), "target_accept", "1.2"),
+    ("set_host_device_count", lambda: dgm.set_host_device_count(0), "num_devices", "0"),
+    (
+        "distributed.initialize",
+        lambda: dgm.distributed.initialize("127.0.0.1:1234", 2, 5),
+        "process_id",
+        "5",
+    ),
     ("hmc", lambda: hmc(_logp, step_size=0.0), "step_size", "0.0"),
     ("hmc", lambda: hmc(_logp, 0.1, num_steps=(5, 3)), "num_steps", r"\(5, 3\)"),
     (

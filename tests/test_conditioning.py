@@ -120,7 +120,9 @@ def test_gauss_newton_start_lands_on_manifold(posterior):
     np.testing.assert_allclose(np.linalg.norm(np.asarray(u), axis=1), 1.0, atol=1e-9)
 
 
-KWARGS = dict(num_chains=2, step_size=0.5, num_steps=2, progress_bar=False, chunk_size=5)
+KWARGS = dict(
+    num_chains=2, step_size=0.5, num_steps=2, progress_bar=False, chunk_size=5, adapt=False
+)
 
 
 @pytest.fixture(scope="module")
@@ -142,8 +144,11 @@ def test_inference_data_groups_and_attrs(full_run):
         "n_steps",
         "energy_error",
         "constraint_residual",
+        "step_size",
     }
+    np.testing.assert_array_equal(idata.sample_stats["step_size"].values, 0.5)
     attrs = idata.posterior.attrs
+    assert attrs["adapted"] == 0
     assert attrs["sampler"] == "constrained_hmc" and attrs["interrupted"] == 0
     assert attrs["step_size"] == 0.5 and attrs["num_steps_low"] == attrs["num_steps_high"] == 2
     assert attrs["tol"] == 1e-8 and attrs["check_reverse"] == 1 and attrs["chain_map"] == "map"

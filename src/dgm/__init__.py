@@ -9,11 +9,21 @@ __version__ = "0.1.0"
 _LAZY = {
     "SVGD": "dgm.svgd_original",
     "condition": "dgm.conditioning",
+    "condition_additive_noise": "dgm.conditioning_additive",
     "ConditionedGenerator": "dgm.conditioning",
+    "set_host_device_count": "dgm._runtime",
     "sample": "dgm.sampling",
 }
 
-__all__ = ["SVGD", "ConditionedGenerator", "__version__", "condition", "sample"]
+__all__ = [
+    "SVGD",
+    "ConditionedGenerator",
+    "__version__",
+    "condition",
+    "condition_additive_noise",
+    "sample",
+    "set_host_device_count",
+]
 
 
 def __getattr__(name: str):

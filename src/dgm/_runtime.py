@@ -5,6 +5,10 @@ several cores, JAX then exposes one host device per core (chains are sharded ove
 them) and OpenBLAS runs single-threaded: with both cores busy, a multi-threaded
 OpenBLAS slows small triangular solves by two orders of magnitude.
 
+:func:`set_host_device_count` (public as ``dgm.set_host_device_count``) asks for a number
+of host devices explicitly; unlike :func:`configure_cpu` it may be called after ``import
+jax``, as long as JAX has not run anything yet.
+
 It also keeps glibc's allocator from handing large blocks back to the kernel: XLA:CPU
 allocates each execution's temporaries as one block (47 MB for a DMM training step on a
 20 × 64 JSB batch) and frees it afterwards; by default glibc serves such blocks by ``mmap``
@@ -42,6 +46,45 @@ def configure_cpu(num_devices: int | None = None, reuse_freed_memory: bool = Fal
         os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}".strip()
     if reuse_freed_memory and os.environ.get("DGM_REUSE_FREED_MEMORY", "1") != "0":
         keep_freed_memory()
+
+
+def set_host_device_count(num_devices: int) -> None:
+    """Expose ``num_devices`` CPU devices to JAX, so chains (or particles, or batch rows)
+    spread over that many cores.
+
+    Call it first thing: before JAX runs any computation (importing JAX is fine). It also
+    makes OpenBLAS single-threaded unless the environment says otherwise. On a GPU
+    machine it changes only the CPU backend.
+
+    Args:
+        num_devices: the number of host devices, usually the number of cores.
+
+    Raises:
+        ValueError: ``num_devices`` is not a positive int.
+        RuntimeError: JAX has already initialized its devices.
+
+    Example:
+        >>> import dgm
+        >>> dgm.set_host_device_count(2)  # doctest: +SKIP
+    """
+    ok = isinstance(num_devices, int) and not isinstance(num_devices, bool)
+    if not (ok and num_devices >= 1):
+        raise ValueError(f"`num_devices` must be a positive int; got {num_devices!r}")
+    if "jax" in sys.modules:
+        import jax
+
+        try:
+            jax.config.update("jax_num_cpu_devices", num_devices)
+        except RuntimeError:
+            have = len(jax.devices("cpu"))
+            if have != num_devices:
+                raise RuntimeError(
+                    f"set_host_device_count({num_devices}) came too late: JAX has already "
+                    f"initialized {have} CPU device(s); call it before any JAX computation"
+                ) from None
+    for var in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
+    os.environ["JAX_NUM_CPU_DEVICES"] = str(num_devices)  # read when JAX is imported
 
 
 def keep_freed_memory() -> bool:

@@ -1,4 +1,4 @@
-"""Command-line interface: ``dgm list`` and ``dgm run NAME``.
+"""Command-line interface: ``dgm list``, ``dgm run NAME`` and ``dgm sample RUN_DIR``.
 
 Parses arguments, resolves the config, calls the experiment and writes the run's
 ``config.json`` and ``metrics.json``. It does no numerics. Exit codes: 0 success,
@@ -46,7 +46,52 @@ def _parser() -> argparse.ArgumentParser:
         "--set", action="append", default=[], metavar="FIELD=VALUE", help="override a field"
     )
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    bvh = sub.add_parser("bvh", help="BVH motion files").add_subparsers(dest="bvh", required=True)
+    render = bvh.add_parser("render", help="animate a BVH clip to a GIF (or MP4 with ffmpeg)")
+    render.add_argument("file", type=Path, help="the .bvh file")
+    render.add_argument("--out", type=Path, required=True, help="output .gif or .mp4")
+    render.add_argument("--stride", type=int, default=4, help="draw every Nth frame (default 4)")
+    render.add_argument("--max-frames", type=int, default=None, help="draw at most N frames")
+    scale = run.add_argument_group("devices and processes")
+    scale.add_argument(
+        "--devices", type=int, default=None, help="host (CPU) devices (default: one per core)"
+    )
+    scale.add_argument("--coordinator", default=None, metavar="HOST:PORT", help="process 0")
+    scale.add_argument("--num-processes", type=int, default=None, help="processes in the run")
+    scale.add_argument("--process-id", type=int, default=None, help="this process, from 0")
+    scale.add_argument(
+        "--distributed",
+        action="store_true",
+        help="join a multi-process run described by the cluster environment (Slurm, ...)",
+    )
+    sample = sub.add_parser("sample", help="new samples (and a DRAW's animation) from a run")
+    sample.add_argument("run_dir", type=Path, help="run directory of a trained image model")
+    sample.add_argument("--num", type=int, default=64, help="number of samples (default 64)")
+    sample.add_argument("--out", type=Path, default=None, help="PNG file (GIFs beside it)")
+    sample.add_argument("--seed", type=int, default=0, help="PRNG seed (default 0)")
     return parser
+
+
+def _start_devices(args: argparse.Namespace) -> None:
+    """Host devices and the processes of a distributed run, before JAX runs anything."""
+    from dgm import distributed
+    from dgm._runtime import set_host_device_count
+
+    if args.devices is not None:
+        set_host_device_count(args.devices)
+    explicit = (args.coordinator, args.num_processes, args.process_id)
+    if args.distributed or any(x is not None for x in explicit):
+        if args.distributed and any(x is not None for x in explicit):
+            raise ValueError("--distributed reads the cluster environment: drop --coordinator etc.")
+        distributed.initialize(*explicit)
+
+
+def _sample(args: argparse.Namespace) -> int:
+    from dgm.experiments import sample
+
+    for path in sample.sample_run(args.run_dir, args.num, args.out, args.seed):
+        print(f"wrote {path}")
+    return 0
 
 
 def _resolve(args: argparse.Namespace, extra: list[str]):
@@ -128,17 +173,36 @@ def _run(args: argparse.Namespace, extra: list[str]) -> int:
         "config": _jsonable(config),
     }
     out = _prepare_out(args, preset, record)
+    # After every process checked --out (joining is a barrier), before process 0 writes.
+    _start_devices(args)
     ctx = runs.RunContext(out=out, resume=args.resume, progress=not args.no_progress)
     record["versions"] = runs.versions()
+    record["processes"] = jax.process_count()
     record["devices"] = [str(d) for d in jax.devices()]
     runs.write_json(out / "config.json", record)
     start = time.perf_counter()
     metrics = module.run(config, jax.random.key(args.seed), ctx)
     metrics = {**metrics, "total_wall_s": time.perf_counter() - start, "seed": args.seed}
     runs.write_json(out / "metrics.json", metrics)
+    from dgm.distributed import is_main_process
+
+    if not is_main_process():  # process 0 prints and has written everything
+        return 0
     if hasattr(module, "summary"):
         print(module.summary(metrics))
     print(f"outputs written to {out}")
+    return 0
+
+
+def _bvh(args: argparse.Namespace, extra: list[str]) -> int:
+    if extra:
+        raise ValueError(f"unrecognized arguments: {' '.join(extra)}")
+    from dgm.bvh import read_bvh
+    from dgm.bvh.render import animate
+
+    clip = read_bvh(args.file)
+    out = animate(clip, args.out, stride=args.stride, max_frames=args.max_frames)
+    print(f"{clip.num_frames} frames of {args.file} drawn to {out}")
     return 0
 
 
@@ -184,6 +248,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if ours:
             signal.signal(signal.SIGINT, _on_sigint)
+        if args.command == "bvh":
+            return _bvh(args, extra)
+        if args.command == "sample":
+            if extra:
+                parser.error(f"unrecognized arguments: {' '.join(extra)}")
+            return _sample(args)
         return _run(args, extra)
     except KeyboardInterrupt:
         _wait_for_jax()

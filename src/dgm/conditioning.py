@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dgm.config import check_choice, check_positive
-from dgm.inference import constrained_hmc, dynamic_chmc
+from dgm.inference import adaptive_step, constrained_hmc, dynamic_chmc
 from dgm.inference.base import ChainResult, ChainRunner
 from dgm.inference.hmc import check_steps
 from dgm.inference.manifold import SMALL_GRAM, DenseCholesky, ManifoldSystem, gauss_newton
@@ -112,9 +112,11 @@ class ConditionedGenerator:
             )
         return u
 
-    def _runner(self, settings: SamplerSettings) -> ChainRunner:
-        """One runner (and its compiled chunks) per structural setting."""
-        if settings not in self._runners:
+    def _runner(self, settings: SamplerSettings, kind: str = "fixed") -> ChainRunner:
+        """One runner (and its compiled chunks) per structural setting and kind: ``"fixed"``
+        (the given step size), ``"adaptive"`` (dual averaging during warm-up) or
+        ``"search"`` (the initial step-size search, one iteration)."""
+        if (settings, kind) not in self._runners:
             build = {"fixed": constrained_hmc, "dynamic": dynamic_chmc}[settings.trajectory]
             step = build.build_kernel(
                 self.system,
@@ -124,10 +126,17 @@ class ConditionedGenerator:
                 settings.max_iters,
                 settings.check_reverse,
             )
-            self._runners[settings] = ChainRunner(
-                step, chunk_size=settings.chunk_size, chain_map=settings.chain_map
+            extract, chunk_size = None, settings.chunk_size
+            if kind != "fixed":
+                extract = lambda s: s.state.position  # noqa: E731
+            if kind == "adaptive":
+                step = adaptive_step.adaptive_kernel(step)
+            elif kind == "search":
+                step, chunk_size = adaptive_step.search_kernel(step), 1
+            self._runners[settings, kind] = ChainRunner(
+                step, extract, chunk_size=chunk_size, chain_map=settings.chain_map
             )
-        return self._runners[settings]
+        return self._runners[settings, kind]
 
     def sample(
         self,
@@ -146,6 +155,8 @@ class ConditionedGenerator:
         chain_map: Any = "map",
         progress_bar: Any = True,
         checkpoint: Any = None,
+        adapt: Any = True,
+        target_accept: Any = 0.8,
         trajectory: Any = "fixed",
         max_depth: Any = 10,
     ):
@@ -154,8 +165,10 @@ class ConditionedGenerator:
         Args:
             key: PRNG key.
             num_chains, num_samples: chains and kept draws per chain.
-            num_warmup: draws discarded at the start of each chain.
-            step_size: integrator step ``dt`` (> 0).
+            num_warmup: draws discarded at the start of each chain; with ``adapt`` they
+                adapt each chain's step size by dual averaging.
+            step_size: integrator step ``dt`` (> 0); with adaptation, the starting point of
+                the initial step-size search.
             num_steps: steps per trajectory, fixed or an inclusive ``(low, high)`` range.
             num_geodesic_steps: position sub-steps per step (``N_g``).
             tol, max_iters: projection tolerance on outputs (∞-norm) and iteration cap.
@@ -175,6 +188,12 @@ class ConditionedGenerator:
                 factor but ``DenseCholesky``), else ``"map"``.
             checkpoint: ``.npz`` path; written atomically after every chunk, and a run with
                 the same path continues from it (same draws as an uninterrupted run).
+            adapt: with ``num_warmup > 0``, adapt the step size of each chain during warm-up:
+                an initial doubling/halving search (a failed step counts as too large), then
+                dual averaging (a failed transition counts as acceptance 0), its average
+                refined over the last quarter (:mod:`~dgm.inference.adaptive_step`).
+                ``False`` keeps ``step_size`` fixed.
+            target_accept: the mean acceptance probability the adaptation aims for, in (0, 1).
             trajectory: ``"fixed"`` (default): ``num_steps`` steps per transition and a
                 Metropolis step. ``"dynamic"``: no-U-turn trajectories of up to
                 ``2^max_depth − 1`` steps, multinomial sampling along them
@@ -184,10 +203,12 @@ class ConditionedGenerator:
 
         Returns:
             ``arviz.InferenceData`` with ``posterior`` (``u`` and any derived quantities),
-            ``sample_stats`` (acceptance, step counts, projection failures, irreversible
-            steps, divergences, constraint residuals) and run attributes (``wall_s``,
-            ``compile_s``, ``interrupted``). Ctrl-C keeps the draws made so far (a message
-            on stderr; ``interrupted`` = 1); before the first chunk it propagates.
+            ``sample_stats`` (acceptance, step sizes, step counts, projection failures,
+            irreversible steps, divergences, constraint residuals) and run attributes
+            (``wall_s``, ``compile_s``, ``interrupted``, ``step_size``: the mean over chains
+            of the adapted step sizes, or the given one; ``adapted``). Ctrl-C keeps the
+            draws made so far (a message on stderr; ``interrupted`` = 1); before the first
+            chunk it propagates.
         """
         lo, hi = check_steps(num_steps)
         # Raw user input: annotated loosely and validated here, each error naming its
@@ -199,6 +220,7 @@ class ConditionedGenerator:
         )  # fmt: skip
         key_init, key_chains = jax.random.split(key)
         total = num_warmup + num_samples
+        adapting = adapt and num_warmup > 0
         with jax.enable_x64(True):
             u0 = self._start(key_init, num_chains, init, tol)
             params = constrained_hmc.CHMCParams(
@@ -206,26 +228,62 @@ class ConditionedGenerator:
             )
             if trajectory == "dynamic":
                 params = dynamic_chmc.DCHMCParams(params.step_size, max_depth)
-            result = self._runner(settings).run(
-                jax.random.split(key_chains, num_chains),
-                self._init_states(u0),
-                params,
-                total,
+            run = dict(
                 progress=progress_bar,
                 desc="constrained HMC",
                 accept_fn=lambda info: info.is_accepted,
                 checkpoint=checkpoint,
             )
+            if adapting:
+                target = adaptive_step.check_target_accept(target_accept)
+                result, step_sizes = self._run_adaptive(
+                    key_chains, u0, params, settings, (num_warmup, total, target), run
+                )
+            else:
+                keys = jax.random.split(key_chains, num_chains)
+                result = self._runner(settings).run(
+                    keys, self._init_states(u0), params, total, **run
+                )
+                step_sizes = np.full(num_chains, float(step_size))
         if result.interrupted:
             print(
                 f"interrupted after {result.num_done} of {total} iterations; keeping the "
                 "draws so far",
                 file=sys.stderr,
             )
-        attrs = {"step_size": float(step_size), "num_steps_low": lo, "num_steps_high": hi}
+        attrs = {"step_size": float(np.mean(step_sizes)), "num_steps_low": lo}
+        attrs |= {"num_steps_high": hi, "adapted": int(adapting)}
         if trajectory == "dynamic":
-            attrs = {"step_size": float(step_size), "max_depth": max_depth}
-        return self._inference_data(result, num_warmup, total, settings, attrs)
+            del attrs["num_steps_low"], attrs["num_steps_high"]
+            attrs["max_depth"] = max_depth
+        if adapting:
+            attrs["target_accept"] = float(target_accept)
+        return self._inference_data(result, num_warmup, total, settings, attrs, step_sizes)
+
+    def _run_adaptive(self, key, u0, params, settings, lengths, run: dict):
+        """Warm-up with dual averaging, then sampling, as one chain run; returns the result
+        and each chain's adapted step size."""
+        num_warmup, total, target = lengths
+        key_search, key_chains = jax.random.split(key)
+        num_chains = u0.shape[0]
+        eps = jnp.asarray(params.step_size)
+        states = jax.vmap(lambda s: adaptive_step.init(s, eps))(self._init_states(u0))
+        num_adapt, num_dual = adaptive_step.schedule(num_warmup)
+        full = adaptive_step.AdaptiveParams(
+            params, jnp.asarray(target, jnp.float64), jnp.asarray(num_adapt), jnp.asarray(num_dual)
+        )
+        if run["checkpoint"] is None or not Path(run["checkpoint"]).exists():
+            states = (
+                self._runner(settings, "search")
+                .run(jax.random.split(key_search, num_chains), states, full, 1)
+                .states
+            )
+        keys = jax.random.split(key_chains, num_chains)
+        result = self._runner(settings, "adaptive").run(keys, states, full, total, **run)
+        final = jax.vmap(adaptive_step.final_step_size, (0, None))(result.states, full)
+        step_sizes = np.asarray(final)
+        states = result.states.state
+        return result._replace(states=states), step_sizes
 
     def _check_sample_args(self, args: dict) -> str:
         """Validate :meth:`sample`'s arguments (each error names one); return the chain map."""
@@ -244,7 +302,8 @@ class ConditionedGenerator:
             ok = isinstance(value, int | float) and not isinstance(value, bool)
             if not (ok and np.isfinite(value) and value > 0):
                 raise ValueError(f"`{name}` must be a positive number; got {value!r}")
-        for name in ("check_reverse", "progress_bar"):
+        adaptive_step.check_target_accept(args["target_accept"])
+        for name in ("check_reverse", "progress_bar", "adapt"):
             if not isinstance(args[name], bool):
                 raise ValueError(f"`{name}` must be a bool; got {args[name]!r}")
         path = args["checkpoint"]
@@ -255,14 +314,15 @@ class ConditionedGenerator:
         chain_map = args["chain_map"]
         check_choice("chain_map", chain_map, ("map", "vmap", "auto"))
         structured = self.system.factor_type() is not DenseCholesky
-        if chain_map == "auto":
-            chain_map = "vmap" if structured else "map"
+        if chain_map == "auto":  # never vmap a LAPACK Cholesky, even inside another factor
+            chain_map = "vmap" if structured and not self.system.uses_lapack_cholesky else "map"
         if chain_map == "vmap" and self.system.uses_lapack_cholesky:
             raise ValueError(
-                "`chain_map` 'vmap' needs a structured Gram factor (a `gram_factor_fn` "
-                f"returning another factor than DenseCholesky) when there are more than "
-                f"{SMALL_GRAM} outputs (got {self.system.output_dim}): a dense LAPACK "
-                "Cholesky hangs under vmap on several host devices in jaxlib 0.10.2; use 'map'"
+                "`chain_map` 'vmap' needs a structured Gram factor with no LAPACK Cholesky "
+                f"(a DenseCholesky of more than {SMALL_GRAM} rows, alone or inside another "
+                f"factor, e.g. a Woodbury factor of more than {SMALL_GRAM} latents; "
+                f"{self.system.output_dim} outputs here): it hangs under vmap on several "
+                "host devices in jaxlib 0.10.2; use 'map'"
             )
         return chain_map
 
@@ -276,11 +336,12 @@ class ConditionedGenerator:
         return u0
 
     def _inference_data(
-        self, result: ChainResult, num_warmup: int, total: int, settings, attrs: dict
+        self, result: ChainResult, num_warmup: int, total: int, settings, attrs: dict, step_sizes
     ):
         """The kept draws (warm-up dropped) of ``result`` as ArviZ ``InferenceData``."""
         keep = slice(min(num_warmup, result.num_done), min(result.num_done, total))
         draws, infos = jax.tree.map(lambda x: x[:, keep], (result.draws, result.infos))
+        step_size = np.broadcast_to(np.asarray(step_sizes)[:, None], draws.shape[:2])
         with jax.enable_x64(True):
             derived = {name: np.asarray(fn(draws)) for name, fn in self.derived.items()}
         attrs = {
@@ -292,7 +353,8 @@ class ConditionedGenerator:
             "compile_s": result.compile_s,
             "interrupted": int(result.num_done < total),
         }
-        return to_inference_data({"u": draws, **derived}, infos, self.y_obs, attrs)
+        extra = {"step_size": step_size}
+        return to_inference_data({"u": draws, **derived}, infos, self.y_obs, attrs, extra)
 
 
 # sample_stats names (ArviZ's where it has one) of the CHMCInfo fields
@@ -309,20 +371,22 @@ STAT_NAMES = {
 }
 
 
-def to_inference_data(posterior: dict, infos: Any, y_obs, attrs: dict):
+def to_inference_data(posterior: dict, infos: Any, y_obs, attrs: dict, extra_stats=None):
     """ArviZ ``InferenceData`` of constrained HMC draws: ``posterior`` (``u`` first, over
     ``u_dim``, then derived quantities), ``sample_stats`` (the :data:`STAT_NAMES` fields
-    ``infos`` has: a ``CHMCInfo`` or a ``DCHMCInfo``),
+    ``infos`` has, a ``CHMCInfo`` or a ``DCHMCInfo``, then ``extra_stats``),
     ``observed_data`` and ``attrs`` on the posterior and sample-stats groups."""
     import arviz as az
 
     stats = {name: getattr(infos, f) for f, name in STAT_NAMES.items() if hasattr(infos, f)}
+    stats |= extra_stats or {}
     observed = {"y": np.asarray(y_obs)}
     idata = az.from_dict(
         posterior, sample_stats=stats, observed_data=observed, dims={"u": ["u_dim"]}
     )
     for group in (idata.posterior, idata.sample_stats):
-        group.attrs.update(attrs)
+        # an attribute named like a variable would shadow it (`ds.step_size`)
+        group.attrs.update({k: v for k, v in attrs.items() if k not in group.data_vars})
     return idata
 
 

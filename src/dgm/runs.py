@@ -22,8 +22,16 @@ import numpy as np
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` on success."""
+    """Yield a temporary path beside ``path``; rename it onto ``path`` on success.
+
+    In a run of several processes (:mod:`dgm.distributed`) only process 0 writes: the
+    others write to a scratch file that is then deleted.
+    """
     path = Path(path)
+    if not _is_writer():
+        with tempfile.TemporaryDirectory() as scratch:
+            yield Path(scratch) / path.name
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -37,6 +45,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _is_writer() -> bool:
+    from dgm.distributed import is_main_process
+
+    return is_main_process()
 
 
 def _umask() -> int:

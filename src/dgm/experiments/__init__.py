@@ -11,8 +11,11 @@ from types import ModuleType
 
 _REGISTRY: dict[str, str] = {
     "lotka-volterra": "dgm.experiments.lotka_volterra",
+    "mnist-inpainting": "dgm.experiments.mnist_inpainting",
+    "pose": "dgm.experiments.pose",
     "dmm-polyphonic": "dgm.experiments.dmm_polyphonic",
     "dmm-synthetic": "dgm.experiments.dmm_synthetic",
+    "draw-mnist": "dgm.experiments.draw_mnist",
     "svgd-blr": "dgm.experiments.svgd_blr",
     "svgd-bnn": "dgm.experiments.svgd_bnn",
     "svgd-gaussian2d": "dgm.experiments.svgd_gaussian2d",

@@ -89,6 +89,8 @@ class CHMCConfig:
     # noise block plus a 4×4 Woodbury solve (no 100×100 Cholesky); same dynamics, about
     # half the CPU. Its solves batch well, so the chains of a device then run vmapped.
     structured_log_det: bool = True
+    # dual-averaging step size during the warm-up; the paper's runs keep step_size fixed
+    adapt: bool = False
 
     def __post_init__(self):
         check_positive("chmc.step_size", self.step_size)
@@ -214,6 +216,7 @@ def run_chmc(
         max_iters=cfg.max_iters,
         chunk_size=cfg.chunk_size,
         chain_map="auto",  # vmap with the banded factor, map with the dense Cholesky
+        adapt=cfg.adapt,
         progress_bar=ctx.progress,
         checkpoint=ctx.checkpoint_path("chmc_chains"),
     )

@@ -2,7 +2,9 @@
 
 The decoder has the form of the constrained-HMC MNIST generator (spec ``chmc.md`` §4.3):
 50-d code, two softplus layers, sigmoid pixel means. The original's hidden widths are lost;
-we use 500-500, as in the MNIST VAEs of the time (Kingma & Welling 2014 used 500 units).
+the paper preset uses 300-300 with the KL weight warmed up from 0 to 1 over the first 100
+epochs (as the VampPrior paper's static-MNIST VAE did): 500-500 without warm-up overfitted
+the fixed binarization and stopped at 92.65 nats. The quick preset keeps 500-500.
 Training: Adam on the per-example −ELBO, validation −ELBO on the 10k validation images
 every ``eval_every`` epochs, the best-by-validation model kept. The test set gets the ELBO
 and the importance-sampled log-likelihood (S samples). The model is saved as ``model.eqx``
@@ -31,14 +33,15 @@ DESCRIPTION = "Gaussian-latent VAE (50-d, softplus decoder) on fixed binarized M
 @dataclasses.dataclass(frozen=True)
 class Config:
     """Paper preset: all 50k training images, until the validation bound stops improving
-    (10 checks without improvement, every 5 epochs, at most 1000 epochs), S = 1000 on the
+    (10 checks without improvement, every 5 epochs, at most 1000 epochs; KL warm-up over the
+    first 50 000 steps), S = 1000 on the
     whole test set."""
 
     latent_dim: int = 50
-    hidden_dim: int = 500  # both softplus layers, in the encoder and the decoder
+    hidden_dim: int = 300  # both softplus layers, in the encoder and the decoder
     train: training.TrainConfig = training.TrainConfig(
         num_epochs=1000, batch_size=100, learning_rate=1e-3, clip_norm=0.0, l2=0.0,
-        anneal_steps=0, eval_every=5, patience=10,
+        anneal_steps=50_000, eval_every=5, patience=10,
     )  # fmt: skip
     num_train: int = 50_000
     num_valid: int = 10_000
@@ -65,7 +68,9 @@ class Config:
 PRESETS = {
     "smoke": Config(
         hidden_dim=32,
-        train=dataclasses.replace(Config().train, num_epochs=2, eval_every=1, patience=0),
+        train=dataclasses.replace(
+            Config().train, num_epochs=2, eval_every=1, patience=0, anneal_steps=0
+        ),
         num_train=500,
         num_valid=200,
         num_test=100,
@@ -76,7 +81,10 @@ PRESETS = {
     ),  # fmt: skip
     # 10k training images for 10 epochs; IS-NLL with S = 100 on the first 1000 test images.
     "quick": Config(
-        train=dataclasses.replace(Config().train, num_epochs=10, eval_every=5, patience=0),
+        hidden_dim=500,
+        train=dataclasses.replace(
+            Config().train, num_epochs=10, eval_every=5, patience=0, anneal_steps=0
+        ),
         num_train=10_000,
         num_test=1000,
         test_samples=100,
@@ -215,8 +223,8 @@ def report(config: Config, m: dict) -> str:
             f"| epochs (best) | {m['epochs']} ({m['best_epoch']}) |",
             f"| s/epoch | {m['s_per_epoch']:.2f} |",
             "",
-            "Target for the paper preset: test IS-NLL ≤ 90 nats (a 50-d Gaussian VAE of this "
-            "size reaches about 85-88). Samples: `samples.png`; the model: `model.eqx`.",
+            "Target for the paper preset: test IS-NLL ≤ 90 nats (seed 0 measured 88.43). "
+            "Samples: `samples.png`; the model: `model.eqx`.",
             "",
         ]
     )

@@ -55,7 +55,7 @@ def dual_averaging_init(step_size: Float[Array, ""]) -> DualAveragingState:
 def dual_averaging_update(
     state: DualAveragingState,
     accept_prob: Float[Array, ""],
-    target_accept: float = 0.8,
+    target_accept: float | Float[Array, ""] = 0.8,
     t0: float = 10.0,
     gamma: float = 0.05,
     kappa: float = 0.75,

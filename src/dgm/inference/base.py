@@ -18,16 +18,18 @@ group per device, dispatched asynchronously).
 
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec as P
 from jaxtyping import Array, Bool, Float, PRNGKeyArray, PyTree
 
 from dgm.config import check_choice, check_positive
+from dgm.inference import mesh as mesh_lib
 from dgm.inference._compiled import ChunkOutcome, CompiledCache, run_chunks
 
 
@@ -121,6 +123,8 @@ class ChainRunner:
             batched ``while_loop`` runs every chain to the slowest chain's count, unless
             the loop body batches well: constrained HMC with a banded Gram factor, see
             ``dgm.condition(...).sample(chain_map=...)``).
+        devices: the devices the chains are spread over (default: every device of every
+            process, see :mod:`dgm.inference.mesh`); the draws do not depend on it.
     """
 
     def __init__(
@@ -129,16 +133,20 @@ class ChainRunner:
         extract_fn: Callable | None = None,
         chunk_size: int = 100,
         chain_map: str = "vmap",
+        devices: Sequence | None = None,
     ):
         check_positive("chunk_size", chunk_size, integer=True)
         check_choice("chain_map", chain_map, ("vmap", "map"))
         self.step_fn = step_fn
         self.extract_fn = extract_fn or (lambda s: s.position)
         self.chunk_size = chunk_size
-        self._caches: dict[Any, CompiledCache] = {}  # one per static part of the params
+        self.devices = None if devices is None else list(devices)
+        self._caches: dict[Any, CompiledCache] = {}  # per static params and mesh
 
         def chunk(keys, start, stop, states, traced, *, static):
-            split, per_chain = static
+            split, per_chain, key_impl = static
+            if key_impl is not None:  # typed keys travel as their raw data
+                keys = jax.random.wrap_key_data(keys, impl=key_impl)
 
             def one_chain(key, state, traced):
                 params = _join_params(traced, split)
@@ -166,15 +174,17 @@ class ChainRunner:
 
     @property
     def num_compiles(self) -> int:
-        """Executables compiled so far (one per shapes, static params and device)."""
+        """Executables compiled so far (one per shapes, static params and device mesh)."""
         return sum(cache.num_compiles for cache in self._caches.values())
 
-    def _executable(self, args, static, device) -> tuple[Callable, float]:
-        if static not in self._caches:
-            self._caches[static] = CompiledCache(
-                jax.jit(functools.partial(self._chunk, static=static))
-            )
-        return self._caches[static].get(args, device)
+    def _executable(self, args, static, mesh) -> tuple[Callable, float]:
+        if (static, mesh) not in self._caches:
+            chains = P(mesh_lib.AXIS)
+            per_chain = static[1]
+            in_specs = (chains, P(), P(), chains, chains if per_chain else P())
+            fn = functools.partial(self._chunk, static=static)
+            self._caches[static, mesh] = CompiledCache(mesh_lib.shard_chains(fn, mesh, in_specs))
+        return self._caches[static, mesh].get(args, mesh)
 
     def run(
         self,
@@ -217,8 +227,16 @@ class ChainRunner:
             previous = _load_chains(checkpoint, states, template)
             states, first = previous["states"], previous["num_done"]
         traced, split = _split_params(params)
-        static = (split, per_chain_params)
-        groups = device_groups(jax.tree.leaves(states)[0].shape[0])
+        num_chains = jax.tree.leaves(states)[0].shape[0]
+        mesh = mesh_lib.make_mesh(num_chains, self.devices)
+        keys, key_impl = _key_data(keys)
+        static = (split, per_chain_params, key_impl)
+        padded = mesh_lib.padded_size(num_chains, mesh)
+        keys, states = mesh_lib.put(mesh_lib.pad((keys, states), padded), mesh)
+        if per_chain_params:
+            traced = mesh_lib.put(mesh_lib.pad(traced, padded), mesh)
+        else:
+            traced = mesh_lib.put(traced, mesh, P())
         parts = [(previous["draws"], previous["infos"])] if previous else []
         # One dict updated in one call, so a Ctrl-C between statements never leaves the
         # states, the draws and the count describing different iterations.
@@ -227,9 +245,9 @@ class ChainRunner:
 
         def run_chunk(done: int, todo: int) -> ChunkOutcome:
             t0 = time.perf_counter()
-            bounds = (jnp.asarray(first + done), jnp.asarray(num_iterations))
-            states, chunk, c = self._run_chunk(keys, bounds, run["states"], traced, static, groups)
-            chunk = _head(chunk, todo)
+            bounds = (np.asarray(first + done), np.asarray(num_iterations))
+            states, chunk, c = self._run_chunk(keys, bounds, run["states"], traced, static, mesh)
+            chunk = _head(mesh_lib.gather(chunk), num_chains, todo)
             run.update(
                 states=states,
                 parts=[*run["parts"], chunk],
@@ -238,7 +256,9 @@ class ChainRunner:
                 wall_s=run["wall_s"] + time.perf_counter() - t0 - c,
             )
             if checkpoint is not None:
-                _save_chains(checkpoint, run["done"], states, _cat_time(run["parts"]))
+                host_states = mesh_lib.unpad(mesh_lib.gather(states), num_chains)
+                if jax.process_index() == 0:  # one writer; every process reads on resume
+                    _save_chains(checkpoint, run["done"], host_states, _cat_time(run["parts"]))
             if accept_fn is None:
                 return ChunkOutcome(todo)
             accepted[0] += float(np.sum(np.mean(accept_fn(chunk[1]), axis=0)))
@@ -252,43 +272,24 @@ class ChainRunner:
         if not run["parts"]:
             raise KeyboardInterrupt  # interrupted before any iteration existed
         draws, infos = _cat_time(run["parts"])
+        states = _local(run["states"], num_chains)
         return ChainResult(
-            run["states"], draws, infos, run["done"], interrupted, run["wall_s"], run["compile_s"]
+            states, draws, infos, run["done"], interrupted, run["wall_s"], run["compile_s"]
         )
 
-    def _run_chunk(self, keys, bounds, states, traced, static, groups):
-        """One compiled chunk on every device group: ``(states, (draws, infos), compile_s)``."""
-        per_chain = static[1]
-        # Every group's inputs are split off before any group runs: a slice taken on
-        # device 0 after device 0's run was dispatched would wait for that run, and the
-        # devices would take turns instead of running in parallel.
-        group_args = [
-            (
-                device,
-                jax.device_put(
-                    (
-                        keys[idx],
-                        *bounds,
-                        _take(states, idx),
-                        _take(traced, idx) if per_chain else traced,
-                    ),
-                    device,
-                ),
-            )
-            for device, idx in groups
-        ]
-        outs, compile_s = [], 0.0
+    def _run_chunk(self, keys, bounds, states, traced, static, mesh):
+        """One compiled chunk on every device of ``mesh``: ``(states, (draws, infos),
+        compile_s)``, all with the padded chains axis, sharded over the mesh."""
+        args = (keys, *mesh_lib.put(bounds, mesh, P()), states, traced)
+        exe, compile_s = self._executable(args, static, mesh)
+        out = None
         try:
-            for device, args in group_args:
-                exe, c = self._executable(args, static, device)
-                compile_s += c
-                outs.append(exe(*args))
-            outs = jax.block_until_ready(outs)
+            out = jax.block_until_ready(exe(*args))
         except KeyboardInterrupt:
-            _finish_quietly(outs)  # never leave a computation running into shutdown
+            _finish_quietly(out)  # never leave a computation running into shutdown
             raise
-        states = _concat([o[0] for o in outs])
-        return states, (_concat([o[1] for o in outs]), _concat([o[2] for o in outs])), compile_s
+        new_states, draws, infos = out
+        return new_states, (draws, infos), compile_s
 
     def _templates(self, key, states, params, per_chain: bool):
         """Shapes of one chain's ``(draws, info)`` per iteration (for checkpoint loading)."""
@@ -354,31 +355,34 @@ def _unflatten(data: dict, prefix: str, like):
 
 
 def device_groups(num_chains: int) -> list[tuple[Any, np.ndarray]]:
-    """``(device, chain indices)`` per local device: equal groups, or all chains on the first
-    device when they do not divide evenly."""
-    devices = jax.local_devices()
-    n = len(devices)
-    if n == 1 or num_chains % n != 0:
-        return [(devices[0], np.arange(num_chains))]
-    per = num_chains // n
-    return [(d, np.arange(i * per, (i + 1) * per)) for i, d in enumerate(devices)]
+    """``(device, chain indices)`` per device of the chain mesh (:mod:`dgm.inference.mesh`):
+    equal groups; a count that does not divide is padded, so the last group may be short."""
+    mesh = mesh_lib.make_mesh(num_chains)
+    per = mesh_lib.padded_size(num_chains, mesh) // mesh.size
+    return [
+        (d, np.arange(i * per, min((i + 1) * per, num_chains)))
+        for i, d in enumerate(mesh.devices.flat)
+    ]
 
 
-def _head(tree, num: int):
-    """The first ``num`` iterations of every leaf, as NumPy arrays."""
-    return jax.tree.map(lambda x: np.asarray(x)[:, :num], tree)
+def _key_data(keys) -> tuple[Any, str | None]:
+    """Raw key data and the typed keys' implementation (None for raw uint32 keys)."""
+    if jnp.issubdtype(keys.dtype, jax.dtypes.prng_key):
+        return jax.random.key_data(keys), str(jax.random.key_impl(keys))
+    return keys, None
 
 
-def _take(tree, idx):
-    return jax.tree.map(lambda x: x[idx], tree)
+def _local(tree, num_chains: int):
+    """The first ``num_chains`` rows as arrays of this process (gathered when the mesh
+    spans several processes)."""
+    if jax.process_count() == 1:
+        return mesh_lib.unpad(tree, num_chains)
+    return jax.tree.map(jnp.asarray, mesh_lib.unpad(mesh_lib.gather(tree), num_chains))
 
 
-def _concat(trees):
-    if len(trees) == 1:
-        return trees[0]
-    return jax.tree.map(
-        lambda *xs: jnp.concatenate([jax.device_put(x, jax.local_devices()[0]) for x in xs]), *trees
-    )
+def _head(tree, num_chains: int, num: int):
+    """The first ``num_chains`` chains and ``num`` iterations of every leaf (NumPy)."""
+    return jax.tree.map(lambda x: np.asarray(x)[:num_chains, :num], tree)
 
 
 def _cat_time(parts):

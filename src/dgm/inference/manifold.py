@@ -179,7 +179,10 @@ class ManifoldSystem:
         input_dim: M, the number of inputs.
         output_dim: N ≤ M, the number of outputs.
         jacobian: ``"fwd"`` (M JVPs), ``"rev"`` (N VJPs) or ``"auto"`` (forward unless
-            M > 2N: forward passes are cheaper per pass, notably through ``scan``).
+            M > 2N: forward passes are cheaper per pass, notably through ``scan``); or a
+            function ``u -> J`` exploiting the generator's structure (e.g.
+            :meth:`dgm.inference.additive_noise.AdditiveNoise.jacobian`), differentiable
+            in u (∇φ takes a VJP through it).
         gram_factor_fn: optional ``(u, J) -> AbstractGramFactor`` exploiting the
             Jacobian's structure (e.g. :class:`TriangularBlockGram`); by default
             :meth:`DenseCholesky.from_jacobian`.
@@ -197,19 +200,24 @@ class ManifoldSystem:
         generator: Callable,
         input_dim: int,
         output_dim: int,
-        jacobian: str = "auto",
+        jacobian: str | Callable = "auto",
         gram_factor_fn: Callable | None = None,
         half_log_det_fn: Callable | None = None,
     ):
-        if jacobian not in ("auto", "fwd", "rev"):
-            raise ValueError(f"`jacobian` must be 'auto', 'fwd' or 'rev'; got {jacobian!r}")
+        if not callable(jacobian) and jacobian not in ("auto", "fwd", "rev"):
+            raise ValueError(
+                f"`jacobian` must be 'auto', 'fwd', 'rev' or a function u -> J; got {jacobian!r}"
+            )
         if jacobian == "auto":
             jacobian = "rev" if input_dim > 2 * output_dim else "fwd"
         self.generator = generator
         self.input_dim = input_dim
         self.output_dim = output_dim
-        self.jacobian_mode = jacobian
-        self._jac = jax.jacfwd(generator) if jacobian == "fwd" else jax.jacrev(generator)
+        if callable(jacobian):
+            self.jacobian_mode, self._jac = "custom", jacobian
+        else:
+            self.jacobian_mode = jacobian
+            self._jac = jax.jacfwd(generator) if jacobian == "fwd" else jax.jacrev(generator)
         self._gram_factor_fn = gram_factor_fn
         self._half_log_det_fn = half_log_det_fn
 
@@ -232,9 +240,17 @@ class ManifoldSystem:
 
     @property
     def uses_lapack_cholesky(self) -> bool:
-        """Whether the Gram factor is a :class:`DenseCholesky` of more than ``SMALL_GRAM``
-        rows (LAPACK's Cholesky)."""
-        return self.output_dim > SMALL_GRAM and self.factor_type() is DenseCholesky
+        """Whether the Gram factor is, or holds, a :class:`DenseCholesky` of more than
+        ``SMALL_GRAM`` rows (LAPACK's Cholesky), e.g. the k×k capacitance matrix of a
+        Woodbury factor with k > ``SMALL_GRAM``."""
+        u = jax.ShapeDtypeStruct((self.input_dim,), jnp.float32)
+        jac = jax.ShapeDtypeStruct((self.output_dim, self.input_dim), jnp.float32)
+        factor = jax.eval_shape(self.gram_factor, u, jac)
+        is_chol = lambda x: isinstance(x, DenseCholesky)  # noqa: E731
+        return any(
+            is_chol(x) and x.lower.shape[0] > SMALL_GRAM
+            for x in jax.tree.leaves(factor, is_leaf=is_chol)
+        )
 
     def constraint(self, u: Float[Array, " dim"], y: Float[Array, " obs"]) -> Float[Array, " obs"]:
         return self.generator(u) - y

@@ -9,7 +9,8 @@ condition on part of an image.
 
 A new model kind needs two things: a ``"kind"`` in its header and a loader
 ``fn(path, header) -> ImageDecoder`` registered in ``_LOADERS`` (as ``"module:function"``,
-imported only when a run of that kind is loaded).
+imported only when a run of that kind is loaded). Optionally the decoder gives ``head_fn``,
+the first pixels alone, when it can compute them for less than the whole image.
 """
 
 import importlib
@@ -26,6 +27,7 @@ MODEL_FILE = "model.eqx"
 
 _LOADERS: dict[str, str] = {
     "vae": "dgm.models.vae:image_decoder",
+    "draw": "dgm.models.draw_io:image_decoder",
 }
 
 
@@ -37,15 +39,25 @@ class ImageDecoder(eqx.Module):
         input_dim: number of standard-normal inputs (all of the model's latent draws).
         image_shape: ``(height, width)``; pixels are in row-major order.
         kind: the model kind it came from (``"vae"``, ...).
+        head_fn: optional ``(u, num) -> mean_fn(u)[:num]``, computed without the other
+            pixels (in-painting conditions the first rows: the VAE's last layer then costs
+            a quarter); :meth:`head` falls back to slicing ``mean_fn``.
     """
 
     mean_fn: Callable
     input_dim: int = eqx.field(static=True)
     image_shape: tuple[int, int] = eqx.field(static=True)
     kind: str = eqx.field(static=True)
+    head_fn: Callable | None = None
 
     def __call__(self, u: Float[Array, " input"]) -> Float[Array, " pixels"]:
         return self.mean_fn(u)
+
+    def head(self, u: Float[Array, " input"], num: int) -> Float[Array, " head"]:
+        """The first ``num`` pixel means (row-major)."""
+        if self.head_fn is not None:
+            return self.head_fn(u, num)
+        return self.mean_fn(u)[:num]
 
 
 def read_header(path: str | os.PathLike) -> dict:

@@ -79,6 +79,16 @@ class Decoder(eqx.Module):
         """Pixel means ``sigmoid(logits(z))`` in (0, 1): the in-painting generator."""
         return jax.nn.sigmoid(self.logits(z))
 
+    def mean_head(self, z: Float[Array, " latent"], num: int) -> Float[Array, " head"]:
+        """The first ``num`` pixel means, ``mean(z)[:num]``, computing only those rows of the
+        last layer (XLA does not move the slice into the matmul: for the in-painting
+        generator's 196 of 784 pixels the Jacobian was 2.8× cheaper this way)."""
+        h = z
+        for layer in self.layers[:-1]:
+            h = jax.nn.softplus(layer(h))
+        last = self.layers[-1]
+        return jax.nn.sigmoid(last.weight[:num] @ h + last.bias[:num])
+
     def __call__(self, z: Float[Array, " latent"], *, key=None) -> Float[Array, " obs"]:
         return self.mean(z)
 
@@ -297,4 +307,5 @@ def image_decoder(path: str | os.PathLike, head: dict) -> decoders.ImageDecoder:
     model = load(path)[0]
     side = math.isqrt(model.input_dim)
     shape = (side, side) if side * side == model.input_dim else (1, model.input_dim)
-    return decoders.ImageDecoder(model.decoder.mean, model.latent_dim, shape, "vae")
+    dec = model.decoder
+    return decoders.ImageDecoder(dec.mean, model.latent_dim, shape, "vae", dec.mean_head)

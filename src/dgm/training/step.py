@@ -12,10 +12,10 @@ from typing import Any, NamedTuple
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from jaxtyping import Array, Float, PyTree
 
+from dgm.inference.mesh import make_mesh
 from dgm.training.config import TrainConfig, make_optimizer
 
 
@@ -154,5 +154,5 @@ def _batch_sharding() -> tuple[int, Any]:
     devices = jax.local_devices()
     if len(devices) < 2:
         return len(devices), None
-    mesh = jax.sharding.Mesh(np.array(devices), ("batch",))
+    mesh = make_mesh(devices=devices, axis="batch")
     return len(devices), jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("batch"))

@@ -21,10 +21,10 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 from dgm.config import check_choice, check_positive_or_none, check_positive_values, check_range
+from dgm.inference.mesh import make_mesh
 from dgm.inference.svgd.kernel import BANDWIDTHS, KERNELS, phi_and_ksd
 
 __all__ = ["SVGDInfo", "SVGDState", "build_step", "init", "make_score_fn", "shard"]
@@ -254,7 +254,7 @@ def shard(state: SVGDState, devices: Any = None) -> SVGDState:
             f"the particle count ({n}) must be a multiple of the number of devices "
             f"({len(devices)}) to shard; use a multiple or pass fewer `devices`"
         )
-    mesh = jax.sharding.Mesh(np.array(devices), ("particles",))
+    mesh = make_mesh(devices=devices, axis="particles")
     split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("particles"))
     whole = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
 

@@ -1,0 +1,136 @@
+"""DRAW training step (forward, backward, Adam update) at batch 100, and sampling time per
+image: dgm (JAX) against the same model written straightforwardly in PyTorch
+(``pytorch_draw.py``), alternating round by round so both see the same load.
+
+    PYTHONPATH=src python benchmarks/bench_draw.py --configs paper,small --repeats 10
+
+One JSON line per (config, implementation): median and minimum wall seconds per training
+step, process CPU seconds per step (all threads; steadier on a shared machine), compile
+time; then a ``draw_step_ratio`` line (PyTorch median over dgm's: > 1, dgm is faster), and
+sampling lines (ms per image, 100 images drawn together). Without torch the peer lines say
+``skipped``.
+"""
+
+from dgm._runtime import configure_cpu
+
+configure_cpu()
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+
+import equinox as eqx  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from dgm.experiments import _draw_eval, draw_mnist  # noqa: E402
+
+CONFIGS = {"paper": "paper", "small": "small", "paper-noattn": "paper-noattn", "quick": "quick"}
+
+
+def _timed(fn, repeats):
+    wall, cpu = [], []
+    for _ in range(repeats):
+        w, c = time.perf_counter(), time.process_time()
+        fn()
+        wall.append(time.perf_counter() - w)
+        cpu.append(time.process_time() - c)
+    return wall, cpu
+
+
+def dgm_step(config, x):
+    model = draw_mnist.build_model(config, jax.random.key(0))
+    cfg = config.train
+    trainer = draw_mnist._trainer(cfg.learning_rate, cfg.b1, cfg.b2, cfg.clip_norm, config.clip, 1)
+    state = {"s": trainer.init(model), "i": 0}
+    hyper = {"update_index": jnp.float32(0)}
+    xj = jnp.asarray(x)
+
+    def run():
+        state["s"], metrics = trainer.step(state["s"], (xj, hyper), jax.random.key(state["i"]))
+        state["i"] += 1
+        jax.block_until_ready(metrics["loss"])
+
+    t0 = time.perf_counter()
+    run()
+    return run, time.perf_counter() - t0, model
+
+
+def torch_step(config, x):
+    import torch
+    from pytorch_draw import TorchDRAW, train_step_fn
+
+    torch.manual_seed(0)
+    model = TorchDRAW(config.num_steps, config.z_size, config.enc_size, config.dec_size,
+                      config.read_n if config.read_attn else None,
+                      config.write_n if config.write_attn else None)  # fmt: skip
+    step, xt = train_step_fn(model), torch.as_tensor(x)
+    step(xt)
+    return (lambda: step(xt)), model
+
+
+def _line(**kw):
+    print(json.dumps(kw), flush=True)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--configs", default="paper,small")
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument(
+        "--torch-threads",
+        type=int,
+        default=1,
+        help="PyTorch intra-op threads (default 1: with 2, its OpenMP threads spin-waited "
+        "on the loaded 2-core machine and a 100×520×1024 matmul fell from 64 to 6 GFLOP/s)",
+    )
+    args = parser.parse_args()
+    x = (np.random.default_rng(0).uniform(size=(100, 784)) > 0.87).astype(np.float32)
+    try:
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
+    except ImportError:
+        torch = None
+    for name in args.configs.split(","):
+        config = draw_mnist.PRESETS[CONFIGS[name]]
+        run_dgm, compile_s, model = dgm_step(config, x)
+        runs = {"dgm": run_dgm}
+        if torch is not None:
+            runs["pytorch"], tmodel = torch_step(config, x)
+        times = {k: ([], []) for k in runs}
+        for _ in range(args.repeats):  # alternate, one step each, so both see the same load
+            for k, fn in runs.items():
+                w, c = _timed(fn, 1)
+                times[k][0].extend(w)
+                times[k][1].extend(c)
+        for k, (w, c) in times.items():
+            _line(bench="draw_train_step", config=name, impl=k, batch=100,
+                  median_s=statistics.median(w), min_s=min(w), cpu_s=statistics.median(c),
+                  **({"compile_s": compile_s} if k == "dgm" else {}))  # fmt: skip
+        if torch is None:
+            _line(bench="draw_train_step", config=name, impl="pytorch", skipped="no torch")
+        else:
+            _line(bench="draw_step_ratio", config=name, torch_threads=args.torch_threads,
+                  pytorch_over_dgm=statistics.median(times["pytorch"][0])
+                  / statistics.median(times["dgm"][0]),
+                  pytorch_over_dgm_cpu=statistics.median(times["pytorch"][1])
+                  / statistics.median(times["dgm"][1]))  # fmt: skip
+        gen = eqx.filter_jit(_draw_eval._prior_canvases)
+        u = jax.random.normal(jax.random.key(1), (100, config.num_steps, config.z_size))
+        jax.block_until_ready(gen(model, u))
+        w, _ = _timed(lambda g=gen, m=model, v=u: jax.block_until_ready(g(m, v)), 5)
+        _line(bench="draw_sample", config=name, impl="dgm",
+              ms_per_image=1000 * statistics.median(w) / 100)  # fmt: skip
+        if torch is not None:
+            from pytorch_draw import sample
+
+            w, _ = _timed(lambda m=tmodel: sample(m, 100), 5)
+            _line(bench="draw_sample", config=name, impl="pytorch",
+                  ms_per_image=1000 * statistics.median(w) / 100)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,256 @@
+"""Pose: constrained HMC against two HMC baselines on the binocular pose model.
+
+``dgm run pose [--scene 1|2|3] [--config notebook|thesis] [--preset smoke|quick|paper]``
+conditions the pose generator (:mod:`dgm.models.pose`) on one of the notebook's three
+scenes and runs, from the same prior starts:
+
+* ``chmc``: constrained HMC on the 216-input manifold {u : f(u[:140]) + σ u[140:] = y};
+* ``hmc``: HMC on the 140 latent inputs with the Gaussian likelihood of width σ (the same
+  posterior, spec §4.2 note);
+* ``hier``: HMC on the hierarchical state (log lengths, latent, r, camera) with the
+  original energy, which omits the ½ Σ log var normaliser: **not the exact target**.
+
+Settings (spec §6): ``notebook`` σ = 0.001, CHMC dt 0.1, S ~ U{10..15}, N_g 20, 10 chains
+× 90; HMC dt 2e-4, L ~ U{100..150}, 2500; hierarchical dt 1e-4, L ~ U{100..150}, 2500.
+``thesis`` σ = 0.01, CHMC dt 0.05, S ~ U{10..20}, N_g 8, 5 chains × 200; HMC dt 2e-4,
+L ~ U{100..200}, 1200; hierarchical (not given by the thesis) as the notebook, 1200 draws.
+Starts (spec §3): the notebook set every non-noise input to 0, the thesis drew them from the
+prior; CHMC completes a start with the noise inputs (y − f(z)) / σ, the baselines start at z
+(the hierarchical one at the state z maps to). The presets scale the chain and draw counts.
+
+Outputs: ``metrics.json`` (per method: ``rmse_final``, ``rmse_at_s``, ``wall_s``,
+``compile_s``, ``accept_rate``, ``ess_bulk_min``/``ess_bulk_median`` over the 57 joint
+coordinates, ``s_per_chain``, and for CHMC the failure counts and the maximum constraint
+residual), ``posterior.nc`` (CHMC's draws with ``positions``; groups ``hmc`` and ``hier``
+with their ``positions``), ``rmse.png`` (the paper's figure: log RMSE of the running
+posterior mean, homogeneous 1s included, against seconds per chain, with the thesis curves
+in the thesis configuration), ``skeleton.png`` and ``report.md``.
+
+The time axis: a chain's draws are spread evenly over its share of the sampling time
+(``wall_s × devices / chains``), compilation excluded.
+"""
+
+import dataclasses
+import json
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dgm import diagnostics
+from dgm.config import check_choice, check_positive
+from dgm.data.pose import pose_generator, thesis_rmse_curve
+from dgm.experiments import _pose_methods as methods
+from dgm.experiments._pose_report import plot_rmse, plot_skeleton, report, save_posterior
+from dgm.inference.base import device_groups
+from dgm.models.pose import LATENT_DIM, scene_inputs
+from dgm.runs import RunContext, write_text
+
+NAME = "pose"
+DESCRIPTION = "Constrained HMC vs HMC on the binocular human-pose model (Graham & Storkey)"
+EXTRA_ARGS = {"scene": "scene", "config": "setting"}
+METHODS = ("chmc", "hmc", "hier")
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerConfig:
+    step_size: float
+    num_steps: tuple[int, int]
+    num_samples: int
+    num_geodesic_steps: int = 1  # constrained HMC only
+
+    def __post_init__(self):
+        check_positive("step_size", self.step_size)
+        check_positive("num_samples", self.num_samples, integer=True)
+
+
+SETTINGS = {
+    "notebook": {
+        "num_chains": 10,
+        "chmc": SamplerConfig(0.1, (10, 15), 90, 20),
+        "hmc": SamplerConfig(2e-4, (100, 150), 2500),
+        "hier": SamplerConfig(1e-4, (100, 150), 2500),
+    },
+    "thesis": {
+        "num_chains": 5,
+        "chmc": SamplerConfig(0.05, (10, 20), 200, 8),
+        "hmc": SamplerConfig(2e-4, (100, 200), 1200),
+        "hier": SamplerConfig(1e-4, (100, 150), 1200),
+    },
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    scene: int = 1
+    setting: str = "notebook"
+    methods: tuple[str, ...] = METHODS
+    num_chains: int = 0  # 0: the setting's
+    draw_fraction: float = 1.0  # fraction of the setting's draws per chain, for presets
+    start: str = ""  # "zero" | "prior"; "": the setting's (notebook: zero, thesis: prior)
+    chunk_size: int = 10
+    rmse_times: tuple[float, ...] = (5.0, 15.0, 45.0, 150.0, 450.0)
+
+    def __post_init__(self):
+        if self.scene not in (1, 2, 3):
+            raise ValueError(f"`scene` must be 1, 2 or 3; got {self.scene!r}")
+        check_choice("setting", self.setting, tuple(SETTINGS))
+        for m in self.methods:
+            check_choice("methods", m, METHODS)
+        check_positive("draw_fraction", self.draw_fraction)
+        check_choice("start", self.start, ("", "zero", "prior"))
+        check_positive("chunk_size", self.chunk_size, integer=True)
+
+    def sampler(self, method: str) -> SamplerConfig:
+        base = SETTINGS[self.setting][method]
+        n = max(2, round(base.num_samples * self.draw_fraction))
+        return dataclasses.replace(base, num_samples=n)
+
+    @property
+    def start_kind(self) -> str:
+        return self.start or ("zero" if self.setting == "notebook" else "prior")
+
+    @property
+    def chains(self) -> int:
+        return self.num_chains or SETTINGS[self.setting]["num_chains"]
+
+
+PRESETS = {
+    "paper": Config(),
+    "quick": Config(num_chains=2, draw_fraction=0.1, chunk_size=5),
+    "smoke": Config(num_chains=1, draw_fraction=0.002, chunk_size=2),
+}
+
+
+def running_rmse(positions: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Per chain and draw: RMSE over the 76 homogeneous entries of the running mean."""
+    counts = np.arange(1, positions.shape[1] + 1)[None, :, None, None]
+    running = np.cumsum(positions, axis=1) / counts
+    return np.sqrt(np.mean((running - truth) ** 2, axis=(2, 3)))
+
+
+def score(res: methods.MethodResult, truth: np.ndarray, cfg: Config) -> tuple[dict, np.ndarray]:
+    """Metrics of one method and its mean RMSE curve ``(draws, 2)``: (seconds, RMSE)."""
+    chains, draws = res.positions.shape[:2]
+    per_chain_s = res.wall_s * len(device_groups(chains)) / chains
+    rmse = running_rmse(res.positions, truth).mean(axis=0)  # averaged over chains
+    times = per_chain_s * np.arange(1, draws + 1) / draws
+    at = {}
+    for t in cfg.rmse_times:
+        k = np.searchsorted(times, t, side="right") - 1
+        at[f"{t:g}"] = float(rmse[k]) if 0 <= k and t <= times[-1] else None
+    spatial = res.positions[:, :, :3, :].reshape(chains, draws, -1)
+    ess = diagnostics.summarize(spatial)["ess_bulk"] if draws >= 4 else np.full(57, np.nan)
+    ess_ok = ess[np.isfinite(ess)]
+    metrics = {
+        "rmse_final": float(rmse[-1]),
+        "rmse_at_s": at,
+        "wall_s": float(res.wall_s),
+        "compile_s": float(res.compile_s),
+        "s_per_chain": float(per_chain_s),
+        "accept_rate": float(res.accept_rate),
+        "ess_bulk_min": float(ess_ok.min()) if ess_ok.size else None,
+        "ess_bulk_median": float(np.median(ess_ok)) if ess_ok.size else None,
+        "num_chains": int(chains),
+        "num_draws": int(draws),
+        **res.extra,
+    }
+    return metrics, np.stack([times, rmse], axis=1)
+
+
+def _run_method(name, gen, y_obs, starts, key, cfg: Config, ctx: RunContext):
+    sampler = cfg.sampler(name)
+    ckpt = ctx.checkpoint_path(f"{name}_chains")
+    if name == "chmc":
+        return methods.run_chmc(
+            gen, y_obs, starts, key, sampler, cfg.chunk_size, ckpt, ctx.progress
+        )
+    y = np.asarray(y_obs, np.float64)
+    if name == "hmc":
+        energy = lambda u: methods.latent_energy(gen, u, y)  # noqa: E731
+        x0, to_positions = starts, lambda u: gen.joint_positions(u)
+    else:
+        energy = lambda s: methods.hierarchical_energy(gen, s, y)  # noqa: E731
+        with jax.enable_x64(True):
+            x0 = np.asarray(
+                jax.vmap(lambda u: methods.hierarchical_state(gen, u))(jnp.asarray(starts))
+            )
+        to_positions = lambda s: methods.hierarchical_positions(gen, s)  # noqa: E731
+    draws, wall_s, compile_s, accept, extra = methods.run_hmc(
+        energy,
+        x0,
+        key,
+        sampler.step_size,
+        tuple(sampler.num_steps),
+        sampler.num_samples,
+        cfg.chunk_size * 10,
+        ckpt,
+        ctx.progress,
+    )
+    positions = methods.batched_positions(to_positions, draws)
+    return methods.MethodResult(positions, wall_s, compile_s, accept, extra, None)
+
+
+def _run_or_resume(name, fn, ctx: RunContext):
+    saved = ctx.load_checkpoint(f"method_{name}")
+    if saved is not None and "result_json" in saved:
+        r = json.loads(str(saved["result_json"]))
+        return methods.MethodResult(
+            saved["positions"], r["wall_s"], r["compile_s"], r["accept"], r["extra"], None
+        )
+    res = fn()
+    if res.idata is not None:
+        ctx.save_with("posterior.nc", lambda p: res.idata.to_netcdf(str(p), engine="h5netcdf"))
+    info = {
+        "wall_s": res.wall_s,
+        "compile_s": res.compile_s,
+        "accept": res.accept_rate,
+        "extra": res.extra,
+    }
+    ctx.save_checkpoint(
+        f"method_{name}", positions=res.positions, result_json=np.asarray(json.dumps(info))
+    )
+    return res
+
+
+def run(config: Config, key, ctx: RunContext) -> dict:
+    gen = pose_generator(config.setting)
+    u_data = scene_inputs()
+    with jax.enable_x64(True):
+        u_true = jnp.asarray(u_data[config.scene - 1])
+        y_obs = np.asarray(jax.jit(lambda u: gen(u))(u_true))
+        truth = np.asarray(jax.jit(lambda u: gen.joint_positions(u))(u_true[:LATENT_DIM]))
+        key_init, key_run = jax.random.split(key)
+        starts = np.asarray(jax.random.normal(key_init, (config.chains, LATENT_DIM), jnp.float64))
+    if config.start_kind == "zero":  # the notebook: every non-noise input 0 (spec §3)
+        starts = np.zeros_like(starts)
+    results, curves, positions = {}, {}, {}
+    for i, name in enumerate(config.methods):
+        k = jax.random.fold_in(key_run, i)
+        t0 = time.perf_counter()
+        res = _run_or_resume(
+            name, lambda name=name, k=k: _run_method(name, gen, y_obs, starts, k, config, ctx), ctx
+        )
+        results[name], curves[name] = score(res, truth, config)
+        results[name]["total_s"] = time.perf_counter() - t0
+        positions[name] = res.positions
+    thesis = {}
+    if config.setting == "thesis" and config.scene in (1, 2):
+        thesis = {m: thesis_rmse_curve(m, config.scene) for m in ("chmc", "hmc")}
+    metrics = {
+        **results,
+        "scene": config.scene,
+        "setting": config.setting,
+        "sigma": gen.sigma,
+        "thesis_rmse_final": {m: float(c[-1, 1]) for m, c in thesis.items()},
+    }
+    save_posterior(ctx, positions)
+    plot_rmse(ctx, curves, thesis, config)
+    plot_skeleton(ctx, gen, truth, y_obs, positions)
+    write_text(ctx.path("report.md"), report(metrics))
+    return metrics
+
+
+def summary(metrics: dict) -> str:
+    return report(metrics).split("```")[1].strip()

@@ -1,0 +1,108 @@
+"""draw-mnist: the smoke preset through the CLI (resume, the decoder protocol, ``dgm sample``),
+the NaN stop, per-variable clipping, bad input."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from dgm import training
+from dgm.cli import main
+from dgm.experiments import draw_mnist
+from dgm.models import decoders
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory, shared_data):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("DGM_DATA_DIR", str(shared_data))
+    out = tmp_path_factory.mktemp("draw") / "run"
+    args = ["run", "draw-mnist", "--smoke", "--out", str(out), "--no-progress"]
+    assert main(args) == 0
+    yield out, args
+    mp.undo()
+
+
+def test_smoke_writes_scores_pictures_and_a_generator(smoke_run):
+    out, _ = smoke_run
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["epochs"] == 2 and m["is_samples"] == 10 and m["num_test"] == 100
+    np.testing.assert_allclose(m["test_bound"], m["test_recon"] + m["test_kl"], rtol=1e-12)
+    assert m["test_nll_is"] <= m["test_bound"] + 2.0  # IS tightens the bound, up to noise
+    for name in ("report.md", "model.eqx", "checkpoints/train.eqx", "train_loss.png",
+                 "samples.png", "samples.gif", "samples_attention.gif", "reconstructions.gif",
+                 "reconstructions_attention.gif", "eval_curve.jsonl"):  # fmt: skip
+        assert (out / name).exists(), name
+    assert len((out / "eval_curve.jsonl").read_text().splitlines()) == 2
+    decoder = decoders.load(out)
+    assert (decoder.kind, decoder.input_dim, decoder.image_shape) == ("draw", 16, (28, 28))
+    means = decoder(jnp.zeros(16))
+    assert means.shape == (784,) and bool(jnp.all((means > 0) & (means < 1)))
+
+
+def test_resume_of_a_finished_run_reproduces_it(smoke_run):
+    out, args = smoke_run
+    before = json.loads((out / "metrics.json").read_text())
+    assert main([*args, "--resume"]) == 0
+    after = json.loads((out / "metrics.json").read_text())
+    for field in ("test_bound", "test_nll_is", "epochs", "best_epoch", "valid_bound"):
+        assert after[field] == before[field], field
+
+
+def test_sample_command(smoke_run, tmp_path, capsys):
+    out, _ = smoke_run
+    assert main(["sample", str(out), "--num", "4", "--out", str(tmp_path / "s.png")]) == 0
+    for name in ("s.png", "s.gif", "s_attention.gif"):
+        assert (tmp_path / name).exists(), name
+    assert main(["sample", str(tmp_path)]) == 1
+    assert "holds no model.eqx" in capsys.readouterr().err
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "model.eqx").write_bytes((out / "model.eqx").read_bytes()[:2000])
+    assert main(["sample", str(broken)]) == 1
+    assert "is corrupt or truncated" in capsys.readouterr().err
+
+
+def _toy_loss(model, batch, key):
+    x, hyper = batch
+    value = jnp.mean((x @ model) ** 2)
+    bad = hyper["update_index"] >= 3  # the 4th update overall: epoch 2, update 2 of 2
+    return jnp.where(bad, jnp.nan, value), {}
+
+
+def test_nan_loss_stops_naming_epoch_and_update_and_keeps_the_checkpoint(tmp_path):
+    config = training.TrainConfig(num_epochs=3, batch_size=4, eval_every=1, anneal_steps=0)
+    loader = training.ArrayLoader(np.ones((8, 3), np.float32), 4)
+    trainer = draw_mnist._NaNGuard(_toy_loss, optax.sgd(0.01), loader.num_batches)
+    checkpoint = tmp_path / "ck.eqx"
+    with pytest.raises(RuntimeError, match="epoch 2, update 2 of 2 .update 4 overall"):
+        training.fit(jnp.ones(3), trainer, loader, config, key=jax.random.key(0),
+                     checkpoint=checkpoint, schedules={"update_index": float})  # fmt: skip
+    assert training.read_header(checkpoint)["epoch"] == 1
+
+
+def test_per_variable_clipping_clips_each_array_alone():
+    clip = draw_mnist.clip_per_variable(5.0)
+    grads = {"a": jnp.full((4,), 10.0), "b": jnp.asarray([3.0, 0.0])}
+    out, _ = clip.update(grads, clip.init(grads))
+    np.testing.assert_allclose(jnp.linalg.norm(out["a"]), 5.0, rtol=1e-6)  # 20 → 5
+    np.testing.assert_allclose(out["b"], [3.0, 0.0])  # norm 3 < 5: unchanged
+
+
+def test_bad_input_is_refused(tmp_path, capsys):
+    with pytest.raises(ValueError, match=r"`read_n` must be an int from 1 to 28"):
+        draw_mnist.Config(read_n=0)
+    with pytest.raises(ValueError, match=r"`write_n` must be an int from 1 to 28.*got 29"):
+        draw_mnist.Config(write_n=29)
+    with pytest.raises(ValueError, match="`clip` must be one of"):
+        draw_mnist.Config(clip="none")
+    base = ["run", "draw-mnist", "--out", str(tmp_path / "r")]
+    assert main([*base, "--preset", "huge"]) == 1
+    assert "unknown preset 'huge'" in capsys.readouterr().err
+    assert main([*base, "--smoke", "--read-size", "3"]) == 1
+    assert "unrecognized arguments for draw-mnist: --read-size" in capsys.readouterr().err
+    assert main([*base, "--smoke", "--read-n", "40"]) == 1
+    assert "`read_n` must be an int from 1 to 28" in capsys.readouterr().err

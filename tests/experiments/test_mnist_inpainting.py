@@ -1,0 +1,151 @@
+"""mnist-inpainting: the smoke preset end to end through the CLI (any decoder through
+``--decoder``), ``--resume``, and clear errors for bad decoders and observations.
+
+The default-set smoke test conditions a tiny saved VAE (4 latents) on a random observation
+file, so it needs no dataset; the preset's own path (training the smoke VAE, the paper's
+``observed.npz``) is the slow test.
+"""
+
+import json
+
+import arviz as az
+import jax
+import numpy as np
+import pytest
+
+from dgm.cli import main
+from dgm.experiments import mnist_inpainting
+from dgm.models import decoders, vae
+
+
+def _tiny_decoder_dir(path):
+    path.mkdir()
+    model = vae.VAE(784, 4, (8, 8), key=jax.random.key(0))
+    vae.save(path / vae.MODEL_FILE, model)
+    return path
+
+
+def _observed(path, values):
+    np.savez(path, y_obs=np.asarray(values, np.float64))
+    return path
+
+
+def _args(out, *extra):
+    return ["run", "mnist-inpainting", "--smoke", "--out", str(out), "--no-progress", *extra]
+
+
+def _check_outputs(out):
+    metrics = json.loads((out / "metrics.json").read_text())
+    for method in ("chmc", "hmc"):
+        m = metrics[method]
+        for field in ("ess_z_median", "ess_pixels_median", "ess_per_s_z_median", "s_per_ess_z"):
+            assert field in m, (method, field)
+        assert m["num_chains"] == 1 and m["wall_s"] > 0
+    assert metrics["chmc"]["num_draws"] == 6 and metrics["hmc"]["num_draws"] == 30
+    assert metrics["chmc"]["max_constraint_residual"] < 1e-8
+    assert metrics["num_observed"] == 196 and metrics["num_inpainted"] == 588
+    for f in ("report.md", "inpainting.png", "traces.png", "posterior.nc", "config.json"):
+        assert (out / f).exists(), f
+    idata = az.from_netcdf(str(out / "posterior.nc"))
+    assert idata.posterior["pixels"].shape == (1, 6, 588)
+    assert idata.hmc["z"].shape[:2] == (1, 30)
+    return metrics
+
+
+def _decoder_run(tmp_path):
+    dec = _tiny_decoder_dir(tmp_path / "dec")
+    obs = _observed(tmp_path / "obs.npz", np.random.default_rng(0).uniform(0, 1, 196))
+    out = tmp_path / "run"
+    return out, _args(out, "--decoder", str(dec), "--observed", str(obs))
+
+
+def test_smoke_with_a_decoder_dir(tmp_path):
+    out, args = _decoder_run(tmp_path)
+    assert main(args) == 0
+    metrics = _check_outputs(out)
+    assert metrics["latent_dim"] == 4 and metrics["decoder_kind"] == "vae"
+    # the generator's first pixels: ``ImageDecoder.head`` (the VAE's sliced last layer)
+    # equals slicing the pixel means; a decoder without ``head_fn`` slices
+    decoder = decoders.load(tmp_path / "dec")
+    plain = decoders.ImageDecoder(decoder.mean_fn, 4, (28, 28), "vae")
+    z = jax.random.normal(jax.random.key(1), (4,))
+    head, sliced, fallback = jax.jit(
+        lambda z: (decoder.head(z, 196), decoder(z)[:196], plain.head(z, 196))
+    )(z)
+    np.testing.assert_allclose(head, sliced, rtol=1e-6)
+    np.testing.assert_array_equal(fallback, sliced)
+
+
+@pytest.mark.slow
+def test_smoke_resume_keeps_the_finished_run(tmp_path):
+    """A resumed finished run samples nothing again: the same draws and timings (18 s CPU)."""
+    out, args = _decoder_run(tmp_path)
+    assert main(args) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert main([*args, "--resume"]) == 0
+    again = json.loads((out / "metrics.json").read_text())
+    for method in ("chmc", "hmc"):
+        for field in ("wall_s", "ess_z_median", "accept_rate"):
+            assert again[method][field] == metrics[method][field], (method, field)
+
+
+@pytest.mark.slow
+def test_smoke_preset_trains_its_decoder(tmp_path, shared_data, monkeypatch):
+    """The smoke preset as users run it: trains the smoke VAE, the paper's observation
+    (24 s CPU)."""
+    monkeypatch.setenv("DGM_DATA_DIR", str(shared_data))
+    out = tmp_path / "run"
+    assert main(_args(out)) == 0
+    metrics = _check_outputs(out)
+    assert metrics["latent_dim"] == 50
+    assert (out / "decoder" / "model.eqx").exists()
+
+
+def _error(capsys, args) -> str:
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("dgm: error:"), err
+    return err[0]
+
+
+def test_bad_decoder_dirs(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    err = _error(capsys, _args(tmp_path / "r1", "--decoder", str(empty)))
+    assert "holds no model.eqx" in err
+    err = _error(capsys, _args(tmp_path / "r2", "--decoder", str(tmp_path / "missing")))
+    assert "does not exist" in err
+    other = tmp_path / "dmm"
+    other.mkdir()
+    (other / vae.MODEL_FILE).write_text('{"format": "dgm-model-v1", "kind": "dmm"}\n')
+    err = _error(capsys, _args(tmp_path / "r3", "--decoder", str(other)))
+    assert "kind 'dmm', which has no image decoder" in err
+
+
+def test_bad_observations(tmp_path, capsys):
+    dec = _tiny_decoder_dir(tmp_path / "dec")
+    short = _observed(tmp_path / "short.npz", np.zeros(100))
+    err = _error(capsys, _args(tmp_path / "r1", "--decoder", str(dec), "--observed", str(short)))
+    assert "must be a vector of 196 pixels" in err and "got shape (100,)" in err
+    nan = _observed(tmp_path / "nan.npz", np.r_[np.zeros(195), np.nan])
+    err = _error(capsys, _args(tmp_path / "r2", "--decoder", str(dec), "--observed", str(nan)))
+    assert "contains NaN" in err
+    np.savez(tmp_path / "nokey.npz", y=np.zeros(196))
+    err = _error(
+        capsys,
+        _args(tmp_path / "r3", "--decoder", str(dec), "--observed", str(tmp_path / "nokey.npz")),
+    )
+    assert "holds no array `y_obs`" in err
+    err = _error(capsys, _args(tmp_path / "r4", "--digit", "10000"))
+    assert "`digit` must be an MNIST test image index in 0..9999; got 10000" in err
+    err = _error(capsys, _args(tmp_path / "r5", "--decoder", str(dec), "--rows", "28"))
+    assert "`rows` must be less than the image height 28" in err
+
+
+def test_config_errors():
+    with pytest.raises(ValueError, match="`digit` must be an MNIST test image index"):
+        mnist_inpainting.Config(digit=-1)
+    with pytest.raises(ValueError, match="either `observed` or `digit`"):
+        mnist_inpainting.Config(digit=3, observed="x.npz")
+    with pytest.raises(ValueError, match="`chmc.step_size` must be a positive number"):
+        mnist_inpainting.CHMCConfig(step_size=0.0)
