@@ -129,7 +129,18 @@ def test_averaged_model_is_validated_checkpointed_and_resumed(averaged_runs):
     assert not np.allclose(straight.averaged_model.layer.weight, straight.model.layer.weight)
 
 
-def test_sigint_stops_at_a_safe_point_and_restores_the_handler(tmp_path):
+@pytest.fixture
+def default_sigint():
+    """The interpreter's own SIGINT handler, whatever the runner had (a shell's background
+    job starts with SIGINT ignored, and the trainer then leaves it ignored, by design)."""
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_sigint_stops_at_a_safe_point_and_restores_the_handler(tmp_path, default_sigint):
     """A real SIGINT during validation: epoch 1 is checkpointed, then KeyboardInterrupt."""
     import os
     import signal
@@ -149,7 +160,7 @@ def test_sigint_stops_at_a_safe_point_and_restores_the_handler(tmp_path):
     assert_trees_equal(straight.model, resumed.model)
 
 
-def test_sigint_mid_epoch_drops_the_partial_epoch(tmp_path):
+def test_sigint_mid_epoch_drops_the_partial_epoch(tmp_path, default_sigint):
     import os
     import signal
 
