@@ -139,6 +139,14 @@ def hmc(
         imm = jnp.ones(())  # broadcasts as the identity's diagonal
     params = HMCParams(jnp.asarray(step_size), imm, lo, hi)
 
+    init_fn = checked_init(log_density_fn, inverse_mass_matrix)
+    return Kernel(init_fn, build_kernel(log_density_fn, divergence_threshold), params)
+
+
+def checked_init(log_density_fn: Callable, inverse_mass_matrix=None) -> Callable:
+    """``init`` for a kernel constructor: checks the position is a vector that fits the
+    inverse mass matrix (if one is given)."""
+
     def init_fn(position):
         position = jnp.asarray(position)
         if position.ndim != 1:
@@ -147,7 +155,7 @@ def hmc(
             check_inverse_mass_matrix(inverse_mass_matrix, position.shape[0])
         return init(position, log_density_fn)
 
-    return Kernel(init_fn, build_kernel(log_density_fn, divergence_threshold), params)
+    return init_fn
 
 
 def check_steps(num_steps) -> tuple[int, int]:

@@ -27,7 +27,7 @@ from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 from dgm.inference.base import Kernel
 from dgm.inference.dynamic import LeafFns, check_max_depth, sample_trajectory
-from dgm.inference.hmc import HMCState, init
+from dgm.inference.hmc import HMCState, checked_init, init
 from dgm.inference.integrators import IntegratorState, leapfrog
 from dgm.inference.metrics import (
     InverseMass,
@@ -156,12 +156,5 @@ def nuts(
         imm = jnp.ones(())
     params = NUTSParams(jnp.asarray(step_size), imm, max_depth)
 
-    def init_fn(position):
-        position = jnp.asarray(position)
-        if position.ndim != 1:
-            raise ValueError(f"`position` must be a vector; got shape {position.shape}")
-        if inverse_mass_matrix is not None:
-            check_inverse_mass_matrix(inverse_mass_matrix, position.shape[0])
-        return init(position, log_density_fn)
-
+    init_fn = checked_init(log_density_fn, inverse_mass_matrix)
     return Kernel(init_fn, build_kernel(log_density_fn, divergence_threshold), params)
