@@ -332,3 +332,11 @@ def check_max_depth(max_depth: Any) -> int:
     if isinstance(max_depth, bool) or not isinstance(max_depth, int) or max_depth < 1:
         raise ValueError(f"`max_depth` must be an int >= 1; got {max_depth!r}")
     return max_depth
+
+
+def depth_and_capacity(max_depth: Any, bound: int) -> tuple[Any, int | None]:
+    """``(max_depth, capacity)`` for :func:`sample_trajectory`: a traced depth gets the U-turn
+    stack size ``bound``; a Python int is checked and sizes the stack itself (``None``)."""
+    if isinstance(max_depth, jax.Array):
+        return max_depth, bound
+    return check_max_depth(max_depth), None

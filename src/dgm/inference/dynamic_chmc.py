@@ -32,7 +32,7 @@ from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 from dgm.inference.base import Kernel
 from dgm.inference.constrained_hmc import CHMCState, TrajectoryState, build_trajectory, init
-from dgm.inference.dynamic import LeafFns, check_max_depth, sample_trajectory
+from dgm.inference.dynamic import LeafFns, check_max_depth, depth_and_capacity, sample_trajectory
 from dgm.inference.manifold import ManifoldSystem, project_tangent
 
 __all__ = ["DCHMCInfo", "DCHMCParams", "build_kernel", "dynamic_constrained_hmc", "init"]
@@ -112,11 +112,7 @@ def build_kernel(
     check_max_depth(max_depth_bound)
 
     def step(key, state: CHMCState, params: DCHMCParams) -> tuple[CHMCState, DCHMCInfo]:
-        max_depth, capacity = params.max_depth, None
-        if isinstance(max_depth, jax.Array):
-            capacity = max_depth_bound
-        else:
-            check_max_depth(max_depth)
+        max_depth, capacity = depth_and_capacity(params.max_depth, max_depth_bound)
         key_mom, key_tree = jax.random.split(key)
         step_size = jnp.asarray(params.step_size, state.position.dtype)
         # p ← Π_u(n), n ~ N(0, I): a full momentum refresh in the tangent space

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 from dgm.inference.base import Kernel
-from dgm.inference.dynamic import LeafFns, check_max_depth, sample_trajectory
+from dgm.inference.dynamic import LeafFns, check_max_depth, depth_and_capacity, sample_trajectory
 from dgm.inference.hmc import HMCState, checked_init, init
 from dgm.inference.integrators import IntegratorState, leapfrog
 from dgm.inference.metrics import (
@@ -95,11 +95,7 @@ def build_kernel(
     check_max_depth(max_depth_bound)
 
     def step(key, state: HMCState, params: NUTSParams) -> tuple[HMCState, NUTSInfo]:
-        max_depth, capacity = params.max_depth, None
-        if isinstance(max_depth, jax.Array):
-            capacity = max_depth_bound
-        else:
-            check_max_depth(max_depth)
+        max_depth, capacity = depth_and_capacity(params.max_depth, max_depth_bound)
         key_mom, key_tree = jax.random.split(key)
         step_size = jnp.asarray(params.step_size, state.position.dtype)
         imm = jnp.asarray(params.inverse_mass_matrix, state.position.dtype)
