@@ -40,11 +40,14 @@ def _net(num_outputs=2, seed=0):
 def _numpyro_arn(net, ctx, form, gate_bias):
     from numpyro.nn.masked_dense import MaskedDense
 
-    def layer(lin):
-        _, apply = MaskedDense(jnp.asarray(lin.mask.T, jnp.float64))
-        return lambda x: apply((lin.effective_weight().T, lin.bias), x)
+    def layer(mask, weight, bias):
+        _, apply = MaskedDense(jnp.asarray(mask.T, jnp.float64))
+        return lambda x: apply((weight.T, bias), x)
 
-    hidden, outputs = [layer(h) for h in net.hidden], [layer(o) for o in net.outputs]
+    hidden = [layer(h.mask, h.effective_weight(), h.bias) for h in net.hidden]
+    out = net.out  # our m and s rows are stacked in one layer; NumPyro gets one layer each
+    rows = np.split(np.arange(out.mask.shape[0]), net.num_outputs)
+    outputs = [layer(out.mask[r], out.effective_weight()[r], out.bias[r]) for r in rows]
     shift = net.context(ctx)  # the context is a constant of the flow
 
     def arn(x):
@@ -126,12 +129,11 @@ def test_density_and_samples_equal_flowjax():
         weights.append(layer.effective_weight())
         biases.append(layer.bias)
         masks.append(layer.mask)
-    m_out, s_out = net.outputs  # flowjax interleaves the per-variable parameters (m_i, s_i)
-    weights.append(
-        jnp.stack([m_out.effective_weight(), s_out.effective_weight()], 1).reshape(2 * DIM, -1)
-    )
-    biases.append(jnp.stack([m_out.bias, s_out.bias], 1).reshape(-1))
-    masks.append(jnp.stack([m_out.mask, s_out.mask], 1).reshape(2 * DIM, -1))
+    # ours: rows [m_0..m_{D-1}, s_0..s_{D-1}]; flowjax interleaves them (m_i, s_i)
+    interleave = np.arange(2 * DIM).reshape(2, DIM).T.reshape(-1)
+    weights.append(net.out.effective_weight()[interleave])
+    biases.append(net.out.bias[interleave])
+    masks.append(net.out.mask[interleave])
     layers = tuple(
         eqx.tree_at(
             lambda lin: (lin.weight, lin.bias),

@@ -143,7 +143,9 @@ class _WeightNormed(eqx.Module):
 class MaskedDense(_WeightNormed):
     """A dense layer with a :func:`made_mask` (weight-normalised unless ``weight_norm=False``).
 
-    ``masked=False`` gives a plain (all-ones mask) layer, e.g. for a context input.
+    ``masked=False`` gives a plain (all-ones mask) layer, e.g. for a context input;
+    ``copies=k`` stacks ``k`` output blocks of ``n_out`` rows with the same mask (one matrix
+    product for m and s).
 
     Example:
         >>> layer = MaskedDense(4, 8, key=jax.random.key(0))
@@ -164,17 +166,19 @@ class MaskedDense(_WeightNormed):
         reverse: bool = False,
         weight_norm: bool = True,
         masked: bool = True,
+        copies: int = 1,
         key: PRNGKeyArray,
     ):
         mask = made_mask(n_in, n_out, strict=strict, reverse=reverse)
-        mask = mask if masked else np.ones_like(mask)
+        mask = np.tile(mask if masked else np.ones_like(mask), (copies, 1))
+        n_out = mask.shape[0]
         self.mask = jnp.asarray(mask)
         self.weight = _masked_normal(key, mask)
         self.log_scale = _zeros(n_out) if weight_norm else None
         self.bias = _zeros(n_out)
 
     def __call__(self, x: Float[Array, " inp"]) -> Float[Array, " out"]:
-        return self.effective_weight() @ x + self.bias
+        return x @ self.effective_weight().T + self.bias  # batch-major under vmap
 
     def init_from_data(self, x: Float[Array, "batch inp"], target_std: float = 1.0):
         """Data-dependent initialisation (see the module docstring)."""
@@ -205,12 +209,15 @@ class ARConv2d(_WeightNormed):
         reverse: bool = False,
         weight_norm: bool = True,
         border_channel: bool = True,
+        copies: int = 1,
         key: PRNGKeyArray,
     ):
         mask = conv_mask(n_in, n_out, kernel_size, strict=strict, reverse=reverse)
         if border_channel:  # the indicator channel is constant: causal taps only, no centre
             extra = conv_mask(1, 1, kernel_size, strict=True, reverse=reverse)
             mask = np.concatenate([mask, np.broadcast_to(extra, (n_out, *extra.shape[1:]))], 1)
+        mask = np.tile(mask, (copies, 1, 1, 1))
+        n_out = mask.shape[0]
         self.mask = jnp.asarray(mask)
         self.weight = _masked_normal(key, mask)
         self.log_scale = _zeros(n_out) if weight_norm else None
@@ -248,9 +255,11 @@ class ARMLP(eqx.Module):
     """
 
     hidden: list[MaskedDense]
-    outputs: list[MaskedDense]
+    out: MaskedDense
     context: MaskedDense | None
     activation: Callable = eqx.field(static=True)
+    num_outputs: int = eqx.field(static=True)
+    reverse: bool = eqx.field(static=True)
 
     def __init__(
         self,
@@ -265,15 +274,15 @@ class ARMLP(eqx.Module):
         key: PRNGKeyArray,
     ):
         sizes = _check_network("dim", dim, hidden_sizes, num_outputs)
-        keys = list(jax.random.split(key, len(sizes) - 1 + num_outputs + 1))
+        keys = list(jax.random.split(key, len(sizes) + 1))
         kw = {"reverse": reverse, "weight_norm": weight_norm}
         self.hidden = [
             MaskedDense(a, b, **kw, key=keys.pop()) for a, b in zip(sizes, sizes[1:], strict=False)
         ]
-        self.outputs = [
-            MaskedDense(sizes[-1], dim, strict=True, **kw, key=keys.pop())
-            for _ in range(num_outputs)
-        ]
+        self.out = MaskedDense(
+            sizes[-1], dim, strict=True, copies=num_outputs, **kw, key=keys.pop()
+        )
+        self.num_outputs, self.reverse = num_outputs, reverse
         self.context = None
         if context_size:  # unmasked: the context is not a flow variable
             _check_size("context_size", context_size)
@@ -282,19 +291,57 @@ class ARMLP(eqx.Module):
             )
         self.activation = activation
 
-    def __call__(
-        self, z: Float[Array, " dim"], context: Float[Array, " ctx"] | None = None
-    ) -> tuple[Float[Array, " dim"], ...]:
+    def _first(self, z, context):
+        """The first hidden layer's pre-activation, context included."""
         if (self.context is None) != (context is None):
             have = "no context layer" if self.context is None else "a context layer"
             raise ValueError(f"`context` must be given iff the network has one; it has {have}")
-        h = z
-        for i, layer in enumerate(self.hidden):
-            h = layer(h)
-            if i == 0 and self.context is not None:
-                h = h + self.context(context)
-            h = self.activation(h)
-        return tuple(out(h) for out in self.outputs)
+        h = self.hidden[0](z)
+        return h if self.context is None else h + self.context(context)
+
+    def __call__(
+        self, z: Float[Array, " dim"], context: Float[Array, " ctx"] | None = None
+    ) -> tuple[Float[Array, " dim"], ...]:
+        h = self.activation(self._first(z, context))
+        for layer in self.hidden[1:]:
+            h = self.activation(layer(h))
+        return tuple(jnp.split(self.out(h), self.num_outputs))
+
+    def solve(
+        self,
+        update_fn: Callable,
+        y: Float[Array, " dim"],
+        context: Float[Array, " ctx"] | None = None,
+    ) -> tuple[Float[Array, " dim"], tuple[Float[Array, " dim"], ...]]:
+        """The ``z`` with ``z_i = update_fn(y_i, outputs_i(z))`` for every ``i``, and its outputs.
+
+        With one hidden layer, variable by variable in the autoregressive order: setting
+        ``z_i`` adds a rank-one term to the hidden pre-activation and output ``i + 1`` needs one
+        row of the output layer, so the solve costs about one network pass (``dim`` passes for
+        the generic fixed point). Deeper networks fall back to the fixed point.
+        """
+        if len(self.hidden) != 1:
+            return _fixed_point(self, update_fn, y, context)
+        dim = y.shape[0]
+        w_in, w_out, b_out = (
+            self.hidden[0].effective_weight(),
+            self.out.effective_weight(),
+            self.out.bias,
+        )
+        rows = jnp.arange(self.num_outputs) * dim
+
+        def body(carry, i):
+            z, pre = carry
+            act = self.activation(pre)
+            outs = tuple(w_out[rows + i] @ act + b_out[rows + i])
+            z_i = update_fn(y[i], outs)
+            return (z.at[i].set(z_i), pre + w_in[:, i] * z_i), jnp.stack(outs)
+
+        order = jnp.arange(dim)[::-1] if self.reverse else jnp.arange(dim)
+        start = (jnp.zeros_like(y), self._first(jnp.zeros_like(y), context))
+        (z, _), outs = jax.lax.scan(body, start, order)
+        outs = outs[jnp.argsort(order)].T  # back to variable order, (num_outputs, dim)
+        return z, tuple(outs)
 
     def init_from_data(
         self,
@@ -313,8 +360,22 @@ class ARMLP(eqx.Module):
             if i == 0 and net.context is not None and context is not None:
                 h = h + jax.vmap(net.context)(context)
             h = self.activation(h)
-        outs = [out.init_from_data(h, target_std) for out in net.outputs]
-        return eqx.tree_at(lambda n: n.outputs, net, outs)
+        return eqx.tree_at(lambda n: n.out, net, net.out.init_from_data(h, target_std))
+
+
+def _fixed_point(net, update_fn, y, context):
+    """Generic autoregressive solve: after pass ``k`` the first ``k`` variables are exact.
+
+    Non-finite placeholders (not yet exact) are reset to 0 so that no inf meets a masked
+    (zero) weight and turns an exact variable into NaN.
+    """
+
+    def body(_, z):
+        new = update_fn(y, net(z, context))
+        return jnp.where(jnp.isfinite(new), new, 0.0)
+
+    z = jax.lax.fori_loop(0, y.size, body, jnp.zeros_like(y))
+    return z, net(z, context)
 
 
 def _check_network(name, dim, hidden, num_outputs) -> list[int]:
@@ -339,8 +400,9 @@ class ARConvNet(eqx.Module):
     """
 
     hidden: list[ARConv2d]
-    outputs: list[ARConv2d]
+    out: ARConv2d
     activation: Callable = eqx.field(static=True)
+    num_outputs: int = eqx.field(static=True)
 
     def __init__(
         self,
@@ -356,7 +418,7 @@ class ARConvNet(eqx.Module):
         key: PRNGKeyArray,
     ):
         sizes = _check_network("channels", channels, hidden_channels, num_outputs)
-        keys = list(jax.random.split(key, len(sizes) - 1 + num_outputs))
+        keys = list(jax.random.split(key, len(sizes)))
         kw = {
             "kernel_size": kernel_size,
             "reverse": reverse,
@@ -366,11 +428,10 @@ class ARConvNet(eqx.Module):
         self.hidden = [
             ARConv2d(a, b, **kw, key=keys.pop()) for a, b in zip(sizes, sizes[1:], strict=False)
         ]
-        self.outputs = [
-            ARConv2d(sizes[-1], channels, strict=True, **kw, key=keys.pop())
-            for _ in range(num_outputs)
-        ]
-        self.activation = activation
+        self.out = ARConv2d(
+            sizes[-1], channels, strict=True, copies=num_outputs, **kw, key=keys.pop()
+        )
+        self.activation, self.num_outputs = activation, num_outputs
 
     def __call__(
         self, z: Float[Array, "c h w"], context: Float[Array, "hid h w"] | None = None
@@ -381,7 +442,16 @@ class ARConvNet(eqx.Module):
             if i == 0 and context is not None:
                 h = h + context
             h = self.activation(h)
-        return tuple(out(h) for out in self.outputs)
+        return tuple(jnp.split(self.out(h), self.num_outputs))
+
+    def solve(
+        self,
+        update_fn: Callable,
+        y: Float[Array, "c h w"],
+        context: Float[Array, "hid h w"] | None = None,
+    ) -> tuple[Float[Array, "c h w"], tuple[Float[Array, "c h w"], ...]]:
+        """The ``z`` with ``z = update_fn(y, outputs(z))`` (fixed point, one pass per variable)."""
+        return _fixed_point(self, update_fn, y, context)
 
     def init_from_data(
         self,
@@ -398,5 +468,4 @@ class ARConvNet(eqx.Module):
             if i == 0 and context is not None:
                 h = h + context
             h = self.activation(h)
-        outs = [out.init_from_data(h, target_std) for out in net.outputs]
-        return eqx.tree_at(lambda n: n.outputs, net, outs)
+        return eqx.tree_at(lambda n: n.out, net, net.out.init_from_data(h, target_std))

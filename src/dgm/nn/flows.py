@@ -16,8 +16,9 @@ Public API:
   - ``"gated"``, the paper's numerically stable form: ``σ = sigmoid(s + gate_bias)``,
     ``z_new = σ ⊙ z + (1 − σ) ⊙ m``, ``log_det = Σ log σ`` (``scale`` is not used).
 
-  ``step.inverse(y, context=None)`` inverts by fixed-point passes, exact after one pass per
-  variable (it is for tests and density evaluation, not for sampling).
+  ``step.inverse(y, context=None)`` and ``step.inverse_and_log_det(y, context=None)``
+  invert it (density of a given point): a variable-by-variable solve for dense one-hidden-layer
+  networks (about one network pass), a fixed point of one pass per variable otherwise.
 - :class:`IAF` ``(dim, num_steps, hidden_sizes, *, context_size=0, form="gated",
   activation=relu, weight_norm=False, key)``: dense steps whose variable order is reversed
   between successive steps; ``flow(z, context=None) -> (z, log_det)``. Its defaults are the
@@ -66,7 +67,7 @@ class IAFStep(eqx.Module):
     ):
         if form not in FORMS:
             raise ValueError(f"`form` must be one of {', '.join(FORMS)}; got {form!r}")
-        if form != "location" and len(net.outputs) != 2:
+        if form != "location" and net.num_outputs != 2:
             raise ValueError(f"`form={form!r}` needs a network with `num_outputs=2`; got 1")
         self.net, self.form, self.scale, self.gate_bias = net, form, float(scale), gate_bias
 
@@ -87,29 +88,33 @@ class IAFStep(eqx.Module):
         z_new, log_diag = self._update(z, self.net(z, context))
         return z_new, jnp.sum(log_diag)
 
+    def _solve_update(self, y, outs):
+        """The ``z`` that this step maps to ``y``, given the network outputs at ``z``."""
+        if self.form == "location":
+            return y + self.scale * outs[0]
+        m, s = outs
+        if self.form == "affine":
+            return y * jnp.exp(self.scale * s) + self.scale * m
+        gate = jax.nn.sigmoid(s + self.gate_bias)
+        return (y - (1.0 - gate) * m) / gate
+
+    def inverse_and_log_det(
+        self, y: Float[Array, "*shape"], context: Float[Array, "..."] | None = None
+    ) -> tuple[Float[Array, "*shape"], Float[Array, ""]]:
+        """``(z, log|det ∂y/∂z|)`` with ``step(z) == (y, log_det)``.
+
+        Dense one-hidden-layer networks solve variable by variable at the cost of about one
+        network pass (:meth:`~dgm.nn.autoregressive.ARMLP.solve`); others by a fixed point
+        with one network pass per variable.
+        """
+        z, outs = self.net.solve(self._solve_update, y, context)
+        return z, jnp.sum(self._update(z, outs)[1])
+
     def inverse(
         self, y: Float[Array, "*shape"], context: Float[Array, "..."] | None = None
     ) -> Float[Array, "*shape"]:
-        """The ``z`` with ``step(z)[0] == y``: one fixed-point pass per variable."""
-
-        def candidate(z):
-            outs = self.net(z, context)
-            if self.form == "location":
-                return y + self.scale * outs[0]
-            m, s = outs
-            if self.form == "affine":
-                return y * jnp.exp(self.scale * s) + self.scale * m
-            gate = jax.nn.sigmoid(s + self.gate_bias)
-            return (y - (1.0 - gate) * m) / gate
-
-        # After pass k the first k variables (in the autoregressive order) are exact; the
-        # others are placeholders, reset to 0 where they overflow so that no inf reaches a
-        # masked (zero) weight and turns an exact variable into NaN.
-        def body(_, z):
-            new = candidate(z)
-            return jnp.where(jnp.isfinite(new), new, 0.0)
-
-        return jax.lax.fori_loop(0, y.size, body, jnp.zeros_like(y))
+        """The ``z`` with ``step(z)[0] == y``."""
+        return self.inverse_and_log_det(y, context)[0]
 
 
 class IAF(eqx.Module):

@@ -1,0 +1,170 @@
+"""One IAF step at the spec's MNIST sizes: dgm vs NumPyro's and flowjax's IAFs, in one run.
+
+    PYTHONPATH=src python benchmarks/bench_iaf.py --batches 16,1024 --repeats 20
+
+Sizes (``/work/shared/specs/iaf.md`` §2.11, the MNIST branch): n_z = 32 latent variables,
+n_h = 64 hidden units, depth_ar = 1 hidden AR layer, ELU, two outputs (m, s); dense form
+(the peers have no convolutional IAF), no context (NumPyro's IAF takes none). Each
+implementation is the same affine IAF map ``y = μ(x) + σ(x) ⊙ x``:
+
+- dgm: ``IAFStep(ARMLP(32, (64,)), form="affine")`` (the code's form, weight-normalised);
+- NumPyro: ``InverseAutoregressiveTransform(AutoregressiveNN(32, [64], nonlinearity=Elu))``;
+- flowjax: ``MaskedAutoregressive(transformer=Affine(), dim=32, nn_width=64, nn_depth=1,
+  nn_activation=elu)`` used as an IAF (its ``transform`` is the one-pass sampling direction).
+
+Operations, on a batch (``vmap``), each one ``jit``: ``sample`` (ε → z and log q, one pass),
+``log_prob`` (log q of a given z: an inversion of 32 passes), and the gradients of the batch
+mean of each with respect to the flow's parameters (``grad_sample``, ``grad_log_prob``).
+Implementations alternate call by call so that they see the same load. One JSON line per
+(operation, batch, implementation) with median/min milliseconds and compile seconds, then one
+``iaf_ratio`` line per (operation, batch): the faster peer's median over dgm's (> 1: dgm is
+faster; the issue's target is >= 1.5).
+"""
+
+from dgm._runtime import configure_cpu
+
+configure_cpu()
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+
+import equinox as eqx  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from dgm.nn.autoregressive import ARMLP  # noqa: E402
+from dgm.nn.flows import IAFStep  # noqa: E402
+
+N_Z, N_H, DEPTH_AR = 32, 64, 1
+LOG_2PI = float(jnp.log(2 * jnp.pi))
+
+
+def _base_log_prob(eps):
+    return -0.5 * jnp.sum(eps**2, axis=-1) - 0.5 * N_Z * LOG_2PI
+
+
+def dgm_ops():
+    """(params, sample_fn, log_prob_fn) with fn(params, batch) -> batch of log q."""
+    step = IAFStep(ARMLP(N_Z, (N_H,) * DEPTH_AR, key=jax.random.key(0)), form="affine")
+    params, static = eqx.partition(step, eqx.is_inexact_array)
+
+    def sample(p, eps):
+        s = eqx.combine(p, static)
+        z, log_det = jax.vmap(s)(eps)
+        return z, _base_log_prob(eps) - log_det
+
+    def log_prob(p, z):
+        s = eqx.combine(p, static)
+        eps = jax.vmap(s.inverse)(z)
+        return _base_log_prob(eps) - jax.vmap(s)(eps)[1]
+
+    return params, sample, log_prob
+
+
+def numpyro_ops():
+    from jax.example_libraries import stax
+    from numpyro.distributions.flows import InverseAutoregressiveTransform
+    from numpyro.nn import AutoregressiveNN
+
+    init, apply = AutoregressiveNN(N_Z, [N_H] * DEPTH_AR, nonlinearity=stax.Elu)
+    _, params = init(jax.random.key(0), (N_Z,))
+
+    def flow(p):
+        return InverseAutoregressiveTransform(lambda x: apply(p, x))
+
+    def sample(p, eps):
+        t = flow(p)
+        z = t(eps)
+        return z, _base_log_prob(eps) - t.log_abs_det_jacobian(eps, z).sum(-1)
+
+    def log_prob(p, z):
+        t = flow(p)
+        eps = jax.vmap(t._inverse)(z)
+        return _base_log_prob(eps) - t.log_abs_det_jacobian(eps, z).sum(-1)
+
+    return params, sample, log_prob
+
+
+def flowjax_ops():
+    import paramax
+    from flowjax.bijections import Affine, MaskedAutoregressive
+
+    with jax.numpy_rank_promotion("allow"):
+        bij = MaskedAutoregressive(
+            jax.random.key(0),
+            transformer=Affine(),
+            dim=N_Z,
+            nn_width=N_H,
+            nn_depth=DEPTH_AR,
+            nn_activation=jax.nn.elu,
+        )
+    params, static = eqx.partition(bij, eqx.is_inexact_array)
+
+    def sample(p, eps):
+        b = paramax.unwrap(eqx.combine(p, static))
+        z, log_det = jax.vmap(b.transform_and_log_det)(eps)
+        return z, _base_log_prob(eps) - log_det
+
+    def log_prob(p, z):
+        b = paramax.unwrap(eqx.combine(p, static))
+        eps, log_det_inv = jax.vmap(b.inverse_and_log_det)(z)
+        return _base_log_prob(eps) + log_det_inv
+
+    return params, sample, log_prob
+
+
+def _jitted(params, sample, log_prob):
+    grad = jax.grad
+    return {
+        "sample": jax.jit(lambda p, x: sample(p, x)),
+        "log_prob": jax.jit(lambda p, x: log_prob(p, x)),
+        "grad_sample": jax.jit(grad(lambda p, x: jnp.mean(sample(p, x)[1]))),
+        "grad_log_prob": jax.jit(grad(lambda p, x: jnp.mean(log_prob(p, x)))),
+    }, params
+
+
+def _line(**kw):
+    print(json.dumps(kw), flush=True)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--batches", default="16,1024")
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--ops", default="sample,log_prob,grad_sample,grad_log_prob")
+    args = parser.parse_args()
+    impls = {}
+    for name, build in [("dgm", dgm_ops), ("numpyro", numpyro_ops), ("flowjax", flowjax_ops)]:
+        try:
+            impls[name] = _jitted(*build())
+        except ImportError as err:
+            _line(bench="iaf", impl=name, skipped=f"not installed ({err})")
+    for batch in [int(b) for b in args.batches.split(",")]:
+        x = jax.random.normal(jax.random.key(1), (batch, N_Z), jnp.float32)
+        for op in args.ops.split(","):
+            times, compile_s = {n: [] for n in impls}, {}
+            for name, (fns, params) in impls.items():
+                t0 = time.perf_counter()
+                jax.block_until_ready(fns[op](params, x))
+                compile_s[name] = time.perf_counter() - t0
+            for _ in range(args.repeats):  # round robin: every implementation sees the same load
+                for name, (fns, params) in impls.items():
+                    t0 = time.perf_counter()
+                    jax.block_until_ready(fns[op](params, x))
+                    times[name].append(time.perf_counter() - t0)
+            med = {n: statistics.median(t) * 1e3 for n, t in times.items()}
+            for name in impls:
+                _line(bench="iaf", op=op, batch=batch, impl=name, median_ms=round(med[name], 4),
+                      min_ms=round(min(times[name]) * 1e3, 4),
+                      compile_s=round(compile_s[name], 3))  # fmt: skip
+            peers = [n for n in impls if n != "dgm"]
+            if "dgm" in impls and peers:
+                fastest = min(peers, key=med.get)
+                _line(bench="iaf_ratio", op=op, batch=batch, faster_peer=fastest,
+                      peer_over_dgm=round(med[fastest] / med["dgm"], 3))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
