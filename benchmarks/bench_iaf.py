@@ -18,7 +18,8 @@ mean of each with respect to the flow's parameters (``grad_sample``, ``grad_log_
 Implementations alternate call by call so that they see the same load. One JSON line per
 (operation, batch, implementation) with median/min milliseconds and compile seconds, then one
 ``iaf_ratio`` line per (operation, batch): the faster peer's median over dgm's (> 1: dgm is
-faster; the issue's target is >= 1.5).
+faster; the issue's target is >= 1.5). Last, ``iaf_conv`` lines: dgm's convolutional step
+as the VAE uses it (no peer has one), at ``--conv-batch`` images.
 """
 
 from dgm._runtime import configure_cpu
@@ -34,7 +35,7 @@ import equinox as eqx  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from dgm.nn.autoregressive import ARMLP  # noqa: E402
+from dgm.nn.autoregressive import ARMLP, ARConvNet  # noqa: E402
 from dgm.nn.flows import IAFStep  # noqa: E402
 
 N_Z, N_H, DEPTH_AR = 32, 64, 1
@@ -125,6 +126,33 @@ def _jitted(params, sample, log_prob):
     }, params
 
 
+def conv_rows(batch, repeats):
+    """dgm only (the peers have no conv IAF): the VAE's form, one level-0 block of the mnist
+    preset (n_z 32 channels at 16×16, n_h 64, depth_ar 1, context of n_h channels)."""
+    step = IAFStep(ARConvNet(N_Z, (N_H,) * DEPTH_AR, key=jax.random.key(0)), form="affine")
+    params, static = eqx.partition(step, eqx.is_inexact_array)
+    eps = jax.random.normal(jax.random.key(1), (batch, N_Z, 16, 16), jnp.float32)
+    ctx = jax.random.normal(jax.random.key(2), (batch, N_H, 16, 16), jnp.float32)
+
+    def log_q(p):
+        z, log_det = jax.vmap(eqx.combine(p, static))(eps, ctx)
+        return jnp.mean(jnp.sum(-0.5 * eps**2, axis=(1, 2, 3)) - log_det), z
+
+    fns = {"sample": jax.jit(log_q), "grad_sample": jax.jit(jax.grad(lambda p: log_q(p)[0]))}
+    for op, fn in fns.items():
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(params))
+        compile_s = time.perf_counter() - t0
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn(params))
+            times.append(time.perf_counter() - t0)
+        _line(bench="iaf_conv", op=op, batch=batch, impl="dgm",
+              median_ms=round(statistics.median(times) * 1e3, 4),
+              min_ms=round(min(times) * 1e3, 4), compile_s=round(compile_s, 3))  # fmt: skip
+
+
 def _line(**kw):
     print(json.dumps(kw), flush=True)
 
@@ -134,6 +162,7 @@ def main():
     parser.add_argument("--batches", default="16,1024")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--ops", default="sample,log_prob,grad_sample,grad_log_prob")
+    parser.add_argument("--conv-batch", type=int, default=16, help="0: no conv rows")
     args = parser.parse_args()
     impls = {}
     for name, build in [("dgm", dgm_ops), ("numpyro", numpyro_ops), ("flowjax", flowjax_ops)]:
@@ -164,6 +193,8 @@ def main():
                 fastest = min(peers, key=med.get)
                 _line(bench="iaf_ratio", op=op, batch=batch, faster_peer=fastest,
                       peer_over_dgm=round(med[fastest] / med["dgm"], 3))  # fmt: skip
+    if args.conv_batch:
+        conv_rows(args.conv_batch, args.repeats)
 
 
 if __name__ == "__main__":

@@ -54,7 +54,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Bool, Float, PRNGKeyArray
+from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from dgm.nn.rnn import host_rng
 
@@ -258,8 +258,8 @@ class ARMLP(eqx.Module):
     out: MaskedDense
     context: MaskedDense | None
     activation: Callable = eqx.field(static=True)
+    order: Int[Array, " dim"]  # the autoregressive order (an array: both orders share a trace)
     num_outputs: int = eqx.field(static=True)
-    reverse: bool = eqx.field(static=True)
 
     def __init__(
         self,
@@ -282,7 +282,8 @@ class ARMLP(eqx.Module):
         self.out = MaskedDense(
             sizes[-1], dim, strict=True, copies=num_outputs, **kw, key=keys.pop()
         )
-        self.num_outputs, self.reverse = num_outputs, reverse
+        self.num_outputs = num_outputs
+        self.order = jnp.asarray(np.arange(dim)[::-1].copy() if reverse else np.arange(dim))
         self.context = None
         if context_size:  # unmasked: the context is not a flow variable
             _check_size("context_size", context_size)
@@ -337,7 +338,7 @@ class ARMLP(eqx.Module):
             z_i = update_fn(y[i], outs)
             return (z.at[i].set(z_i), pre + w_in[:, i] * z_i), jnp.stack(outs)
 
-        order = jnp.arange(dim)[::-1] if self.reverse else jnp.arange(dim)
+        order = self.order
         start = (jnp.zeros_like(y), self._first(jnp.zeros_like(y), context))
         (z, _), outs = jax.lax.scan(body, start, order)
         outs = outs[jnp.argsort(order)].T  # back to variable order, (num_outputs, dim)
