@@ -14,8 +14,9 @@ Public API (built on by :mod:`dgm.nn.flows` and the IAF-VAE):
   raster order over pixels (rows above, and the taps left of the centre in the centre row, are
   free; taps below/right are zero) with :func:`made_mask` at the centre tap. ``reverse`` flips
   all four axes (the original's ``flipmask``).
-- :class:`MaskedDense` ``(n_in, n_out, *, strict=False, reverse=False, weight_norm=True, key)``,
-  called on one example ``(n_in,) -> (n_out,)``.
+- :class:`MaskedDense` ``(n_in, n_out, *, strict=False, reverse=False, weight_norm=True,
+  masked=True, copies=1, key)``, called on one example ``(n_in,) -> (copies·n_out,)``
+  (``copies`` stacks output blocks with the same mask: m and s in one product).
 - :class:`ARConv2d` ``(n_in, n_out, *, kernel_size=3, strict=False, reverse=False,
   weight_norm=True, border_channel=True, key)``, called on one image ``(C, H, W)``
   (channel-first, as ``eqx.nn.Conv2d``), "same" output size.
@@ -28,8 +29,12 @@ Public API (built on by :mod:`dgm.nn.flows` and the IAF-VAE):
   activation=elu, reverse=False, weight_norm=True, border_channel=True, key)``:
   ``net(z, context=None) -> (m, s)``; ``context`` has ``hidden_channels[0]`` channels and the
   image's size and is added as is after the first hidden conv (the original's
-  ``ar_multiconv2d``). Hidden layers use non-strict masks, the output layers strict ones, so
-  output ``(c, y, x)`` depends only on earlier pixels and, at its own pixel, channels ``< c``.
+  ``ar_multiconv2d``). Hidden layers use non-strict masks, the output layer (``net.out``, the
+  ``num_outputs`` blocks stacked) strict ones, so output ``(c, y, x)`` depends only on earlier
+  pixels and, at its own pixel, channels ``< c``.
+- ``net.solve(update_fn, y, context)`` finds ``z`` with ``z = update_fn(y, net(z, context))``
+  elementwise (an IAF inverse): variable by variable at about one pass for a one-hidden-layer
+  :class:`ARMLP`, else a fixed point of one pass per variable.
 - Every layer and network has ``init_from_data(batch..., target_std=1.0)``: the data-dependent
   initialisation of weight normalisation (outputs of zero mean and ``target_std`` over the batch
   and the pixels; the original uses 1.0 for AR layers), returning a new module.
