@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dgm.nn.autoregressive import ARMLP, ARConv2d, ARConvNet, MaskedDense, conv_mask, made_mask
+from dgm.nn.autoregressive import ARMLP, ARConvNet, MaskedDense, conv_mask, made_mask
 from dgm.nn.flows import IAFStep
 
 pytestmark = pytest.mark.usefixtures("x64")
@@ -234,21 +234,24 @@ def test_planted_log_det_sign_is_caught(dense):
 
 
 @eqx.filter_jit
-def _norms_and_init(layer, x):
-    w = layer.effective_weight()
-    init = layer.init_from_data(x, target_std=0.5)
-    return jnp.sqrt(jnp.sum(w**2, axis=(1, 2, 3))), jax.vmap(init)(x)
+def _norms_and_init(net, z, ctx):
+    w = net.out.effective_weight()
+    init = net.init_from_data(z, ctx, target_std=0.5)
+    return jnp.sqrt(jnp.sum(w**2, axis=(1, 2, 3))), jax.vmap(init)(z, ctx)
 
 
 def test_weight_norm_and_data_init():
-    layer = ARConv2d(2, 4, strict=True, key=jax.random.key(13))
-    x = jnp.asarray(
-        np.random.default_rng(14).standard_normal((16, 2, 4, 4)) * 3.0 + 1.0, jnp.float32
-    )
-    norms, y = _norms_and_init(layer, x)
+    """Unit-norm rows at init; after the data-dependent init, each output channel of the
+    network (m and s, context included) has mean 0 and the target std over batch and pixels."""
+    net = ARConvNet(2, (4,), key=jax.random.key(13))
+    rng = np.random.default_rng(14)
+    z = jnp.asarray(rng.standard_normal((16, 2, 4, 4)) * 3.0 + 1.0, jnp.float32)
+    ctx = jnp.asarray(rng.standard_normal((16, 4, 4, 4)), jnp.float32)
+    norms, outs = _norms_and_init(net, z, ctx)
     np.testing.assert_allclose(norms, 1.0, rtol=1e-5)
-    np.testing.assert_allclose(jnp.mean(y, axis=(0, 2, 3)), 0.0, atol=1e-5)
-    np.testing.assert_allclose(jnp.std(y, axis=(0, 2, 3)), 0.5, rtol=1e-4)
+    for y in outs:
+        np.testing.assert_allclose(jnp.mean(y, axis=(0, 2, 3)), 0.0, atol=1e-5)
+        np.testing.assert_allclose(jnp.std(y, axis=(0, 2, 3)), 0.5, rtol=1e-4)
 
 
 def test_fully_masked_output_row_has_finite_gradients():
