@@ -49,6 +49,7 @@ class WoodburyGram(AbstractGramFactor):
     jac_f: Float[Array, "obs latent"]
     sigma: Float[Array, ""]
     capacitance: DenseCholesky  # of σ² I + J_fᵀ J_f
+    gain: Float[Array, "latent obs"]  # C⁻¹ J_fᵀ
     half_log_det_value: Float[Array, ""]
 
     @staticmethod
@@ -57,16 +58,31 @@ class WoodburyGram(AbstractGramFactor):
     ) -> "WoodburyGram":
         """The factor of ``jac @ jac.T`` for ``jac = [J_f | σ I]`` (J_f: the first
         ``latent_dim`` columns; the noise block is not read)."""
-        jac_f = jac[:, :latent_dim]
-        num_obs = jac.shape[0]
-        s = jnp.asarray(sigma, jac.dtype)
-        cap = DenseCholesky.from_gram(s**2 * jnp.eye(latent_dim, dtype=jac.dtype) + jac_f.T @ jac_f)
+        return WoodburyGram.from_latent_jacobian(jac[:, :latent_dim], sigma)
+
+    @staticmethod
+    def from_latent_jacobian(
+        jac_f: Float[Array, "obs latent"], sigma: float | Float[Array, ""]
+    ) -> "WoodburyGram":
+        """The factor of ``J_f J_fᵀ + σ² I`` from ``J_f`` alone."""
+        num_obs, latent_dim = jac_f.shape
+        s = jnp.asarray(sigma, jac_f.dtype)
+        eye = jnp.eye(latent_dim, dtype=jac_f.dtype)
+        cap = DenseCholesky.from_gram(s**2 * eye + jac_f.T @ jac_f)
+        # C⁻¹ J_fᵀ once per point (O(N k²)): every later solve is two k×N products, no
+        # triangular solves (a projection solves once per Newton iteration)
+        gain = cap.solve(jac_f.T)
         half_log_det = (num_obs - latent_dim) * jnp.log(s) + cap.half_log_det()
-        return WoodburyGram(jac_f, s, cap, half_log_det)
+        return WoodburyGram(jac_f, s, cap, gain, half_log_det)
 
     def solve(self, rhs: Float[Array, "obs ..."]) -> Float[Array, "obs ..."]:
         """(σ² I + J_f J_fᵀ)⁻¹ rhs = σ⁻² (rhs − J_f C⁻¹ J_fᵀ rhs)."""
-        return (rhs - self.jac_f @ self.capacitance.solve(self.jac_f.T @ rhs)) / self.sigma**2
+        return (rhs - self.jac_f @ (self.gain @ rhs)) / self.sigma**2
+
+    def solve_latent_jacobian(self) -> Float[Array, "obs latent"]:
+        """(J Jᵀ)⁻¹ J_f = J_f C⁻¹ (push-through identity): the latent columns of
+        P = (J Jᵀ)⁻¹ J, the cotangent of J_f in ∇ ½ log det(J Jᵀ), at no cost."""
+        return self.gain.T
 
     def half_log_det(self) -> Float[Array, ""]:
         return self.half_log_det_value
@@ -152,3 +168,4 @@ class AdditiveNoise:
         inputs integrated out; exact, so HMC on it samples the same z-marginal)."""
         r = y - self.f(z)
         return -0.5 * jnp.dot(z, z) - 0.5 * jnp.dot(r, r) / self.sigma**2
+
