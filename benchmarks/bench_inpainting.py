@@ -248,5 +248,6 @@ def main() -> None:
         decoder = _decoder(args.decoder)
         bench_ess(decoder, _observation(decoder), args.chmc_draws, args.hmc_draws)
 
+
 if __name__ == "__main__":
     main()

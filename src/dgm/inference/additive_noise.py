@@ -168,4 +168,3 @@ class AdditiveNoise:
         inputs integrated out; exact, so HMC on it samples the same z-marginal)."""
         r = y - self.f(z)
         return -0.5 * jnp.dot(z, z) - 0.5 * jnp.dot(r, r) / self.sigma**2
-
