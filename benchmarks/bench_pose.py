@@ -10,12 +10,15 @@ k = 140 > N = 76) with its chains spread over both cores; Mici
 (``DenseConstrainedEuclideanMetricSystem``, ``ConstrainedLeapfrogIntegrator``,
 ``RandomMetropolisHMC``) runs one chain in its Python loop, given the constraint, its
 Jacobian and the matrix–Hessian product as ``jax.jit`` functions converted to NumPy (as
-``bench_chmc.py``'s ``jax`` backend for Lotka–Volterra). dgm's compile time is excluded
+``bench_chmc.py``'s ``jax`` backend for Lotka–Volterra; row ``mici_backend: jax``), or
+only the constraint and density, Mici building the derivatives with its own ``jax`` backend
+(``jax-auto``). dgm's compile time is excluded
 (a warm-up run compiles); Mici's functions are compiled before timing. Interleaved,
 ``--repeats`` times, medians. ``ms_per_step``: wall time over integrator steps, per chain
 and core; ``cpu_ms_per_step``: process CPU time over steps.
 
 Run:  python benchmarks/bench_pose.py [--repeats 2] [--chains 2] [--draws 3] [--mici-draws 1]
+          [--mici-backend jax,jax-auto]
 """
 
 import argparse
@@ -82,6 +85,15 @@ def pose_mici_system(gen, y_obs, u_example):
     )
 
 
+def pose_mici_system_jax_auto(gen, y_obs):
+    """Mici building the Jacobian and matrix–Hessian product itself with its ``jax``
+    backend: only the constraint and the density given, as JAX functions."""
+    y = jnp.asarray(y_obs)
+    return mici_system(
+        constr=lambda q: gen(q) - y, neg_log_dens=lambda q: 0.5 * jnp.sum(q**2), backend="jax"
+    )
+
+
 def run_dgm(posterior, key, init, num_draws):
     cpu0 = time.process_time()
     idata = posterior.sample(
@@ -115,27 +127,37 @@ def main() -> None:
     parser.add_argument("--chains", type=int, default=2)
     parser.add_argument("--draws", type=int, default=3)
     parser.add_argument("--mici-draws", type=int, default=1)
+    parser.add_argument("--mici-backend", default="jax,jax-auto")
     args = parser.parse_args()
     gen, y, init = setup(args.chains + 1, seed=0)
     dgm_init, mici_init = init[: args.chains], init[args.chains :]
     posterior = methods.chmc_posterior(gen, y)
-    system = pose_mici_system(gen, y, mici_init[0])
-    run_dgm(posterior, jax.random.key(99), dgm_init, args.draws)  # compiles
     mici_settings = [SETTINGS[k] for k in ("step_size", "num_steps", "num_geodesic_steps", "tol")]
-    dgm_rows, mici_rows = [], []
+    systems = {}
+    for b in args.mici_backend.split(","):
+        if b == "jax":
+            systems[b] = pose_mici_system(gen, y, mici_init[0])
+        else:
+            systems[b] = pose_mici_system_jax_auto(gen, y)
+            run_mici(systems[b], mici_init, 1, *mici_settings, 0, lambda u: u)  # compiles
+    warm = run_dgm(posterior, jax.random.key(99), dgm_init, args.draws)  # compiles
+    dgm_rows, mici_rows = [], {b: [] for b in systems}
     for r in range(args.repeats):
         dgm_rows.append(run_dgm(posterior, jax.random.key(r), dgm_init, args.draws))
-        mici_rows.append(
-            run_mici(system, mici_init, args.mici_draws, *mici_settings, seed=r, trace=lambda u: u)
-        )
+        for b, system in systems.items():
+            mici_rows[b].append(
+                run_mici(system, mici_init, args.mici_draws, *mici_settings, r, lambda u: u)
+            )
     dgm = summarize(dgm_rows, len(device_groups(args.chains)))
-    mici = summarize(mici_rows, 1)
     row = {"case": "pose", "sampler": "dgm", "chains": args.chains, "draws": args.draws, **dgm}
-    print(json.dumps(row | {"compile_s": dgm_rows[0]["compile_s"]}), flush=True)
-    row = {"case": "pose", "sampler": "mici", "chains": 1, "draws": args.mici_draws, **mici}
-    row["mici_over_dgm_ms_per_step"] = mici["ms_per_step"] / dgm["ms_per_step"]
-    row["mici_over_dgm_cpu_ms_per_step"] = mici["cpu_ms_per_step"] / dgm["cpu_ms_per_step"]
-    print(json.dumps(row), flush=True)
+    print(json.dumps(row | {"compile_s": warm["compile_s"]}), flush=True)
+    for b in systems:
+        mici = summarize(mici_rows[b], 1)
+        row = {"case": "pose", "sampler": "mici", "mici_backend": b, "chains": 1}
+        row |= {"draws": args.mici_draws, **mici}
+        row["mici_over_dgm_ms_per_step"] = mici["ms_per_step"] / dgm["ms_per_step"]
+        row["mici_over_dgm_cpu_ms_per_step"] = mici["cpu_ms_per_step"] / dgm["cpu_ms_per_step"]
+        print(json.dumps(row), flush=True)
 
 
 if __name__ == "__main__":

@@ -137,7 +137,8 @@ class AdditiveNoise:
         self.input_dim = latent_dim + output_dim
         self.sigma = float(sigma)
         self.gram = ("woodbury" if latent_dim < output_dim else "dense") if gram == "auto" else gram
-        self._jac_f = jax.jacfwd(f) if jacobian == "fwd" else jax.jacrev(f)
+        self.jacobian_mode = jacobian
+        self._jac_f = jax.jacfwd(f) if jacobian == "fwd" else _jacrev_fwd_second_order(f)
 
     def generator(self, u: Float[Array, " dim"]) -> Float[Array, " obs"]:
         """``f(u[:k]) + σ u[k:]``."""
@@ -168,3 +169,31 @@ class AdditiveNoise:
         inputs integrated out; exact, so HMC on it samples the same z-marginal)."""
         r = y - self.f(z)
         return -0.5 * jnp.dot(z, z) - 0.5 * jnp.dot(r, r) / self.sigma**2
+
+
+def _jacrev_fwd_second_order(f: Callable) -> Callable:
+    """``jax.jacrev(f)`` (N reverse passes) whose own VJP runs forward mode inside.
+
+    The VJP of the Jacobian map with cotangent Q (N×k) is ∇_z Σᵢ ⟨Qᵢ, ∂fᵢ/∂z⟩
+    = ∇_z Σᵢ [J_f(z) Qᵢ]ᵢ: the gradient of N JVPs (reverse over forward) instead of
+    differentiating the N VJPs (reverse over reverse, what autodiff of ``jax.jacrev``
+    does). ∇ ½ log det(J Jᵀ) takes this VJP once per step.
+    """
+    jac = jax.jacrev(f)
+
+    @jax.custom_vjp
+    def jac_f(z):
+        return jac(z)
+
+    def fwd(z):
+        return jac(z), z
+
+    def bwd(z, cot):
+        def contracted(z):
+            jq = jax.vmap(lambda q: jax.jvp(f, (z,), (q,))[1])(cot)  # row i: J_f Qᵢ
+            return jnp.sum(jnp.diagonal(jq))
+
+        return (jax.grad(contracted)(z),)
+
+    jac_f.defvjp(fwd, bwd)
+    return jac_f
