@@ -1,6 +1,6 @@
 """MNIST in-painting: the additive-noise Gram factor, and constrained vs latent HMC.
 
-Three comparisons on the 246-input in-painting generator ``y = m(z)[:196] + 0.05 n``, one
+Four comparisons on the 246-input in-painting generator ``y = m(z)[:196] + 0.05 n``, one
 JSON line per result on stdout:
 
 * ``factor``: the Gram factor alone at one point, from a given J (build, solve with J's 246
@@ -15,6 +15,8 @@ JSON line per result on stdout:
   a black box: J by 246 forward passes, dense Cholesky). Rows give ``dense_over_woodbury``.
   All run ``chain_map="map"`` (one chain per host device): the dense LAPACK Cholesky may not
   run vmapped on several host devices.
+* ``parts``: ms of each piece of a step alone (decoder forward pass, the 50- and 246-column
+  Jacobians, ∇ ½ log det): the pieces every factor pays, which bound the step ratio.
 * ``ess``: run time per effective sample of constrained HMC (all 246 inputs, Woodbury) vs
   HMC on the 50-d latent (noise integrated out: exact), at the experiment's settings and
   chain counts, on a trained decoder (``--decoder``; default: a random-weight VAE decoder,
@@ -24,7 +26,8 @@ Times exclude compilation (``ChainRunner`` times it apart); per-step times are p
 and core (wall time × devices used / steps). Absolute times on a shared CPU mean little:
 compare ratios measured in the same run.
 
-Run:  python benchmarks/bench_inpainting.py [--decoder RUN_DIR] [--only factor,step,ess]
+Run:  python benchmarks/bench_inpainting.py [--decoder RUN_DIR] [--hidden 300,500]
+          [--only factor,parts,step,ess]
           [--chmc-draws 60] [--hmc-draws 600] [--step-draws 10] [--repeats 2]
 """
 
@@ -53,10 +56,10 @@ from dgm.models import decoders, vae  # noqa: E402
 SIGMA = 0.05
 
 
-def _decoder(run_dir: str | None) -> decoders.ImageDecoder:
+def _decoder(run_dir: str | None, hidden: int = 500) -> decoders.ImageDecoder:
     if run_dir:
         return decoders.load(run_dir)
-    model = vae.VAE(784, 50, (500, 500), key=jax.random.key(0))
+    model = vae.VAE(784, 50, (hidden, hidden), key=jax.random.key(0))
     dec = model.decoder
     return decoders.ImageDecoder(dec.mean, 50, (28, 28), "vae (random weights)", dec.mean_head)
 
@@ -80,7 +83,7 @@ def _posteriors(dec64, k: int, y: np.ndarray) -> dict:
     }
 
 
-def bench_factor(dec64, k: int, y: np.ndarray, repeats: int) -> None:
+def bench_factor(dec64, k: int, y: np.ndarray, repeats: int, tag: dict) -> None:
     """The Gram factor alone, from a given J: build it, solve with J's 246 columns (∇φ's P)
     and one vector (a projection), ½ log det: Woodbury vs dense Cholesky."""
     posts = _posteriors(dec64, k, y)
@@ -105,12 +108,47 @@ def bench_factor(dec64, k: int, y: np.ndarray, repeats: int) -> None:
                 runs_ms.append(1e3 * (time.perf_counter() - t0))
             times[name] = (statistics.median(runs_ms), min(runs_ms))
     for name, (med, low) in times.items():
-        row = {"bench": "factor", "gram": name, "ms_median": med, "ms_min": low}
+        row = {"bench": "factor", **tag, "gram": name, "ms_median": med, "ms_min": low}
         row["dense_over_woodbury"] = med / times["woodbury"][0]
         print(json.dumps(row), flush=True)
 
 
-def bench_step(dec64, k: int, y: np.ndarray, draws: int, repeats: int) -> None:
+def _median_ms(fn, *args, reps: int) -> float:
+    jax.block_until_ready(fn(*args))
+    runs_ms = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        runs_ms.append(1e3 * (time.perf_counter() - t0))
+    return statistics.median(runs_ms)
+
+
+def bench_parts(dec64, k: int, y: np.ndarray, repeats: int, tag: dict) -> None:
+    """What one constrained step is made of: each piece alone, jitted, at one point. Per
+    step the sampler runs 3 Jacobians (one per geodesic sub-step), one ∇ ½ log det (a
+    reverse pass through the Jacobian map), about 20 decoder forward passes (the Newton
+    projections, forward and back) and the factor work; only the last differs between
+    the Woodbury and the dense factor."""
+    posts = _posteriors(dec64, k, y)
+    with jax.enable_x64(True):
+        noise = posts["woodbury"].additive_noise
+        u = jnp.asarray(noise.input_on_manifold(jnp.zeros(k), y))
+        jac = noise.jacobian(u)
+        system = posts["dense"].system
+        factor = system.gram_factor(u, jac)
+        pieces = {
+            "decoder_forward": (jax.jit(noise.f), u[:k]),
+            "jacobian_50_fwd": (jax.jit(noise.jacobian), u),
+            "jacobian_246_fwd": (jax.jit(posts["dense_generic"].system.jacobian), u),
+            "grad_half_log_det": (jax.jit(lambda u: system.potential_grad(u, jac, factor)), u),
+        }
+        for name, (fn, arg) in pieces.items():
+            row = {"bench": "parts", **tag, "piece": name}
+            row["ms_median"] = _median_ms(fn, arg, reps=20 * repeats)
+            print(json.dumps(row), flush=True)
+
+
+def bench_step(dec64, k: int, y: np.ndarray, draws: int, repeats: int, tag: dict) -> None:
     posts = _posteriors(dec64, k, y)
     noise = posts["woodbury"].additive_noise
     with jax.enable_x64(True):
@@ -136,6 +174,7 @@ def bench_step(dec64, k: int, y: np.ndarray, draws: int, repeats: int) -> None:
         ms = statistics.median(times[name])
         row = {
             "bench": "step",
+            **tag,
             "gram": name,
             "ms_per_step_median": ms,
             "ms_per_step_min": min(times[name]),
@@ -181,23 +220,33 @@ def bench_ess(decoder, y: np.ndarray, chmc_draws: int, hmc_draws: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--decoder", default=None, help="run directory of a trained model")
-    parser.add_argument("--only", default="factor,step,ess")
+    parser.add_argument("--only", default="factor,parts,step,ess")
+    parser.add_argument(
+        "--hidden", default="300,500", help="hidden widths of the random-weight decoders"
+    )
     parser.add_argument("--step-draws", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--chmc-draws", type=int, default=60)
     parser.add_argument("--hmc-draws", type=int, default=600)
     args = parser.parse_args()
-    decoder = _decoder(args.decoder)
-    y = _observation(decoder)
     only = set(args.only.split(","))
-    with jax.enable_x64(True):
-        dec64 = exp._float64(decoder)
-    if "factor" in only:
-        bench_factor(dec64, decoder.input_dim, y, args.repeats)
-    if "step" in only:
-        bench_step(dec64, decoder.input_dim, y, args.step_draws, args.repeats)
+    sizes = [None] if args.decoder else [int(h) for h in args.hidden.split(",")]
+    for hidden in sizes:
+        decoder = _decoder(args.decoder, hidden or 500)
+        y = _observation(decoder)
+        tag = {"decoder": decoder.kind, "hidden": hidden}
+        with jax.enable_x64(True):
+            dec64 = exp._float64(decoder)
+        k = decoder.input_dim
+        if "factor" in only:
+            bench_factor(dec64, k, y, args.repeats, tag)
+        if "parts" in only:
+            bench_parts(dec64, k, y, args.repeats, tag)
+        if "step" in only:
+            bench_step(dec64, k, y, args.step_draws, args.repeats, tag)
     if "ess" in only:
-        bench_ess(decoder, y, args.chmc_draws, args.hmc_draws)
+        decoder = _decoder(args.decoder)
+        bench_ess(decoder, _observation(decoder), args.chmc_draws, args.hmc_draws)
 
 
 if __name__ == "__main__":

@@ -49,6 +49,7 @@ class WoodburyGram(AbstractGramFactor):
     jac_f: Float[Array, "obs latent"]
     sigma: Float[Array, ""]
     capacitance: DenseCholesky  # of σ² I + J_fᵀ J_f
+    gain: Float[Array, "latent obs"]  # C⁻¹ J_fᵀ
     half_log_det_value: Float[Array, ""]
 
     @staticmethod
@@ -57,16 +58,31 @@ class WoodburyGram(AbstractGramFactor):
     ) -> "WoodburyGram":
         """The factor of ``jac @ jac.T`` for ``jac = [J_f | σ I]`` (J_f: the first
         ``latent_dim`` columns; the noise block is not read)."""
-        jac_f = jac[:, :latent_dim]
-        num_obs = jac.shape[0]
-        s = jnp.asarray(sigma, jac.dtype)
-        cap = DenseCholesky.from_gram(s**2 * jnp.eye(latent_dim, dtype=jac.dtype) + jac_f.T @ jac_f)
+        return WoodburyGram.from_latent_jacobian(jac[:, :latent_dim], sigma)
+
+    @staticmethod
+    def from_latent_jacobian(
+        jac_f: Float[Array, "obs latent"], sigma: float | Float[Array, ""]
+    ) -> "WoodburyGram":
+        """The factor of ``J_f J_fᵀ + σ² I`` from ``J_f`` alone."""
+        num_obs, latent_dim = jac_f.shape
+        s = jnp.asarray(sigma, jac_f.dtype)
+        eye = jnp.eye(latent_dim, dtype=jac_f.dtype)
+        cap = DenseCholesky.from_gram(s**2 * eye + jac_f.T @ jac_f)
+        # C⁻¹ J_fᵀ once per point (O(N k²)): every later solve is two k×N products, no
+        # triangular solves (a projection solves once per Newton iteration)
+        gain = cap.solve(jac_f.T)
         half_log_det = (num_obs - latent_dim) * jnp.log(s) + cap.half_log_det()
-        return WoodburyGram(jac_f, s, cap, half_log_det)
+        return WoodburyGram(jac_f, s, cap, gain, half_log_det)
 
     def solve(self, rhs: Float[Array, "obs ..."]) -> Float[Array, "obs ..."]:
         """(σ² I + J_f J_fᵀ)⁻¹ rhs = σ⁻² (rhs − J_f C⁻¹ J_fᵀ rhs)."""
-        return (rhs - self.jac_f @ self.capacitance.solve(self.jac_f.T @ rhs)) / self.sigma**2
+        return (rhs - self.jac_f @ (self.gain @ rhs)) / self.sigma**2
+
+    def solve_latent_jacobian(self) -> Float[Array, "obs latent"]:
+        """(J Jᵀ)⁻¹ J_f = J_f C⁻¹ (push-through identity): the latent columns of
+        P = (J Jᵀ)⁻¹ J, the cotangent of J_f in ∇ ½ log det(J Jᵀ), at no cost."""
+        return self.gain.T
 
     def half_log_det(self) -> Float[Array, ""]:
         return self.half_log_det_value
@@ -121,7 +137,8 @@ class AdditiveNoise:
         self.input_dim = latent_dim + output_dim
         self.sigma = float(sigma)
         self.gram = ("woodbury" if latent_dim < output_dim else "dense") if gram == "auto" else gram
-        self._jac_f = jax.jacfwd(f) if jacobian == "fwd" else jax.jacrev(f)
+        self.jacobian_mode = jacobian
+        self._jac_f = jax.jacfwd(f) if jacobian == "fwd" else _jacrev_fwd_second_order(f)
 
     def generator(self, u: Float[Array, " dim"]) -> Float[Array, " obs"]:
         """``f(u[:k]) + σ u[k:]``."""
@@ -152,3 +169,31 @@ class AdditiveNoise:
         inputs integrated out; exact, so HMC on it samples the same z-marginal)."""
         r = y - self.f(z)
         return -0.5 * jnp.dot(z, z) - 0.5 * jnp.dot(r, r) / self.sigma**2
+
+
+def _jacrev_fwd_second_order(f: Callable) -> Callable:
+    """``jax.jacrev(f)`` (N reverse passes) whose own VJP runs forward mode inside.
+
+    The VJP of the Jacobian map with cotangent Q (N×k) is ∇_z Σᵢ ⟨Qᵢ, ∂fᵢ/∂z⟩
+    = ∇_z Σᵢ [J_f(z) Qᵢ]ᵢ: the gradient of N JVPs (reverse over forward) instead of
+    differentiating the N VJPs (reverse over reverse, what autodiff of ``jax.jacrev``
+    does). ∇ ½ log det(J Jᵀ) takes this VJP once per step.
+    """
+    jac = jax.jacrev(f)
+
+    @jax.custom_vjp
+    def jac_f(z):
+        return jac(z)
+
+    def fwd(z):
+        return jac(z), z
+
+    def bwd(z, cot):
+        def contracted(z):
+            jq = jax.vmap(lambda q: jax.jvp(f, (z,), (q,))[1])(cot)  # row i: J_f Qᵢ
+            return jnp.sum(jnp.diagonal(jq))
+
+        return (jax.grad(contracted)(z),)
+
+    jac_f.defvjp(fwd, bwd)
+    return jac_f

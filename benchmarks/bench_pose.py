@@ -1,0 +1,164 @@
+"""Constrained HMC on the binocular pose model: dgm vs Mici, ms per constrained step.
+
+The pose generator (``dgm.data.pose.pose_generator``, thesis configuration: σ = 0.01, 216
+inputs, 76 outputs) conditioned on scene 1, both samplers at the thesis's CHMC settings
+(dt 0.05, S ~ U{10..20}, N_g 8; Mici's upper bound is exclusive, so it gets ``(10, 21)``),
+quasi-Newton projection with tolerance 1e-8, from prior draws of the 140 latent inputs
+completed on the manifold by the noise inputs ``(y − f(z)) / σ``. dgm runs the posterior
+the pose experiment builds (``dgm.condition_additive_noise``, dense 76×76 Gram factor as
+k = 140 > N = 76) with its chains spread over both cores; Mici
+(``DenseConstrainedEuclideanMetricSystem``, ``ConstrainedLeapfrogIntegrator``,
+``RandomMetropolisHMC``) runs one chain in its Python loop, given the constraint, its
+Jacobian and the matrix–Hessian product as ``jax.jit`` functions converted to NumPy (as
+``bench_chmc.py``'s ``jax`` backend for Lotka–Volterra; row ``mici_backend: jax``), or
+only the constraint and density, Mici building the derivatives with its own ``jax`` backend
+(``jax-auto``). dgm's compile time is excluded
+(a warm-up run compiles); Mici's functions are compiled before timing. Interleaved,
+``--repeats`` times, medians. ``ms_per_step``: wall time over integrator steps, per chain
+and core; ``cpu_ms_per_step``: process CPU time over steps.
+
+Run:  python benchmarks/bench_pose.py [--repeats 2] [--chains 2] [--draws 3] [--mici-draws 1]
+          [--mici-backend jax,jax-auto]
+"""
+
+import argparse
+import json
+import statistics
+import time
+
+from dgm._runtime import configure_cpu
+
+configure_cpu(2)  # two host devices: dgm spreads its chains over both cores
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from bench_chmc import mici_system, run_mici  # noqa: E402  (float64 on)
+
+from dgm.data.pose import pose_generator  # noqa: E402
+from dgm.experiments import _pose_methods as methods  # noqa: E402
+from dgm.inference.base import device_groups  # noqa: E402
+from dgm.models.pose import LATENT_DIM, scene_inputs  # noqa: E402
+
+SETTINGS = {"step_size": 0.05, "num_steps": (10, 20), "num_geodesic_steps": 8, "tol": 1e-8}
+
+
+def setup(num_starts: int, seed: int):
+    gen = pose_generator("thesis")
+    u_true = jnp.asarray(scene_inputs()[0])
+    y = jax.jit(lambda u: gen(u))(u_true)
+    z = jax.random.normal(jax.random.key(seed), (num_starts, LATENT_DIM), jnp.float64)
+    noise = (y[None] - jax.jit(jax.vmap(lambda v: gen.noise_free(v)))(z)) / gen.sigma
+    return gen, np.asarray(y), np.asarray(jnp.concatenate([z, noise], axis=1))
+
+
+def pose_mici_system(gen, y_obs, u_example):
+    y = jnp.asarray(y_obs)
+    generate = lambda u: gen(u)  # noqa: E731
+    jac_fn = jax.jacrev(generate)  # 76 reverse passes (M = 216 > 2N)
+
+    @jax.jit
+    def jac_and_constr(u):
+        return jac_fn(u), generate(u) - y
+
+    @jax.jit
+    def mhp(u, m):
+        return jax.vjp(jac_fn, u)[1](m)[0]
+
+    def jacob_constr(q):
+        j, c = jac_and_constr(q)
+        return np.asarray(j), np.asarray(c)
+
+    def mhp_constr(q):
+        j, c = jac_and_constr(q)
+        return (lambda m: np.asarray(mhp(q, m))), np.asarray(j), np.asarray(c)
+
+    constr = jax.jit(lambda u: generate(u) - y)
+    jax.block_until_ready((constr(u_example), jac_and_constr(u_example)))
+    jax.block_until_ready(mhp(u_example, np.zeros((len(y_obs), gen.input_dim))))
+    return mici_system(
+        constr=lambda q: np.asarray(constr(q)),
+        jacob_constr=jacob_constr,
+        mhp_constr=mhp_constr,
+        neg_log_dens=lambda q: 0.5 * q @ q,
+        grad_neg_log_dens=lambda q: q,
+    )
+
+
+def pose_mici_system_jax_auto(gen, y_obs):
+    """Mici building the Jacobian and matrix–Hessian product itself with its ``jax``
+    backend: only the constraint and the density given, as JAX functions."""
+    y = jnp.asarray(y_obs)
+    return mici_system(
+        constr=lambda q: gen(q) - y, neg_log_dens=lambda q: 0.5 * jnp.sum(q**2), backend="jax"
+    )
+
+
+def run_dgm(posterior, key, init, num_draws):
+    cpu0 = time.process_time()
+    idata = posterior.sample(
+        key, num_chains=len(init), num_samples=num_draws, num_warmup=0, init=init,
+        chunk_size=num_draws, progress_bar=False, **SETTINGS,
+    )  # fmt: skip
+    stats = idata.sample_stats
+    return {
+        "cpu_s": time.process_time() - cpu0,
+        "wall_s": float(idata.posterior.attrs["wall_s"]),
+        "compile_s": float(idata.posterior.attrs["compile_s"]),
+        "num_steps": int(stats["n_steps"].values.sum()),
+        "accept": float(stats["is_accepted"].values.mean()),
+    }
+
+
+def summarize(rows, devices):
+    ms = [1e3 * r["wall_s"] * devices / r["num_steps"] for r in rows]
+    cpu = [1e3 * r["cpu_s"] / r["num_steps"] for r in rows]
+    return {
+        "ms_per_step": statistics.median(ms),
+        "cpu_ms_per_step": statistics.median(cpu),
+        "accept": statistics.median(r["accept"] for r in rows),
+        "steps": [r["num_steps"] for r in rows],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--chains", type=int, default=2)
+    parser.add_argument("--draws", type=int, default=3)
+    parser.add_argument("--mici-draws", type=int, default=1)
+    parser.add_argument("--mici-backend", default="jax,jax-auto")
+    args = parser.parse_args()
+    gen, y, init = setup(args.chains + 1, seed=0)
+    dgm_init, mici_init = init[: args.chains], init[args.chains :]
+    posterior = methods.chmc_posterior(gen, y)
+    mici_settings = [SETTINGS[k] for k in ("step_size", "num_steps", "num_geodesic_steps", "tol")]
+    systems = {}
+    for b in args.mici_backend.split(","):
+        if b == "jax":
+            systems[b] = pose_mici_system(gen, y, mici_init[0])
+        else:
+            systems[b] = pose_mici_system_jax_auto(gen, y)
+            run_mici(systems[b], mici_init, 1, *mici_settings, 0, lambda u: u)  # compiles
+    warm = run_dgm(posterior, jax.random.key(99), dgm_init, args.draws)  # compiles
+    dgm_rows, mici_rows = [], {b: [] for b in systems}
+    for r in range(args.repeats):
+        dgm_rows.append(run_dgm(posterior, jax.random.key(r), dgm_init, args.draws))
+        for b, system in systems.items():
+            mici_rows[b].append(
+                run_mici(system, mici_init, args.mici_draws, *mici_settings, r, lambda u: u)
+            )
+    dgm = summarize(dgm_rows, len(device_groups(args.chains)))
+    row = {"case": "pose", "sampler": "dgm", "chains": args.chains, "draws": args.draws, **dgm}
+    print(json.dumps(row | {"compile_s": warm["compile_s"]}), flush=True)
+    for b in systems:
+        mici = summarize(mici_rows[b], 1)
+        row = {"case": "pose", "sampler": "mici", "mici_backend": b, "chains": 1}
+        row |= {"draws": args.mici_draws, **mici}
+        row["mici_over_dgm_ms_per_step"] = mici["ms_per_step"] / dgm["ms_per_step"]
+        row["mici_over_dgm_cpu_ms_per_step"] = mici["cpu_ms_per_step"] / dgm["cpu_ms_per_step"]
+        print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()
