@@ -147,6 +147,12 @@ def _stack(trees):
     return jax.tree.map(lambda *a: jnp.stack(a), *trees)
 
 
+def stack(blocks: list) -> IAFBlock:
+    """Blocks of equal shapes as one block whose arrays have a leading block axis."""
+    arrays = [eqx.partition(b, eqx.is_array)[0] for b in blocks]
+    return eqx.combine(_stack(arrays), eqx.partition(blocks[0], eqx.is_array)[1])
+
+
 def _tail(fn, tail, carry, xs, init_scale, reverse: bool):
     """Run ``fn(block, carry, x) -> (block, carry, out)`` over the stacked ``tail``."""
     if tail is None:

@@ -111,9 +111,8 @@ class ResNetVAE(eqx.Module):
             head = IAFBlock(*args, resample=i > 0, key=k_head)
             tail = None
             if depth > 1:
-                tail = eqx.filter_vmap(lambda kk, a=args: IAFBlock(*a, resample=False, key=kk))(
-                    jax.random.split(k_tail, depth - 1)
-                )
+                keys = jax.random.split(k_tail, depth - 1)
+                tail = _iaf_blocks.stack([IAFBlock(*args, resample=False, key=k) for k in keys])
             levels.append((head, tail))
         self.levels = tuple(levels)
         self.channels, self.n_h, self.n_z, self.depths = channels, n_h, n_z, depths
