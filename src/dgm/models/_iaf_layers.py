@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
-Image = Float[Array, "batch height width channels"]
+Image = Float[Array, "_batch _height _width _channels"]  # sizes may change: not bound
 
 
 def depth_to_space(x: Image) -> Image:
@@ -97,7 +97,7 @@ class WNConv(eqx.Module):
 
     def _conv(self, x: Image, scale: Float[Array, " cout"]) -> Image:
         norm = jnp.sqrt(jnp.sum(self.v**2, axis=(0, 1, 2)))
-        w = self.v * (scale / norm)
+        w = self.v * (scale / norm)[None, None, None, :]
         xp = _pad_with_indicator(x, (self.kernel - 1) // 2)
         dims = ("NHWC", "HWIO", "NHWC")
         return jax.lax.conv_general_dilated(
@@ -108,7 +108,7 @@ class WNConv(eqx.Module):
         return depth_to_space(y) if self.upsample else y
 
     def __call__(self, x: Image) -> Image:
-        return self._finish(self._conv(x, jnp.exp(3.0 * self.g)) + self.b)
+        return self._finish(self._conv(x, jnp.exp(3.0 * self.g)) + self.b[None, None, None, :])
 
     def data_init(self, x: Image, init_scale: float) -> tuple["WNConv", Image]:
         """``(layer, output)`` with ``g`` and ``b`` set so that each output channel of ``x``
@@ -119,7 +119,8 @@ class WNConv(eqx.Module):
         g = jnp.log(init_scale / std) / 3.0
         b = -mean * init_scale / std
         layer = eqx.tree_at(lambda c: (c.g, c.b), self, (g, b))
-        return layer, self._finish((y - mean) * (init_scale / std))
+        factor = (init_scale / std)[None, None, None, :]
+        return layer, self._finish((y - mean[None, None, None, :]) * factor)
 
 
 def apply(layer, x, init_scale: float | None):
