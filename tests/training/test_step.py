@@ -80,8 +80,8 @@ def test_learning_rate_schedule_in_the_optimizer():
 
 
 def test_l2_penalty_skips_boolean_masks():
-    from dgm.nn.flows import MaskedLinear
+    from dgm.nn.autoregressive import MaskedDense
 
-    layer = MaskedLinear(np.ones((2, 2), bool), key=jax.random.key(0))
+    layer = MaskedDense(2, 2, weight_norm=False, key=jax.random.key(0))
     expected = float(jnp.sum(layer.weight**2) + jnp.sum(layer.bias**2))
     assert float(training.l2_penalty(layer)) == pytest.approx(expected)

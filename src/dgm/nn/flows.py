@@ -1,146 +1,177 @@
-"""Masked autoregressive layers (MADE) and inverse autoregressive flow (IAF) steps.
+"""Inverse autoregressive flow (IAF) steps, dense or convolutional, with a context.
 
-Shared by the DMM posterior (Pyro's ``--num-iafs``) and the IAF-VAE. A flow step maps
-``z -> z'`` and returns ``log|det dz'/dz|``; stacking steps with alternating order makes
-the composed flow expressive while each Jacobian stays triangular.
+Public API:
+
+- :class:`IAFStep` ``(net, *, form="affine", scale=0.1, gate_bias=1.0)`` wraps an
+  autoregressive network (:class:`~dgm.nn.autoregressive.ARMLP` for vectors,
+  :class:`~dgm.nn.autoregressive.ARConvNet` for ``(C, H, W)`` images) and is called
+  ``step(z, context=None) -> (z_new, log_det)`` with ``log_det = log|det ∂z_new/∂z|`` (a
+  scalar), so a posterior density updates as ``log q(z_new) = log q(z) − log_det``. Forms:
+
+  - ``"affine"``, the code of Kingma et al. (both implementations):
+    ``(m, s) = net(z, h)``, ``z_new = (z − scale·m) / exp(scale·s)``, ``log_det = −Σ scale·s``
+    (the code's ``log q += 0.1 s``).
+  - ``"location"``, the code's ``*_iaf1*`` variants: ``z_new = z − scale·m``, ``log_det = 0``
+    (a network with ``num_outputs=1`` suffices).
+  - ``"gated"``, the paper's numerically stable form: ``σ = sigmoid(s + gate_bias)``,
+    ``z_new = σ ⊙ z + (1 − σ) ⊙ m``, ``log_det = Σ log σ`` (``scale`` is not used).
+
+  ``step.inverse(y, context=None)`` inverts by fixed-point passes, exact after one pass per
+  variable (it is for tests and density evaluation, not for sampling).
+- :class:`IAF` ``(dim, num_steps, hidden_sizes, *, context_size=0, form="gated",
+  activation=relu, weight_norm=False, key)``: dense steps whose variable order is reversed
+  between successive steps; ``flow(z, context=None) -> (z, log_det)``. Its defaults are the
+  DMM's optional posterior flow (``--num-iafs``); ``form="affine", activation=elu,
+  weight_norm=True`` is the IAF-VAE's dense form.
 
 References:
-    Germain et al., "MADE: Masked Autoencoder for Distribution Estimation", ICML 2015.
     Kingma et al., "Improved Variational Inference with Inverse Autoregressive Flow",
     NeurIPS 2016.
+    Germain et al., "MADE: Masked Autoencoder for Distribution Estimation", ICML 2015.
 """
+
+from collections.abc import Callable
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
-from jaxtyping import Array, Bool, Float, PRNGKeyArray
+from jaxtyping import Array, Float, PRNGKeyArray
 
-from dgm.nn.rnn import uniform
+from dgm.nn.autoregressive import ARMLP, ARConvNet
 
-
-class MaskedLinear(eqx.Module):
-    """A linear layer whose weight is multiplied by a fixed binary mask.
-
-    The mask is a boolean array, so ``eqx.is_inexact_array`` filters leave it out of the
-    optimizer and of any L2 penalty.
-    """
-
-    weight: Float[Array, "out inp"]
-    bias: Float[Array, " out"]
-    mask: Bool[Array, "out inp"]
-
-    def __init__(self, mask: np.ndarray, *, key: PRNGKeyArray, init_scale: float = 0.1):
-        out_size, in_size = mask.shape
-        self.weight = uniform(key, (out_size, in_size), init_scale)
-        self.bias = jnp.zeros((out_size,), jnp.float32)
-        self.mask = jnp.asarray(mask, dtype=bool)
-
-    def __call__(self, x: Float[Array, " inp"]) -> Float[Array, " out"]:
-        return jnp.where(self.mask, self.weight, 0.0) @ x + self.bias
-
-
-def made_masks(degrees_in: np.ndarray, hidden_sizes: tuple[int, ...]) -> list[np.ndarray]:
-    """Masks of a MADE network with the input ``degrees_in`` (a permutation of 1..D).
-
-    Hidden unit k gets degree ``1 + k mod (D - 1)``; a hidden unit sees inputs of degree at
-    most its own, an output of degree d sees hidden units of degree below d.
-    """
-    dim = len(degrees_in)
-    degrees = [np.asarray(degrees_in)]
-    for size in hidden_sizes:
-        degrees.append(1 + np.arange(size) % max(dim - 1, 1))
-    masks = [degrees[i + 1][:, None] >= degrees[i][None, :] for i in range(len(hidden_sizes))]
-    masks.append(np.asarray(degrees_in)[:, None] > degrees[-1][None, :])
-    return masks
-
-
-class MADE(eqx.Module):
-    """Masked autoencoder: outputs ``(shift, scale_logit)``, each autoregressive in ``z``."""
-
-    hidden: list[MaskedLinear]
-    out_shift: MaskedLinear
-    out_scale: MaskedLinear
-    dim: int = eqx.field(static=True)
-
-    def __init__(self, dim: int, hidden_sizes: tuple[int, ...], reverse: bool, *, key):
-        order = np.arange(dim, 0, -1) if reverse else np.arange(1, dim + 1)
-        masks = made_masks(order, hidden_sizes)
-        keys = jax.random.split(key, len(masks) + 1)
-        self.hidden = [MaskedLinear(m, key=k) for m, k in zip(masks[:-1], keys, strict=False)]
-        self.out_shift = MaskedLinear(masks[-1], key=keys[-2])
-        self.out_scale = MaskedLinear(masks[-1], key=keys[-1])
-        self.dim = dim
-
-    def __call__(
-        self, z: Float[Array, " dim"]
-    ) -> tuple[Float[Array, " dim"], Float[Array, " dim"]]:
-        h = z
-        for layer in self.hidden:
-            h = jax.nn.relu(layer(h))
-        return self.out_shift(h), self.out_scale(h)
+FORMS = ("affine", "location", "gated")
 
 
 class IAFStep(eqx.Module):
-    """One IAF step, z' = σ ⊙ z + (1 − σ) ⊙ m with (m, s) = MADE(z), σ = sigmoid(s + b).
-
-    ``log|det J| = Σ log σ``. The bias ``b`` (default 1.0, as in Kingma et al.) starts the
-    step near the identity.
+    """One IAF step around an autoregressive network (see the module docstring).
 
     Example:
-        >>> step = IAFStep(4, (8,), key=jax.random.key(0))
-        >>> z2, log_det = step(jnp.ones(4, jnp.float32))
+        >>> net = ARMLP(4, (8,), context_size=2, key=jax.random.key(0))
+        >>> step = IAFStep(net, form="affine")
+        >>> z_new, log_det = step(jnp.ones(4, jnp.float32), jnp.zeros(2, jnp.float32))
     """
 
-    made: MADE
+    net: ARMLP | ARConvNet
+    form: str = eqx.field(static=True)
+    scale: float = eqx.field(static=True)
     gate_bias: float = eqx.field(static=True)
 
     def __init__(
-        self, dim: int, hidden_sizes: tuple[int, ...], *, reverse: bool = False, key: PRNGKeyArray
+        self,
+        net: ARMLP | ARConvNet,
+        *,
+        form: str = "affine",
+        scale: float = 0.1,
+        gate_bias: float = 1.0,
     ):
-        if not (isinstance(dim, int) and dim > 0):
-            raise ValueError(f"`dim` must be a positive int; got {dim!r}")
-        self.made = MADE(dim, tuple(hidden_sizes), reverse, key=key)
-        self.gate_bias = 1.0
+        if form not in FORMS:
+            raise ValueError(f"`form` must be one of {', '.join(FORMS)}; got {form!r}")
+        if form != "location" and len(net.outputs) != 2:
+            raise ValueError(f"`form={form!r}` needs a network with `num_outputs=2`; got 1")
+        self.net, self.form, self.scale, self.gate_bias = net, form, float(scale), gate_bias
 
-    def __call__(self, z: Float[Array, " dim"]) -> tuple[Float[Array, " dim"], Float[Array, ""]]:
-        shift, scale_logit = self.made(z)
-        gate = jax.nn.sigmoid(scale_logit + self.gate_bias)
-        z_new = gate * z + (1.0 - gate) * shift
-        return z_new, jnp.sum(jax.nn.log_sigmoid(scale_logit + self.gate_bias))
+    def _update(self, z, outs) -> tuple[Array, Array]:
+        """(z_new, elementwise log|∂z_new/∂z|) of the step given the network outputs."""
+        if self.form == "location":
+            return z - self.scale * outs[0], jnp.zeros_like(z)
+        m, s = outs
+        if self.form == "affine":
+            s = self.scale * s
+            return (z - self.scale * m) * jnp.exp(-s), -s
+        gate = jax.nn.sigmoid(s + self.gate_bias)
+        return gate * z + (1.0 - gate) * m, jax.nn.log_sigmoid(s + self.gate_bias)
 
-    def inverse(self, y: Float[Array, " dim"]) -> Float[Array, " dim"]:
-        """Invert the step, one coordinate per pass (``dim`` passes)."""
+    def __call__(
+        self, z: Float[Array, "*shape"], context: Float[Array, "..."] | None = None
+    ) -> tuple[Float[Array, "*shape"], Float[Array, ""]]:
+        z_new, log_diag = self._update(z, self.net(z, context))
+        return z_new, jnp.sum(log_diag)
 
+    def inverse(
+        self, y: Float[Array, "*shape"], context: Float[Array, "..."] | None = None
+    ) -> Float[Array, "*shape"]:
+        """The ``z`` with ``step(z)[0] == y``: one fixed-point pass per variable."""
+
+        def candidate(z):
+            outs = self.net(z, context)
+            if self.form == "location":
+                return y + self.scale * outs[0]
+            m, s = outs
+            if self.form == "affine":
+                return y * jnp.exp(self.scale * s) + self.scale * m
+            gate = jax.nn.sigmoid(s + self.gate_bias)
+            return (y - (1.0 - gate) * m) / gate
+
+        # After pass k the first k variables (in the autoregressive order) are exact; the
+        # others are placeholders, reset to 0 where they overflow so that no inf reaches a
+        # masked (zero) weight and turns an exact variable into NaN.
         def body(_, z):
-            shift, scale_logit = self.made(z)
-            gate = jax.nn.sigmoid(scale_logit + self.gate_bias)
-            return (y - (1.0 - gate) * shift) / gate
+            new = candidate(z)
+            return jnp.where(jnp.isfinite(new), new, 0.0)
 
-        return jax.lax.fori_loop(0, self.made.dim, body, jnp.zeros_like(y))
+        return jax.lax.fori_loop(0, y.size, body, jnp.zeros_like(y))
 
 
 class IAF(eqx.Module):
-    """A stack of IAF steps with alternating autoregressive order."""
+    """A stack of dense IAF steps, the variable order reversed between successive steps.
+
+    Example:
+        >>> flow = IAF(4, 2, (8,), key=jax.random.key(0))
+        >>> z, log_det = flow(jnp.ones(4, jnp.float32))
+    """
 
     steps: list[IAFStep]
 
-    def __init__(self, dim: int, num_steps: int, hidden_sizes: tuple[int, ...], *, key):
+    def __init__(
+        self,
+        dim: int,
+        num_steps: int,
+        hidden_sizes: tuple[int, ...],
+        *,
+        context_size: int = 0,
+        form: str = "gated",
+        activation: Callable = jax.nn.relu,
+        weight_norm: bool = False,
+        scale: float = 0.1,
+        gate_bias: float = 1.0,
+        key: PRNGKeyArray,
+    ):
         if not (isinstance(num_steps, int) and num_steps >= 0):
             raise ValueError(f"`num_steps` must be a non-negative int; got {num_steps!r}")
         keys = jax.random.split(key, max(num_steps, 1))
+        outputs = 1 if form == "location" else 2
         self.steps = [
-            IAFStep(dim, hidden_sizes, reverse=bool(i % 2), key=keys[i]) for i in range(num_steps)
+            IAFStep(
+                ARMLP(
+                    dim,
+                    tuple(hidden_sizes),
+                    context_size=context_size,
+                    num_outputs=outputs,
+                    activation=activation,
+                    reverse=bool(i % 2),
+                    weight_norm=weight_norm,
+                    key=keys[i],
+                ),
+                form=form,
+                scale=scale,
+                gate_bias=gate_bias,
+            )
+            for i in range(num_steps)
         ]
 
-    def __call__(self, z: Float[Array, " dim"]) -> tuple[Float[Array, " dim"], Float[Array, ""]]:
+    def __call__(
+        self, z: Float[Array, " dim"], context: Float[Array, " ctx"] | None = None
+    ) -> tuple[Float[Array, " dim"], Float[Array, ""]]:
         log_det = jnp.zeros((), z.dtype)
         for step in self.steps:
-            z, ld = step(z)
+            z, ld = step(z, context)
             log_det = log_det + ld
         return z, log_det
 
-    def inverse(self, y: Float[Array, " dim"]) -> Float[Array, " dim"]:
+    def inverse(
+        self, y: Float[Array, " dim"], context: Float[Array, " ctx"] | None = None
+    ) -> Float[Array, " dim"]:
+        """Invert every step, last first."""
         for step in reversed(self.steps):
-            y = step.inverse(y)
+            y = step.inverse(y, context)
         return y

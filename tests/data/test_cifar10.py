@@ -1,0 +1,162 @@
+"""dgm.data.cifar10 on synthetic files of both official formats, served from 127.0.0.1."""
+
+import io
+import os
+import pickle
+import tarfile
+
+import numpy as np
+import pytest
+
+from dgm.data import ChecksumError, sha256
+from dgm.data.cifar10 import ARCHIVES, BATCHES, load_cifar10, read_pickle_batch
+
+PER_BATCH = 3
+
+
+def _batches(seed=0):
+    """Per batch name: (images (n, 3072) uint8, labels list) of distinct random content."""
+    rng = np.random.default_rng(seed)
+    names = BATCHES["train"] + BATCHES["test"]
+    return {
+        n: (
+            rng.integers(0, 256, (PER_BATCH, 3072), dtype=np.uint8),
+            rng.integers(0, 10, PER_BATCH).tolist(),
+        )
+        for n in names
+    }
+
+
+def _binary(images, labels):
+    return np.concatenate([np.asarray(labels, np.uint8)[:, None], images], axis=1).tobytes()
+
+
+def _pickled(images, labels):
+    """Protocol 3: bytes as bytes (the official Python 2 pickles hold str, which
+    ``encoding="bytes"`` reads as bytes); protocol 2 would need ``_codecs.encode``."""
+    return pickle.dumps(
+        {
+            b"batch_label": b"synthetic",
+            b"labels": labels,
+            b"data": images,
+            b"filenames": [b"x.png"] * len(labels),
+        },
+        protocol=3,
+    )
+
+
+def _archive(path, fmt, batches, truncate_member=None):
+    spec = ARCHIVES[fmt]
+    with tarfile.open(path, "w:gz") as tar:
+        for name, (images, labels) in batches.items():
+            raw = _binary(images, labels) if fmt == "binary" else _pickled(images, labels)
+            if name == truncate_member:
+                raw = raw[:-10]
+            info = tarfile.TarInfo(f"{spec['folder']}/{name}{spec['suffix']}")
+            info.size = len(raw)
+            tar.addfile(info, io.BytesIO(raw))
+    return sha256(path)
+
+
+def _expected(batches, split):
+    images = np.concatenate([batches[n][0] for n in BATCHES[split]]).reshape(-1, 3, 32, 32)
+    labels = np.concatenate([batches[n][1] for n in BATCHES[split]]).astype(np.uint8)
+    return images, labels
+
+
+@pytest.mark.parametrize("fmt", ["binary", "python"])
+def test_download_verify_and_parse_both_formats(fmt, http_dir, tmp_path):
+    served, url = http_dir
+    batches = _batches()
+    name = ARCHIVES[fmt]["name"]
+    digest = _archive(served / name, fmt, batches)
+    root = tmp_path / "cifar10"
+    for split in ("train", "test"):
+        images, labels = load_cifar10(split, fmt=fmt, root=root, url=f"{url}/{name}", sha256=digest)
+        want_images, want_labels = _expected(batches, split)
+        assert images.shape == (PER_BATCH * len(BATCHES[split]), 3, 32, 32)
+        np.testing.assert_array_equal(images, want_images)
+        np.testing.assert_array_equal(labels, want_labels)
+    assert sha256(root / name) == digest  # downloaded once, in place
+    # R plane first, rows top to bottom: pixel (row 1, col 2) of the green plane
+    assert images[0, 1, 1, 2] == batches["test_batch"][0][0, 1024 + 32 + 2]
+
+
+def test_extracted_folders_are_read_and_checked(tmp_path):
+    batches = _batches(1)
+    for fmt in ("binary", "python"):
+        folder = tmp_path / ARCHIVES[fmt]["folder"]
+        folder.mkdir()
+        for name, (images, labels) in batches.items():
+            raw = _binary(images, labels) if fmt == "binary" else _pickled(images, labels)
+            (folder / f"{name}{ARCHIVES[fmt]['suffix']}").write_bytes(raw)
+        images, labels = load_cifar10("test", fmt=fmt, root=tmp_path, download_ok=False)
+        np.testing.assert_array_equal(images, _expected(batches, "test")[0])
+    bad = tmp_path / "cifar-10-batches-bin" / "test_batch.bin"
+    bad.write_bytes(bad.read_bytes()[:-1])
+    with pytest.raises(
+        ValueError, match="test_batch.bin is truncated .* 9218 bytes is not a positive multiple"
+    ):
+        load_cifar10("test", fmt="binary", root=tmp_path)
+
+
+def test_numpy1_pickle_names_are_accepted():
+    images, labels = _batches(2)["test_batch"]
+    raw = _pickled(images, labels).replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+    assert b"numpy.core.multiarray" in raw
+    np.testing.assert_array_equal(read_pickle_batch(raw, "t")[0].reshape(-1, 3072), images)
+
+
+class _Evil:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_pickle_with_anything_else_is_refused(tmp_path):
+    marker = tmp_path / "ran"
+    raw = pickle.dumps({b"data": _Evil(marker), b"labels": [0]}, protocol=3)
+    with pytest.raises(ValueError, match=r"refusing to unpickle the global (posix|os|nt)\.system"):
+        read_pickle_batch(raw, "evil_batch")
+    assert not marker.exists()
+    wrong = pickle.dumps({b"data": np.zeros((1, 3072), np.float32), b"labels": [0]}, protocol=3)
+    with pytest.raises(ValueError, match="b'data' must be a uint8"):
+        read_pickle_batch(wrong, "float_batch")
+    with pytest.raises(ValueError, match="corrupt or truncated"):
+        read_pickle_batch(_pickled(*_batches()["test_batch"])[:-20], "cut_batch")
+
+
+def test_wrong_checksum_truncated_and_missing_archives(http_dir, tmp_path):
+    served, url = http_dir
+    name = ARCHIVES["binary"]["name"]
+    digest = _archive(served / name, "binary", _batches())
+    with pytest.raises(ChecksumError, match="expected sha256 0000"):
+        load_cifar10("test", root=tmp_path / "a", url=f"{url}/{name}", sha256="0" * 64)
+    assert not (tmp_path / "a" / name).exists()  # a bad download never lands
+    cut = tmp_path / "b" / name
+    cut.parent.mkdir()
+    cut.write_bytes((served / name).read_bytes()[:-100])
+    with pytest.raises(ChecksumError, match="corrupt, truncated"):
+        load_cifar10("test", root=cut.parent, sha256=digest)
+    bad_member = _archive(tmp_path / "c.tar.gz", "binary", _batches(), truncate_member="test_batch")
+    (tmp_path / "c").mkdir()
+    os.replace(tmp_path / "c.tar.gz", tmp_path / "c" / name)
+    with pytest.raises(ValueError, match="test_batch.bin is truncated"):
+        load_cifar10("test", root=tmp_path / "c", sha256=bad_member)
+    with pytest.raises(
+        FileNotFoundError, match=r"CIFAR-10 \(python version\) not found at .*download it from"
+    ):
+        load_cifar10("test", fmt="python", root=tmp_path / "d", download_ok=False)
+
+
+def test_bad_arguments():
+    with pytest.raises(
+        ValueError, match=r"`split` must be one of \['train', 'test'\]; got 'valid'"
+    ):
+        load_cifar10("valid")
+    with pytest.raises(
+        ValueError, match=r"`fmt` must be one of \['binary', 'python'\]; got 'matlab'"
+    ):
+        load_cifar10("test", fmt="matlab")
