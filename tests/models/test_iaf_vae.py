@@ -26,10 +26,10 @@ def _images(key, n, p=0.3):
 
 @pytest.fixture(scope="module")
 def tiny():
-    """A data-initialised two-level down_diag model and its batch of 16 images."""
+    """A two-level down_diag model and its batch of 16 images (no data-dependent init: its
+    compilation would double this module's default-set time; the slow tests use it)."""
     x = _images(jax.random.key(1), 16)
-    model = iaf_vae.ResNetVAE(1, 4, 2, (1, 1), "down_diag", pad=2, key=jax.random.key(0))
-    return iaf_vae.data_dependent_init(model, x, jax.random.key(2)), x
+    return iaf_vae.ResNetVAE(1, 4, 2, (1, 1), "down_diag", pad=2, key=jax.random.key(0)), x
 
 
 def _train(model, x, num_steps: int) -> list[float]:
@@ -94,15 +94,18 @@ def test_adamax_without_bias_correction_matches_numpy_reference():
 def test_data_dependent_init_gives_the_target_std_and_zero_mean(scale):
     x = jax.random.normal(jax.random.key(3), (16, 8, 8, 5)) * 3.0 + 1.0
     conv = WNConv(5, 6, 3, key=jax.random.key(4))
-    layer, out = conv.data_init(x, scale)
-    again = layer(x)  # the stored g, b reproduce the returned output (exp(3g) with g/3)
+    layer, out = eqx.filter_jit(lambda c, x: c.data_init(x, scale))(conv, x)
+    # The stored g, b reproduce the returned output (exp(3g) with g/3).
+    again = eqx.filter_jit(lambda c, x: c(x))(layer, x)
     np.testing.assert_allclose(np.asarray(again), np.asarray(out), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(np.asarray(again.mean(axis=(0, 1, 2))), 0.0, atol=1e-5)
     np.testing.assert_allclose(np.asarray(again.std(axis=(0, 1, 2))), scale, rtol=1e-3)
 
 
+@pytest.mark.slow
 def test_model_init_makes_encoder_outputs_std_01(tiny):
     model, x = tiny
+    model = iaf_vae.data_dependent_init(model, x, jax.random.key(2))
     h = eqx.filter_jit(lambda m, x: m.x_enc(x))(model, x - 0.5)
     np.testing.assert_allclose(np.asarray(h.std(axis=(0, 1, 2))), 0.1, rtol=1e-3)
 

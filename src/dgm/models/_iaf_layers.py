@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from dgm.nn.rnn import host_rng
+
 Image = Float[Array, "_batch _height _width _channels"]  # sizes may change: not bound
 
 
@@ -90,7 +92,8 @@ class WNConv(eqx.Module):
         if kernel % 2 != 1 or stride not in (1, 2):
             raise ValueError(f"`kernel` must be odd and `stride` 1 or 2; got {kernel}, {stride}")
         n_out = out_channels * (4 if upsample else 1)
-        self.v = 0.05 * jax.random.normal(key, (kernel, kernel, in_channels + 1, n_out))
+        shape = (kernel, kernel, in_channels + 1, n_out)  # drawn on the host: no compilation
+        self.v = jnp.asarray(host_rng(key).normal(0.0, 0.05, shape), jnp.float32)
         self.g = jnp.zeros((n_out,), jnp.float32)
         self.b = jnp.zeros((n_out,), jnp.float32)
         self.kernel, self.stride, self.upsample = kernel, stride, upsample
