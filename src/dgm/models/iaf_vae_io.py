@@ -55,8 +55,9 @@ def load(path: str | os.PathLike) -> tuple[ResNetVAE, dict]:
     except KeyError as err:
         raise ValueError(f"{path}: the model header lacks {err}") from None
     sizes["depths"] = tuple(sizes["depths"])
-    like = eqx.filter_eval_shape(lambda: ResNetVAE(**sizes, key=jax.random.key(0)))
-    like = jax.tree.map(lambda s: jax.numpy.zeros(s.shape, s.dtype), like)
+    # Only shapes are needed: the constant key draws nothing that is kept (initialisation
+    # runs on the host, so it cannot go under eval_shape).
+    like = ResNetVAE(**sizes, key=jax.random.key(0))
     with open(path, "rb") as f:
         f.readline()
         try:
