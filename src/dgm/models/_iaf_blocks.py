@@ -7,8 +7,10 @@ posterior part for ``down_*``, the context for ``*_nl``). Residual branches are 
 residual path) and doubles it going down (sub-pixel conv, nearest-neighbour residual).
 
 Each level is ``(head, tail)``: the first block, and the others stacked (their shapes
-agree) and run under ``lax.scan``. With ``init_scale`` (data-dependent initialisation) the
-tail runs block by block in Python and is stacked again.
+agree). The tail runs under ``lax.scan`` with ``scan=True``; by default it is unrolled: on
+XLA:CPU the gradient of the scanned blocks cost 3.5 s against 0.22 s unrolled (mnist sizes,
+batch 16), while the forward pass was as fast either way. With ``init_scale``
+(data-dependent initialisation) the tail always runs block by block and is stacked again.
 """
 
 import equinox as eqx
@@ -153,12 +155,13 @@ def stack(blocks: list) -> IAFBlock:
     return eqx.combine(_stack(arrays), eqx.partition(blocks[0], eqx.is_array)[1])
 
 
-def _tail(fn, tail, carry, xs, init_scale, reverse: bool):
-    """Run ``fn(block, carry, x) -> (block, carry, out)`` over the stacked ``tail``."""
+def _tail(fn, tail, carry, xs, init_scale, reverse: bool, scan: bool):
+    """Run ``fn(block, carry, x) -> (block, carry, out)`` over the stacked ``tail``: under
+    ``lax.scan`` when ``scan`` (and not initialising), else unrolled in Python."""
     if tail is None:
         return None, carry, None
     params, static = eqx.partition(tail, eqx.is_array)
-    if init_scale is None:
+    if init_scale is None and scan:
 
         def body(c, px):
             p, x = px
@@ -176,19 +179,19 @@ def _tail(fn, tail, carry, xs, init_scale, reverse: bool):
     return eqx.combine(_stack(blocks), static), carry, _stack(outs)
 
 
-def up_pass(levels, h, noise: Noise, init_scale):
+def up_pass(levels, h, noise: Noise, init_scale, *, scan: bool = False):
     """Bottom-up over all levels: ``(levels, records)``, records per level (head, tail)."""
     new_levels, records = [], []
     for (head, tail), (e_head, e_tail) in zip(levels, noise, strict=True):
         head, h, r_head = head.up(h, e_head, init_scale)
         fn = lambda b, c, e: b.up(c, e, init_scale)  # noqa: E731
-        tail, h, r_tail = _tail(fn, tail, h, e_tail, init_scale, reverse=False)
+        tail, h, r_tail = _tail(fn, tail, h, e_tail, init_scale, reverse=False, scan=scan)
         new_levels.append((head, tail))
         records.append((r_head, r_tail))
     return tuple(new_levels), records
 
 
-def down_pass(levels, h, records, noise: Noise, init_scale, *, prior: bool):
+def down_pass(levels, h, records, noise: Noise, init_scale, *, prior: bool, scan: bool = False):
     """Top-down over all levels: ``(h, levels, kls)``; ``kls`` top-down, one array per head
     (N, s, s, n_z) and one per tail (depth − 1, N, s, s, n_z); empty when ``prior``."""
     new_levels, kls = [None] * len(levels), []
@@ -196,7 +199,7 @@ def down_pass(levels, h, records, noise: Noise, init_scale, *, prior: bool):
     for i in reversed(range(len(levels))):
         (head, tail), (r_head, r_tail), (e_head, e_tail) = levels[i], records[i], noise[i]
         fn = lambda b, c, x: b.down(c, x[0], x[1], init_scale, prior)  # noqa: E731
-        tail, h, kl_tail = _tail(fn, tail, h, (r_tail, e_tail), init_scale, reverse=True)
+        tail, h, kl_tail = _tail(fn, tail, h, (r_tail, e_tail), init_scale, reverse=True, scan=scan)
         head, h, kl_head = head.down(h, r_head, e_head, init_scale, prior)
         new_levels[i] = (head, tail)
         if not prior:
