@@ -1,8 +1,8 @@
 """iaf-vae: the original's ``with KEY=VALUE`` command line, bad input, the NaN stop, and
 (slow) the smoke preset through the CLI with ``--resume``, the generator and ``dgm sample``.
 
-Planted bug caught: a NaN guard that checks only at the end of an epoch (the error named
-no update and the checkpoint of the diverged epoch was written: header epoch 2, not 1).
+Planted bug caught (by hand, then reverted): the plain ``training.Trainer`` in place of
+``NaNGuardTrainer`` (no error is raised and training runs on with a NaN loss).
 """
 
 import argparse
