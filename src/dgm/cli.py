@@ -103,6 +103,8 @@ def _resolve(args: argparse.Namespace, extra: list[str]):
         )
     config = module.PRESETS[preset]
     extra_args: dict[str, str] = getattr(module, "EXTRA_ARGS", {})
+    if extra[:1] == ["with"]:  # sacred's `with KEY=VALUE ...` (the IAF code's command line)
+        config, extra = config_lib.override(config, extra[1:]), []
     if extra:
         sub = argparse.ArgumentParser(prog=f"dgm run {args.name}", add_help=False)
         for flag in extra_args:

@@ -16,6 +16,7 @@ _REGISTRY: dict[str, str] = {
     "dmm-polyphonic": "dgm.experiments.dmm_polyphonic",
     "dmm-synthetic": "dgm.experiments.dmm_synthetic",
     "draw-mnist": "dgm.experiments.draw_mnist",
+    "iaf-vae": "dgm.experiments.iaf_vae",
     "svgd-blr": "dgm.experiments.svgd_blr",
     "svgd-bnn": "dgm.experiments.svgd_bnn",
     "svgd-gaussian2d": "dgm.experiments.svgd_gaussian2d",

@@ -28,6 +28,7 @@ MODEL_FILE = "model.eqx"
 _LOADERS: dict[str, str] = {
     "vae": "dgm.models.vae:image_decoder",
     "draw": "dgm.models.draw_io:image_decoder",
+    "iaf": "dgm.models.iaf_vae_io:image_decoder",
 }
 
 

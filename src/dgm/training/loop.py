@@ -97,8 +97,9 @@ def _restore(trainer, model, checkpoint, resume, fingerprint, keys):
     (model, opt_state, best, averaged), header = load_training(checkpoint, like, fingerprint)
     if header["key"] != keys.root:
         raise ValueError(f"checkpoint {checkpoint} was written with a different seed")
-    progress = _Progress(**{f.name: header[f.name] for f in dataclasses.fields(_Progress)})
-    progress.best_valid = float(progress.best_valid)
+    saved = {f.name: header[f.name] for f in dataclasses.fields(_Progress)}
+    saved["best_valid"] = float(saved["best_valid"])  # JSON holds "inf" without validation
+    progress = _Progress(**saved)
     return TrainState(model, opt_state, averaged), best, progress
 
 

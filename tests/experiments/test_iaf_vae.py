@@ -1,0 +1,116 @@
+"""iaf-vae: the original's ``with KEY=VALUE`` command line, bad input, the NaN stop, and
+(slow) the smoke preset through the CLI with ``--resume``, the generator and ``dgm sample``.
+
+Planted bug caught (by hand, then reverted): the plain ``training.Trainer`` in place of
+``NaNGuardTrainer`` (no error is raised and training runs on with a NaN loss).
+"""
+
+import argparse
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from dgm import cli, training
+from dgm.cli import main
+from dgm.experiments import iaf_vae
+from dgm.models import decoders
+from dgm.training.nan_guard import NaNGuardTrainer, update_index
+
+ORIGINAL = ["problem=mnist", "n_h=64", "depths=[2,2]", "margs.posterior=down_iaf2_nl",
+            "margs.kl_min=0.25"]  # fmt: skip
+
+
+def _resolve(extra, sets=()):
+    args = argparse.Namespace(name="iaf-vae", smoke=False, preset="quick", set=list(sets))
+    return cli._resolve(args, list(extra))[2]
+
+
+def test_original_command_line_is_accepted_as_with_and_as_set():
+    via_with = _resolve(["with", *ORIGINAL])
+    assert via_with == _resolve([], ORIGINAL)
+    assert (via_with.problem, via_with.n_h, via_with.depths) == ("mnist", 64, (2, 2))
+    assert (via_with.margs.posterior, via_with.margs.kl_min) == ("down_iaf2_nl", 0.25)
+
+
+def test_bad_input_is_refused_listing_the_valid_choices(tmp_path, capsys):
+    with pytest.raises(ValueError, match=r"`margs.posterior` must be one of \['up_diag'"):
+        _resolve(["with", "margs.posterior=down_iaf3"])
+    with pytest.raises(ValueError, match=r"unknown config field 'model_type'; fields here: pro"):
+        _resolve(["with", "model_type=cvae1"])
+    with pytest.raises(ValueError, match=r"`depths` has 6 levels, which downsample the 32×32"):
+        _resolve(["with", "depths=[1,1,1,1,1,1]"])
+    with pytest.raises(ValueError, match=r"`margs.kl_min` must be a number >= 0; got -0.1"):
+        _resolve([], ["margs.kl_min=-0.1"])
+    with pytest.raises(ValueError, match=r"`problem` must be one of \['mnist', 'cifar10'\]"):
+        _resolve(["with", "problem=svhn"])
+    assert main(["run", "iaf-vae", "--out", str(tmp_path / "r"), "with", "n_z=0"]) == 1
+    assert "`n_z` must be a positive int; got 0" in capsys.readouterr().err
+
+
+def test_missing_cifar_files_stop_the_cifar_preset_with_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("DGM_DATA_DIR", str(tmp_path / "empty"))
+    (tmp_path / "empty").mkdir()
+    out = tmp_path / "r"
+    assert main(["run", "iaf-vae", "--preset", "cifar10-readme", "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("dgm: error:") and "CIFAR-10" in err and "\n" not in err
+    assert not (out / "metrics.json").exists()
+
+
+def _toy_loss(params, batch, key):
+    x, hyper = batch
+    bad = hyper["update_index"] >= 3.0  # the 4th update (epoch 2, update 2) is NaN
+    value = jnp.sum((params - 1.0) ** 2) + jnp.mean(x)
+    return jnp.where(bad, jnp.nan, value), {}
+
+
+def test_nan_loss_stops_naming_the_update_and_keeps_the_last_good_checkpoint(tmp_path):
+    config = training.TrainConfig(num_epochs=3, batch_size=4, eval_every=1, anneal_steps=0)
+    loader = training.ArrayLoader(np.ones((8, 3), np.float32), 4)
+    trainer = NaNGuardTrainer(_toy_loss, optax.sgd(0.01), loader.num_batches, ema_decay=0.9)
+    checkpoint = tmp_path / "ck.eqx"
+    with pytest.raises(RuntimeError, match=r"at update 4 \(epoch 2, update 2 of 2\)"):
+        training.fit(jnp.zeros(3), trainer, loader, config, key=jax.random.key(0),
+                     checkpoint=checkpoint, schedules={"update_index": update_index})  # fmt: skip
+    header = training.read_header(checkpoint)
+    assert header["epoch"] == 1 and header["step"] == 2
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory, shared_data):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("DGM_DATA_DIR", str(shared_data))
+    out = tmp_path_factory.mktemp("iaf") / "run"
+    args = ["run", "iaf-vae", "--smoke", "--out", str(out), "--no-progress"]
+    assert main(args) == 0
+    yield out, args
+    mp.undo()
+
+
+@pytest.mark.slow
+def test_smoke_run_scores_resumes_and_samples(smoke_run, tmp_path):
+    out, args = smoke_run
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["test_nll_is"] <= metrics["test_neg_elbo"] + 5.0  # K = 20, 4 images
+    assert set(metrics["kl_blocks"]) == {"z0_0", "z1_0"}
+    for name in ("samples.png", "reconstructions.png", "model.eqx", "config.json"):
+        assert (out / name).is_file()
+    decoder = decoders.load(out)
+    assert decoder.kind == "iaf" and decoder.image_shape == (28, 28)
+    means = decoder(jnp.zeros(decoder.input_dim))
+    assert means.shape == (784,) and bool(jnp.all((means > 0) & (means < 1)))
+    assert main([*args, "--resume"]) == 0  # finished: resumes to the same scores
+    again = json.loads((out / "metrics.json").read_text())
+    assert again["test_neg_elbo"] == pytest.approx(metrics["test_neg_elbo"], rel=1e-6)
+    assert main(["sample", str(out), "--num", "4", "--out", str(tmp_path / "s.png")]) == 0
+    assert (tmp_path / "s.png").is_file()
+
+
+def test_presets_resolve():
+    assert iaf_vae.PRESETS["mnist"].margs.posterior == "down_iaf2_nl"
+    readme = iaf_vae.PRESETS["cifar10-readme"]
+    assert (readme.n_h, readme.depths, readme.margs.depth_ar) == (160, (10, 10), 2)
