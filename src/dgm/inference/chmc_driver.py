@@ -127,6 +127,21 @@ def check_sample_args(args: dict, system: ManifoldSystem) -> str:
     return _check_chain_map(args["chain_map"], system)
 
 
+def resolve_trajectory(trajectory: Any, num_steps: Any) -> tuple[Any, Any]:
+    """``(trajectory, num_steps)`` from ``sample``'s arguments: ``trajectory=None`` is
+    ``"fixed"`` when ``num_steps`` is given, else ``"dynamic"``; ``num_steps=None`` is
+    ``(4, 8)``. ``num_steps`` with ``trajectory="dynamic"`` raises ``ValueError`` (it would
+    be ignored)."""
+    if trajectory is None:
+        trajectory = "dynamic" if num_steps is None else "fixed"
+    elif trajectory == "dynamic" and num_steps is not None:
+        raise ValueError(
+            f"`num_steps` sets fixed-length trajectories; got num_steps={num_steps!r} with "
+            "trajectory='dynamic' (leave num_steps out, or use trajectory='fixed')"
+        )
+    return trajectory, (4, 8) if num_steps is None else num_steps
+
+
 def _check_chain_map(chain_map: Any, system: ManifoldSystem) -> str:
     check_choice("chain_map", chain_map, ("map", "vmap", "auto"))
     structured = system.factor_type() is not DenseCholesky
