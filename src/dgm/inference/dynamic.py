@@ -163,7 +163,7 @@ class _Subtree(NamedTuple):
     edge: Any  # the last leaf built
     count: Int[Array, ""]  # leaves built
     ends: Ends  # of all leaves built so far, in build order
-    stack: Ends  # left halves waiting for their sibling, by level (leading axis max_depth)
+    stack: Array  # left halves waiting for their sibling (Ends stacked), by level
     proposal: Any
     log_weight: Float[Array, ""]
     sum_accept: Float[Array, ""]
@@ -187,11 +187,13 @@ class _Tree(NamedTuple):
     failures: Bool[Array, " kinds"]
 
 
-def _push(stack: Ends, leaf: Ends, index, depth, velocity, active) -> tuple[Ends, Bool[Array, ""]]:
+def _push(stack: Array, leaf: Ends, index, depth, velocity, active) -> tuple[Array, Any]:
     """Merge the subtrees leaf ``index`` completes; store the next left half waiting.
 
     The leaf completes one subtree per trailing 1-bit of ``index`` (below ``depth``): at
-    level ``j`` the left half is ``stack[j]`` and the right half the merge so far. A short
+    level ``j`` the left half is ``stack[j]`` (an :class:`Ends` stacked into one
+    ``(3, dim)`` array: one gather and one scatter per leaf, not three) and the right half
+    the merge so far. A short
     loop over those levels only (vectorising the checks over all ``max_depth`` levels was
     measured 2x slower per NUTS transition on the 100-d Gaussian, 4 vmapped chains). An
     inactive row (see :func:`~dgm.inference.masked_loop.masked_while_loop`) merges nothing
@@ -206,15 +208,14 @@ def _push(stack: Ends, leaf: Ends, index, depth, velocity, active) -> tuple[Ends
 
     def body(carry):
         level, cur, _ = carry
-        left = jax.tree.map(lambda s: s[level], stack)
+        left = Ends(*stack[level])
         return level + 1, merge(left, cur), is_turning(left, cur, velocity)
 
     init = (jnp.asarray(0), leaf, jnp.asarray(False))
     level, cur, turning = jax.lax.while_loop(cond, body, init)
     # the top level's merge is not stored (index size: dropped), nor an inactive row's
-    level = jnp.where(active, level, jax.tree.leaves(stack)[0].shape[0])
-    stack = jax.tree.map(lambda s, x: s.at[level].set(x, mode="drop"), stack, cur)
-    return stack, turning
+    level = jnp.where(active, level, stack.shape[0])
+    return stack.at[level].set(jnp.stack(cur), mode="drop"), turning
 
 
 def _leaf_ends(leaf) -> Ends:
@@ -240,7 +241,7 @@ def build_subtree(
     # levels 0 ... max_depth − 2: the largest subtree (depth max_depth − 1) merges its
     # halves at level max_depth − 2
     size = max(max_depth - 1, 1)
-    stack = jax.tree.map(lambda x: jnp.zeros((size, *x.shape), x.dtype), ends0)
+    stack = jnp.zeros((size, 3, *ends0.rho.shape), ends0.rho.dtype)
     zero = jnp.zeros((), energy0.dtype)
     no_failures = jnp.zeros_like(fns.failures(start))
     init = _Subtree(
