@@ -17,11 +17,14 @@ M⁻¹p, and the integrator's own failure flags), so the same code serves Euclid
   halves, plus Stan's two extra checks across the adjoining ends of the halves (each half
   extended by the neighbouring leaf of the other). The criterion is symmetric in its two
   ends, so it reads the same in build order whichever way the subtree grows.
-- The subtree loop is a ``lax.while_loop`` over leaves; the U-turn checks of the subtrees a
-  leaf completes use a stack of at most ``max_depth`` summaries (ρ, and p, v at both ends)
-  of the left halves still waiting for their right sibling: a binary counter over the leaf
-  index (bit ``j`` of the index set: the level-``j`` subtree just completed is a right
-  child, merge it with the stored left one; bit clear: store it). Memory is O(max_depth).
+- The subtree loop is a while loop over leaves; the U-turn checks of the subtrees a leaf
+  completes use a stack of at most ``max_depth`` summaries (ρ, and p at both ends) of the
+  left halves still waiting for their right sibling: a binary counter over the leaf index
+  (bit ``j`` of the index set: the level-``j`` subtree just completed is a right child,
+  merge it with the stored left one; bit clear: store it). Memory is O(max_depth).
+- Both loops (doublings, leaves) are :func:`~dgm.inference.masked_loop.masked_while_loop`:
+  with chains under ``vmap`` a finished chain's state is masked by the body (the stack by
+  a dropped scatter) instead of ``vmap``'s select over the whole carry at every leaf.
 - Failure: a leaf whose integrator step failed (a flag of :attr:`LeafFns.failures`) or
   whose energy error exceeds the divergence threshold (or is not finite) ends the subtree;
   the whole subtree is discarded, the trajectory stops, and the next state is drawn from
