@@ -10,7 +10,13 @@ ratio ``speedup`` (target: at least 1.8), and CPU seconds per wall second of eac
 shared machine, ``cpu_over_wall_2_devices`` near 1 means only one core was free, so no
 speedup could show). The draws of the two meshes are checked equal.
 
+``--sampler dynamic`` runs dynamic (no-U-turn) constrained HMC instead
+(:mod:`dgm.inference.dynamic_chmc`, step ``--step-size``, default 0.9: what warm-up adapts
+on this problem, max depth 10); its chains' trajectories differ in length, so a device
+waits for its slowest chain under ``vmap``.
+
 Run:  python benchmarks/bench_devices.py [--chains 8] [--draws 100] [--repeats 3]
+      python benchmarks/bench_devices.py --sampler dynamic [--chains 8] [--draws 100]
 """
 
 import argparse
@@ -29,12 +35,12 @@ import numpy as np  # noqa: E402
 jax.config.update("jax_enable_x64", True)
 
 from dgm.conditioning import condition  # noqa: E402
-from dgm.inference import constrained_hmc  # noqa: E402
+from dgm.inference import constrained_hmc, dynamic_chmc  # noqa: E402
 from dgm.inference.base import ChainRunner  # noqa: E402
 from dgm.models.lotka_volterra import NUM_PARAMS, LotkaVolterra  # noqa: E402
 
 
-def lv_problem(num_chains: int):
+def lv_problem(num_chains: int, sampler: str = "fixed", step_size: float = 0.9):
     from dgm.data.lotka_volterra import observed_data
 
     model = LotkaVolterra()
@@ -50,6 +56,9 @@ def lv_problem(num_chains: int):
     z = 0.1 * np.random.default_rng(0).normal(size=(num_chains, NUM_PARAMS)) - 4.0
     u0 = jax.vmap(lambda z: model.input_on_manifold(z, y))(jnp.asarray(z))
     states = jax.vmap(lambda u: constrained_hmc.init(posterior.system, u))(u0)
+    if sampler == "dynamic":
+        step = dynamic_chmc.build_kernel(posterior.system, y, 3, 1e-8, 100, True)
+        return step, states, dynamic_chmc.DCHMCParams(jnp.asarray(step_size), 10)
     step = constrained_hmc.build_kernel(posterior.system, y, 3, 1e-8, 100, True)
     params = constrained_hmc.CHMCParams(jnp.asarray(0.25), jnp.asarray(4), jnp.asarray(8))
     return step, states, params
@@ -95,8 +104,10 @@ def main():
     parser.add_argument("--draws", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--chain-maps", default="vmap,map")
+    parser.add_argument("--sampler", choices=("fixed", "dynamic"), default="fixed")
+    parser.add_argument("--step-size", type=float, default=0.9, help="dynamic sampler's step")
     args = parser.parse_args()
-    step, states, params = lv_problem(args.chains)
+    step, states, params = lv_problem(args.chains, args.sampler, args.step_size)
     keys = jax.random.split(jax.random.key(0), args.chains)
     devices = jax.devices()
     overlap = partitions_overlap()
@@ -122,7 +133,9 @@ def main():
         row = {
             "benchmark": "chains_over_devices",
             "model": "lotka_volterra",
-            "sampler": "constrained_hmc_fixed_length",
+            "sampler": {"fixed": "constrained_hmc_fixed_length", "dynamic": "dynamic_chmc"}[
+                args.sampler
+            ],
             "chain_map": chain_map,
             "chains": args.chains,
             "draws": args.draws,

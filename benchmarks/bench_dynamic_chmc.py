@@ -21,7 +21,16 @@ worst log-rate's bulk ESS over the sampling time (compilation excluded);
 ``min_ess_per_s_with_warmup`` also counts the warm-up time. dgm's ``ms_per_step`` is per
 chain and per core (wall time × devices / integrator steps).
 
+``--mode sample`` times the user's path instead: three ``condition(...).sample`` calls,
+each one compiled run of warm-up and sampling, the time counting both (compilation
+excluded): ``paper`` (the fixed setting above, no warm-up), ``fixed_adapt`` (fixed length
+4...8 steps, ``num_warmup=--warmup, adapt=True``) and ``dynamic_adapt`` (``trajectory=
+"dynamic"``, ``num_warmup=--warmup, adapt=True``), ``--repeats`` times interleaved;
+``min_ess_per_s`` is over the whole call, and ratios against ``paper`` and ``fixed_adapt``.
+
 Run:  python benchmarks/bench_dynamic_chmc.py [--chains 8] [--draws 500] [--warmup 200]
+      python benchmarks/bench_dynamic_chmc.py --mode sample [--chains 8] [--draws 1000]
+          [--warmup 500] [--repeats 3]
 """
 
 import argparse
@@ -96,6 +105,60 @@ def run_dgm(posterior, key, init, args, trajectory, step_size, chain_map):
     }
 
 
+SAMPLE_MODES = {
+    "paper": dict(num_warmup=0, adapt=False, trajectory="fixed", **PAPER),
+    "fixed_adapt": dict(adapt=True, trajectory="fixed", **PAPER),
+    "dynamic_adapt": dict(adapt=True, trajectory="dynamic", step_size=PAPER["step_size"]),
+}
+
+
+def sample_mode(posterior, init, args) -> None:
+    """The user's path: ``sample(num_warmup=N, adapt=True)`` per trajectory, one JSON line
+    each (median over ``--repeats`` interleaved calls, after an untimed compiling call)."""
+    devices = len(device_groups(args.chains))
+
+    def call(name, seed):
+        kw = dict(SAMPLE_MODES[name])
+        kw.setdefault("num_warmup", args.warmup)
+        idata = posterior.sample(
+            jax.random.key(seed), num_chains=args.chains, num_samples=args.draws, init=init,
+            num_geodesic_steps=args.num_geodesic_steps, chunk_size=args.draws + kw["num_warmup"],
+            chain_map=args.chain_map, progress_bar=False, **kw,
+        )  # fmt: skip
+        stats, attrs = idata.sample_stats, idata.posterior.attrs
+        wall = float(attrs["wall_s"])
+        ess = min_ess(np.asarray(idata.posterior["u"].values[..., :NUM_PARAMS]))
+        return {
+            "wall_s": wall, "min_ess": ess, "ess_per_s": ess / wall,
+            "step_size": float(attrs["step_size"]),
+            "accept": float(stats["acceptance_rate"].values.mean()),
+            "steps_per_draw": float(stats["n_steps"].values.mean()),
+            "tree_depth": float(stats["tree_depth"].mean()) if "tree_depth" in stats else None,
+        }  # fmt: skip
+
+    for name in SAMPLE_MODES:
+        call(name, 99)
+    runs = {name: [] for name in SAMPLE_MODES}
+    for r in range(args.repeats):
+        for name in SAMPLE_MODES:
+            runs[name].append(call(name, r))
+    med = statistics.median
+    rows = {
+        name: {key: med(r[key] for r in rs) if rs[0][key] is not None else None
+               for key in rs[0]} for name, rs in runs.items()
+    }  # fmt: skip
+    for name, row in rows.items():
+        emit(
+            case="lv_sample_mode", sampler=name, chains=args.chains, draws=args.draws,
+            warmup=SAMPLE_MODES[name].get("num_warmup", args.warmup), devices=devices,
+            chain_map=args.chain_map, min_ess_per_s=row.pop("ess_per_s"), **row,
+            over_paper=med(a["ess_per_s"] / b["ess_per_s"]
+                           for a, b in zip(runs[name], runs["paper"], strict=True)),
+            over_fixed_adapt=med(a["ess_per_s"] / b["ess_per_s"]
+                                 for a, b in zip(runs[name], runs["fixed_adapt"], strict=True)),
+        )  # fmt: skip
+
+
 def run_mici(system, init, args, seed):
     import mici
 
@@ -149,11 +212,15 @@ def main():
     parser.add_argument("--mici-warmup", type=int, default=30)
     parser.add_argument("--mici-draws", type=int, default=60)
     parser.add_argument("--no-mici", action="store_true")
+    parser.add_argument("--mode", choices=("warmup", "sample"), default="warmup")
     args = parser.parse_args()
 
     model, y_obs = lv_setup()
     posterior = lv_posterior(model, y_obs)
     init = lv_starts(model, y_obs, args.chains, seed=0)
+    if args.mode == "sample":
+        sample_mode(posterior, init, args)
+        return
     devices = len(device_groups(args.chains))
     u, eps, warm_s, warm_compile, warm_accept = adapt(
         posterior, jax.random.key(5), init, args.warmup, args.num_geodesic_steps, args.chain_map

@@ -199,8 +199,9 @@ def test_vmapped_chains_give_the_mapped_draws():
     draws = {}
     for how in ("map", "vmap", "auto"):
         idata = posterior.sample(
-            jax.random.key(1), 3, 6, init=init, chunk_size=3, chain_map=how, progress_bar=False
-        )
+            jax.random.key(1), 3, 6, init=init, chunk_size=3, chain_map=how, progress_bar=False,
+            trajectory="fixed",
+        )  # fmt: skip
         draws[how] = idata.posterior["u"].values
         assert idata.sample_stats["is_accepted"].values.sum() >= 6
     np.testing.assert_allclose(draws["vmap"], draws["map"], atol=1e-8, rtol=0)

@@ -23,6 +23,7 @@ import pytest
 import dgm
 from dgm.inference import dynamic, dynamic_chmc, manifold
 from dgm.inference.adaptation import warmup
+from dgm.inference.chmc_driver import resolve_trajectory
 from tests.inference.test_constrained_hmc import SIGMA, Y_LIN, A, linear, linear_posterior, sphere
 from tests.stats import moment_stats, z_scores
 
@@ -144,6 +145,8 @@ def test_bad_input():
         posterior.sample(jax.random.key(0), trajectory="nuts")
     with pytest.raises(ValueError, match="`max_depth` must be an int >= 1; got 0"):
         posterior.sample(jax.random.key(0), trajectory="dynamic", max_depth=0)
+    with pytest.raises(ValueError, match="`num_steps` sets fixed-length trajectories; got"):
+        posterior.sample(jax.random.key(0), trajectory="dynamic", num_steps=(4, 8))
     with pytest.raises(ValueError, match="`max_depth` must be an int >= 1"):
         dynamic_chmc.dynamic_constrained_hmc(
             manifold.ManifoldSystem(sphere, 3, 1), [1.0], step_size=0.5, max_depth=-1
@@ -213,3 +216,10 @@ def test_calibration_moments(seed):
         f"depth={depth:.3f}"
     )
     assert np.all(z < Z_MAX) and np.all(n_eff >= LINEAR_ESS_FLOOR)
+
+
+def test_default_trajectory_is_dynamic_unless_num_steps_is_given():
+    assert resolve_trajectory(None, None) == ("dynamic", (4, 8))
+    assert resolve_trajectory(None, 5) == ("fixed", 5)
+    assert resolve_trajectory("fixed", None) == ("fixed", (4, 8))
+    assert resolve_trajectory("dynamic", None) == ("dynamic", (4, 8))

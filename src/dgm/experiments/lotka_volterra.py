@@ -211,6 +211,7 @@ def run_chmc(
         num_warmup=cfg.num_warmup,
         step_size=cfg.step_size,
         num_steps=tuple(cfg.num_steps),
+        trajectory="fixed",  # the paper's hand-tuned fixed-length setting
         num_geodesic_steps=cfg.num_geodesic_steps,
         tol=cfg.tol,
         max_iters=cfg.max_iters,

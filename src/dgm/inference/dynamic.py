@@ -17,11 +17,14 @@ M⁻¹p, and the integrator's own failure flags), so the same code serves Euclid
   halves, plus Stan's two extra checks across the adjoining ends of the halves (each half
   extended by the neighbouring leaf of the other). The criterion is symmetric in its two
   ends, so it reads the same in build order whichever way the subtree grows.
-- The subtree loop is a ``lax.while_loop`` over leaves; the U-turn checks of the subtrees a
-  leaf completes use a stack of at most ``max_depth`` summaries (ρ, and p, v at both ends)
-  of the left halves still waiting for their right sibling: a binary counter over the leaf
-  index (bit ``j`` of the index set: the level-``j`` subtree just completed is a right
-  child, merge it with the stored left one; bit clear: store it). Memory is O(max_depth).
+- The subtree loop is a while loop over leaves; the U-turn checks of the subtrees a leaf
+  completes use a stack of at most ``max_depth`` summaries (ρ, and p at both ends) of the
+  left halves still waiting for their right sibling: a binary counter over the leaf index
+  (bit ``j`` of the index set: the level-``j`` subtree just completed is a right child,
+  merge it with the stored left one; bit clear: store it). Memory is O(max_depth).
+- Both loops (doublings, leaves) are :func:`~dgm.inference.masked_loop.masked_while_loop`:
+  with chains under ``vmap`` a finished chain's state is masked by the body (the stack by
+  a dropped scatter) instead of ``vmap``'s select over the whole carry at every leaf.
 - Failure: a leaf whose integrator step failed (a flag of :attr:`LeafFns.failures`) or
   whose energy error exceeds the divergence threshold (or is not finite) ends the subtree;
   the whole subtree is discarded, the trajectory stops, and the next state is drawn from
@@ -40,8 +43,9 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax.extend.random import threefry_2x32
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, UInt32
+
+from dgm.inference.masked_loop import masked_while_loop
 
 
 class LeafFns(NamedTuple):
@@ -97,13 +101,15 @@ def leaf_log_weight(energy_error: Float[Array, ""]) -> Float[Array, ""]:
 
 def is_turning(x: Ends, y: Ends, velocity: Callable) -> Bool[Array, ""]:
     """U-turn of the merge of ``x`` then ``y`` (``y.first`` adjoins ``x.last``), with Stan's
-    two checks across the halves; ``velocity(p) = M⁻¹p``."""
-    vx_first, vx_last = velocity(x.p_first), velocity(x.p_last)
-    vy_first, vy_last = velocity(y.p_first), velocity(y.p_last)
-    whole = no_turn(vx_first, vy_last, x.rho + y.rho)
-    x_ext = no_turn(vx_first, vy_first, x.rho + y.p_first)
-    y_ext = no_turn(vx_last, vy_last, y.rho + x.p_last)
-    return ~(whole & x_ext & y_ext)
+    two checks across the halves; ``velocity(p) = M⁻¹p``. The three criteria run as one
+    batched :func:`no_turn` (in the leaf loop: two kernels instead of six)."""
+    v = jax.vmap(velocity)(jnp.stack([x.p_first, x.p_last, y.p_first, y.p_last]))
+    vx_first, vx_last, vy_first, vy_last = v[0], v[1], v[2], v[3]
+    v_a = jnp.stack([vx_first, vx_first, vx_last])
+    v_b = jnp.stack([vy_last, vy_first, vy_last])
+    # the whole merge, then x extended by y's first leaf, then y extended by x's last
+    rho = jnp.stack([x.rho + y.rho, x.rho + y.p_first, y.rho + x.p_last])
+    return ~jnp.all(no_turn(v_a, v_b, rho))
 
 
 def merge(x: Ends, y: Ends) -> Ends:
@@ -114,13 +120,41 @@ def reverse(e: Ends) -> Ends:
     return Ends(e.rho, e.p_last, e.p_first)
 
 
+_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
+
+
+def threefry_2x32_unrolled(key, x0, x1):
+    """Threefry-2x32 (20 rounds) of the counter ``(x0, x1)`` under ``key`` (two uint32),
+    written out round by round: equal bit for bit to ``jax.extend.random.threefry_2x32``,
+    which on CPU lowers to a rolled loop (a ``while`` of five iterations: inside the
+    per-leaf loop of a trajectory that loop cost more than the rest of the leaf's
+    bookkeeping); unrolled, XLA fuses the whole block into one kernel.
+
+    References:
+        Salmon, Moraes, Dror & Shaw (2011), "Parallel random numbers: as easy as 1, 2, 3",
+        SC'11 (the Threefry-2x32 rounds, rotations and key schedule).
+    """
+    k0, k1 = key[0], key[1]
+    ks = (k0, k1, k0 ^ k1 ^ jnp.uint32(0x1BD11BDA))
+    x0, x1 = x0 + ks[0], x1 + ks[1]
+    for block in range(5):
+        for r in _ROTATIONS[block % 2]:
+            x0 = x0 + x1
+            x1 = (x1 << jnp.uint32(r)) | (x1 >> jnp.uint32(32 - r))
+            x1 = x1 ^ x0
+        x0 = x0 + ks[(block + 1) % 3]
+        x1 = x1 + ks[(block + 2) % 3] + jnp.uint32(block + 1)
+    return x0, x1
+
+
 def _leaf_uniform(seed: UInt32[Array, " 2"], depth, count) -> Float[Array, ""]:
     """A uniform in [0, 1) for leaf ``count`` of the subtree at ``depth``: one Threefry-2x32
     block keyed by ``seed`` (``fold_in`` then ``uniform`` would be two, and each Threefry
     instance in the loop body costs compile time: with the per-leaf and per-doubling draws
-    as ``fold_in``/``split``/``uniform``, they made half of the NUTS step's compile time)."""
-    counter = jnp.stack([jnp.asarray(depth), jnp.asarray(count)]).astype(jnp.uint32)
-    bits = threefry_2x32(seed, counter)[0]
+    as ``fold_in``/``split``/``uniform``, they made half of the NUTS step's compile time),
+    unrolled (:func:`threefry_2x32_unrolled`)."""
+    x0 = jnp.asarray(depth).astype(jnp.uint32)
+    bits, _ = threefry_2x32_unrolled(seed, x0, jnp.asarray(count).astype(jnp.uint32))
     return (bits >> 8).astype(jnp.float32) * jnp.float32(2.0**-24)
 
 
@@ -132,7 +166,7 @@ class _Subtree(NamedTuple):
     edge: Any  # the last leaf built
     count: Int[Array, ""]  # leaves built
     ends: Ends  # of all leaves built so far, in build order
-    stack: Ends  # left halves waiting for their sibling, by level (leading axis max_depth)
+    stack: Array  # left halves waiting for their sibling (Ends stacked), by level
     proposal: Any
     log_weight: Float[Array, ""]
     sum_accept: Float[Array, ""]
@@ -156,30 +190,35 @@ class _Tree(NamedTuple):
     failures: Bool[Array, " kinds"]
 
 
-def _push(stack: Ends, leaf: Ends, index, depth, velocity) -> tuple[Ends, Bool[Array, ""]]:
+def _push(stack: Array, leaf: Ends, index, depth, velocity, active) -> tuple[Array, Any]:
     """Merge the subtrees leaf ``index`` completes; store the next left half waiting.
 
     The leaf completes one subtree per trailing 1-bit of ``index`` (below ``depth``): at
-    level ``j`` the left half is ``stack[j]`` and the right half the merge so far. A short
+    level ``j`` the left half is ``stack[j]`` (an :class:`Ends` stacked into one
+    ``(3, dim)`` array: one gather and one scatter per leaf, not three) and the right half
+    the merge so far. A short
     loop over those levels only (vectorising the checks over all ``max_depth`` levels was
-    measured 2x slower per NUTS transition on the 100-d Gaussian, 4 vmapped chains).
+    measured 2x slower per NUTS transition on the 100-d Gaussian, 4 vmapped chains). An
+    inactive row (see :func:`~dgm.inference.masked_loop.masked_while_loop`) merges nothing
+    and writes nothing.
 
     Returns the updated stack and whether any completed subtree made a U-turn.
     """
 
     def cond(carry):
         level, _, turning = carry
-        return (level < depth) & ((index >> level) & 1 == 1) & ~turning
+        return active & (level < depth) & ((index >> level) & 1 == 1) & ~turning
 
     def body(carry):
         level, cur, _ = carry
-        left = jax.tree.map(lambda s: s[level], stack)
+        left = Ends(*stack[level])
         return level + 1, merge(left, cur), is_turning(left, cur, velocity)
 
     init = (jnp.asarray(0), leaf, jnp.asarray(False))
     level, cur, turning = jax.lax.while_loop(cond, body, init)
-    stack = jax.tree.map(lambda s, x: s.at[level].set(x, mode="drop"), stack, cur)
-    return stack, turning
+    # the top level's merge is not stored (index size: dropped), nor an inactive row's
+    level = jnp.where(active, level, stack.shape[0])
+    return stack.at[level].set(jnp.stack(cur), mode="drop"), turning
 
 
 def _leaf_ends(leaf) -> Ends:
@@ -196,14 +235,16 @@ def build_subtree(
     energy0: Float[Array, ""],
     max_depth: int,
     divergence_threshold: float,
+    enabled: Any = True,
 ) -> _Subtree:
     """Build up to ``2^depth`` leaves from ``start`` (exclusive), stopping early on a U-turn
-    of any completed sub-subtree, an integrator failure or a divergence."""
+    of any completed sub-subtree, an integrator failure or a divergence; nothing where
+    ``enabled`` is False (a chain whose trajectory ended, batched with others)."""
     ends0 = _leaf_ends(start)
     # levels 0 ... max_depth − 2: the largest subtree (depth max_depth − 1) merges its
     # halves at level max_depth − 2
     size = max(max_depth - 1, 1)
-    stack = jax.tree.map(lambda x: jnp.zeros((size, *x.shape), x.dtype), ends0)
+    stack = jnp.zeros((size, 3, *ends0.rho.shape), ends0.rho.dtype)
     zero = jnp.zeros((), energy0.dtype)
     no_failures = jnp.zeros_like(fns.failures(start))
     init = _Subtree(
@@ -213,9 +254,9 @@ def build_subtree(
 
     def cond(s: _Subtree):
         failed = s.divergent | jnp.any(s.failures)
-        return (s.count < 2**depth) & ~s.turning & ~failed
+        return enabled & (s.count < 2**depth) & ~s.turning & ~failed
 
-    def body(s: _Subtree) -> _Subtree:
+    def body(s: _Subtree, active) -> _Subtree:
         leaf = fns.step(s.edge, step_size)
         energy_error = fns.energy(leaf) - energy0
         failures = fns.failures(leaf)
@@ -234,13 +275,16 @@ def build_subtree(
             jnp.where(first, one.p_first, s.ends.p_first),
             one.p_last,
         )
-        stack, turning = _push(s.stack, one, s.count, depth, fns.velocity)
-        return _Subtree(
-            leaf, s.count + 1, ends, stack, _select(take, leaf, s.proposal), log_weight,
+        stack, turning = _push(s.stack, one, s.count, depth, fns.velocity, active)
+        new = _Subtree(
+            leaf, s.count + 1, ends, s.stack, _select(take, leaf, s.proposal), log_weight,
             s.sum_accept + accept, turning & ~bad, divergent, failures,
         )  # fmt: skip
+        # the stack masks its own write (a dropped scatter): selecting it whole was most
+        # of a leaf's cost with vmapped chains
+        return _select(active, new, s)._replace(stack=stack)
 
-    return jax.lax.while_loop(cond, body, init)
+    return masked_while_loop(cond, body, init)
 
 
 def sample_trajectory(
@@ -291,11 +335,13 @@ def sample_trajectory(
     uniforms = jax.random.uniform(key_top, (2, capacity), energy0.dtype)  # direction, take
     seed = jax.random.bits(key_leaves, (2,), jnp.uint32)
 
-    def body(t: _Tree) -> _Tree:
+    def body(t: _Tree, active) -> _Tree:
         forward = uniforms[0, t.depth] < 0.5
         eps = jnp.where(forward, step_size, -step_size)
         edge = _select(forward, t.right, t.left)
-        sub = build_subtree(seed, fns, edge, eps, t.depth, energy0, capacity, divergence_threshold)
+        sub = build_subtree(
+            seed, fns, edge, eps, t.depth, energy0, capacity, divergence_threshold, active
+        )
         failed = sub.divergent | jnp.any(sub.failures)
         valid = ~failed & ~sub.turning
         # biased progressive sampling
@@ -303,7 +349,7 @@ def sample_trajectory(
         x = _select(forward, t.ends, reverse(t.ends))  # the old tree, oriented to grow
         merged = merge(x, sub.ends)
         turning = sub.turning | (valid & is_turning(x, sub.ends, fns.velocity))
-        return _Tree(
+        new = _Tree(
             _select(forward, t.left, sub.edge),
             _select(forward, sub.edge, t.right),
             _select(forward, merged, reverse(merged)),
@@ -317,8 +363,9 @@ def sample_trajectory(
             sub.divergent,
             sub.failures,
         )
+        return _select(active, new, t)
 
-    t = jax.lax.while_loop(cond, body, init)
+    t = masked_while_loop(cond, body, init)
     accept = t.sum_accept / jnp.maximum(t.num_steps, 1).astype(t.sum_accept.dtype)
     info = TreeInfo(
         accept, t.depth, t.num_steps, t.divergent, t.failures, t.proposal_energy - energy0,
