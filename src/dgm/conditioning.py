@@ -192,10 +192,12 @@ class ConditionedGenerator(StartingPoints):
         )  # fmt: skip
         total = num_warmup + num_samples
         adapting = adapt and num_warmup > 0
-        obs_keys = jax.random.split(key, ys.shape[0]) if batched else key[None]
-        keys = [chain_keys(k, num_chains, adapting) for k in obs_keys]
+        obs_keys = jax.random.split(key, ys.shape[0]) if batched else jnp.stack([key])
+        key_init, keys_search, keys_chains = jax.vmap(
+            lambda k: chain_keys(k, num_chains, adapting)
+        )(obs_keys)
         with jax.enable_x64(True):
-            u0 = self._starts([k[0] for k in keys], num_chains, init, tol, ys, batched)
+            u0 = self._starts(key_init, num_chains, init, tol, ys, batched)
             params = constrained_hmc.CHMCParams(
                 jnp.asarray(step_size, jnp.float64), jnp.asarray(lo), jnp.asarray(hi)
             )
@@ -209,17 +211,17 @@ class ConditionedGenerator(StartingPoints):
             )
             runner = lambda kind: self._runner(settings, kind)  # noqa: E731
             y_chains = jnp.repeat(ys, num_chains, axis=0)
-            chain_keys_ = jnp.concatenate([k[2] for k in keys])
+            keys_chains = _flat(keys_chains)
             if adapting:
                 target = adaptive_step.check_target_accept(target_accept)
-                both = (jnp.concatenate([k[1] for k in keys]), chain_keys_)
+                both = (_flat(keys_search), keys_chains)
                 lengths = (num_warmup, total, target)
                 result, step_sizes = run_adaptive(
                     runner, both, self._init_states(u0), params, y_chains, lengths, run
                 )
             else:
                 result, step_sizes = run_fixed(
-                    runner, chain_keys_, self._init_states(u0), params, y_chains, total, run
+                    runner, keys_chains, self._init_states(u0), params, y_chains, total, run
                 )
         if result.interrupted:
             print(
@@ -356,3 +358,8 @@ def _identity(x) -> Any:
     if hasattr(x, "__self__") and hasattr(x, "__func__"):
         return ("method", id(x.__self__), id(x.__func__))
     return ("id", id(x))
+
+
+def _flat(keys):
+    """``(num_obs, num_chains)`` keys (typed, or raw ``uint32`` pairs) as one chains axis."""
+    return keys.reshape(-1, *keys.shape[2:])

@@ -121,9 +121,9 @@ def compiled_helpers(system: ManifoldSystem, cache_key=None) -> Helpers:
 
     helpers = Helpers(
         jax.jit(jax.vmap(lambda u: constrained_hmc.init(system, u))),
-        jax.jit(jax.vmap(residual, (0, None))),
+        jax.jit(jax.vmap(residual)),
         jax.jit(jax.vmap(lambda u: jnp.linalg.matrix_rank(system.jacobian(u)))),
-        jax.jit(jax.vmap(newton, (0, None, None, None)), static_argnums=3),
+        jax.jit(jax.vmap(newton, (0, 0, None, None)), static_argnums=3),
     )
     if cache_key is not None:
         _HELPERS[cache_key] = helpers

@@ -32,27 +32,35 @@ class StartingPoints:
         prior draw has rank below the number of outputs, and ``RuntimeError`` with the
         worst residual if some start is not on the manifold to within ``tol``.
         """
-        keys = jax.random.split(key, num_chains)
         with jax.enable_x64(True):
             y = self.y_obs if y_obs is None else jnp.asarray(y_obs, jnp.float64)
-            init_fn = self._init_fn_for(y)
-            if init_fn is not None:
-                u = jax.vmap(init_fn)(keys)
-            else:
-                u0 = jax.vmap(lambda k: jax.random.normal(k, (self.input_dim,), jnp.float64))(keys)
-                u = self._newton(u0, y, tol * 1e-3, 100)
-                if not np.all(np.asarray(self._residuals(u, y)) <= tol):
-                    self._check_rank(u0, "a prior draw")
-            return self._check_init(jnp.asarray(u, jnp.float64), tol, "initial points", y)
+            return self._initial_points(jnp.stack([key]), num_chains, tol, y[None])
 
-    def _init_fn_for(self, y):
-        """The closed-form start for observation ``y``, or None (Gauss–Newton)."""
+    def _initial_points(self, obs_keys, num_chains: int, tol: float, ys) -> jax.Array:
+        """:meth:`initial_points` of every observation (rows of ``ys``, one key each), the
+        chains of observation ``i`` in rows ``i·num_chains …``, all in one batched solve."""
+        keys = jax.vmap(lambda k: jax.random.split(k, num_chains))(obs_keys)
+        keys = keys.reshape(-1, *keys.shape[2:])  # typed keys or raw uint32 pairs
+        y_rows = jnp.repeat(ys, num_chains, axis=0)
+        init_fn = self._init_fn_for(ys)
+        if init_fn is not None:
+            u = jax.vmap(init_fn)(keys, y_rows)
+        else:
+            u0 = jax.vmap(lambda k: jax.random.normal(k, (self.input_dim,), jnp.float64))(keys)
+            u = self._newton(u0, y_rows, tol * 1e-3, 100)
+            if not np.all(np.asarray(self._residuals(u, y_rows)) <= tol):
+                self._check_rank(u0, "a prior draw")
+        return self._check_init(jnp.asarray(u, jnp.float64), tol, "initial points", y_rows)
+
+    def _init_fn_for(self, ys):
+        """``(key, y) -> u``, the closed-form start for observations ``ys``, or None
+        (Gauss–Newton): a one-argument ``init_fn`` serves the conditioned ``y_obs`` only."""
         if self.init_fn is None:
             return None
         if _num_positional(self.init_fn) >= 2:
-            return lambda k: self.init_fn(k, y)
-        if y is self.y_obs or bool(jnp.array_equal(y, self.y_obs)):
             return self.init_fn
+        if bool(jnp.all(ys == self.y_obs[None])):
+            return lambda k, y: self.init_fn(k)
         return None
 
     def _check_rank(self, u, where: str) -> None:
@@ -66,15 +74,16 @@ class StartingPoints:
                 "regular there (are some outputs functions of the others?)"
             )
 
-    def _check_init(self, u, tol, what, y=None):
-        y = self.y_obs if y is None else y
+    def _check_init(self, u, tol, what, y_rows):
+        """``u`` unless it is not on the manifold of each row's observation (or J(u) is
+        rank-deficient there): then a ``ValueError`` or ``RuntimeError`` naming ``what``."""
         if u.ndim != 2 or u.shape[1] != self.input_dim:
             raise ValueError(
                 f"`init` must have shape (num_chains, {self.input_dim}); got {tuple(u.shape)}"
             )
         if not bool(jnp.all(jnp.isfinite(u))):
             raise ValueError(f"{what} contain NaN or inf")
-        res = np.asarray(self._residuals(u, y))
+        res = np.asarray(self._residuals(u, y_rows))
         if not np.all(res <= tol):
             raise RuntimeError(
                 f"{what} are not on the manifold: max |generator(u) - y_obs| = "
@@ -83,27 +92,22 @@ class StartingPoints:
         self._check_rank(u, what)
         return u
 
-    def _starts(self, keys, num_chains: int, init, tol: float, ys, batched: bool):
-        """Checked float64 starting points of every observation's chains, stacked."""
-        if init is not None and batched:
-            init = jnp.asarray(init, jnp.float64)
-            shape = (ys.shape[0], num_chains, self.input_dim)
-            if init.shape != shape:
-                raise ValueError(f"`init` must have shape {shape} with a batch of observations; "
-                                 f"got {tuple(init.shape)}")  # fmt: skip
-        inits = init if batched and init is not None else [init] * len(keys)
-        return jnp.concatenate(
-            [self._start(k, num_chains, u, tol, y) for k, u, y in zip(keys, inits, ys, strict=True)]
-        )
-
-    def _start(self, key, num_chains: int, init, tol: float, y) -> jax.Array:
-        """Checked float64 starting points: ``init``, or :meth:`initial_points`."""
+    def _starts(self, obs_keys, num_chains: int, init, tol: float, ys, batched: bool):
+        """Checked float64 starting points of every observation's chains, stacked:
+        ``init`` (``(num_chains, M)``, or ``(num_obs, num_chains, M)`` for a batch), or
+        :meth:`initial_points`."""
         if init is None:
-            return self.initial_points(key, num_chains, tol, y)
-        u0 = self._check_init(jnp.asarray(init, jnp.float64), tol, "`init`", y)
-        if u0.shape[0] != num_chains:
+            return self._initial_points(obs_keys, num_chains, tol, ys)
+        u0 = jnp.asarray(init, jnp.float64)
+        if batched:
+            shape = (ys.shape[0], num_chains, self.input_dim)
+            if u0.shape != shape:
+                raise ValueError(f"`init` must have shape {shape} with a batch of observations; "
+                                 f"got {tuple(u0.shape)}")  # fmt: skip
+            u0 = u0.reshape(-1, self.input_dim)
+        elif u0.ndim == 2 and u0.shape[1] == self.input_dim and u0.shape[0] != num_chains:
             raise ValueError(f"`init` must have {num_chains} rows (num_chains); got {u0.shape[0]}")
-        return u0
+        return self._check_init(u0, tol, "`init`", jnp.repeat(ys, num_chains, axis=0))
 
 
 def _num_positional(fn) -> int:
