@@ -187,14 +187,16 @@ def run_adaptive(runner, keys, init_states, params, y_chains, lengths: tuple, ru
         params, jnp.asarray(target, jnp.float64), jnp.asarray(num_adapt), jnp.asarray(num_dual)
     )
     obs_params = ObservedParams(y_chains, per_chain(full, num_chains))
+    search_compile_s = 0.0
     if run["checkpoint"] is None or not Path(run["checkpoint"]).exists():
         search = runner("search").run(keys_search, states, obs_params, 1, per_chain_params=True)
-        states = search.states
+        states, search_compile_s = search.states, search.compile_s
     result = runner("adaptive").run(
         keys_chains, states, obs_params, total, per_chain_params=True, **run
     )
     step_sizes = np.asarray(jax.vmap(adaptive_step.final_step_size, (0, None))(result.states, full))
-    return result._replace(states=result.states.state), step_sizes
+    compile_s = result.compile_s + search_compile_s  # both runners' compilation
+    return result._replace(states=result.states.state, compile_s=compile_s), step_sizes
 
 
 def check_sample_args(args: dict, system: ManifoldSystem) -> str:
