@@ -14,31 +14,34 @@ import dataclasses
 import sys
 import warnings
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dgm.config import check_choice, check_positive
+from dgm.config import check_choice
 from dgm.inference import adaptive_step, constrained_hmc, dynamic_chmc
 from dgm.inference.base import ChainResult, ChainRunner
+from dgm.inference.chmc_driver import (
+    STAT_NAMES,
+    SamplerSettings,
+    build_runner,
+    check_sample_args,
+    run_adaptive,
+    run_attrs,
+    to_inference_data,
+)
 from dgm.inference.hmc import check_steps
-from dgm.inference.manifold import SMALL_GRAM, DenseCholesky, ManifoldSystem, gauss_newton
+from dgm.inference.manifold import ManifoldSystem, gauss_newton
 
-
-@dataclasses.dataclass(frozen=True)
-class SamplerSettings:
-    """Structural settings of the constrained sampler (changing one recompiles)."""
-
-    num_geodesic_steps: int = 3
-    tol: float = 1e-8
-    max_iters: int = 100
-    check_reverse: bool = True
-    chunk_size: int = 50
-    chain_map: str = "map"
-    trajectory: str = "fixed"
+__all__ = [
+    "STAT_NAMES",
+    "ConditionedGenerator",
+    "SamplerSettings",
+    "condition",
+    "to_inference_data",
+]
 
 
 class ConditionedGenerator:
@@ -117,25 +120,8 @@ class ConditionedGenerator:
         (the given step size), ``"adaptive"`` (dual averaging during warm-up) or
         ``"search"`` (the initial step-size search, one iteration)."""
         if (settings, kind) not in self._runners:
-            build = {"fixed": constrained_hmc, "dynamic": dynamic_chmc}[settings.trajectory]
-            step = build.build_kernel(
-                self.system,
-                self.y_obs,
-                settings.num_geodesic_steps,
-                settings.tol,
-                settings.max_iters,
-                settings.check_reverse,
-            )
-            extract, chunk_size = None, settings.chunk_size
-            if kind != "fixed":
-                extract = lambda s: s.state.position  # noqa: E731
-            if kind == "adaptive":
-                step = adaptive_step.adaptive_kernel(step)
-            elif kind == "search":
-                step, chunk_size = adaptive_step.search_kernel(step), 1
-            self._runners[settings, kind] = ChainRunner(
-                step, extract, chunk_size=chunk_size, chain_map=settings.chain_map
-            )
+            runner = build_runner(self.system, self.y_obs, settings, kind)
+            self._runners[settings, kind] = runner
         return self._runners[settings, kind]
 
     def sample(
@@ -213,7 +199,8 @@ class ConditionedGenerator:
         lo, hi = check_steps(num_steps)
         # Raw user input: annotated loosely and validated here, each error naming its
         # argument (a precise annotation's type check would pre-empt the messages).
-        chain_map = self._check_sample_args(locals())
+        args = dict(locals())
+        chain_map = check_sample_args(args, self.system)
         settings = SamplerSettings(
             num_geodesic_steps, float(tol), max_iters, check_reverse, chunk_size, chain_map,
             trajectory,
@@ -236,8 +223,13 @@ class ConditionedGenerator:
             )
             if adapting:
                 target = adaptive_step.check_target_accept(target_accept)
-                result, step_sizes = self._run_adaptive(
-                    key_chains, u0, params, settings, (num_warmup, total, target), run
+                result, step_sizes = run_adaptive(
+                    lambda kind: self._runner(settings, kind),
+                    key_chains,
+                    self._init_states(u0),
+                    params,
+                    (num_warmup, total, target),
+                    run,
                 )
             else:
                 keys = jax.random.split(key_chains, num_chains)
@@ -251,80 +243,8 @@ class ConditionedGenerator:
                 "draws so far",
                 file=sys.stderr,
             )
-        attrs = {"step_size": float(np.mean(step_sizes)), "num_steps_low": lo}
-        attrs |= {"num_steps_high": hi, "adapted": int(adapting)}
-        if trajectory == "dynamic":
-            del attrs["num_steps_low"], attrs["num_steps_high"]
-            attrs["max_depth"] = max_depth
-        if adapting:
-            attrs["target_accept"] = float(target_accept)
+        attrs = run_attrs(args, lo, hi, step_sizes, adapting)
         return self._inference_data(result, num_warmup, total, settings, attrs, step_sizes)
-
-    def _run_adaptive(self, key, u0, params, settings, lengths, run: dict):
-        """Warm-up with dual averaging, then sampling, as one chain run; returns the result
-        and each chain's adapted step size."""
-        num_warmup, total, target = lengths
-        key_search, key_chains = jax.random.split(key)
-        num_chains = u0.shape[0]
-        eps = jnp.asarray(params.step_size)
-        states = jax.vmap(lambda s: adaptive_step.init(s, eps))(self._init_states(u0))
-        num_adapt, num_dual = adaptive_step.schedule(num_warmup)
-        full = adaptive_step.AdaptiveParams(
-            params, jnp.asarray(target, jnp.float64), jnp.asarray(num_adapt), jnp.asarray(num_dual)
-        )
-        if run["checkpoint"] is None or not Path(run["checkpoint"]).exists():
-            states = (
-                self._runner(settings, "search")
-                .run(jax.random.split(key_search, num_chains), states, full, 1)
-                .states
-            )
-        keys = jax.random.split(key_chains, num_chains)
-        result = self._runner(settings, "adaptive").run(keys, states, full, total, **run)
-        final = jax.vmap(adaptive_step.final_step_size, (0, None))(result.states, full)
-        step_sizes = np.asarray(final)
-        states = result.states.state
-        return result._replace(states=states), step_sizes
-
-    def _check_sample_args(self, args: dict) -> str:
-        """Validate :meth:`sample`'s arguments (each error names one); return the chain map."""
-        key = args["key"]
-        typed = isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
-        raw = isinstance(key, jax.Array) and key.dtype == jnp.uint32 and key.shape == (2,)
-        if not (typed or raw):
-            raise ValueError(f"`key` must be one PRNG key (jax.random.key(seed)); got {key!r}")
-        for name in ("num_chains", "num_samples", "num_geodesic_steps", "max_iters", "chunk_size"):
-            check_positive(name, args[name], integer=True)
-        num_warmup = args["num_warmup"]
-        if not isinstance(num_warmup, int) or isinstance(num_warmup, bool) or num_warmup < 0:
-            raise ValueError(f"`num_warmup` must be a non-negative int; got {num_warmup!r}")
-        for name in ("step_size", "tol"):
-            value = args[name]
-            ok = isinstance(value, int | float) and not isinstance(value, bool)
-            if not (ok and np.isfinite(value) and value > 0):
-                raise ValueError(f"`{name}` must be a positive number; got {value!r}")
-        adaptive_step.check_target_accept(args["target_accept"])
-        for name in ("check_reverse", "progress_bar", "adapt"):
-            if not isinstance(args[name], bool):
-                raise ValueError(f"`{name}` must be a bool; got {args[name]!r}")
-        path = args["checkpoint"]
-        if path is not None and not isinstance(path, str | Path):
-            raise ValueError(f"`checkpoint` must be a str or Path; got {type(path).__name__}")
-        check_choice("trajectory", args["trajectory"], ("fixed", "dynamic"))
-        dynamic_chmc.check_max_depth(args["max_depth"])
-        chain_map = args["chain_map"]
-        check_choice("chain_map", chain_map, ("map", "vmap", "auto"))
-        structured = self.system.factor_type() is not DenseCholesky
-        if chain_map == "auto":  # never vmap a LAPACK Cholesky, even inside another factor
-            chain_map = "vmap" if structured and not self.system.uses_lapack_cholesky else "map"
-        if chain_map == "vmap" and self.system.uses_lapack_cholesky:
-            raise ValueError(
-                "`chain_map` 'vmap' needs a structured Gram factor with no LAPACK Cholesky "
-                f"(a DenseCholesky of more than {SMALL_GRAM} rows, alone or inside another "
-                f"factor, e.g. a Woodbury factor of more than {SMALL_GRAM} latents; "
-                f"{self.system.output_dim} outputs here): it hangs under vmap on several "
-                "host devices in jaxlib 0.10.2; use 'map'"
-            )
-        return chain_map
 
     def _start(self, key, num_chains: int, init, tol: float) -> jax.Array:
         """Checked float64 starting points: ``init``, or :meth:`initial_points`."""
@@ -355,39 +275,6 @@ class ConditionedGenerator:
         }
         extra = {"step_size": step_size}
         return to_inference_data({"u": draws, **derived}, infos, self.y_obs, attrs, extra)
-
-
-# sample_stats names (ArviZ's where it has one) of the CHMCInfo fields
-STAT_NAMES = {
-    "accept_prob": "acceptance_rate",
-    "is_accepted": "is_accepted",
-    "is_divergent": "diverging",
-    "projection_failed": "projection_failed",
-    "is_irreversible": "irreversible",
-    "num_steps": "n_steps",
-    "energy_error": "energy_error",
-    "constraint_residual": "constraint_residual",
-    "tree_depth": "tree_depth",  # dynamic trajectories only
-}
-
-
-def to_inference_data(posterior: dict, infos: Any, y_obs, attrs: dict, extra_stats=None):
-    """ArviZ ``InferenceData`` of constrained HMC draws: ``posterior`` (``u`` first, over
-    ``u_dim``, then derived quantities), ``sample_stats`` (the :data:`STAT_NAMES` fields
-    ``infos`` has, a ``CHMCInfo`` or a ``DCHMCInfo``, then ``extra_stats``),
-    ``observed_data`` and ``attrs`` on the posterior and sample-stats groups."""
-    import arviz as az
-
-    stats = {name: getattr(infos, f) for f, name in STAT_NAMES.items() if hasattr(infos, f)}
-    stats |= extra_stats or {}
-    observed = {"y": np.asarray(y_obs)}
-    idata = az.from_dict(
-        posterior, sample_stats=stats, observed_data=observed, dims={"u": ["u_dim"]}
-    )
-    for group in (idata.posterior, idata.sample_stats):
-        # an attribute named like a variable would shadow it (`ds.step_size`)
-        group.attrs.update({k: v for k, v in attrs.items() if k not in group.data_vars})
-    return idata
 
 
 def condition(
