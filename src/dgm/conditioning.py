@@ -23,6 +23,7 @@ import numpy as np
 from dgm.config import check_choice
 from dgm.inference import adaptive_step, constrained_hmc, dynamic_chmc
 from dgm.inference.base import ChainResult, ChainRunner
+from dgm.inference.chain_checks import ChainChecker
 from dgm.inference.chmc_driver import (
     STAT_NAMES,
     SamplerSettings,
@@ -34,6 +35,7 @@ from dgm.inference.chmc_driver import (
 )
 from dgm.inference.hmc import check_steps
 from dgm.inference.manifold import ManifoldSystem, gauss_newton
+from dgm.inference.starts import TypicalStarts
 
 __all__ = [
     "STAT_NAMES",
@@ -78,6 +80,8 @@ class ConditionedGenerator:
             ),
             static_argnums=2,
         )
+        self._typical_starts = TypicalStarts(self.system)
+        self._chain_checker = ChainChecker(self.system)
 
     def constraint_residual(self, u) -> jax.Array:
         """max |generator(u) − y_obs|."""
@@ -86,18 +90,18 @@ class ConditionedGenerator:
     def initial_points(self, key, num_chains: int, tol: float = 1e-8) -> jax.Array:
         """Starting points on the manifold, one per chain.
 
-        With a model ``init_fn(key) -> u`` (a closed form), it is used; otherwise a
-        Gauss–Newton solve (:func:`~dgm.inference.manifold.gauss_newton`) runs from a prior
-        draw. Raises ``RuntimeError`` with the worst residual if some start is not on the
-        manifold to within ``tol``.
+        With a model ``init_fn(key) -> u`` (a closed form), it is used; otherwise
+        :func:`~dgm.inference.starts.typical_starts`: four prior draws per chain, each
+        projected onto the manifold by Gauss–Newton and moved uphill on its log density,
+        the chains starting among the candidates within a few nats of the best one (never
+        in a mode far below it). Raises ``RuntimeError`` with the worst residual if some
+        start is not on the manifold to within ``tol``.
         """
-        keys = jax.random.split(key, num_chains)
         with jax.enable_x64(True):
             if self.init_fn is not None:
-                u = jax.vmap(self.init_fn)(keys)
+                u = jax.vmap(self.init_fn)(jax.random.split(key, num_chains))
             else:
-                u0 = jax.vmap(lambda k: jax.random.normal(k, (self.input_dim,), jnp.float64))(keys)
-                u = self._newton(u0, tol * 1e-3, 100)
+                u = self._typical_starts(self.y_obs, key, num_chains, tol)
             return self._check_init(jnp.asarray(u, jnp.float64), tol, "initial points")
 
     def _check_init(self, u, tol, what):
@@ -145,6 +149,7 @@ class ConditionedGenerator:
         target_accept: Any = 0.8,
         trajectory: Any = "fixed",
         max_depth: Any = 10,
+        check_chains: Any = True,
     ):
         """Run constrained HMC chains on the manifold ``generator(u) = y_obs``.
 
@@ -186,6 +191,10 @@ class ConditionedGenerator:
                 (:mod:`dgm.inference.dynamic_chmc`); ``num_steps`` is unused, and
                 ``sample_stats`` gains ``tree_depth``.
             max_depth: the most tree doublings of a dynamic trajectory (an int ≥ 1).
+            check_chains: compare the chains after sampling
+                (:class:`~dgm.inference.chain_checks.ChainChecker`): R-hat and each chain's
+                mean log density go into the attributes, and chains that disagree raise a
+                :class:`~dgm.diagnostics.ChainDisagreementWarning`.
 
         Returns:
             ``arviz.InferenceData`` with ``posterior`` (``u`` and any derived quantities),
@@ -200,6 +209,8 @@ class ConditionedGenerator:
         # Raw user input: annotated loosely and validated here, each error naming its
         # argument (a precise annotation's type check would pre-empt the messages).
         args = dict(locals())
+        if not isinstance(check_chains, bool):
+            raise ValueError(f"`check_chains` must be a bool; got {check_chains!r}")
         chain_map = check_sample_args(args, self.system)
         settings = SamplerSettings(
             num_geodesic_steps, float(tol), max_iters, check_reverse, chunk_size, chain_map,
@@ -244,7 +255,10 @@ class ConditionedGenerator:
                 file=sys.stderr,
             )
         attrs = run_attrs(args, lo, hi, step_sizes, adapting)
-        return self._inference_data(result, num_warmup, total, settings, attrs, step_sizes)
+        idata = self._inference_data(result, num_warmup, total, settings, attrs, step_sizes)
+        if check_chains:
+            self._chain_checker.annotate(idata, self.y_obs)
+        return idata
 
     def _start(self, key, num_chains: int, init, tol: float) -> jax.Array:
         """Checked float64 starting points: ``init``, or :meth:`initial_points`."""

@@ -141,3 +141,24 @@ def typical_starts(
     num_agreeing = jnp.sum(agree)
     chosen = order[jnp.arange(num_chains) % jnp.maximum(num_agreeing, 1)]
     return u[chosen], StartsInfo(value, num_agreeing, chosen)
+
+
+class TypicalStarts:
+    """:func:`typical_starts` compiled once per constraint system (``y`` is traced, so a
+    new observation of the same shape reuses it); keeps the last :class:`StartsInfo`."""
+
+    def __init__(self, system: ManifoldSystem, num_candidates: int = 4, num_uphill: int = 30):
+        self.system = system
+        self.last_info: StartsInfo | None = None
+
+        def run(y, key, num_chains, tol):
+            return typical_starts(system, y, key, num_chains, num_candidates, num_uphill, tol)
+
+        self._run = jax.jit(run, static_argnums=(2, 3))
+
+    def __call__(self, y, key, num_chains: int, tol: float = 1e-8) -> Float[Array, "chains dim"]:
+        """Starting points for ``num_chains`` chains on G(u) = y (float64)."""
+        with jax.enable_x64(True):
+            u, info = self._run(jnp.asarray(y, jnp.float64), key, int(num_chains), float(tol))
+        self.last_info = info
+        return u
