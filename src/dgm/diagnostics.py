@@ -97,8 +97,8 @@ def chain_agreement(draws, log_density) -> dict:
     Returns:
         A dict: ``r_hat_max`` (rank-normalised split R-hat, the largest over the
         coordinates of ``draws`` and the log density), ``lp_chain_mean`` (per chain),
-        ``lp_z`` (per chain: its mean log density minus the mean over the other chains,
-        in Monte Carlo standard errors), ``disagreeing_chains`` (chain indices: a
+        ``lp_z`` (per chain: its mean log density minus the median of the other chains'
+        means, in Monte Carlo standard errors), ``disagreeing_chains`` (chain indices: a
         log-density z above :data:`LP_Z_WARN` and one nat, or, when only R-hat exceeds
         :data:`RHAT_WARN`, the chain farthest from the others in the worst coordinate)
         and ``checked`` (False with one chain or fewer than :data:`MIN_DRAWS` draws).
@@ -106,7 +106,8 @@ def chain_agreement(draws, log_density) -> dict:
     draws = np.asarray(draws, np.float64)
     lp = np.asarray(log_density, np.float64)
     num_chains, num_draws = lp.shape
-    out = {"r_hat_max": float("nan"), "lp_chain_mean": lp.mean(1).tolist(), "checked": False}
+    means = lp.mean(1) if num_draws else np.full(num_chains, np.nan)
+    out = {"r_hat_max": float("nan"), "lp_chain_mean": means.tolist(), "checked": False}
     out |= {"lp_z": [0.0] * num_chains, "disagreeing_chains": []}
     if num_chains < 2 or num_draws < MIN_DRAWS or not np.all(np.isfinite(lp)):
         return out
@@ -114,18 +115,19 @@ def chain_agreement(draws, log_density) -> dict:
     both = np.concatenate([flat, lp[..., None]], axis=-1) if flat.shape[1] == num_draws else lp
     r_hat = rhat(both).reshape(-1)
     means, ses = _chain_mean_se(lp)
-    z = np.zeros(num_chains)
-    for k in range(num_chains):
+    z, gaps = np.zeros(num_chains), np.zeros(num_chains)
+    for k in range(num_chains):  # against the median of the others: one odd chain out
         rest = np.delete(np.arange(num_chains), k)
-        diff = means[k] - means[rest].mean()
-        se = np.sqrt(ses[k] ** 2 + np.sum(ses[rest] ** 2) / len(rest) ** 2)
-        z[k] = diff / se if abs(diff) > LP_NATS_WARN else 0.0
-    bad = [int(k) for k in np.flatnonzero(np.abs(z) > LP_Z_WARN)]
+        diff = means[k] - np.median(means[rest])
+        se = np.hypot(ses[k], np.median(ses[rest]))
+        z[k] = diff / se
+        gaps[k] = diff
+    bad = [int(k) for k in np.flatnonzero((np.abs(z) > LP_Z_WARN) & (np.abs(gaps) > LP_NATS_WARN))]
     r_max = float(np.nanmax(r_hat))
     if not bad and r_max > RHAT_WARN:  # name the chain farthest out in the worst coordinate
         worst = both.reshape(num_chains, -1, r_hat.size)[..., int(np.nanargmax(r_hat))]
         m = worst.mean(1)
-        bad = [int(np.argmax([abs(m[k] - np.delete(m, k).mean()) for k in range(num_chains)]))]
+        bad = [int(np.argmax([abs(m[k] - np.median(np.delete(m, k))) for k in range(len(m))]))]
     out |= {"r_hat_max": r_max, "lp_z": z.tolist(), "disagreeing_chains": bad, "checked": True}
     return out
 

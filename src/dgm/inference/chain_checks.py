@@ -47,7 +47,8 @@ class ChainChecker:
         draws = np.asarray(draws)
         thin = max(1, -(-draws.shape[1] // MAX_CHECKED_DRAWS))
         kept = draws[:, ::thin]
-        agreement = diagnostics.chain_agreement(kept, self.log_density(kept, y))
+        lp = self.log_density(kept, y) if kept.shape[1] else np.zeros(kept.shape[:2])
+        agreement = diagnostics.chain_agreement(kept, lp)
         agreement["thin"] = thin
         message = diagnostics.chain_warning(agreement)
         if warn and message is not None:
