@@ -13,6 +13,7 @@ _REGISTRY: dict[str, str] = {
     "lotka-volterra": "dgm.experiments.lotka_volterra",
     "mnist-inpainting": "dgm.experiments.mnist_inpainting",
     "pose": "dgm.experiments.pose",
+    "sbc": "dgm.experiments.sbc",
     "dmm-polyphonic": "dgm.experiments.dmm_polyphonic",
     "dmm-synthetic": "dgm.experiments.dmm_synthetic",
     "draw-mnist": "dgm.experiments.draw_mnist",
