@@ -13,7 +13,7 @@ _LAZY = {
     "ConditionedGenerator": "dgm.conditioning",
     "set_host_device_count": "dgm._runtime",
     "sample": "dgm.sampling",
-    "sbc": "dgm.sbc",
+    "sbc": "dgm.calibration",
 }
 
 __all__ = [

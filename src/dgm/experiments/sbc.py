@@ -20,9 +20,9 @@ import dataclasses
 import jax
 import numpy as np
 
+from dgm.calibration import SBCResult, plot_rank_histograms, sbc
 from dgm.config import check_choice, check_positive
 from dgm.runs import RunContext, save_npz, write_text
-from dgm.sbc import SBCResult, plot_rank_histograms, sbc
 
 NAME = "sbc"
 DESCRIPTION = "Simulation-based calibration of constrained HMC (Talts et al. 2018)"
