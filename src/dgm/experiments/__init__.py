@@ -12,6 +12,7 @@ from types import ModuleType
 _REGISTRY: dict[str, str] = {
     "lotka-volterra": "dgm.experiments.lotka_volterra",
     "mnist-inpainting": "dgm.experiments.mnist_inpainting",
+    "ode-predator-prey": "dgm.experiments.ode_predator_prey",
     "pose": "dgm.experiments.pose",
     "sbc": "dgm.experiments.sbc",
     "dmm-polyphonic": "dgm.experiments.dmm_polyphonic",
