@@ -66,7 +66,7 @@ class SBCResult:
             "num_ranks": self.num_ranks,
             "num_bins": self.num_bins,
             "p_values": {k: v.tolist() for k, v in self.p_values.items()},
-            "p_min": {k: float(np.min(v)) for k, v in self.p_values.items()},
+            "p_min": {k: float(np.min(v)) for k, v in self.p_values.items() if v.size},
             "skipped_nonfinite": list(self.skipped),
             "num_skipped_nonfinite": len(self.skipped),
             "failed": {str(k): v for k, v in self.failed.items()},
