@@ -23,6 +23,7 @@ from dgm.models.ode_predator_prey import NUM_PARAMS, PredatorPreyODE
 from tests.stats import z_scores
 
 
+@pytest.mark.slow
 def test_manifold_density_equals_the_explicit_posterior_up_to_a_constant():
     model = PredatorPreyODE(num_obs_times=3, substeps=4)
     _, y = model.observe(1)
