@@ -90,8 +90,26 @@ class BatchedConditioner:
             return draws, jnp.mean(accept), ok
 
         self._run = jax.jit(one)
+        self._run_devices = jax.pmap(one) if jax.local_device_count() > 1 else None
 
     def __call__(self, y, key) -> tuple[np.ndarray, float, bool]:
         with jax.enable_x64(True):
             draws, accept, ok = self._run(jnp.asarray(y, jnp.float64), key)
             return np.asarray(draws), float(accept), bool(ok)
+
+    def many(self, ys, keys) -> list[tuple[np.ndarray, float, bool]]:
+        """:meth:`__call__` for several observations, one per local device at a time
+        (``pmap``; a single device runs them one after another)."""
+        n = len(ys)
+        num_devices = jax.local_device_count()
+        if self._run_devices is None or n == 1:
+            return [self(y, k) for y, k in zip(ys, keys, strict=True)]
+        out = []
+        with jax.enable_x64(True):
+            for start in range(0, n, num_devices):
+                idx = [min(i, n - 1) for i in range(start, start + num_devices)]  # pad
+                y = jnp.asarray(np.stack([ys[i] for i in idx]), jnp.float64)
+                draws, accept, ok = self._run_devices(y, jnp.stack([keys[i] for i in idx]))
+                draws, accept, ok = np.asarray(draws), np.asarray(accept), np.asarray(ok)
+                out += [(draws[j], float(accept[j]), bool(ok[j])) for j in range(len(idx))]
+        return out[:n]

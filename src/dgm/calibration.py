@@ -11,7 +11,7 @@ A prior draw on which the generator returns NaN or inf is counted and skipped wi
 index (``skipped``); a replication whose conditioning fails (no start on the manifold) is
 skipped the same way (``failed``). Neither stops the run. Every replication runs the same
 compiled program (:class:`~dgm._sbc_batch.BatchedConditioner`: the observation is a traced
-argument), so compilation is paid once.
+argument), so compilation is paid once; with several host devices, one replication runs on each.
 
 References:
     Talts, Betancourt, Simpson, Vehtari & Gelman (2018), "Validating Bayesian inference
@@ -159,19 +159,20 @@ def sbc(
     quantities = {"u": lambda u: u} | derived
     rows: dict[int, tuple[dict, float]] = dict(done or {})
     failed: dict[int, str] = {}
-    for i in np.flatnonzero(finite):
-        if int(i) in rows:
-            continue
-        key_i = jax.random.fold_in(key_runs, int(i))
-        draws, accept, ok = run(ys[i], key_i)
-        if not ok:
-            failed[int(i)] = "no starting point on the manifold"
-            continue
-        kept = _thinned(draws.reshape(-1, input_dim), num_chains, thin)[:num_ranks]
-        ranks = {name: _rank(fn, u_true[i], kept) for name, fn in quantities.items()}
-        rows[int(i)] = (ranks, accept)
-        if on_replication is not None:
-            on_replication(int(i), ranks, accept)
+    todo = [int(i) for i in np.flatnonzero(finite) if int(i) not in rows]
+    num_devices = jax.local_device_count()
+    for first in range(0, len(todo), num_devices):  # one replication per device at a time
+        batch = todo[first : first + num_devices]
+        keys = [jax.random.fold_in(key_runs, i) for i in batch]
+        for i, (draws, accept, ok) in zip(batch, run.many(ys[batch], keys), strict=True):
+            if not ok:
+                failed[i] = "no starting point on the manifold"
+                continue
+            kept = _thinned(draws.reshape(-1, input_dim), num_chains, thin)[:num_ranks]
+            ranks = {name: _rank(fn, u_true[i], kept) for name, fn in quantities.items()}
+            rows[i] = (ranks, accept)
+            if on_replication is not None:
+                on_replication(i, ranks, accept)
     return _result(rows, num_ranks, num_bins, np.flatnonzero(~finite), failed, start)
 
 
