@@ -107,6 +107,7 @@ def test_calibration_correct_runs(mlp_posterior):
         attrs = idata.posterior.attrs
         worst_r = max(worst_r, attrs["r_hat_max"])
         assert attrs["chains_checked"] == 1 and attrs["chains_disagree"] == 0
+        assert 1 <= attrs["start_candidates_agreeing"] <= attrs["start_candidates"] == 16
         agreement = mlp_posterior._chain_checker.check(
             idata.posterior["u"].values, mlp_posterior.y_obs, warn=False
         )

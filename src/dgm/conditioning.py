@@ -258,6 +258,10 @@ class ConditionedGenerator:
         idata = self._inference_data(result, num_warmup, total, settings, attrs, step_sizes)
         if check_chains:
             self._chain_checker.annotate(idata, self.y_obs)
+        if init is None and self.init_fn is None:  # typical-set starts: candidates kept
+            info = self._typical_starts.last_info
+            idata.posterior.attrs["start_candidates"] = int(info.log_density.shape[0])
+            idata.posterior.attrs["start_candidates_agreeing"] = int(info.num_agreeing)
         return idata
 
     def _start(self, key, num_chains: int, init, tol: float) -> jax.Array:
