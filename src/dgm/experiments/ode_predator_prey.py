@@ -59,14 +59,14 @@ class Config:
 
 PRESETS = {
     "paper": Config(),
-    "quick": Config(num_samples=300, num_warmup=200, ref_num_samples=4000, ref_num_warmup=500),
+    "quick": Config(num_samples=300, num_warmup=200, ref_num_samples=2000, ref_num_warmup=300),
     "smoke": Config(
         num_chains=2,
         num_samples=20,
         num_warmup=10,
         ref_num_chains=2,
         ref_num_samples=100,
-        ref_num_warmup=50,
+        ref_num_warmup=150,
         num_obs_times=4,
         substeps=5,
     ),  # fmt: skip
