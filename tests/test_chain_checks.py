@@ -85,7 +85,8 @@ RUN = dict(num_chains=4, num_samples=300, num_warmup=200, progress_bar=False)
 def test_a_chain_stuck_in_a_lower_mode_warns(mlp_posterior):
     post = mlp_posterior
     with jax.enable_x64(True):
-        u0 = post._newton(jax.random.normal(jax.random.key(108), (16, 6), jnp.float64), 1e-11, 100)
+        u0 = jax.random.normal(jax.random.key(108), (16, 6), jnp.float64)
+        u0 = post._newton(u0, jnp.repeat(post.y_obs[None], 16, 0), 1e-11, 100)
         lp = post._chain_checker.log_density(u0[None], post.y_obs)[0]
     init = jnp.concatenate(
         [u0[int(np.argmin(lp))][None], post.initial_points(jax.random.key(1), 3)]

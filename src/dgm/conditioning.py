@@ -21,21 +21,30 @@ import jax.numpy as jnp
 import numpy as np
 
 from dgm.config import check_choice
-from dgm.inference import adaptive_step, constrained_hmc, dynamic_chmc
+from dgm.inference import adaptive_step, chmc_driver, constrained_hmc, dynamic_chmc
 from dgm.inference.base import ChainResult, ChainRunner
 from dgm.inference.chain_checks import ChainChecker
 from dgm.inference.chmc_driver import (
     STAT_NAMES,
     SamplerSettings,
     build_runner,
+    chain_keys,
     check_sample_args,
+    check_y_batch,
+    compiled_helpers,
     run_adaptive,
     run_attrs,
+    run_fixed,
+    split_obs,
     to_inference_data,
 )
+from dgm.inference.chmc_starts import StartingPoints
 from dgm.inference.hmc import check_steps
-from dgm.inference.manifold import ManifoldSystem, gauss_newton
+from dgm.inference.manifold import ManifoldSystem
 from dgm.inference.starts import TypicalStarts
+
+# typical-set starts and chain checks per generator (the key of chmc_driver's runner cache)
+_CHECKS: dict = {}
 
 __all__ = [
     "STAT_NAMES",
@@ -46,7 +55,7 @@ __all__ = [
 ]
 
 
-class ConditionedGenerator:
+class ConditionedGenerator(StartingPoints):
     """Inputs of ``generator`` conditioned on ``generator(u) == y_obs``; see :func:`condition`."""
 
     def __init__(
@@ -71,62 +80,32 @@ class ConditionedGenerator:
         self.system = ManifoldSystem(
             generator, input_dim, self.output_dim, jacobian, gram_factor_fn, half_log_det_fn
         )
-        self._runners: dict[SamplerSettings, ChainRunner] = {}
-        self._init_states = jax.jit(jax.vmap(lambda u: constrained_hmc.init(self.system, u)))
-        self._residuals = jax.jit(jax.vmap(self.constraint_residual))
-        self._newton = jax.jit(
-            jax.vmap(
-                lambda u, tol, n: gauss_newton(self.system, u, self.y_obs, tol, n), (0, None, None)
-            ),
-            static_argnums=2,
-        )
-        self._typical_starts = TypicalStarts(self.system)
-        self._chain_checker = ChainChecker(self.system)
+        # generator and structure: a runner compiled for them serves any observation
+        fns = (generator, jacobian, gram_factor_fn, half_log_det_fn)
+        self._cache_key = (input_dim, self.output_dim, *map(_identity, fns))
+        helpers = compiled_helpers(self.system, self._cache_key)
+        self._init_states, self._residuals, self._ranks, self._newton = helpers
+        if self._cache_key not in _CHECKS:  # compiled once per generator, as the runners
+            while len(_CHECKS) >= 16:
+                _CHECKS.pop(next(iter(_CHECKS)))
+            _CHECKS[self._cache_key] = (TypicalStarts(self.system), ChainChecker(self.system))
+        self._typical_starts, self._chain_checker = _CHECKS[self._cache_key]
 
-    def constraint_residual(self, u) -> jax.Array:
-        """max |generator(u) − y_obs|."""
-        return jnp.max(jnp.abs(self.system.constraint(u, self.y_obs)))
+    def constraint_residual(self, u, y_obs=None) -> jax.Array:
+        """max |generator(u) − y_obs| (by default the conditioned ``y_obs``)."""
+        y = self.y_obs if y_obs is None else y_obs
+        return jnp.max(jnp.abs(self.system.constraint(u, y)))
 
-    def initial_points(self, key, num_chains: int, tol: float = 1e-8) -> jax.Array:
-        """Starting points on the manifold, one per chain.
-
-        With a model ``init_fn(key) -> u`` (a closed form), it is used; otherwise
-        :func:`~dgm.inference.starts.typical_starts`: four prior draws per chain, each
-        projected onto the manifold by Gauss–Newton and moved uphill on its log density,
-        the chains starting among the candidates within a few nats of the best one (never
-        in a mode far below it). Raises ``RuntimeError`` with the worst residual if some
-        start is not on the manifold to within ``tol``.
-        """
-        with jax.enable_x64(True):
-            if self.init_fn is not None:
-                u = jax.vmap(self.init_fn)(jax.random.split(key, num_chains))
-            else:
-                u = self._typical_starts(self.y_obs, key, num_chains, tol)
-            return self._check_init(jnp.asarray(u, jnp.float64), tol, "initial points")
-
-    def _check_init(self, u, tol, what):
-        if u.ndim != 2 or u.shape[1] != self.input_dim:
-            raise ValueError(
-                f"`init` must have shape (num_chains, {self.input_dim}); got {tuple(u.shape)}"
-            )
-        if not bool(jnp.all(jnp.isfinite(u))):
-            raise ValueError(f"{what} contain NaN or inf")
-        res = np.asarray(self._residuals(u))
-        if not np.all(res <= tol):
-            raise RuntimeError(
-                f"{what} are not on the manifold: max |generator(u) - y_obs| = "
-                f"{float(np.max(res)):.3g} > tol = {tol:g}"
-            )
-        return u
+    @property
+    def _runners(self) -> dict:
+        """``{(settings, kind): ChainRunner}`` of this generator in the runner cache."""
+        return {k[1:]: r for k, r in chmc_driver._RUNNERS.items() if k[0] == self._cache_key}
 
     def _runner(self, settings: SamplerSettings, kind: str = "fixed") -> ChainRunner:
         """One runner (and its compiled chunks) per structural setting and kind: ``"fixed"``
         (the given step size), ``"adaptive"`` (dual averaging during warm-up) or
         ``"search"`` (the initial step-size search, one iteration)."""
-        if (settings, kind) not in self._runners:
-            runner = build_runner(self.system, self.y_obs, settings, kind)
-            self._runners[settings, kind] = runner
-        return self._runners[settings, kind]
+        return build_runner(self.system, settings, kind, self._cache_key)
 
     def sample(
         self,
@@ -149,6 +128,7 @@ class ConditionedGenerator:
         target_accept: Any = 0.8,
         trajectory: Any = "fixed",
         max_depth: Any = 10,
+        y_obs: Any = None,
         check_chains: Any = True,
     ):
         """Run constrained HMC chains on the manifold ``generator(u) = y_obs``.
@@ -191,6 +171,16 @@ class ConditionedGenerator:
                 (:mod:`dgm.inference.dynamic_chmc`); ``num_steps`` is unused, and
                 ``sample_stats`` gains ``tree_depth``.
             max_depth: the most tree doublings of a dynamic trajectory (an int ≥ 1).
+            y_obs: another observation to condition on (default: the one given to
+                :func:`condition`): a vector of the same size reuses the compiled sampler
+                (the observation is a traced argument, and runners are cached per generator
+                and settings); a ``(num_obs, N)`` batch runs all ``num_obs × num_chains``
+                chains as one compiled job, sharded over the devices, observation ``i``
+                with key ``jax.random.split(key, num_obs)[i]`` (its draws equal those of a
+                separate call with that key and ``y_obs=y_obs[i]``); ``init`` is then
+                ``(num_obs, num_chains, input_dim)``. The result gains an ``obs``
+                dimension (``u`` is ``(chain, draw, obs, u_dim)``; ``observed_data.y`` is
+                ``(obs, y_dim)``; the ``step_size`` attribute is the mean over all chains).
             check_chains: compare the chains after sampling
                 (:class:`~dgm.inference.chain_checks.ChainChecker`): R-hat and each chain's
                 mean log density go into the attributes, and chains that disagree raise a
@@ -212,15 +202,19 @@ class ConditionedGenerator:
         if not isinstance(check_chains, bool):
             raise ValueError(f"`check_chains` must be a bool; got {check_chains!r}")
         chain_map = check_sample_args(args, self.system)
+        ys, batched = check_y_batch(y_obs, self.y_obs)
         settings = SamplerSettings(
             num_geodesic_steps, float(tol), max_iters, check_reverse, chunk_size, chain_map,
             trajectory,
         )  # fmt: skip
-        key_init, key_chains = jax.random.split(key)
         total = num_warmup + num_samples
         adapting = adapt and num_warmup > 0
+        obs_keys = jax.random.split(key, ys.shape[0]) if batched else jnp.stack([key])
+        key_init, keys_search, keys_chains = jax.vmap(
+            lambda k: chain_keys(k, num_chains, adapting)
+        )(obs_keys)
         with jax.enable_x64(True):
-            u0 = self._start(key_init, num_chains, init, tol)
+            u0 = self._starts(key_init, num_chains, init, tol, ys, batched)
             params = constrained_hmc.CHMCParams(
                 jnp.asarray(step_size, jnp.float64), jnp.asarray(lo), jnp.asarray(hi)
             )
@@ -232,22 +226,20 @@ class ConditionedGenerator:
                 accept_fn=lambda info: info.is_accepted,
                 checkpoint=checkpoint,
             )
+            runner = lambda kind: self._runner(settings, kind)  # noqa: E731
+            y_chains = jnp.repeat(ys, num_chains, axis=0)
+            keys_chains = _flat(keys_chains)
             if adapting:
                 target = adaptive_step.check_target_accept(target_accept)
+                both = (_flat(keys_search), keys_chains)
+                lengths = (num_warmup, total, target)
                 result, step_sizes = run_adaptive(
-                    lambda kind: self._runner(settings, kind),
-                    key_chains,
-                    self._init_states(u0),
-                    params,
-                    (num_warmup, total, target),
-                    run,
+                    runner, both, self._init_states(u0), params, y_chains, lengths, run
                 )
             else:
-                keys = jax.random.split(key_chains, num_chains)
-                result = self._runner(settings).run(
-                    keys, self._init_states(u0), params, total, **run
+                result, step_sizes = run_fixed(
+                    runner, keys_chains, self._init_states(u0), params, y_chains, total, run
                 )
-                step_sizes = np.full(num_chains, float(step_size))
         if result.interrupted:
             print(
                 f"interrupted after {result.num_done} of {total} iterations; keeping the "
@@ -255,33 +247,31 @@ class ConditionedGenerator:
                 file=sys.stderr,
             )
         attrs = run_attrs(args, lo, hi, step_sizes, adapting)
-        idata = self._inference_data(result, num_warmup, total, settings, attrs, step_sizes)
+        obs = (ys if batched else ys[0], num_chains if batched else None)
+        idata = self._inference_data(result, num_warmup, total, settings, attrs, step_sizes, obs)
         if check_chains:
-            self._chain_checker.annotate(idata, self.y_obs)
-        if init is None and self.init_fn is None:  # typical-set starts: candidates kept
-            info = self._typical_starts.last_info
-            idata.posterior.attrs["start_candidates"] = int(info.log_density.shape[0])
-            idata.posterior.attrs["start_candidates_agreeing"] = int(info.num_agreeing)
+            self._chain_checker.annotate(idata, ys if batched else ys[0], batched)
+        info = self._typical_starts.last_info
+        if init is None and self.init_fn is None and info is not None:  # typical-set starts
+            idata.posterior.attrs["start_candidates"] = int(info.log_density.shape[-1])
+            idata.posterior.attrs["start_candidates_agreeing"] = int(np.min(info.num_agreeing))
         return idata
 
-    def _start(self, key, num_chains: int, init, tol: float) -> jax.Array:
-        """Checked float64 starting points: ``init``, or :meth:`initial_points`."""
-        if init is None:
-            return self.initial_points(key, num_chains, tol)
-        u0 = self._check_init(jnp.asarray(init, jnp.float64), tol, "`init`")
-        if u0.shape[0] != num_chains:
-            raise ValueError(f"`init` must have {num_chains} rows (num_chains); got {u0.shape[0]}")
-        return u0
-
     def _inference_data(
-        self, result: ChainResult, num_warmup: int, total: int, settings, attrs: dict, step_sizes
+        self, result: ChainResult, num_warmup, total, settings, attrs: dict, step_sizes, obs
     ):
-        """The kept draws (warm-up dropped) of ``result`` as ArviZ ``InferenceData``."""
+        """The kept draws (warm-up dropped) of ``result`` as ArviZ ``InferenceData``;
+        ``obs`` is ``(y, num_chains)`` for a batch of observations, else ``(y, None)``."""
         keep = slice(min(num_warmup, result.num_done), min(result.num_done, total))
         draws, infos = jax.tree.map(lambda x: x[:, keep], (result.draws, result.infos))
         step_size = np.broadcast_to(np.asarray(step_sizes)[:, None], draws.shape[:2])
         with jax.enable_x64(True):
             derived = {name: np.asarray(fn(draws)) for name, fn in self.derived.items()}
+        y, num_chains = obs
+        if num_chains is not None:  # (obs × chains, draws, ...) -> (chains, draws, obs, ...)
+            draws, derived, infos, step_size = split_obs(
+                (draws, derived, infos, step_size), num_chains
+            )
         attrs = {
             "sampler": "constrained_hmc",
             **attrs,
@@ -292,7 +282,7 @@ class ConditionedGenerator:
             "interrupted": int(result.num_done < total),
         }
         extra = {"step_size": step_size}
-        return to_inference_data({"u": draws, **derived}, infos, self.y_obs, attrs, extra)
+        return to_inference_data({"u": draws, **derived}, infos, y, attrs, extra)
 
 
 def condition(
@@ -382,3 +372,18 @@ def _check_y_obs(generator: Callable, y_obs: Any, input_dim: int) -> jax.Array:
             f"{input_dim} < {y.shape[0]} outputs"
         )
     return y
+
+
+def _identity(x) -> Any:
+    """A hashable stand-in for ``x`` that compares by identity (the runner cache holds ``x``
+    alive, so its id stays unique); a bound method by its object and function."""
+    if x is None or isinstance(x, str):
+        return x
+    if hasattr(x, "__self__") and hasattr(x, "__func__"):
+        return ("method", id(x.__self__), id(x.__func__))
+    return ("id", id(x))
+
+
+def _flat(keys):
+    """``(num_obs, num_chains)`` keys (typed, or raw ``uint32`` pairs) as one chains axis."""
+    return keys.reshape(-1, *keys.shape[2:])

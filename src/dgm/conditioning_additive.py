@@ -74,9 +74,9 @@ def condition_additive_noise(
     _check_f(f, latent_dim, y.shape)
     y = _check_y_obs(noise.generator, y, noise.input_dim)
 
-    def init_fn(key):
+    def init_fn(key, y_obs):  # any observation (`sample(..., y_obs=...)` passes its own)
         z = jax.random.normal(key, (noise.latent_dim,), jnp.float64)
-        return noise.input_on_manifold(z, y)
+        return noise.input_on_manifold(z, y_obs)
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)

@@ -66,6 +66,6 @@ def test_old_default_lands_in_lower_modes(case):
     posterior = case[0]
     with jax.enable_x64(True):
         u0 = jax.random.normal(jax.random.key(108), (NUM_CHAINS, 6), jnp.float64)
-        starts = posterior._newton(u0, 1e-11, 100)
+        starts = posterior._newton(u0, jnp.repeat(posterior.y_obs[None], NUM_CHAINS, 0), 1e-11, 100)
     gaps = _gaps(starts, case)
     assert np.sum(gaps > 5.0) >= 3, gaps.round(1)

@@ -55,13 +55,30 @@ class ChainChecker:
             warnings.warn(message, diagnostics.ChainDisagreementWarning, stacklevel=3)
         return agreement
 
-    def annotate(self, idata, y, warn: bool = True) -> dict:
+    def annotate(self, idata, y, batched: bool = False, warn: bool = True) -> list[dict]:
         """:meth:`check` the ``u`` draws of ``idata`` and record the result as posterior
         attributes: ``r_hat_max``, ``lp_chain_mean``, ``chains_disagree`` (a count),
-        ``disagreeing_chains`` (comma-separated indices) and ``chains_checked``."""
-        agreement = self.check(idata.posterior["u"].values, y, warn)
-        idata.posterior.attrs.update(attrs_of(agreement))
-        return agreement
+        ``disagreeing_chains`` (comma-separated indices) and ``chains_checked``. For a
+        batch of observations (``u`` of dims ``(chain, draw, obs, u_dim)``, ``y`` of shape
+        ``(num_obs, N)``) each observation is checked, and every attribute holds one value
+        per observation (``disagreeing_chains`` separated by ``;``)."""
+        u = idata.posterior["u"].values
+        if not batched:
+            agreement = self.check(u, y, warn)
+            idata.posterior.attrs.update(attrs_of(agreement))
+            return [agreement]
+        results = [self.check(u[:, :, i], y[i], warn) for i in range(u.shape[2])]
+        rows = [attrs_of(a) for a in results]
+        idata.posterior.attrs.update(
+            {
+                "r_hat_max": np.array([r["r_hat_max"] for r in rows]),
+                "lp_chain_mean": np.stack([r["lp_chain_mean"] for r in rows]).reshape(-1),
+                "chains_disagree": np.array([r["chains_disagree"] for r in rows]),
+                "disagreeing_chains": ";".join(r["disagreeing_chains"] for r in rows),
+                "chains_checked": np.array([r["chains_checked"] for r in rows]),
+            }
+        )
+        return results
 
 
 def attrs_of(agreement: dict) -> dict:

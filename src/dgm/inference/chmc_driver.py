@@ -10,18 +10,21 @@ References:
     models", AISTATS; Hoffman & Gelman (2014) for the step-size adaptation.
 """
 
+import collections
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array, Float
 
 from dgm.config import check_choice, check_positive
 from dgm.inference import adaptive_step, constrained_hmc, dynamic_chmc
-from dgm.inference.base import ChainRunner
-from dgm.inference.manifold import SMALL_GRAM, DenseCholesky, ManifoldSystem
+from dgm.inference.base import ChainRunner, is_static_int
+from dgm.inference.manifold import SMALL_GRAM, DenseCholesky, ManifoldSystem, gauss_newton
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,43 +40,137 @@ class SamplerSettings:
     trajectory: str = "fixed"
 
 
+class ObservedParams(NamedTuple):
+    """A chain's observation and its kernel params (both traced: a new observation of the
+    same shape reuses the compiled sampler)."""
+
+    y_obs: Float[Array, " obs"]
+    params: Any
+
+
+_RUNNERS: collections.OrderedDict = collections.OrderedDict()
+MAX_CACHED_RUNNERS = 32
+
+
 def build_runner(
-    system: ManifoldSystem, y_obs: jax.Array, settings: SamplerSettings, kind: str = "fixed"
+    system: ManifoldSystem, settings: SamplerSettings, kind: str = "fixed", cache_key=None
 ) -> ChainRunner:
-    """A runner of constrained HMC on ``system.generator(u) = y_obs``.
+    """A runner of constrained HMC on ``system.generator(u) = y``, ``y`` a traced param.
+
+    Its step takes :class:`ObservedParams` (one per chain: run it with
+    ``per_chain_params=True``). With a ``cache_key`` (hashable: the generator function and
+    whatever else defines ``system``), runners are shared through a module-level cache of
+    the :data:`MAX_CACHED_RUNNERS` most recent, so conditioning the same generator again
+    (on any observation) reuses the compiled chunks.
 
     Args:
         kind: ``"fixed"`` (the given step size), ``"adaptive"`` (dual averaging during
             warm-up, :mod:`~dgm.inference.adaptive_step`) or ``"search"`` (the initial
             step-size search, one iteration).
     """
+    key = None if cache_key is None else (cache_key, settings, kind)
+    if key is not None and key in _RUNNERS:
+        _RUNNERS.move_to_end(key)
+        return _RUNNERS[key]
     build = {"fixed": constrained_hmc, "dynamic": dynamic_chmc}[settings.trajectory]
-    step = build.build_kernel(
-        system,
-        y_obs,
-        settings.num_geodesic_steps,
-        settings.tol,
-        settings.max_iters,
-        settings.check_reverse,
+    wrap = {"fixed": lambda step: step, "adaptive": adaptive_step.adaptive_kernel}
+    wrap["search"] = adaptive_step.search_kernel
+    structural = (
+        settings.num_geodesic_steps, settings.tol, settings.max_iters, settings.check_reverse
+    )  # fmt: skip
+
+    def step(key, state, params: ObservedParams):
+        kernel = wrap[kind](build.build_kernel(system, params.y_obs, *structural))
+        return kernel(key, state, params.params)
+
+    extract = None if kind == "fixed" else (lambda s: s.state.position)
+    chunk_size = 1 if kind == "search" else settings.chunk_size
+    runner = ChainRunner(step, extract, chunk_size=chunk_size, chain_map=settings.chain_map)
+    if key is not None:
+        _RUNNERS[key] = runner
+        while len(_RUNNERS) > MAX_CACHED_RUNNERS:
+            _RUNNERS.popitem(last=False)
+    return runner
+
+
+class Helpers(NamedTuple):
+    """Compiled functions of a conditioned generator besides the chain runs (batched over
+    chains): initial states, residuals ``max |G(u) − y|``, Jacobian ranks, Gauss–Newton."""
+
+    init_states: Callable
+    residuals: Callable
+    ranks: Callable
+    newton: Callable
+
+
+_HELPERS: collections.OrderedDict = collections.OrderedDict()
+
+
+def compiled_helpers(system: ManifoldSystem, cache_key=None) -> Helpers:
+    """:class:`Helpers` of ``system``, shared (as :func:`build_runner`'s runners) per
+    ``cache_key``."""
+    if cache_key is not None and cache_key in _HELPERS:
+        _HELPERS.move_to_end(cache_key)
+        return _HELPERS[cache_key]
+
+    def residual(u, y):
+        return jnp.max(jnp.abs(system.constraint(u, y)))
+
+    def newton(u, y, tol, n):
+        return gauss_newton(system, u, y, tol, n)
+
+    helpers = Helpers(
+        jax.jit(jax.vmap(lambda u: constrained_hmc.init(system, u))),
+        jax.jit(jax.vmap(residual)),
+        jax.jit(jax.vmap(lambda u: jnp.linalg.matrix_rank(system.jacobian(u)))),
+        jax.jit(jax.vmap(newton, (0, 0, None, None)), static_argnums=3),
     )
-    extract, chunk_size = None, settings.chunk_size
-    if kind != "fixed":
-        extract = lambda s: s.state.position  # noqa: E731
-    if kind == "adaptive":
-        step = adaptive_step.adaptive_kernel(step)
-    elif kind == "search":
-        step, chunk_size = adaptive_step.search_kernel(step), 1
-    return ChainRunner(step, extract, chunk_size=chunk_size, chain_map=settings.chain_map)
+    if cache_key is not None:
+        _HELPERS[cache_key] = helpers
+        while len(_HELPERS) > MAX_CACHED_RUNNERS:
+            _HELPERS.popitem(last=False)
+    return helpers
 
 
-def run_adaptive(runner, key, init_states, params, lengths: tuple, run: dict):
+def per_chain(tree, num_chains: int):
+    """Every array leaf of ``tree`` broadcast to a leading chains axis (Python ints, which
+    are compile-time constants, stay as they are)."""
+    return jax.tree.map(
+        lambda x: x if is_static_int(x) else jnp.broadcast_to(x, (num_chains, *jnp.shape(x))),
+        tree,
+    )
+
+
+def chain_keys(key, num_chains: int, adapting: bool) -> tuple:
+    """``(key_init, search keys or None, chain keys)`` of one observation's run."""
+    key_init, key_chains = jax.random.split(key)
+    if not adapting:
+        return key_init, None, jax.random.split(key_chains, num_chains)
+    key_search, key_chains = jax.random.split(key_chains)
+    return (
+        key_init,
+        jax.random.split(key_search, num_chains),
+        jax.random.split(key_chains, num_chains),
+    )
+
+
+def run_fixed(runner, keys, init_states, params, y_chains, total: int, run: dict):
+    """Chains with a fixed step size; ``y_chains`` is each chain's observation."""
+    num_chains = y_chains.shape[0]
+    obs_params = ObservedParams(y_chains, per_chain(params, num_chains))
+    result = runner("fixed").run(keys, init_states, obs_params, total, per_chain_params=True, **run)
+    return result, np.full(num_chains, float(params.step_size))
+
+
+def run_adaptive(runner, keys, init_states, params, y_chains, lengths: tuple, run: dict):
     """Warm-up with dual averaging, then sampling, as one chain run.
 
     Args:
         runner: ``kind -> ChainRunner`` (``"search"`` and ``"adaptive"``).
-        key: one PRNG key.
+        keys: ``(search keys, chain keys)``, one per chain each.
         init_states: batched constrained HMC states (leading axis chains).
         params: the kernel's params; their step size starts the search.
+        y_chains: each chain's observation.
         lengths: ``(num_warmup, total iterations, target acceptance)``.
         run: keyword arguments of :meth:`ChainRunner.run` (``checkpoint`` among them).
 
@@ -81,19 +178,21 @@ def run_adaptive(runner, key, init_states, params, lengths: tuple, run: dict):
         ``(ChainResult with the inner kernel's states, each chain's adapted step size)``.
     """
     num_warmup, total, target = lengths
-    key_search, key_chains = jax.random.split(key)
-    num_chains = jax.tree.leaves(init_states)[0].shape[0]
+    keys_search, keys_chains = keys
+    num_chains = y_chains.shape[0]
     eps = jnp.asarray(params.step_size)
     states = jax.vmap(lambda s: adaptive_step.init(s, eps))(init_states)
     num_adapt, num_dual = adaptive_step.schedule(num_warmup)
     full = adaptive_step.AdaptiveParams(
         params, jnp.asarray(target, jnp.float64), jnp.asarray(num_adapt), jnp.asarray(num_dual)
     )
+    obs_params = ObservedParams(y_chains, per_chain(full, num_chains))
     if run["checkpoint"] is None or not Path(run["checkpoint"]).exists():
-        keys = jax.random.split(key_search, num_chains)
-        states = runner("search").run(keys, states, full, 1).states
-    keys = jax.random.split(key_chains, num_chains)
-    result = runner("adaptive").run(keys, states, full, total, **run)
+        search = runner("search").run(keys_search, states, obs_params, 1, per_chain_params=True)
+        states = search.states
+    result = runner("adaptive").run(
+        keys_chains, states, obs_params, total, per_chain_params=True, **run
+    )
     step_sizes = np.asarray(jax.vmap(adaptive_step.final_step_size, (0, None))(result.states, full))
     return result._replace(states=result.states.state), step_sizes
 
@@ -155,6 +254,38 @@ def run_attrs(args: dict, lo: int, hi: int, step_sizes, adapting: bool) -> dict:
     return attrs
 
 
+def check_y_batch(y_obs: Any, default: jax.Array) -> tuple[jax.Array, bool]:
+    """``(observations as a float64 (num_obs, N) array, whether a batch was given)``;
+    ``y_obs`` is None (``default``), a vector of ``default``'s size, or ``(num_obs, N)``."""
+    if y_obs is None:
+        return default[None], False
+    n = default.shape[0]
+    with jax.enable_x64(True):
+        y = jnp.asarray(y_obs, jnp.float64)
+    if y.ndim not in (1, 2) or y.shape[-1] != n or y.shape[0] == 0:
+        raise ValueError(
+            f"`y_obs` must have shape ({n},) or (num_obs, {n}), as the conditioned "
+            f"observation; got {tuple(y.shape)}"
+        )
+    bad = ~np.all(np.isfinite(np.asarray(y)).reshape(-1, n), axis=1)
+    if np.any(bad):
+        where = f"row {int(np.argmax(bad))} " if y.ndim == 2 else ""
+        raise ValueError(f"`y_obs` must be finite; {where}contains NaN or inf")
+    return (y, True) if y.ndim == 2 else (y[None], False)
+
+
+def split_obs(tree, num_chains: int):
+    """Every leaf ``(num_obs × num_chains, draws, ...)`` as ``(num_chains, draws, num_obs,
+    ...)`` (chains of observation ``i`` are rows ``i·num_chains`` to ``(i+1)·num_chains``)."""
+
+    def one(x):
+        x = np.asarray(x)
+        x = x.reshape(-1, num_chains, *x.shape[1:])
+        return np.moveaxis(x, 0, 2)
+
+    return jax.tree.map(one, tree)
+
+
 # sample_stats names (ArviZ's where it has one) of the CHMCInfo fields
 STAT_NAMES = {
     "accept_prob": "acceptance_rate",
@@ -179,9 +310,11 @@ def to_inference_data(posterior: dict, infos: Any, y_obs, attrs: dict, extra_sta
     stats = {name: getattr(infos, f) for f, name in STAT_NAMES.items() if hasattr(infos, f)}
     stats |= extra_stats or {}
     observed = {"y": np.asarray(y_obs)}
-    idata = az.from_dict(
-        posterior, sample_stats=stats, observed_data=observed, dims={"u": ["u_dim"]}
-    )
+    dims = {"u": ["u_dim"]}
+    if observed["y"].ndim == 2:  # a batch of observations: an `obs` dimension everywhere
+        dims = {name: ["obs"] for name in (*posterior, *stats)}
+        dims |= {"u": ["obs", "u_dim"], "y": ["obs", "y_dim"]}
+    idata = az.from_dict(posterior, sample_stats=stats, observed_data=observed, dims=dims)
     for group in (idata.posterior, idata.sample_stats):
         # an attribute named like a variable would shadow it (`ds.step_size`)
         group.attrs.update({k: v for k, v in attrs.items() if k not in group.data_vars})

@@ -22,6 +22,8 @@ import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
+from dgm.inference.second_order import gram_log_det_grad, remat_scans
+
 # Up to this many constraints, the Gram Cholesky and its solves are unrolled into scalar
 # operations: on a 1×1 or 3×3 Gram matrix, LAPACK's per-call overhead dominates the step.
 SMALL_GRAM = 4
@@ -193,6 +195,13 @@ class ManifoldSystem:
             projection), and both agree with the default there. A model with a closed-form
             inverse noise map can make this term cheap (see
             :meth:`dgm.models.lotka_volterra.LotkaVolterra.half_log_det_gram`).
+        second_order: how ∇ ½ log det(J Jᵀ) is computed (:meth:`potential_grad`).
+            ``"remat"`` (default for ``"fwd"``/``"rev"`` Jacobians): through the generator
+            with every ``lax.scan`` body checkpointed (:func:`~dgm.inference.second_order.
+            remat_scans`), as one reverse pass over the forward-mode Jacobian (``"fwd"``) or
+            N forward-over-reverse Hessian–vector products (``"rev"``). ``"vjp"`` (default
+            for a custom Jacobian function): one reverse pass through the Jacobian map
+            as given.
     """
 
     def __init__(
@@ -203,7 +212,12 @@ class ManifoldSystem:
         jacobian: str | Callable = "auto",
         gram_factor_fn: Callable | None = None,
         half_log_det_fn: Callable | None = None,
+        second_order: str = "auto",
     ):
+        if second_order not in ("auto", "remat", "vjp"):
+            raise ValueError(
+                f"`second_order` must be 'auto', 'remat' or 'vjp'; got {second_order!r}"
+            )
         if not callable(jacobian) and jacobian not in ("auto", "fwd", "rev"):
             raise ValueError(
                 f"`jacobian` must be 'auto', 'fwd', 'rev' or a function u -> J; got {jacobian!r}"
@@ -220,6 +234,10 @@ class ManifoldSystem:
             self._jac = jax.jacfwd(generator) if jacobian == "fwd" else jax.jacrev(generator)
         self._gram_factor_fn = gram_factor_fn
         self._half_log_det_fn = half_log_det_fn
+        if second_order == "auto":
+            second_order = "vjp" if callable(jacobian) else "remat"
+        self.second_order = second_order
+        self._second_order_generator = remat_scans(generator)
 
     def factor_type(self) -> type:
         """The class of the Gram factor :meth:`gram_factor` returns (found by tracing).
@@ -287,7 +305,9 @@ class ManifoldSystem:
         if self._half_log_det_fn is not None:
             return u + jax.grad(self._half_log_det_fn)(u)
         pmat = factor.solve(jac)
-        return u + jax.vjp(self._jac, u)[1](pmat)[0]
+        if self.second_order == "vjp":
+            return u + jax.vjp(self._jac, u)[1](pmat)[0]
+        return u + gram_log_det_grad(self._second_order_generator, u, pmat, self.jacobian_mode)
 
     def potential_and_grad(self, u: Float[Array, " dim"]):
         """φ(u), ∇φ(u) and the cache ``(J, Gram factor)`` at u."""

@@ -155,10 +155,20 @@ class TypicalStarts:
             return typical_starts(system, y, key, num_chains, num_candidates, num_uphill, tol)
 
         self._run = jax.jit(run, static_argnums=(2, 3))
+        many = jax.vmap(run, (0, 0, None, None))
+        self._many = jax.jit(many, static_argnums=(2, 3))
 
     def __call__(self, y, key, num_chains: int, tol: float = 1e-8) -> Float[Array, "chains dim"]:
         """Starting points for ``num_chains`` chains on G(u) = y (float64)."""
         with jax.enable_x64(True):
             u, info = self._run(jnp.asarray(y, jnp.float64), key, int(num_chains), float(tol))
+        self.last_info = info
+        return u
+
+    def many(self, ys, keys, num_chains: int, tol: float = 1e-8) -> Float[Array, "n chains dim"]:
+        """:meth:`__call__` for each row of ``ys`` with its key, in one batched call."""
+        with jax.enable_x64(True):
+            ys = jnp.asarray(ys, jnp.float64)
+            u, info = self._many(ys, keys, int(num_chains), float(tol))
         self.last_info = info
         return u

@@ -1,0 +1,128 @@
+"""Starting points of constrained HMC chains on a conditioned generator's manifold.
+
+:class:`StartingPoints` is the part of :class:`dgm.conditioning.ConditionedGenerator`
+that finds and checks chains' starts: a model's closed form, else a Gauss–Newton solve
+from a prior draw; every start checked to lie on the manifold, with a Jacobian of full
+row rank there.
+
+References:
+    Graham & Storkey (2017), "Asymptotically exact inference in differentiable generative
+    models", AISTATS, §3.
+"""
+
+import inspect
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+class StartingPoints:
+    """Mixin: needs ``system``, ``input_dim``, ``output_dim``, ``y_obs``, ``init_fn``,
+    the compiled ``_residuals``, ``_ranks`` and ``_newton``
+    (:func:`~dgm.inference.chmc_driver.compiled_helpers`) and ``_typical_starts`` (a
+    :class:`~dgm.inference.starts.TypicalStarts`)."""
+
+    def initial_points(self, key, num_chains: int, tol: float = 1e-8, y_obs=None) -> jax.Array:
+        """Starting points on the manifold ``generator(u) = y_obs``, one per chain.
+
+        With a model ``init_fn`` (a closed form: ``init_fn(key)`` for the conditioned
+        ``y_obs``, or ``init_fn(key, y_obs)`` for any), it is used; otherwise
+        :func:`~dgm.inference.starts.typical_starts`: four prior draws per chain, each
+        projected onto the manifold by Gauss–Newton and moved uphill on its log density,
+        the chains starting among the candidates within a few nats of the best one (never
+        in a mode far below it). Raises ``ValueError`` with the rank found if the
+        generator's Jacobian at a prior draw has rank below the number of outputs, and
+        ``RuntimeError`` with the worst residual if some start is not on the manifold to
+        within ``tol``.
+        """
+        with jax.enable_x64(True):
+            y = self.y_obs if y_obs is None else jnp.asarray(y_obs, jnp.float64)
+            return self._initial_points(jnp.stack([key]), num_chains, tol, y[None])
+
+    def _initial_points(self, obs_keys, num_chains: int, tol: float, ys) -> jax.Array:
+        """:meth:`initial_points` of every observation (rows of ``ys``, one key each), the
+        chains of observation ``i`` in rows ``i·num_chains …``, all in one batched solve."""
+        keys = jax.vmap(lambda k: jax.random.split(k, num_chains))(obs_keys)
+        keys = keys.reshape(-1, *keys.shape[2:])  # typed keys or raw uint32 pairs
+        y_rows = jnp.repeat(ys, num_chains, axis=0)
+        init_fn = self._init_fn_for(ys)
+        if init_fn is not None:
+            u = jax.vmap(init_fn)(keys, y_rows)
+        else:
+            # typical-set starts (dgm.inference.starts), every observation in one call
+            u = self._typical_starts.many(ys, obs_keys, num_chains, tol)
+            u = u.reshape(-1, self.input_dim)
+            if not np.all(np.asarray(self._residuals(u, y_rows)) <= tol):
+                normal = lambda k: jax.random.normal(k, (self.input_dim,), jnp.float64)  # noqa: E731
+                self._check_rank(jax.vmap(normal)(keys), "a prior draw")
+        return self._check_init(jnp.asarray(u, jnp.float64), tol, "initial points", y_rows)
+
+    def _init_fn_for(self, ys):
+        """``(key, y) -> u``, the closed-form start for observations ``ys``, or None
+        (Gauss–Newton): a one-argument ``init_fn`` serves the conditioned ``y_obs`` only."""
+        if self.init_fn is None:
+            return None
+        if _num_positional(self.init_fn) >= 2:
+            return self.init_fn
+        if bool(jnp.all(ys == self.y_obs[None])):
+            return lambda k, y: self.init_fn(k)
+        return None
+
+    def _check_rank(self, u, where: str) -> None:
+        """``ValueError`` naming the rank if J(u) has rank below N at some row of ``u``."""
+        ranks = np.asarray(self._ranks(u))
+        if np.any(ranks < self.output_dim):
+            i = int(np.argmin(ranks))
+            raise ValueError(
+                f"the generator's Jacobian at {where} (chain {i}) has rank {int(ranks[i])} < "
+                f"{self.output_dim} outputs: the manifold generator(u) = y_obs is not "
+                "regular there (are some outputs functions of the others?)"
+            )
+
+    def _check_init(self, u, tol, what, y_rows):
+        """``u`` unless it is not on the manifold of each row's observation (or J(u) is
+        rank-deficient there): then a ``ValueError`` or ``RuntimeError`` naming ``what``."""
+        if u.ndim != 2 or u.shape[1] != self.input_dim:
+            raise ValueError(
+                f"`init` must have shape (num_chains, {self.input_dim}); got {tuple(u.shape)}"
+            )
+        if not bool(jnp.all(jnp.isfinite(u))):
+            raise ValueError(f"{what} contain NaN or inf")
+        res = np.asarray(self._residuals(u, y_rows))
+        if not np.all(res <= tol):
+            raise RuntimeError(
+                f"{what} are not on the manifold: max |generator(u) - y_obs| = "
+                f"{float(np.max(res)):.3g} > tol = {tol:g}"
+            )
+        self._check_rank(u, what)
+        return u
+
+    def _starts(self, obs_keys, num_chains: int, init, tol: float, ys, batched: bool):
+        """Checked float64 starting points of every observation's chains, stacked:
+        ``init`` (``(num_chains, M)``, or ``(num_obs, num_chains, M)`` for a batch), or
+        :meth:`initial_points`."""
+        if init is None:
+            return self._initial_points(obs_keys, num_chains, tol, ys)
+        u0 = jnp.asarray(init, jnp.float64)
+        if batched:
+            shape = (ys.shape[0], num_chains, self.input_dim)
+            if u0.shape != shape:
+                raise ValueError(f"`init` must have shape {shape} with a batch of observations; "
+                                 f"got {tuple(u0.shape)}")  # fmt: skip
+            u0 = u0.reshape(-1, self.input_dim)
+        elif u0.ndim == 2 and u0.shape[1] == self.input_dim and u0.shape[0] != num_chains:
+            raise ValueError(f"`init` must have {num_chains} rows (num_chains); got {u0.shape[0]}")
+        return self._check_init(u0, tol, "`init`", jnp.repeat(ys, num_chains, axis=0))
+
+
+def _num_positional(fn) -> int:
+    """How many positional arguments ``fn`` takes (2 for ``init_fn(key, y_obs)``)."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return 1
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    if any(p.kind == inspect.Parameter.VAR_POSITIONAL for p in params):
+        return 2
+    return sum(p.kind in kinds for p in params)

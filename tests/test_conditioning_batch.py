@@ -1,0 +1,100 @@
+"""Many observations, one compiled program: ``posterior.sample(..., y_obs=...)``.
+
+A new observation of the same shape, and the same generator conditioned again, reuse the
+compiled sampler (no new executable, ``compile_s == 0``); a ``(num_obs, N)`` batch runs as
+one job whose per-observation draws equal separate calls with the split keys, bit for bit;
+bad batches and a rank-deficient generator are refused with clear errors.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import dgm
+from dgm.inference import chmc_driver
+
+KW = dict(num_chains=2, num_samples=6, step_size=0.5, num_steps=(1, 3), progress_bar=False)
+Y = np.array([[1.0], [2.0], [0.5]])
+
+
+def ring(u):
+    return jnp.sqrt(jnp.sum(u**2, keepdims=True))
+
+
+@pytest.fixture(scope="module")
+def posterior():
+    return dgm.condition(ring, [1.0], 3)
+
+
+@pytest.fixture(scope="module")
+def batch(posterior):
+    return posterior.sample(jax.random.key(1), y_obs=Y, **KW)
+
+
+def test_batch_has_an_obs_dimension(batch):
+    assert batch.posterior["u"].dims == ("chain", "draw", "obs", "u_dim")
+    assert batch.posterior["u"].shape == (2, 6, 3, 3)
+    assert batch.sample_stats["acceptance_rate"].dims == ("chain", "draw", "obs")
+    assert batch.observed_data["y"].dims == ("obs", "y_dim")
+    np.testing.assert_array_equal(batch.observed_data["y"].values, Y)
+    radius = np.linalg.norm(batch.posterior["u"].values, axis=-1)  # each on its own sphere
+    np.testing.assert_allclose(radius, np.broadcast_to(Y[:, 0], radius.shape), atol=1e-7)
+
+
+def test_batch_equals_separate_calls_with_the_split_keys(posterior, batch):
+    keys = jax.random.split(jax.random.key(1), len(Y))
+    for i, key in enumerate(keys):
+        one = posterior.sample(key, y_obs=Y[i], **KW)
+        np.testing.assert_array_equal(
+            one.posterior["u"].values, batch.posterior["u"].values[:, :, i]
+        )
+        if i > 0:  # 2 chains, not the batch's 6, compiled once; a new observation: nothing
+            assert one.posterior.attrs["compile_s"] == 0.0
+
+
+def test_conditioning_again_does_not_recompile(posterior, batch):
+    del batch  # compiled the fixed-step runner first
+    posterior.sample(jax.random.key(0), **KW)
+    runners = posterior._runners
+    compiles = sum(r.num_compiles for r in runners.values())
+    again = dgm.condition(ring, [1.7], 3)  # same generator, another observation
+    idata = again.sample(jax.random.key(2), **KW)
+    assert again._runners.keys() == runners.keys()
+    assert sum(r.num_compiles for r in again._runners.values()) == compiles
+    assert idata.posterior.attrs["compile_s"] == 0.0
+    other = dgm.condition(lambda u: ring(u), [1.0], 3)  # another function: its own runner
+    assert not other._runners
+
+
+@pytest.mark.parametrize(
+    "y_obs, match",
+    [
+        (np.ones((3, 2)), r"`y_obs` must have shape \(1,\) or \(num_obs, 1\).*got \(3, 2\)"),
+        (np.ones((2, 1, 1)), r"`y_obs` must have shape .*got \(2, 1, 1\)"),
+        (np.array([[1.0], [np.nan], [2.0]]), r"`y_obs` must be finite; row 1 contains NaN"),
+        (np.array([np.inf]), r"`y_obs` must be finite; contains NaN or inf"),
+    ],
+)
+def test_bad_observation_batches(posterior, y_obs, match):
+    with pytest.raises(ValueError, match=match):
+        posterior.sample(jax.random.key(0), y_obs=y_obs, **KW)
+
+
+def test_batch_init_of_the_wrong_shape(posterior):
+    with pytest.raises(ValueError, match=r"`init` must have shape \(3, 2, 3\)"):
+        posterior.sample(jax.random.key(0), y_obs=Y, init=np.ones((2, 3)), **KW)
+
+
+def test_rank_deficient_jacobian_names_the_rank():
+    def twice(u):  # the second output is a function of the first: rank 1 < 2
+        s = jnp.sum(u)
+        return jnp.stack([s, 2.0 * s])
+
+    posterior = dgm.condition(twice, [1.0, 2.0], 3)
+    with pytest.raises(ValueError, match=r"Jacobian at a prior draw \(chain \d\) has rank 1 < 2"):
+        posterior.sample(jax.random.key(0), **KW)
+
+
+def test_runner_cache_is_bounded():
+    assert len(chmc_driver._RUNNERS) <= chmc_driver.MAX_CACHED_RUNNERS
