@@ -254,7 +254,8 @@ class ConditionedGenerator(StartingPoints):
         info = self._typical_starts.last_info
         if init is None and self.init_fn is None and info is not None:  # typical-set starts
             idata.posterior.attrs["start_candidates"] = int(info.log_density.shape[-1])
-            idata.posterior.attrs["start_candidates_agreeing"] = int(np.min(info.num_agreeing))
+            agreeing = np.min(np.asarray(info.num_agreeing))
+            idata.posterior.attrs["start_candidates_agreeing"] = int(agreeing)
         return idata
 
     def _inference_data(
