@@ -102,7 +102,8 @@ def run_chmc(cfg: Config, model: PredatorPreyODE, y_obs, key, ctx: RunContext):
     ctx.save_with("posterior.nc", lambda p: idata.to_netcdf(str(p), engine="h5netcdf"))
     attrs, stats = idata.posterior.attrs, idata.sample_stats
     draws = idata.posterior["u"].values[..., :NUM_PARAMS]
-    metrics = _metrics(draws, attrs["wall_s"], attrs["compile_s"], stats["is_accepted"].mean())
+    accept = float(stats["is_accepted"].values.mean())
+    metrics = _metrics(draws, float(attrs["wall_s"]), float(attrs["compile_s"]), accept)
     metrics |= {
         "step_size": float(attrs["step_size"]),
         "n_projection_failures": int(stats["projection_failed"].values.sum()),
@@ -128,7 +129,8 @@ def run_reference(cfg: Config, model: PredatorPreyODE, y_obs, key, ctx: RunConte
     draws = idata.posterior["x"].values
     attrs = idata.posterior.attrs
     accept = float(idata.sample_stats["acceptance_rate"].mean())
-    return _metrics(draws, attrs.get("wall_s", 0.0), attrs.get("compile_s", 0.0), accept), draws
+    wall, compile_s = float(attrs.get("wall_s", 0.0)), float(attrs.get("compile_s", 0.0))
+    return _metrics(draws, wall, compile_s, accept), draws
 
 
 def run(config: Config, key, ctx: RunContext) -> dict:
