@@ -13,6 +13,7 @@ _LAZY = {
     "ConditionedGenerator": "dgm.conditioning",
     "set_host_device_count": "dgm._runtime",
     "sample": "dgm.sampling",
+    "sbc": "dgm.calibration",
 }
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "condition",
     "condition_additive_noise",
     "sample",
+    "sbc",
     "set_host_device_count",
 ]
 

@@ -23,6 +23,7 @@ import numpy as np
 from dgm.config import check_choice
 from dgm.inference import adaptive_step, chmc_driver, constrained_hmc, dynamic_chmc
 from dgm.inference.base import ChainResult, ChainRunner
+from dgm.inference.chain_checks import ChainChecker
 from dgm.inference.chmc_driver import (
     STAT_NAMES,
     SamplerSettings,
@@ -41,6 +42,10 @@ from dgm.inference.chmc_driver import (
 from dgm.inference.chmc_starts import StartingPoints
 from dgm.inference.hmc import check_steps
 from dgm.inference.manifold import ManifoldSystem
+from dgm.inference.starts import TypicalStarts
+
+# typical-set starts and chain checks per generator (the key of chmc_driver's runner cache)
+_CHECKS: dict = {}
 
 __all__ = [
     "STAT_NAMES",
@@ -81,6 +86,11 @@ class ConditionedGenerator(StartingPoints):
         self._cache_key = (input_dim, self.output_dim, *map(_identity, fns))
         helpers = compiled_helpers(self.system, self._cache_key)
         self._init_states, self._residuals, self._ranks, self._newton = helpers
+        if self._cache_key not in _CHECKS:  # compiled once per generator, as the runners
+            while len(_CHECKS) >= 16:
+                _CHECKS.pop(next(iter(_CHECKS)))
+            _CHECKS[self._cache_key] = (TypicalStarts(self.system), ChainChecker(self.system))
+        self._typical_starts, self._chain_checker = _CHECKS[self._cache_key]
 
     def constraint_residual(self, u, y_obs=None) -> jax.Array:
         """max |generator(u) − y_obs| (by default the conditioned ``y_obs``)."""
@@ -120,6 +130,7 @@ class ConditionedGenerator(StartingPoints):
         trajectory: Any = None,
         max_depth: Any = 10,
         y_obs: Any = None,
+        check_chains: Any = True,
     ):
         """Run constrained HMC chains on the manifold ``generator(u) = y_obs``.
 
@@ -174,6 +185,10 @@ class ConditionedGenerator(StartingPoints):
                 ``(num_obs, num_chains, input_dim)``. The result gains an ``obs``
                 dimension (``u`` is ``(chain, draw, obs, u_dim)``; ``observed_data.y`` is
                 ``(obs, y_dim)``; the ``step_size`` attribute is the mean over all chains).
+            check_chains: compare the chains after sampling
+                (:class:`~dgm.inference.chain_checks.ChainChecker`): R-hat and each chain's
+                mean log density go into the attributes, and chains that disagree raise a
+                :class:`~dgm.diagnostics.ChainDisagreementWarning`.
 
         Returns:
             ``arviz.InferenceData`` with ``posterior`` (``u`` and any derived quantities),
@@ -189,6 +204,8 @@ class ConditionedGenerator(StartingPoints):
         # Raw user input: annotated loosely and validated here, each error naming its
         # argument (a precise annotation's type check would pre-empt the messages).
         args = dict(locals())
+        if not isinstance(check_chains, bool):
+            raise ValueError(f"`check_chains` must be a bool; got {check_chains!r}")
         chain_map = check_sample_args(args, self.system)
         ys, batched = check_y_batch(y_obs, self.y_obs)
         settings = SamplerSettings(
@@ -236,7 +253,15 @@ class ConditionedGenerator(StartingPoints):
             )
         attrs = run_attrs(args, lo, hi, step_sizes, adapting)
         obs = (ys if batched else ys[0], num_chains if batched else None)
-        return self._inference_data(result, num_warmup, total, settings, attrs, step_sizes, obs)
+        idata = self._inference_data(result, num_warmup, total, settings, attrs, step_sizes, obs)
+        if check_chains:
+            self._chain_checker.annotate(idata, ys if batched else ys[0], batched)
+        info = self._typical_starts.last_info
+        if init is None and self.init_fn is None and info is not None:  # typical-set starts
+            idata.posterior.attrs["start_candidates"] = int(info.log_density.shape[-1])
+            agreeing = np.min(np.asarray(info.num_agreeing))
+            idata.posterior.attrs["start_candidates_agreeing"] = int(agreeing)
+        return idata
 
     def _inference_data(
         self, result: ChainResult, num_warmup, total, settings, attrs: dict, step_sizes, obs

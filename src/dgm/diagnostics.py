@@ -66,3 +66,81 @@ def format_table(rows: list[dict], columns: list[str], title: str | None = None)
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(v.rjust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
     return "\n".join(lines)
+
+
+class ChainDisagreementWarning(UserWarning):
+    """Chains of one run disagree: some chain explores a different region (or mode)."""
+
+
+# Thresholds of :func:`chain_agreement`, calibrated on correct runs (tests/test_chain_checks.py).
+RHAT_WARN = 1.1  # Gelman et al. (2013)'s classic R-hat threshold, rank-normalised split R-hat
+LP_Z_WARN = 8.0  # |chain mean of log p − the others' mean| in Monte Carlo standard errors
+LP_NATS_WARN = 1.0  # ... and in nats: a difference below one nat is never flagged
+MIN_DRAWS = 50  # R-hat of fewer draws per chain is too noisy to warn on
+
+
+def _chain_mean_se(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-chain mean and Monte Carlo standard error (sd / √ESS) of ``(chains, draws)``."""
+    az = _az()
+    means = x.mean(1)
+    ses = np.array([c.std(ddof=1) / np.sqrt(max(float(az.ess(c[None])), 1.0)) for c in x])
+    return means, ses
+
+
+def chain_agreement(draws, log_density) -> dict:
+    """Whether the chains of a run agree, as Stan and NumPyro users read it.
+
+    Args:
+        draws: ``(chains, draws, ...)`` parameter draws.
+        log_density: ``(chains, draws)`` log density at the same (or thinned) draws.
+
+    Returns:
+        A dict: ``r_hat_max`` (rank-normalised split R-hat, the largest over the
+        coordinates of ``draws`` and the log density), ``lp_chain_mean`` (per chain),
+        ``lp_z`` (per chain: its mean log density minus the median of the other chains'
+        means, in Monte Carlo standard errors), ``disagreeing_chains`` (chain indices: a
+        log-density z above :data:`LP_Z_WARN` and one nat, or, when only R-hat exceeds
+        :data:`RHAT_WARN`, the chain farthest from the others in the worst coordinate)
+        and ``checked`` (False with one chain or fewer than :data:`MIN_DRAWS` draws).
+    """
+    draws = np.asarray(draws, np.float64)
+    lp = np.asarray(log_density, np.float64)
+    num_chains, num_draws = lp.shape
+    means = lp.mean(1) if num_draws else np.full(num_chains, np.nan)
+    out = {"r_hat_max": float("nan"), "lp_chain_mean": means.tolist(), "checked": False}
+    out |= {"lp_z": [0.0] * num_chains, "disagreeing_chains": []}
+    if num_chains < 2 or num_draws < MIN_DRAWS or not np.all(np.isfinite(lp)):
+        return out
+    flat = draws.reshape(num_chains, draws.shape[1], -1)
+    both = np.concatenate([flat, lp[..., None]], axis=-1) if flat.shape[1] == num_draws else lp
+    r_hat = rhat(both).reshape(-1)
+    means, ses = _chain_mean_se(lp)
+    z, gaps = np.zeros(num_chains), np.zeros(num_chains)
+    for k in range(num_chains):  # against the median of the others: one odd chain out
+        rest = np.delete(np.arange(num_chains), k)
+        diff = means[k] - np.median(means[rest])
+        se = np.hypot(ses[k], np.median(ses[rest]))
+        z[k] = diff / se
+        gaps[k] = diff
+    bad = [int(k) for k in np.flatnonzero((np.abs(z) > LP_Z_WARN) & (np.abs(gaps) > LP_NATS_WARN))]
+    r_max = float(np.nanmax(r_hat))
+    if not bad and r_max > RHAT_WARN:  # name the chain farthest out in the worst coordinate
+        worst = both.reshape(num_chains, -1, r_hat.size)[..., int(np.nanargmax(r_hat))]
+        m = worst.mean(1)
+        bad = [int(np.argmax([abs(m[k] - np.median(np.delete(m, k))) for k in range(len(m))]))]
+    out |= {"r_hat_max": r_max, "lp_z": z.tolist(), "disagreeing_chains": bad, "checked": True}
+    return out
+
+
+def chain_warning(agreement: dict) -> str | None:
+    """The warning text for a :func:`chain_agreement` result, or None when chains agree."""
+    bad = agreement["disagreeing_chains"]
+    if not bad:
+        return None
+    means = np.round(agreement["lp_chain_mean"], 2).tolist()
+    return (
+        f"chains {bad} disagree with the others (max R-hat {agreement['r_hat_max']:.3f}, "
+        f"mean log density per chain {means}): a chain may be stuck in another mode or "
+        "still far from the typical set; run longer, check the starting points, or "
+        "compare the chains (the run's attrs hold these diagnostics)"
+    )

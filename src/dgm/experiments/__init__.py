@@ -12,7 +12,9 @@ from types import ModuleType
 _REGISTRY: dict[str, str] = {
     "lotka-volterra": "dgm.experiments.lotka_volterra",
     "mnist-inpainting": "dgm.experiments.mnist_inpainting",
+    "ode-predator-prey": "dgm.experiments.ode_predator_prey",
     "pose": "dgm.experiments.pose",
+    "sbc": "dgm.experiments.sbc",
     "dmm-polyphonic": "dgm.experiments.dmm_polyphonic",
     "dmm-synthetic": "dgm.experiments.dmm_synthetic",
     "draw-mnist": "dgm.experiments.draw_mnist",

@@ -18,19 +18,23 @@ import numpy as np
 
 
 class StartingPoints:
-    """Mixin: needs ``system``, ``input_dim``, ``output_dim``, ``y_obs``, ``init_fn`` and
+    """Mixin: needs ``system``, ``input_dim``, ``output_dim``, ``y_obs``, ``init_fn``,
     the compiled ``_residuals``, ``_ranks`` and ``_newton``
-    (:func:`~dgm.inference.chmc_driver.compiled_helpers`)."""
+    (:func:`~dgm.inference.chmc_driver.compiled_helpers`) and ``_typical_starts`` (a
+    :class:`~dgm.inference.starts.TypicalStarts`)."""
 
     def initial_points(self, key, num_chains: int, tol: float = 1e-8, y_obs=None) -> jax.Array:
         """Starting points on the manifold ``generator(u) = y_obs``, one per chain.
 
         With a model ``init_fn`` (a closed form: ``init_fn(key)`` for the conditioned
-        ``y_obs``, or ``init_fn(key, y_obs)`` for any), it is used; otherwise a
-        Gauss–Newton solve (:func:`~dgm.inference.manifold.gauss_newton`) runs from a prior
-        draw. Raises ``ValueError`` with the rank found if the generator's Jacobian at a
-        prior draw has rank below the number of outputs, and ``RuntimeError`` with the
-        worst residual if some start is not on the manifold to within ``tol``.
+        ``y_obs``, or ``init_fn(key, y_obs)`` for any), it is used; otherwise
+        :func:`~dgm.inference.starts.typical_starts`: four prior draws per chain, each
+        projected onto the manifold by Gauss–Newton and moved uphill on its log density,
+        the chains starting among the candidates within a few nats of the best one (never
+        in a mode far below it). Raises ``ValueError`` with the rank found if the
+        generator's Jacobian at a prior draw has rank below the number of outputs, and
+        ``RuntimeError`` with the worst residual if some start is not on the manifold to
+        within ``tol``.
         """
         with jax.enable_x64(True):
             y = self.y_obs if y_obs is None else jnp.asarray(y_obs, jnp.float64)
@@ -46,10 +50,12 @@ class StartingPoints:
         if init_fn is not None:
             u = jax.vmap(init_fn)(keys, y_rows)
         else:
-            u0 = jax.vmap(lambda k: jax.random.normal(k, (self.input_dim,), jnp.float64))(keys)
-            u = self._newton(u0, y_rows, tol * 1e-3, 100)
+            # typical-set starts (dgm.inference.starts), every observation in one call
+            u = self._typical_starts.many(ys, obs_keys, num_chains, tol)
+            u = u.reshape(-1, self.input_dim)
             if not np.all(np.asarray(self._residuals(u, y_rows)) <= tol):
-                self._check_rank(u0, "a prior draw")
+                normal = lambda k: jax.random.normal(k, (self.input_dim,), jnp.float64)  # noqa: E731
+                self._check_rank(jax.vmap(normal)(keys), "a prior draw")
         return self._check_init(jnp.asarray(u, jnp.float64), tol, "initial points", y_rows)
 
     def _init_fn_for(self, ys):
