@@ -33,6 +33,7 @@ from dgm.data.mnist import SPLIT_SIZES, load_binarized_mnist
 from dgm.experiments import _draw_eval, _training
 from dgm.models import draw, draw_io
 from dgm.nn import attention
+from dgm.training.nan_guard import NaNGuardTrainer, update_index
 
 NAME = "draw-mnist"
 DESCRIPTION = "DRAW (recurrent VAE with read/write attention) on fixed binarized MNIST"
@@ -140,40 +141,13 @@ def clip_per_variable(max_norm: float) -> optax.GradientTransformation:
     return optax.stateless(clip)
 
 
-class _NaNGuard(training.Trainer):
-    """A trainer whose step raises, naming the epoch and update, when the loss is not
-    finite (the update index comes in the batch's ``hyper``; see ``_update_index``)."""
-
-    def __init__(self, loss_fn, optimizer, num_batches: int):
-        super().__init__(loss_fn, optimizer)
-        self.num_batches, jitted = num_batches, self.step
-
-        def step(state, batch, key):
-            new, metrics = jitted(state, batch, key)
-            if not np.isfinite(float(metrics["loss"])):
-                update = int(batch[1]["update_index"])
-                epoch, within = divmod(update, self.num_batches)
-                raise RuntimeError(
-                    f"training diverged: the loss is {float(metrics['loss'])} at epoch "
-                    f"{epoch + 1}, update {within + 1} of {self.num_batches} (update {update + 1} "
-                    f"overall); the checkpoint of epoch {epoch} is kept"
-                )
-            return new, metrics
-
-        self.step = step
-
-
 @functools.cache
-def _trainer(lr, b1, b2, clip_norm, clip, num_batches) -> _NaNGuard:
+def _trainer(lr, b1, b2, clip_norm, clip, num_batches) -> NaNGuardTrainer:
     adam = optax.adam(lr, b1=b1, b2=b2, eps=1e-8)
     if clip_norm > 0:
         clipper = clip_per_variable if clip == "per-variable" else optax.clip_by_global_norm
         adam = optax.chain(clipper(clip_norm), adam)
-    return _NaNGuard(loss, adam, num_batches)
-
-
-def _update_index(step: int) -> float:
-    return float(step)
+    return NaNGuardTrainer(loss, adam, num_batches)
 
 
 def _load(config: Config):
@@ -217,7 +191,7 @@ def run(config: Config, key, ctx: runs.RunContext) -> dict:
         model, trainer, loader, cfg, key=k_train,
         eval_fn=_eval_fn(ctx, config, valid, test),
         fingerprint=_training.fingerprint(config),
-        schedules={"update_index": _update_index},
+        schedules={"update_index": update_index},
         **_training.fit_outputs(ctx),
     )  # fmt: skip
     best = result.best_model

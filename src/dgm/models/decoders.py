@@ -1,6 +1,6 @@
 """Trained image models as generators: the decoder protocol.
 
-Every image model dgm trains (the VAE; DRAW and the IAF-VAE as they land) saves
+Every image model dgm trains (the VAE, DRAW and the IAF-VAE) saves
 ``model.eqx`` in its run directory: one JSON header line with ``"format"`` and ``"kind"``,
 then the Equinox leaves. :func:`load` turns such a run directory into an
 :class:`ImageDecoder`, a generator ``m = g(u)`` from ``input_dim`` standard-normal inputs to
@@ -21,6 +21,8 @@ from pathlib import Path
 
 import equinox as eqx
 from jaxtyping import Array, Float
+
+from dgm import runs
 
 FORMAT = "dgm-model-v1"
 MODEL_FILE = "model.eqx"
@@ -77,6 +79,42 @@ def read_header(path: str | os.PathLike) -> dict:
     if not isinstance(head, dict) or head.get("format") != FORMAT:
         raise ValueError(f"{path} is not a dgm model file; expected format {FORMAT}")
     return head
+
+
+def write_model(path: str | os.PathLike, head: dict, model: eqx.Module) -> None:
+    """Write ``head`` as the JSON header line, then the model's Equinox leaves, atomically."""
+    with runs.atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(json.dumps(runs._to_jsonable(head)).encode() + b"\n")
+        eqx.tree_serialise_leaves(f, model)
+
+
+def read_model(path: str | os.PathLike, kind: str, build: Callable[[dict], eqx.Module]):
+    """Read a model file written by :func:`write_model`; returns ``(model, header)``.
+
+    Args:
+        path: the model file.
+        kind: the ``"kind"`` the header must hold.
+        build: ``header -> model`` of the right shapes (its values are overwritten).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not a dgm model file, a model of another kind, a header that lacks a
+            size, or a truncated or corrupt file.
+    """
+    path = Path(path)
+    head = read_header(path)
+    if head.get("kind") != kind:
+        raise ValueError(f"{path} holds a model of kind {head.get('kind')!r}; expected {kind!r}")
+    try:
+        like = build(head)
+    except KeyError as err:
+        raise ValueError(f"{path}: the model header lacks {err}") from None
+    with open(path, "rb") as f:
+        f.readline()
+        try:
+            return eqx.tree_deserialise_leaves(f, like), head
+        except (RuntimeError, ValueError, OSError, EOFError) as err:
+            raise ValueError(f"{path} is corrupt or truncated ({err})") from None
 
 
 def model_path(run_dir: str | os.PathLike) -> Path:

@@ -6,14 +6,10 @@ a :class:`~dgm.models.decoders.ImageDecoder` whose inputs are all T × z latent 
 (step-major) and whose output is σ(c_T), so a DRAW can be conditioned on part of an image.
 """
 
-import json
 import os
-from pathlib import Path
 
-import equinox as eqx
 import jax
 
-from dgm import runs
 from dgm.models import decoders
 from dgm.models.draw import DRAW, pixel_means
 
@@ -31,9 +27,7 @@ def header(model: DRAW) -> dict:
 
 def save(path: str | os.PathLike, model: DRAW, **extra) -> None:
     """Write the header (:func:`header` plus ``extra``), then the model leaves, atomically."""
-    with runs.atomic_path(path) as tmp, open(tmp, "wb") as f:
-        f.write(json.dumps(runs._to_jsonable({**header(model), **extra})).encode() + b"\n")
-        eqx.tree_serialise_leaves(f, model)
+    decoders.write_model(path, {**header(model), **extra}, model)
 
 
 def load(path: str | os.PathLike) -> tuple[DRAW, dict]:
@@ -44,24 +38,12 @@ def load(path: str | os.PathLike) -> tuple[DRAW, dict]:
         ValueError: not a dgm model file, a model of another kind, or a truncated or
             corrupt file.
     """
-    path = Path(path)
-    head = decoders.read_header(path)
-    if head.get("kind") != KIND:
-        raise ValueError(f"{path} holds a model of kind {head.get('kind')!r}; expected 'draw'")
-    try:
-        sizes = {name: head[name] for name in _SIZES}
-        shape = tuple(head["image_shape"])
-    except KeyError as err:
-        raise ValueError(f"{path}: the model header lacks {err}") from None
     # Only shapes are needed: the constant key draws nothing that is kept (initialisation
     # runs on the host, so it cannot go under eval_shape).
-    like = DRAW(shape, **sizes, key=jax.random.key(0))
-    with open(path, "rb") as f:
-        f.readline()
-        try:
-            return eqx.tree_deserialise_leaves(f, like), head
-        except (RuntimeError, ValueError, OSError, EOFError) as err:
-            raise ValueError(f"{path} is corrupt or truncated ({err})") from None
+    build = lambda head: DRAW(  # noqa: E731
+        tuple(head["image_shape"]), **{n: head[n] for n in _SIZES}, key=jax.random.key(0)
+    )
+    return decoders.read_model(path, KIND, build)
 
 
 def load_run(run_dir: str | os.PathLike) -> tuple[DRAW, dict]:

@@ -8,14 +8,10 @@ means of the top-down pass from the prior, so the model can be conditioned on pa
 image like DRAW.
 """
 
-import json
 import os
-from pathlib import Path
 
-import equinox as eqx
 import jax
 
-from dgm import runs
 from dgm.models import decoders
 from dgm.models.iaf_vae import ResNetVAE, noise_from_vector, pixel_means
 
@@ -34,9 +30,15 @@ def header(model: ResNetVAE) -> dict:
 
 def save(path: str | os.PathLike, model: ResNetVAE, **extra) -> None:
     """Write the header (:func:`header` plus ``extra``), then the model leaves, atomically."""
-    with runs.atomic_path(path) as tmp, open(tmp, "wb") as f:
-        f.write(json.dumps(runs._to_jsonable({**header(model), **extra})).encode() + b"\n")
-        eqx.tree_serialise_leaves(f, model)
+    decoders.write_model(path, {**header(model), **extra}, model)
+
+
+def _like(head: dict) -> ResNetVAE:
+    sizes = {name: head[name] for name in _SIZES}
+    sizes["depths"] = tuple(sizes["depths"])
+    # Only shapes are needed: the constant key draws nothing that is kept (initialisation
+    # runs on the host, so it cannot go under eval_shape).
+    return ResNetVAE(**sizes, key=jax.random.key(0))
 
 
 def load(path: str | os.PathLike) -> tuple[ResNetVAE, dict]:
@@ -46,24 +48,7 @@ def load(path: str | os.PathLike) -> tuple[ResNetVAE, dict]:
         FileNotFoundError: no such file.
         ValueError: not a dgm model file, another kind, or a truncated or corrupt file.
     """
-    path = Path(path)
-    head = decoders.read_header(path)
-    if head.get("kind") != KIND:
-        raise ValueError(f"{path} holds a model of kind {head.get('kind')!r}; expected 'iaf'")
-    try:
-        sizes = {name: head[name] for name in _SIZES}
-    except KeyError as err:
-        raise ValueError(f"{path}: the model header lacks {err}") from None
-    sizes["depths"] = tuple(sizes["depths"])
-    # Only shapes are needed: the constant key draws nothing that is kept (initialisation
-    # runs on the host, so it cannot go under eval_shape).
-    like = ResNetVAE(**sizes, key=jax.random.key(0))
-    with open(path, "rb") as f:
-        f.readline()
-        try:
-            return eqx.tree_deserialise_leaves(f, like), head
-        except (RuntimeError, ValueError, OSError, EOFError) as err:
-            raise ValueError(f"{path} is corrupt or truncated ({err})") from None
+    return decoders.read_model(path, KIND, _like)
 
 
 def _means(model: ResNetVAE, u):

@@ -15,17 +15,14 @@ References:
     (the importance-sampled log-likelihood estimate).
 """
 
-import json
 import math
 import os
-from pathlib import Path
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from dgm import runs
 from dgm.models import decoders
 
 FORMAT = decoders.FORMAT
@@ -266,9 +263,14 @@ def header(model: VAE) -> dict:
 def save(path: str | os.PathLike, model: VAE, **extra) -> None:
     """Write a JSON header line (:func:`header` plus ``extra``), then the Equinox-serialised
     model, atomically."""
-    with runs.atomic_path(path) as tmp, open(tmp, "wb") as f:
-        f.write(json.dumps(runs._to_jsonable({**header(model), **extra})).encode() + b"\n")
-        eqx.tree_serialise_leaves(f, model)
+    decoders.write_model(path, {**header(model), **extra}, model)
+
+
+def _like(head: dict) -> VAE:
+    sizes = (head["input_dim"], head["latent_dim"], tuple(head["hidden"]))
+    # Only shapes are needed: the constant key draws nothing that is kept.
+    like = eqx.filter_eval_shape(lambda: VAE(*sizes, key=jax.random.key(0)))
+    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), like)
 
 
 def load(path: str | os.PathLike) -> tuple[VAE, dict]:
@@ -276,19 +278,10 @@ def load(path: str | os.PathLike) -> tuple[VAE, dict]:
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: not a dgm model file, or a model of another kind.
+        ValueError: not a dgm model file, a model of another kind, or a truncated or
+            corrupt file.
     """
-    path = Path(path)
-    head = decoders.read_header(path)
-    if head.get("kind") != "vae":
-        raise ValueError(f"{path} holds a model of kind {head.get('kind')!r}; expected 'vae'")
-    sizes = (head["input_dim"], head["latent_dim"], tuple(head["hidden"]))
-    # Only shapes are needed: the constant key draws nothing that is kept.
-    like = eqx.filter_eval_shape(lambda: VAE(*sizes, key=jax.random.key(0)))
-    like = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), like)
-    with open(path, "rb") as f:
-        f.readline()
-        return eqx.tree_deserialise_leaves(f, like), head
+    return decoders.read_model(path, "vae", _like)
 
 
 def load_decoder(run_dir: str | os.PathLike) -> Decoder:
