@@ -177,17 +177,15 @@ def run_mici(system, init, num_draws, step_size, num_steps, n_inner_step, tol, s
     }
 
 
-def lv_mici_system(model, y_obs, u_example):
+def jax_mici_system(generate, y_obs, u_example, jacobian=jax.jacfwd):
+    """Mici's constrained system for ``generate(u) = y_obs`` given jitted JAX derivatives:
+    the constraint, its Jacobian (``jacobian``: ``jax.jacfwd`` or ``jax.jacrev``) and the
+    matrix–Hessian product, all compiled here on ``u_example``; standard-normal density."""
     y = jnp.asarray(y_obs)
-    jac_fn = jax.jacfwd(model.generate)
-
-    @jax.jit
-    def jac_and_constr(u):
-        return jac_fn(u), model.generate(u) - y
-
-    @jax.jit
-    def mhp(u, m):
-        return jax.vjp(jac_fn, u)[1](m)[0]
+    jac_fn = jacobian(generate)
+    constr = jax.jit(lambda u: generate(u) - y)
+    jac_and_constr = jax.jit(lambda u: (jac_fn(u), generate(u) - y))
+    mhp = jax.jit(lambda u, m: jax.vjp(jac_fn, u)[1](m)[0])
 
     def jacob_constr(q):
         j, c = jac_and_constr(q)
@@ -197,9 +195,8 @@ def lv_mici_system(model, y_obs, u_example):
         j, c = jac_and_constr(q)
         return (lambda m: np.asarray(mhp(q, m))), np.asarray(j), np.asarray(c)
 
-    constr = jax.jit(lambda u: model.generate(u) - y)
     jax.block_until_ready((constr(u_example), jac_and_constr(u_example)))
-    jax.block_until_ready(mhp(u_example, np.zeros((model.output_dim, model.input_dim))))
+    jax.block_until_ready(mhp(u_example, np.zeros((y.shape[0], u_example.shape[0]))))
     return mici_system(
         constr=lambda q: np.asarray(constr(q)),
         jacob_constr=jacob_constr,
@@ -209,16 +206,24 @@ def lv_mici_system(model, y_obs, u_example):
     )
 
 
-def lv_mici_system_jax_auto(model, y_obs):
+def jax_auto_mici_system(generate, y_obs):
     """Mici building every derivative itself with its ``jax`` backend (``jax.jit`` of
     Mici's Jacobian and matrix–Hessian-product constructions): only the constraint and the
     density are given, as JAX functions."""
     y = jnp.asarray(y_obs)
     return mici_system(
-        constr=lambda q: model.generate(q) - y,
+        constr=lambda q: generate(q) - y,
         neg_log_dens=lambda q: 0.5 * jnp.sum(q**2),
         backend="jax",
     )
+
+
+def lv_mici_system(model, y_obs, u_example):
+    return jax_mici_system(model.generate, y_obs, u_example)
+
+
+def lv_mici_system_jax_auto(model, y_obs):
+    return jax_auto_mici_system(model.generate, y_obs)
 
 
 def lv_generate_autograd(model, u):

@@ -30,7 +30,8 @@ from dgm.experiments import _draw_eval, draw_mnist  # noqa: E402
 CONFIGS = {"paper": "paper", "small": "small", "paper-noattn": "paper-noattn", "quick": "quick"}
 
 
-def _timed(fn, repeats):
+def timed(fn, repeats):
+    """Wall and process-CPU seconds of ``repeats`` calls of ``fn``."""
     wall, cpu = [], []
     for _ in range(repeats):
         w, c = time.perf_counter(), time.process_time()
@@ -103,7 +104,7 @@ def main():
         times = {k: ([], []) for k in runs}
         for _ in range(args.repeats):  # alternate, one step each, so both see the same load
             for k, fn in runs.items():
-                w, c = _timed(fn, 1)
+                w, c = timed(fn, 1)
                 times[k][0].extend(w)
                 times[k][1].extend(c)
         for k, (w, c) in times.items():
@@ -121,13 +122,13 @@ def main():
         gen = eqx.filter_jit(_draw_eval._prior_canvases)
         u = jax.random.normal(jax.random.key(1), (100, config.num_steps, config.z_size))
         jax.block_until_ready(gen(model, u))
-        w, _ = _timed(lambda g=gen, m=model, v=u: jax.block_until_ready(g(m, v)), 5)
+        w, _ = timed(lambda g=gen, m=model, v=u: jax.block_until_ready(g(m, v)), 5)
         _line(bench="draw_sample", config=name, impl="dgm",
               ms_per_image=1000 * statistics.median(w) / 100)  # fmt: skip
         if torch is not None:
             from pytorch_draw import sample
 
-            w, _ = _timed(lambda m=tmodel: sample(m, 100), 5)
+            w, _ = timed(lambda m=tmodel: sample(m, 100), 5)
             _line(bench="draw_sample", config=name, impl="pytorch",
                   ms_per_image=1000 * statistics.median(w) / 100)  # fmt: skip
 

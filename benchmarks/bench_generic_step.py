@@ -116,28 +116,9 @@ def dgm_cases(y, u0, num_steps, step_size):
 
 def mici_case(y, u0, num_steps, step_size):
     import mici
-    from bench_chmc import mici_system
+    from bench_chmc import jax_mici_system
 
-    jac_fn = jax.jacfwd(generator)
-    constr = jax.jit(lambda u: generator(u) - y)
-    jac_and_constr = jax.jit(lambda u: (jac_fn(u), generator(u) - y))
-    mhp = jax.jit(lambda u, m: jax.vjp(jac_fn, u)[1](m)[0])
-
-    def jacob_constr(q):
-        j, c = jac_and_constr(q)
-        return np.asarray(j), np.asarray(c)
-
-    def mhp_constr(q):
-        j, c = jac_and_constr(q)
-        return (lambda m: np.asarray(mhp(q, m))), np.asarray(j), np.asarray(c)
-
-    system = mici_system(
-        constr=lambda q: np.asarray(constr(q)),
-        jacob_constr=jacob_constr,
-        mhp_constr=mhp_constr,
-        neg_log_dens=lambda q: 0.5 * q @ q,
-        grad_neg_log_dens=lambda q: q,
-    )
+    system = jax_mici_system(generator, y, u0)
     integrator = mici.integrators.ConstrainedLeapfrogIntegrator(
         system,
         step_size=step_size,

@@ -31,19 +31,10 @@ import time  # noqa: E402
 import equinox as eqx  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+from bench_draw import timed  # noqa: E402
 
 from dgm.experiments import iaf_vae as experiment  # noqa: E402
 from dgm.models import _iaf_ar, _iaf_blocks, iaf_vae  # noqa: E402
-
-
-def _timed(fn, repeats):
-    wall, cpu = [], []
-    for _ in range(repeats):
-        w, c = time.perf_counter(), time.process_time()
-        fn()
-        wall.append(time.perf_counter() - w)
-        cpu.append(time.process_time() - c)
-    return wall, cpu
 
 
 def _ar_fn(model):
@@ -128,7 +119,7 @@ def main() -> None:
         times = {name: ([], []) for name in fns}
         for _ in range(args.repeats):  # round-robin: every piece sees the same load
             for name, fn in fns.items():
-                w, c = _timed(lambda fn=fn: (fn(), jax.block_until_ready(jax.live_arrays())), 1)
+                w, c = timed(lambda fn=fn: (fn(), jax.block_until_ready(jax.live_arrays())), 1)
                 times[name][0].extend(w)
                 times[name][1].extend(c)
         med = {name: statistics.median(w) for name, (w, _) in times.items()}

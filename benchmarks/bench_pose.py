@@ -33,7 +33,7 @@ configure_cpu(2)  # two host devices: dgm spreads its chains over both cores
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from bench_chmc import mici_system, run_mici  # noqa: E402  (float64 on)
+from bench_chmc import jax_auto_mici_system, jax_mici_system, run_mici  # noqa: E402  (float64 on)
 
 from dgm.data.pose import pose_generator  # noqa: E402
 from dgm.experiments import _pose_methods as methods  # noqa: E402
@@ -53,45 +53,12 @@ def setup(num_starts: int, seed: int):
 
 
 def pose_mici_system(gen, y_obs, u_example):
-    y = jnp.asarray(y_obs)
-    generate = lambda u: gen(u)  # noqa: E731
-    jac_fn = jax.jacrev(generate)  # 76 reverse passes (M = 216 > 2N)
-
-    @jax.jit
-    def jac_and_constr(u):
-        return jac_fn(u), generate(u) - y
-
-    @jax.jit
-    def mhp(u, m):
-        return jax.vjp(jac_fn, u)[1](m)[0]
-
-    def jacob_constr(q):
-        j, c = jac_and_constr(q)
-        return np.asarray(j), np.asarray(c)
-
-    def mhp_constr(q):
-        j, c = jac_and_constr(q)
-        return (lambda m: np.asarray(mhp(q, m))), np.asarray(j), np.asarray(c)
-
-    constr = jax.jit(lambda u: generate(u) - y)
-    jax.block_until_ready((constr(u_example), jac_and_constr(u_example)))
-    jax.block_until_ready(mhp(u_example, np.zeros((len(y_obs), gen.input_dim))))
-    return mici_system(
-        constr=lambda q: np.asarray(constr(q)),
-        jacob_constr=jacob_constr,
-        mhp_constr=mhp_constr,
-        neg_log_dens=lambda q: 0.5 * q @ q,
-        grad_neg_log_dens=lambda q: q,
-    )
+    # 76 reverse passes for J (M = 216 > 2N)
+    return jax_mici_system(lambda u: gen(u), y_obs, u_example, jacobian=jax.jacrev)
 
 
 def pose_mici_system_jax_auto(gen, y_obs):
-    """Mici building the Jacobian and matrix–Hessian product itself with its ``jax``
-    backend: only the constraint and the density given, as JAX functions."""
-    y = jnp.asarray(y_obs)
-    return mici_system(
-        constr=lambda q: gen(q) - y, neg_log_dens=lambda q: 0.5 * jnp.sum(q**2), backend="jax"
-    )
+    return jax_auto_mici_system(lambda u: gen(u), y_obs)
 
 
 def run_dgm(posterior, key, init, num_draws):

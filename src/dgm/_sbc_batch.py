@@ -1,9 +1,12 @@
 """One compiled constrained-HMC run per observation shape, the observation traced (for SBC).
 
-The same transition as ``dgm.condition(...).sample`` with its defaults (typical-set starts,
-a step-size search, dual averaging over the warm-up, fixed ``(4, 8)``-step trajectories,
-3 geodesic sub-steps, the reversibility check), but built inside one ``jit`` whose
+The transition of ``dgm.condition(...).sample(num_warmup=..., num_steps=(4, 8))``
+(typical-set starts, a step-size search, dual averaging over the warm-up, fixed
+``(4, 8)``-step trajectories, 3 geodesic sub-steps, the reversibility check; not the
+dynamic trajectories that ``sample`` now uses by default), built inside one ``jit`` whose
 argument is ``y``: every replication of :func:`dgm.sbc` reuses the compiled program.
+``posterior.sample(..., y_obs=Y)`` now batches observations the same way; moving
+:func:`dgm.sbc` onto it would retire this module.
 Chains of one replication run under ``vmap`` (only for Gram factors without a LAPACK
 Cholesky, see :class:`~dgm.inference.manifold.ManifoldSystem`), else ``lax.map``.
 
