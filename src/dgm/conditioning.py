@@ -23,7 +23,6 @@ import numpy as np
 from dgm.config import check_choice
 from dgm.inference import adaptive_step, chmc_driver, constrained_hmc, dynamic_chmc
 from dgm.inference.base import ChainResult, ChainRunner
-from dgm.inference.chain_checks import ChainChecker
 from dgm.inference.chmc_driver import (
     STAT_NAMES,
     SamplerSettings,
@@ -42,10 +41,6 @@ from dgm.inference.chmc_driver import (
 from dgm.inference.chmc_starts import StartingPoints
 from dgm.inference.hmc import check_steps
 from dgm.inference.manifold import ManifoldSystem
-from dgm.inference.starts import TypicalStarts
-
-# typical-set starts and chain checks per generator (the key of chmc_driver's runner cache)
-_CHECKS: dict = {}
 
 __all__ = [
     "STAT_NAMES",
@@ -85,12 +80,8 @@ class ConditionedGenerator(StartingPoints):
         fns = (generator, jacobian, gram_factor_fn, half_log_det_fn)
         self._cache_key = (input_dim, self.output_dim, *map(_identity, fns))
         helpers = compiled_helpers(self.system, self._cache_key)
-        self._init_states, self._residuals, self._ranks, self._newton = helpers
-        if self._cache_key not in _CHECKS:  # compiled once per generator, as the runners
-            while len(_CHECKS) >= 16:
-                _CHECKS.pop(next(iter(_CHECKS)))
-            _CHECKS[self._cache_key] = (TypicalStarts(self.system), ChainChecker(self.system))
-        self._typical_starts, self._chain_checker = _CHECKS[self._cache_key]
+        self._init_states, self._residuals, self._ranks, self._newton = helpers[:4]
+        self._typical_starts, self._chain_checker = helpers[4:]
 
     def constraint_residual(self, u, y_obs=None) -> jax.Array:
         """max |generator(u) − y_obs| (by default the conditioned ``y_obs``)."""
