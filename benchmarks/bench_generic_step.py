@@ -7,16 +7,22 @@ observation-noise inputs (M = 24, N = 20), conditioned through the *generic* pat
 device, interleaved and repeated (medians):
 
 * ``jacobian``: one forward-mode Jacobian (``system.jacobian``);
-* ``grad_vjp`` / ``grad_remat``: the gradient of ½ log det(J Jᵀ) as before this change
-  (one reverse pass through ``jacfwd(generator)``) and now (the same pass through the
-  generator with its scan bodies checkpointed, :mod:`dgm.inference.second_order`);
+* ``grad_vjp`` / ``grad_remat`` / ``grad_tangent``: the gradient of ½ log det(J Jᵀ) by one
+  reverse pass through ``jacfwd(generator)``, by the same pass through the generator with
+  its scan bodies checkpointed, and by the forward-only tangent route (its tangential
+  part; :mod:`dgm.inference.second_order`), each with ∇½uᵀu and the solve for P;
 * ``step_*``: one integrator step (3 geodesic sub-steps with projections, reversibility
-  checks and Jacobians, then the kick) of a fixed-length trajectory, per step, with the old
-  gradient, the new one, and none (``half_log_det_fn = 0``: a lower bound, wrong target);
+  checks and Jacobians, then the kick) of a fixed-length trajectory, per step, with each
+  gradient, and none (``half_log_det_fn = 0``: a lower bound, wrong target);
 * ``step_mici``: Mici's ``ConstrainedLeapfrogIntegrator`` step on the same model (its
   constraint Jacobian and matrix–Hessian product given as the same jitted JAX functions).
 
-Run: ``python benchmarks/bench_generic_step.py`` (JSON lines; ``--repeats``).
+``--params K`` gives the model K parameters (d = K tangent directions, M = K + 20): the
+4 log-rates are a fixed linear map of them, to see how each route scales with d. The
+``second_order_term_in_jacobians`` line gives each route's share of the step (its step less
+the lower bound) in Jacobians, and the route ``second_order="auto"`` takes.
+
+Run: ``python benchmarks/bench_generic_step.py`` (JSON lines; ``--repeats``, ``--params``).
 """
 
 import argparse
@@ -43,11 +49,21 @@ from dgm.inference.manifold import ManifoldSystem  # noqa: E402
 NUM_PARAMS, NUM_TIMES, SUB_STEPS, DT, SIGMA = 4, 10, 200, 0.01, 0.1
 M, N = NUM_PARAMS + 2 * NUM_TIMES, 2 * NUM_TIMES
 LOG_RATES = jnp.log(jnp.array([1.0, 0.1, 1.5, 0.075]))  # prey growth, predation, death, gain
+MIXING = jnp.eye(4)  # log-rate offsets = MIXING @ parameters (4 × NUM_PARAMS)
+
+
+def set_num_params(num_params):
+    """Give the model ``num_params`` parameters (a fixed mixing of them into the 4 rates)."""
+    global NUM_PARAMS, M, MIXING
+    NUM_PARAMS, M = num_params, num_params + N
+    cols = jnp.arange(num_params)
+    MIXING = jnp.where(cols[None, :] % 4 == jnp.arange(4)[:, None], 1.0, 0.0)
+    MIXING = MIXING / jnp.sqrt(jnp.sum(MIXING, axis=1, keepdims=True))
 
 
 def trajectory(u_params):
     """Populations at the 10 observation times, (20,), from RK4 on the LV equations."""
-    a, b, c, d = jnp.exp(LOG_RATES + 0.2 * u_params)
+    a, b, c, d = jnp.exp(LOG_RATES + 0.2 * MIXING @ u_params)
 
     def f(x):
         return jnp.stack([a * x[0] - b * x[0] * x[1], -c * x[1] + d * x[0] * x[1]])
@@ -90,6 +106,7 @@ def dgm_cases(y, u0, num_steps, step_size):
     systems = {
         "vjp": ManifoldSystem(generator, M, N, "fwd", second_order="vjp"),
         "remat": ManifoldSystem(generator, M, N, "fwd", second_order="remat"),
+        "tangent": ManifoldSystem(generator, M, N, "fwd", second_order="tangent"),
         "no_log_det": ManifoldSystem(generator, M, N, "fwd", half_log_det_fn=lambda u: 0.0),
     }
     params = constrained_hmc.CHMCParams(jnp.asarray(step_size), num_steps, num_steps)
@@ -146,7 +163,9 @@ def main():
     parser.add_argument("--num-steps", type=int, default=5)
     parser.add_argument("--step-size", type=float, default=0.05)
     parser.add_argument("--no-mici", action="store_true")
+    parser.add_argument("--params", type=int, default=NUM_PARAMS)
     args = parser.parse_args()
+    set_num_params(args.params)
     theta = jnp.zeros(NUM_PARAMS)
     u_true = jnp.concatenate([theta, jax.random.normal(jax.random.key(1), (N,))])
     y = generator(u_true)
@@ -169,9 +188,12 @@ def main():
         row = {"case": name, "ms": round(ms, 3), "jacobians": round(ms / jac_ms, 2)}
         row |= {"compile_s": round(compile_s[name], 2)} if name in compile_s else {}
         print(json.dumps(row | {"repeats": args.repeats, "load1": load}), flush=True)
-    second = {k: statistics.median(times[f"step_{k}"]) for k in ("vjp", "remat", "no_log_det")}
-    term = {k: (second[k] - second["no_log_det"]) / jac_ms for k in ("vjp", "remat")}
-    print(json.dumps({"case": "second_order_term_in_jacobians", **term}), flush=True)
+    routes = ("vjp", "remat", "tangent")
+    second = {k: statistics.median(times[f"step_{k}"]) for k in (*routes, "no_log_det")}
+    term = {k: round((second[k] - second["no_log_det"]) / jac_ms, 2) for k in routes}
+    auto = ManifoldSystem(generator, M, N, "fwd").second_order
+    row = {"case": "second_order_term_in_jacobians", **term, "auto": auto, "params": NUM_PARAMS}
+    print(json.dumps(row), flush=True)
 
 
 if __name__ == "__main__":

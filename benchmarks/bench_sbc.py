@@ -33,11 +33,11 @@ def main() -> None:
     args = parser.parse_args()
     for model in args.models.split(","):
         config = Config(model=model, num_replications=args.replications)
-        generator, input_dim, derived, system_kwargs, _ = generator_of(config)
+        generator, input_dim, derived, condition_kwargs, _ = generator_of(config)
         t0, c0 = time.perf_counter(), time.process_time()
         with jax.enable_x64(True):
             res = sbc(generator, input_dim, jax.random.key(0), num_replications=args.replications,
-                      derived=derived, system_kwargs=system_kwargs)  # fmt: skip
+                      derived=derived, condition_kwargs=condition_kwargs)  # fmt: skip
         row = {
             "bench": "sbc",
             "model": model,

@@ -6,6 +6,8 @@ one job whose per-observation draws equal separate calls with the split keys, bi
 bad batches and a rank-deficient generator are refused with clear errors.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -98,3 +100,49 @@ def test_rank_deficient_jacobian_names_the_rank():
 
 def test_runner_cache_is_bounded():
     assert len(chmc_driver._RUNNERS) <= chmc_driver.MAX_CACHED_RUNNERS
+
+
+def parabola(u):  # J = [1, 2u₂, 0]: ½ log det(J Jᵀ) = ½ log(1 + 4 u₂²) varies on the manifold
+    return (u[0] + u[1] ** 2)[None]
+
+
+def parabola_half_log_det(u, y):
+    """½ log det(J Jᵀ) written through the observation (u₂² = y − u₁): exact on G(u) = y only."""
+    return 0.5 * jnp.log1p(4.0 * (jnp.asarray(y, u.dtype)[0] - u[0]))
+
+
+def test_observation_aware_half_log_det_serves_a_batch():
+    """``half_log_det_fn(u, y_obs)`` is bound to each observation of a batch: the draws equal
+    separate conditionings whose one-argument term closes over their own observation."""
+    ys = np.array([[1.0], [2.5]])
+    kw = KW | dict(num_steps=(2, 3), step_size=0.3)
+    batch = dgm.condition(parabola, ys[0], 3, half_log_det_fn=parabola_half_log_det).sample(
+        jax.random.key(4), y_obs=ys, **kw
+    )
+    for i, key in enumerate(jax.random.split(jax.random.key(4), len(ys))):
+        fixed = functools.partial(parabola_half_log_det, y=jnp.asarray(ys[i]))  # u only
+        one = dgm.condition(parabola, ys[i], 3, half_log_det_fn=fixed).sample(key, **kw)
+        np.testing.assert_allclose(
+            one.posterior["u"].values, batch.posterior["u"].values[:, :, i], atol=1e-9
+        )
+
+
+def test_planted_bug_unbound_observation_changes_the_draws():
+    """The check above can fail: the second observation sampled with the first one's term
+    (what a one-argument term would do) gives other draws."""
+    ys = np.array([[1.0], [2.5]])
+    kw = KW | dict(num_steps=(2, 3), step_size=0.3)
+    key = jax.random.split(jax.random.key(4), 2)[1]
+    wrong = lambda u: parabola_half_log_det(u, jnp.asarray(ys[0]))  # noqa: E731
+    right = lambda u: parabola_half_log_det(u, jnp.asarray(ys[1]))  # noqa: E731
+    draws = [
+        dgm.condition(parabola, ys[1], 3, half_log_det_fn=fn).sample(key, **kw).posterior["u"]
+        for fn in (wrong, right)
+    ]
+    assert np.max(np.abs(draws[0].values - draws[1].values)) > 1e-3
+
+
+def test_one_argument_half_log_det_refuses_another_observation():
+    posterior = dgm.condition(parabola, [1.0], 3, half_log_det_fn=lambda u: 0.0 * u[0])
+    with pytest.raises(ValueError, match=r"half_log_det_fn\(u, y_obs\)"):
+        posterior.sample(jax.random.key(0), y_obs=[2.0], **KW)

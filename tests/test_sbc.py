@@ -87,10 +87,10 @@ def test_sbc_flags_a_sampler_without_the_log_det_term(planted_bug):
     potential (and its gradient). On y = z³ + n the input ranks stay near uniform (the bias
     changes sign with y: p = 0.76 with the bug), but the ranks of the derived test quantity
     ½ log det(J Jᵀ) pile up: p < 1e-6 (measured 0.0), against p = 0.45 without the bug."""
-    zero = {"half_log_det_fn": lambda y: lambda u: jnp.zeros((), u.dtype)}
+    zero = {"half_log_det_fn": lambda u, y: jnp.zeros((), u.dtype)}
     res = dgm.sbc(
         _cubic, 2, jax.random.key(1), derived=CUBIC_DERIVED,
-        system_kwargs=zero if planted_bug else None,
+        condition_kwargs=zero if planted_bug else None,
     )  # fmt: skip
     p = res.p_values["half_log_det"][0]
     assert (p < 1e-4) if planted_bug else (p > 0.01), p

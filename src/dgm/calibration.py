@@ -9,9 +9,12 @@ user can run on their own generator.
 
 A prior draw on which the generator returns NaN or inf is counted and skipped with its
 index (``skipped``); a replication whose conditioning fails (no start on the manifold) is
-skipped the same way (``failed``). Neither stops the run. Every replication runs the same
-compiled program (:class:`~dgm._sbc_batch.BatchedConditioner`: the observation is a traced
-argument), so compilation is paid once; with several host devices, one replication runs on each.
+skipped the same way (``failed``). Neither stops the run. The replications run in batches
+of observations through ``posterior.sample(keys, y_obs=Y)`` (one compiled job per batch,
+sharded over the host devices; every batch has the same size, so compilation is paid
+once), with the sampler's defaults: typical-set starts, step-size adaptation during the
+warm-up, dynamic trajectories. Replication ``i`` uses keys derived from ``fold_in(key, i)``
+only, so its draws do not depend on the batch it ran in (or on a resume).
 
 References:
     Talts, Betancourt, Simpson, Vehtari & Gelman (2018), "Validating Bayesian inference
@@ -28,8 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.stats
 
-from dgm._sbc_batch import BatchedConditioner
-from dgm.config import check_positive
+from dgm.conditioning import condition
+from dgm.config import check_positive, num_positional
 
 
 @dataclasses.dataclass
@@ -109,7 +112,9 @@ def sbc(
     num_warmup: int = 200,
     num_bins: int = 10,
     derived: dict[str, Callable] | None = None,
-    system_kwargs: dict[str, Callable] | None = None,
+    condition_kwargs: dict[str, Any] | None = None,
+    batch_size: int = 50,
+    tol: float = 1e-8,
     done: dict | None = None,
     on_replication: Callable | None = None,
 ) -> SBCResult:
@@ -127,9 +132,11 @@ def sbc(
         num_warmup: warm-up (step-size adaptation) iterations per chain.
         num_bins: bins of the chi-square test.
         derived: named functions ``u -> array`` whose ranks are also tested.
-        system_kwargs: ``gram_factor_fn``, ``half_log_det_fn`` or ``jacobian`` of
-            ``dgm.condition``, each as a function ``y -> value`` of the observation (e.g.
-            ``{"half_log_det_fn": lambda y: lambda u: model.half_log_det_gram(u, y)}``).
+        condition_kwargs: further arguments of :func:`dgm.condition` (``jacobian``,
+            ``gram_factor_fn``, ``half_log_det_fn`` as ``(u, y_obs) -> …``, ``init_fn`` as
+            ``(key, y_obs) -> u``), which must serve any observation.
+        batch_size: replications per ``sample`` call (the last batch is padded).
+        tol: the manifold tolerance (starts and projections).
         done: ``{index: (ranks dict, accept)}`` of replications already run (resume).
         on_replication: called as ``on_replication(index, ranks dict, accept)`` after each.
 
@@ -140,40 +147,72 @@ def sbc(
         check_positive(name, value, integer=True)
     for name, value in (("thin", thin), ("num_chains", num_chains), ("num_bins", num_bins)):
         check_positive(name, value, integer=True)
+    check_positive("batch_size", batch_size, integer=True)
     if (num_ranks * thin) % num_chains:
         raise ValueError(
             f"`num_chains` ({num_chains}) must divide num_ranks * thin = {num_ranks * thin}"
         )
     start = time.perf_counter()
-    derived = dict(derived or {})
+    quantities = {"u": lambda u: u} | dict(derived or {})
     key_prior, key_runs = jax.random.split(key)
     with jax.enable_x64(True):
         u_true = jax.random.normal(key_prior, (num_replications, input_dim), jnp.float64)
         ys = np.asarray(jax.vmap(generator)(u_true))
     u_true = np.asarray(u_true)
     finite = np.all(np.isfinite(ys.reshape(num_replications, -1)), axis=1)
-    run = BatchedConditioner(
-        generator, input_dim, ys.shape[1], dict(system_kwargs or {}), num_chains,
-        num_ranks * thin // num_chains, num_warmup,
-    )  # fmt: skip
-    quantities = {"u": lambda u: u} | derived
     rows: dict[int, tuple[dict, float]] = dict(done or {})
     failed: dict[int, str] = {}
     todo = [int(i) for i in np.flatnonzero(finite) if int(i) not in rows]
-    num_devices = jax.local_device_count()
-    for first in range(0, len(todo), num_devices):  # one replication per device at a time
-        batch = todo[first : first + num_devices]
-        keys = [jax.random.fold_in(key_runs, i) for i in batch]
-        for i, (draws, accept, ok) in zip(batch, run.many(ys[batch], keys), strict=True):
-            if not ok:
-                failed[i] = "no starting point on the manifold"
+    if todo:
+        posterior = condition(generator, ys[todo[0]], input_dim, **dict(condition_kwargs or {}))
+        size = min(batch_size, len(todo))
+        sample_kw = dict(
+            num_chains=num_chains, num_samples=num_ranks * thin // num_chains,
+            num_warmup=num_warmup, tol=tol, progress_bar=False, check_chains=False,
+            chain_map="auto",
+        )  # fmt: skip
+        for first in range(0, len(todo), size):
+            batch = todo[first : first + size]
+            keys = jnp.stack([jax.random.split(jax.random.fold_in(key_runs, i)) for i in batch])
+            u0, ok = _starts(posterior, ys[batch], keys[:, 0], num_chains, tol)
+            failed |= {
+                i: "no starting point on the manifold"
+                for i, good in zip(batch, ok, strict=True)
+                if not good
+            }
+            ran = [j for j, good in enumerate(ok) if good]
+            if not ran:
                 continue
-            kept = _thinned(draws.reshape(-1, input_dim), num_chains, thin)[:num_ranks]
-            ranks = {name: _rank(fn, u_true[i], kept) for name, fn in quantities.items()}
-            rows[i] = (ranks, accept)
-            if on_replication is not None:
-                on_replication(i, ranks, accept)
+            pad = np.array(ran + [ran[0]] * (size - len(ran)))  # same shapes: no recompiling
+            idata = posterior.sample(keys[pad, 1], y_obs=ys[batch][pad], init=u0[pad], **sample_kw)
+            draws = np.asarray(idata.posterior["u"].values)  # (chain, draw, obs, M)
+            accept = np.asarray(idata.sample_stats["acceptance_rate"].values).mean(axis=(0, 1))
+            for col, j in enumerate(ran):
+                i = batch[j]
+                kept = _thinned(draws[:, :, col].reshape(-1, input_dim), num_chains, thin)
+                ranks = {n: _rank(fn, u_true[i], kept[:num_ranks]) for n, fn in quantities.items()}
+                rows[i] = (ranks, float(accept[col]))
+                if on_replication is not None:
+                    on_replication(i, ranks, float(accept[col]))
     return _result(rows, num_ranks, num_bins, np.flatnonzero(~finite), failed, start)
+
+
+def _starts(posterior, ys, keys, num_chains: int, tol: float):
+    """``((num_obs, num_chains, M) starts, (num_obs,) on-manifold flags)``: the model's
+    closed form if it has one for any observation, else typical-set starts; a row whose
+    starts miss the manifold (or are not finite) is flagged, not raised."""
+    with jax.enable_x64(True):
+        ys = jnp.asarray(ys, jnp.float64)
+        init_fn = posterior.init_fn
+        if init_fn is not None and num_positional(init_fn) >= 2:
+            chain_keys = jax.vmap(lambda k: jax.random.split(k, num_chains))(keys)
+            u = jax.vmap(jax.vmap(init_fn, (0, None)))(chain_keys, ys)
+        else:
+            u = posterior._typical_starts.many(ys, keys, num_chains, tol)
+        rows = u.reshape(-1, u.shape[-1])
+        residual = np.asarray(posterior._residuals(rows, jnp.repeat(ys, num_chains, axis=0)))
+    ok = np.isfinite(residual) & (residual <= tol)
+    return u, np.all(ok.reshape(ys.shape[0], num_chains), axis=1)
 
 
 def _thinned(draws: np.ndarray, num_chains: int, thin: int) -> np.ndarray:

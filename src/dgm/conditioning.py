@@ -31,6 +31,7 @@ from dgm.inference.chmc_driver import (
     check_sample_args,
     check_y_batch,
     compiled_helpers,
+    observation_keys,
     resolve_trajectory,
     run_adaptive,
     run_attrs,
@@ -126,7 +127,8 @@ class ConditionedGenerator(StartingPoints):
         """Run constrained HMC chains on the manifold ``generator(u) = y_obs``.
 
         Args:
-            key: PRNG key.
+            key: PRNG key; with a ``y_obs`` batch, also a stack of one key per observation
+                (used as they are instead of ``split(key, num_obs)``).
             num_chains, num_samples: chains and kept draws per chain.
             num_warmup: draws discarded at the start of each chain; with ``adapt`` they
                 adapt each chain's step size by dual averaging.
@@ -199,13 +201,20 @@ class ConditionedGenerator(StartingPoints):
             raise ValueError(f"`check_chains` must be a bool; got {check_chains!r}")
         chain_map = check_sample_args(args, self.system)
         ys, batched = check_y_batch(y_obs, self.y_obs)
+        same = np.asarray(ys, np.float64) == np.asarray(self.y_obs, np.float64)[None]
+        if self.system._half_log_det_fn is not None and not np.all(same):
+            raise ValueError(
+                "`y_obs` differs from the conditioned observation, but `half_log_det_fn` takes "
+                "only u (it is exact on the conditioned manifold only); give it as "
+                "half_log_det_fn(u, y_obs) to sample other observations"
+            )
         settings = SamplerSettings(
             num_geodesic_steps, float(tol), max_iters, check_reverse, chunk_size, chain_map,
             trajectory,
         )  # fmt: skip
         total = num_warmup + num_samples
         adapting = adapt and num_warmup > 0
-        obs_keys = jax.random.split(key, ys.shape[0]) if batched else jnp.stack([key])
+        obs_keys = observation_keys(key, ys.shape[0], batched)
         key_init, keys_search, keys_chains = jax.vmap(
             lambda k: chain_keys(k, num_chains, adapting)
         )(obs_keys)
@@ -224,17 +233,18 @@ class ConditionedGenerator(StartingPoints):
             )
             runner = lambda kind: self._runner(settings, kind)  # noqa: E731
             y_chains = jnp.repeat(ys, num_chains, axis=0)
+            states = self._init_states(u0, y_chains)
             keys_chains = _flat(keys_chains)
             if adapting:
                 target = adaptive_step.check_target_accept(target_accept)
                 both = (_flat(keys_search), keys_chains)
                 lengths = (num_warmup, total, target)
                 result, step_sizes = run_adaptive(
-                    runner, both, self._init_states(u0), params, y_chains, lengths, run
+                    runner, both, states, params, y_chains, lengths, run
                 )
             else:
                 result, step_sizes = run_fixed(
-                    runner, keys_chains, self._init_states(u0), params, y_chains, total, run
+                    runner, keys_chains, states, params, y_chains, total, run
                 )
         if result.interrupted:
             print(
@@ -308,7 +318,8 @@ def condition(
         init_fn: optional ``init_fn(key) -> u`` returning a point on the manifold.
         half_log_det_fn: optional ``u -> ½ log det(J Jᵀ)``, exact on the manifold ``generator(u)
             = y_obs`` (see :class:`~dgm.inference.manifold.ManifoldSystem`); it replaces the
-            Gram log-det term and its second-order gradient.
+            Gram log-det term and its second-order gradient. As ``(u, y_obs) -> …`` it
+            serves any observation (``sample(..., y_obs=...)``); as ``u -> …`` only this one.
 
     Raises:
         ValueError: for a generator whose output shape does not match ``y_obs``, more

@@ -1,6 +1,7 @@
 """Helpers for frozen-dataclass configs: dotted overrides and validation messages."""
 
 import dataclasses
+import inspect
 import json
 from collections.abc import Iterable
 from typing import Any
@@ -136,3 +137,16 @@ def check_positive_scalar(name: str, value: Any) -> None:
         arr = np.asarray(np.nan)
     if isinstance(value, bool) or arr.ndim != 0 or not np.isfinite(arr) or not arr > 0:
         raise ValueError(f"`{name}` must be a positive finite scalar; got {value!r}")
+
+
+def num_positional(fn) -> int:
+    """How many positional arguments ``fn`` takes (2 for ``init_fn(key, y_obs)``; 1 when its
+    signature cannot be read; 2 for ``*args``)."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return 1
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    if any(p.kind == inspect.Parameter.VAR_POSITIONAL for p in params):
+        return 2
+    return sum(p.kind in kinds for p in params)

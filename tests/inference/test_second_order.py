@@ -1,15 +1,22 @@
 """The generic gradient of ½ log det(J Jᵀ) (dgm.inference.second_order) against autodiff of
 ``slogdet``, in float64, on random generators with scans (an RK4 ODE) and without (an MLP),
-for forward- and reverse-mode Jacobians; and a planted bug (P without the Gram solve) that
-the same check catches."""
+for forward- and reverse-mode Jacobians, whole (``remat``) and projected on the tangent
+space (``tangent``); and planted bugs (P without the Gram solve; a tangent basis that is not
+the null space of J) that the same checks catch."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dgm.inference.manifold import ManifoldSystem
-from dgm.inference.second_order import gram_log_det_grad, remat_scans
+from dgm.inference.manifold import ManifoldSystem, project_tangent
+from dgm.inference.second_order import (
+    choose_second_order,
+    contains_loop,
+    gram_log_det_grad,
+    remat_scans,
+    tangent_log_det_grad,
+)
 
 
 def mlp(key, m, n):
@@ -67,10 +74,16 @@ def reference(gen, u):
     return jax.grad(half_log_det)(u)
 
 
-def max_error(grad_fn, gen, m, seed):
+def max_error(grad_fn, gen, m, seed, tangential=False):
+    """Largest error of ``grad_fn(u)`` against the reference gradient (both projected on
+    the tangent space of J(u) when ``tangential``), relative to the reference's size."""
     u = jax.random.normal(jax.random.key(seed), (m,), jnp.float64)
     ref = reference(gen, u)
     got = grad_fn(u)
+    if tangential:
+        jac = jax.jacfwd(gen)(u)
+        project = lambda v: v - jac.T @ jnp.linalg.solve(jac @ jac.T, jac @ v)  # noqa: E731
+        ref, got = project(ref), project(got)
     return float(jnp.max(jnp.abs(got - ref)) / jnp.maximum(1.0, jnp.max(jnp.abs(ref))))
 
 
@@ -78,8 +91,7 @@ def max_error(grad_fn, gen, m, seed):
 @pytest.mark.parametrize("mode", ["fwd", "rev"])
 def test_gradient_equals_autodiff_of_slogdet(x64, make, m, n, mode):
     gen = make(jax.random.key(m * n), m, n)
-    system = ManifoldSystem(gen, m, n, jacobian=mode)
-    assert system.second_order == "remat"
+    system = ManifoldSystem(gen, m, n, jacobian=mode, second_order="remat")
 
     @jax.jit
     def grad(u):
@@ -88,6 +100,55 @@ def test_gradient_equals_autodiff_of_slogdet(x64, make, m, n, mode):
 
     for seed in range(2):
         assert max_error(grad, gen, m, seed) < 1e-10
+
+
+@pytest.mark.parametrize("make, m, n", CASES)
+def test_tangent_route_equals_the_projected_gradient(x64, make, m, n):
+    """The forward-only route: its tangential part is exact and its normal part zero."""
+    gen = make(jax.random.key(m * n), m, n)
+    system = ManifoldSystem(gen, m, n, jacobian="fwd", second_order="tangent")
+
+    @jax.jit
+    def grad(u):
+        jac, factor = system.cache(u)
+        return system.potential_grad(u, jac, factor) - u, jac, factor
+
+    for seed in range(2):
+        assert max_error(lambda u: grad(u)[0], gen, m, seed, tangential=True) < 1e-10
+    got, jac, factor = grad(jax.random.normal(jax.random.key(0), (m,), jnp.float64))
+    np.testing.assert_allclose(project_tangent(got, jac, factor), got, atol=1e-12)
+
+
+def test_planted_bug_tangent_basis_off_the_null_space_is_caught(x64):
+    """The route's directions taken from the wrong columns of the QR factor of Jᵀ (the
+    row space of J, partly): the check above fails."""
+    m, n = 8, 3
+    gen = mlp(jax.random.key(m * n), m, n)
+
+    def buggy(u):
+        jac = jax.jacfwd(gen)(u)
+        q = jnp.linalg.qr(jac.T, mode="complete")[0]
+        pmat = jnp.linalg.solve(jac @ jac.T, jac)
+        # the route with ``basis`` made of q's first columns: the null space of a wrong "J"
+        return tangent_log_det_grad(gen, u, q[:, m - n :].T, pmat)
+
+    assert max_error(jax.jit(buggy), gen, m, 0, tangential=True) > 1e-3
+
+
+def test_auto_takes_the_tangent_route_for_loops_with_few_tangent_directions():
+    gen = ode(None, 6, 4)
+    assert contains_loop(gen, jnp.zeros(6)) and not contains_loop(
+        mlp(jax.random.key(0), 8, 3), jnp.zeros(8)
+    )
+    assert choose_second_order(gen, 6, 4) == "tangent"
+    assert ManifoldSystem(gen, 6, 4, jacobian="fwd").second_order == "tangent"
+    assert ManifoldSystem(gen, 6, 4, jacobian="rev").second_order == "remat"
+    assert (
+        ManifoldSystem(mlp(jax.random.key(0), 8, 3), 8, 3, jacobian="fwd").second_order == "remat"
+    )
+    assert choose_second_order(gen, 40, 4) == "remat"  # too many tangent directions
+    with pytest.raises(ValueError, match="needs `jacobian='fwd'`"):
+        ManifoldSystem(gen, 6, 4, jacobian="rev", second_order="tangent")
 
 
 def test_planted_bug_without_the_gram_solve_is_caught(x64):

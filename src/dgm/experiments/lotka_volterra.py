@@ -194,14 +194,10 @@ def run_chmc(
         y_obs,
         model.input_dim,
         derived={"log_rates": lambda u: u[:NUM_PARAMS] + model.prior_loc},
-        init_fn=lambda k: model.input_on_manifold(
-            0.1 * jax.random.normal(k, (NUM_PARAMS,), jnp.float64) - 4.0, jnp.asarray(y_obs)
+        init_fn=lambda k, y: model.input_on_manifold(
+            0.1 * jax.random.normal(k, (NUM_PARAMS,), jnp.float64) - 4.0, y
         ),
-        half_log_det_fn=(
-            (lambda u: model.half_log_det_gram(u, jnp.asarray(y_obs)))
-            if cfg.structured_log_det
-            else None
-        ),
+        half_log_det_fn=model.half_log_det_gram if cfg.structured_log_det else None,
         gram_factor_fn=(model.gram_factor if cfg.structured_log_det else None),
     )
     idata = posterior.sample(

@@ -64,7 +64,7 @@ PRESETS = {
 
 
 def generator_of(config: Config) -> tuple:
-    """``(generator, input_dim, derived, system_kwargs, names)`` of the configured model."""
+    """``(generator, input_dim, derived, condition_kwargs, names)`` of the configured model."""
     if config.model == "mlp":
         from dgm.models.mlp_generator import MLPGenerator
 
@@ -86,16 +86,16 @@ def generator_of(config: Config) -> tuple:
 
     model = CentredLotkaVolterra(num_steps=config.lv_num_time_steps)
     derived = {"log_rates": lambda u: loc.astype(u.dtype) + scale * u[:NUM_PARAMS]}
-    system_kwargs = {
-        "gram_factor_fn": lambda y: model.gram_factor,
-        "half_log_det_fn": lambda y: lambda u: model.half_log_det_gram(u, y),
+    condition_kwargs = {
+        "gram_factor_fn": model.gram_factor,
+        "half_log_det_fn": model.half_log_det_gram,  # (u, y_obs): serves every replication
     }
     names = {"log_rates": ["log θ1", "log θ2", "log θ3", "log θ4"]}
-    return model.generate, model.input_dim, derived, system_kwargs, names
+    return model.generate, model.input_dim, derived, condition_kwargs, names
 
 
 def run(config: Config, key, ctx: RunContext) -> dict:
-    generator, input_dim, derived, system_kwargs, names = generator_of(config)
+    generator, input_dim, derived, condition_kwargs, names = generator_of(config)
     done = _load_done(ctx)
     fresh: dict[int, tuple[dict, float]] = {}
 
@@ -116,7 +116,7 @@ def run(config: Config, key, ctx: RunContext) -> dict:
             num_warmup=config.num_warmup,
             num_bins=config.num_bins,
             derived=derived,
-            system_kwargs=system_kwargs,
+            condition_kwargs=condition_kwargs,
             done=done,
             on_replication=on_replication,
         )

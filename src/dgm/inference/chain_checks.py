@@ -31,7 +31,7 @@ class ChainChecker:
 
     def __init__(self, system: ManifoldSystem):
         def log_density(u, y):
-            return -system.potential(u, system.cache(u)[1])
+            return -system.at(y).potential(u, system.cache(u)[1])
 
         self._log_density = jax.jit(jax.vmap(jax.vmap(log_density, (0, None)), (0, None)))
 

@@ -82,7 +82,7 @@ def build_runner(
     )  # fmt: skip
 
     def step(key, state, params: ObservedParams):
-        kernel = wrap[kind](build.build_kernel(system, params.y_obs, *structural))
+        kernel = wrap[kind](build.build_kernel(system.at(params.y_obs), params.y_obs, *structural))
         return kernel(key, state, params.params)
 
     extract = None if kind == "fixed" else (lambda s: s.state.position)
@@ -97,7 +97,7 @@ def build_runner(
 
 class Helpers(NamedTuple):
     """Compiled functions of a conditioned generator besides the chain runs (batched over
-    chains): initial states, residuals ``max |G(u) − y|``, Jacobian ranks, Gauss–Newton,
+    chains): initial states ``(u, y)``, residuals ``max |G(u) − y|``, Jacobian ranks, Gauss–Newton,
     the typical-set starts and the after-run chain check."""
 
     init_states: Callable
@@ -125,7 +125,7 @@ def compiled_helpers(system: ManifoldSystem, cache_key=None) -> Helpers:
         return gauss_newton(system, u, y, tol, n)
 
     helpers = Helpers(
-        jax.jit(jax.vmap(lambda u: constrained_hmc.init(system, u))),
+        jax.jit(jax.vmap(lambda u, y: constrained_hmc.init(system.at(y), u))),
         jax.jit(jax.vmap(residual)),
         jax.jit(jax.vmap(lambda u: jnp.linalg.matrix_rank(system.jacobian(u)))),
         jax.jit(jax.vmap(newton, (0, 0, None, None)), static_argnums=3),
@@ -210,9 +210,13 @@ def check_sample_args(args: dict, system: ManifoldSystem) -> str:
     """Validate ``sample``'s arguments (each error names one); return the chain map."""
     key = args["key"]
     typed = isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
-    raw = isinstance(key, jax.Array) and key.dtype == jnp.uint32 and key.shape == (2,)
-    if not (typed or raw):
-        raise ValueError(f"`key` must be one PRNG key (jax.random.key(seed)); got {key!r}")
+    typed = typed and key.ndim <= 1
+    raw = isinstance(key, jax.Array) and key.dtype == jnp.uint32 and key.ndim in (1, 2)
+    if not (typed or (raw and key.shape[-1] == 2)):
+        raise ValueError(
+            "`key` must be one PRNG key (jax.random.key(seed)), or one per observation of a "
+            f"`y_obs` batch; got {key!r}"
+        )
     for name in ("num_chains", "num_samples", "num_geodesic_steps", "max_iters", "chunk_size"):
         check_positive(name, args[name], integer=True)
     num_warmup = args["num_warmup"]
@@ -276,6 +280,21 @@ def run_attrs(args: dict, lo: int, hi: int, step_sizes, adapting: bool) -> dict:
     if adapting:
         attrs["target_accept"] = float(args["target_accept"])
     return attrs
+
+
+def observation_keys(key, num_obs: int, batched: bool):
+    """One key per observation: ``split(key, num_obs)`` for a batch (one key for one
+    observation), or, given a stack of ``num_obs`` keys (typed ``(num_obs,)`` or raw
+    ``(num_obs, 2)``) with a batch, those keys as they are."""
+    is_stack = key.ndim == (1 if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else 2)
+    if not is_stack:
+        return jax.random.split(key, num_obs) if batched else jnp.stack([key])
+    if not batched or key.shape[0] != num_obs:
+        raise ValueError(
+            f"`key` with {key.shape[0]} keys needs a `y_obs` batch of as many rows; got "
+            + (f"{num_obs} rows" if batched else "one observation")
+        )
+    return key
 
 
 def check_y_batch(y_obs: Any, default: jax.Array) -> tuple[jax.Array, bool]:

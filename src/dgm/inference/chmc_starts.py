@@ -10,11 +10,11 @@ References:
     models", AISTATS, §3.
 """
 
-import inspect
-
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from dgm.config import num_positional
 
 
 class StartingPoints:
@@ -63,7 +63,7 @@ class StartingPoints:
         (Gauss–Newton): a one-argument ``init_fn`` serves the conditioned ``y_obs`` only."""
         if self.init_fn is None:
             return None
-        if _num_positional(self.init_fn) >= 2:
+        if num_positional(self.init_fn) >= 2:
             return self.init_fn
         if bool(jnp.all(ys == self.y_obs[None])):
             return lambda k, y: self.init_fn(k)
@@ -114,15 +114,3 @@ class StartingPoints:
         elif u0.ndim == 2 and u0.shape[1] == self.input_dim and u0.shape[0] != num_chains:
             raise ValueError(f"`init` must have {num_chains} rows (num_chains); got {u0.shape[0]}")
         return self._check_init(u0, tol, "`init`", jnp.repeat(ys, num_chains, axis=0))
-
-
-def _num_positional(fn) -> int:
-    """How many positional arguments ``fn`` takes (2 for ``init_fn(key, y_obs)``)."""
-    try:
-        params = inspect.signature(fn).parameters.values()
-    except (TypeError, ValueError):
-        return 1
-    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    if any(p.kind == inspect.Parameter.VAR_POSITIONAL for p in params):
-        return 2
-    return sum(p.kind in kinds for p in params)

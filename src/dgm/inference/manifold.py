@@ -13,6 +13,7 @@ References:
 """
 
 import abc
+import copy
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -22,7 +23,13 @@ import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
-from dgm.inference.second_order import gram_log_det_grad, remat_scans
+from dgm.config import num_positional
+from dgm.inference.second_order import (
+    choose_second_order,
+    gram_log_det_grad,
+    remat_scans,
+    tangent_log_det_grad,
+)
 
 # Up to this many constraints, the Gram Cholesky and its solves are unrolled into scalar
 # operations: on a 1×1 or 3×3 Gram matrix, LAPACK's per-call overhead dominates the step.
@@ -189,19 +196,25 @@ class ManifoldSystem:
             Jacobian's structure (e.g. :class:`TriangularBlockGram`); by default
             :meth:`DenseCholesky.from_jacobian`.
         half_log_det_fn: optional ``u -> ½ log det(J Jᵀ)``, exact at least on the manifold
-            (it may differ off it). φ and ∇φ then use it instead of the Gram factor and
-            the second-order term: the sampler only evaluates φ on the manifold and only
-            uses the tangential part of ∇φ (every kick is followed by the tangent
-            projection), and both agree with the default there. A model with a closed-form
-            inverse noise map can make this term cheap (see
+            (it may differ off it); or ``(u, y) -> …`` for any observation ``y``, used once
+            :meth:`at` binds ``y`` (unbound, the system uses the default). φ and ∇φ then
+            use it instead of the Gram factor and the second-order term: the sampler only
+            evaluates φ on the manifold and only uses the tangential part of ∇φ (every kick
+            is followed by the tangent projection), and both agree with the default there.
+            A model with a closed-form inverse noise map can make this term cheap (see
             :meth:`dgm.models.lotka_volterra.LotkaVolterra.half_log_det_gram`).
         second_order: how ∇ ½ log det(J Jᵀ) is computed (:meth:`potential_grad`).
-            ``"remat"`` (default for ``"fwd"``/``"rev"`` Jacobians): through the generator
-            with every ``lax.scan`` body checkpointed (:func:`~dgm.inference.second_order.
-            remat_scans`), as one reverse pass over the forward-mode Jacobian (``"fwd"``) or
-            N forward-over-reverse Hessian–vector products (``"rev"``). ``"vjp"`` (default
-            for a custom Jacobian function): one reverse pass through the Jacobian map
-            as given.
+            ``"tangent"`` (default for a ``"fwd"`` Jacobian of a generator with loops and
+            at most :data:`~dgm.inference.second_order.MAX_TANGENT_DIM` tangent
+            directions): only its tangential part, which is all the sampler uses, by M − N
+            forward-over-forward passes
+            (:func:`~dgm.inference.second_order.tangent_log_det_grad`). ``"remat"``
+            (default for other ``"fwd"``/``"rev"`` cases): through the generator with
+            every ``lax.scan`` body checkpointed
+            (:func:`~dgm.inference.second_order.remat_scans`), as one reverse pass over
+            the forward-mode Jacobian (``"fwd"``) or N forward-over-reverse
+            Hessian–vector products (``"rev"``). ``"vjp"`` (default for a custom Jacobian
+            function): one reverse pass through the Jacobian map as given.
     """
 
     def __init__(
@@ -214,9 +227,9 @@ class ManifoldSystem:
         half_log_det_fn: Callable | None = None,
         second_order: str = "auto",
     ):
-        if second_order not in ("auto", "remat", "vjp"):
+        if second_order not in ("auto", "remat", "vjp", "tangent"):
             raise ValueError(
-                f"`second_order` must be 'auto', 'remat' or 'vjp'; got {second_order!r}"
+                f"`second_order` must be 'auto', 'remat', 'vjp' or 'tangent'; got {second_order!r}"
             )
         if not callable(jacobian) and jacobian not in ("auto", "fwd", "rev"):
             raise ValueError(
@@ -233,11 +246,33 @@ class ManifoldSystem:
             self.jacobian_mode = jacobian
             self._jac = jax.jacfwd(generator) if jacobian == "fwd" else jax.jacrev(generator)
         self._gram_factor_fn = gram_factor_fn
-        self._half_log_det_fn = half_log_det_fn
+        # a two-argument half_log_det_fn(u, y) waits for `at(y)`; the default serves till then
+        takes_y = half_log_det_fn is not None and num_positional(half_log_det_fn) >= 2
+        self._half_log_det_of_y = half_log_det_fn if takes_y else None
+        self._half_log_det_fn = None if takes_y else half_log_det_fn
+        if second_order == "tangent" and jacobian != "fwd":
+            raise ValueError(
+                "`second_order='tangent'` needs `jacobian='fwd'` (it differentiates the "
+                f"forward-mode Jacobian); got jacobian={jacobian!r}"
+            )
         if second_order == "auto":
-            second_order = "vjp" if callable(jacobian) else "remat"
+            if callable(jacobian):
+                second_order = "vjp"
+            elif jacobian == "fwd":
+                second_order = choose_second_order(generator, input_dim, output_dim)
+            else:
+                second_order = "remat"
         self.second_order = second_order
         self._second_order_generator = remat_scans(generator)
+
+    def at(self, y: Float[Array, " obs"]) -> "ManifoldSystem":
+        """This system on the manifold G(u) = ``y``: a two-argument ``half_log_det_fn(u, y)``
+        bound to ``y`` (for a traced ``y`` too); the system itself when it has none."""
+        if self._half_log_det_of_y is None:
+            return self
+        bound = copy.copy(self)
+        bound._half_log_det_fn = lambda u: self._half_log_det_of_y(u, y)
+        return bound
 
     def factor_type(self) -> type:
         """The class of the Gram factor :meth:`gram_factor` returns (found by tracing).
@@ -300,13 +335,17 @@ class ManifoldSystem:
 
         From d(½ log det G) = ½ tr(G⁻¹ dG) with G = J Jᵀ: the second term is one reverse
         pass through the Jacobian map, ``vjp(J)(P)``, so no derivative passes through the
-        factorisation; P costs one solve with M right-hand sides.
+        factorisation; P costs one solve with M right-hand sides. With
+        ``second_order="tangent"`` the second term is only its tangential part (the
+        sampler projects every kick onto the tangent space, so Π_u ∇φ is exact).
         """
         if self._half_log_det_fn is not None:
             return u + jax.grad(self._half_log_det_fn)(u)
         pmat = factor.solve(jac)
         if self.second_order == "vjp":
             return u + jax.vjp(self._jac, u)[1](pmat)[0]
+        if self.second_order == "tangent":
+            return u + tangent_log_det_grad(self.generator, u, jac, pmat)
         return u + gram_log_det_grad(self._second_order_generator, u, pmat, self.jacobian_mode)
 
     def potential_and_grad(self, u: Float[Array, " dim"]):

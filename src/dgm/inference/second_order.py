@@ -1,22 +1,33 @@
 """The gradient of ½ log det(J Jᵀ) for any generator, in a few Jacobians' cost.
 
-With G = J Jᵀ and A = G⁻¹, d(½ log det G) = tr(A J dJᵀ), so with J and A held fixed
+Two routes, chosen by :func:`choose_second_order` (``ManifoldSystem(second_order="auto")``):
 
-    ∇ ½ log det(J(u) J(u)ᵀ) = ∇_u tr(A J J(u)ᵀ) = ∇_u Σᵢ (J(u) wᵢ)ᵀ aᵢ,
+* **tangent** (forward only): the sampler only ever uses the *tangential* part of ∇φ (every
+  kick is followed by the tangent projection Π_u, and the start's uphill moves project too),
+  so it is enough to know the d = M − N directional derivatives of ½ log det(J Jᵀ) along an
+  orthonormal basis T of the null space of J(u):
 
-where ``wᵢ`` are the rows of J (the normal directions, N of them) and ``aᵢ`` the columns of
-A. The right side is a scalar built from N forward-mode directional derivatives (``jvp``)
-of the generator, so its gradient is **one reverse pass over N tangents** instead of a
-reverse pass over the full M-column Jacobian (the form ``vjp(jacfwd)(P)`` with P = A J).
+      tᵀ ∇ ½ log det(J Jᵀ) = tr(Pᵀ ∂_t J) = tr(Rᵀ Pᵀ ∂_t (J R)),
 
-On XLA:CPU the reverse pass through a ``lax.scan`` (an ODE solver's time steps) is slow
-for a reason other than arithmetic: every residual saved for the backward pass is its own
-stacked buffer, written and read by its own dynamic-slice kernel on every iteration, and
-that per-iteration kernel count dominates. :func:`remat_scans` rewrites a function so that
-every scan body (nested ones and those inside ``jit`` included) is wrapped in
-``jax.checkpoint``: the forward loop saves only each iteration's carry, and the backward
-loop recomputes the body, fused. See ``benchmarks/bench_generic_step.py`` for the
-measured costs.
+  with R an orthonormal basis of J's row space (P vanishes on the null space): d
+  forward-over-forward passes sharing the primal and N first-order tangents, then
+  Π ∇ = T (Tᵀ ∇). No reverse pass at all, which is what makes it fast through an ODE
+  solver's ``lax.scan`` on XLA:CPU (see below); its cost grows with d · N, so it is chosen
+  for generators with loops and few tangent directions. The returned vector's tangential
+  part is exact; its normal part is left out (zero).
+* **remat** (one reverse pass): the whole gradient. With P = (J Jᵀ)⁻¹ J held fixed,
+  ∇ ½ log det(J Jᵀ) = Σᵢⱼ Pᵢⱼ ∇Jᵢⱼ = ``vjp(jacfwd(G))(P)`` (forward-mode J) or Σᵢ Hᵢ Pᵢ,
+  the N Hessian–vector products of the outputs Gᵢ along the rows of P (reverse-mode J).
+
+On XLA:CPU a reverse pass through a ``lax.scan`` (an ODE solver's time steps) is slow for
+a reason other than arithmetic: every residual saved for the backward pass is its own
+stacked buffer, written and read by its own kernel on every iteration, and the transposed
+body compiles to some 60 small kernels per iteration (measured: the gradient of the sum of
+the benchmark simulator's outputs costs 200 evaluations of it). :func:`remat_scans`
+rewrites a function so that every scan body (nested ones and those inside ``jit``
+included) is wrapped in ``jax.checkpoint``, which saves only each iteration's carry
+(3–4× faster); the tangent route avoids the reverse pass altogether. See
+``benchmarks/bench_generic_step.py`` and ``benchmarks/README.md`` for the measured costs.
 
 References:
     Graham & Storkey (2017), "Asymptotically exact inference in differentiable generative
@@ -103,6 +114,85 @@ def _remat_scan(invals: list, params: dict) -> list:
     return [*carry, *ys]
 
 
+def contains_loop(fn: Callable, *args) -> bool:
+    """Whether ``fn``'s jaxpr at ``args`` (arrays or shape/dtype structs) holds a ``scan`` or
+    ``while`` loop (nested ones, and those inside ``jit``, ``cond`` or ``checkpoint``, too)."""
+    specs = [jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)) for a in args]
+    return _has_loop(jax.make_jaxpr(fn)(*specs).jaxpr)
+
+
+def _has_loop(jaxpr) -> bool:
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name in ("scan", "while"):
+            return True
+        for value in eqn.params.values():
+            for item in value if isinstance(value, tuple | list) else (value,):
+                inner = getattr(item, "jaxpr", item)
+                if hasattr(inner, "eqns") and _has_loop(inner):
+                    return True
+    return False
+
+
+#: The largest tangent dimension d = M − N for which ``"auto"`` takes the forward-only
+#: route on a generator with loops. Measured on the RK4 predator–prey simulator of
+#: ``benchmarks/bench_generic_step.py`` (M = 20 + d, N = 20): the tangent route costs about
+#: 2 + 1.7 d Jacobians, the reverse pass through the checkpointed scans 40–50, so the
+#: crossover lies far above 16; kept low because the route's cost also grows with M.
+MAX_TANGENT_DIM = 16
+
+
+def choose_second_order(generator: Callable, input_dim: int, output_dim: int) -> str:
+    """``"tangent"`` for a generator with loops and at most :data:`MAX_TANGENT_DIM`
+    tangent directions, else ``"remat"`` (the reverse pass is then cheap, or the forward
+    route's d · N cost too high). The generator is traced on a float64 input (the
+    sampler's), else float32; ``"remat"`` if neither traces."""
+    if input_dim - output_dim > MAX_TANGENT_DIM:
+        return "remat"
+    for x64 in (True, False):
+        with jax.enable_x64(x64):
+            u = jax.ShapeDtypeStruct((input_dim,), jnp.float64 if x64 else jnp.float32)
+            try:
+                return "tangent" if contains_loop(generator, u) else "remat"
+            except Exception:  # noqa: BLE001, S112 - the generator's own dtype rules
+                continue
+    return "remat"
+
+
+def tangent_log_det_grad(
+    generator: Callable,
+    u: Float[Array, " dim"],
+    jac: Float[Array, "obs dim"],
+    pmat: Float[Array, "obs dim"],
+) -> Float[Array, " dim"]:
+    """Π_u ∇ ½ log det(J Jᵀ) at ``u`` by d = M − N forward-over-forward passes (each
+    over N inner directions).
+
+    Args:
+        generator: ``u -> G(u)``.
+        u: the point.
+        jac: J(u) (its null space gives the directions; no derivative flows through it).
+        pmat: P = (J Jᵀ)⁻¹ J at ``u``, held fixed.
+
+    Returns:
+        T Tᵀ ∇ ½ log det(J Jᵀ) for an orthonormal basis T of the null space of J: the
+        tangential part of the gradient, exact; the normal part is zero.
+    """
+    jac = jax.lax.stop_gradient(jac)
+    pmat = jax.lax.stop_gradient(pmat)
+    num_outputs = jac.shape[0]
+    q, _ = jnp.linalg.qr(jac.T, mode="complete")
+    rows, basis = q[:, :num_outputs], q[:, num_outputs:]  # row space and null space of J
+    # tr(Pᵀ ∂_t J) is a trace over the inputs, so any orthonormal basis of them serves;
+    # P vanishes on the null space, so the N row-space directions suffice (not all M).
+
+    def jac_on_rows(v):  # J(v) R, (N, N): N forward directions
+        return jax.vmap(lambda r: jax.jvp(generator, (v,), (r,))[1], out_axes=1)(rows.T)
+
+    # ∂_t (J R) for every tangent direction t: the primal and inner tangents are shared
+    d_jac = jax.vmap(lambda t: jax.jvp(jac_on_rows, (u,), (t,))[1])(basis.T)  # (d, N, N)
+    return basis @ jnp.einsum("knr,nr->k", d_jac, pmat @ rows)
+
+
 def gram_log_det_grad(
     generator: Callable, u: Float[Array, " dim"], pmat: Float[Array, "obs dim"], mode: str
 ) -> Float[Array, " dim"]:
@@ -126,28 +216,3 @@ def gram_log_det_grad(
 
     eye = jnp.eye(num_outputs, dtype=pmat.dtype)
     return jnp.sum(jax.vmap(hvp)(pmat, eye), axis=0)
-
-
-def half_log_det_grad(
-    generator: Callable,
-    u: Float[Array, " dim"],
-    jac: Float[Array, "obs dim"],
-    gram_inverse: Float[Array, "obs obs"],
-) -> Float[Array, " dim"]:
-    """∇ ½ log det(J Jᵀ) at ``u``: one reverse pass over N forward directions.
-
-    Args:
-        generator: ``u -> G(u)`` (for speed, wrapped by :func:`remat_scans`).
-        u: the point.
-        jac: J(u), held fixed (no derivative flows through it).
-        gram_inverse: (J Jᵀ)⁻¹ at ``u``, held fixed.
-    """
-    jac = jax.lax.stop_gradient(jac)
-    weights = jax.lax.stop_gradient(gram_inverse)
-
-    def trace(v):
-        # columns: J(v) wᵢ for the N rows wᵢ of J; tr(A J J(v)ᵀ) = Σᵢⱼ Aⱼᵢ (J(v) wᵢ)ⱼ
-        jw = jax.vmap(lambda w: jax.jvp(generator, (v,), (w,))[1], out_axes=1)(jac)
-        return jnp.sum(weights * jw)
-
-    return jax.grad(trace)(u)

@@ -124,6 +124,7 @@ def typical_starts(
     """
     if agree_nats is None:
         agree_nats = default_agree_nats(system.input_dim - system.output_dim)
+    system = system.at(y)
     num = num_chains * num_candidates
     key_prior, key_pick = jax.random.split(key)
     u0 = jax.random.normal(key_prior, (num, system.input_dim), y.dtype)
