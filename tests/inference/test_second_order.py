@@ -12,8 +12,8 @@ import pytest
 from dgm.inference.manifold import ManifoldSystem, project_tangent
 from dgm.inference.second_order import (
     choose_second_order,
-    contains_loop,
     gram_log_det_grad,
+    loop_kinds,
     remat_scans,
     tangent_log_det_grad,
 )
@@ -137,9 +137,8 @@ def test_planted_bug_tangent_basis_off_the_null_space_is_caught(x64):
 
 def test_auto_takes_the_tangent_route_for_loops_with_few_tangent_directions():
     gen = ode(None, 6, 4)
-    assert contains_loop(gen, jnp.zeros(6)) and not contains_loop(
-        mlp(jax.random.key(0), 8, 3), jnp.zeros(8)
-    )
+    assert loop_kinds(gen, jnp.zeros(6)) == {"scan"}
+    assert not loop_kinds(mlp(jax.random.key(0), 8, 3), jnp.zeros(8))
     assert choose_second_order(gen, 6, 4) == "tangent"
     assert ManifoldSystem(gen, 6, 4, jacobian="fwd").second_order == "tangent"
     assert ManifoldSystem(gen, 6, 4, jacobian="rev").second_order == "remat"
@@ -147,6 +146,12 @@ def test_auto_takes_the_tangent_route_for_loops_with_few_tangent_directions():
         ManifoldSystem(mlp(jax.random.key(0), 8, 3), 8, 3, jacobian="fwd").second_order == "remat"
     )
     assert choose_second_order(gen, 40, 4) == "remat"  # too many tangent directions
+
+    def halvings(u):  # a while loop with a data-dependent trip count: no reverse pass exists
+        return jax.lax.while_loop(lambda x: x[0] > 1.0, lambda x: 0.5 * x, u[:4] ** 2 + 3.0)
+
+    assert loop_kinds(halvings, jnp.zeros(40)) == {"while"}
+    assert choose_second_order(halvings, 40, 4) == "tangent"
     with pytest.raises(ValueError, match="needs `jacobian='fwd'`"):
         ManifoldSystem(gen, 6, 4, jacobian="rev", second_order="tangent")
 

@@ -114,23 +114,25 @@ def _remat_scan(invals: list, params: dict) -> list:
     return [*carry, *ys]
 
 
-def contains_loop(fn: Callable, *args) -> bool:
-    """Whether ``fn``'s jaxpr at ``args`` (arrays or shape/dtype structs) holds a ``scan`` or
-    ``while`` loop (nested ones, and those inside ``jit``, ``cond`` or ``checkpoint``, too)."""
+def loop_kinds(fn: Callable, *args) -> set[str]:
+    """The loop primitives (``"scan"``, ``"while"``) in ``fn``'s jaxpr at ``args`` (arrays
+    or shape/dtype structs), nested ones and those inside ``jit``, ``cond`` or
+    ``checkpoint`` included."""
     specs = [jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)) for a in args]
-    return _has_loop(jax.make_jaxpr(fn)(*specs).jaxpr)
+    return _loop_kinds(jax.make_jaxpr(fn)(*specs).jaxpr)
 
 
-def _has_loop(jaxpr) -> bool:
+def _loop_kinds(jaxpr) -> set[str]:
+    kinds = set()
     for eqn in jaxpr.eqns:
         if eqn.primitive.name in ("scan", "while"):
-            return True
+            kinds.add(eqn.primitive.name)
         for value in eqn.params.values():
             for item in value if isinstance(value, tuple | list) else (value,):
                 inner = getattr(item, "jaxpr", item)
-                if hasattr(inner, "eqns") and _has_loop(inner):
-                    return True
-    return False
+                if hasattr(inner, "eqns"):
+                    kinds |= _loop_kinds(inner)
+    return kinds
 
 
 #: The largest tangent dimension d = M − N for which ``"auto"`` takes the forward-only
@@ -142,19 +144,20 @@ MAX_TANGENT_DIM = 16
 
 
 def choose_second_order(generator: Callable, input_dim: int, output_dim: int) -> str:
-    """``"tangent"`` for a generator with loops and at most :data:`MAX_TANGENT_DIM`
-    tangent directions, else ``"remat"`` (the reverse pass is then cheap, or the forward
+    """``"tangent"`` for a generator with ``scan`` loops and at most
+    :data:`MAX_TANGENT_DIM` tangent directions, or with a ``while`` loop (which no reverse
+    pass goes through); else ``"remat"`` (the reverse pass is then cheap, or the forward
     route's d · N cost too high). The generator is traced on a float64 input (the
     sampler's), else float32; ``"remat"`` if neither traces."""
-    if input_dim - output_dim > MAX_TANGENT_DIM:
-        return "remat"
     for x64 in (True, False):
         with jax.enable_x64(x64):
             u = jax.ShapeDtypeStruct((input_dim,), jnp.float64 if x64 else jnp.float32)
             try:
-                return "tangent" if contains_loop(generator, u) else "remat"
+                kinds = loop_kinds(generator, u)
             except Exception:  # noqa: BLE001, S112 - the generator's own dtype rules
                 continue
+        few = input_dim - output_dim <= MAX_TANGENT_DIM
+        return "tangent" if "while" in kinds or (kinds and few) else "remat"
     return "remat"
 
 
