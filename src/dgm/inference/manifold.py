@@ -204,10 +204,10 @@ class ManifoldSystem:
             A model with a closed-form inverse noise map can make this term cheap (see
             :meth:`dgm.models.lotka_volterra.LotkaVolterra.half_log_det_gram`).
         second_order: how ∇ ½ log det(J Jᵀ) is computed (:meth:`potential_grad`).
-            ``"tangent"`` (default for a ``"fwd"`` Jacobian of a generator with loops and
-            at most :data:`~dgm.inference.second_order.MAX_TANGENT_DIM` tangent
-            directions): only its tangential part, which is all the sampler uses, by M − N
-            forward-over-forward passes
+            ``"tangent"`` (default for a ``"fwd"`` Jacobian of a generator with ``scan``
+            loops and at most :data:`~dgm.inference.second_order.MAX_TANGENT_DIM` tangent
+            directions, or with a ``while`` loop): only its tangential part, which is all
+            the sampler uses, by M − N forward-over-forward passes
             (:func:`~dgm.inference.second_order.tangent_log_det_grad`). ``"remat"``
             (default for other ``"fwd"``/``"rev"`` cases): through the generator with
             every ``lax.scan`` body checkpointed
