@@ -115,6 +115,7 @@ def sbc(
     condition_kwargs: dict[str, Any] | None = None,
     batch_size: int = 50,
     tol: float = 1e-8,
+    sample_kwargs: dict[str, Any] | None = None,
     done: dict | None = None,
     on_replication: Callable | None = None,
 ) -> SBCResult:
@@ -137,6 +138,10 @@ def sbc(
             ``(key, y_obs) -> u``), which must serve any observation.
         batch_size: replications per ``sample`` call (the last batch is padded).
         tol: the manifold tolerance (starts and projections).
+        sample_kwargs: further arguments of ``posterior.sample`` (e.g. ``num_steps`` for
+            fixed-length trajectories, ``chain_map``); by default its own defaults, with
+            the chains run one after another (``chain_map="map"``: dynamic trajectories
+            vary in length, and batched chains would each wait for the longest).
         done: ``{index: (ranks dict, accept)}`` of replications already run (resume).
         on_replication: called as ``on_replication(index, ranks dict, accept)`` after each.
 
@@ -169,8 +174,8 @@ def sbc(
         sample_kw = dict(
             num_chains=num_chains, num_samples=num_ranks * thin // num_chains,
             num_warmup=num_warmup, tol=tol, progress_bar=False, check_chains=False,
-            chain_map="auto",
-        )  # fmt: skip
+            chain_map="map",
+        ) | dict(sample_kwargs or {})  # fmt: skip
         for first in range(0, len(todo), size):
             batch = todo[first : first + size]
             keys = jnp.stack([jax.random.split(jax.random.fold_in(key_runs, i)) for i in batch])
