@@ -18,8 +18,15 @@ mean of each with respect to the flow's parameters (``grad_sample``, ``grad_log_
 Implementations alternate call by call so that they see the same load. One JSON line per
 (operation, batch, implementation) with median/min milliseconds and compile seconds, then one
 ``iaf_ratio`` line per (operation, batch): the faster peer's median over dgm's (> 1: dgm is
-faster; the issue's target is >= 1.5). Last, ``iaf_conv`` lines: dgm's convolutional step
-as the VAE uses it (no peer has one), at ``--conv-batch`` images.
+faster; the issue's target is >= 1.5). Then ``iaf_injit`` lines: the same operations run
+``--inner`` times inside one jitted ``lax.scan`` (µs per step), so that per-call dispatch
+(flattening an Equinox module's pytree alone cost about 8 µs a call, against 7 µs for
+NumPyro's tuples: most of the batch-16 gap) is not what is timed; and ``iaf_injit_ratio``.
+NumPyro samples with ``call_with_intermediates`` (one network pass; its
+``log_abs_det_jacobian`` without them runs the network again, which XLA merged in a single
+call but not inside the scan); dgm's density uses ``inverse_and_log_det`` (the solve's outputs
+give the log-determinant). Last, ``iaf_conv`` lines: dgm's convolutional step as the VAE uses
+it (no peer has one), at ``--conv-batch`` images.
 """
 
 from dgm._runtime import configure_cpu
