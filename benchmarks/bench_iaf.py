@@ -213,8 +213,8 @@ def main():
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--ops", default="sample,log_prob,grad_sample,grad_log_prob")
     parser.add_argument("--conv-batch", type=int, default=16, help="0: no conv rows")
-    parser.add_argument("--inner", type=int, default=64,
-                        help="steps per jitted call for the iaf_injit rows (0: none)")  # fmt: skip
+    parser.add_argument("--inner", type=int, default=64, help="steps per call, iaf_injit rows")
+    parser.add_argument("--inner-ops", default="sample,grad_sample", help="iaf_injit operations")
     args = parser.parse_args()
     impls = {}
     for name, build in [("dgm", dgm_ops), ("numpyro", numpyro_ops), ("flowjax", flowjax_ops)]:
@@ -247,7 +247,7 @@ def main():
                       peer_over_dgm=round(med[fastest] / med["dgm"], 3))  # fmt: skip
     if args.inner:
         batches = [int(b) for b in args.batches.split(",")]
-        inner_rows(impls, batches, args.ops.split(","), args.inner, args.repeats)
+        inner_rows(impls, batches, args.inner_ops.split(","), args.inner, args.repeats)
     if args.conv_batch:
         conv_rows(args.conv_batch, args.repeats)
 
