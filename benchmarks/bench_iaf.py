@@ -18,8 +18,15 @@ mean of each with respect to the flow's parameters (``grad_sample``, ``grad_log_
 Implementations alternate call by call so that they see the same load. One JSON line per
 (operation, batch, implementation) with median/min milliseconds and compile seconds, then one
 ``iaf_ratio`` line per (operation, batch): the faster peer's median over dgm's (> 1: dgm is
-faster; the issue's target is >= 1.5). Last, ``iaf_conv`` lines: dgm's convolutional step
-as the VAE uses it (no peer has one), at ``--conv-batch`` images.
+faster; the issue's target is >= 1.5). Then ``iaf_injit`` lines: the same operations run
+``--inner`` times inside one jitted ``lax.scan`` (µs per step), so that per-call dispatch
+(flattening an Equinox module's pytree alone cost about 8 µs a call, against 7 µs for
+NumPyro's tuples: most of the batch-16 gap) is not what is timed; and ``iaf_injit_ratio``.
+NumPyro samples with ``call_with_intermediates`` (one network pass; its
+``log_abs_det_jacobian`` without them runs the network again, which XLA merged in a single
+call but not inside the scan); dgm's density uses ``inverse_and_log_det`` (the solve's outputs
+give the log-determinant). Last, ``iaf_conv`` lines: dgm's convolutional step as the VAE uses
+it (no peer has one), at ``--conv-batch`` images.
 """
 
 from dgm._runtime import configure_cpu
@@ -58,8 +65,8 @@ def dgm_ops():
 
     def log_prob(p, z):
         s = eqx.combine(p, static)
-        eps = jax.vmap(s.inverse)(z)
-        return _base_log_prob(eps) - jax.vmap(s)(eps)[1]
+        eps, log_det = jax.vmap(s.inverse_and_log_det)(z)  # the solve's outputs give log_det
+        return _base_log_prob(eps) - log_det
 
     return params, sample, log_prob
 
@@ -75,10 +82,10 @@ def numpyro_ops():
     def flow(p):
         return InverseAutoregressiveTransform(lambda x: apply(p, x))
 
-    def sample(p, eps):
+    def sample(p, eps):  # one network pass: the log-scales ride along as intermediates
         t = flow(p)
-        z = t(eps)
-        return z, _base_log_prob(eps) - t.log_abs_det_jacobian(eps, z).sum(-1)
+        z, log_scale = t.call_with_intermediates(eps)
+        return z, _base_log_prob(eps) - t.log_abs_det_jacobian(eps, z, log_scale)
 
     def log_prob(p, z):
         t = flow(p)
@@ -117,13 +124,56 @@ def flowjax_ops():
 
 
 def _jitted(params, sample, log_prob):
+    """(jitted ops, params, the same ops unjitted)."""
     grad = jax.grad
-    return {
-        "sample": jax.jit(lambda p, x: sample(p, x)),
-        "log_prob": jax.jit(lambda p, x: log_prob(p, x)),
-        "grad_sample": jax.jit(grad(lambda p, x: jnp.mean(sample(p, x)[1]))),
-        "grad_log_prob": jax.jit(grad(lambda p, x: jnp.mean(log_prob(p, x)))),
-    }, params
+    raw = {
+        "sample": sample,
+        "log_prob": log_prob,
+        "grad_sample": grad(lambda p, x: jnp.mean(sample(p, x)[1])),
+        "grad_log_prob": grad(lambda p, x: jnp.mean(log_prob(p, x))),
+    }
+    return {op: jax.jit(fn) for op, fn in raw.items()}, params, raw
+
+
+def _inner(fn, steps):
+    """``steps`` calls of ``fn(params, x)`` inside one jitted ``lax.scan`` (one per slice of
+    ``xs``): the per-step cost without the per-call dispatch (pytree flattening, launch)."""
+
+    def run(p, xs):
+        def body(acc, x):
+            out = fn(p, x)
+            return jax.tree.map(lambda a, o: a + jnp.sum(o), acc, out), None
+
+        zero = jax.tree.map(lambda o: jnp.zeros((), o.dtype), jax.eval_shape(fn, p, xs[0]))
+        return jax.lax.scan(body, zero, xs)[0]
+
+    return jax.jit(run)
+
+
+def inner_rows(impls, batches, ops, steps, repeats):
+    """``iaf_injit`` rows: microseconds per step with ``steps`` steps per jitted call."""
+    for batch in batches:
+        xs = jax.random.normal(jax.random.key(1), (steps, batch, N_Z), jnp.float32)
+        for op in ops:
+            fns = {n: (_inner(raw[op], steps), p) for n, (_, p, raw) in impls.items()}
+            times = {n: [] for n in fns}
+            for fn, p in fns.values():
+                jax.block_until_ready(fn(p, xs))
+            for _ in range(repeats):
+                for name, (fn, p) in fns.items():
+                    t0 = time.perf_counter()
+                    jax.block_until_ready(fn(p, xs))
+                    times[name].append((time.perf_counter() - t0) / steps)
+            med = {n: statistics.median(t) * 1e6 for n, t in times.items()}
+            for name in fns:
+                _line(bench="iaf_injit", op=op, batch=batch, impl=name, steps=steps,
+                      median_us_per_step=round(med[name], 3),
+                      min_us_per_step=round(min(times[name]) * 1e6, 3))  # fmt: skip
+            peers = [n for n in fns if n != "dgm"]
+            if "dgm" in fns and peers:
+                fastest = min(peers, key=med.get)
+                _line(bench="iaf_injit_ratio", op=op, batch=batch, faster_peer=fastest,
+                      peer_over_dgm=round(med[fastest] / med["dgm"], 3))  # fmt: skip
 
 
 def conv_rows(batch, repeats):
@@ -163,6 +213,8 @@ def main():
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--ops", default="sample,log_prob,grad_sample,grad_log_prob")
     parser.add_argument("--conv-batch", type=int, default=16, help="0: no conv rows")
+    parser.add_argument("--inner", type=int, default=64, help="steps per call, iaf_injit rows")
+    parser.add_argument("--inner-ops", default="sample,grad_sample", help="iaf_injit operations")
     args = parser.parse_args()
     impls = {}
     for name, build in [("dgm", dgm_ops), ("numpyro", numpyro_ops), ("flowjax", flowjax_ops)]:
@@ -174,12 +226,12 @@ def main():
         x = jax.random.normal(jax.random.key(1), (batch, N_Z), jnp.float32)
         for op in args.ops.split(","):
             times, compile_s = {n: [] for n in impls}, {}
-            for name, (fns, params) in impls.items():
+            for name, (fns, params, _) in impls.items():
                 t0 = time.perf_counter()
                 jax.block_until_ready(fns[op](params, x))
                 compile_s[name] = time.perf_counter() - t0
             for _ in range(args.repeats):  # round robin: every implementation sees the same load
-                for name, (fns, params) in impls.items():
+                for name, (fns, params, _) in impls.items():
                     t0 = time.perf_counter()
                     jax.block_until_ready(fns[op](params, x))
                     times[name].append(time.perf_counter() - t0)
@@ -193,6 +245,9 @@ def main():
                 fastest = min(peers, key=med.get)
                 _line(bench="iaf_ratio", op=op, batch=batch, faster_peer=fastest,
                       peer_over_dgm=round(med[fastest] / med["dgm"], 3))  # fmt: skip
+    if args.inner:
+        batches = [int(b) for b in args.batches.split(",")]
+        inner_rows(impls, batches, args.inner_ops.split(","), args.inner, args.repeats)
     if args.conv_batch:
         conv_rows(args.conv_batch, args.repeats)
 

@@ -16,11 +16,22 @@ that every piece sees the same load:
 - ``value_and_grad``: forward and backward, no update; ``backward`` is its time less
   ``forward``'s.
 
-No peer exists (no maintained IAF-VAE in JAX or PyTorch); the ratios are within dgm.
+- ``pytorch_train_step``: the same model and update written in PyTorch
+  (``pytorch_iaf_vae.py``, ``down_*`` posteriors; ``--torch-threads`` threads, 2 by default,
+  like XLA's two), timed in the same rounds; its parameter count must equal dgm's. Then one
+  ``iaf_vae_vs_pytorch`` line: both images/s round by round and the ratio of the medians
+  (dgm over PyTorch, > 1: dgm is faster).
+
+No maintained IAF-VAE exists in JAX or PyTorch; the PyTorch peer is written here.
 """
+
+import os
 
 from dgm._runtime import configure_cpu
 
+# Idle OpenMP threads sleep instead of spinning: with the 2 cores shared (load 7), PyTorch's 2
+# spinning threads took 4-16 s per update (5-9 CPU s) against 0.5-0.9 s (0.47 CPU s) passive.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 configure_cpu()
 
 import argparse  # noqa: E402
@@ -31,6 +42,7 @@ import time  # noqa: E402
 import equinox as eqx  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
 from bench_draw import timed  # noqa: E402
 
 from dgm.experiments import iaf_vae as experiment  # noqa: E402
@@ -63,7 +75,42 @@ def _ar_fn(model):
     return lambda noise: run(model.levels, noise)
 
 
-def pieces(posterior: str, batch: int):
+def num_parameters(model) -> int:
+    """Trainable scalars: the inexact arrays (masks are boolean and do not count)."""
+    return sum(a.size for a in jax.tree.leaves(eqx.filter(model, eqx.is_inexact_array)))
+
+
+def torch_piece(posterior: str, x, dgm_count: int):
+    """The PyTorch update as a zero-argument callable, or ``None`` when torch is missing or
+    the posterior is not a ``down_*`` one."""
+    try:
+        import torch
+        from pytorch_iaf_vae import TorchIAFVAE, train_step_fn
+        from pytorch_iaf_vae import num_parameters as torch_count
+    except ImportError as err:
+        _line(bench="iaf_vae", posterior=posterior, impl="pytorch", skipped=f"no torch ({err})")
+        return None
+    if not posterior.startswith("down_"):
+        _line(bench="iaf_vae", posterior=posterior, impl="pytorch", skipped="down_* only")
+        return None
+    config = experiment.PRESETS["mnist"]
+    torch.manual_seed(0)
+    model = TorchIAFVAE(config.n_h, config.n_z, config.depths, posterior, config.margs.depth_ar)
+    count = torch_count(model)
+    _line(bench="iaf_vae", posterior=posterior, parameters_dgm=dgm_count, parameters_pytorch=count)
+    if count != dgm_count:
+        raise AssertionError(f"parameter counts differ: dgm {dgm_count}, PyTorch {count}")
+    step = train_step_fn(model, config.alpha, 1 - config.beta1, 1 - config.beta2, config.polyak,
+                         config.margs.kl_min)  # fmt: skip
+    xt = torch.as_tensor(np.asarray(x).transpose(0, 3, 1, 2).copy())
+    return lambda: step(xt)
+
+
+def _line(**kw):
+    print(json.dumps(kw), flush=True)
+
+
+def pieces(posterior: str, batch: int, torch_peer: bool = True):
     """The jitted pieces of one variant, each a zero-argument callable (blocking)."""
     config = experiment.PRESETS["mnist"]
     config = experiment.Config(**{**config.__dict__,
@@ -93,13 +140,14 @@ def pieces(posterior: str, batch: int):
 
     ar = _ar_fn(model)
     key = jax.random.key(4)
+    peer = torch_piece(posterior, x, num_parameters(model)) if torch_peer else None
     return {
         "train_step": step,
         "forward": lambda: jax.block_until_ready(loss(model, key)),
         "up_pass": lambda: jax.block_until_ready(up(model)),
         "ar_nets": lambda: jax.block_until_ready(ar(noise)),
         "value_and_grad": lambda: jax.block_until_ready(grad(model, key)),
-    }
+    } | ({} if peer is None else {"pytorch_train_step": peer})
 
 
 def main() -> None:
@@ -107,9 +155,17 @@ def main() -> None:
     parser.add_argument("--posteriors", default="down_iaf2_nl,down_diag")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--torch-threads", type=int, default=2, help="0: no PyTorch peer")
     args = parser.parse_args()
+    if args.torch_threads:
+        try:
+            import torch
+
+            torch.set_num_threads(args.torch_threads)
+        except ImportError:
+            pass
     for posterior in args.posteriors.split(","):
-        fns = pieces(posterior, args.batch)
+        fns = pieces(posterior, args.batch, torch_peer=args.torch_threads > 0)
         compile_s = {}
         for name, fn in fns.items():
             t0 = time.perf_counter()
@@ -128,13 +184,23 @@ def main() -> None:
                    "median_s": med[name], "min_s": min(wall), "cpu_s": statistics.median(cpu),
                    "first_call_s": compile_s[name], "batch": args.batch,
                    "repeats": args.repeats}  # fmt: skip
-            if name == "train_step":
+            if name in ("train_step", "pytorch_train_step"):
                 row["images_per_s"] = args.batch / med[name]
             print(json.dumps(row), flush=True)
         print(json.dumps({"bench": "iaf_vae", "posterior": posterior, "piece": "backward",
                           "median_s": med["value_and_grad"] - med["forward"],
                           "share_of_step": (med["value_and_grad"] - med["forward"])
                           / med["train_step"]}), flush=True)  # fmt: skip
+        if "pytorch_train_step" in times:
+            cpu = {name: statistics.median(c) for name, (_, c) in times.items()}
+            dgm_w, torch_w = times["train_step"][0], times["pytorch_train_step"][0]
+            _line(bench="iaf_vae_vs_pytorch", posterior=posterior, batch=args.batch,
+                  torch_threads=args.torch_threads,
+                  dgm_images_per_s=[round(args.batch / w, 2) for w in dgm_w],
+                  pytorch_images_per_s=[round(args.batch / w, 2) for w in torch_w],
+                  dgm_over_pytorch=round(med["pytorch_train_step"] / med["train_step"], 3),
+                  dgm_over_pytorch_cpu=round(cpu["pytorch_train_step"] / cpu["train_step"],
+                                             3))  # fmt: skip
 
 
 if __name__ == "__main__":

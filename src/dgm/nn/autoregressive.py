@@ -35,6 +35,8 @@ Public API (built on by :mod:`dgm.nn.flows` and the IAF-VAE):
 - ``net.solve(update_fn, y, context)`` finds ``z`` with ``z = update_fn(y, net(z, context))``
   elementwise (an IAF inverse): variable by variable at about one pass for a one-hidden-layer
   :class:`ARMLP`, else a fixed point of one pass per variable.
+- :func:`elu`: the default activation, ``jax.nn.elu``'s function written with ``exp`` (the
+  Theano code's form; ``expm1`` is slower on XLA:CPU).
 - Every layer and network has ``init_from_data(batch..., target_std=1.0)``: the data-dependent
   initialisation of weight normalisation (outputs of zero mean and ``target_std`` over the batch
   and the pixels; the original uses 1.0 for AR layers), returning a new module.
@@ -66,10 +68,11 @@ from dgm.nn._masked import (
     MaskedDense,
     _check_size,
     conv_mask,
+    elu,
     made_mask,
 )
 
-__all__ = ["ARMLP", "ARConv2d", "ARConvNet", "MaskedDense", "conv_mask", "made_mask"]
+__all__ = ["ARMLP", "ARConv2d", "ARConvNet", "MaskedDense", "conv_mask", "elu", "made_mask"]
 
 
 class ARMLP(eqx.Module):
@@ -94,7 +97,7 @@ class ARMLP(eqx.Module):
         *,
         context_size: int = 0,
         num_outputs: int = 2,
-        activation: Callable = jax.nn.elu,
+        activation: Callable = elu,
         reverse: bool = False,
         weight_norm: bool = True,
         key: PRNGKeyArray,
@@ -238,7 +241,7 @@ class ARConvNet(eqx.Module):
         *,
         kernel_size: int = 3,
         num_outputs: int = 2,
-        activation: Callable = jax.nn.elu,
+        activation: Callable = elu,
         reverse: bool = False,
         weight_norm: bool = True,
         border_channel: bool = True,
