@@ -360,8 +360,8 @@ def _fused_bwd(spec: _Spec, res, cts):
     q_pre, q_mid, q_post = (_pick(p, k) for k in (_PRE, _MID, _POST))
 
     def body(carry, inp):
-        dc, dhe, dse, dhd, dsd, dq, dx = carry
-        (canvas, h_enc, s_enc, h_dec, s_dec), g_enc, g_dec, e, dkl, dlr = inp
+        dc, dhe, dse, dhd, dsd, dq, dx, dw_enc_t, dw_dec_t, dgx, db_dec = carry
+        (canvas, h_enc, s_enc, h_dec, s_dec), r, z, g_enc, g_dec, e, dkl, dlr = inp
         post = lambda g, s, c, q: _post(spec, q, g, s, c)  # noqa: E731
         dg_dec, dsd, dc, dq_post = jax.vjp(post, g_dec, s_dec, canvas, q_post)[1]((dhd, dsd, dc))
         dv = dg_dec @ p["w_dec"]
@@ -380,25 +380,24 @@ def _fused_bwd(spec: _Spec, res, cts):
             dc_read, dhd_read, dq_pre = jax.vjp(pre, canvas, h_dec, q_pre)[1](dr)
         dq = jax.tree.map(jnp.add, dq, {**dq_pre, **dq_mid, **dq_post})
         dhd = dv[:, z_size:] + dhd_enc + dhd_read
-        return (dc + dc_read, dhe, dse, dhd, dsd, dq, dx), (dg_enc, dg_dec)
+        # weight gradients, accumulated transposed: inputsᵀ @ gate cotangents
+        dw_enc_t = dw_enc_t + jnp.concatenate([r, h_dec, h_enc], axis=-1).T @ dg_enc
+        dw_dec_t = dw_dec_t + jnp.concatenate([z, h_dec], axis=-1).T @ dg_dec
+        dgx = dgx + (dg_enc if dgx.ndim == 2 else jnp.sum(dg_enc, axis=0))
+        db_dec = db_dec + jnp.sum(dg_dec, axis=0)
+        carry = (dc + dc_read, dhe, dse, dhd, dsd, dq, dx, dw_enc_t, dw_dec_t, dgx, db_dec)
+        return carry, None
 
     zeros = jnp.zeros_like
     dq0 = jax.tree.map(zeros, {**q_pre, **q_mid, **q_post})
-    carry0 = (d_canvas, *(zeros(c) for c in p["carry0"][1:]), dq0, zeros(x) if want_dx else None)
-    inputs = (carries, g_encs, g_decs, eps, d_kl, d_lr)
-    (dc, dhe, dse, dhd, dsd, dq, dx), (dg_enc, dg_dec) = jax.lax.scan(
-        body, carry0, inputs, reverse=True
-    )
-    h_encs, h_decs = carries[1], carries[3]
-    outer = lambda d, a: jnp.einsum("tbo,tbi->oi", d, a)  # noqa: E731
-    grads = {
-        "w_enc": jnp.concatenate([outer(dg_enc, a) for a in (rs, h_decs, h_encs)], axis=1),
-        "w_dec": jnp.concatenate([outer(dg_dec, a) for a in (zs, h_decs)], axis=1),
-        "gx": jnp.sum(dg_enc, axis=tuple(range(dg_enc.ndim - p["gx"].ndim))),
-        "b_dec": jnp.sum(dg_dec, axis=(0, 1)),
-        "carry0": (dc, dhe, dse, dhd, dsd),
-        **dq,
-    }
+    dw0 = (zeros(p["w_enc"].T), zeros(p["w_dec"].T), zeros(p["gx"]), zeros(p["b_dec"]))
+    carry0 = (d_canvas, *(zeros(c) for c in p["carry0"][1:]), dq0,
+              zeros(x) if want_dx else None, *dw0)  # fmt: skip
+    inputs = (carries, rs, zs, g_encs, g_decs, eps, d_kl, d_lr)
+    carry = jax.lax.scan(body, carry0, inputs, reverse=True)[0]
+    dc, dhe, dse, dhd, dsd, dq, dx, dw_enc_t, dw_dec_t, dgx, db_dec = carry
+    grads = {"w_enc": dw_enc_t.T, "w_dec": dw_dec_t.T, "gx": dgx, "b_dec": db_dec,
+             "carry0": (dc, dhe, dse, dhd, dsd), **dq}  # fmt: skip
     return jax.tree.map(lambda _, g: g, p, grads), dx, None
 
 
