@@ -247,10 +247,10 @@ def _scan(model: DRAW, x, eps, trace=False):
 # (gates, posterior, attention, write) is small. The forward scan keeps, per step, only the
 # state it started from, the gate pre-activations, r_t and z_t; the backward scan recomputes
 # each step's small parts from them (``jax.vjp`` of :func:`_pre`, :func:`_mid`, :func:`_post`),
-# passes the cotangents through the two products, and returns the gate cotangents; each
-# LSTM weight gradient is then one product over all T × batch rows after the scan.
-# (Autodiff of the vmapped scan stored about twice the residuals, zero-filled every call,
-# and added a weight-sized outer product to an accumulator at every backward step.)
+# passes the cotangents through the two products, and accumulates each LSTM weight gradient
+# as inputsᵀ @ gate cotangents (one product per step; measured faster on XLA:CPU than one
+# product over all T × batch rows after the scan). Autodiff of the vmapped scan stored about
+# three times the residuals, zero-filled on every call.
 
 _PRE, _MID, _POST = ("ra_w", "ra_b"), ("post_w", "post_b"), ("wa_w", "wa_b", "wp_w", "wp_b")
 
