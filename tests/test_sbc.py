@@ -58,6 +58,8 @@ def test_nonfinite_simulations_are_skipped_with_their_index():
     assert res.ranks["u"].shape == (12 - len(expected) - len(res.failed), 2)
     assert res.ranks["u"].min() >= 0 and res.ranks["u"].max() <= 9
     assert res.metrics()["num_skipped_nonfinite"] == len(expected)
+    bonferroni = res.metrics()["p_min_bonferroni"]["u"]
+    assert bonferroni == pytest.approx(min(1.0, 2 * float(np.min(res.p_values["u"]))))
 
 
 def _mlp_sbc(seed, **kwargs):

@@ -127,6 +127,8 @@ def run(config: Config, key, ctx: RunContext) -> dict:
     metrics = {"model": config.model, **result.metrics()}
     p_all = [min(p) for p in metrics["p_values"].values() if p]
     metrics["uniform_at_0.01"] = bool(p_all) and min(p_all) > ALPHA
+    p_adjusted = list(metrics["p_min_bonferroni"].values())
+    metrics["uniform_at_0.01_bonferroni"] = bool(p_adjusted) and min(p_adjusted) > ALPHA
     write_text(ctx.path("report.md"), summary(metrics) + "\n")
     return metrics
 
@@ -170,4 +172,8 @@ def summary(metrics: dict) -> str:
         if p:
             lines.append(f"{name}: min p = {min(p):.4f} over {len(p)}")
     lines.append(f"uniform at p > {ALPHA}: {metrics['uniform_at_0.01']}")
+    lines.append(
+        f"uniform at p > {ALPHA} after Bonferroni's correction (p_min × number of p-values): "
+        f"{metrics['uniform_at_0.01_bonferroni']}"
+    )
     return "\n".join(lines)
