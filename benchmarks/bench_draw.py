@@ -14,9 +14,14 @@ sampling lines (ms per image, 100 images drawn together). Without torch the peer
 ``skipped``.
 """
 
+import os
+
 from dgm._runtime import configure_cpu
 
 configure_cpu()
+# PyTorch's OpenMP threads spin-wait by default; on a shared 2-core machine that cost its
+# 2-thread peer 25 s per step (bench_iaf_vae.py does the same)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
 import json  # noqa: E402
