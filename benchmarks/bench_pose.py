@@ -10,7 +10,9 @@ k = 140 > N = 76) with its chains spread over both cores; Mici
 (``DenseConstrainedEuclideanMetricSystem``, ``ConstrainedLeapfrogIntegrator``,
 ``RandomMetropolisHMC``) runs one chain in its Python loop, given the constraint, its
 Jacobian and the matrix–Hessian product as ``jax.jit`` functions converted to NumPy (as
-``bench_chmc.py``'s ``jax`` backend for Lotka–Volterra; row ``mici_backend: jax``), or
+``bench_chmc.py``'s ``jax`` backend for Lotka–Volterra): with dgm's closed-form Jacobian
+(``PoseGenerator.noise_free_jacobian``, the one dgm's posterior uses; row
+``mici_backend: jax-closed``), with 76 reverse passes (``jax``), or
 only the constraint and density, Mici building the derivatives with its own ``jax`` backend
 (``jax-auto``). dgm's compile time is excluded
 (a warm-up run compiles); Mici's functions are compiled before timing. Interleaved,
@@ -18,7 +20,7 @@ only the constraint and density, Mici building the derivatives with its own ``ja
 and core; ``cpu_ms_per_step``: process CPU time over steps.
 
 Run:  python benchmarks/bench_pose.py [--repeats 2] [--chains 2] [--draws 3] [--mici-draws 1]
-          [--mici-backend jax,jax-auto]
+          [--mici-backend jax-closed,jax,jax-auto]
 """
 
 import argparse
@@ -55,6 +57,20 @@ def setup(num_starts: int, seed: int):
 def pose_mici_system(gen, y_obs, u_example):
     # 76 reverse passes for J (M = 216 > 2N)
     return jax_mici_system(lambda u: gen(u), y_obs, u_example, jacobian=jax.jacrev)
+
+
+def closed_form_jacobian(gen):
+    """``generate -> (u -> [J_f(z) | σ I])`` with dgm's closed-form J_f (what dgm uses)."""
+
+    def jac(u):
+        jac_f = gen.noise_free_jacobian(u[:LATENT_DIM])
+        return jnp.concatenate([jac_f, gen.sigma * jnp.eye(jac_f.shape[0], dtype=jac_f.dtype)], 1)
+
+    return lambda generate: jac
+
+
+def pose_mici_system_closed(gen, y_obs, u_example):
+    return jax_mici_system(lambda u: gen(u), y_obs, u_example, jacobian=closed_form_jacobian(gen))
 
 
 def pose_mici_system_jax_auto(gen, y_obs):
@@ -94,7 +110,7 @@ def main() -> None:
     parser.add_argument("--chains", type=int, default=2)
     parser.add_argument("--draws", type=int, default=3)
     parser.add_argument("--mici-draws", type=int, default=1)
-    parser.add_argument("--mici-backend", default="jax,jax-auto")
+    parser.add_argument("--mici-backend", default="jax-closed,jax,jax-auto")
     args = parser.parse_args()
     gen, y, init = setup(args.chains + 1, seed=0)
     dgm_init, mici_init = init[: args.chains], init[args.chains :]
@@ -104,6 +120,8 @@ def main() -> None:
     for b in args.mici_backend.split(","):
         if b == "jax":
             systems[b] = pose_mici_system(gen, y, mici_init[0])
+        elif b == "jax-closed":
+            systems[b] = pose_mici_system_closed(gen, y, mici_init[0])
         else:
             systems[b] = pose_mici_system_jax_auto(gen, y)
             run_mici(systems[b], mici_init, 1, *mici_settings, 0, lambda u: u)  # compiles

@@ -119,7 +119,7 @@ class AdditiveNoise:
         latent_dim: int,
         output_dim: int,
         sigma: float,
-        jacobian: str = "auto",
+        jacobian: str | Callable = "auto",
         gram: str = "auto",
     ):
         for name, value in (("latent_dim", latent_dim), ("output_dim", output_dim)):
