@@ -95,3 +95,16 @@ def test_smoke_through_cli_and_resume(tmp_path, shared_data, monkeypatch):
         assert again[name]["rmse_final"] == metrics[name]["rmse_final"]
         assert again[name]["wall_s"] == metrics[name]["wall_s"]
     assert again["start_s"] == metrics["start_s"]
+
+
+def test_chmc_milestones_compare_only_where_every_curve_is_defined():
+    t = np.arange(1.0, 11.0)
+    chmc = np.stack([t, np.linspace(0.3, 0.01, 10)], axis=1)
+    slow = np.stack([t[:8], np.full(8, 0.2)], axis=1)  # defined until 8 s
+    m = pose._chmc_milestones({"chmc": chmc, "hmc": slow}, 0.05)
+    assert m["s_compared_until"] == 8.0
+    assert m["s_below_baselines"] == 4.0  # 0.203 at 4 s ≥ 0.2; 0.171 at 5 s < 0.2
+    assert m["s_below_thesis_final"] == 9.0  # first value below 0.05: 0.042 at 9 s
+    good = np.stack([t[:8], np.full(8, 0.02)], axis=1)  # a baseline below CHMC at 8 s
+    m = pose._chmc_milestones({"chmc": chmc, "hmc": slow, "hier": good}, None)
+    assert m["s_below_baselines"] is None and m["s_below_thesis_final"] is None

@@ -313,21 +313,26 @@ def run(config: Config, key, ctx: RunContext) -> dict:
 
 def _chmc_milestones(curves: dict, thesis_final: float | None) -> dict:
     """``s_below_thesis_final``: the first time CHMC's chain-average RMSE is below the
-    thesis's final CHMC RMSE (None: never, or no thesis curve); ``s_below_baselines``: the
-    time after which CHMC's curve stays below every baseline's (compared where both are
-    defined, the baseline interpolated at CHMC's times; None: not below at the end)."""
+    thesis's final CHMC RMSE (None: never, or no thesis curve). ``s_below_baselines``: the
+    time after which CHMC's curve stays below every baseline's, over the times where all
+    curves are defined (``s_compared_until``: the end of that range; the baselines are
+    interpolated at CHMC's times); None if CHMC is not below them at its end."""
     times, rmse = curves["chmc"][:, 0], curves["chmc"][:, 1]
-    out = {"s_below_thesis_final": None, "s_below_baselines": None}
+    out = {"s_below_thesis_final": None, "s_below_baselines": None, "s_compared_until": None}
     if thesis_final is not None and np.any(rmse < thesis_final):
         out["s_below_thesis_final"] = float(times[np.argmax(rmse < thesis_final)])
+    others = [c for name, c in curves.items() if name != "chmc"]
+    if not others:
+        return out
+    end = min(c[-1, 0] for c in others + [curves["chmc"]])
+    inside = (times >= max(c[0, 0] for c in others)) & (times <= end)
+    if not inside.any():
+        return out
     above = np.zeros(len(times), bool)
-    for name, curve in curves.items():
-        if name == "chmc":
-            continue
-        inside = (times >= curve[0, 0]) & (times <= curve[-1, 0])
-        base = np.interp(times, curve[:, 0], curve[:, 1])
-        above |= inside & (rmse >= base)
-    if len(curves) > 1 and not above[-1]:
+    for curve in others:
+        above |= inside & (rmse >= np.interp(times, curve[:, 0], curve[:, 1]))
+    out["s_compared_until"] = float(times[inside][-1])
+    if not above[np.flatnonzero(inside)[-1]]:
         out["s_below_baselines"] = float(times[np.flatnonzero(above)[-1]]) if above.any() else 0.0
     return out
 
