@@ -170,8 +170,12 @@ def score(
     spatial = res.positions[:, :, :3, :].reshape(chains, draws, -1)
     ess = diagnostics.summarize(spatial)["ess_bulk"] if draws >= 4 else np.full(57, np.nan)
     ess_ok = ess[np.isfinite(ess)]
+    pooled = res.positions.reshape(-1, *res.positions.shape[2:]).mean(axis=0)
     metrics = {
         "rmse_final": float(rmse[-1]),
+        # the RMSE of the mean of all chains' draws together (the chain average above
+        # averages each chain's own RMSE)
+        "rmse_pooled_mean": float(np.sqrt(np.mean((pooled - truth) ** 2))),
         "rmse_at_s": at,
         "wall_s": float(res.wall_s),
         "compile_s": float(res.compile_s),
