@@ -14,13 +14,15 @@ Jacobian and the matrix–Hessian product as ``jax.jit`` functions converted to 
 (``PoseGenerator.noise_free_jacobian``, the one dgm's posterior uses; row
 ``mici_backend: jax-closed``), with 76 reverse passes (``jax``), or
 only the constraint and density, Mici building the derivatives with its own ``jax`` backend
-(``jax-auto``). dgm's compile time is excluded
-(a warm-up run compiles); Mici's functions are compiled before timing. Interleaved,
-``--repeats`` times, medians. ``ms_per_step``: wall time over integrator steps, per chain
-and core; ``cpu_ms_per_step``: process CPU time over steps.
+(``jax-auto``), or with its ``autograd`` backend from the generator written in
+``autograd.numpy`` (``autograd``; what a user of the original code would run without a
+JIT). dgm's compile time is excluded (a warm-up run compiles); Mici's functions are
+compiled before timing. Interleaved, ``--repeats`` times, medians. ``ms_per_step``: wall
+time over integrator steps, per chain and core; ``cpu_ms_per_step``: process CPU time over
+steps.
 
 Run:  python benchmarks/bench_pose.py [--repeats 2] [--chains 2] [--draws 3] [--mici-draws 1]
-          [--mici-backend jax-closed,jax,jax-auto]
+          [--mici-backend jax-closed,jax,jax-auto,autograd]
 """
 
 import argparse
