@@ -45,7 +45,9 @@ def condition_additive_noise(
         latent_dim: k, the number of inputs of ``f``.
         sigma: σ > 0, the output noise scale.
         derived: named functions of ``u`` recorded with the draws.
-        jacobian: ``"auto"``, ``"fwd"`` or ``"rev"``: how ``J_f`` is formed.
+        jacobian: ``"auto"``, ``"fwd"``, ``"rev"`` (how ``J_f`` is formed by autodiff), or
+            a differentiable function ``z -> J_f(z)`` of shape ``(len(y_obs), latent_dim)``
+            that uses what is known about ``f`` (a closed-form Jacobian).
         gram: ``"auto"`` (Woodbury when k < N, else dense), ``"woodbury"`` or ``"dense"``.
 
     Raises:
@@ -72,6 +74,8 @@ def condition_additive_noise(
         raise ValueError(f"`y_obs` must be a vector; got shape {tuple(y.shape)}")
     noise = AdditiveNoise(f, latent_dim, int(y.shape[0]), sigma, jacobian, gram)
     _check_f(f, latent_dim, y.shape)
+    if callable(jacobian):
+        _check_jacobian(jacobian, latent_dim, (int(y.shape[0]), latent_dim))
     y = _check_y_obs(noise.generator, y, noise.input_dim)
 
     def init_fn(key, y_obs):  # any observation (`sample(..., y_obs=...)` passes its own)
@@ -103,3 +107,17 @@ def _check_f(f, latent_dim: int, shape: tuple) -> None:
     if getattr(out, "shape", None) != shape:
         got = getattr(out, "shape", type(out).__name__)
         raise ValueError(f"`f` must return a vector of shape {shape} to match `y_obs`; got {got}")
+
+
+def _check_jacobian(jac_fn, latent_dim: int, shape: tuple) -> None:
+    """A custom ``jacobian`` maps a ``(latent_dim,)`` vector to a ``shape`` matrix."""
+    with jax.enable_x64(True):
+        try:
+            out = jax.eval_shape(jac_fn, jax.ShapeDtypeStruct((latent_dim,), jnp.float64))
+        except Exception as err:
+            raise ValueError(
+                f"`jacobian` failed on an input of shape ({latent_dim},): {err}"
+            ) from err
+    if getattr(out, "shape", None) != shape:
+        got = getattr(out, "shape", type(out).__name__)
+        raise ValueError(f"`jacobian` must return a matrix of shape {shape} (N × k); got {got}")

@@ -21,6 +21,7 @@ from dgm.bvh import (
     read_bvh,
     write_bvh,
 )
+from dgm.bvh.jacobian import kinematics_jacobian
 
 # sha256 from the PROVENANCE.md files of the shared data.
 CMU_CLIPS = {
@@ -222,6 +223,31 @@ def test_fk_is_differentiable_jittable_and_takes_lengths():
     fk = jax.jit(eqx.debug.assert_max_traces(joint_positions, max_traces=1))
     for k in range(2):
         fk(sk, jnp.asarray(clip.frames[k]))
+
+
+def _check_fk_jacobian(sk, degrees: bool, rng) -> None:
+    frame = jnp.asarray((40.0 if degrees else 0.7) * rng.normal(size=sk.num_channels))
+    norms = np.linalg.norm(sk.offsets, axis=1)
+    lengths = jnp.asarray(norms * rng.uniform(0.5, 1.5, sk.num_nodes))
+    kin = kinematics_jacobian(sk, frame, lengths, degrees=degrees)
+    fk = lambda f, n: joint_positions(sk, f, n, degrees=degrees)  # noqa: E731
+    ref = jax.jacfwd(fk, argnums=(0, 1))(frame, lengths)
+    np.testing.assert_allclose(kin.d_channels, ref[0], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(kin.d_lengths, ref[1], rtol=0, atol=1e-12)
+    assert np.abs(np.asarray(ref[0])).max() > 0.5  # not a comparison of zeros
+    no_len = kinematics_jacobian(sk, frame, degrees=degrees)
+    np.testing.assert_array_equal(no_len.d_lengths, np.zeros_like(ref[1]))
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("x64")
+def test_closed_form_fk_jacobian_equals_autodiff(shared_data):
+    """kinematics_jacobian equals jacfwd of joint_positions: TINY (position channels
+    anywhere, degrees) and the pose skeleton (radians), with bone lengths."""
+    rng = np.random.default_rng(3)
+    _check_fk_jacobian(parse_bvh(TINY).skeleton, True, rng)
+    pose_skeleton = shared_data / "dgm/joint-angles-sin-cos-vae-decoder/skeleton.bvh"
+    _check_fk_jacobian(read_bvh(pose_skeleton).skeleton, False, rng)
 
 
 def test_fk_rejects_wrong_shapes():

@@ -56,7 +56,7 @@ def test_running_rmse_includes_the_homogeneous_ones():
     "args, match",
     [
         (["--scene", "4"], "`scene` must be 1, 2 or 3; got 4"),
-        (["--config", "paper"], "`setting` must be one of \\['notebook', 'thesis'\\]"),
+        (["--config", "paper"], "`setting` must be one of \\['notebook', 'thesis', 'fast'\\]"),
         (["--set", 'methods=["mcmc"]'], "`methods` must be one of"),
     ],
 )
@@ -75,13 +75,14 @@ def test_smoke_through_cli_and_resume(tmp_path, shared_data, monkeypatch):
     resume that reuses every method's checkpoint and gives the same metrics."""
     monkeypatch.setenv("DGM_DATA_DIR", str(shared_data))
     out = tmp_path / "run"
-    argv = ["run", "pose", "--smoke", "--config", "thesis", "--out", str(out), "--no-progress"]
+    argv = ["run", "pose", "--smoke", "--config", "fast", "--out", str(out), "--no-progress"]
     assert cli.main(argv) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     for name in pose.METHODS:
         m = metrics[name]
         assert np.isfinite(m["rmse_final"]) and m["num_draws"] >= 2
     assert metrics["chmc"]["max_constraint_residual"] < 1e-8
+    assert metrics["start"] == "typical" and metrics["start_s"] > 0  # the fast setting's starts
     for f in ("posterior.nc", "rmse.png", "skeleton.png", "report.md"):
         assert (out / f).stat().st_size > 0
     import arviz as az
@@ -93,3 +94,17 @@ def test_smoke_through_cli_and_resume(tmp_path, shared_data, monkeypatch):
     for name in pose.METHODS:
         assert again[name]["rmse_final"] == metrics[name]["rmse_final"]
         assert again[name]["wall_s"] == metrics[name]["wall_s"]
+    assert again["start_s"] == metrics["start_s"]
+
+
+def test_chmc_milestones_compare_only_where_every_curve_is_defined():
+    t = np.arange(1.0, 11.0)
+    chmc = np.stack([t, np.linspace(0.3, 0.01, 10)], axis=1)
+    slow = np.stack([t[:8], np.full(8, 0.2)], axis=1)  # defined until 8 s
+    m = pose._chmc_milestones({"chmc": chmc, "hmc": slow}, 0.05)
+    assert m["s_compared_until"] == 8.0
+    assert m["s_below_baselines"] == 4.0  # 0.203 at 4 s ≥ 0.2; 0.171 at 5 s < 0.2
+    assert m["s_below_thesis_final"] == 9.0  # first value below 0.05: 0.042 at 9 s
+    good = np.stack([t[:8], np.full(8, 0.02)], axis=1)  # a baseline below CHMC at 8 s
+    m = pose._chmc_milestones({"chmc": chmc, "hmc": slow, "hier": good}, None)
+    assert m["s_below_baselines"] is None and m["s_below_thesis_final"] is None

@@ -131,6 +131,29 @@ def test_gram_choice_and_bad_arguments():
         dgm.condition_additive_noise(f, np.full(N, np.nan), K, SIGMA)
 
 
+def test_custom_jacobian_function_is_used_and_checked():
+    """A Jacobian function z -> J_f replaces autodiff (here a scaled copy, to see it used);
+    one of the wrong shape or that fails is a ValueError naming `jacobian`."""
+    m = _decoder()
+    f = lambda z: m(z)[:N]  # noqa: E731
+    y = np.zeros(N)
+    posterior = dgm.condition_additive_noise(
+        f, y, K, SIGMA, jacobian=lambda z: 2 * jax.jacfwd(f)(z)
+    )
+    with jax.enable_x64(True):
+        z = jnp.ones(K, jnp.float64)
+        u = jnp.concatenate([z, jnp.zeros(N, jnp.float64)])
+        jac = posterior.system.jacobian(u)
+        np.testing.assert_allclose(jac[:, :K], 2 * jax.jacfwd(f)(z), rtol=1e-12)
+    assert posterior.additive_noise.jacobian_mode == "custom"
+    with pytest.raises(ValueError, match=r"`jacobian` must return a matrix of shape \(8, 3\)"):
+        dgm.condition_additive_noise(f, y, K, SIGMA, jacobian=lambda z: jnp.zeros((K, N)))
+    with pytest.raises(ValueError, match=r"`jacobian` failed on an input of shape \(3,\)"):
+        dgm.condition_additive_noise(f, y, K, SIGMA, jacobian=lambda z: z @ jnp.ones((7, 2)))
+    with pytest.raises(ValueError, match="`jacobian` must be 'auto', 'fwd', 'rev' or a function"):
+        AdditiveNoise(m, K, N, SIGMA, jacobian="central")
+
+
 def test_lapack_capacitance_is_never_vmapped():
     """A capacitance matrix of more than SMALL_GRAM latents is a LAPACK Cholesky, which hangs
     under vmap on several host devices (it did in a 4-chain in-painting run): "auto" maps."""

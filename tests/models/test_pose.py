@@ -173,6 +173,35 @@ def test_jacobian_matches_finite_differences(gen, scenes, compiled):
 
 
 @pytest.mark.usefixtures("x64")
+def test_closed_form_jacobian_equals_autodiff_and_differentiates(gen, scenes, compiled):
+    """noise_free_jacobian equals the autodiff Jacobian at the scenes and another point."""
+    closed = jax.jit(lambda u: gen.noise_free_jacobian(u))
+    points = np.concatenate([scenes, 0.5 * scenes[:1, ::-1]])
+    for u in points:
+        jac = np.asarray(closed(jnp.asarray(u[:LATENT_DIM])))
+        ref = np.asarray(compiled["jacobian"](jnp.asarray(u)))[:, :LATENT_DIM]
+        assert jac.shape == (76, LATENT_DIM)
+        np.testing.assert_allclose(jac, ref, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("x64")
+def test_closed_form_jacobian_vjp_matches_finite_differences(gen, scenes):
+    """The VJP of noise_free_jacobian (what ∇ ½ log det takes) equals finite differences
+    of ⟨Q, J(u)⟩."""
+    closed = jax.jit(lambda u: gen.noise_free_jacobian(u))
+    rng = np.random.default_rng(1)
+    cot = jnp.asarray(rng.normal(size=(76, LATENT_DIM)))
+    u = jnp.asarray(scenes[2, :LATENT_DIM])
+    vjp = jax.jit(lambda u: jax.vjp(lambda v: gen.noise_free_jacobian(v), u)[1](cot)[0])(u)
+    inner = lambda v: jnp.sum(cot * closed(v))  # noqa: E731
+    h = 1e-6
+    for direction in jnp.asarray(rng.normal(size=(2, LATENT_DIM))):
+        fd = (inner(u + h * direction) - inner(u - h * direction)) / (2 * h)
+        np.testing.assert_allclose(jnp.dot(vjp, direction), fd, rtol=1e-6)
+
+
+@pytest.mark.usefixtures("x64")
 def test_scenes_regenerated_and_consistent_with_thesis(shared_data, gen, scenes, compiled):
     """The notebook's three scenes: deterministic, in front of both cameras, noise added
     as σ·n, and the thesis's RMSE at t = 0 (mean over 5 chains started from prior draws,

@@ -117,8 +117,10 @@ def run_hmc(
 
 def chmc_posterior(gen: PoseGenerator, y_obs):
     """The 216-input posterior as :func:`dgm.condition_additive_noise` of the noise-free
-    map (J = [J_f | σ I] from 76 reverse passes through f, measured faster than 140
-    forward ones; k = 140 > N = 76 keeps the dense 76×76 Gram factor)."""
+    map, J = [J_f | σ I] with J_f in closed form
+    (:meth:`~dgm.models.pose.PoseGenerator.noise_free_jacobian`: 0.10 ms against 1.6 ms
+    for 76 reverse passes through f, idle; ∇ ½ log det is one reverse pass through it);
+    k = 140 > N = 76 keeps the dense 76×76 Gram factor."""
     from dgm.conditioning_additive import condition_additive_noise
 
     return condition_additive_noise(
@@ -127,7 +129,7 @@ def chmc_posterior(gen: PoseGenerator, y_obs):
         LATENT_DIM,
         gen.sigma,
         derived={"positions": lambda u: gen.joint_positions(u[:LATENT_DIM])},
-        jacobian="rev",
+        jacobian=lambda z: gen.noise_free_jacobian(z),
     )
 
 

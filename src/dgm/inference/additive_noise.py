@@ -96,8 +96,11 @@ class AdditiveNoise:
         latent_dim: k, the number of inputs of ``f``.
         output_dim: N, the number of outputs (and of noise inputs).
         sigma: σ > 0, the noise scale.
-        jacobian: how ``J_f`` is formed: ``"fwd"`` (k JVPs), ``"rev"`` (N VJPs) or
-            ``"auto"`` (forward unless k > 2N).
+        jacobian: how ``J_f`` is formed: ``"fwd"`` (k JVPs), ``"rev"`` (N VJPs),
+            ``"auto"`` (forward unless k > 2N), or a function ``z -> J_f(z)`` (N × k) that
+            knows the structure of ``f`` (e.g. the pose generator's closed-form
+            :meth:`~dgm.models.pose.PoseGenerator.noise_free_jacobian`); it must be
+            differentiable, since ∇ ½ log det(J Jᵀ) is one reverse pass through it.
         gram: ``"woodbury"`` (:class:`WoodburyGram`), ``"dense"``
             (:class:`DenseCholesky` of J Jᵀ) or ``"auto"``: Woodbury when k < N.
 
@@ -116,7 +119,7 @@ class AdditiveNoise:
         latent_dim: int,
         output_dim: int,
         sigma: float,
-        jacobian: str = "auto",
+        jacobian: str | Callable = "auto",
         gram: str = "auto",
     ):
         for name, value in (("latent_dim", latent_dim), ("output_dim", output_dim)):
@@ -125,8 +128,10 @@ class AdditiveNoise:
         ok = isinstance(sigma, int | float) and not isinstance(sigma, bool)
         if not (ok and np.isfinite(sigma) and sigma > 0):
             raise ValueError(f"`sigma` must be a positive number; got {sigma!r}")
-        if jacobian not in ("auto", "fwd", "rev"):
-            raise ValueError(f"`jacobian` must be 'auto', 'fwd' or 'rev'; got {jacobian!r}")
+        if not callable(jacobian) and jacobian not in ("auto", "fwd", "rev"):
+            raise ValueError(
+                f"`jacobian` must be 'auto', 'fwd', 'rev' or a function z -> J_f; got {jacobian!r}"
+            )
         if gram not in ("auto", "woodbury", "dense"):
             raise ValueError(f"`gram` must be 'auto', 'woodbury' or 'dense'; got {gram!r}")
         if jacobian == "auto":
@@ -137,8 +142,11 @@ class AdditiveNoise:
         self.input_dim = latent_dim + output_dim
         self.sigma = float(sigma)
         self.gram = ("woodbury" if latent_dim < output_dim else "dense") if gram == "auto" else gram
-        self.jacobian_mode = jacobian
-        self._jac_f = jax.jacfwd(f) if jacobian == "fwd" else _jacrev_fwd_second_order(f)
+        if callable(jacobian):
+            self.jacobian_mode, self._jac_f = "custom", jacobian
+        else:
+            self.jacobian_mode = jacobian
+            self._jac_f = jax.jacfwd(f) if jacobian == "fwd" else _jacrev_fwd_second_order(f)
 
     def generator(self, u: Float[Array, " dim"]) -> Float[Array, " obs"]:
         """``f(u[:k]) + σ u[k:]``."""
