@@ -32,7 +32,7 @@ import numpy as np
 import scipy.stats
 
 from dgm.conditioning import condition
-from dgm.config import check_positive, num_positional
+from dgm.config import check_positive
 
 
 @dataclasses.dataclass
@@ -164,7 +164,9 @@ def sbc(
             f"`num_chains` ({num_chains}) must divide num_ranks * thin = {num_ranks * thin}"
         )
     start = time.perf_counter()
+    # each quantity compiled once, evaluated at [truth, draws] (one shape) per replication
     quantities = {"u": lambda u: u} | dict(derived or {})
+    quantities = {name: jax.jit(jax.vmap(fn)) for name, fn in quantities.items()}
     key_prior, key_runs = jax.random.split(key)
     with jax.enable_x64(True):
         u_true = jax.random.normal(key_prior, (num_replications, input_dim), jnp.float64)
@@ -209,21 +211,15 @@ def sbc(
 
 
 def _starts(posterior, ys, keys, num_chains: int, tol: float):
-    """``((num_obs, num_chains, M) starts, (num_obs,) on-manifold flags)``: the model's
-    closed form if it has one for any observation, else typical-set starts; a row whose
-    starts miss the manifold (or are not finite) is flagged, not raised."""
+    """``((num_obs, num_chains, M) starts, (num_obs,) on-manifold flags)``: the posterior's
+    own candidates (its closed form if it serves any observation, else typical-set starts);
+    a row whose starts miss the manifold (or are not finite) is flagged, not raised."""
     with jax.enable_x64(True):
         ys = jnp.asarray(ys, jnp.float64)
-        init_fn = posterior.init_fn
-        if init_fn is not None and num_positional(init_fn) >= 2:
-            chain_keys = jax.vmap(lambda k: jax.random.split(k, num_chains))(keys)
-            u = jax.vmap(jax.vmap(init_fn, (0, None)))(chain_keys, ys)
-        else:
-            u = posterior._typical_starts.many(ys, keys, num_chains, tol)
-        rows = u.reshape(-1, u.shape[-1])
-        residual = np.asarray(posterior._residuals(rows, jnp.repeat(ys, num_chains, axis=0)))
+        u, _ = posterior._candidate_points(keys, num_chains, tol, ys)
+        residual = np.asarray(posterior._residuals(u, jnp.repeat(ys, num_chains, axis=0)))
     ok = np.isfinite(residual) & (residual <= tol)
-    return u, np.all(ok.reshape(ys.shape[0], num_chains), axis=1)
+    return u.reshape(ys.shape[0], num_chains, -1), np.all(ok.reshape(-1, num_chains), axis=1)
 
 
 def _thinned(draws: np.ndarray, num_chains: int, thin: int) -> np.ndarray:
@@ -232,10 +228,11 @@ def _thinned(draws: np.ndarray, num_chains: int, thin: int) -> np.ndarray:
 
 
 def _rank(fn: Callable, truth: np.ndarray, draws: np.ndarray) -> np.ndarray:
+    """Ranks of ``fn(truth)`` among ``fn(draws)``; ``fn`` is batched (``vmap``) over rows."""
     with jax.enable_x64(True):
-        t = np.asarray(fn(jnp.asarray(truth))).reshape(-1)
-        d = np.asarray(jax.vmap(fn)(jnp.asarray(draws))).reshape(draws.shape[0], -1)
-    return ranks_of(t, d)
+        values = np.asarray(fn(jnp.asarray(np.concatenate([truth[None], draws]))))
+    values = values.reshape(values.shape[0], -1)
+    return ranks_of(values[0], values[1:])
 
 
 def _result(rows: dict, num_ranks, num_bins, skipped, failed, start) -> SBCResult:

@@ -43,20 +43,25 @@ class StartingPoints:
     def _initial_points(self, obs_keys, num_chains: int, tol: float, ys) -> jax.Array:
         """:meth:`initial_points` of every observation (rows of ``ys``, one key each), the
         chains of observation ``i`` in rows ``i·num_chains …``, all in one batched solve."""
-        keys = jax.vmap(lambda k: jax.random.split(k, num_chains))(obs_keys)
-        keys = keys.reshape(-1, *keys.shape[2:])  # typed keys or raw uint32 pairs
+        u, closed_form = self._candidate_points(obs_keys, num_chains, tol, ys)
         y_rows = jnp.repeat(ys, num_chains, axis=0)
+        if not closed_form and not np.all(np.asarray(self._residuals(u, y_rows)) <= tol):
+            keys = _chain_keys(obs_keys, num_chains)
+            normal = lambda k: jax.random.normal(k, (self.input_dim,), jnp.float64)  # noqa: E731
+            self._check_rank(jax.vmap(normal)(keys), "a prior draw")
+        return self._check_init(jnp.asarray(u, jnp.float64), tol, "initial points", y_rows)
+
+    def _candidate_points(self, obs_keys, num_chains: int, tol: float, ys):
+        """``(starts, closed_form)``, unchecked: the model's ``init_fn`` for these
+        observations if it serves them, else the typical-set starts
+        (:mod:`dgm.inference.starts`), every observation in one call; rows ``i·num_chains …``
+        belong to observation ``i``."""
         init_fn = self._init_fn_for(ys)
         if init_fn is not None:
-            u = jax.vmap(init_fn)(keys, y_rows)
-        else:
-            # typical-set starts (dgm.inference.starts), every observation in one call
-            u = self._typical_starts.many(ys, obs_keys, num_chains, tol)
-            u = u.reshape(-1, self.input_dim)
-            if not np.all(np.asarray(self._residuals(u, y_rows)) <= tol):
-                normal = lambda k: jax.random.normal(k, (self.input_dim,), jnp.float64)  # noqa: E731
-                self._check_rank(jax.vmap(normal)(keys), "a prior draw")
-        return self._check_init(jnp.asarray(u, jnp.float64), tol, "initial points", y_rows)
+            y_rows = jnp.repeat(ys, num_chains, axis=0)
+            return jax.vmap(init_fn)(_chain_keys(obs_keys, num_chains), y_rows), True
+        u = self._typical_starts.many(ys, obs_keys, num_chains, tol)
+        return u.reshape(-1, self.input_dim), False
 
     def _init_fn_for(self, ys):
         """``(key, y) -> u``, the closed-form start for observations ``ys``, or None
@@ -114,3 +119,9 @@ class StartingPoints:
         elif u0.ndim == 2 and u0.shape[1] == self.input_dim and u0.shape[0] != num_chains:
             raise ValueError(f"`init` must have {num_chains} rows (num_chains); got {u0.shape[0]}")
         return self._check_init(u0, tol, "`init`", jnp.repeat(ys, num_chains, axis=0))
+
+
+def _chain_keys(obs_keys, num_chains: int):
+    """``num_chains`` keys per observation key, stacked (typed keys or raw uint32 pairs)."""
+    keys = jax.vmap(lambda k: jax.random.split(k, num_chains))(obs_keys)
+    return keys.reshape(-1, *keys.shape[2:])
