@@ -202,7 +202,7 @@ class ConditionedGenerator(StartingPoints):
         chain_map = check_sample_args(args, self.system)
         ys, batched = check_y_batch(y_obs, self.y_obs)
         same = np.asarray(ys, np.float64) == np.asarray(self.y_obs, np.float64)[None]
-        if self.system._half_log_det_fn is not None and not np.all(same):
+        if not (self.system.serves_any_observation or np.all(same)):
             raise ValueError(
                 "`y_obs` differs from the conditioned observation, but `half_log_det_fn` takes "
                 "only u (it is exact on the conditioned manifold only); give it as "

@@ -265,6 +265,12 @@ class ManifoldSystem:
         self.second_order = second_order
         self._second_order_generator = remat_scans(generator)
 
+    @property
+    def serves_any_observation(self) -> bool:
+        """False when a one-argument ``half_log_det_fn`` ties φ to one observation's
+        manifold (then only that observation may be sampled)."""
+        return self._half_log_det_fn is None or self._half_log_det_of_y is not None
+
     def at(self, y: Float[Array, " obs"]) -> "ManifoldSystem":
         """This system on the manifold G(u) = ``y``: a two-argument ``half_log_det_fn(u, y)``
         bound to ``y`` (for a traced ``y`` too); the system itself when it has none."""
