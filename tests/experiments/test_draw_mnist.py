@@ -14,17 +14,12 @@ from dgm.cli import main
 from dgm.experiments import draw_mnist
 from dgm.models import decoders
 from dgm.training.nan_guard import NaNGuardTrainer
+from tests.experiments._smoke import cli_smoke_run
 
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory, shared_data):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("DGM_DATA_DIR", str(shared_data))
-    out = tmp_path_factory.mktemp("draw") / "run"
-    args = ["run", "draw-mnist", "--smoke", "--out", str(out), "--no-progress"]
-    assert main(args) == 0
-    yield out, args
-    mp.undo()
+    yield from cli_smoke_run(tmp_path_factory, shared_data, "draw-mnist")
 
 
 def test_smoke_writes_scores_pictures_and_a_generator(smoke_run):

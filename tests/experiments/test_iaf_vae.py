@@ -19,6 +19,7 @@ from dgm.cli import main
 from dgm.experiments import iaf_vae
 from dgm.models import decoders
 from dgm.training.nan_guard import NaNGuardTrainer, update_index
+from tests.experiments._smoke import cli_smoke_run
 
 ORIGINAL = ["problem=mnist", "n_h=64", "depths=[2,2]", "margs.posterior=down_iaf2_nl",
             "margs.kl_min=0.25"]  # fmt: skip
@@ -82,13 +83,7 @@ def test_nan_loss_stops_naming_the_update_and_keeps_the_last_good_checkpoint(tmp
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory, shared_data):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("DGM_DATA_DIR", str(shared_data))
-    out = tmp_path_factory.mktemp("iaf") / "run"
-    args = ["run", "iaf-vae", "--smoke", "--out", str(out), "--no-progress"]
-    assert main(args) == 0
-    yield out, args
-    mp.undo()
+    yield from cli_smoke_run(tmp_path_factory, shared_data, "iaf-vae")
 
 
 @pytest.mark.slow
