@@ -136,12 +136,12 @@ def main():
     print(json.dumps({"bench": "draw_kernels", "config": args.config, **kernels}), flush=True)
 
     jax.block_until_ready(fn(arrays, batch, jax.random.key(1)))
-    trace_dir = tempfile.mkdtemp(prefix="draw-profile-")
-    with jax.profiler.trace(trace_dir):
-        for i in range(args.steps):
-            arrays = jax.block_until_ready(fn(arrays, batch, jax.random.key(i))[0])
-    trace = sorted(glob.glob(os.path.join(trace_dir, "plugins/profile/*/*.trace.json.gz")))[-1]
-    events = json.load(gzip.open(trace))["traceEvents"]
+    with tempfile.TemporaryDirectory(prefix="draw-profile-") as trace_dir:
+        with jax.profiler.trace(trace_dir):
+            for i in range(args.steps):
+                arrays = jax.block_until_ready(fn(arrays, batch, jax.random.key(i))[0])
+        pattern = os.path.join(trace_dir, "plugins/profile/*/*.trace.json.gz")
+        events = json.load(gzip.open(sorted(glob.glob(pattern))[-1]))["traceEvents"]
     threads = {(e["pid"], e["tid"]): e["args"]["name"] for e in events
                if e.get("ph") == "M" and e.get("name") == "thread_name"}  # fmt: skip
     total = collections.defaultdict(float)
