@@ -65,6 +65,7 @@ class ConditionedGenerator(StartingPoints):
         gram_factor_fn,
         init_fn,
         half_log_det_fn=None,
+        log_det_grad_fn=None,
     ):
         self.generator = generator
         self.y_obs = y_obs
@@ -75,10 +76,16 @@ class ConditionedGenerator(StartingPoints):
         }
         self.init_fn = init_fn
         self.system = ManifoldSystem(
-            generator, input_dim, self.output_dim, jacobian, gram_factor_fn, half_log_det_fn
+            generator,
+            input_dim,
+            self.output_dim,
+            jacobian,
+            gram_factor_fn,
+            half_log_det_fn,
+            log_det_grad_fn=log_det_grad_fn,
         )
         # generator and structure: a runner compiled for them serves any observation
-        fns = (generator, jacobian, gram_factor_fn, half_log_det_fn)
+        fns = (generator, jacobian, gram_factor_fn, half_log_det_fn, log_det_grad_fn)
         self._cache_key = (input_dim, self.output_dim, *map(_identity, fns))
         helpers = compiled_helpers(self.system, self._cache_key)
         self._init_states, self._residuals, self._ranks, self._newton = helpers[:4]

@@ -92,6 +92,7 @@ def condition_additive_noise(
             noise.jacobian,
             noise.gram_factor,
             init_fn,
+            log_det_grad_fn=noise.log_det_grad,
         )
     posterior.additive_noise = noise
     return posterior

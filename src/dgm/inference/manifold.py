@@ -215,6 +215,10 @@ class ManifoldSystem:
             the forward-mode Jacobian (``"fwd"``) or N forward-over-reverse
             Hessian–vector products (``"rev"``). ``"vjp"`` (default for a custom Jacobian
             function): one reverse pass through the Jacobian map as given.
+        log_det_grad_fn: optional ``(u, J, factor) -> ∇_u ½ log det(J Jᵀ)`` that knows the
+            Jacobian's structure (e.g. :meth:`dgm.inference.additive_noise.AdditiveNoise.log_det_grad`:
+            only the columns of J that depend on u); it replaces ``second_order``'s term.
+            Ignored when ``half_log_det_fn`` is given.
     """
 
     def __init__(
@@ -226,7 +230,13 @@ class ManifoldSystem:
         gram_factor_fn: Callable | None = None,
         half_log_det_fn: Callable | None = None,
         second_order: str = "auto",
+        log_det_grad_fn: Callable | None = None,
     ):
+        if log_det_grad_fn is not None and not callable(log_det_grad_fn):
+            raise ValueError(
+                "`log_det_grad_fn` must be a function (u, J, factor) -> gradient; "
+                f"got {type(log_det_grad_fn).__name__}"
+            )
         if second_order not in ("auto", "remat", "vjp", "tangent"):
             raise ValueError(
                 f"`second_order` must be 'auto', 'remat', 'vjp' or 'tangent'; got {second_order!r}"
@@ -246,6 +256,7 @@ class ManifoldSystem:
             self.jacobian_mode = jacobian
             self._jac = jax.jacfwd(generator) if jacobian == "fwd" else jax.jacrev(generator)
         self._gram_factor_fn = gram_factor_fn
+        self._log_det_grad_fn = log_det_grad_fn
         # a two-argument half_log_det_fn(u, y) waits for `at(y)`; the default serves till then
         takes_y = half_log_det_fn is not None and num_positional(half_log_det_fn) >= 2
         self._half_log_det_of_y = half_log_det_fn if takes_y else None
@@ -347,6 +358,8 @@ class ManifoldSystem:
         """
         if self._half_log_det_fn is not None:
             return u + jax.grad(self._half_log_det_fn)(u)
+        if self._log_det_grad_fn is not None:
+            return u + self._log_det_grad_fn(u, jac, factor)
         pmat = factor.solve(jac)
         if self.second_order == "vjp":
             return u + jax.vjp(self._jac, u)[1](pmat)[0]
