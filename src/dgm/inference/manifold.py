@@ -377,7 +377,8 @@ def project_tangent(
     v: Float[Array, " dim"], jac: Float[Array, "obs dim"], factor: AbstractGramFactor
 ) -> Float[Array, " dim"]:
     """Π(v) = v − Jᵀ (J Jᵀ)⁻¹ J v: the component of v in the tangent space (null space of J)."""
-    return v - jac.T @ factor.solve(jac @ v)
+    # wᵀJ, not Jᵀw: the same sums, without XLA:CPU copying Jᵀ out of J on every call
+    return v - factor.solve(jac @ v) @ jac
 
 
 def project_onto_manifold(
@@ -405,7 +406,7 @@ def project_onto_manifold(
         i, v, _, _ = carry
         c = system.constraint(v, y)
         bad = ~jnp.all(jnp.isfinite(c))
-        v_new = v - anchor_jac.T @ anchor_factor.solve(c)
+        v_new = v - anchor_factor.solve(c) @ anchor_jac  # not J_aᵀ λ: see project_tangent
         done = jnp.max(jnp.abs(c)) < tol
         return i + 1, jnp.where(bad, v, v_new), done, bad
 
