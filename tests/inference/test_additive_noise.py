@@ -112,6 +112,37 @@ def test_reverse_jacobian_vjp_equals_autodiff():
     np.testing.assert_allclose(grad, ref_grad, rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.usefixtures("x64")
+@pytest.mark.parametrize(("k", "n"), [(3, 8), pytest.param(9, 4, marks=pytest.mark.slow)])
+def test_log_det_grad_through_latent_columns(k, n):
+    """``condition_additive_noise``'s ∇φ (:meth:`AdditiveNoise.log_det_grad`: P's k latent
+    columns only, the VJP of J_f alone) equals autodiff of the dense slogdet to 1e-10, for a
+    Woodbury (k < N) and a dense (k > N) factor; a planted bug (P without the solve) fails."""
+    noise = AdditiveNoise(_decoder(5, k, n), k, n, SIGMA)
+    system = ManifoldSystem(
+        noise.generator, k + n, n, noise.jacobian, noise.gram_factor,
+        log_det_grad_fn=noise.log_det_grad,
+    )  # fmt: skip  (as condition_additive_noise builds it)
+
+    def dense_phi(u):
+        j = jax.jacfwd(noise.generator)(u)
+        return 0.5 * u @ u + 0.5 * jnp.linalg.slogdet(j @ j.T)[1]
+
+    def planted(u, jac, factor):  # P = J_f: the solve with J Jᵀ left out
+        return jnp.concatenate([jax.vjp(noise._jac_f, u[:k])[1](jac[:, :k])[0], jnp.zeros(n)])
+
+    @jax.jit
+    def grads(u):
+        jac, factor = system.cache(u)
+        return system.potential_grad(u, jac, factor), u + planted(u, jac, factor)
+
+    u = jax.random.normal(jax.random.key(6), (k + n,), jnp.float64)
+    got, bad = grads(u)
+    want = jax.grad(dense_phi)(u)
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+    assert np.max(np.abs(bad - want)) > 1e-3
+
+
 def test_gram_choice_and_bad_arguments():
     m = _decoder()
     assert AdditiveNoise(m, K, N, SIGMA).gram == "woodbury"  # k < N: capacitance k×k
@@ -146,6 +177,7 @@ def test_custom_jacobian_function_is_used_and_checked():
         jac = posterior.system.jacobian(u)
         np.testing.assert_allclose(jac[:, :K], 2 * jax.jacfwd(f)(z), rtol=1e-12)
     assert posterior.additive_noise.jacobian_mode == "custom"
+    assert posterior.system._log_det_grad_fn == posterior.additive_noise.log_det_grad
     with pytest.raises(ValueError, match=r"`jacobian` must return a matrix of shape \(8, 3\)"):
         dgm.condition_additive_noise(f, y, K, SIGMA, jacobian=lambda z: jnp.zeros((K, N)))
     with pytest.raises(ValueError, match=r"`jacobian` failed on an input of shape \(3,\)"):
