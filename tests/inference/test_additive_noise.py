@@ -119,10 +119,9 @@ def test_log_det_grad_through_latent_columns(k, n):
     columns only, the VJP of J_f alone) equals autodiff of the dense slogdet to 1e-10, for a
     Woodbury (k < N) and a dense (k > N) factor; a planted bug (P without the solve) fails."""
     noise = AdditiveNoise(_decoder(5, k, n), k, n, SIGMA)
-    system = ManifoldSystem(
-        noise.generator, k + n, n, noise.jacobian, noise.gram_factor,
-        log_det_grad_fn=noise.log_det_grad,
-    )  # fmt: skip  (as condition_additive_noise builds it)
+    # as condition_additive_noise builds it
+    fns = (noise.jacobian, noise.gram_factor)
+    system = ManifoldSystem(noise.generator, k + n, n, *fns, log_det_grad_fn=noise.log_det_grad)
 
     def dense_phi(u):
         j = jax.jacfwd(noise.generator)(u)

@@ -216,9 +216,10 @@ class ManifoldSystem:
             Hessian–vector products (``"rev"``). ``"vjp"`` (default for a custom Jacobian
             function): one reverse pass through the Jacobian map as given.
         log_det_grad_fn: optional ``(u, J, factor) -> ∇_u ½ log det(J Jᵀ)`` that knows the
-            Jacobian's structure (e.g. :meth:`dgm.inference.additive_noise.AdditiveNoise.log_det_grad`:
-            only the columns of J that depend on u); it replaces ``second_order``'s term.
-            Ignored when ``half_log_det_fn`` is given.
+            Jacobian's structure (e.g.
+            :meth:`dgm.inference.additive_noise.AdditiveNoise.log_det_grad`: only the
+            columns of J that depend on u); it replaces ``second_order``'s term. Ignored
+            when ``half_log_det_fn`` is given.
     """
 
     def __init__(
