@@ -341,16 +341,19 @@ class PoseGenerator(eqx.Module):
         for w, b in hidden:
             t = jnp.tanh(h @ w + b)
             h, d_h = t + h, (1 - t**2)[:, None] * (w.T @ d_h) + d_h
-        out, d_out = h @ w_out + b_out, w_out.T @ d_h
+        out = h @ w_out + b_out
         k = 2 * NUM_ANGLES
         sd = jnp.exp(0.5 * out[k:])
         r = out[:k] + sd * u_ang
-        d_r = d_out[:k] + (0.5 * sd * u_ang)[:, None] * d_out[k:]  # ∂r/∂u_lat
         cos, sin = r[:NUM_ANGLES], r[NUM_ANGLES:]
         norm2 = cos**2 + sin**2
         d_cos, d_sin = -sin / norm2, cos / norm2  # θ = atan2(sin, cos)
         angles = jnp.arctan2(sin, cos)
-        d_theta_lat = d_cos[:, None] * d_r[:NUM_ANGLES] + d_sin[:, None] * d_r[NUM_ANGLES:]
+        # ∂θ/∂h (50 × 47) folded into the output layer's weights before the product with
+        # ∂h/∂u_lat: 47 × 50 × 30 multiply-adds instead of 188 × 50 × 30 for ∂out/∂u_lat
+        w_r = w_out[:, :k] + w_out[:, k:] * (0.5 * sd * u_ang)[None, :]  # ∂r/∂h
+        w_theta = w_r[:, :NUM_ANGLES] * d_cos[None, :] + w_r[:, NUM_ANGLES:] * d_sin[None, :]
+        d_theta_lat = w_theta.T @ d_h
         # forward kinematics and its Jacobian at the output joints
         kin = kinematics_jacobian(
             self.skeleton, self.channel_values(angles), self.node_lengths(lengths)
