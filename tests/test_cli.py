@@ -21,6 +21,13 @@ def test_field_added_since_the_run_matches_at_its_preset_value():
     assert not _same_run(saved, changed, PRESET)
 
 
+def test_run_length_may_change():
+    saved = {"num_epochs": 5, "train": {"lr": 0.1, "num_epochs": 300}}
+    longer = {"num_epochs": 9, "train": {"lr": 0.1, "num_epochs": 40}}
+    assert _same_run(saved, longer, saved)
+    assert not _same_run(saved, {**longer, "train": {"lr": 0.2, "num_epochs": 40}}, saved)
+
+
 def test_changed_or_removed_fields_do_not_match():
     assert not _same_run(PRESET, {"seed_field": 2, "train": PRESET["train"]}, PRESET)
     assert not _same_run({**PRESET, "gone": 3}, PRESET, PRESET)

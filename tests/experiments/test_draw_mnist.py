@@ -48,6 +48,30 @@ def test_resume_of_a_finished_run_reproduces_it(smoke_run):
         assert after[field] == before[field], field
 
 
+def test_resume_may_end_or_extend_the_run_but_not_change_it(smoke_run, tmp_path, capsys):
+    """`--set train.num_epochs=` on `--resume`: as many epochs as done ends the run (the
+    best model is scored at once), more extends it; any other change is still refused."""
+    import shutil
+
+    out, args = smoke_run
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    args = [*args[:4], str(copy), *args[5:], "--resume"]
+    before = json.loads((out / "metrics.json").read_text())
+    assert main([*args, "--set", "train.num_epochs=1"]) == 0  # 2 done: nothing to train
+    ended = json.loads((copy / "metrics.json").read_text())
+    assert ended["epochs"] == 2 and ended["test_bound"] == before["test_bound"]
+    assert main([*args, "--set", "train.num_epochs=3"]) == 0
+    extended = json.loads((copy / "metrics.json").read_text())
+    assert extended["epochs"] == 3
+    assert len((copy / "eval_curve.jsonl").read_text().splitlines()) == 3
+    saved = json.loads((copy / "config.json").read_text())["config"]["train"]
+    assert saved["num_epochs"] == 3  # the record says how long the run now is
+    capsys.readouterr()
+    assert main([*args, "--set", "train.learning_rate=0.5"]) == 1
+    assert "different config or seed" in capsys.readouterr().err
+
+
 def test_sample_command(smoke_run, tmp_path, capsys):
     out, _ = smoke_run
     assert main(["sample", str(out), "--num", "4", "--out", str(tmp_path / "s.png")]) == 0

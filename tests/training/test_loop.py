@@ -1,5 +1,7 @@
 """The epoch loop: bit-identical resume, early stopping, interruption, weight averaging."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -53,6 +55,26 @@ def test_resume_refuses_other_config_and_seed(tmp_path):
     fit(tmp_path, 1)
     with pytest.raises(ValueError, match="different configuration"):
         fit(tmp_path, 2, resume=True, fingerprint="b")
+
+
+def _print(num_epochs, lr=0.05):  # a fingerprint as the experiments write them
+    return json.dumps({"train": {"learning_rate": lr, "num_epochs": num_epochs}})
+
+
+def test_resume_with_another_run_length_extends_or_ends_the_run(tmp_path):
+    straight = fit(tmp_path / "a", 3, fingerprint=_print(3))
+    fit(tmp_path / "b", 1, fingerprint=_print(1))
+    extended = fit(tmp_path / "b", 3, resume=True, fingerprint=_print(3))
+    assert_trees_equal(straight.model, extended.model)
+    assert [h["train_loss"] for h in extended.history] == [
+        h["train_loss"] for h in straight.history
+    ]
+    ended = fit(tmp_path / "a", 2, resume=True, fingerprint=_print(2))  # 3 done: no update
+    assert ended.epochs == 3 and len(ended.history) == 3
+    assert_trees_equal(straight.model, ended.model)
+    assert_trees_equal(straight.best_model, ended.best_model)
+    with pytest.raises(ValueError, match="different configuration"):
+        fit(tmp_path / "a", 4, resume=True, fingerprint=_print(4, lr=0.1))
 
 
 def test_no_checkpoint_without_path(tmp_path):
