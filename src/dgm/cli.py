@@ -40,7 +40,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--smoke", action="store_true", help="shorthand for --preset smoke")
     run.add_argument("--seed", type=int, default=0, help="root PRNG seed (default 0)")
     run.add_argument("--out", type=Path, default=None, help="run directory")
-    run.add_argument("--resume", action="store_true", help="continue the run in --out")
+    run.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out (--set train.num_epochs=N may extend or end it)",
+    )
     run.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
     run.add_argument(
         "--set", action="append", default=[], metavar="FIELD=VALUE", help="override a field"
