@@ -30,9 +30,14 @@ def test_smoke_writes_scores_pictures_and_a_generator(smoke_run):
     assert m["test_nll_is"] <= m["test_bound"] + 2.0  # IS tightens the bound, up to noise
     for name in ("report.md", "model.eqx", "checkpoints/train.eqx", "train_loss.png",
                  "samples.png", "samples.gif", "samples_attention.gif", "reconstructions.gif",
-                 "reconstructions_attention.gif", "eval_curve.jsonl"):  # fmt: skip
+                 "reconstructions_attention.gif", "test_curve.png"):  # fmt: skip
         assert (out / name).exists(), name
-    assert len((out / "eval_curve.jsonl").read_text().splitlines()) == 2
+    curve = [json.loads(line) for line in (out / "train_metrics.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in curve] == [1, 2]
+    for h in curve:  # the test bound at each validation, with its parts
+        np.testing.assert_allclose(h["test"], h["test_recon"] + h["test_kl"], rtol=1e-12)
+    best = curve[m["best_epoch"] - 1]
+    assert best["valid"] == m["valid_bound"]
     decoder = decoders.load(out)
     assert (decoder.kind, decoder.input_dim, decoder.image_shape) == ("draw", 16, (28, 28))
     means = decoder(jnp.zeros(16))
@@ -64,7 +69,7 @@ def test_resume_may_end_or_extend_the_run_but_not_change_it(smoke_run, tmp_path,
     assert main([*args, "--set", "train.num_epochs=3"]) == 0
     extended = json.loads((copy / "metrics.json").read_text())
     assert extended["epochs"] == 3
-    assert len((copy / "eval_curve.jsonl").read_text().splitlines()) == 3
+    assert len((copy / "train_metrics.jsonl").read_text().splitlines()) == 3
     saved = json.loads((copy / "config.json").read_text())["config"]["train"]
     assert saved["num_epochs"] == 3  # the record says how long the run now is
     capsys.readouterr()

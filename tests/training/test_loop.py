@@ -57,6 +57,18 @@ def test_resume_refuses_other_config_and_seed(tmp_path):
         fit(tmp_path, 2, resume=True, fingerprint="b")
 
 
+def test_eval_fn_may_return_more_scores(tmp_path):
+    def scores(model, key):
+        w = float(jnp.sum(model.layer.weight**2))
+        return {"valid": w, "test": 2 * w}
+
+    result = fit(tmp_path / "a", 2, eval_fn=scores)
+    assert all(h["test"] == 2 * h["valid"] for h in result.history)
+    assert result.best_valid == min(h["valid"] for h in result.history)
+    with pytest.raises(ValueError, match="without 'valid'"):
+        fit(tmp_path / "b", 1, eval_fn=lambda m, k: {"test": 1.0})
+
+
 def _print(num_epochs, lr=0.05):  # a fingerprint as the experiments write them
     return json.dumps({"train": {"learning_rate": lr, "num_epochs": num_epochs}})
 

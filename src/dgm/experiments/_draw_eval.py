@@ -120,6 +120,44 @@ def pictures(out: Path, model: draw.DRAW, images: np.ndarray, key, prefix: str =
     return written
 
 
+# Published test bounds (nats): the paper's Table 2, and the Theano reimplementation's
+# (`jbornschein/draw`, lr 3e-4, with attention) as (epoch, bound) points from its users.
+PAPER_BOUND = {True: 80.97, False: 87.40}
+REIMPLEMENTATION = ((100, 90.5), (300, 81.9))
+
+
+def plot_test_curve(ctx, history: list[dict], config) -> None:
+    """``test_curve.png``: the validation and test bounds at each validation against epochs,
+    with the published numbers of the same configuration (nothing without a test curve)."""
+    scored = [h for h in history if "test" in h]
+    if not scored:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    epochs = [h["epoch"] for h in scored]
+    ax.plot(epochs, [h["valid"] for h in scored], "-", color="C1", label="validation bound")
+    ax.plot(epochs, [h["test"] for h in scored], "-", color="C0", label="test bound")
+    if config.read_attn == config.write_attn:
+        paper = PAPER_BOUND[config.read_attn]
+        ax.axhline(paper, color="k", ls="--", lw=1, label=f"paper ({paper})")
+    if config.read_attn and config.write_attn:
+        e, b = zip(*REIMPLEMENTATION, strict=True)
+        ax.plot(e, b, "ks", label="Theano reimplementation (lr 3e-4)")
+    shown = [h[k] for h in scored for k in ("valid", "test")]
+    low = min(shown + [y for line in ax.get_lines() for y in line.get_ydata()]) - 2
+    recent = max(h["valid"] for h in scored[-3:]) + 5  # the first epochs may be far above
+    ax.set_ylim(low, min(max(shown), max(low + 40, recent)) + 2)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("nats per image")
+    ax.set_title("DRAW on binarized MNIST: single-sample bound")
+    ax.legend(fontsize=8)
+    ctx.save_figure("test_curve.png", fig)
+
+
 def report(config, m: dict) -> str:
     attn = f"read {config.read_n}×{config.read_n}" if config.read_attn else "read: no attention"
     attn += f", write {config.write_n}×{config.write_n}" if config.write_attn else ", write: none"
@@ -145,7 +183,8 @@ def report(config, m: dict) -> str:
         "Published: DRAW with attention ≤ 80.97, without attention ≤ 87.40 (paper, Table 2); "
         "the Theano reimplementation 90.5 after 100 epochs, 81.9 after ~300. Pictures: "
         "`samples.gif`, `reconstructions.gif` (+ `_attention` versions: read red, write green), "
-        "`train_loss.png`; the test bound per validation: `eval_curve.jsonl`.",
+        "`train_loss.png`; the test bound per validation: `test_curve.png` and the `test` "
+        "field of `train_metrics.jsonl`.",
         "",
     ]
     if not math.isfinite(m["test_bound"]):

@@ -19,7 +19,6 @@ reconstructions, with and without the attention windows; the loss curve.
 
 import dataclasses
 import functools
-import json
 import time
 
 import jax
@@ -71,7 +70,7 @@ class Config:
     num_test: int = 10_000
     test_samples: int = 100  # S of the importance-sampled log-likelihood
     is_images: int = 10_000  # test images it is computed on (evenly spaced over the set)
-    track_test: bool = True  # also score the test bound at each validation (eval_curve.jsonl)
+    track_test: bool = True  # also score the test bound at each validation (test_curve.png)
     eval_batch_size: int = 500
     num_images: int = 64  # images per GIF
 
@@ -158,21 +157,18 @@ def _load(config: Config):
     return train, valid, test
 
 
-def _eval_fn(ctx, config: Config, valid, test):
-    """The validation bound; with ``track_test``, the test bound too, appended (with both
-    parts) to ``eval_curve.jsonl``."""
+def _eval_fn(config: Config, valid, test):
+    """The validation bound; with ``track_test``, the test bound and its two parts too (in
+    each epoch's record: ``train_metrics.jsonl`` holds the test curve)."""
     batch = config.eval_batch_size
 
     def fn(model, key):
         k_valid, k_test = jax.random.split(key)
-        valid_parts = _draw_eval.bound_parts(model, valid, k_valid, batch)
+        scores = {"valid": sum(_draw_eval.bound_parts(model, valid, k_valid, batch))}
         if config.track_test:
-            test_parts = _draw_eval.bound_parts(model, test, k_test, batch)
-            line = {"valid": sum(valid_parts), "test": sum(test_parts),
-                    "test_recon": test_parts[0], "test_kl": test_parts[1]}  # fmt: skip
-            with open(ctx.path("eval_curve.jsonl"), "a") as f:
-                f.write(json.dumps(line) + "\n")
-        return sum(valid_parts)
+            recon, kl = _draw_eval.bound_parts(model, test, k_test, batch)
+            scores.update(test=recon + kl, test_recon=recon, test_kl=kl)
+        return scores
 
     return fn
 
@@ -189,7 +185,7 @@ def run(config: Config, key, ctx: runs.RunContext) -> dict:
                        loader.num_batches)  # fmt: skip
     result = training.fit(
         model, trainer, loader, cfg, key=k_train,
-        eval_fn=_eval_fn(ctx, config, valid, test),
+        eval_fn=_eval_fn(config, valid, test),
         fingerprint=_training.fingerprint(config),
         schedules={"update_index": update_index},
         **_training.fit_outputs(ctx),
@@ -217,6 +213,7 @@ def run(config: Config, key, ctx: runs.RunContext) -> dict:
         "wall_s": time.perf_counter() - start,
     }
     _draw_eval.pictures(ctx.out, best, test[: config.num_images], k_pics)
+    _draw_eval.plot_test_curve(ctx, result.history, config)
     runs.write_text(ctx.path("report.md"), _draw_eval.report(config, metrics))
     return metrics
 

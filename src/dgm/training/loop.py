@@ -142,7 +142,13 @@ def validate(model, best, eval_fn, epoch, progress, keys, config, record):
         return model, False
     if (epoch + 1) % config.eval_every and not last:
         return best, False
-    record["valid"] = float(eval_fn(model, jax.random.fold_in(keys.eval, epoch)))
+    scores = eval_fn(model, jax.random.fold_in(keys.eval, epoch))
+    if isinstance(scores, Mapping):
+        if "valid" not in scores:
+            raise ValueError(f"`eval_fn` returned a mapping without 'valid': {sorted(scores)}")
+        record.update({k: float(v) for k, v in scores.items()})
+    else:
+        record["valid"] = float(scores)
     if record["valid"] < progress.best_valid:
         progress.best_valid, progress.best_epoch, progress.bad_evals = record["valid"], epoch + 1, 0
         best = model
@@ -168,7 +174,7 @@ def fit(
     config: TrainConfig,
     *,
     key: PRNGKeyArray,
-    eval_fn: Callable[[PyTree, PRNGKeyArray], float] | None = None,
+    eval_fn: Callable[[PyTree, PRNGKeyArray], float | Mapping[str, float]] | None = None,
     checkpoint: str | Path | None = None,
     resume: bool = False,
     progress: bool = False,
@@ -187,6 +193,9 @@ def fit(
         eval_fn: ``eval_fn(model, key)`` returns a validation loss (lower is better),
             evaluated every ``config.eval_every`` epochs and at the end, on the weight
             average when the trainer keeps one. Without it the last model is the best.
+            It may return a mapping instead: ``"valid"`` (that loss) and other scores
+            (e.g. a test bound), all joining the epoch's record and so the history, the
+            loggers and the checkpoint.
         checkpoint: written atomically after every epoch (model, optimizer state, best
             model, weight average, counters, history); ``None``: no checkpoint.
         resume: continue from ``checkpoint`` when it exists, bit-identically.
