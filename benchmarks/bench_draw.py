@@ -11,7 +11,8 @@ model and optimizer state stepped by each in turn; then a ``draw_step_ratio`` li
 faster PyTorch's median over dgm's, and the same for the minima and CPU: > 1, dgm is
 faster), and
 sampling lines (ms per image, 100 images drawn together). Without torch the peer lines say
-``skipped``.
+``skipped``. ``--bf16`` adds the mixed-precision steps (dgm's ``matmul_dtype="bfloat16"``,
+PyTorch's ``torch.autocast``) to the same rounds, with a ``draw_step_ratio_bf16`` line.
 """
 
 import os
@@ -24,6 +25,7 @@ configure_cpu()
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
+import dataclasses  # noqa: E402
 import json  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
@@ -52,7 +54,9 @@ def timed(fn, repeats):
 def dgm_step(config, x):
     model = draw_mnist.build_model(config, jax.random.key(0))
     cfg = config.train
-    trainer = draw_mnist._trainer(cfg.learning_rate, cfg.b1, cfg.b2, cfg.clip_norm, config.clip, 1)
+    trainer = draw_mnist._trainer(
+        cfg.learning_rate, cfg.b1, cfg.b2, cfg.clip_norm, config.clip, 1, config.matmul_dtype
+    )
     state = {"s": trainer.init(model), "i": 0}
     hyper = {"update_index": jnp.float32(0)}
     xj = jnp.asarray(x)
@@ -67,7 +71,7 @@ def dgm_step(config, x):
     return run, time.perf_counter() - t0, model
 
 
-def torch_step(config, x):
+def torch_step(config, x, bf16=False):
     import torch
     from pytorch_draw import TorchDRAW, train_step_fn
 
@@ -75,7 +79,7 @@ def torch_step(config, x):
     model = TorchDRAW(config.num_steps, config.z_size, config.enc_size, config.dec_size,
                       config.read_n if config.read_attn else None,
                       config.write_n if config.write_attn else None)  # fmt: skip
-    step, xt = train_step_fn(model), torch.as_tensor(x)
+    step, xt = train_step_fn(model, bf16=bf16), torch.as_tensor(x)
     step(xt)
     return (lambda: step(xt)), model
 
@@ -96,6 +100,13 @@ def main():
         "busy, and a 100×520×1024 matmul fell from 64 to 6 GFLOP/s under load); the ratio "
         "is taken against the faster",
     )
+    parser.add_argument(
+        "--bf16",
+        action="store_true",
+        help="also time the mixed-precision steps in the same rounds: dgm with "
+        "matmul_dtype=bfloat16 (`dgm-bf16`) and PyTorch under torch.autocast(bfloat16) "
+        "(`pytorch-Nt-bf16`), with their own ratio line (`draw_step_ratio_bf16`)",
+    )
     args = parser.parse_args()
     thread_counts = [int(v) for v in args.torch_threads.split(",")]
     x = (np.random.default_rng(0).uniform(size=(100, 784)) > 0.87).astype(np.float32)
@@ -107,10 +118,15 @@ def main():
         config = draw_mnist.PRESETS[CONFIGS[name]]
         run_dgm, compile_s, model = dgm_step(config, x)
         runs = {"dgm": run_dgm}
+        if args.bf16:
+            bf16 = dataclasses.replace(config, matmul_dtype="bfloat16")
+            runs["dgm-bf16"] = dgm_step(bf16, x)[0]
         if torch is not None:
-            step, tmodel = torch_step(config, x)
-            for n in thread_counts:
-                runs[f"pytorch-{n}t"] = lambda s=step, n=n: (torch.set_num_threads(n), s())
+            for suffix in ("", "-bf16") if args.bf16 else ("",):
+                step, tmodel = torch_step(config, x, bf16=bool(suffix))
+                for n in thread_counts:
+                    timed_step = lambda s=step, n=n: (torch.set_num_threads(n), s())  # noqa: E731
+                    runs[f"pytorch-{n}t{suffix}"] = timed_step
         times = {k: ([], []) for k in runs}
         for _ in range(args.repeats):  # alternate, one step each, so all see the same load
             for k, fn in runs.items():
@@ -125,12 +141,15 @@ def main():
             _line(bench="draw_train_step", config=name, impl="pytorch", skipped="no torch")
         else:
             med = {k: statistics.median(w) for k, (w, _) in times.items()}
-            peer = min((k for k in runs if k != "dgm"), key=med.get)
-            _line(bench="draw_step_ratio", config=name, peer=peer,
-                  pytorch_over_dgm=med[peer] / med["dgm"],
-                  pytorch_over_dgm_min=min(times[peer][0]) / min(times["dgm"][0]),
-                  pytorch_over_dgm_cpu=statistics.median(times[peer][1])
-                  / statistics.median(times["dgm"][1]))  # fmt: skip
+            for suffix in ("", "-bf16") if args.bf16 else ("",):
+                ours = f"dgm{suffix}"
+                peers = [k for k in runs if k.startswith("pytorch") and k.endswith(suffix)]
+                peer = min((k for k in peers if suffix or not k.endswith("-bf16")), key=med.get)
+                _line(bench=f"draw_step_ratio{suffix.replace('-', '_')}", config=name, peer=peer,
+                      pytorch_over_dgm=med[peer] / med[ours],
+                      pytorch_over_dgm_min=min(times[peer][0]) / min(times[ours][0]),
+                      pytorch_over_dgm_cpu=statistics.median(times[peer][1])
+                      / statistics.median(times[ours][1]))  # fmt: skip
             torch.set_num_threads(min(thread_counts))
         gen = eqx.filter_jit(_draw_eval._prior_canvases)
         u = jax.random.normal(jax.random.key(1), (100, config.num_steps, config.z_size))

@@ -27,6 +27,7 @@ configure_cpu()
 
 import argparse  # noqa: E402
 import collections  # noqa: E402
+import dataclasses  # noqa: E402
 import glob  # noqa: E402
 import gzip  # noqa: E402
 import json  # noqa: E402
@@ -53,7 +54,7 @@ def compiled_step(config):
     model = draw_mnist.build_model(config, jax.random.key(0))
     cfg = config.train
     trainer = draw_mnist._trainer(cfg.learning_rate, cfg.b1, cfg.b2, cfg.clip_norm,
-                                  config.clip, 1)  # fmt: skip
+                                  config.clip, 1, config.matmul_dtype)  # fmt: skip
     arrays, static = eqx.partition(trainer.init(model), eqx.is_array)
 
     def step(a, batch, key):
@@ -124,8 +125,9 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--config", default="paper", choices=sorted(draw_mnist.PRESETS))
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--matmul-dtype", default="float32", choices=draw_mnist.MATMUL_DTYPES)
     args = parser.parse_args()
-    config = draw_mnist.PRESETS[args.config]
+    config = dataclasses.replace(draw_mnist.PRESETS[args.config], matmul_dtype=args.matmul_dtype)
     fn, (arrays, batch), text = compiled_step(config)
     info, bodies = parse_hlo(text)
     places = loop_names(bodies)

@@ -85,12 +85,15 @@ class TorchDRAW(nn.Module):
         return (recon + kl).mean()
 
 
-def train_step_fn(model: TorchDRAW, lr=1e-3):
+def train_step_fn(model: TorchDRAW, lr=1e-3, bf16: bool = False):
+    """One Adam update; ``bf16``: the forward under ``torch.autocast`` in bfloat16 (PyTorch's
+    mixed precision on CPU: its products, the LSTM cells' included, in bfloat16)."""
     opt = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.5, 0.999))
 
     def step(x):
         opt.zero_grad()
-        loss = model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = model(x)
         loss.backward()
         for p in model.parameters():
             torch.nn.utils.clip_grad_norm_([p], 5.0)

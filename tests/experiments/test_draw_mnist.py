@@ -127,6 +127,8 @@ def test_bad_input_is_refused(tmp_path, capsys):
         draw_mnist.Config(write_n=29)
     with pytest.raises(ValueError, match="`clip` must be one of"):
         draw_mnist.Config(clip="none")
+    with pytest.raises(ValueError, match="`matmul_dtype` must be one of"):
+        draw_mnist.Config(matmul_dtype="float16")
     base = ["run", "draw-mnist", "--out", str(tmp_path / "r")]
     assert main([*base, "--preset", "huge"]) == 1
     assert "unknown preset 'huge'" in capsys.readouterr().err

@@ -222,3 +222,30 @@ def test_fused_vjp_equals_autodiff_of_the_vmapped_steps(x64, read_n, write_n, gr
     np.testing.assert_allclose(p1, p2, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(x1, x2, rtol=1e-10, atol=1e-12)
     assert float(jnp.max(jnp.abs(p1))) > 1.0  # the gradients are not trivially zero
+
+
+def test_bfloat16_products_approximate_the_float32_loss_and_gradients():
+    """``matmul_dtype="bfloat16"`` rounds the LSTM products' operands (8 significant bits)
+    and accumulates in float32: the loss and its gradient stay close to float32's (the
+    scale of that rounding, not of a wrong product), yet they differ, so the switch acts."""
+    model = draw.DRAW(SHAPE, 4, 3, 16, 16, 2, 3, key=jax.random.key(20))
+    model = _perturbed(model, 21, scale=0.1)
+    x = _images(22, 8)
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+
+    def loss(p, dtype):
+        recon, kl, _ = draw.neg_elbo_parts(
+            eqx.combine(p, static), x, jax.random.key(23), matmul_dtype=dtype
+        )
+        return jnp.mean(recon + kl)
+
+    (v32, g32), (v16, g16) = (
+        _fast(jax.value_and_grad(lambda p, d=d: loss(p, d)), params)
+        for d in ("float32", "bfloat16")
+    )
+    g32, g16 = (jax.flatten_util.ravel_pytree(g)[0] for g in (g32, g16))
+    assert abs(float(v16 - v32)) < 1e-2 * abs(float(v32))
+    error = float(jnp.linalg.norm(g16 - g32) / jnp.linalg.norm(g32))
+    assert 1e-5 < error < 1e-2, error  # measured 1.2e-3
+    with pytest.raises(ValueError, match="`matmul_dtype` must be None, 'float32' or 'bfloat16'"):
+        draw.neg_elbo_parts(model, x, jax.random.key(0), matmul_dtype="float16")

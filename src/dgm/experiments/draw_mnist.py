@@ -43,8 +43,12 @@ EXTRA_ARGS = {
     "write-n": "write_n",
     "grid": "grid",
     "clip": "clip",
+    "matmul-dtype": "matmul_dtype",
 }
 CLIPS = ("per-variable", "global")
+MATMUL_DTYPES = ("float32", "bfloat16")
+# Fields added after runs were started: left out of checkpoint fingerprints at defaults.
+_ADDED_FIELDS = ("matmul_dtype",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +65,9 @@ class Config:
     write_n: int = 5
     grid: str = "paper"
     clip: str = "per-variable"  # the reference's clip_by_norm of each gradient, or "global"
+    # the LSTM products' operands in training ("bfloat16": float32 accumulation, for CPUs
+    # with bfloat16 matrix units); scoring is always float32
+    matmul_dtype: str = "float32"
     train: training.TrainConfig = training.TrainConfig(
         num_epochs=300, batch_size=100, learning_rate=1e-3, b1=0.5, clip_norm=5.0, l2=0.0,
         anneal_steps=0, eval_every=1, patience=0,
@@ -82,6 +89,7 @@ class Config:
             attention.check_glimpse(name, getattr(self, name), 28, 28)
         check_choice("grid", self.grid, attention.GRIDS)
         check_choice("clip", self.clip, CLIPS)
+        check_choice("matmul_dtype", self.matmul_dtype, MATMUL_DTYPES)
         for name, split in (("num_train", "train"), ("num_valid", "valid"), ("num_test", "test")):
             check_positive(name, getattr(self, name), integer=True)
             if getattr(self, name) > SPLIT_SIZES[split]:
@@ -119,10 +127,10 @@ def build_model(config: Config, key) -> draw.DRAW:
                      config.dec_size, read_n, write_n, config.grid, key=key)  # fmt: skip
 
 
-def loss(model: draw.DRAW, batch, key):
+def loss(model: draw.DRAW, batch, key, matmul_dtype: str = "float32"):
     """Mean L^x + L^z over the batch; aux: the two parts."""
     x, _ = batch
-    recon, kl, _ = draw.neg_elbo_parts(model, x, key)
+    recon, kl, _ = draw.neg_elbo_parts(model, x, key, matmul_dtype=matmul_dtype)
     return jnp.mean(recon + kl), {"recon": jnp.mean(recon), "kl": jnp.mean(kl)}
 
 
@@ -141,12 +149,15 @@ def clip_per_variable(max_norm: float) -> optax.GradientTransformation:
 
 
 @functools.cache
-def _trainer(lr, b1, b2, clip_norm, clip, num_batches) -> NaNGuardTrainer:
+def _trainer(lr, b1, b2, clip_norm, clip, num_batches, matmul_dtype="float32") -> NaNGuardTrainer:
     adam = optax.adam(lr, b1=b1, b2=b2, eps=1e-8)
     if clip_norm > 0:
         clipper = clip_per_variable if clip == "per-variable" else optax.clip_by_global_norm
         adam = optax.chain(clipper(clip_norm), adam)
-    return NaNGuardTrainer(loss, adam, num_batches)
+    loss_fn = (
+        loss if matmul_dtype == "float32" else functools.partial(loss, matmul_dtype=matmul_dtype)
+    )
+    return NaNGuardTrainer(loss_fn, adam, num_batches)
 
 
 def _load(config: Config):
@@ -182,11 +193,11 @@ def run(config: Config, key, ctx: runs.RunContext) -> dict:
     cfg = config.train
     loader = training.ArrayLoader(train, cfg.batch_size)
     trainer = _trainer(cfg.learning_rate, cfg.b1, cfg.b2, cfg.clip_norm, config.clip,
-                       loader.num_batches)  # fmt: skip
+                       loader.num_batches, config.matmul_dtype)  # fmt: skip
     result = training.fit(
         model, trainer, loader, cfg, key=k_train,
         eval_fn=_eval_fn(config, valid, test),
-        fingerprint=_training.fingerprint(config),
+        fingerprint=_training.fingerprint(config, _ADDED_FIELDS),
         schedules={"update_index": update_index},
         **_training.fit_outputs(ctx),
     )  # fmt: skip
