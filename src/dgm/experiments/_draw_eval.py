@@ -147,10 +147,10 @@ def plot_test_curve(ctx, history: list[dict], config) -> None:
     if config.read_attn and config.write_attn:
         e, b = zip(*REIMPLEMENTATION, strict=True)
         ax.plot(e, b, "ks", label="Theano reimplementation (lr 3e-4)")
-    shown = [h[k] for h in scored for k in ("valid", "test")]
-    low = min(shown + [y for line in ax.get_lines() for y in line.get_ydata()]) - 2
+    low = min(y for line in ax.get_lines() for y in line.get_ydata()) - 2  # curves, references
     recent = max(h["valid"] for h in scored[-3:]) + 5  # the first epochs may be far above
-    ax.set_ylim(low, min(max(shown), max(low + 40, recent)) + 2)
+    highest = max(max(h["valid"], h["test"]) for h in scored)
+    ax.set_ylim(low, min(highest, max(low + 40, recent)) + 2)
     ax.set_xlabel("epoch")
     ax.set_ylabel("nats per image")
     ax.set_title("DRAW on binarized MNIST: single-sample bound")

@@ -46,7 +46,7 @@ EXTRA_ARGS = {
     "matmul-dtype": "matmul_dtype",
 }
 CLIPS = ("per-variable", "global")
-MATMUL_DTYPES = ("float32", "bfloat16")
+MATMUL_DTYPES = draw.MATMUL_DTYPES
 # Fields added after runs were started: left out of checkpoint fingerprints at defaults.
 _ADDED_FIELDS = ("matmul_dtype",)
 
@@ -154,10 +154,7 @@ def _trainer(lr, b1, b2, clip_norm, clip, num_batches, matmul_dtype="float32") -
     if clip_norm > 0:
         clipper = clip_per_variable if clip == "per-variable" else optax.clip_by_global_norm
         adam = optax.chain(clipper(clip_norm), adam)
-    loss_fn = (
-        loss if matmul_dtype == "float32" else functools.partial(loss, matmul_dtype=matmul_dtype)
-    )
-    return NaNGuardTrainer(loss_fn, adam, num_batches)
+    return NaNGuardTrainer(functools.partial(loss, matmul_dtype=matmul_dtype), adam, num_batches)
 
 
 def _load(config: Config):

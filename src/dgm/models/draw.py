@@ -42,6 +42,7 @@ from dgm.config import check_positive
 from dgm.nn import attention
 from dgm.nn.rnn import host_rng
 
+MATMUL_DTYPES = ("float32", "bfloat16")  # see neg_elbo_parts' `matmul_dtype`
 LAYERS = ("encoder", "decoder", "posterior", "read_attention", "write_attention", "write_patch")
 
 
@@ -479,7 +480,7 @@ def neg_elbo_parts(
             products are several times faster. ``None``: all in ``x``'s type.
     """
     _check_batch(model, x)
-    if matmul_dtype not in (None, "float32", "bfloat16"):
+    if matmul_dtype not in (None, *MATMUL_DTYPES):
         raise ValueError(
             f"`matmul_dtype` must be None, 'float32' or 'bfloat16'; got {matmul_dtype!r}"
         )
