@@ -13,6 +13,8 @@ faster), and
 sampling lines (ms per image, 100 images drawn together). Without torch the peer lines say
 ``skipped``. ``--bf16`` adds the mixed-precision steps (dgm's ``matmul_dtype="bfloat16"``,
 PyTorch's ``torch.autocast``) to the same rounds, with a ``draw_step_ratio_bf16`` line.
+``--split-batch`` adds dgm's steps with each batch split over the two host devices
+(``split_batch=True``: ``dgm-split``, ``dgm-bf16-split``), each with its own ratio line.
 """
 
 import os
@@ -55,7 +57,14 @@ def dgm_step(config, x):
     model = draw_mnist.build_model(config, jax.random.key(0))
     cfg = config.train
     trainer = draw_mnist._trainer(
-        cfg.learning_rate, cfg.b1, cfg.b2, cfg.clip_norm, config.clip, 1, config.matmul_dtype
+        cfg.learning_rate,
+        cfg.b1,
+        cfg.b2,
+        cfg.clip_norm,
+        config.clip,
+        1,
+        config.matmul_dtype,
+        config.split_batch,
     )
     state = {"s": trainer.init(model), "i": 0}
     hyper = {"update_index": jnp.float32(0)}
@@ -101,6 +110,13 @@ def main():
         "is taken against the faster",
     )
     parser.add_argument(
+        "--split-batch",
+        action="store_true",
+        help="also time dgm's steps with split_batch=True (each batch's rows split over the "
+        "host devices, one loss and gradient per device, averaged): `dgm-split`, and "
+        "`dgm-bf16-split` with --bf16",
+    )
+    parser.add_argument(
         "--bf16",
         action="store_true",
         help="also time the mixed-precision steps in the same rounds: dgm with "
@@ -118,9 +134,13 @@ def main():
         config = draw_mnist.PRESETS[CONFIGS[name]]
         run_dgm, compile_s, model = dgm_step(config, x)
         runs = {"dgm": run_dgm}
-        if args.bf16:
-            bf16 = dataclasses.replace(config, matmul_dtype="bfloat16")
-            runs["dgm-bf16"] = dgm_step(bf16, x)[0]
+        for dtype in ("float32", "bfloat16") if args.bf16 else ("float32",):
+            for split in (False, True) if args.split_batch else (False,):
+                impl = "dgm" + ("-bf16" if dtype == "bfloat16" else "")
+                impl += "-split" if split else ""
+                if impl != "dgm":
+                    variant = dataclasses.replace(config, matmul_dtype=dtype, split_batch=split)
+                    runs[impl] = dgm_step(variant, x)[0]
         if torch is not None:
             for suffix in ("", "-bf16") if args.bf16 else ("",):
                 step, tmodel = torch_step(config, x, bf16=bool(suffix))
@@ -141,11 +161,12 @@ def main():
             _line(bench="draw_train_step", config=name, impl="pytorch", skipped="no torch")
         else:
             med = {k: statistics.median(w) for k, (w, _) in times.items()}
-            for suffix in ("", "-bf16") if args.bf16 else ("",):
-                ours = f"dgm{suffix}"
+            for ours in (k for k in runs if k.startswith("dgm")):
+                suffix = "-bf16" if "-bf16" in ours else ""
                 peers = [k for k in runs if k.startswith("pytorch") and k.endswith(suffix)]
                 peer = min((k for k in peers if suffix or not k.endswith("-bf16")), key=med.get)
-                _line(bench=f"draw_step_ratio{suffix.replace('-', '_')}", config=name, peer=peer,
+                bench = "draw_step_ratio" + ours[3:].replace("-", "_")
+                _line(bench=bench, config=name, impl=ours, peer=peer,
                       pytorch_over_dgm=med[peer] / med[ours],
                       pytorch_over_dgm_min=min(times[peer][0]) / min(times[ours][0]),
                       pytorch_over_dgm_cpu=statistics.median(times[peer][1])

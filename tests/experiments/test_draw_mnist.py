@@ -3,6 +3,7 @@ the NaN stop, per-variable clipping, bad input."""
 
 import json
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -136,3 +137,28 @@ def test_bad_input_is_refused(tmp_path, capsys):
     assert "unrecognized arguments for draw-mnist: --read-size" in capsys.readouterr().err
     assert main([*base, "--smoke", "--read-n", "40"]) == 1
     assert "`read_n` must be an int from 1 to 28" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(jax.local_device_count() < 2, reason="needs two host devices")
+def test_split_batch_step_averages_the_slices_gradients():
+    """DRAW's scans and fused backward pass under ``split_batch``: the update is SGD on the
+    mean of the slices' gradients, each slice with the key folded with its device index."""
+    config = draw_mnist.PRESETS["smoke"]
+    model = draw_mnist.build_model(config, jax.random.key(0))
+    x = (jax.random.uniform(jax.random.key(1), (4, 784)) < 0.2).astype(jnp.float32)
+    hyper, key = {"update_index": jnp.float32(0)}, jax.random.key(2)
+    trainer = NaNGuardTrainer(draw_mnist.loss, optax.sgd(1.0), 1, split_batch=True)
+    state, metrics = trainer.step(trainer.init(model), (x, hyper), key)
+    grad_fn = eqx.filter_value_and_grad(draw_mnist.loss, has_aux=True)
+    slices = [
+        grad_fn(model, (x[2 * i : 2 * i + 2], hyper), jax.random.fold_in(key, i)) for i in (0, 1)
+    ]
+    assert float(metrics["loss"]) == pytest.approx(
+        np.mean([float(v) for (v, _), _ in slices]), rel=1e-5
+    )
+    for got, before, g0, g1 in zip(
+        *(jax.tree.leaves(eqx.filter(t, eqx.is_inexact_array)) for t in (state.model, model)),
+        *(jax.tree.leaves(g) for _, g in slices),
+        strict=True,
+    ):
+        np.testing.assert_allclose(got, before - (g0 + g1) / 2, rtol=1e-4, atol=1e-6)

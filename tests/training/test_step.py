@@ -85,3 +85,52 @@ def test_l2_penalty_skips_boolean_masks():
     layer = MaskedDense(2, 2, weight_norm=False, key=jax.random.key(0))
     expected = float(jnp.sum(layer.weight**2) + jnp.sum(layer.bias**2))
     assert float(training.l2_penalty(layer)) == pytest.approx(expected)
+
+
+def _one_update(trainer, batch, key):
+    state, metrics = trainer.step(trainer.init(Net(key=jax.random.key(1))), batch, key)
+    return state.model.layer.weight, float(metrics["loss"])
+
+
+@pytest.mark.skipif(jax.local_device_count() < 2, reason="needs two host devices")
+def test_split_batch_averages_each_devices_loss_and_gradient():
+    """With ``split_batch`` each device's slice gets the key folded with its index, and the
+    update is the one of the average of the slices' losses and gradients."""
+    optimizer = training.make_optimizer(CONFIG)
+    (x, hyper), key = _batch(), jax.random.key(7)
+    n = jax.local_device_count()
+    rows = x.shape[0] // n
+    slices = [
+        eqx.filter_value_and_grad(loss, has_aux=True)(
+            Net(key=jax.random.key(1)),
+            (x[i * rows : (i + 1) * rows], hyper),
+            jax.random.fold_in(key, i),
+        )
+        for i in range(n)
+    ]
+    mean_loss = np.mean([float(value) for (value, _), _ in slices])
+    grads = jax.tree.map(lambda *g: sum(g) / n, *[g for _, g in slices])
+    params = eqx.filter(Net(key=jax.random.key(1)), eqx.is_inexact_array)
+    with jax.numpy_dtype_promotion("standard"):  # Optax's int32 step count
+        updates, _ = optimizer.update(grads, optimizer.init(params), params)
+    expected = eqx.apply_updates(Net(key=jax.random.key(1)), updates).layer.weight
+
+    weight, value = _one_update(
+        training.Trainer(loss, optimizer, split_batch=True), (x, hyper), key
+    )
+    assert value == pytest.approx(mean_loss, rel=1e-6)
+    np.testing.assert_allclose(weight, expected, rtol=1e-6, atol=1e-7)
+    # not the undivided batch's update (whose one key draws other noise)
+    plain_weight, plain_value = _one_update(training.Trainer(loss, optimizer), (x, hyper), key)
+    assert plain_value != pytest.approx(mean_loss, rel=1e-6)
+
+
+@pytest.mark.skipif(jax.local_device_count() < 2, reason="needs two host devices")
+def test_split_batch_runs_an_indivisible_batch_undivided():
+    optimizer = training.make_optimizer(CONFIG)
+    x, hyper = _batch()
+    batch, key = (x[:15], hyper), jax.random.key(3)
+    split = _one_update(training.Trainer(loss, optimizer, split_batch=True), batch, key)
+    plain = _one_update(training.Trainer(loss, optimizer), batch, key)
+    np.testing.assert_array_equal(split[0], plain[0])
+    assert split[1] == plain[1]

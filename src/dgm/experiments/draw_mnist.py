@@ -44,11 +44,12 @@ EXTRA_ARGS = {
     "grid": "grid",
     "clip": "clip",
     "matmul-dtype": "matmul_dtype",
+    "split-batch": "split_batch",
 }
 CLIPS = ("per-variable", "global")
 MATMUL_DTYPES = draw.MATMUL_DTYPES
 # Fields added after runs were started: left out of checkpoint fingerprints at defaults.
-_ADDED_FIELDS = ("matmul_dtype",)
+_ADDED_FIELDS = ("matmul_dtype", "split_batch")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +69,9 @@ class Config:
     # the LSTM products' operands in training ("bfloat16": float32 accumulation, for CPUs
     # with bfloat16 matrix units); scoring is always float32
     matmul_dtype: str = "float32"
+    # each update's batch split over the local devices (one per core), each slice's loss
+    # and gradient on its own device, averaged (``Trainer(split_batch=True)``)
+    split_batch: bool = False
     train: training.TrainConfig = training.TrainConfig(
         num_epochs=300, batch_size=100, learning_rate=1e-3, b1=0.5, clip_norm=5.0, l2=0.0,
         anneal_steps=0, eval_every=1, patience=0,
@@ -149,12 +153,17 @@ def clip_per_variable(max_norm: float) -> optax.GradientTransformation:
 
 
 @functools.cache
-def _trainer(lr, b1, b2, clip_norm, clip, num_batches, matmul_dtype="float32") -> NaNGuardTrainer:
+def _trainer(
+    lr, b1, b2, clip_norm, clip, num_batches, matmul_dtype="float32", split_batch=False
+) -> NaNGuardTrainer:
     adam = optax.adam(lr, b1=b1, b2=b2, eps=1e-8)
     if clip_norm > 0:
         clipper = clip_per_variable if clip == "per-variable" else optax.clip_by_global_norm
         adam = optax.chain(clipper(clip_norm), adam)
-    return NaNGuardTrainer(functools.partial(loss, matmul_dtype=matmul_dtype), adam, num_batches)
+    return NaNGuardTrainer(
+        functools.partial(loss, matmul_dtype=matmul_dtype), adam, num_batches,
+        split_batch=split_batch,
+    )  # fmt: skip
 
 
 def _load(config: Config):
@@ -190,7 +199,7 @@ def run(config: Config, key, ctx: runs.RunContext) -> dict:
     cfg = config.train
     loader = training.ArrayLoader(train, cfg.batch_size)
     trainer = _trainer(cfg.learning_rate, cfg.b1, cfg.b2, cfg.clip_norm, config.clip,
-                       loader.num_batches, config.matmul_dtype)  # fmt: skip
+                       loader.num_batches, config.matmul_dtype, config.split_batch)  # fmt: skip
     result = training.fit(
         model, trainer, loader, cfg, key=k_train,
         eval_fn=_eval_fn(config, valid, test),

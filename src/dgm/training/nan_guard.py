@@ -15,12 +15,12 @@ class NaNGuardTrainer(Trainer):
     ``update_index`` schedule of :func:`update_index`).
 
     Args:
-        loss_fn, optimizer, ema_decay: as for :class:`~dgm.training.Trainer`.
+        loss_fn, optimizer, ema_decay, split_batch: as for :class:`~dgm.training.Trainer`.
         num_batches: updates per epoch (to name the epoch).
     """
 
-    def __init__(self, loss_fn, optimizer, num_batches: int, *, ema_decay=None):
-        super().__init__(loss_fn, optimizer, ema_decay=ema_decay)
+    def __init__(self, loss_fn, optimizer, num_batches: int, *, ema_decay=None, split_batch=False):
+        super().__init__(loss_fn, optimizer, ema_decay=ema_decay, split_batch=split_batch)
         self.num_batches, self._jitted = num_batches, self.step
         self.step = self._checked_step
 

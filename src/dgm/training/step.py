@@ -25,9 +25,45 @@ def l2_penalty(model: PyTree) -> Float[Array, ""]:
     return sum((jnp.sum(leaf**2) for leaf in leaves), jnp.zeros((), jnp.float32))
 
 
-def _gradient_update(loss_fn, optimizer, model, opt_state, batch, key):
-    grad_fn = eqx.filter_value_and_grad(loss_fn, has_aux=True)
-    (loss, aux), grads = grad_fn(model, batch, key)
+def _value_and_grad(loss_fn, model, batch, key):
+    (loss, aux), grads = eqx.filter_value_and_grad(loss_fn, has_aux=True)(model, batch, key)
+    return loss, aux, grads
+
+
+def _split_value_and_grad(loss_fn, model, batch, key):
+    """:func:`_value_and_grad` with the batch's rows split over the local devices: each
+    device takes the loss and gradient of its slice (with its own key, ``key`` folded with
+    the device's index) under :func:`jax.shard_map`, and the results are averaged over the
+    devices. That equals the whole batch's mean loss and its gradient for a loss that is a
+    mean over the rows. A batch whose size does not divide by the device count runs
+    undivided."""
+    num_devices, sharding = _batch_sharding()
+    data, hyper = batch
+    if num_devices < 2 or any(x.shape[0] % num_devices for x in jax.tree.leaves(data)):
+        return _value_and_grad(loss_fn, model, batch, key)
+    params, static = eqx.partition(model, eqx.is_array)
+    axis = sharding.mesh.axis_names[0]
+
+    def local(params, data, hyper, key):
+        key = jax.random.fold_in(key, jax.lax.axis_index(axis))
+        out = _value_and_grad(loss_fn, eqx.combine(params, static), (data, hyper), key)
+        return jax.lax.pmean(out, axis)
+
+    replicated = jax.sharding.PartitionSpec()
+    # check_vma=False: scans whose carries start replicated and become per-device (the
+    # models' recurrences) would otherwise need every initial carry marked by hand
+    return jax.shard_map(
+        local,
+        mesh=sharding.mesh,
+        in_specs=(replicated, sharding.spec, replicated, replicated),
+        out_specs=replicated,
+        check_vma=False,
+    )(params, data, hyper, key)
+
+
+def _gradient_update(loss_fn, optimizer, model, opt_state, batch, key, split_batch=False):
+    grad_fn = _split_value_and_grad if split_batch else _value_and_grad
+    loss, aux, grads = grad_fn(loss_fn, model, batch, key)
     params = eqx.filter(model, eqx.is_inexact_array)
     # Optax mixes its int32 step count with float decay rates; allow that promotion
     # even when a caller runs with jax_numpy_dtype_promotion="strict".
@@ -82,6 +118,16 @@ class Trainer:
         optimizer: an Optax transformation.
         ema_decay: keep an exponential moving average of the weights (Polyak averaging,
             updated inside the jitted step after each update), or ``None``.
+        split_batch: split each batch's rows over the local devices (one per core on a CPU
+            after ``configure_cpu``): each device takes the loss and gradient of its slice,
+            with its own key, and their averages make the update, as PyTorch's
+            ``DistributedDataParallel`` does. For a loss that is a mean over the rows that
+            is the whole batch's update, with other random draws (they depend on the device
+            count); terms that are not (a penalty divided by the batch size, a batch-mean
+            KL inside a ``max``) are taken per slice. Unlike ``TrainConfig.data_parallel``
+            (the compiler partitions the one computation) each device runs its own loop
+            of kernels: on two CPU cores the DRAW ``paper`` step was 11 % (float32) to 22 %
+            (bfloat16 products) faster.
 
     Example:
         >>> trainer = Trainer.from_config(loss_fn, TrainConfig(), ema_decay=0.999)
@@ -95,12 +141,14 @@ class Trainer:
         optimizer: optax.GradientTransformation,
         *,
         ema_decay: float | None = None,
+        split_batch: bool = False,
     ):
         if ema_decay is not None and not (
             isinstance(ema_decay, int | float) and 0 <= ema_decay < 1
         ):
             raise ValueError(f"`ema_decay` must be None or in [0, 1); got {ema_decay!r}")
         self.loss_fn, self.optimizer, self.ema_decay = loss_fn, optimizer, ema_decay
+        self.split_batch = bool(split_batch)
         self.step = eqx.filter_jit(self._step)
 
     @classmethod
@@ -122,7 +170,13 @@ class Trainer:
 
     def _step(self, state: TrainState, batch: Any, key) -> tuple[TrainState, dict]:
         model, opt_state, metrics = _gradient_update(
-            self.loss_fn, self.optimizer, state.model, state.opt_state, batch, key
+            self.loss_fn,
+            self.optimizer,
+            state.model,
+            state.opt_state,
+            batch,
+            key,
+            self.split_batch,
         )
         averaged = state.averaged
         if self.ema_decay is not None:
