@@ -8,8 +8,10 @@ as the reference code's flags do; ``--read-n``, ``--write-n``, ``--grid`` and ``
 the glimpse sizes, the filterbank convention and the clipping.
 
 Training: Adam with the reference code's options (β1 = 0.5, each gradient clipped to norm 5
-per variable; ``--clip global`` clips the global norm) on the 50k training images; the
-validation bound on the 10k validation images every ``eval_every`` epochs picks the model.
+per variable; ``--clip global`` clips the global norm) on the 50k training images, each
+batch split over the host's devices (one per core; ``--split-batch false``: one program);
+the validation bound on the 10k validation images every ``eval_every`` epochs picks the
+model.
 A NaN loss stops training, naming the epoch and update; the last checkpoint (the previous
 epoch's) is kept. Scores: the single-sample bound L^x + L^z on the test images (the paper's
 number, nats per image) with its two parts, and the importance-sampled log-likelihood
@@ -70,8 +72,10 @@ class Config:
     # with bfloat16 matrix units); scoring is always float32
     matmul_dtype: str = "float32"
     # each update's batch split over the local devices (one per core), each slice's loss
-    # and gradient on its own device, averaged (``Trainer(split_batch=True)``)
-    split_batch: bool = False
+    # and gradient on its own device, averaged (``Trainer(split_batch=True)``): the same
+    # update with other noise draws, 10-30 % faster on two cores; runs started before the
+    # field existed resume with it on
+    split_batch: bool = True
     train: training.TrainConfig = training.TrainConfig(
         num_epochs=300, batch_size=100, learning_rate=1e-3, b1=0.5, clip_norm=5.0, l2=0.0,
         anneal_steps=0, eval_every=1, patience=0,
