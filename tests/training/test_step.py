@@ -89,6 +89,8 @@ def test_l2_penalty_skips_boolean_masks():
 
 def _one_update(trainer, batch, key):
     state, metrics = trainer.step(trainer.init(Net(key=jax.random.key(1))), batch, key)
+    # the model to evaluate and keep is on one device, as a reloaded checkpoint is
+    assert trainer.eval_model(state).layer.weight.devices() == {jax.local_devices()[0]}
     return state.model.layer.weight, float(metrics["loss"])
 
 

@@ -184,8 +184,17 @@ class Trainer:
         return TrainState(model, opt_state, averaged), metrics
 
     def eval_model(self, state: TrainState) -> PyTree:
-        """The model to validate and keep: the average when averaging, else the model."""
-        return state.model if state.averaged is None else state.averaged
+        """The model to validate and keep: the average when averaging, else the model.
+
+        With ``split_batch`` the step leaves the weights replicated on every device; the
+        model returned is on the first one, as a reloaded checkpoint is, so evaluation runs
+        once (not once per device) and scores the same as after a resume.
+        """
+        model = state.model if state.averaged is None else state.averaged
+        if not self.split_batch:
+            return model
+        device = jax.local_devices()[0]
+        return jax.tree.map(lambda x: jax.device_put(x, device) if eqx.is_array(x) else x, model)
 
 
 def shard_batch(batch: PyTree) -> PyTree:
