@@ -109,3 +109,33 @@ def test_presets_resolve():
     assert iaf_vae.PRESETS["mnist"].margs.posterior == "down_iaf2_nl"
     readme = iaf_vae.PRESETS["cifar10-readme"]
     assert (readme.n_h, readme.depths, readme.margs.depth_ar) == (160, (10, 10), 2)
+
+
+def test_curve_and_split_batch_options(tmp_path, shared_data, monkeypatch):
+    """``curve_every`` adds the test −ELBO of the weight average to each epoch's record;
+    ``split_batch`` trains on the batch split over the devices."""
+    monkeypatch.setenv("DGM_DATA_DIR", str(shared_data))
+    out = tmp_path / "run"
+    sets = ["curve_every=1", "curve_images=32", "split_batch=true", "num_epochs=2"]
+    assert (
+        main(
+            [
+                "run",
+                "iaf-vae",
+                "--smoke",
+                "--out",
+                str(out),
+                "--no-progress",
+                *[a for s in sets for a in ("--set", s)],
+            ]
+        )
+        == 0
+    )
+    records = [json.loads(line) for line in (out / "train_metrics.jsonl").read_text().splitlines()]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [r["epoch"] for r in records if "test_neg_elbo" in r] == [1, 2]
+    # the last record scores the same model on the same 32 images with another key
+    assert records[-1]["test_neg_elbo"] == pytest.approx(metrics["test_neg_elbo"], rel=0.05)
+    assert records[0]["test_neg_elbo"] != records[1]["test_neg_elbo"]
+    with pytest.raises(ValueError, match="`curve_every` must be"):
+        iaf_vae.Config(curve_every=-1)

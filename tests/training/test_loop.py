@@ -1,5 +1,6 @@
 """The epoch loop: bit-identical resume, early stopping, interruption, weight averaging."""
 
+import dataclasses
 import json
 
 import jax
@@ -67,6 +68,22 @@ def test_eval_fn_may_return_more_scores(tmp_path):
     assert result.best_valid == min(h["valid"] for h in result.history)
     with pytest.raises(ValueError, match="without 'valid'"):
         fit(tmp_path / "b", 1, eval_fn=lambda m, k: {"test": 1.0})
+
+
+def test_track_fn_records_scores_without_picking_the_model(tmp_path):
+    """Without ``eval_fn`` the last model is kept, whatever ``track_fn`` says; its scores
+    are those of the model at each epoch's end, every ``eval_every`` epochs and the last."""
+    config = dataclasses.replace(CONFIG, eval_every=2)
+    seen = []
+
+    def track(model, key):
+        seen.append(model)
+        return {"test": float(jnp.sum(model.layer.weight**2))}
+
+    result = fit(tmp_path, 3, config=config, eval_fn=None, track_fn=track)
+    assert [("test" in h) for h in result.history] == [False, True, True]
+    assert result.history[-1]["test"] == float(jnp.sum(result.model.layer.weight**2))
+    assert seen[-1] is result.best_model and result.best_epoch == 3
 
 
 def _print(num_epochs, lr=0.05):  # a fingerprint as the experiments write them

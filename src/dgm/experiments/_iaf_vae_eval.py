@@ -43,6 +43,20 @@ def _unit(config) -> tuple[str, float]:
     return "bits/dim", 1.0 / (3072 * math.log(2))
 
 
+def test_bound(config, images: np.ndarray):
+    """``track_fn`` for training: the test −ELBO (free bits off; nats or bits/dim) on
+    ``config.curve_images`` test images, evenly spaced, as ``test_neg_elbo``."""
+    idx = np.linspace(0, len(images) - 1, min(config.curve_images, len(images))).astype(int)
+    subset, scale = images[idx], _unit(config)[1]
+
+    def fn(model, key):
+        elbo = [np.asarray(_terms(model, x, jax.random.fold_in(key, i))[0])[:num]
+                for i, (x, num) in enumerate(_batches(subset, config.eval_batch_size))]  # fmt: skip
+        return {"test_neg_elbo": float(-np.concatenate(elbo).astype(np.float64).mean() * scale)}
+
+    return fn
+
+
 def score(config, model, test: np.ndarray, key) -> dict:
     """Test −ELBO, per-block KL and IS −log p(x) of ``model`` (free bits off)."""
     k_elbo, k_is = jax.random.split(key)

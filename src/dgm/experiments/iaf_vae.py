@@ -40,8 +40,10 @@ NAME = "iaf-vae"
 DESCRIPTION = "ResNet VAE with IAF posteriors (six variants, free bits) on MNIST or CIFAR-10"
 PROBLEMS = ("mnist", "cifar10")
 PRIORS = ("diag",)
+# Fields added after runs were started: left out of checkpoint fingerprints at defaults.
+_ADDED_FIELDS = ("curve_every", "curve_images", "split_batch")
 _POSITIVE = ("n_h", "n_z", "n_batch", "num_epochs", "num_train", "num_test", "est_marglik",
-             "is_images", "is_chunk", "eval_batch_size", "num_images")  # fmt: skip
+             "is_images", "is_chunk", "eval_batch_size", "num_images", "curve_images")  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,11 +89,19 @@ class Config:
     is_chunk: int = 100
     eval_batch_size: int = 100
     num_images: int = 64
+    # the test −ELBO on ``curve_images`` test images after every ``curve_every`` epochs
+    # (0: never), in train_metrics.jsonl; it never picks the model (the last average is kept)
+    curve_every: int = 0
+    curve_images: int = 1000
+    # each batch split over the local devices, each slice's loss (free bits on the slice's
+    # mean KL, as the TF code's per-GPU losses) and gradient on its own device, averaged
+    split_batch: bool = False
 
     def __post_init__(self) -> None:
         check_choice("problem", self.problem, PROBLEMS)
         for name in _POSITIVE:
             check_positive(name, getattr(self, name), integer=True)
+        check_nonnegative("curve_every", self.curve_every, integer=True)
         iaf_vae.check_depths(self.depths, 32)
         for name in ("beta1", "beta2"):
             if not 0 < getattr(self, name) <= 1:
@@ -116,7 +126,7 @@ PRESETS = {
                     polyak=0.98),
     # The Theano MNIST branch (spec §2.11): n_h 64, n_z 32, pad to 32×32.
     "mnist": Config(problem="mnist", n_h=64, n_z=32, depths=(2, 2),
-                    margs=ModelArgs(posterior="down_iaf2_nl", kl_min=0.25)),
+                    margs=ModelArgs(posterior="down_iaf2_nl", kl_min=0.25), curve_every=1),
     # README: problem=cifar10 n_h=160 depths=[10,10] margs.depth_ar=2
     # margs.posterior=down_iaf2_nl margs.prior=diag margs.kl_min=0.25  (3.28 bits/dim).
     "cifar10-readme": Config(problem="cifar10", n_h=160, depths=(10, 10), num_train=50_000,
@@ -143,9 +153,9 @@ def loss(model: iaf_vae.ResNetVAE, batch, key):
 
 
 @functools.cache
-def _trainer(alpha, beta1, beta2, polyak, num_batches) -> NaNGuardTrainer:
+def _trainer(alpha, beta1, beta2, polyak, num_batches, split_batch=False) -> NaNGuardTrainer:
     optimizer = adamax_no_bias_correction(alpha, 1.0 - beta1, 1.0 - beta2)
-    return NaNGuardTrainer(loss, optimizer, num_batches, ema_decay=polyak)
+    return NaNGuardTrainer(loss, optimizer, num_batches, ema_decay=polyak, split_batch=split_batch)
 
 
 def load_data(config: Config) -> tuple[np.ndarray, np.ndarray]:
@@ -195,13 +205,14 @@ def run(config: Config, key, ctx: runs.RunContext) -> dict:
     model = iaf_vae.data_dependent_init(model, jnp.asarray(train[: config.n_batch]), k_init)
     loader = training.ArrayLoader(train, config.n_batch)
     trainer = _trainer(config.alpha, config.beta1, config.beta2, config.polyak,
-                       loader.num_batches)  # fmt: skip
+                       loader.num_batches, config.split_batch)  # fmt: skip
     cfg = training.TrainConfig(num_epochs=config.num_epochs, batch_size=config.n_batch,
                                learning_rate=config.alpha, clip_norm=0.0, l2=0.0,
-                               anneal_steps=0, eval_every=1)  # fmt: skip
+                               anneal_steps=0, eval_every=max(config.curve_every, 1))  # fmt: skip
+    track = evaluation.test_bound(config, test) if config.curve_every else None
     result = training.fit(
-        model, trainer, loader, cfg, key=k_train,
-        fingerprint=_training.fingerprint(config),
+        model, trainer, loader, cfg, key=k_train, track_fn=track,
+        fingerprint=_training.fingerprint(config, _ADDED_FIELDS),
         schedules={"update_index": update_index},
         constants={"kl_min": config.margs.kl_min},
         **_training.fit_outputs(ctx),

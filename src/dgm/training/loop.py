@@ -134,13 +134,17 @@ def train_epoch(trainer, state, loader, epoch, progress, keys, hyper, config, ba
     return state, record
 
 
+def _due(epoch: int, config: TrainConfig) -> bool:
+    """Whether epoch ``epoch`` (0-based) is validated: every ``eval_every``-th, and the last."""
+    return (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.num_epochs
+
+
 def validate(model, best, eval_fn, epoch, progress, keys, config, record):
     """Validate when due (adds ``record["valid"]``); returns the best model and whether to stop."""
-    last = epoch + 1 == config.num_epochs
     if eval_fn is None:
         progress.best_epoch = epoch + 1
         return model, False
-    if (epoch + 1) % config.eval_every and not last:
+    if not _due(epoch, config):
         return best, False
     scores = eval_fn(model, jax.random.fold_in(keys.eval, epoch))
     if isinstance(scores, Mapping):
@@ -175,6 +179,7 @@ def fit(
     *,
     key: PRNGKeyArray,
     eval_fn: Callable[[PyTree, PRNGKeyArray], float | Mapping[str, float]] | None = None,
+    track_fn: Callable[[PyTree, PRNGKeyArray], Mapping[str, float]] | None = None,
     checkpoint: str | Path | None = None,
     resume: bool = False,
     progress: bool = False,
@@ -196,6 +201,10 @@ def fit(
             It may return a mapping instead: ``"valid"`` (that loss) and other scores
             (e.g. a test bound), all joining the epoch's record and so the history, the
             loggers and the checkpoint.
+        track_fn: ``track_fn(model, key)`` returns scores (e.g. a test bound) for the
+            epoch's record, on the model ``eval_fn`` would see, every
+            ``config.eval_every`` epochs and at the end; unlike ``eval_fn`` it never picks
+            the model (for runs that keep their last weights, as the IAF VAE's do).
         checkpoint: written atomically after every epoch (model, optimizer state, best
             model, weight average, counters, history); ``None``: no checkpoint.
         resume: continue from ``checkpoint`` when it exists, bit-identically.
@@ -218,7 +227,8 @@ def fit(
     keys = _Keys.split(key)
     state, best, prog = _restore(trainer, model, checkpoint, resume, fingerprint, keys)
     fixed = {k: jnp.asarray(v, jnp.float32) for k, v in (constants or {}).items()}
-    run = _Run(trainer, loader, config, keys, _Hyper(fixed, dict(schedules or {})), eval_fn)
+    hyper = _Hyper(fixed, dict(schedules or {}))
+    run = _Run(trainer, loader, config, keys, hyper, eval_fn, track_fn)
     for logger in loggers:
         logger.start(list(prog.history))
     wall0 = time.perf_counter()
@@ -242,6 +252,7 @@ class _Run:
     keys: _Keys
     hyper: _Hyper
     eval_fn: Callable | None
+    track_fn: Callable | None
 
 
 def _epochs(run: _Run, state, best, prog, checkpoint, fingerprint, loggers, progress):
@@ -257,6 +268,10 @@ def _epochs(run: _Run, state, best, prog, checkpoint, fingerprint, loggers, prog
             evaluated = run.trainer.eval_model(state)
             args = (run.eval_fn, epoch, prog, run.keys, run.config, record)
             best, stopped = validate(evaluated, best, *args)
+            if run.track_fn is not None and _due(epoch, run.config):
+                key = jax.random.fold_in(jax.random.fold_in(run.keys.eval, epoch), 1)
+                scores = run.track_fn(evaluated, key)
+                record.update({k: float(v) for k, v in scores.items()})
             prog.epoch = epoch + 1
             prog.history.append(record)
             write_checkpoint(checkpoint, state, best, prog, run.keys, fingerprint)
