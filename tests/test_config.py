@@ -38,6 +38,7 @@ def test_numeric_checks_accept():
     "make,message",
     [
         (lambda: training.TrainConfig(patience=-1), "`train.patience` must be an int >= 0"),
+        (lambda: training.TrainConfig(checkpoint_every=-1), "`train.checkpoint_every` must be"),
         (lambda: training.TrainConfig(learning_rate=0.0), "`train.learning_rate` must be a"),
         (lambda: training.TrainConfig(l2=-0.1), "`train.l2` must be a number >= 0"),
         (lambda: _dmm.ModelConfig(num_iafs=-1), "`model.num_iafs` must be an int >= 0"),

@@ -125,10 +125,11 @@ def _resolve(args: argparse.Namespace, extra: list[str]):
 def _same_run(saved: dict, current: dict, preset: dict) -> bool:
     """Whether a saved config describes the current one. A field missing from the saved
     config (added to dgm after that run started) matches while it keeps its preset value;
-    the run length (``num_epochs``) may change, to extend a run or end it."""
-    from dgm.training.checkpoint import without_run_length
+    the run length (``num_epochs``) may change, to extend a run or end it, and so may the
+    checkpoint interval (``checkpoint_every``)."""
+    from dgm.training.checkpoint import run_identity
 
-    saved, current = without_run_length(saved), without_run_length(current)
+    saved, current = run_identity(saved), run_identity(current)
     for name, value in current.items():
         if name not in saved:
             if value != preset.get(name):

@@ -113,24 +113,28 @@ def test_presets_resolve():
 
 def test_curve_and_split_batch_options(tmp_path, shared_data, monkeypatch):
     """``curve_every`` adds the test −ELBO of the weight average to each epoch's record;
-    ``split_batch`` trains on the batch split over the devices."""
+    ``split_batch`` trains on the batch split over the devices; ``checkpoint_every``
+    checkpoints inside epochs, and may change on ``--resume``."""
+    from dgm.training import loop
+
     monkeypatch.setenv("DGM_DATA_DIR", str(shared_data))
+    saved_at, write = [], loop.write_checkpoint
+
+    def spy(path, state, best, progress, *args):
+        saved_at.append(progress.step)
+        write(path, state, best, progress, *args)
+
+    monkeypatch.setattr(loop, "write_checkpoint", spy)
     out = tmp_path / "run"
     sets = ["curve_every=1", "curve_images=32", "split_batch=true", "num_epochs=2"]
-    assert (
-        main(
-            [
-                "run",
-                "iaf-vae",
-                "--smoke",
-                "--out",
-                str(out),
-                "--no-progress",
-                *[a for s in sets for a in ("--set", s)],
-            ]
-        )
-        == 0
-    )
+
+    def run(*more):
+        args = ["run", "iaf-vae", "--smoke", "--out", str(out), "--no-progress", *more]
+        return main([*args, *[a for s in sets for a in ("--set", s)]])
+
+    assert run("--set", "checkpoint_every=3") == 0
+    assert saved_at == [3, 4, 6, 8]  # 4 updates an epoch
+    assert run("--resume", "--set", "checkpoint_every=0") == 0 and saved_at == [3, 4, 6, 8]
     records = [json.loads(line) for line in (out / "train_metrics.jsonl").read_text().splitlines()]
     metrics = json.loads((out / "metrics.json").read_text())
     assert [r["epoch"] for r in records if "test_neg_elbo" in r] == [1, 2]
@@ -139,3 +143,5 @@ def test_curve_and_split_batch_options(tmp_path, shared_data, monkeypatch):
     assert records[0]["test_neg_elbo"] != records[1]["test_neg_elbo"]
     with pytest.raises(ValueError, match="`curve_every` must be"):
         iaf_vae.Config(curve_every=-1)
+    with pytest.raises(ValueError, match="`checkpoint_every` must be"):
+        iaf_vae.Config(checkpoint_every=-1)

@@ -106,6 +106,34 @@ def test_resume_with_another_run_length_extends_or_ends_the_run(tmp_path):
         fit(tmp_path / "a", 4, resume=True, fingerprint=_print(4, lr=0.1))
 
 
+def test_checkpoint_inside_an_epoch_resumes_bit_identically(tmp_path):
+    """Checkpoints every 3 updates (4 per epoch); a crash in update 7 leaves update 6's,
+    mid-epoch 2, and resuming (with another interval: not part of the run) finishes the
+    run as a straight one, train losses included."""
+    straight = fit(tmp_path / "a", 2)
+    trainer = training.Trainer.from_config(loss, CONFIG)
+    step, calls = trainer.step, []
+
+    def crashing_step(state, batch, key):
+        calls.append(1)
+        if len(calls) == 7:
+            raise RuntimeError("crash")
+        return step(state, batch, key)
+
+    trainer.step = crashing_step
+    every = dataclasses.replace(CONFIG, checkpoint_every=3)
+    fp = json.dumps({"train": {"checkpoint_every": 3}})
+    with pytest.raises(RuntimeError, match="crash"):
+        fit(tmp_path / "b", 2, config=every, trainer=trainer, fingerprint=fp)
+    header = training.read_header(tmp_path / "b" / "checkpoints" / "train.eqx")
+    assert (header["epoch"], header["step"], len(header["epoch_losses"])) == (1, 6, 2)
+    fp = json.dumps({"train": {"checkpoint_every": 0}})
+    resumed = fit(tmp_path / "b", 2, resume=True, fingerprint=fp)
+    assert_trees_equal(straight.model, resumed.model)
+    assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in straight.history]
+    assert resumed.history[-1]["step"] == 8 and resumed.history[-1]["epoch_s"] > 0
+
+
 def test_no_checkpoint_without_path(tmp_path):
     result = training.fit(
         Net(key=jax.random.key(1)), loss, training.ArrayLoader(data(), 4), CONFIG,

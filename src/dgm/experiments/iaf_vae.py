@@ -96,12 +96,16 @@ class Config:
     # each batch split over the local devices, each slice's loss (free bits on the slice's
     # mean KL, as the TF code's per-GPU losses) and gradient on its own device, averaged
     split_batch: bool = False
+    # also checkpoint every this many updates inside an epoch (0: at epoch ends only); it
+    # may change on --resume, which continues mid-epoch, bit-identically
+    checkpoint_every: int = 0
 
     def __post_init__(self) -> None:
         check_choice("problem", self.problem, PROBLEMS)
         for name in _POSITIVE:
             check_positive(name, getattr(self, name), integer=True)
         check_nonnegative("curve_every", self.curve_every, integer=True)
+        check_nonnegative("checkpoint_every", self.checkpoint_every, integer=True)
         iaf_vae.check_depths(self.depths, 32)
         for name in ("beta1", "beta2"):
             if not 0 < getattr(self, name) <= 1:
@@ -126,12 +130,13 @@ PRESETS = {
                     polyak=0.98),
     # The Theano MNIST branch (spec §2.11): n_h 64, n_z 32, pad to 32×32.
     "mnist": Config(problem="mnist", n_h=64, n_z=32, depths=(2, 2),
-                    margs=ModelArgs(posterior="down_iaf2_nl", kl_min=0.25), curve_every=1),
+                    margs=ModelArgs(posterior="down_iaf2_nl", kl_min=0.25), curve_every=1,
+                    checkpoint_every=500),
     # README: problem=cifar10 n_h=160 depths=[10,10] margs.depth_ar=2
     # margs.posterior=down_iaf2_nl margs.prior=diag margs.kl_min=0.25  (3.28 bits/dim).
     "cifar10-readme": Config(problem="cifar10", n_h=160, depths=(10, 10), num_train=50_000,
                              margs=ModelArgs(posterior="down_iaf2_nl", kl_min=0.25,
-                                             depth_ar=2)),
+                                             depth_ar=2), checkpoint_every=500),
 }  # fmt: skip
 
 
@@ -208,7 +213,8 @@ def run(config: Config, key, ctx: runs.RunContext) -> dict:
                        loader.num_batches, config.split_batch)  # fmt: skip
     cfg = training.TrainConfig(num_epochs=config.num_epochs, batch_size=config.n_batch,
                                learning_rate=config.alpha, clip_norm=0.0, l2=0.0,
-                               anneal_steps=0, eval_every=max(config.curve_every, 1))  # fmt: skip
+                               anneal_steps=0, eval_every=max(config.curve_every, 1),
+                               checkpoint_every=config.checkpoint_every)  # fmt: skip
     track = evaluation.test_bound(config, test) if config.curve_every else None
     result = training.fit(
         model, trainer, loader, cfg, key=k_train, track_fn=track,

@@ -19,27 +19,29 @@ from dgm import runs
 
 FORMAT = "dgm-checkpoint-v2"
 FORMATS = ("dgm-checkpoint-v1", FORMAT)
-# How long a run goes on is not part of what it is: a run may be resumed with more epochs
-# (extend it) or with as many as it has done (end it and score the best model now).
-RUN_LENGTH_FIELDS = frozenset({"num_epochs"})
+# How long a run goes on, and how often it saves, are not part of what it is: a run may be
+# resumed with more epochs (extend it), with as many as it has done (end it and score the
+# best model now), or with another checkpoint interval.
+NOT_IDENTITY_FIELDS = frozenset({"num_epochs", "checkpoint_every"})
 
 
-def without_run_length(config):
-    """``config`` (nested dicts) without its :data:`RUN_LENGTH_FIELDS`, at any depth."""
+def run_identity(config):
+    """``config`` (nested dicts) without its :data:`NOT_IDENTITY_FIELDS`, at any depth."""
     if not isinstance(config, dict):
         return config
-    return {k: without_run_length(v) for k, v in config.items() if k not in RUN_LENGTH_FIELDS}
+    return {k: run_identity(v) for k, v in config.items() if k not in NOT_IDENTITY_FIELDS}
 
 
 def same_fingerprint(saved: str | None, current: str) -> bool:
-    """Whether two config fingerprints describe one run, whatever their run lengths."""
+    """Whether two config fingerprints describe one run, whatever their run lengths and
+    checkpoint intervals."""
     if saved == current or not isinstance(saved, str):
         return saved == current
     try:
         a, b = json.loads(saved), json.loads(current)
     except ValueError:
         return False
-    return isinstance(a, dict) and without_run_length(a) == without_run_length(b)
+    return isinstance(a, dict) and run_identity(a) == run_identity(b)
 
 
 def save_checkpoint(path: Path, tree: PyTree, header: dict) -> None:
@@ -76,7 +78,7 @@ def load_checkpoint(path: Path, like: PyTree, fingerprint: str) -> tuple[PyTree,
         path: the checkpoint file.
         like: a tree of the saved structure (shapes and dtypes) to fill.
         fingerprint: the config's text form; a checkpoint of another config is refused
-            (one that differs only in :data:`RUN_LENGTH_FIELDS` is the same run).
+            (one that differs only in :data:`NOT_IDENTITY_FIELDS` is the same run).
 
     Returns:
         ``(tree, header)``.

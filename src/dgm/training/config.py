@@ -24,6 +24,10 @@ class TrainConfig:
         patience: stop after this many validations without improvement (0: never).
         bucket_width: pad each batch's time axis to a multiple of this (bounds recompiles).
         data_parallel: split each batch over the local devices (see :func:`shard_batch`).
+        checkpoint_every: also checkpoint after every this many updates inside an epoch
+            (0: at epoch ends only), for epochs longer than one can afford to lose; a run
+            resumed from such a checkpoint continues mid-epoch, bit-identically. Like
+            ``num_epochs`` it is not part of the run's identity: it may change on resume.
 
     The weight average is a :class:`~dgm.training.Trainer` argument, not a field here:
     ``dgm run --resume`` compares the saved config field by field, so a new field would
@@ -43,13 +47,14 @@ class TrainConfig:
     patience: int = 0
     bucket_width: int = 16
     data_parallel: bool = False
+    checkpoint_every: int = 0
 
     def __post_init__(self) -> None:
         for name in ("num_epochs", "batch_size", "eval_every", "bucket_width"):
             check_positive(f"train.{name}", getattr(self, name), integer=True)
         for name in ("clip_norm", "l2"):
             check_nonnegative(f"train.{name}", getattr(self, name))
-        for name in ("anneal_steps", "patience"):
+        for name in ("anneal_steps", "patience", "checkpoint_every"):
             check_nonnegative(f"train.{name}", getattr(self, name), integer=True)
         check_positive("train.learning_rate", self.learning_rate)
         if not 0 <= self.kl_initial <= 1:

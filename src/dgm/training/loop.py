@@ -3,7 +3,8 @@
 :func:`fit` only sequences these pieces. Each epoch's order comes from a NumPy generator
 seeded by the data key and the epoch; each update's key is ``fold_in(train_key, step)``;
 schedules are evaluated at the update count. Everything that moves is in the checkpoint,
-so a resumed run is bit-identical to a straight one.
+so a resumed run is bit-identical to a straight one, also from a checkpoint written inside
+an epoch (``TrainConfig.checkpoint_every``): it holds the updates done and their losses.
 """
 
 import dataclasses
@@ -57,6 +58,9 @@ class _Progress:
     best_epoch: int = 0
     bad_evals: int = 0
     history: list = dataclasses.field(default_factory=list)
+    # an unfinished epoch (a checkpoint inside one): its updates' losses and its seconds
+    epoch_losses: list = dataclasses.field(default_factory=list)
+    epoch_s: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,21 +101,37 @@ def _restore(trainer, model, checkpoint, resume, fingerprint, keys):
     (model, opt_state, best, averaged), header = load_training(checkpoint, like, fingerprint)
     if header["key"] != keys.root:
         raise ValueError(f"checkpoint {checkpoint} was written with a different seed")
-    saved = {f.name: header[f.name] for f in dataclasses.fields(_Progress)}
+    saved = {f.name: header[f.name] for f in dataclasses.fields(_Progress) if f.name in header}
     saved["best_valid"] = float(saved["best_valid"])  # JSON holds "inf" without validation
     progress = _Progress(**saved)
     return TrainState(model, opt_state, averaged), best, progress
 
 
-def train_epoch(trainer, state, loader, epoch, progress, keys, hyper, config, bar, interrupt):
-    """One pass over ``loader``; returns the new state and the epoch's record.
+def train_epoch(
+    trainer,
+    state,
+    loader,
+    epoch,
+    progress,
+    keys,
+    hyper,
+    config,
+    bar,
+    interrupt,
+    save=lambda state: None,
+):
+    """One pass over ``loader`` (its rest, when ``progress`` holds an unfinished epoch);
+    returns the new state and the epoch's record.
 
-    A Ctrl-C stops it after the current update (``interrupt.check``).
+    Every ``config.checkpoint_every`` updates before the epoch's end, ``progress`` takes the
+    losses so far and ``save(state)`` writes the checkpoint. A Ctrl-C stops it after the
+    current update (``interrupt.check``).
     """
-    t0 = time.perf_counter()
+    t0 = time.perf_counter() - progress.epoch_s
     order = loader.order(np.random.default_rng([*keys.data_seed, epoch]))
-    losses, values = [], {}
-    for row in order:
+    losses = [np.float32(v) for v in progress.epoch_losses]
+    values, every = {}, config.checkpoint_every
+    for row in order[len(losses) :]:
         values = hyper.values(progress.step)
         data = loader.batch(row)
         if config.data_parallel:
@@ -120,10 +140,15 @@ def train_epoch(trainer, state, loader, epoch, progress, keys, hyper, config, ba
         state, metrics = trainer.step(state, (data, hyper.arrays(values)), step_key)
         progress.step += 1
         losses.append(metrics["loss"])
+        if every and progress.step % every == 0 and len(losses) < len(order):
+            progress.epoch_losses = [float(v) for v in jax.device_get(losses)]
+            progress.epoch_s = time.perf_counter() - t0
+            save(state)
         interrupt.check(state)
         bar.update()
         if progress.step % 10 == 0 and not bar.disable:
             bar.set_postfix(epoch=epoch + 1, loss=f"{float(metrics['loss']):.3f}")
+    progress.epoch_losses, progress.epoch_s = [], 0.0
     record = {
         "epoch": epoch + 1,
         "step": progress.step,
@@ -206,7 +231,8 @@ def fit(
             ``config.eval_every`` epochs and at the end; unlike ``eval_fn`` it never picks
             the model (for runs that keep their last weights, as the IAF VAE's do).
         checkpoint: written atomically after every epoch (model, optimizer state, best
-            model, weight average, counters, history); ``None``: no checkpoint.
+            model, weight average, counters, history), and every
+            ``config.checkpoint_every`` updates inside one; ``None``: no checkpoint.
         resume: continue from ``checkpoint`` when it exists, bit-identically.
         progress: show a progress bar.
         loggers: each receives every epoch's record (see :mod:`dgm.training.loggers`).
@@ -217,9 +243,10 @@ def fit(
 
     Raises:
         ValueError: the checkpoint is foreign (another config, seed or format).
-        KeyboardInterrupt: on Ctrl-C, raised after the current update (the epoch is
-            dropped) or, during validation, after that epoch's checkpoint; the last
-            checkpoint is always whole, and ``resume=True`` continues from it.
+        KeyboardInterrupt: on Ctrl-C, raised after the current update (the updates since
+            the last checkpoint are dropped) or, during validation, after that epoch's
+            checkpoint; the last checkpoint is always whole, and ``resume=True`` continues
+            from it.
     """
     if not isinstance(trainer, Trainer):
         trainer = Trainer.from_config(trainer, config)
@@ -260,11 +287,16 @@ def _epochs(run: _Run, state, best, prog, checkpoint, fingerprint, loggers, prog
     from tqdm.auto import tqdm
 
     total = run.loader.num_batches * max(run.config.num_epochs - prog.epoch, 0)
+    total = max(total - len(prog.epoch_losses), 0)
     bar, stopped = tqdm(total=total, disable=not progress, leave=False), False
     with DeferredInterrupt() as interrupt:
         for epoch in range(prog.epoch, run.config.num_epochs):
             args = (run.loader, epoch, prog, run.keys, run.hyper, run.config, bar, interrupt)
-            state, record = train_epoch(run.trainer, state, *args)
+
+            def save(state, best=best):
+                write_checkpoint(checkpoint, state, best, prog, run.keys, fingerprint)
+
+            state, record = train_epoch(run.trainer, state, *args, save=save)
             evaluated = run.trainer.eval_model(state)
             args = (run.eval_fn, epoch, prog, run.keys, run.config, record)
             best, stopped = validate(evaluated, best, *args)
