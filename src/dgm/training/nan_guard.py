@@ -1,7 +1,8 @@
 """A trainer that stops at the first non-finite loss, naming the update.
 
-:func:`~dgm.training.fit` checkpoints after every epoch, so raising inside an epoch leaves the
-previous epoch's checkpoint, the last good one, in place; ``--resume`` continues from it.
+:func:`~dgm.training.fit` checkpoints after every epoch (and every ``checkpoint_every``
+updates), all before the failing update, so raising leaves the last good checkpoint in place;
+``--resume`` continues from it.
 """
 
 import numpy as np
@@ -32,8 +33,8 @@ class NaNGuardTrainer(Trainer):
             epoch, within = divmod(update, self.num_batches)
             raise RuntimeError(
                 f"training diverged: the loss is {value} at update {update + 1} (epoch "
-                f"{epoch + 1}, update {within + 1} of {self.num_batches}); the last good "
-                f"checkpoint (epoch {epoch}) is kept"
+                f"{epoch + 1}, update {within + 1} of {self.num_batches}); the last "
+                "checkpoint, written before it, is kept"
             )
         return new, metrics
 
