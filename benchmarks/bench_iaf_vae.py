@@ -11,6 +11,8 @@ that every piece sees the same load:
 - ``train_step``: the experiment's jitted update (free-bits loss, gradient, Adamax, Polyak
   average, NaN check), with ``images_per_s``;
 - ``forward``: the loss alone (bottom-up, top-down, likelihood);
+- ``forward_in_map``: the same inside ``lax.map`` (a loop body, as the importance-sampled
+  score runs it; XLA:CPU once ran the channel-first AR convolutions 5× slower there);
 - ``up_pass``: the encoder conv and the bottom-up pass alone;
 - ``ar_nets``: the IAF networks alone, on every block's z and context shapes;
 - ``value_and_grad``: forward and backward, no update; ``backward`` is its time less
@@ -131,6 +133,7 @@ def pieces(posterior: str, batch: int, torch_peer: bool = True):
         return experiment.loss(m, (x, hyper), k)[0]
 
     loss = eqx.filter_jit(cost)
+    in_map = eqx.filter_jit(lambda m, k: jax.lax.map(lambda kk: cost(m, kk), k[None]))
     grad = eqx.filter_jit(eqx.filter_value_and_grad(cost))
 
     @eqx.filter_jit
@@ -144,6 +147,7 @@ def pieces(posterior: str, batch: int, torch_peer: bool = True):
     return {
         "train_step": step,
         "forward": lambda: jax.block_until_ready(loss(model, key)),
+        "forward_in_map": lambda: jax.block_until_ready(in_map(model, key)),
         "up_pass": lambda: jax.block_until_ready(up(model)),
         "ar_nets": lambda: jax.block_until_ready(ar(noise)),
         "value_and_grad": lambda: jax.block_until_ready(grad(model, key)),
