@@ -11,12 +11,12 @@ Training: Adam with the reference code's options (β1 = 0.5, each gradient clipp
 per variable; ``--clip global`` clips the global norm) on the 50k training images, each
 batch split over the host's devices (one per core; ``--split-batch false``: one program);
 the validation bound on the 10k validation images every ``eval_every`` epochs picks the
-model.
-A NaN loss stops training, naming the epoch and update; the last checkpoint (the previous
-epoch's) is kept. Scores: the single-sample bound L^x + L^z on the test images (the paper's
-number, nats per image) with its two parts, and the importance-sampled log-likelihood
-(S samples from q). Pictures: canvas-sequence GIFs of prior samples and of test
-reconstructions, with and without the attention windows; the loss curve.
+model. A NaN loss stops training, naming the epoch and update; the last checkpoint (the
+previous epoch's, or a later one with ``train.checkpoint_every``) is kept. Scores: the
+single-sample bound L^x + L^z on the test images (the paper's number, nats per image) with
+its two parts, and the importance-sampled log-likelihood (S samples from q). Pictures:
+canvas-sequence GIFs of prior samples and of test reconstructions, with and without the
+attention windows; the loss curve.
 """
 
 import dataclasses

@@ -29,9 +29,7 @@ class TrainConfig:
             resumed from such a checkpoint continues mid-epoch, bit-identically. Like
             ``num_epochs`` it is not part of the run's identity: it may change on resume.
 
-    The weight average is a :class:`~dgm.training.Trainer` argument, not a field here:
-    ``dgm run --resume`` compares the saved config field by field, so a new field would
-    refuse every earlier run.
+    The weight average is a :class:`~dgm.training.Trainer` argument, not a field here.
     """
 
     num_epochs: int = 2000
