@@ -28,6 +28,13 @@ def test_run_length_may_change():
     assert not _same_run(saved, {**longer, "train": {"lr": 0.2, "num_epochs": 40}}, saved)
 
 
+def test_checkpoint_interval_and_final_score_settings_may_change():
+    saved = {"is_images": 10_000, "est_marglik": 1000, "eval_batch_size": 100, "train": {}}
+    scored = {**saved, "is_images": 1000, "est_marglik": 100, "train": {"checkpoint_every": 9}}
+    assert _same_run(saved, scored, saved)
+    assert not _same_run(saved, {**scored, "eval_batch_size": 20}, saved)  # validation's
+
+
 def test_changed_or_removed_fields_do_not_match():
     assert not _same_run(PRESET, {"seed_field": 2, "train": PRESET["train"]}, PRESET)
     assert not _same_run({**PRESET, "gone": 3}, PRESET, PRESET)

@@ -19,10 +19,15 @@ from dgm import runs
 
 FORMAT = "dgm-checkpoint-v2"
 FORMATS = ("dgm-checkpoint-v1", FORMAT)
-# How long a run goes on, and how often it saves, are not part of what it is: a run may be
-# resumed with more epochs (extend it), with as many as it has done (end it and score the
-# best model now), or with another checkpoint interval.
-NOT_IDENTITY_FIELDS = frozenset({"num_epochs", "checkpoint_every"})
+# How long a run goes on, how often it saves and how its final model is scored are not part
+# of what it is: a run may be resumed with more epochs (extend it), with as many as it has
+# done (end it and score the best model now), with another checkpoint interval, or with
+# other final-score settings (importance samples and images, picture sizes); settings that
+# validation uses, which picks the model, stay part of it.
+NOT_IDENTITY_FIELDS = frozenset({
+    "num_epochs", "checkpoint_every",
+    "is_images", "est_marglik", "is_chunk", "test_samples", "num_images",
+})  # fmt: skip
 
 
 def run_identity(config):
@@ -33,8 +38,8 @@ def run_identity(config):
 
 
 def same_fingerprint(saved: str | None, current: str) -> bool:
-    """Whether two config fingerprints describe one run, whatever their run lengths and
-    checkpoint intervals."""
+    """Whether two config fingerprints describe one run, whatever their
+    :data:`NOT_IDENTITY_FIELDS`."""
     if saved == current or not isinstance(saved, str):
         return saved == current
     try:
