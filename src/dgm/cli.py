@@ -1,4 +1,5 @@
-"""Command-line interface: ``dgm list``, ``dgm run NAME`` and ``dgm sample RUN_DIR``.
+"""Command-line interface: ``dgm list``, ``dgm run NAME``, ``dgm sample RUN_DIR`` and
+``dgm compare RUN_DIR ...``.
 
 Parses arguments, resolves the config, calls the experiment and writes the run's
 ``config.json`` and ``metrics.json``. It does no numerics. Exit codes: 0 success,
@@ -73,7 +74,58 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument("--num", type=int, default=64, help="number of samples (default 64)")
     sample.add_argument("--out", type=Path, default=None, help="PNG file (GIFs beside it)")
     sample.add_argument("--seed", type=int, default=0, help="PRNG seed (default 0)")
+    compare = sub.add_parser("compare", help="one Markdown table of several runs")
+    compare.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR")
+    compare.add_argument(
+        "--metrics",
+        type=_names,
+        default=None,
+        help="metrics.json fields (comma-separated; default: all numbers)",
+    )
+    compare.add_argument(
+        "--curve",
+        default=None,
+        metavar="FIELD",
+        help="a train_metrics.jsonl field to show per epoch",
+    )
+    compare.add_argument(
+        "--epochs",
+        type=_integers,
+        default=None,
+        help="the epochs for --curve (comma-separated; default: all)",
+    )
+    compare.add_argument(
+        "--keys",
+        type=_names,
+        default=None,
+        help="config fields (comma-separated; default: those that differ)",
+    )
+    compare.add_argument("--out", type=Path, default=None, help="also write the table here")
     return parser
+
+
+def _names(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _integers(text: str) -> list[int]:
+    try:
+        return [int(part) for part in _names(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers; got {text!r}"
+        ) from None
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from dgm import compare
+
+    loaded = [compare.load_run(d) for d in args.run_dirs]
+    text = compare.table(loaded, args.metrics, args.curve, args.epochs, args.keys)
+    if args.out is not None:
+        runs.write_text(args.out, text)
+    print(text, end="")
+    return 0
 
 
 def _start_devices(args: argparse.Namespace) -> None:
@@ -265,6 +317,10 @@ def main(argv: list[str] | None = None) -> int:
             if extra:
                 parser.error(f"unrecognized arguments: {' '.join(extra)}")
             return _sample(args)
+        if args.command == "compare":
+            if extra:
+                parser.error(f"unrecognized arguments: {' '.join(extra)}")
+            return _compare(args)
         return _run(args, extra)
     except KeyboardInterrupt:
         _wait_for_jax()

@@ -14,7 +14,7 @@ import numpy as np
 import optax
 import pytest
 
-from dgm import cli, training
+from dgm import cli, compare, training
 from dgm.cli import main
 from dgm.experiments import iaf_vae
 from dgm.models import decoders
@@ -140,6 +140,10 @@ def test_curve_and_split_batch_options(tmp_path, shared_data, monkeypatch):
     # the last record scores the same model on the same 32 images with another key
     assert records[-1]["test_neg_elbo"] == pytest.approx(metrics["test_neg_elbo"], rel=0.05)
     assert records[0]["test_neg_elbo"] != records[1]["test_neg_elbo"]
+    # `dgm compare` reads the run: the curve at both epochs and the final score
+    table = compare.table([compare.load_run(out)], ["test_neg_elbo"], "test_neg_elbo")
+    values = [records[0]["test_neg_elbo"], records[1]["test_neg_elbo"], metrics["test_neg_elbo"]]
+    assert table.splitlines()[2] == "| run | 2 | " + " | ".join(f"{v:.2f}" for v in values) + " |"
     with pytest.raises(ValueError, match="`curve_every` must be"):
         iaf_vae.Config(curve_every=-1)
     with pytest.raises(ValueError, match="`checkpoint_every` must be"):

@@ -1,0 +1,145 @@
+"""``dgm compare RUN_DIR ...``: one Markdown table of several run directories.
+
+A row per run: the config fields that differ between the runs (dotted names, from each
+``config.json``), the epochs done (from ``train_metrics.jsonl``, so a run still training
+has a row too), the values of a per-epoch record (``--curve test_neg_elbo --epochs 1,2``:
+the same budget for every run) and the final scores of ``metrics.json``. A value a run
+does not have is shown as ``–``. Nothing here imports JAX.
+"""
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+MISSING = "–"
+SHOWN = {"epochs", "seed"}  # metrics.json fields the table shows anyway
+
+
+def load_run(run_dir: str | os.PathLike) -> dict:
+    """``{"name", "record", "config", "metrics", "history"}`` of a run directory."""
+    path = Path(run_dir)
+    cfg = path / "config.json"
+    if not cfg.is_file():
+        raise FileNotFoundError(
+            f"run directory {str(path)!r} has no config.json (expected a directory "
+            "written by `dgm run`)"
+        )
+    record = json.loads(cfg.read_text())
+    metrics_path = path / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    history = []
+    curve_path = path / "train_metrics.jsonl"
+    if curve_path.is_file():
+        history = [json.loads(line) for line in curve_path.read_text().splitlines() if line]
+    config = {k: record.get(k) for k in ("experiment", "preset", "seed")}
+    config.update(_flatten(record.get("config", {})))
+    name = path.resolve().name
+    return {"name": name, "config": config, "metrics": metrics, "history": history}
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _scalar(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return MISSING
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return str(value)
+        return f"{value:.2f}" if abs(value) >= 1 else f"{value:.3g}"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_fmt(v) for v in value) + "]"
+    return str(value)
+
+
+def _epochs_done(run: dict) -> Any:
+    if run["history"]:
+        return run["history"][-1].get("epoch")
+    return run["metrics"].get("epochs")
+
+
+def _at_epoch(run: dict, key: str, epoch: int) -> Any:
+    for entry in run["history"]:
+        if entry.get("epoch") == epoch and key in entry:
+            return entry[key]
+    return None
+
+
+def table(
+    runs: Sequence[dict],
+    metrics: Sequence[str] | None = None,
+    curve: str | None = None,
+    epochs: Sequence[int] | None = None,
+    keys: Sequence[str] | None = None,
+) -> str:
+    """The Markdown table of ``runs`` (from :func:`load_run`).
+
+    Args:
+        metrics: ``metrics.json`` fields, one column each; default: every number that all
+            finished runs have.
+        curve: a field of the per-epoch records (``train_metrics.jsonl``) to show at
+            ``epochs`` (default: every epoch any run recorded it at).
+        keys: config fields to show; default: those that differ between the runs.
+    """
+    if not runs:
+        raise ValueError("`runs`: expected at least one run directory; got none")
+    all_keys = sorted({k for run in runs for k in run["config"]})
+    if keys is None:
+        keys = [k for k in all_keys if len({json.dumps(r["config"].get(k)) for r in runs}) > 1]
+    else:
+        _check_known("--keys", keys, all_keys)
+    finished = [run["metrics"] for run in runs if run["metrics"]]
+    if metrics is None:  # every number all finished runs have, but the epochs and seed
+        common = set.intersection(*(set(m) for m in finished)) if finished else set()
+        first = finished[0] if finished else {}
+        metrics = [k for k in first if k in common - SHOWN and _scalar(first[k])]
+    elif not finished:
+        raise ValueError("--metrics: no run has finished yet (none has a metrics.json)")
+    else:
+        _check_known("--metrics", metrics, sorted({k for m in finished for k in m}))
+    columns = []
+    if curve is not None:
+        recorded = sorted({e["epoch"] for r in runs for e in r["history"] if curve in e})
+        if not recorded:
+            fields = sorted({k for r in runs for e in r["history"] for k in e})
+            raise ValueError(
+                f"--curve: no run recorded {curve!r} in train_metrics.jsonl; "
+                f"fields recorded: {', '.join(fields) or 'none'}"
+            )
+        columns = list(epochs) if epochs is not None else recorded
+    header = ["run", *keys, "epochs", *(f"{curve} @ {e}" for e in columns), *metrics]
+    rows = [header, ["---"] * len(header)]
+    for run in runs:
+        rows.append(
+            [
+                run["name"],
+                *(_fmt(run["config"].get(k)) for k in keys),
+                _fmt(_epochs_done(run)),
+                *(_fmt(_at_epoch(run, curve, e)) for e in columns),
+                *(_fmt(run["metrics"].get(k)) for k in metrics),
+            ]
+        )
+    return "\n".join("| " + " | ".join(row) + " |" for row in rows) + "\n"
+
+
+def _check_known(flag: str, asked: Sequence[str], known: Sequence[str]) -> None:
+    unknown = [k for k in asked if k not in known]
+    if unknown:
+        raise ValueError(
+            f"{flag}: unknown field(s) {', '.join(map(repr, unknown))}; "
+            f"the runs have: {', '.join(known) or 'none'}"
+        )
