@@ -91,6 +91,7 @@ def test_cli_prints_and_writes_the_table(three_runs, tmp_path, capsys):
         (["--curve", "valid"], "--curve: no run recorded 'valid' in train_metrics.jsonl; "
                                "fields recorded: epoch, test_neg_elbo, train_loss"),
         (["--keys", "n_z"], "--keys: unknown field(s) 'n_z'"),
+        (["--epochs", "1"], "--epochs: chooses the epochs of --curve FIELD; give --curve too"),
     ],
 )  # fmt: skip
 def test_unknown_fields_are_named_with_the_known_ones(three_runs, capsys, args, message):

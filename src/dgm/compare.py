@@ -111,6 +111,8 @@ def table(
         raise ValueError("--metrics: no run has finished yet (none has a metrics.json)")
     else:
         _check_known("--metrics", metrics, sorted({k for m in finished for k in m}))
+    if epochs is not None and curve is None:
+        raise ValueError("--epochs: chooses the epochs of --curve FIELD; give --curve too")
     columns = []
     if curve is not None:
         recorded = sorted({e["epoch"] for r in runs for e in r["history"] if curve in e})
