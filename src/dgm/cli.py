@@ -313,14 +313,10 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(signal.SIGINT, _on_sigint)
         if args.command == "bvh":
             return _bvh(args, extra)
-        if args.command == "sample":
+        if args.command in ("sample", "compare"):
             if extra:
                 parser.error(f"unrecognized arguments: {' '.join(extra)}")
-            return _sample(args)
-        if args.command == "compare":
-            if extra:
-                parser.error(f"unrecognized arguments: {' '.join(extra)}")
-            return _compare(args)
+            return _sample(args) if args.command == "sample" else _compare(args)
         return _run(args, extra)
     except KeyboardInterrupt:
         _wait_for_jax()
