@@ -115,5 +115,6 @@ def test_metrics_of_runs_none_of_which_finished(tmp_path):
     run = compare.load_run(_run_dir(tmp_path, "a", "down_diag", [(1, 130.0)]))
     _, rows = _rows(compare.table([run]))  # no metrics columns, no error
     assert rows["a"]["epochs"] == "1"
+    assert compare.table([run], metrics=[]) == compare.table([run])  # `--metrics ""`: none
     with pytest.raises(ValueError, match="no run has finished yet"):
         compare.table([run], metrics=["test_nll_is"])

@@ -107,7 +107,7 @@ def table(
         common = set.intersection(*(set(m) for m in finished)) if finished else set()
         first = finished[0] if finished else {}
         metrics = [k for k in first if k in common - SHOWN and _scalar(first[k])]
-    elif not finished:
+    elif metrics and not finished:
         raise ValueError("--metrics: no run has finished yet (none has a metrics.json)")
     else:
         _check_known("--metrics", metrics, sorted({k for m in finished for k in m}))
