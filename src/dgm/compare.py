@@ -19,7 +19,9 @@ SHOWN = {"epochs", "seed"}  # metrics.json fields the table shows anyway
 
 
 def load_run(run_dir: str | os.PathLike) -> dict:
-    """``{"name", "record", "config", "metrics", "history"}`` of a run directory."""
+    """``{"name", "config", "metrics", "history"}`` of a run directory: its name, the
+    flattened config (with the experiment, preset and seed), ``metrics.json`` (``{}`` while
+    the run trains) and the records of ``train_metrics.jsonl``."""
     path = Path(run_dir)
     cfg = path / "config.json"
     if not cfg.is_file():
