@@ -38,35 +38,3 @@ def test_checkpoint_interval_and_final_score_settings_may_change():
 def test_changed_or_removed_fields_do_not_match():
     assert not _same_run(PRESET, {"seed_field": 2, "train": PRESET["train"]}, PRESET)
     assert not _same_run({**PRESET, "gone": 3}, PRESET, PRESET)
-
-
-def test_ctrl_c_inside_a_gc_callback_is_sent_again_not_lost(monkeypatch):
-    """Python drops an exception raised in a garbage-collector callback (JAX registers
-    one): there the handler sends SIGINT again instead of raising."""
-    import gc
-    import signal
-
-    from dgm import cli
-
-    sent = []
-    monkeypatch.setattr(cli.os, "kill", lambda pid, sig: sent.append(sig))
-    seen = []
-
-    def callback(phase, info):
-        try:
-            cli._on_sigint(signal.SIGINT, sys._getframe())
-            seen.append("returned")
-        except KeyboardInterrupt:
-            seen.append("raised")
-
-    gc.callbacks.append(callback)
-    try:
-        gc.collect()
-    finally:
-        gc.callbacks.remove(callback)
-    deadline = time.monotonic() + 5
-    while not sent and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert seen and set(seen) == {"returned"} and sent and set(sent) == {signal.SIGINT}
-    with pytest.raises(KeyboardInterrupt):  # anywhere else it raises at once
-        cli._on_sigint(signal.SIGINT, sys._getframe())

@@ -17,16 +17,16 @@ _after_run = sys.argv[sys.argv.index("run") + 1 :] if "run" in sys.argv[1:] else
 configure_cpu(reuse_freed_memory=any(arg.startswith("dmm-") for arg in _after_run))
 
 import argparse  # noqa: E402
-import gc  # noqa: E402
 import json  # noqa: E402
-import os  # noqa: E402
-import signal  # noqa: E402
-import threading  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+from dgm import (  # noqa: E402
+    _sigint,  # noqa: E402
+    experiments,
+    runs,
+)
 from dgm import config as config_lib  # noqa: E402
-from dgm import experiments, runs  # noqa: E402
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -284,19 +284,6 @@ def _wait_for_jax() -> None:
             continue
 
 
-def _on_sigint(signum, frame) -> None:
-    """Ctrl-C: raise ``KeyboardInterrupt``, except inside a garbage-collector callback
-    (JAX registers one), where Python prints the exception and drops it and the run would
-    go on: there, send the signal again a moment later, once the callback has returned."""
-    codes = {getattr(callback, "__code__", None) for callback in gc.callbacks}
-    while frame is not None:
-        if frame.f_code in codes:
-            threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGINT)).start()
-            return
-        frame = frame.f_back
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``dgm`` console script."""
     parser = _parser()
@@ -305,12 +292,8 @@ def main(argv: list[str] | None = None) -> int:
         for name in experiments.names():
             print(f"{name:24s} {experiments.get(name).DESCRIPTION}")
         return 0
-    ours = threading.current_thread() is threading.main_thread() and (
-        signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    )
+    ours = _sigint.install()
     try:
-        if ours:
-            signal.signal(signal.SIGINT, _on_sigint)
         if args.command == "bvh":
             return _bvh(args, extra)
         if args.command in ("sample", "compare"):
@@ -319,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
             return _sample(args) if args.command == "sample" else _compare(args)
         return _run(args, extra)
     except KeyboardInterrupt:
+        _sigint.acknowledge()
         _wait_for_jax()
         print(
             "dgm: interrupted; the last checkpoint is kept, continue with --resume", file=sys.stderr
@@ -330,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         if ours:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
+            _sigint.uninstall()
 
 
 if __name__ == "__main__":

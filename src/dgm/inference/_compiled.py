@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dgm import _sigint
 from dgm.config import check_positive
 
 __all__ = ["ChunkOutcome", "CompiledCache", "run_chunks", "signature"]
@@ -126,6 +127,7 @@ def run_chunks(
             if outcome.stop or outcome.num_done < 1:
                 break
     except KeyboardInterrupt:
+        _sigint.acknowledge()  # the caller stops on `interrupted`
         interrupted = True
     finally:
         if bar is not None:
