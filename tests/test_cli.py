@@ -1,9 +1,6 @@
 """CLI helpers: which saved runs a --resume may continue."""
 
-import sys
-import time
 
-import pytest
 
 from dgm.cli import _same_run
 
