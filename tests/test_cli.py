@@ -1,7 +1,5 @@
 """CLI helpers: which saved runs a --resume may continue."""
 
-
-
 from dgm.cli import _same_run
 
 PRESET = {"seed_field": 1, "train": {"lr": 0.1, "ema": None}}
