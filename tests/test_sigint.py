@@ -16,7 +16,10 @@ SRC = str(Path(_sigint.__file__).resolve().parents[1])
 
 
 def _child(code: str) -> subprocess.CompletedProcess:
+    """Run ``code`` in a child Python with Python's own SIGINT handler (a shell's
+    background job, such as a CI run, starts it with SIGINT ignored)."""
     env = {**os.environ, "PYTHONPATH": SRC}
+    code = "import signal; signal.signal(signal.SIGINT, signal.default_int_handler)\n" + code
     return subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
     )
