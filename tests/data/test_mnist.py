@@ -11,7 +11,7 @@ from dgm.data import ChecksumError, mnist, sha256
 
 def _idx(shape, data: bytes, magic: bytes = b"\0\0\x08") -> bytes:
     header = magic + bytes([len(shape)]) + np.asarray(shape, ">i4").tobytes()
-    return gzip.compress(header + data)
+    return gzip.compress(header + data, mtime=0)
 
 
 def test_read_idx_round_trip(tmp_path):
@@ -28,7 +28,7 @@ def test_read_idx_round_trip(tmp_path):
         (_idx((2, 3), bytes(7)), "need 6 data bytes; got 7"),
         (_idx((6,), bytes(6), magic=b"\0\0\x0d"), "bad IDX magic number"),
         (_idx((6,), bytes(6), magic=b"\x01\0\x08"), "bad IDX magic number"),
-        (gzip.compress(b"\0\0\x08\x03\0\0"), "truncated IDX header"),
+        (gzip.compress(b"\0\0\x08\x03\0\0", mtime=0), "truncated IDX header"),
         (_idx((2, 3), bytes(6))[:-9], "not a whole gzip file"),
         (b"plain bytes", "not a whole gzip file"),
     ],
