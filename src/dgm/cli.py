@@ -21,11 +21,7 @@ import json  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from dgm import (  # noqa: E402
-    _sigint,  # noqa: E402
-    experiments,
-    runs,
-)
+from dgm import _sigint, experiments, runs  # noqa: E402
 from dgm import config as config_lib  # noqa: E402
 
 
