@@ -78,7 +78,7 @@ def install() -> bool:
         return False
     if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
         return False
-    acknowledge()
+    _reset()
     signal.signal(signal.SIGINT, handler)
     return True
 
@@ -87,3 +87,10 @@ def uninstall() -> None:
     """Put Python's own handler back; repeats still on their way do nothing."""
     acknowledge()
     signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _reset() -> None:
+    """Forget an earlier install's state (a repeat it sent may never have been handled)."""
+    global _pending, _resends
+    with _lock:
+        _pending, _resends = False, 0
