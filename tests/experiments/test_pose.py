@@ -108,3 +108,44 @@ def test_chmc_milestones_compare_only_where_every_curve_is_defined():
     good = np.stack([t[:8], np.full(8, 0.02)], axis=1)  # a baseline below CHMC at 8 s
     m = pose._chmc_milestones({"chmc": chmc, "hmc": slow, "hier": good}, None)
     assert m["s_below_baselines"] is None and m["s_below_thesis_final"] is None
+
+
+def test_latent_starts_of_each_kind():
+    """``start=truth`` puts every chain at the scene's true latent inputs; the other kinds
+    keep what they were (zeros; prior draws from the key)."""
+    u_true = scene_inputs()[1]
+    key = jax.random.key(3)
+    cfg = pose.Config(scene=2, setting="thesis", num_chains=3, start="truth")
+    starts, info = pose.latent_starts(cfg, None, None, u_true, key)
+    assert starts.shape == (3, LATENT_DIM) and info["start_s"] == 0.0
+    np.testing.assert_array_equal(starts, np.tile(u_true[:LATENT_DIM], (3, 1)))
+    zero, _ = pose.latent_starts(pose.Config(num_chains=2), None, None, u_true, key)
+    np.testing.assert_array_equal(zero, np.zeros((2, LATENT_DIM)))
+    prior, _ = pose.latent_starts(
+        pose.Config(setting="thesis", num_chains=2), None, None, u_true, key
+    )
+    with jax.enable_x64(True):
+        want = np.asarray(jax.random.normal(key, (2, LATENT_DIM), jnp.float64))
+    np.testing.assert_array_equal(prior, want)
+
+
+def test_posterior_file_of_any_subset_of_methods(tmp_path):
+    """CHMC alone (its draws already in ``posterior.nc``), or the baselines alone, give a
+    file with the groups of the methods that ran (CHMC alone used to raise in ArviZ)."""
+    import arviz as az
+
+    from dgm.experiments._pose_report import save_posterior
+    from dgm.runs import RunContext
+
+    pos = np.random.default_rng(0).normal(size=(2, 5, 4, 19))
+    ctx = RunContext(tmp_path / "chmc", progress=False)
+    az.from_dict(posterior={"positions": pos}).to_netcdf(str(ctx.path("posterior.nc")))
+    save_posterior(ctx, {"chmc": pos})
+    idata = az.from_netcdf(str(ctx.path("posterior.nc")))
+    assert set(idata.groups()) == {"posterior"}
+    np.testing.assert_array_equal(idata.posterior["positions"].values, pos)
+    ctx = RunContext(tmp_path / "baselines", progress=False)
+    save_posterior(ctx, {"hmc": pos, "hier": pos + 1})
+    idata = az.from_netcdf(str(ctx.path("posterior.nc")))
+    assert set(idata.groups()) == {"hmc", "hier"}
+    np.testing.assert_array_equal(idata.hier["positions"].values, pos + 1)

@@ -31,7 +31,8 @@ def save_posterior(ctx: RunContext, positions: dict) -> None:
         for name, p in positions.items()
         if name != "chmc" or "posterior" not in idata.groups()
     }
-    idata.add_groups(groups)
+    if groups:  # none when CHMC ran alone
+        idata.add_groups(groups)
     ctx.save_with("posterior.nc", lambda p: idata.to_netcdf(str(p), engine="h5netcdf"))
 
 
