@@ -49,3 +49,27 @@ def test_numeric_checks_accept():
 def test_training_and_dmm_configs_name_the_field(make, message):
     with pytest.raises(ValueError, match=message):
         make()
+
+
+def test_list_fields_take_json_or_shell_stripped_lists():
+    """``--set methods=["hmc","chmc"]`` without single quotes reaches dgm as
+    ``methods=[hmc,chmc]``: it means the same list; malformed lists name the field."""
+    import dataclasses
+
+    from dgm.config import override
+
+    @dataclasses.dataclass(frozen=True)
+    class C:
+        methods: tuple = ("a",)
+        depths: tuple = (2, 2)
+
+    for value in ('["hmc","chmc"]', "[hmc,chmc]", "hmc,chmc", " [ hmc , chmc ] "):
+        assert override(C(), [f"methods={value}"]).methods == ("hmc", "chmc")
+    assert override(C(), ["methods=hmc"]).methods == ("hmc",)
+    assert override(C(), ["methods=[]"]).methods == ()
+    assert override(C(), ["depths=[3,1]"]).depths == (3, 1)
+    assert override(C(), ["depths=4,2"]).depths == (4, 2)
+    assert override(C(), ["depths=5"]).depths == (5,)
+    for bad in ("[a,,b]", "[a,[b]]", '{"a": 1}', "[a,'b']"):
+        with pytest.raises(ValueError, match=r"`methods` expects a list"):
+            override(C(), [f"methods={bad}"])

@@ -22,10 +22,9 @@ def _coerce(value: str, current: Any, field: str) -> Any:
                 f"`{field}` expects a {type(current).__name__}; got {value!r}"
             ) from None
     if isinstance(current, tuple | list):
-        try:
-            parsed = json.loads(value)
-        except ValueError:
-            raise ValueError(f"`{field}` expects a JSON list; got {value!r}") from None
+        parsed = _list(value)
+        if parsed is None:
+            raise ValueError(f"`{field}` expects a list: JSON, [a,b] or a,b; got {value!r}")
         return type(current)(parsed)
     if current is None:
         try:
@@ -33,6 +32,32 @@ def _coerce(value: str, current: Any, field: str) -> Any:
         except ValueError:
             return value
     return value
+
+
+def _list(value: str) -> list | None:
+    """A JSON list, or ``[a,b]`` / ``a,b`` (``--set m=["a","b"]`` typed without single quotes
+    reaches the program as ``m=[a,b]``): items that are not JSON stay strings. A single item
+    is a list of one. ``None`` when it is none of these."""
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        inner = value.strip()
+        if inner.startswith("[") and inner.endswith("]"):
+            inner = inner[1:-1]
+        items = [s.strip() for s in inner.split(",")] if inner.strip() else []
+        if any(not s or any(c in s for c in "[]{}\"'") for s in items):
+            return None
+        return [_json_or_str(s) for s in items]
+    if isinstance(parsed, list):
+        return parsed
+    return [parsed] if isinstance(parsed, str | int | float) else None
+
+
+def _json_or_str(item: str) -> Any:
+    try:
+        return json.loads(item)
+    except ValueError:
+        return item
 
 
 def override(config: Any, assignments: list[str]) -> Any:
