@@ -9,9 +9,9 @@ from dgm.cli import main
 from dgm.inference.svgd import SVGDRunner
 
 
-def _run(name, tmp_path):
+def _run(name, tmp_path, *args):
     out = tmp_path / "x"
-    assert main(["run", name, "--smoke", "--out", str(out), "--no-progress"]) == 0
+    assert main(["run", name, "--smoke", "--out", str(out), "--no-progress", *args]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert (out / "report.md").read_text().startswith(f"# {name}")
     return out, metrics
@@ -78,3 +78,23 @@ def test_ctrl_c_in_svgd_exits_130_with_one_line(name, tmp_path, capsys, monkeypa
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["dgm: interrupted; the last checkpoint is kept, continue with --resume"]
     assert not (tmp_path / "o" / "metrics.json").exists()
+
+
+def test_gaussian2d_fixed_bandwidth_reaches_the_kernel(tmp_path, monkeypatch):
+    """``--set bandwidth=0.5`` runs SVGD with h = 0.5 (a number, not a rule's name); a
+    non-positive or non-numeric value names the field and the choices."""
+    from dgm.experiments import svgd_gaussian2d
+
+    seen = []
+    real_build = svgd_gaussian2d.svgd.build_step
+
+    def build_step(*args, **kwargs):
+        seen.append(kwargs["bandwidth"])
+        return real_build(*args, **kwargs)
+
+    monkeypatch.setattr(svgd_gaussian2d.svgd, "build_step", build_step)
+    _, m = _run("svgd-gaussian2d", tmp_path, "--set", "bandwidth=0.5")
+    assert seen == [0.5] and m["ksd_final"] < m["ksd_initial"]
+    for bad in ("0", "-1", "inf", "wide"):
+        with pytest.raises(ValueError, match=r"`bandwidth` must be one of .* or a number > 0"):
+            svgd_gaussian2d.Config(bandwidth=bad)

@@ -30,14 +30,28 @@ class Config:
     num_iterations: int = 1000
     step_size: float = 0.01
     kernel: str = "rbf"
-    bandwidth: str = "median"
+    bandwidth: str = "median"  # or a fixed h > 0, e.g. "1.0"
 
     def __post_init__(self):
         check_positive("num_particles", self.num_particles, integer=True)
         check_positive("num_iterations", self.num_iterations, integer=True)
         check_positive("step_size", self.step_size)
         check_choice("kernel", self.kernel, svgd.KERNELS)
-        check_choice("bandwidth", self.bandwidth, svgd.BANDWIDTHS)
+        if self.bandwidth not in svgd.BANDWIDTHS:
+            try:
+                h = float(self.bandwidth)
+            except ValueError:
+                h = None
+            if h is None or not 0 < h < float("inf"):
+                raise ValueError(
+                    f"`bandwidth` must be one of {list(svgd.BANDWIDTHS)} or a number > 0; "
+                    f"got {self.bandwidth!r}"
+                )
+
+    @property
+    def h(self) -> str | float:
+        """The bandwidth as the library takes it: a rule's name or the number."""
+        return self.bandwidth if self.bandwidth in svgd.BANDWIDTHS else float(self.bandwidth)
 
 
 PRESETS = {
@@ -58,7 +72,7 @@ def run(config: Config, key, ctx: runs.RunContext) -> dict:
     step = svgd.build_step(
         svgd.make_score_fn(grad_log_density_fn=grad_log_density),
         kernel=config.kernel,
-        bandwidth=config.bandwidth,
+        bandwidth=config.h,
     )
     runner = SVGDRunner(step, chunk_size=min(config.num_iterations, 500))
     result = runs.stop_if_interrupted(
@@ -67,7 +81,7 @@ def run(config: Config, key, ctx: runs.RunContext) -> dict:
     x = result.particles
     cov = np.linalg.inv(PRECISION)
     xf = result.state.particles
-    _, ksd2_u, _ = svgd.phi_and_ksd(xf, grad_log_density(xf), config.kernel, config.bandwidth)
+    _, ksd2_u, _ = svgd.phi_and_ksd(xf, grad_log_density(xf), config.kernel, config.h)
     final_ksd = float(jnp.sqrt(jnp.maximum(ksd2_u, 0.0)))
     metrics = {
         "mean_error": float(np.max(np.abs(x.mean(0) - MEAN))),
