@@ -13,23 +13,36 @@ def _az():
 
 
 def ess(draws, method: str = "bulk") -> np.ndarray:
-    """Multi-chain effective sample size per coordinate of ``(chains, draws, ...)`` arrays."""
+    """Multi-chain effective sample size per coordinate of ``(chains, draws, ...)`` arrays;
+    0 for a coordinate that no chain ever moved (:func:`zero_where_stuck`)."""
     az = _az()
     draws = np.asarray(draws, dtype=np.float64)
-    if draws.ndim == 2:
-        return np.asarray(az.ess(draws, method=method))
     flat = draws.reshape(draws.shape[0], draws.shape[1], -1)
-    return np.array([az.ess(flat[..., i], method=method) for i in range(flat.shape[-1])])
+    with warnings.catch_warnings():  # ArviZ divides by a stuck coordinate's zero variance
+        warnings.simplefilter("ignore", RuntimeWarning)
+        values = np.array([az.ess(flat[..., i], method=method) for i in range(flat.shape[-1])])
+    values = zero_where_stuck(values, flat)
+    return np.asarray(values[0]) if draws.ndim == 2 else values
+
+
+def zero_where_stuck(values: np.ndarray, draws: np.ndarray) -> np.ndarray:
+    """ESS ``values`` (one per coordinate of ``(chains, draws[, dim])`` ``draws``) with 0
+    where every draw of every chain is the same: ArviZ gives a constant array the full draw
+    count, so a sampler that never moved would report its best ESS."""
+    stuck = np.all(draws == draws[:1, :1], axis=(0, 1))
+    return np.where(stuck, 0.0, values)
 
 
 def rhat(draws) -> np.ndarray:
-    """Rank-normalised split R-hat per coordinate of ``(chains, draws, ...)`` arrays."""
+    """Rank-normalised split R-hat per coordinate of ``(chains, draws, ...)`` arrays (NaN
+    for a coordinate that never moved)."""
     az = _az()
     draws = np.asarray(draws, dtype=np.float64)
-    if draws.ndim == 2:
-        return np.asarray(az.rhat(draws))
     flat = draws.reshape(draws.shape[0], draws.shape[1], -1)
-    return np.array([az.rhat(flat[..., i]) for i in range(flat.shape[-1])])
+    with warnings.catch_warnings():  # ArviZ divides by a stuck coordinate's zero variance
+        warnings.simplefilter("ignore", RuntimeWarning)
+        values = np.array([az.rhat(flat[..., i]) for i in range(flat.shape[-1])])
+    return np.asarray(values[0]) if draws.ndim == 2 else values
 
 
 def summarize(draws, wall_s: float | None = None) -> dict:

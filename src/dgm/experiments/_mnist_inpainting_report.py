@@ -7,7 +7,7 @@ import warnings
 import jax
 import numpy as np
 
-from dgm import runs
+from dgm import diagnostics, runs
 from dgm.inference.base import device_groups
 
 METHODS = {"chmc": "constrained HMC (all inputs)", "hmc": "HMC on the latent (noise integrated)"}
@@ -29,13 +29,15 @@ def run_or_resume(name: str, fn, ctx: runs.RunContext) -> dict:
 
 def _ess(draws: np.ndarray) -> np.ndarray:
     """Bulk ESS per coordinate of ``(chains, draws, dim)`` in one ArviZ call (0 where
-    undefined)."""
+    undefined, or where no chain moved)."""
     import arviz as az
 
+    draws = np.asarray(draws, np.float64)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ds = az.convert_to_dataset({"x": np.asarray(draws, np.float64)})
-        return np.nan_to_num(np.asarray(az.ess(ds, method="bulk")["x"].values), nan=0.0)
+        ds = az.convert_to_dataset({"x": draws})
+        values = np.nan_to_num(np.asarray(az.ess(ds, method="bulk")["x"].values), nan=0.0)
+    return diagnostics.zero_where_stuck(values, draws)
 
 
 def method_metrics(res: dict, ess: dict, num_chains: int) -> dict:

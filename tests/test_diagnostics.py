@@ -1,0 +1,33 @@
+"""dgm.diagnostics: ESS of coordinates a sampler never moved."""
+
+import numpy as np
+
+from dgm import diagnostics
+from dgm.experiments._mnist_inpainting_report import _ess
+
+
+def test_a_coordinate_no_chain_moved_has_no_effective_samples():
+    """ArviZ gives a constant array the full draw count (2 × 50 = 100 here); dgm reports 0
+    for it, so a stuck sampler cannot show the best ESS of a table. Coordinates that move
+    keep ArviZ's value."""
+    import arviz as az
+
+    rng = np.random.default_rng(0)
+    draws = rng.normal(size=(2, 50, 3))
+    draws[:, :, 1] = 0.25  # stuck everywhere
+    moving = float(az.ess(draws[:, :, 0]))
+    assert float(az.ess(draws[:, :, 1])) == 100.0  # what ArviZ says
+    for method in ("bulk", "tail"):
+        got = diagnostics.ess(draws, method)
+        assert got[1] == 0.0
+        np.testing.assert_allclose(
+            got[[0, 2]], [az.ess(draws[:, :, i], method=method) for i in (0, 2)]
+        )
+    np.testing.assert_allclose(diagnostics.ess(draws)[0], moving)
+    assert diagnostics.ess(draws[:, :, 1]) == 0.0  # a (chains, draws) array
+    summary = diagnostics.summarize(draws, wall_s=2.0)
+    assert summary["ess_bulk"][1] == 0.0 and summary["ess_per_s"][1] == 0.0
+    assert np.isnan(summary["r_hat"][1]) and np.all(np.isfinite(summary["r_hat"][[0, 2]]))
+    pixels = _ess(draws)  # the in-painting report's one-call ESS
+    assert pixels[1] == 0.0
+    np.testing.assert_allclose(pixels[0], moving)
