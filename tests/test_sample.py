@@ -13,6 +13,7 @@ the acceptance statistic to 0 in warm-up and after.
 """
 
 import warnings
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -110,3 +111,55 @@ def test_short_warmup_warns_that_windows_shrink():
         warnings.simplefilter("error")
         with pytest.raises(UserWarning, match="num_warmup=100 is shorter than Stan's"):
             dgm.sample(log_density, jnp.zeros(3), key=jax.random.key(0), num_warmup=100)
+
+
+def _tree_density(p):
+    return log_density(jnp.concatenate([p["loc"], p["scale"]["z"][None]]))
+
+
+def test_a_pytree_start_samples_what_its_vector_does(idata):
+    """A nested dict start (leaves in key order: loc (2,), scale.z ()) runs the same chains
+    as the vector start with the same key, split into one variable per leaf; a second call
+    compiles nothing."""
+    tree = {"scale": {"z": 0.0}, "loc": jnp.zeros(2)}
+    kw = dict(num_warmup=NUM_WARMUP, num_samples=500, num_chains=4, chain_map="map")
+    out = dgm.sample(_tree_density, tree, key=jax.random.key(0), **kw)
+    x = idata.posterior["x"].values
+    assert set(out.posterior.data_vars) == {"loc", "scale.z"}
+    np.testing.assert_allclose(out.posterior["loc"].values, x[..., :2], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(out.posterior["scale.z"].values, x[..., 2], rtol=0, atol=1e-6)
+    again = dgm.sample(_tree_density, tree, key=jax.random.key(1), **kw)
+    assert again.posterior.attrs["compile_s"] == 0.0
+
+
+class Params(NamedTuple):
+    mu: jax.Array
+    log_sd: jax.Array
+
+
+@pytest.mark.parametrize(
+    "fn, init, shapes",
+    [
+        (lambda x: -0.5 * x**2, 0.0, {"x": (2, 30)}),
+        (
+            lambda p: -0.5 * (jnp.sum(p.mu**2) + p.log_sd**2),
+            Params(jnp.zeros((2, 2)), jnp.asarray(1.0)),
+            {"mu": (2, 30, 2, 2), "log_sd": (2, 30)},
+        ),
+    ],
+)
+def test_scalar_and_named_tuple_starts(fn, init, shapes):
+    out = dgm.sample(fn, init, key=jax.random.key(0), num_warmup=0, num_samples=30, num_chains=2)
+    assert {k: v.shape for k, v in out.posterior.data_vars.items()} == shapes
+
+
+@pytest.mark.parametrize(
+    "fn, init, match",
+    [
+        (lambda x: -0.5 * x**2, jnp.zeros(3), r"`log_density_fn` must return a scalar; got shape"),
+        (lambda p: 0.0, {}, r"`init_params` is an empty pytree"),
+    ],
+)
+def test_bad_log_density_or_pytree(fn, init, match):
+    with pytest.raises(ValueError, match=match):
+        dgm.sample(fn, init, key=jax.random.key(0), num_warmup=0, num_chains=2)

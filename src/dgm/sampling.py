@@ -14,9 +14,12 @@ Example:
     (2, 200, 3)
 """
 
+import dataclasses
 import functools
+import math
 import time
 import warnings
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -106,9 +109,13 @@ def sample(
     """Sample ``exp(log_density_fn)`` with NUTS (or HMC) after windowed adaptation.
 
     Args:
-        log_density_fn: log density (up to a constant) of one position vector; JAX-traceable.
-        init_params: starting point: a vector (every chain starts there) or one row per
-            chain ``(num_chains, dim)``. Its dtype is the sampling dtype.
+        log_density_fn: log density (up to a constant) of one position; JAX-traceable,
+            returning a scalar.
+        init_params: starting point: a vector (every chain starts there), one row per
+            chain ``(num_chains, dim)``, or a pytree of parameters (a dict, possibly
+            nested, or a NamedTuple of arrays, or one scalar), from which every chain
+            starts; the log density then takes the same structure. Its (floating) dtype
+            is the sampling dtype.
         key: a PRNG key (``jax.random.key(seed)``).
         num_warmup: warm-up iterations per chain (discarded). 0 samples with ``step_size``
             and the identity metric as given. With a mass matrix to adapt it must be at least
@@ -121,7 +128,8 @@ def sample(
         metric: ``"diagonal"``, ``"dense"`` or ``"none"`` (identity; step size only).
         target_accept: the mean acceptance statistic dual averaging aims for, in (0, 1).
         max_depth: NUTS's most tree doublings (at most ``2^max_depth − 1`` steps).
-        var_name: the posterior variable's name in the ArviZ output.
+        var_name: the posterior variable's name in the ArviZ output (for a vector or a
+            scalar start; a pytree's leaves are named by their keys, joined by ``.``).
         chain_map: ``"vmap"`` or ``"map"`` (see :class:`~dgm.inference.base.ChainRunner`),
             for warm-up and sampling alike. ``"map"`` compiles faster (no batched
             loops), ``"vmap"`` runs cheap targets faster.
@@ -129,7 +137,8 @@ def sample(
         progress_bar: show a progress bar while sampling.
 
     Returns:
-        ``arviz.InferenceData``: ``posterior[var_name]`` of shape ``(chains, draws, dim)``,
+        ``arviz.InferenceData``: ``posterior[var_name]`` of shape ``(chains, draws, dim)``
+        (a pytree start: one variable per leaf, ``(chains, draws, *leaf shape)``),
         ``sample_stats`` (``acceptance_rate``, ``diverging``, ``energy``,
         ``energy_error``, ``tree_depth`` and ``n_steps`` for NUTS, ``step_size``),
         ``warmup_sample_stats`` (the same statistics during warm-up, when there was one),
@@ -143,10 +152,14 @@ def sample(
     _check_args(locals())
     options = (chunk_size, chain_map)
     steps = tuple(num_steps) if isinstance(num_steps, list) else num_steps
+    raveled = _Raveled.of(log_density_fn, init_params)
+    if raveled is not None:
+        log_density_fn, init_params = raveled, raveled.ravel(init_params)
+    positions = _positions(init_params, num_chains)
+    _check_scalar_output(log_density_fn, positions.shape[1], positions.dtype)
     fns = _compiled(
         log_density_fn, kernel, metric, num_warmup, float(target_accept), max_depth, steps, options
     )
-    positions = _positions(init_params, num_chains)
     states = fns.init(positions)
     if not bool(jnp.all(jnp.isfinite(states.log_density))):
         raise ValueError("`init_params`: the log density is not finite at some starting point")
@@ -185,7 +198,73 @@ def sample(
         "compile_s": compile_s + result.compile_s,
         "num_warmup": num_warmup,
     }
-    return _inference_data(result.draws, result.infos, warmup_infos, var_name, step_sizes, attrs)
+    draws = np.asarray(result.draws)
+    if raveled is None:
+        posterior, dims = {var_name: draws}, {var_name: [f"{var_name}_dim"]}
+    else:
+        posterior, dims = raveled.named_draws(draws, var_name), None
+    return _inference_data(posterior, dims, result.infos, warmup_infos, step_sizes, attrs)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Raveled:
+    """A log density of a pytree as one of a flat vector. Hashable (the compile cache keys
+    on it): the same function and structure give an equal object, so a second call with a
+    pytree start compiles nothing either."""
+
+    fn: Callable
+    treedef: Any
+    shapes: tuple[tuple[int, ...], ...]
+    names: tuple[str, ...]
+
+    @classmethod
+    def of(cls, fn, init) -> "_Raveled | None":
+        """For a dict, NamedTuple or scalar start; ``None`` for a vector or matrix."""
+        structured = isinstance(init, Mapping) or hasattr(init, "_fields")
+        if not structured and np.ndim(init) != 0:
+            return None
+        with_paths, treedef = jax.tree_util.tree_flatten_with_path(init)
+        if not with_paths:
+            raise ValueError("`init_params` is an empty pytree; expected parameters")
+        names = tuple(".".join(_key_name(k) for k in path) for path, _ in with_paths)
+        shapes = tuple(tuple(np.shape(leaf)) for _, leaf in with_paths)
+        return cls(fn, treedef, shapes, names)
+
+    def ravel(self, tree) -> jax.Array:
+        leaves = [jnp.asarray(leaf) for leaf in jax.tree.leaves(tree)]
+        dtype = jnp.result_type(*leaves, float)
+        return jnp.concatenate([jnp.ravel(leaf).astype(dtype) for leaf in leaves])
+
+    def unravel(self, x: jax.Array):
+        """``x (..., dim)`` as the pytree, every leaf ``(..., *shape)``."""
+        bounds = np.cumsum([math.prod(s) for s in self.shapes])[:-1]
+        parts = jnp.split(x, bounds, axis=-1)
+        leaves = [p.reshape(*x.shape[:-1], *s) for p, s in zip(parts, self.shapes, strict=True)]
+        return jax.tree.unflatten(self.treedef, leaves)
+
+    def __call__(self, x: jax.Array):
+        return self.fn(self.unravel(x))
+
+    def named_draws(self, draws: np.ndarray, var_name: str) -> dict:
+        leaves = jax.tree.leaves(self.unravel(jnp.asarray(draws)))
+        names = [n or var_name for n in self.names]  # a scalar start's leaf has no key
+        return {n: np.asarray(leaf) for n, leaf in zip(names, leaves, strict=True)}
+
+
+def _key_name(key) -> str:
+    for attr in ("key", "name", "idx"):
+        if hasattr(key, attr):
+            return str(getattr(key, attr))
+    return str(key)
+
+
+@functools.lru_cache(maxsize=16)
+def _check_scalar_output(log_density_fn, dim: int, dtype) -> None:
+    """Trace the log density once per function and shape: it must give a scalar."""
+    out = jax.eval_shape(log_density_fn, jax.ShapeDtypeStruct((dim,), dtype))
+    if not (hasattr(out, "shape") and out.shape == ()):
+        got = f"shape {tuple(out.shape)}" if hasattr(out, "shape") else type(out).__name__
+        raise ValueError(f"`log_density_fn` must return a scalar; got {got}")
 
 
 def _positions(init_params, num_chains: int) -> jax.Array:
@@ -261,18 +340,17 @@ def _stats(infos) -> dict:
             if hasattr(infos, f)}  # fmt: skip
 
 
-def _inference_data(draws, infos, warmup_infos, var_name: str, step_sizes, attrs: dict):
+def _inference_data(posterior: dict, dims, infos, warmup_infos, step_sizes, attrs: dict):
     """ArviZ data: the draws, their sample stats, and the warm-up's sample stats (ArviZ's
     ``warmup_sample_stats`` group) when there was a warm-up."""
     import arviz as az
 
     stats = _stats(infos)
     stats["step_size"] = np.broadcast_to(step_sizes[:, None], stats["acceptance_rate"].shape)
-    dims = {var_name: [f"{var_name}_dim"]}
     extra = {}
     if warmup_infos is not None:
         extra = {"warmup_sample_stats": _stats(warmup_infos), "save_warmup": True}
-    idata = az.from_dict({var_name: np.asarray(draws)}, sample_stats=stats, dims=dims, **extra)
+    idata = az.from_dict(posterior, sample_stats=stats, dims=dims, **extra)
     for group in (idata.posterior, idata.sample_stats):
         group.attrs.update(attrs)
     return idata
