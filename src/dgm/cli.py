@@ -261,7 +261,10 @@ def _bvh(args: argparse.Namespace, extra: list[str]) -> int:
 
     clip = read_bvh(args.file)
     out = animate(clip, args.out, stride=args.stride, max_frames=args.max_frames)
-    print(f"{clip.num_frames} frames of {args.file} drawn to {out}")
+    drawn = len(range(0, clip.num_frames, args.stride))
+    if args.max_frames is not None:
+        drawn = min(drawn, args.max_frames)
+    print(f"{drawn} of the {clip.num_frames} frames of {args.file} drawn to {out}")
     return 0
 
 

@@ -312,6 +312,9 @@ def test_render_cli_writes_a_gif_and_rejects_mp4_without_ffmpeg(tmp_path, monkey
 
     with Image.open(out) as im:
         assert im.n_frames == 2
+    assert capsys.readouterr().out.startswith("2 of the 2 frames")
+    assert cli.main(["bvh", "render", str(src), "--out", str(out), "--stride", "2"]) == 0
+    assert capsys.readouterr().out.startswith("1 of the 2 frames")  # what was drawn
     monkeypatch.setattr(shutil, "which", lambda name: None)
     assert cli.main(["bvh", "render", str(src), "--out", str(tmp_path / "c.mp4")]) == 1
     assert "needs ffmpeg" in capsys.readouterr().err
