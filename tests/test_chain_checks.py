@@ -51,6 +51,18 @@ def test_a_chain_apart_in_one_coordinate_is_named_by_rhat():
     assert out["disagreeing_chains"] == [3]
 
 
+def test_a_chain_that_never_moved_is_named_without_a_warning_from_numpy():
+    """A chain stuck at its start (every draw the same; its Monte Carlo error 0) away from
+    the others is named; pytest turns NumPy's divide warnings into errors."""
+    x, lp = _iid(4)
+    x[1], lp[1] = x[1, 0], lp[1, 0] - 5.0
+    out = diagnostics.chain_agreement(x, lp)
+    assert out["disagreeing_chains"] == [1] and out["lp_z"][1] < -diagnostics.LP_Z_WARN
+    x, lp = _iid(5)
+    x[:], lp[:] = x[0, 0], lp[0, 0]  # every chain stuck at the same point: nothing to name
+    assert diagnostics.chain_agreement(x, lp)["disagreeing_chains"] == []
+
+
 def test_short_or_single_chain_runs_are_not_checked():
     x, lp = _iid(3, num_draws=diagnostics.MIN_DRAWS - 1)
     lp[0] -= 10.0

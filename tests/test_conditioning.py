@@ -37,7 +37,12 @@ CONDITION_ERRORS = [
     (
         dict(generator=lambda u: jnp.concatenate([u, u]), y_obs=np.ones(6)),
         ValueError,
-        "at least as many inputs as outputs; got input_dim=3",
+        "more inputs than outputs .* got input_dim=3 for 6 outputs",
+    ),
+    (  # as many: the manifold is a set of points, nothing to sample
+        dict(generator=lambda u: u * u[0], y_obs=np.ones(3)),
+        ValueError,
+        "more inputs than outputs .* got input_dim=3 for 3 outputs",
     ),
     (dict(derived=[sphere]), ValueError, "`derived` must be a dict"),
     (dict(derived={"r": 1.0}), ValueError, r"`derived\['r'\]` must be callable"),

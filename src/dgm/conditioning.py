@@ -316,7 +316,7 @@ def condition(
         generator: a JAX-differentiable function from an input vector of size
             ``input_dim`` to an output vector with as many entries as ``y_obs``.
         y_obs: the observed output (a vector).
-        input_dim: M, the number of inputs (at least the number of outputs).
+        input_dim: M, the number of inputs (more than the number of outputs).
         derived: named functions of ``u`` recorded with the posterior draws.
         jacobian: ``"auto"``, ``"fwd"`` or ``"rev"``.
         gram_factor_fn: optional ``(u, J) -> AbstractGramFactor`` of J Jᵀ exploiting the
@@ -381,10 +381,10 @@ def _check_y_obs(generator: Callable, y_obs: Any, input_dim: int) -> jax.Array:
             f"`generator` must return a vector of shape {tuple(y.shape)} to match `y_obs`; "
             f"got {got}"
         )
-    if y.shape[0] > input_dim:
+    if y.shape[0] >= input_dim:
         raise ValueError(
-            f"the generator must have at least as many inputs as outputs; got input_dim="
-            f"{input_dim} < {y.shape[0]} outputs"
+            f"the generator must have more inputs than outputs (the manifold g(u) = y has "
+            f"dimension input_dim - outputs); got input_dim={input_dim} for {y.shape[0]} outputs"
         )
     return y
 

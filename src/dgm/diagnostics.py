@@ -133,10 +133,10 @@ def chain_agreement(draws, log_density) -> dict:
         rest = np.delete(np.arange(num_chains), k)
         diff = means[k] - np.median(means[rest])
         se = np.hypot(ses[k], np.median(ses[rest]))
-        z[k] = diff / se
+        z[k] = diff / se if se > 0 else np.copysign(np.inf, diff) if diff else 0.0  # stuck
         gaps[k] = diff
     bad = [int(k) for k in np.flatnonzero((np.abs(z) > LP_Z_WARN) & (np.abs(gaps) > LP_NATS_WARN))]
-    r_max = float(np.nanmax(r_hat))
+    r_max = float(np.nanmax(r_hat)) if np.any(np.isfinite(r_hat)) else float("nan")
     if not bad and r_max > RHAT_WARN:  # name the chain farthest out in the worst coordinate
         worst = both.reshape(num_chains, -1, r_hat.size)[..., int(np.nanargmax(r_hat))]
         m = worst.mean(1)
