@@ -1,5 +1,11 @@
-"""CLI helpers: which saved runs a --resume may continue."""
+"""CLI helpers: which saved runs a --resume may continue; when progress bars are drawn."""
 
+import io
+import sys
+
+import pytest
+
+from dgm import cli
 from dgm.cli import _same_run
 
 PRESET = {"seed_field": 1, "train": {"lr": 0.1, "ema": None}}
@@ -33,3 +39,38 @@ def test_checkpoint_interval_and_final_score_settings_may_change():
 def test_changed_or_removed_fields_do_not_match():
     assert not _same_run(PRESET, {"seed_field": 2, "train": PRESET["train"]}, PRESET)
     assert not _same_run({**PRESET, "gone": 3}, PRESET, PRESET)
+
+
+class _Stderr(io.StringIO):
+    def __init__(self, tty: bool):
+        super().__init__()
+        self.tty = tty
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+@pytest.mark.parametrize(
+    "tty, flags, want",
+    [
+        (True, [], True),
+        (False, [], False),
+        (True, ["--no-progress"], False),
+        (False, ["--progress"], True),
+    ],
+)
+def test_progress_bars_only_on_a_terminal_unless_asked(tty, flags, want, tmp_path, monkeypatch):
+    """A run logging to a file or a pipe draws no progress bars (their carriage returns
+    fill a log); ``--progress`` and ``--no-progress`` decide over the terminal test."""
+    from dgm.experiments import svgd_gaussian2d
+
+    seen = []
+    monkeypatch.setattr(
+        svgd_gaussian2d, "run", lambda config, key, ctx: seen.append(ctx.progress) or {}
+    )
+    monkeypatch.delattr(svgd_gaussian2d, "summary", raising=False)
+    monkeypatch.setattr(sys, "stderr", _Stderr(tty))
+    assert (
+        cli.main(["run", "svgd-gaussian2d", "--smoke", "--out", str(tmp_path / "r"), *flags]) == 0
+    )
+    assert seen == [want]

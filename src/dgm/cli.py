@@ -46,7 +46,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--set", action="append", default=[], metavar="FIELD=VALUE", help="override a field"
     )
-    run.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    bars = run.add_mutually_exclusive_group()
+    bars.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="hide progress bars (the default when stderr is not a terminal: a log or a pipe)",
+    )
+    bars.add_argument("--progress", action="store_true", help="show progress bars anyway")
     bvh = sub.add_parser("bvh", help="BVH motion files").add_subparsers(dest="bvh", required=True)
     render = bvh.add_parser("render", help="animate a BVH clip to a GIF (or MP4 with ffmpeg)")
     render.add_argument("file", type=Path, help="the .bvh file")
@@ -234,7 +240,8 @@ def _run(args: argparse.Namespace, extra: list[str]) -> int:
     out = _prepare_out(args, preset, record)
     # After every process checked --out (joining is a barrier), before process 0 writes.
     _start_devices(args)
-    ctx = runs.RunContext(out=out, resume=args.resume, progress=not args.no_progress)
+    progress = args.progress or (not args.no_progress and sys.stderr.isatty())
+    ctx = runs.RunContext(out=out, resume=args.resume, progress=progress)
     record["versions"] = runs.versions()
     record["processes"] = jax.process_count()
     record["devices"] = [str(d) for d in jax.devices()]
