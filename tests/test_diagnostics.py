@@ -31,3 +31,11 @@ def test_a_coordinate_no_chain_moved_has_no_effective_samples():
     pixels = _ess(draws)  # the in-painting report's one-call ESS
     assert pixels[1] == 0.0
     np.testing.assert_allclose(pixels[0], moving)
+
+
+def test_table_shows_undefined_cells_as_a_dash():
+    rows = [{"method": "chmc", "r_hat": 1.00312, "ess": 651.6}, {"method": "abc", "r_hat": None}]
+    lines = diagnostics.format_table(rows, ["method", "r_hat", "ess"]).splitlines()
+    assert lines[0].split() == ["method", "r_hat", "ess"]
+    assert lines[2].split() == ["chmc", "1.003", "651.6"]
+    assert lines[3].split() == ["abc", "-", "-"]

@@ -65,14 +65,17 @@ def summarize(draws, wall_s: float | None = None) -> dict:
 
 
 def format_table(rows: list[dict], columns: list[str], title: str | None = None) -> str:
-    """A fixed-width text table from a list of dicts (numbers printed with 4 significant digits)."""
+    """A fixed-width text table from a list of dicts (numbers printed with 4 significant
+    digits; ``None`` and missing keys as ``-``)."""
 
     def fmt(v):
+        if v is None:  # not defined for this row (e.g. R-hat of a method with no draws)
+            return "-"
         if isinstance(v, float | np.floating):
             return f"{v:.4g}"
         return str(v)
 
-    cells = [[fmt(r.get(c, "")) for c in columns] for r in rows]
+    cells = [[fmt(r.get(c)) for c in columns] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
     lines = [title] if title else []
     lines.append("  ".join(c.rjust(w) for c, w in zip(columns, widths, strict=True)))
