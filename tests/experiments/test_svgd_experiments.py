@@ -45,8 +45,9 @@ def test_blr_smoke(tmp_path):
 
 def test_bnn_smoke(tmp_path, shared_data, monkeypatch):
     monkeypatch.setenv("DGM_DATA_DIR", str(shared_data))
-    _, m = _run("svgd-bnn", tmp_path)
+    out, m = _run("svgd-bnn", tmp_path)
     assert 0 < m["rmse_mean"] < 20
+    assert "nan" not in (out / "report.md").read_text()  # one split: no standard error shown
 
 
 def test_blr_covertype_needs_checksum(tmp_path, capsys):

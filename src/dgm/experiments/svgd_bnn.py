@@ -312,8 +312,7 @@ def report(config: Config, m: dict) -> str:
         f"{config.num_particles} particles, {config.num_hidden} hidden units, "
         f"{config.num_iterations} iterations, step {config.step_size}.\n\n"
         "| | test RMSE | test log-lik |\n|---|---|---|\n"
-        f"| dgm SVGD | {m['rmse_mean']:.3f} ± {m['rmse_se']:.3f} | "
-        f"{m['loglik_mean']:.3f} ± {m['loglik_se']:.3f} |\n"
+        f"| dgm SVGD | {_pm(m, 'rmse')} | {_pm(m, 'loglik')} |\n"
         f"| paper SVGD | {PAPER['rmse'][0]} ± {PAPER['rmse'][1]} | "
         f"{PAPER['loglik'][0]} ± {PAPER['loglik'][1]} |\n"
         f"| paper PBP | {PBP['rmse'][0]} ± {PBP['rmse'][1]} | "
@@ -333,6 +332,12 @@ def report(config: Config, m: dict) -> str:
 
 def summary(m: dict) -> str:
     return (
-        f"RMSE {m['rmse_mean']:.3f} ± {m['rmse_se']:.3f} (paper 2.957 ± 0.099); "
-        f"log-lik {m['loglik_mean']:.3f} ± {m['loglik_se']:.3f} (paper -2.504 ± 0.029)"
+        f"RMSE {_pm(m, 'rmse')} (paper 2.957 ± 0.099); "
+        f"log-lik {_pm(m, 'loglik')} (paper -2.504 ± 0.029)"
     )
+
+
+def _pm(m: dict, name: str) -> str:
+    """``mean ± se`` over the splits; the mean alone for one split (no standard error)."""
+    mean, se = m[f"{name}_mean"], m[f"{name}_se"]
+    return f"{mean:.3f} ± {se:.3f}" if np.isfinite(se) else f"{mean:.3f}"
