@@ -108,3 +108,6 @@ def test_cli_smoke_and_resume(tmp_path):
     assert main([*args, "--resume"]) == 0  # every replication comes from the checkpoint
     again = json.loads((out / "metrics.json").read_text())
     assert again["p_values"] == first["p_values"] and again["wall_s"] < first["wall_s"]
+    from dgm.experiments import sbc
+
+    assert f"mean acceptance {first['accept_rate_mean']:.3f}\n" in sbc.summary(first)

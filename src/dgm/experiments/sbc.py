@@ -162,11 +162,13 @@ def _save_done(ctx: RunContext, rows: dict) -> None:
 
 
 def summary(metrics: dict) -> str:
+    accept = metrics["accept_rate_mean"]
+    accept = "-" if accept is None else f"{accept:.3f}"  # None: no replication ran
     lines = [
         f"SBC on {metrics['model']}: {metrics['num_replications_run']} replications, "
         f"L = {metrics['num_ranks']}, {metrics['num_bins']} bins, {metrics['wall_s']:.1f} s",
         f"skipped (non-finite simulation): {metrics['num_skipped_nonfinite']}; "
-        f"failed: {len(metrics['failed'])}; mean acceptance {metrics['accept_rate_mean']}",
+        f"failed: {len(metrics['failed'])}; mean acceptance {accept}",
     ]
     for name, p in metrics["p_values"].items():
         if p:
