@@ -64,6 +64,7 @@ def test_smoke_with_a_decoder_dir(tmp_path):
     assert main(args) == 0
     metrics = _check_outputs(out)
     assert metrics["latent_dim"] == 4 and metrics["decoder_kind"] == "vae"
+    assert metrics["chmc"]["accept_rate"] > 0  # the warm-up adapted a step that moves
     # the generator's first pixels: ``ImageDecoder.head`` (the VAE's sliced last layer)
     # equals slicing the pixel means; a decoder without ``head_fn`` slices
     decoder = decoders.load(tmp_path / "dec")

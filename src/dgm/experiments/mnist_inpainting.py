@@ -119,8 +119,10 @@ PRESETS = {
     ),
     "smoke": Config(
         train=dataclasses.replace(vae_mnist.PRESETS["smoke"], num_test=20, test_samples=5),
-        # one chain each: one host device, so each sampler compiles once (not once per device)
-        chmc=CHMCConfig(num_chains=1, num_samples=6, num_warmup=2, chunk_size=4),
+        # one chain each: one host device, so each sampler compiles once (not once per device);
+        # 10 warm-up iterations let the step size adapt (with 2, a smoke decoder's chain
+        # accepted nothing at the default step)
+        chmc=CHMCConfig(num_chains=1, num_samples=6, num_warmup=10, chunk_size=4),
         hmc=HMCConfig(num_chains=1, num_samples=30, num_warmup=5, chunk_size=20),
         num_display=4,
     ),

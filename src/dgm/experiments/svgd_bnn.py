@@ -339,5 +339,5 @@ def summary(m: dict) -> str:
 
 def _pm(m: dict, name: str) -> str:
     """``mean ± se`` over the splits; the mean alone for one split (no standard error)."""
-    mean, se = m[f"{name}_mean"], m[f"{name}_se"]
-    return f"{mean:.3f} ± {se:.3f}" if np.isfinite(se) else f"{mean:.3f}"
+    mean, se = m[f"{name}_mean"], m[f"{name}_se"]  # se: NaN, or None read back from JSON
+    return f"{mean:.3f} ± {se:.3f}" if se is not None and np.isfinite(se) else f"{mean:.3f}"
