@@ -136,7 +136,10 @@ def chain_agreement(draws, log_density) -> dict:
         rest = np.delete(np.arange(num_chains), k)
         diff = means[k] - np.median(means[rest])
         se = np.hypot(ses[k], np.median(ses[rest]))
-        z[k] = diff / se if se > 0 else np.copysign(np.inf, diff) if diff else 0.0  # stuck
+        if se > 0:
+            z[k] = diff / se
+        else:  # chains that never moved: no Monte Carlo error
+            z[k] = np.copysign(np.inf, diff) if diff else 0.0
         gaps[k] = diff
     bad = [int(k) for k in np.flatnonzero((np.abs(z) > LP_Z_WARN) & (np.abs(gaps) > LP_NATS_WARN))]
     r_max = float(np.nanmax(r_hat)) if np.any(np.isfinite(r_hat)) else float("nan")
