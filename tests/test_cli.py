@@ -1,6 +1,7 @@
 """CLI helpers: which saved runs a --resume may continue; when progress bars are drawn."""
 
 import io
+import json
 import sys
 
 import pytest
@@ -74,3 +75,13 @@ def test_progress_bars_only_on_a_terminal_unless_asked(tty, flags, want, tmp_pat
         cli.main(["run", "svgd-gaussian2d", "--smoke", "--out", str(tmp_path / "r"), *flags]) == 0
     )
     assert seen == [want]
+
+
+def test_print_config_shows_the_resolved_config_and_runs_nothing(tmp_path, capsys):
+    out = tmp_path / "r"
+    args = ["run", "svgd-gaussian2d", "--smoke", "--set", "kernel=imq", "--print-config"]
+    assert cli.main([*args, "--out", str(out)]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["experiment"] == "svgd-gaussian2d" and record["preset"] == "smoke"
+    assert record["config"]["kernel"] == "imq" and record["config"]["num_particles"] == 20
+    assert not out.exists()

@@ -46,6 +46,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--set", action="append", default=[], metavar="FIELD=VALUE", help="override a field"
     )
+    run.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved config (preset, options and --set applied) as JSON and exit",
+    )
     bars = run.add_mutually_exclusive_group()
     bars.add_argument(
         "--no-progress",
@@ -237,6 +242,9 @@ def _run(args: argparse.Namespace, extra: list[str]) -> int:
         "seed": args.seed,
         "config": _jsonable(config),
     }
+    if args.print_config:  # every field a --set may name, with its value for this run
+        print(json.dumps(record, indent=2))
+        return 0
     out = _prepare_out(args, preset, record)
     # After every process checked --out (joining is a barrier), before process 0 writes.
     _start_devices(args)
