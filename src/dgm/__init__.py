@@ -1,7 +1,8 @@
 """dgm: differentiable generative models and exact inference in them, on JAX.
 
 Import creates no arrays and changes no global JAX setting: public classes that need
-JAX (``dgm.condition``, ``dgm.SVGD``) are imported on first access.
+JAX (``dgm.condition``, ``dgm.SVGD``) and the subpackages (``dgm.diagnostics``,
+``dgm.models``, ...) are imported on first access.
 """
 
 __version__ = "0.1.0"
@@ -29,8 +30,11 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
+    import importlib
+    import importlib.util
 
+    if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
+    if not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        return importlib.import_module(f"{__name__}.{name}")  # dgm.diagnostics, dgm.models...
     raise AttributeError(f"module 'dgm' has no attribute {name!r}")
