@@ -14,35 +14,34 @@ def _az():
 
 def ess(draws, method: str = "bulk") -> np.ndarray:
     """Multi-chain effective sample size per coordinate of ``(chains, draws, ...)`` arrays;
-    0 for a coordinate that no chain ever moved (:func:`zero_where_stuck`)."""
+    0 for a coordinate that no chain ever moved (ArviZ gives a constant array the full draw
+    count, so a sampler that never moved would report its best ESS)."""
     az = _az()
-    draws = np.asarray(draws, dtype=np.float64)
-    flat = draws.reshape(draws.shape[0], draws.shape[1], -1)
-    with warnings.catch_warnings():  # ArviZ divides by a stuck coordinate's zero variance
-        warnings.simplefilter("ignore", RuntimeWarning)
-        values = np.array([az.ess(flat[..., i], method=method) for i in range(flat.shape[-1])])
-    values = zero_where_stuck(values, flat)
-    return np.asarray(values[0]) if draws.ndim == 2 else values
-
-
-def zero_where_stuck(values: np.ndarray, draws: np.ndarray) -> np.ndarray:
-    """ESS ``values`` (one per coordinate of ``(chains, draws[, dim])`` ``draws``) with 0
-    where every draw of every chain is the same: ArviZ gives a constant array the full draw
-    count, so a sampler that never moved would report its best ESS."""
-    stuck = np.all(draws == draws[:1, :1], axis=(0, 1))
-    return np.where(stuck, 0.0, values)
+    flat, values = _per_coordinate(lambda ds: az.ess(ds, method=method), draws)
+    stuck = np.all(flat == flat[:1, :1], axis=(0, 1))
+    return _shaped(np.where(stuck, 0.0, values), draws)
 
 
 def rhat(draws) -> np.ndarray:
     """Rank-normalised split R-hat per coordinate of ``(chains, draws, ...)`` arrays (NaN
     for a coordinate that never moved)."""
-    az = _az()
+    return _shaped(_per_coordinate(_az().rhat, draws)[1], draws)
+
+
+def _per_coordinate(stat, draws) -> tuple[np.ndarray, np.ndarray]:
+    """``(chains, draws, coordinates)`` float64 draws and ``stat`` (an ArviZ diagnostic of a
+    dataset) of every coordinate, in one call."""
     draws = np.asarray(draws, dtype=np.float64)
     flat = draws.reshape(draws.shape[0], draws.shape[1], -1)
-    with warnings.catch_warnings():  # ArviZ divides by a stuck coordinate's zero variance
-        warnings.simplefilter("ignore", RuntimeWarning)
-        values = np.array([az.rhat(flat[..., i]) for i in range(flat.shape[-1])])
-    return np.asarray(values[0]) if draws.ndim == 2 else values
+    with warnings.catch_warnings():  # e.g. ArviZ dividing by a stuck coordinate's 0 variance
+        warnings.simplefilter("ignore")
+        values = np.asarray(stat(_az().convert_to_dataset({"x": flat}))["x"].values)
+    return flat, values
+
+
+def _shaped(values: np.ndarray, draws) -> np.ndarray:
+    """One value (a 0-d array) for ``(chains, draws)`` input, else one per coordinate."""
+    return np.asarray(values[0]) if np.ndim(draws) == 2 else values
 
 
 def summarize(draws, wall_s: float | None = None) -> dict:
