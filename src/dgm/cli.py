@@ -272,13 +272,11 @@ def _bvh(args: argparse.Namespace, extra: list[str]) -> int:
     if extra:
         raise ValueError(f"unrecognized arguments: {' '.join(extra)}")
     from dgm.bvh import read_bvh
-    from dgm.bvh.render import animate
+    from dgm.bvh.render import animate, drawn_frames
 
     clip = read_bvh(args.file)
     out = animate(clip, args.out, stride=args.stride, max_frames=args.max_frames)
-    drawn = len(range(0, clip.num_frames, args.stride))
-    if args.max_frames is not None:
-        drawn = min(drawn, args.max_frames)
+    drawn = len(drawn_frames(clip, args.stride, args.max_frames))
     print(f"{drawn} of the {clip.num_frames} frames of {args.file} drawn to {out}")
     return 0
 

@@ -84,6 +84,11 @@ def pose_figure(positions, pairs, *, title: str | None = None):
     return fig
 
 
+def drawn_frames(clip: Bvh, stride: int, max_frames: int | None = None):
+    """The frames :func:`animate` draws: every ``stride``-th, at most ``max_frames``."""
+    return clip.frames[::stride][:max_frames]
+
+
 def animate(
     clip: Bvh,
     out: str | os.PathLike,
@@ -121,7 +126,7 @@ def animate(
         raise ValueError("writing .mp4 needs ffmpeg on PATH; it was not found (use .gif)")
     if not isinstance(stride, int) or stride < 1:
         raise ValueError(f"`stride` must be a positive int; got {stride!r}")
-    frames = clip.frames[::stride][:max_frames]
+    frames = drawn_frames(clip, stride, max_frames)
     if len(frames) == 0:
         raise ValueError("the clip has no frames to draw")
     fk = jax.jit(jax.vmap(lambda s, f: joint_positions(s, f, degrees=True), in_axes=(None, 0)))
