@@ -37,21 +37,22 @@ class Config:
         check_positive("num_iterations", self.num_iterations, integer=True)
         check_positive("step_size", self.step_size)
         check_choice("kernel", self.kernel, svgd.KERNELS)
-        if self.bandwidth not in svgd.BANDWIDTHS:
-            try:
-                h = float(self.bandwidth)
-            except ValueError:
-                h = None
-            if h is None or not 0 < h < float("inf"):
-                raise ValueError(
-                    f"`bandwidth` must be one of {list(svgd.BANDWIDTHS)} or a number > 0; "
-                    f"got {self.bandwidth!r}"
-                )
+        if self.h is None:
+            raise ValueError(
+                f"`bandwidth` must be one of {list(svgd.BANDWIDTHS)} or a number > 0; "
+                f"got {self.bandwidth!r}"
+            )
 
     @property
-    def h(self) -> str | float:
-        """The bandwidth as the library takes it: a rule's name or the number."""
-        return self.bandwidth if self.bandwidth in svgd.BANDWIDTHS else float(self.bandwidth)
+    def h(self) -> str | float | None:
+        """The bandwidth as the library takes it: a rule's name or the number (None: neither)."""
+        if self.bandwidth in svgd.BANDWIDTHS:
+            return self.bandwidth
+        try:
+            h = float(self.bandwidth)
+        except ValueError:
+            return None
+        return h if 0 < h < float("inf") else None
 
 
 PRESETS = {
