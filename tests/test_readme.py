@@ -40,3 +40,55 @@ def test_condition_your_own_generator_example():
     assert printed_mean == float(draws.mean()) and accept > 0.9
     se = draws.std() / np.sqrt(diagnostics.ess(draws))
     assert abs(printed_mean - _exact_factor_mean()) < 5 * se, (printed_mean, se)
+
+
+def _run_block(after: str, scope: dict | None = None) -> dict:
+    """Executes the README's first ```python block after ``after`` as a user's script would:
+    JAX's default promotion rules (the suite's are strict), stdout swallowed."""
+    import jax
+
+    scope = {} if scope is None else scope
+    with (
+        jax.numpy_dtype_promotion("standard"),
+        jax.numpy_rank_promotion("allow"),
+        contextlib.redirect_stdout(io.StringIO()),
+    ):
+        exec(_block(after), scope)
+    return scope
+
+
+def test_additive_noise_and_warmup_examples(tmp_path, monkeypatch):
+    """The additive-noise block, then the warm-up block that continues it: the adapted step
+    size is reported and the kept draws' acceptance is near the 0.8 target."""
+    monkeypatch.chdir(tmp_path)
+    scope = _run_block("### Generators with additive output noise")
+    assert scope["idata"].posterior["u"].shape == (4, 500, 8)
+    _run_block("### Warm-up: the step size adapts itself", scope)
+    attrs = scope["idata"].posterior.attrs
+    assert attrs["adapted"] == 1 and attrs["step_size"] > 0
+    assert abs(float(scope["idata"].sample_stats["acceptance_rate"].mean()) - 0.8) < 0.1
+
+
+def test_sampler_convention_and_training_examples(tmp_path, monkeypatch):
+    """"Samplers: one convention" (4 HMC chains after windowed warm-up, a checkpoint file) and
+    "Train a model" (the Trainer on a toy regression, checkpoint and loggers) run as shown."""
+    monkeypatch.chdir(tmp_path)
+    scope = _run_block("## Samplers: one convention")
+    assert scope["result"].draws.shape == (4, 1000, 3) and (tmp_path / "hmc_chains.npz").exists()
+    scope = _run_block("## Train a model")
+    assert scope["result"].epochs == 20 and np.isfinite(scope["result"].best_valid)
+    assert {p.name for p in (tmp_path / "run").iterdir()} >= {"train.eqx", "metrics.jsonl"}
+
+
+def test_bvh_pose_and_iaf_examples(tmp_path, monkeypatch, shared_data):
+    """The BVH, pose-generator and IAF-step blocks run with nothing defined beforehand, and
+    give the shapes their comments state."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DGM_DATA_DIR", str(shared_data))
+    scope = _run_block("## Motion files (BVH) and the pose generator")
+    assert scope["xyz"].shape == (343, 38, 3) and (tmp_path / "copy.bvh").exists()
+    scope = _run_block("The pose generator of Graham & Storkey")
+    assert scope["u"].shape == (3, 216) and scope["truth"].shape == (3, 4, 19)
+    scope = _run_block("## IAF layers and CIFAR-10")
+    assert scope["z"].shape == (32, 8, 8) and np.isfinite(float(scope["log_q"]))
+    np.testing.assert_allclose(scope["eps_back"], scope["eps"], atol=1e-4)

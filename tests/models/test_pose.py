@@ -240,6 +240,9 @@ def test_camera_behind_subject_is_a_failed_projection(gen, scenes, compiled):
     assert np.all(np.isnan(y[bad])) and np.all(np.isfinite(y[~bad]))
     ok = compiled["projection_ok"](np.concatenate([u, scenes[:1, :LATENT_DIM]]))
     np.testing.assert_array_equal(ok, [False, True])
+    full = np.concatenate([u[0], scenes[0, LATENT_DIM:]])  # all 216 inputs: the same answer
+    assert not gen.projection_ok(full) and gen.projection_ok(scenes[0])
+    np.testing.assert_allclose(gen.depths(full), depths, rtol=1e-12)
 
 
 @pytest.mark.usefixtures("x64")

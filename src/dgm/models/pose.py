@@ -295,13 +295,17 @@ class PoseGenerator(eqx.Module):
         return jnp.concatenate([rots, cols[:, :, None]], axis=2)
 
     def depths(self, u: ArrayLike) -> Float[Array, "cams 19"]:
-        """Each joint's depth in each camera; a projection needs all of them positive."""
-        u = self._check(u, self.latent_dim, "u")
+        """Each joint's depth in each camera; a projection needs all of them positive.
+        ``u``: the 140 latent inputs, or all 216 inputs (the noise ones do not matter)."""
+        arr = jnp.asarray(u)
+        size = self.input_dim if arr.shape == (self.input_dim,) else self.latent_dim
+        u = self._check(arr, size, "u")[: self.latent_dim]
         cams = self.camera_matrices(self.camera_translation(u[-NUM_CAMERA:]))
         return (cams @ self.joint_positions(u))[:, 2]
 
     def projection_ok(self, u: ArrayLike) -> Bool[Array, ""]:
-        """Whether every joint is in front of every camera (u: the 140 latent inputs)."""
+        """Whether every joint is in front of every camera (u: the 140 latent inputs, or
+        all 216)."""
         return jnp.all(self.depths(u) > 0)
 
     def noise_free(self, u: ArrayLike) -> Float[Array, " obs"]:
