@@ -70,7 +70,7 @@ def test_additive_noise_and_warmup_examples(tmp_path, monkeypatch):
 
 
 def test_sampler_convention_and_training_examples(tmp_path, monkeypatch):
-    """"Samplers: one convention" (4 HMC chains after windowed warm-up, a checkpoint file) and
+    """ "Samplers: one convention" (4 HMC chains after windowed warm-up, a checkpoint file) and
     "Train a model" (the Trainer on a toy regression, checkpoint and loggers) run as shown."""
     monkeypatch.chdir(tmp_path)
     scope = _run_block("## Samplers: one convention")
