@@ -84,7 +84,8 @@ class DRAW(eqx.Module):
 
     Example:
         >>> model = DRAW((28, 28), 10, 10, 64, 64, 2, 5, key=jax.random.key(0))
-        >>> generate(model, jnp.zeros((10, 10))).shape
+        >>> canvases, write_attention = generate(model, jnp.zeros((10, 10)))
+        >>> canvases.shape
         (10, 784)
     """
 

@@ -130,9 +130,14 @@ class Trainer:
             products 24 % faster and its ``quick`` preset 30 %.
 
     Example:
+        >>> def loss_fn(model, batch, key):  # batch: (rows, this step's schedule values)
+        ...     rows, hyper = batch
+        ...     return jnp.mean((jax.vmap(model)(rows) - 1.0) ** 2), {}
         >>> trainer = Trainer.from_config(loss_fn, TrainConfig(), ema_decay=0.999)
-        >>> state = trainer.init(model)
-        >>> state, metrics = trainer.step(state, (data, hyper), key)
+        >>> state = trainer.init(eqx.nn.Linear(2, "scalar", key=jax.random.key(0)))
+        >>> state, metrics = trainer.step(state, (jnp.ones((8, 2)), {}), jax.random.key(1))
+        >>> sorted(metrics)
+        ['grad_norm', 'loss']
     """
 
     def __init__(
