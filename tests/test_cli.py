@@ -85,3 +85,20 @@ def test_print_config_shows_the_resolved_config_and_runs_nothing(tmp_path, capsy
     assert record["experiment"] == "svgd-gaussian2d" and record["preset"] == "smoke"
     assert record["config"]["kernel"] == "imq" and record["config"]["num_particles"] == 20
     assert not out.exists()
+
+
+def test_run_help_after_a_name_lists_the_experiments_options_and_fields(capsys):
+    """`dgm run pose --help` adds pose's presets, its own flags (--scene, --config) and every
+    config field at the preset's value, after the options given with it; without a name it
+    is run's help alone; a missing name is a usage error (exit 2)."""
+    assert cli.main(["run", "pose", "--preset", "paper", "--set", "scene=2", "--help"]) == 0
+    text = capsys.readouterr().out
+    assert "--preset PRESET" in text and "paper (shown)" in text
+    assert "--scene VALUE" in text and "sets setting" in text
+    assert "\n  scene = 2\n" in text and '\n  setting = "notebook"\n' in text
+    assert cli.main(["run", "--help"]) == 0
+    alone = capsys.readouterr().out
+    assert "--print-config" in alone and "preset (--set FIELD=VALUE)" not in alone
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["run"])
+    assert exit_.value.code == 2 and "required: name" in capsys.readouterr().err

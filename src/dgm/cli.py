@@ -31,9 +31,25 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="list the experiments")
-    run = sub.add_parser("run", help="run an experiment")
-    run.add_argument("name", help="experiment name (see `dgm list`)")
-    run.add_argument("--preset", default="quick", help="smoke | quick | paper (default: quick)")
+    run = sub.add_parser(
+        "run",
+        help="run an experiment",
+        add_help=False,  # -h after NAME also lists the experiment's options and fields
+        epilog="The IAF code's form `dgm run NAME with FIELD=VALUE ...` is accepted too.",
+    )
+    run.add_argument(
+        "-h",
+        "--help",
+        action="store_true",
+        help="show this help and exit; after NAME, also the experiment's presets, options "
+        "and config fields",
+    )
+    run.add_argument("name", nargs="?", help="experiment name (see `dgm list`)")
+    run.add_argument(
+        "--preset",
+        default="quick",
+        help="smoke, quick, paper or another the experiment has (default: quick)",
+    )
     run.add_argument("--smoke", action="store_true", help="shorthand for --preset smoke")
     run.add_argument("--seed", type=int, default=0, help="root PRNG seed (default 0)")
     run.add_argument("--out", type=Path, default=None, help="run directory")
@@ -58,6 +74,7 @@ def _parser() -> argparse.ArgumentParser:
         help="hide progress bars (the default when stderr is not a terminal: a log or a pipe)",
     )
     bars.add_argument("--progress", action="store_true", help="show progress bars anyway")
+    parser.subcommands = sub.choices  # the `run` parser prints its own help
     bvh = sub.add_parser("bvh", help="BVH motion files").add_subparsers(dest="bvh", required=True)
     render = bvh.add_parser("render", help="animate a BVH clip to a GIF (or MP4 with ffmpeg)")
     render.add_argument("file", type=Path, help="the .bvh file")
@@ -179,6 +196,41 @@ def _resolve(args: argparse.Namespace, extra: list[str]):
         config = config_lib.override(config, sets)
     config = config_lib.override(config, args.set)
     return module, preset, config
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``: the names ``--set`` takes."""
+    out = {}
+    for k, v in tree.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def _run_help(run: argparse.ArgumentParser, args: argparse.Namespace, extra: list[str]) -> str:
+    """``dgm run [NAME] --help``: the options of ``run``; with NAME, the experiment's
+    description, presets, own options and every config field with its value in the
+    chosen preset (after any options and ``--set`` given with ``--help``)."""
+    text = run.format_help()
+    if args.name is None:
+        return text
+    module, preset, config = _resolve(args, extra)
+    fields = _flat(_jsonable(config))
+    lines = [
+        f"{args.name}: {module.DESCRIPTION}",
+        "",
+        "presets: "
+        + ", ".join(f"{p} (shown)" if p == preset else p for p in module.PRESETS)
+        + " (default: quick)",
+    ]
+    extra_args = getattr(module, "EXTRA_ARGS", {})
+    if extra_args:
+        lines += ["", f"options of {args.name} (each sets a config field):"]
+        lines += [
+            f"  --{flag} VALUE".ljust(26) + f"sets {field}" for flag, field in extra_args.items()
+        ]
+    lines += ["", f"config fields, {preset} preset (--set FIELD=VALUE):"]
+    lines += [f"  {k} = {json.dumps(v)}" for k, v in fields.items()]
+    return text + "\n" + "\n".join(lines) + "\n"
 
 
 def _same_run(saved: dict, current: dict, preset: dict) -> bool:
@@ -312,6 +364,12 @@ def main(argv: list[str] | None = None) -> int:
             if extra:
                 parser.error(f"unrecognized arguments: {' '.join(extra)}")
             return _sample(args) if args.command == "sample" else _compare(args)
+        run = parser.subcommands["run"]
+        if args.help:
+            print(_run_help(run, args, extra), end="")
+            return 0
+        if args.name is None:
+            run.error("the following arguments are required: name")
         return _run(args, extra)
     except KeyboardInterrupt:
         _sigint.acknowledge()
