@@ -96,6 +96,7 @@ def test_second_call_with_same_shapes_compiles_nothing(idata):
         ({"init_params": np.zeros((3, 3))}, "`init_params` must be a vector or have shape"),
         ({"init_params": [np.nan, 0.0, 0.0]}, "`init_params` must be finite"),
         ({"key": 0}, "`key` must be one PRNG key"),
+        ({"key": jax.random.split(jax.random.key(0))}, "`key` must be one PRNG key"),
         ({"log_density_fn": 3}, "`log_density_fn` must be callable"),
     ],
 )
@@ -163,3 +164,12 @@ def test_scalar_and_named_tuple_starts(fn, init, shapes):
 def test_bad_log_density_or_pytree(fn, init, match):
     with pytest.raises(ValueError, match=match):
         dgm.sample(fn, init, key=jax.random.key(0), num_warmup=0, num_chains=2)
+
+
+def test_a_raw_prng_key_gives_the_typed_keys_draws():
+    """``jax.random.PRNGKey(0)`` (NumPyro's and BlackJAX's examples use it) is accepted and
+    samples what ``jax.random.key(0)`` does."""
+    kw = dict(num_warmup=0, num_samples=20, num_chains=2, progress_bar=False)
+    raw = dgm.sample(log_density, jnp.zeros(3), key=jax.random.PRNGKey(0), **kw)
+    typed = dgm.sample(log_density, jnp.zeros(3), key=jax.random.key(0), **kw)
+    np.testing.assert_array_equal(raw.posterior["x"].values, typed.posterior["x"].values)

@@ -116,7 +116,7 @@ def sample(
             nested, or a NamedTuple of arrays, or one scalar), from which every chain
             starts; the log density then takes the same structure. Its (floating) dtype
             is the sampling dtype.
-        key: a PRNG key (``jax.random.key(seed)``).
+        key: a PRNG key (``jax.random.key(seed)``, or a raw ``jax.random.PRNGKey(seed)``).
         num_warmup: warm-up iterations per chain (discarded). 0 samples with ``step_size``
             and the identity metric as given. With a mass matrix to adapt it must be at least
             20; below 150 (Stan's 75 + 25 + 50 windows) the windows shrink (15% initial
@@ -294,8 +294,12 @@ def _check_args(args: dict) -> None:
             f"`log_density_fn` must be callable; got {type(args['log_density_fn']).__name__}"
         )
     key = args["key"]
-    if not (isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key)):
-        raise ValueError(f"`key` must be one PRNG key (jax.random.key(seed)); got {key!r}")
+    typed = isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+    raw = isinstance(key, jax.Array) and key.dtype == jnp.uint32 and key.shape == (2,)
+    if not ((typed and key.ndim == 0) or raw):  # raw: a jax.random.PRNGKey(seed), as NumPyro's
+        raise ValueError(
+            f"`key` must be one PRNG key (jax.random.key(seed) or PRNGKey(seed)); got {key!r}"
+        )
     for name in ("num_samples", "num_chains", "chunk_size"):
         check_positive(name, args[name], integer=True)
     check_choice("kernel", args["kernel"], ("nuts", "hmc"))
