@@ -33,6 +33,11 @@ def test_chi_square_accepts_uniform_and_rejects_piled_up_ranks():
         chi_square_uniformity(uniform, 98, 10)
 
 
+def test_a_key_that_is_not_one_prng_key_is_refused_by_name():
+    with pytest.raises(ValueError, match="`key` must be one PRNG key"):
+        dgm.sbc(lambda u: u[:1], 2, 0)
+
+
 def test_ranks_count_draws_below_the_truth():
     draws = np.array([[0.0, 5.0], [1.0, 6.0], [2.0, 7.0]])
     np.testing.assert_array_equal(ranks_of(np.array([1.5, 4.0]), draws), [2, 0])

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.stats
 
+from dgm._types import check_key
 from dgm.conditioning import condition
 from dgm.config import check_positive
 
@@ -167,6 +168,7 @@ def sbc(
     # each quantity compiled once, evaluated at [truth, draws] (one shape) per replication
     quantities = {"u": lambda u: u} | dict(derived or {})
     quantities = {name: jax.jit(jax.vmap(fn)) for name, fn in quantities.items()}
+    check_key(key)
     key_prior, key_runs = jax.random.split(key)
     with jax.enable_x64(True):
         u_true = jax.random.normal(key_prior, (num_replications, input_dim), jnp.float64)

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dgm._types import check_key
 from dgm.config import check_choice, check_positive
 from dgm.inference import hmc, nuts
 from dgm.inference._compiled import CompiledCache
@@ -293,13 +294,7 @@ def _check_args(args: dict) -> None:
         raise ValueError(
             f"`log_density_fn` must be callable; got {type(args['log_density_fn']).__name__}"
         )
-    key = args["key"]
-    typed = isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
-    raw = isinstance(key, jax.Array) and key.dtype == jnp.uint32 and key.shape == (2,)
-    if not ((typed and key.ndim == 0) or raw):  # raw: a jax.random.PRNGKey(seed), as NumPyro's
-        raise ValueError(
-            f"`key` must be one PRNG key (jax.random.key(seed) or PRNGKey(seed)); got {key!r}"
-        )
+    check_key(args["key"])
     for name in ("num_samples", "num_chains", "chunk_size"):
         check_positive(name, args[name], integer=True)
     check_choice("kernel", args["kernel"], ("nuts", "hmc"))
