@@ -83,6 +83,10 @@ def test_sample_command(smoke_run, tmp_path, capsys):
     assert main(["sample", str(out), "--num", "4", "--out", str(tmp_path / "s.png")]) == 0
     for name in ("s.png", "s.gif", "s_attention.gif"):
         assert (tmp_path / name).exists(), name
+    capsys.readouterr()
+    assert main(["sample", str(out), "--out", str(tmp_path / "t.gif")]) == 1
+    assert "`out` must name a .png file" in capsys.readouterr().err
+    assert not (tmp_path / "t.gif").exists()
     assert main(["sample", str(tmp_path)]) == 1
     assert "holds no model.eqx" in capsys.readouterr().err
     broken = tmp_path / "broken"

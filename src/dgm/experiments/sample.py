@@ -31,12 +31,16 @@ def sample_run(
 
     Raises:
         FileNotFoundError: no such directory, or no model in it.
-        ValueError: ``num`` is not a positive int, the file is not a dgm model, or its kind
-            has no image decoder.
+        ValueError: ``num`` is not a positive int, ``out`` is not a ``.png`` name, the file
+            is not a dgm model, or its kind has no image decoder.
     """
     check_positive("num", num, integer=True)
     decoder = decoders.load(run_dir)
     out = Path(out) if out is not None else Path(run_dir) / "new_samples.png"
+    if out.suffix.lower() != ".png":
+        raise ValueError(
+            f"`out` must name a .png file (a DRAW's animations go beside it as .gif); got {out}"
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     key = jax.random.key(seed)
     if decoder.kind != "draw":
