@@ -96,7 +96,7 @@ def _parser() -> argparse.ArgumentParser:
     sample = sub.add_parser("sample", help="new samples (and a DRAW's animation) from a run")
     sample.add_argument("run_dir", type=Path, help="run directory of a trained image model")
     sample.add_argument("--num", type=int, default=64, help="number of samples (default 64)")
-    sample.add_argument("--out", type=Path, default=None, help="PNG file (GIFs beside it)")
+    sample.add_argument("--out", type=Path, default=None, help="a .png file (GIFs beside it)")
     sample.add_argument("--seed", type=int, default=0, help="PRNG seed (default 0)")
     compare = sub.add_parser("compare", help="one Markdown table of several runs")
     compare.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR")
