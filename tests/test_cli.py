@@ -102,3 +102,11 @@ def test_run_help_after_a_name_lists_the_experiments_options_and_fields(capsys):
     with pytest.raises(SystemExit) as exit_:
         cli.main(["run"])
     assert exit_.value.code == 2 and "required: name" in capsys.readouterr().err
+
+
+def test_version(capsys):
+    import dgm
+
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out == f"dgm {dgm.__version__}\n"

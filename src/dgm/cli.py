@@ -29,6 +29,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dgm", description="Differentiable generative models and inference in them."
     )
+    from dgm import __version__
+
+    parser.add_argument("--version", action="version", version=f"dgm {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="list the experiments")
     run = sub.add_parser(
