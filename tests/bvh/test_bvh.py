@@ -283,6 +283,7 @@ def _edit(old: str, new: str, count: int = 1) -> str:
         (_edit("Frame Time: 0.04", "Frame Tim: 0.04"), 32, "expected 'Frame Time:'"),
         (TINY[: TINY.index("-5 1 2")], 33, "'Frames: 2' but the file has 1 frame lines"),
         (TINY[: TINY.index("JOINT B")], 14, "no MOTION line; the file is truncated"),
+        ("\n  garbage\n", 2, "expected 'HIERARCHY'; got 'garbage'"),  # no MOTION either
         (
             TINY[: TINY.index("MOTION")] + "}\n" + TINY[TINY.index("MOTION") :],
             30,

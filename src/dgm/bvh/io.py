@@ -228,6 +228,10 @@ def parse_bvh(text: str, source: str = "<string>") -> Bvh:
         BvhSyntaxError: a malformed file; the message names the line and what was expected.
     """
     lines = [line.rstrip("\r") for line in text.split("\n")]
+    first = next((i for i, line in enumerate(lines) if line.strip()), None)
+    if first is not None and lines[first].split()[0] != "HIERARCHY":  # not a BVH file at all
+        got = lines[first].split()[0]
+        raise BvhSyntaxError(f"{source}:{first + 1}: expected 'HIERARCHY'; got {got!r}")
     motion = next((i for i, line in enumerate(lines) if line.strip() == "MOTION"), None)
     if motion is None:
         raise BvhSyntaxError(f"{source}:{_last_line(lines)}: no MOTION line; the file is truncated")
