@@ -110,3 +110,16 @@ def test_version(capsys):
     with pytest.raises(SystemExit) as exit_:
         cli.main(["--version"])
     assert exit_.value.code == 0 and capsys.readouterr().out == f"dgm {dgm.__version__}\n"
+
+
+def test_a_run_that_wrote_nothing_does_not_block_its_directory(tmp_path, monkeypatch, capsys):
+    """A run that failed before any output (here: no data) leaves only config.json; the same
+    command again gets the same error, not "already holds a run"."""
+    monkeypatch.setenv("DGM_DATA_DIR", str(tmp_path / "empty"))
+    args = ["run", "vae-mnist", "--smoke", "--out", str(tmp_path / "r")]
+    for _ in range(2):
+        assert cli.main(args) == 1
+        err = capsys.readouterr().err
+        assert "binarized_mnist" in err and "already holds" not in err, err
+    (tmp_path / "r" / "metrics.json").write_text("{}")  # now it holds a run's output
+    assert cli.main(args) == 1 and "already holds a run" in capsys.readouterr().err

@@ -259,7 +259,9 @@ def _same_run(saved: dict, current: dict, preset: dict) -> bool:
 def _prepare_out(args: argparse.Namespace, preset: str, record: dict) -> Path:
     out = args.out or Path("runs") / f"{args.name}-{preset}-seed{args.seed}"
     cfg_path = out / "config.json"
-    if cfg_path.exists():
+    # A run that failed before writing anything but its config (missing data, say) is no run.
+    produced = cfg_path.exists() and any(p.is_file() and p != cfg_path for p in out.rglob("*"))
+    if produced:
         previous = json.loads(cfg_path.read_text())
         if args.resume:
             defaults = _jsonable(experiments.get(args.name).PRESETS[preset])
