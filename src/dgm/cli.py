@@ -18,11 +18,13 @@ configure_cpu(reuse_freed_memory=any(arg.startswith("dmm-") for arg in _after_ru
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+import os  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from dgm import _sigint, experiments, runs  # noqa: E402
 from dgm import config as config_lib  # noqa: E402
+from dgm.data import DOWNLOAD_ENV  # noqa: E402
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -69,6 +71,12 @@ def _parser() -> argparse.ArgumentParser:
         "--print-config",
         action="store_true",
         help="print the resolved config (preset, options and --set applied) as JSON and exit",
+    )
+    run.add_argument(
+        "--download",
+        action="store_true",
+        help="download missing datasets from their sources (checksums verified); the same as "
+        "DGM_DOWNLOAD=1",
     )
     bars = run.add_mutually_exclusive_group()
     bars.add_argument(
@@ -303,6 +311,8 @@ def _run(args: argparse.Namespace, extra: list[str]) -> int:
         print(json.dumps(record, indent=2))
         return 0
     out = _prepare_out(args, preset, record)
+    if args.download:  # read by dgm.data.downloads_allowed
+        os.environ[DOWNLOAD_ENV] = "1"
     # After every process checked --out (joining is a barrier), before process 0 writes.
     _start_devices(args)
     progress = args.progress or (not args.no_progress and sys.stderr.isatty())

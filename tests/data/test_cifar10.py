@@ -146,7 +146,7 @@ def test_wrong_checksum_truncated_and_missing_archives(http_dir, tmp_path):
     with pytest.raises(ValueError, match="test_batch.bin is truncated"):
         load_cifar10("test", root=tmp_path / "c", sha256=bad_member)
     with pytest.raises(
-        FileNotFoundError, match=r"CIFAR-10 \(python version\) not found at .*download it from"
+        FileNotFoundError, match=r"CIFAR-10 \(python version\) not found at .*its source: "
     ):
         load_cifar10("test", fmt="python", root=tmp_path / "d", download_ok=False)
 

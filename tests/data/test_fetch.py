@@ -19,7 +19,9 @@ def test_relative_path_is_below_data_dir_and_downloaded_once(http_dir, tmp_path,
 def test_errors_name_path_url_and_reason(http_dir, tmp_path):
     served, url = http_dir
     dest = tmp_path / "b.txt"
-    with pytest.raises(FileNotFoundError, match=r"thing B not found at .*b\.txt; download"):
+    with pytest.raises(
+        FileNotFoundError, match=r"thing B not found at .*b\.txt \(its source: http"
+    ):
         fetch(dest, "0" * 64, f"{url}/b.txt", download_ok=False, name="thing B")
     with pytest.raises(FileNotFoundError, match=r"b\.txt not found .* failed .*404"):
         fetch(dest, "0" * 64, f"{url}/b.txt")

@@ -37,7 +37,7 @@ def test_covertype_bad_checksum_leaves_no_file(http_dir, tmp_path):
     assert not dest.exists()
     with pytest.raises(ValueError, match="`sha256` of the Covertype file is required"):
         svgd_data.load_covertype(None, path=dest, url=f"{url}/covtype.txt")
-    with pytest.raises(FileNotFoundError, match="download it from"):
+    with pytest.raises(FileNotFoundError, match="its source: "):
         svgd_data.load_covertype("0" * 64, path=dest, download_ok=False)
 
 
@@ -70,8 +70,19 @@ def test_boston_loads_and_checks(shared_data, tmp_path):
     np.savetxt(narrow, np.ones((5, 13)))
     with pytest.raises(ValueError, match=r"expected 14 columns .* got \(5, 13\)"):
         svgd_data.load_boston(narrow, sha256=sha256(narrow))
-    with pytest.raises(FileNotFoundError, match="Boston housing not found"):
-        svgd_data.load_boston(tmp_path / "nope")
+    with pytest.raises(FileNotFoundError, match="Boston housing not found.*--download"):
+        svgd_data.load_boston(tmp_path / "nope", allow_download=False)
+
+
+def test_boston_downloads_from_its_source_when_allowed(http_dir, tmp_path, shared_data):
+    served, url = http_dir
+    shutil.copy(shared_data / "svgd" / "boston_housing", served / "boston_housing")
+    dest = tmp_path / "svgd" / "boston_housing"
+    x, y = svgd_data.load_boston(dest, allow_download=True, url=f"{url}/boston_housing")
+    np.testing.assert_array_equal(
+        y, svgd_data.load_boston(shared_data / "svgd" / "boston_housing")[1]
+    )
+    assert x.shape == (506, 13) and sha256(dest) == svgd_data.BOSTON_SHA256
 
 
 def test_breast_cancer_offline():
@@ -101,7 +112,7 @@ def test_uci_regression_download_and_shape_checks(http_dir, tmp_path):
         svgd_data.load_uci_regression("iris", digest, path=dest)
     with pytest.raises(ValueError, match="`sha256` of the wine file is required"):
         svgd_data.load_uci_regression("wine", None)
-    with pytest.raises(FileNotFoundError, match="download it from"):
+    with pytest.raises(FileNotFoundError, match="its source: "):
         svgd_data.load_uci_regression("wine", digest, path=tmp_path / "w.txt", download_ok=False)
 
 
@@ -114,3 +125,21 @@ def test_failed_download_names_path_and_url(http_dir, tmp_path):
     assert not dest.exists()
     with pytest.raises(FileNotFoundError, match=f"Covertype not found.*{url}/none.bz2"):
         svgd_data.load_covertype("0" * 64, path=tmp_path / "c.bz2", url=f"{url}/none.bz2")
+
+
+def test_dgm_run_download_flag_fetches_missing_data(http_dir, tmp_path, shared_data, monkeypatch):
+    """`dgm run svgd-bnn` on an empty data directory stops naming the file and --download;
+    with --download it fetches Boston housing from the source (a local server here) and runs."""
+    from dgm import cli
+
+    served, url = http_dir
+    shutil.copy(shared_data / "svgd" / "boston_housing", served / "boston_housing")
+    monkeypatch.setattr(svgd_data, "BOSTON_URL", f"{url}/boston_housing")
+    monkeypatch.setenv("DGM_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("DGM_DOWNLOAD", "0")  # restored after the test: the CLI sets it
+    args = ["run", "svgd-bnn", "--smoke", "--out", str(tmp_path / "run")]
+    assert cli.main(args) == 1
+    assert not (tmp_path / "data" / "svgd" / "boston_housing").exists()
+    assert cli.main([*args, "--download"]) == 0
+    assert sha256(tmp_path / "data" / "svgd" / "boston_housing") == svgd_data.BOSTON_SHA256
+    assert (tmp_path / "run" / "metrics.json").exists()

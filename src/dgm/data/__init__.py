@@ -13,6 +13,12 @@ import tempfile
 import urllib.request
 from pathlib import Path
 
+DOWNLOAD_ENV = "DGM_DOWNLOAD"
+DOWNLOAD_HINT = (
+    "set DGM_DATA_DIR to the folder holding it, or let dgm download it "
+    "(`dgm run ... --download`, DGM_DOWNLOAD=1, or allow_download=True in Python)"
+)
+
 
 class ChecksumError(ValueError):
     """A data file's sha256 does not match the expected one."""
@@ -22,6 +28,15 @@ def data_dir() -> Path:
     """The root data directory (``DGM_DATA_DIR``, else ``~/.cache/dgm/data``)."""
     env = os.environ.get("DGM_DATA_DIR")
     return Path(env) if env else Path.home() / ".cache" / "dgm" / "data"
+
+
+def downloads_allowed(flag: bool | None = None) -> bool:
+    """Whether a missing dataset may be downloaded: ``flag`` when given, else whether the
+    environment has ``DGM_DOWNLOAD=1`` (which ``dgm run --download`` sets). The experiments
+    never download otherwise."""
+    if flag is not None:
+        return bool(flag)
+    return os.environ.get(DOWNLOAD_ENV) == "1"
 
 
 def sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -102,7 +117,9 @@ def fetch(
     name = name or path.name
     if not path.exists() and url is not None:
         if not download_ok:
-            raise FileNotFoundError(f"{name} not found at {path}; download it from {url}")
+            raise FileNotFoundError(
+                f"{name} not found at {path} (its source: {url}); {DOWNLOAD_HINT}"
+            )
         if expected_sha256 is None:
             raise ValueError(f"refusing to download {url} without a sha256 to check")
         try:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dgm.data import data_dir, fetch, verify
+from dgm.data import DOWNLOAD_HINT, data_dir, downloads_allowed, fetch, verify
 
 NUM_PIXELS = 784
 SPLITS = ("train", "valid", "test")
@@ -98,7 +98,7 @@ def load_binarized_mnist(
     split: str,
     root: str | Path | None = None,
     *,
-    allow_download: bool = False,
+    allow_download: bool | None = None,
     base_url: str = BINARIZED_URL,
 ) -> np.ndarray:
     """The fixed binarized MNIST split ``"train"`` (50k), ``"valid"`` (10k) or ``"test"`` (10k).
@@ -109,7 +109,8 @@ def load_binarized_mnist(
     Args:
         split: which split.
         root: the folder (default ``data_dir() / "binarized_mnist"``).
-        allow_download: fetch the original text file when no file is present.
+        allow_download: fetch the original text file when no file is present (default:
+            :func:`~dgm.data.downloads_allowed`, i.e. ``DGM_DOWNLOAD=1``).
         base_url: where the text files are (a mirror, or a local server in tests).
 
     Returns:
@@ -124,13 +125,11 @@ def load_binarized_mnist(
     npz, text = root / BINARIZED_NPZ, root / f"binarized_mnist_{split}.amat"
     if npz.exists():
         x = read_binarized_npz(verify(npz, BINARIZED_NPZ_SHA256), split)
-    elif text.exists() or allow_download:
+    elif text.exists() or downloads_allowed(allow_download):
         url = base_url + text.name
         x = read_binarized_text(fetch(text, BINARIZED_TEXT_SHA256[split], url))
     else:
-        raise FileNotFoundError(
-            f"{npz} (or {text.name}) not found; set DGM_DATA_DIR or pass allow_download=True"
-        )
+        raise FileNotFoundError(f"{npz} (or {text.name}) not found; {DOWNLOAD_HINT}")
     if len(x) != SPLIT_SIZES[split]:
         raise ValueError(f"{split} split has {len(x)} images; expected {SPLIT_SIZES[split]}")
     return x
@@ -167,10 +166,15 @@ def read_idx(path: str | Path) -> np.ndarray:
 
 
 def _load_idx(
-    name: str, shape: tuple[int, ...], root, allow_download: bool, base_url: str
+    name: str, shape: tuple[int, ...], root, allow_download: bool | None, base_url: str
 ) -> np.ndarray:
     root = Path(root) if root is not None else data_dir() / "mnist"
-    path = fetch(root / name, MNIST_SHA256[name], base_url + name, download_ok=allow_download)
+    path = fetch(
+        root / name,
+        MNIST_SHA256[name],
+        base_url + name,
+        download_ok=downloads_allowed(allow_download),
+    )
     x = read_idx(path)
     if x.shape != shape:
         raise ValueError(f"{path}: expected shape {shape}; got {x.shape}")
@@ -178,13 +182,14 @@ def _load_idx(
 
 
 def load_mnist_test_images(
-    root: str | Path | None = None, *, allow_download: bool = False, base_url: str = MNIST_URL
+    root: str | Path | None = None, *, allow_download: bool | None = None, base_url: str = MNIST_URL
 ) -> np.ndarray:
     """The 10,000 grayscale MNIST test images, ``(10000, 28, 28)`` uint8 in 0..255.
 
     Args:
         root: the folder (default ``data_dir() / "mnist"``).
-        allow_download: fetch ``t10k-images-idx3-ubyte.gz`` when missing.
+        allow_download: fetch ``t10k-images-idx3-ubyte.gz`` when missing (default:
+            ``DGM_DOWNLOAD=1``).
         base_url: where the IDX files are (a mirror, or a local server in tests).
 
     Raises:
@@ -195,7 +200,7 @@ def load_mnist_test_images(
 
 
 def load_mnist_test_labels(
-    root: str | Path | None = None, *, allow_download: bool = False, base_url: str = MNIST_URL
+    root: str | Path | None = None, *, allow_download: bool | None = None, base_url: str = MNIST_URL
 ) -> np.ndarray:
     """The 10,000 MNIST test labels, ``(10000,)`` uint8 in 0..9.
 
@@ -205,7 +210,7 @@ def load_mnist_test_labels(
 
 
 def load_mnist_train_labels(
-    root: str | Path | None = None, *, allow_download: bool = False, base_url: str = MNIST_URL
+    root: str | Path | None = None, *, allow_download: bool | None = None, base_url: str = MNIST_URL
 ) -> np.ndarray:
     """The 60,000 MNIST training labels, ``(60000,)`` uint8 (see :func:`load_mnist_test_images`)."""
     return _load_idx("train-labels-idx1-ubyte.gz", (60_000,), root, allow_download, base_url)

@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from dgm.data import data_dir, fetch, verify
+from dgm.data import DOWNLOAD_HINT, data_dir, downloads_allowed, fetch, verify
 
 NUM_PITCHES = 88
 SPLITS = ("train", "valid", "test")
@@ -160,7 +160,7 @@ def load_polyphonic(
     root: str | Path | None = None,
     *,
     sort: bool = True,
-    allow_download: bool = False,
+    allow_download: bool | None = None,
     base_url: str = BASE_URL,
 ) -> dict[str, SequenceSet]:
     """The train/valid/test splits of ``name`` (jsb, nottingham, piano, muse).
@@ -169,7 +169,8 @@ def load_polyphonic(
         name: dataset name.
         root: folder holding the files (default ``data_dir() / "polyphonic_music"``).
         sort: sort each split by length, ascending (the paper's "-sorted" variants).
-        allow_download: fetch the ``.mat`` file when neither file is present.
+        allow_download: fetch the ``.mat`` file when neither file is present (default:
+            :func:`~dgm.data.downloads_allowed`, i.e. ``DGM_DOWNLOAD=1``).
         base_url: where to download from (a mirror, or a local server in tests).
 
     Raises:
@@ -181,10 +182,8 @@ def load_polyphonic(
     npz, mat = root / f"{spec.stem}.npz", root / f"{spec.stem}.mat"
     if npz.exists():
         splits = read_npz_rolls(verify(npz, spec.npz_sha256))
-    elif mat.exists() or allow_download:
+    elif mat.exists() or downloads_allowed(allow_download):
         splits = read_mat_rolls(download_polyphonic(name, root, base_url))  # verified
     else:
-        raise FileNotFoundError(
-            f"{npz} (or {mat.name}) not found; set DGM_DATA_DIR or pass allow_download=True"
-        )
+        raise FileNotFoundError(f"{npz} (or {mat.name}) not found; {DOWNLOAD_HINT}")
     return {split: pad_sequences(seqs, sort) for split, seqs in splits.items()}

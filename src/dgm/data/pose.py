@@ -4,7 +4,9 @@ Files (under the data directory, see ``dgm/PROVENANCE.md`` there):
 ``dgm/bone-length-log-normal/{params.npz, lengths_order.json}`` and
 ``dgm/joint-angles-sin-cos-vae-decoder/{params.npz, fixed_angles.json, skeleton.bvh}``, plus
 the thesis's RMSE curves ``dgm/phd-thesis-reference/binocular-pose-rmse-{chmc,hmc}-{1,2}.csv``.
-Nothing is unpickled (``allow_pickle=False``).
+Nothing is unpickled (``allow_pickle=False``). A missing file is downloaded from its
+source repository at the snapshot commit (:data:`SOURCES`) when downloads are allowed
+(:func:`dgm.data.downloads_allowed`: ``dgm run --download``).
 """
 
 import json
@@ -13,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dgm.data import data_dir, verify
+from dgm.data import data_dir, downloads_allowed, fetch
 
 BONES = "dgm/bone-length-log-normal"
 ANGLES = "dgm/joint-angles-sin-cos-vae-decoder"
@@ -44,8 +46,24 @@ SHA256 = {
 }
 
 
+_GITHUB = "https://raw.githubusercontent.com/matt-graham"
+# The original repositories at the snapshot commits of dgm/PROVENANCE.md.
+MODELS_URL = (
+    f"{_GITHUB}/differentiable-generative-models/6b450e7a846a416138cb5383a0c574f5cb945843/models"
+)
+SOURCES = {  # where each folder's files come from
+    BONES: f"{MODELS_URL}/bone-length-log-normal",
+    ANGLES: f"{MODELS_URL}/joint-angles-sin-cos-vae-decoder",
+    THESIS: f"{_GITHUB}/phd-thesis/66c8961900c6523def6334cb33f7195ebd6e96aa/data",
+}
+
+
 def _path(rel: str, root: Path | None) -> Path:
-    return verify((root or data_dir()) / rel, SHA256[rel])
+    """The verified file ``rel`` under ``root`` (default the data directory), downloaded
+    from :data:`SOURCES` first when it is missing and downloads are allowed."""
+    folder, name = rel.rsplit("/", 1)
+    url = f"{SOURCES[folder]}/{name}"
+    return fetch((root or data_dir()) / rel, SHA256[rel], url, downloads_allowed())
 
 
 def _npz(path: Path, keys: list[str]) -> dict[str, np.ndarray]:

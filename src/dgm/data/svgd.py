@@ -18,10 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
-from dgm.data import ChecksumError, data_dir, fetch, verify
+from dgm.data import ChecksumError, data_dir, downloads_allowed, fetch
 
 BOSTON_SHA256 = "baadf72995725d76efe787b664e1f083388c79ba21ef9a7990d87f774184735a"
-BOSTON_SOURCE = "DartML/Stein-Variational-Gradient-Descent, data/boston_housing"
+BOSTON_URL = (  # the SVGD repository at the snapshot commit of svgd/PROVENANCE.md
+    "https://raw.githubusercontent.com/DartML/Stein-Variational-Gradient-Descent/"
+    "8d8f94974e1b91384dc44991ed5ad9a26212f136/data/boston_housing"
+)
 COVERTYPE_URL = (
     "https://www.csie.ntu.edu.tw/~cjlin/libsvmtools/datasets/binary/covtype.libsvm.binary.bz2"
 )
@@ -45,6 +48,7 @@ UCI_DATASETS = {
 
 __all__ = [
     "BOSTON_SHA256",
+    "BOSTON_URL",
     "COVERTYPE_URL",
     "ChecksumError",
     "load_boston",
@@ -56,13 +60,20 @@ __all__ = [
 
 
 def load_boston(
-    path: str | os.PathLike | None = None, sha256: str = BOSTON_SHA256
+    path: str | os.PathLike | None = None,
+    sha256: str = BOSTON_SHA256,
+    *,
+    allow_download: bool | None = None,
+    url: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Boston housing: features ``(506, 13)`` and the target MEDV ``(506,)``.
 
     Args:
         path: the file; default ``<data dir>/svgd/boston_housing``.
         sha256: the expected checksum (the published file's by default).
+        allow_download: fetch the SVGD repository's copy when the file is missing (default:
+            :func:`~dgm.data.downloads_allowed`, i.e. ``DGM_DOWNLOAD=1``).
+        url: where to download it from (default :data:`BOSTON_URL`).
 
     Raises:
         FileNotFoundError: the file is missing (names the path and the source).
@@ -70,12 +81,8 @@ def load_boston(
         ValueError: the table does not have 14 columns.
     """
     path = Path(path) if path is not None else data_dir() / "svgd" / "boston_housing"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"Boston housing not found at {path}; copy it from {BOSTON_SOURCE} "
-            "(or set DGM_DATA_DIR to the folder holding svgd/boston_housing)"
-        )
-    verify(path, sha256)
+    url = url or BOSTON_URL
+    fetch(path, sha256, url, downloads_allowed(allow_download), name="Boston housing")
     table = np.loadtxt(path)
     if table.ndim != 2 or table.shape[1] != 14:
         raise ValueError(f"{path}: expected 14 columns (13 features + MEDV); got {table.shape}")

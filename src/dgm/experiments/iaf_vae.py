@@ -180,24 +180,30 @@ def load_data(config: Config) -> tuple[np.ndarray, np.ndarray]:
 
 def load_cifar10() -> tuple[np.ndarray, np.ndarray]:
     """CIFAR-10 ``(train (50000, 32, 32, 3), test (10000, 32, 32, 3))`` uint8 NHWC, from the
-    binary or the Python version in ``$DGM_DATA_DIR/cifar10`` (never downloaded here).
+    binary or the Python version in ``$DGM_DATA_DIR/cifar10``, downloaded only when allowed
+    (:func:`dgm.data.downloads_allowed`: ``dgm run --download``).
 
     Raises:
         FileNotFoundError: neither version is there.
     """
-    from dgm.data import cifar10
+    from dgm.data import DOWNLOAD_HINT, cifar10, downloads_allowed
 
-    for fmt in cifar10.FORMATS:
+    def both(fmt: str, download_ok: bool):
+        train, _ = cifar10.load_cifar10("train", fmt=fmt, download_ok=download_ok)
+        test, _ = cifar10.load_cifar10("test", fmt=fmt, download_ok=download_ok)
+        return train.transpose(0, 2, 3, 1), test.transpose(0, 2, 3, 1)
+
+    for fmt in cifar10.FORMATS:  # a copy at hand, of either version
         try:
-            train, _ = cifar10.load_cifar10("train", fmt=fmt, download_ok=False)
-            test, _ = cifar10.load_cifar10("test", fmt=fmt, download_ok=False)
+            return both(fmt, False)
         except FileNotFoundError:
             continue
-        return train.transpose(0, 2, 3, 1), test.transpose(0, 2, 3, 1)
+    if downloads_allowed():
+        return both(cifar10.FORMATS[0], True)
     raise FileNotFoundError(
         "CIFAR-10 files not found in $DGM_DATA_DIR/cifar10 (cifar-10-binary.tar.gz or "
-        "cifar-10-python.tar.gz, or their extracted folders); the cifar10 problem is skipped. "
-        "dgm.data.cifar10.load_cifar10() can download them where the network allows"
+        "cifar-10-python.tar.gz, or their extracted folders); the cifar10 problem is skipped; "
+        + DOWNLOAD_HINT
     )
 
 

@@ -41,6 +41,7 @@ NAME = "mnist-inpainting"
 DESCRIPTION = "In-paint MNIST digits: constrained HMC on a trained decoder vs latent HMC"
 EXTRA_ARGS = {"decoder": "decoder", "observed": "observed", "digit": "digit", "rows": "rows"}
 OBSERVED_FILE = Path("dgm") / "mnist-vae-decoder" / "observed.npz"
+OBSERVED_SHA256 = "a4173ad9060956aa4e050dd3586bb7f3685d83436684888f90ca2588f18643ec"
 NUM_TEST_IMAGES = 10_000
 
 
@@ -156,7 +157,7 @@ def observation(config: Config, decoder: decoders.ImageDecoder, key) -> np.ndarr
         noise = np.asarray(jax.random.normal(key, (num_obs,)), np.float64)
         y, source = image.reshape(-1)[:num_obs] + config.noise_sd * noise, f"digit {config.digit}"
     else:
-        path = Path(config.observed) if config.observed else data_dir() / OBSERVED_FILE
+        path = Path(config.observed) if config.observed else _paper_observation()
         y, source = _read_observed(path), str(path)
     y = np.asarray(y, np.float64)
     if y.ndim != 1 or y.shape[0] != num_obs:
@@ -167,6 +168,16 @@ def observation(config: Config, decoder: decoders.ImageDecoder, key) -> np.ndarr
     if not np.all(np.isfinite(y)):
         raise ValueError(f"the observation ({source}) contains NaN or inf")
     return y
+
+
+def _paper_observation() -> Path:
+    """The paper's ``observed.npz``, checked against its sha256 (downloaded from the original
+    repository when missing and allowed: ``dgm run --download``)."""
+    from dgm.data import downloads_allowed, fetch
+    from dgm.data.pose import MODELS_URL
+
+    url = f"{MODELS_URL}/mnist-vae-decoder/observed.npz"
+    return fetch(data_dir() / OBSERVED_FILE, OBSERVED_SHA256, url, downloads_allowed())
 
 
 def _read_observed(path: Path) -> np.ndarray:
