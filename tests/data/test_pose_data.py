@@ -24,7 +24,10 @@ def test_pose_parts_download_from_their_sources(http_dir, tmp_path, shared_data,
     with pytest.raises(FileNotFoundError, match=r"its source: http://127\.0\.0\.1.*--download"):
         pose_data.load_pose_parts(root)
     monkeypatch.setenv("DGM_DOWNLOAD", "1")
-    got, want = pose_data.load_pose_parts(root), pose_data.load_pose_parts(shared_data)
+    want = pose_data.load_pose_parts(shared_data)
+    with pytest.raises(FileNotFoundError, match="params.npz not found"):  # the flag wins
+        pose_data.load_pose_parts(root, allow_download=False)
+    got = pose_data.load_pose_parts(root)
     np.testing.assert_array_equal(got.log_length_chol, want.log_length_chol)
     assert got.fixed_angles == want.fixed_angles and got.length_order == want.length_order
     for (w, b), (w0, b0) in zip(got.decoder, want.decoder, strict=True):

@@ -58,12 +58,12 @@ SOURCES = {  # where each folder's files come from
 }
 
 
-def _path(rel: str, root: Path | None) -> Path:
+def _path(rel: str, root: Path | None, allow_download: bool | None = None) -> Path:
     """The verified file ``rel`` under ``root`` (default the data directory), downloaded
     from :data:`SOURCES` first when it is missing and downloads are allowed."""
     folder, name = rel.rsplit("/", 1)
     url = f"{SOURCES[folder]}/{name}"
-    return fetch((root or data_dir()) / rel, SHA256[rel], url, downloads_allowed())
+    return fetch((root or data_dir()) / rel, SHA256[rel], url, downloads_allowed(allow_download))
 
 
 def _npz(path: Path, keys: list[str]) -> dict[str, np.ndarray]:
@@ -77,11 +77,13 @@ def _npz(path: Path, keys: list[str]) -> dict[str, np.ndarray]:
         raise ValueError(f"{path} is corrupt or truncated ({err})") from None
 
 
-def load_pose_parts(root: str | Path | None = None):
+def load_pose_parts(root: str | Path | None = None, *, allow_download: bool | None = None):
     """The verified parts of the pose model as a :class:`~dgm.models.pose.PoseParts`.
 
     Args:
         root: the data directory (default :func:`dgm.data.data_dir`).
+        allow_download: fetch missing files from :data:`SOURCES` (default:
+            :func:`~dgm.data.downloads_allowed`, i.e. ``DGM_DOWNLOAD=1``).
 
     Raises:
         FileNotFoundError: a file is missing.
@@ -91,12 +93,16 @@ def load_pose_parts(root: str | Path | None = None):
     from dgm.models.pose import PoseParts
 
     root = Path(root) if root is not None else None
-    bones = _npz(_path(f"{BONES}/params.npz", root), ["mean", "covar_chol"])
-    order = json.loads(_path(f"{BONES}/lengths_order.json", root).read_text())
-    fixed = json.loads(_path(f"{ANGLES}/fixed_angles.json", root).read_text())
+
+    def path(rel: str) -> Path:
+        return _path(rel, root, allow_download)
+
+    bones = _npz(path(f"{BONES}/params.npz"), ["mean", "covar_chol"])
+    order = json.loads(path(f"{BONES}/lengths_order.json").read_text())
+    fixed = json.loads(path(f"{ANGLES}/fixed_angles.json").read_text())
     keys = [f"{p}_{i}" for i in range(7) for p in ("W", "b")]
-    weights = _npz(_path(f"{ANGLES}/params.npz", root), keys)
-    skeleton = read_bvh(_path(f"{ANGLES}/skeleton.bvh", root)).skeleton
+    weights = _npz(path(f"{ANGLES}/params.npz"), keys)
+    skeleton = read_bvh(path(f"{ANGLES}/skeleton.bvh")).skeleton
     return PoseParts(
         skeleton=skeleton,
         fixed_angles={str(k): float(v) for k, v in fixed.items()},
@@ -122,12 +128,16 @@ def pose_generator(
     return PoseGenerator.from_parts(load_pose_parts(root), SIGMA[config], binocular)
 
 
-def thesis_rmse_curve(method: str, scene: int, root: str | Path | None = None) -> np.ndarray:
+def thesis_rmse_curve(
+    method: str, scene: int, root: str | Path | None = None, *, allow_download: bool | None = None
+) -> np.ndarray:
     """The thesis's RMSE curve: ``(100, 2)`` rows of (seconds, RMSE); ``method`` is "chmc"
-    or "hmc", ``scene`` 1 or 2 (thesis configuration, mean of 5 chains)."""
+    or "hmc", ``scene`` 1 or 2 (thesis configuration, mean of 5 chains); ``allow_download``
+    as in :func:`load_pose_parts`."""
     if method not in ("chmc", "hmc") or scene not in (1, 2):
         raise ValueError(
             f"thesis curves exist for method 'chmc'/'hmc' and scene 1/2; got {method!r}, {scene!r}"
         )
-    path = _path(f"{THESIS}/binocular-pose-rmse-{method}-{scene}.csv", Path(root) if root else None)
+    rel = f"{THESIS}/binocular-pose-rmse-{method}-{scene}.csv"
+    path = _path(rel, Path(root) if root else None, allow_download)
     return np.loadtxt(path, skiprows=1)
