@@ -136,3 +136,29 @@ def test_split_batch_runs_an_indivisible_batch_undivided():
     plain = _one_update(training.Trainer(loss, optimizer), batch, key)
     np.testing.assert_array_equal(split[0], plain[0])
     assert split[1] == plain[1]
+
+
+@pytest.mark.parametrize(
+    "bad, got",
+    [
+        (lambda m, b, k: loss(m, b, k)[0], "got ShapeDtypeStruct\\(shape=\\(\\)"),  # no metrics
+        (lambda m, b, k: (jnp.ones(2), {}), "got \\(ShapeDtypeStruct\\(shape=\\(2,\\)"),
+        (lambda m, b, k: (loss(m, b, k)[0], [1.0]), "got \\(ShapeDtypeStruct"),
+    ],
+)
+def test_a_loss_of_the_wrong_form_is_refused_naming_what_came_back(bad, got):
+    trainer = training.Trainer(bad, training.make_optimizer(CONFIG))
+    state = trainer.init(Net(key=jax.random.key(1)))
+    with pytest.raises(
+        ValueError, match="must return \\(a scalar loss, a dict of metrics\\); " + got
+    ):
+        trainer.step(state, _batch(), jax.random.key(0))
+
+
+def test_fit_and_loader_arguments_are_checked_by_name():
+    with pytest.raises(ValueError, match="`batch_size` must be a positive int; got 0"):
+        training.ArrayLoader(np.zeros((8, 3), np.float32), 0)
+    loader = training.ArrayLoader(np.zeros((8, 3), np.float32), 4)
+    trainer = training.Trainer(loss, training.make_optimizer(CONFIG))
+    with pytest.raises(ValueError, match="`key` must be one PRNG key"):
+        training.fit(Net(key=jax.random.key(1)), trainer, loader, CONFIG, key=0)

@@ -10,6 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array
 
+from dgm.config import check_positive
+
 
 class SequenceLoader:
     """Padded sequences ``x (N, T, D)`` with ``mask (N, T)``, batched by length.
@@ -55,6 +57,7 @@ class ArrayLoader:
     """Fixed-shape examples ``x (N, ...)``, shuffled each epoch; a partial last batch is dropped."""
 
     def __init__(self, x, batch_size: int):
+        check_positive("batch_size", batch_size, integer=True)
         self.x = np.asarray(x, np.float32)
         self.batch_size = batch_size
         self.num_batches = max(1, len(self.x) // batch_size)

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import PRNGKeyArray, PyTree
 
+from dgm._types import check_key
 from dgm.training.checkpoint import FORMAT, load_training, save_checkpoint
 from dgm.training.config import TrainConfig
 from dgm.training.interrupt import DeferredInterrupt
@@ -202,7 +203,7 @@ def fit(
     loader: SequenceLoader | ArrayLoader,
     config: TrainConfig,
     *,
-    key: PRNGKeyArray,
+    key: Any,  # checked by check_key, which names it (a precise hint would pre-empt that)
     eval_fn: Callable[[PyTree, PRNGKeyArray], float | Mapping[str, float]] | None = None,
     track_fn: Callable[[PyTree, PRNGKeyArray], Mapping[str, float]] | None = None,
     checkpoint: str | Path | None = None,
@@ -250,6 +251,7 @@ def fit(
     """
     if not isinstance(trainer, Trainer):
         trainer = Trainer.from_config(trainer, config)
+    check_key(key)
     checkpoint = None if checkpoint is None else Path(checkpoint)
     keys = _Keys.split(key)
     state, best, prog = _restore(trainer, model, checkpoint, resume, fingerprint, keys)

@@ -25,8 +25,29 @@ def l2_penalty(model: PyTree) -> Float[Array, ""]:
     return sum((jnp.sum(leaf**2) for leaf in leaves), jnp.zeros((), jnp.float32))
 
 
+def _checked(loss_fn):
+    """``loss_fn`` refusing, at its first trace, a result that is not ``(scalar loss,
+    metrics dict)``, naming what came back."""
+
+    def checked(model, batch, key):
+        out = loss_fn(model, batch, key)
+        ok = isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], dict)
+        if not (ok and jnp.ndim(out[0]) == 0):
+            got = jax.tree.map(
+                lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)), out
+            )
+            raise ValueError(
+                "`loss_fn(model, batch, key)` must return (a scalar loss, a dict of metrics); "
+                f"got {got}"
+            )
+        return out
+
+    return checked
+
+
 def _value_and_grad(loss_fn, model, batch, key):
-    (loss, aux), grads = eqx.filter_value_and_grad(loss_fn, has_aux=True)(model, batch, key)
+    value_and_grad = eqx.filter_value_and_grad(_checked(loss_fn), has_aux=True)
+    (loss, aux), grads = value_and_grad(model, batch, key)
     return loss, aux, grads
 
 
