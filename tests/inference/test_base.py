@@ -98,6 +98,12 @@ def test_chunked_equals_unchunked():
     np.testing.assert_array_equal(np.asarray(chunked.states.position), whole.draws[:, -1])
 
 
+def test_one_key_per_chain_is_required():
+    keys, states, params = _setup()
+    with pytest.raises(ValueError, match="`keys` must hold one key per chain"):
+        ChainRunner(rw_step).run(keys[:-1], states, params, 5)
+
+
 def test_checkpoint_resume_is_bit_identical(tmp_path):
     keys, states, params = _setup()
     path = tmp_path / "chains.npz"

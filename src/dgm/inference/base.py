@@ -228,8 +228,13 @@ class ChainRunner:
             states, first = previous["states"], previous["num_done"]
         traced, split = _split_params(params)
         num_chains = jax.tree.leaves(states)[0].shape[0]
-        mesh = mesh_lib.make_mesh(num_chains, self.devices)
         keys, key_impl = _key_data(keys)
+        if keys.shape[:1] != (num_chains,):
+            raise ValueError(
+                f"`keys` must hold one key per chain ({num_chains}, the leading axis of "
+                f"`states`); got key data of shape {keys.shape}"
+            )
+        mesh = mesh_lib.make_mesh(num_chains, self.devices)
         static = (split, per_chain_params, key_impl)
         padded = mesh_lib.padded_size(num_chains, mesh)
         keys, states = mesh_lib.put(mesh_lib.pad((keys, states), padded), mesh)
