@@ -131,12 +131,12 @@ def _numpy_fk(text: str, frame: np.ndarray) -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def fk64():
-    """FK over frames in float64, compiled once per skeleton layout."""
-    with jax.enable_x64(True):
-        fn = eqx.filter_jit(
-            jax.vmap(lambda s, f: joint_positions(s, f, degrees=True), in_axes=(None, 0))
-        )
-        yield fn
+    """FK over frames, compiled once per skeleton layout; the tests that use it run in
+    float64 (``x64``). (It held float64 on for the rest of the module while it yielded
+    inside ``enable_x64``.)"""
+    return eqx.filter_jit(
+        jax.vmap(lambda s, f: joint_positions(s, f, degrees=True), in_axes=(None, 0))
+    )
 
 
 @pytest.mark.usefixtures("x64")
@@ -340,3 +340,18 @@ def test_pose_figure_draws_every_bone():
     assert len(fig.axes) == 3
     assert len(fig.axes[1].collections[0].get_segments()) == clip.skeleton.num_nodes - 1
     plt.close(fig)
+
+
+def test_float32_after_float64_on_the_same_skeleton(shared_data):
+    """The cached index plan serves both of JAX's modes: a float64 run, then a float32 one
+    of the same skeleton, each through its own function as a user writes them (the plan's
+    int64 indices once failed JAX's index normalisation in the second)."""
+    clip = read_bvh(shared_data / "cmu_mocap" / "131_03.bvh")
+    with jax.numpy_dtype_promotion("standard"):  # the users' setting (the suite's is strict)
+        with jax.enable_x64(True):
+            fk64 = jax.jit(jax.vmap(lambda s, f: joint_positions(s, f), in_axes=(None, 0)))
+            xyz64 = fk64(clip.skeleton, clip.frames)
+        fk32 = jax.jit(jax.vmap(lambda s, f: joint_positions(s, f), in_axes=(None, 0)))
+        xyz32 = fk32(clip.skeleton, clip.frames)
+    assert xyz64.dtype == jnp.float64 and xyz32.dtype == jnp.float32
+    np.testing.assert_allclose(xyz32, xyz64, rtol=1e-4, atol=1e-3)

@@ -133,8 +133,11 @@ class _Plan(NamedTuple):
 def _plan(parents: tuple[int, ...], channels: tuple) -> _Plan:
     n = len(parents)
     slots = max([sum(c in ROTATION_CHANNELS for c in ch or ()) for ch in channels] + [1])
-    rot_index, rot_axis = np.full((n, slots), -1), np.zeros((n, slots), dtype=int)
-    pos_index = np.full((n, 3), -1)
+    # int32 in both of JAX's modes: an int64 index array captured under float64 and then
+    # used without it fails in JAX's index normalisation ("lax.add ... int64, int32").
+    rot_index = np.full((n, slots), -1, np.int32)
+    rot_axis = np.zeros((n, slots), np.int32)
+    pos_index = np.full((n, 3), -1, np.int32)
     k = 0
     for i, ch in enumerate(channels):
         r = 0
@@ -148,8 +151,9 @@ def _plan(parents: tuple[int, ...], channels: tuple) -> _Plan:
     depth = [0] * n
     for i in range(1, n):
         depth[i] = depth[parents[i]] + 1
+    depth, parents = np.asarray(depth), np.asarray(parents, np.int32)
     levels = tuple(
-        (np.flatnonzero(np.asarray(depth) == d), np.asarray(parents)[np.asarray(depth) == d])
+        (np.flatnonzero(depth == d).astype(np.int32), parents[depth == d])
         for d in range(1, max(depth) + 1)
     )
     return _Plan(rot_index, rot_axis, pos_index, levels)
