@@ -58,7 +58,7 @@ def _subtree(parents: tuple[int, ...]) -> np.ndarray:
 def _channel_sources(plan, num_channels: int) -> np.ndarray:
     """For each frame index: its row in [rotation (node, slot) | position (node, axis) | 0]."""
     num_nodes, slots = plan.rot_index.shape
-    source = np.full(num_channels, num_nodes * (slots + 3))
+    source = np.full(num_channels, num_nodes * (slots + 3), np.int32)  # as the plan (skeleton)
     for flat, k in enumerate(plan.rot_index.reshape(-1)):
         if k >= 0:
             source[k] = flat
