@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
+from dgm._types import check_key
 from dgm.config import check_choice, check_positive
 from dgm.inference import adaptive_step, constrained_hmc, dynamic_chmc
 from dgm.inference.base import ChainRunner, is_static_int
@@ -208,15 +209,7 @@ def run_adaptive(runner, keys, init_states, params, y_chains, lengths: tuple, ru
 
 def check_sample_args(args: dict, system: ManifoldSystem) -> str:
     """Validate ``sample``'s arguments (each error names one); return the chain map."""
-    key = args["key"]
-    typed = isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
-    typed = typed and key.ndim <= 1
-    raw = isinstance(key, jax.Array) and key.dtype == jnp.uint32 and key.ndim in (1, 2)
-    if not (typed or (raw and key.shape[-1] == 2)):
-        raise ValueError(
-            "`key` must be one PRNG key (jax.random.key(seed)), or one per observation of a "
-            f"`y_obs` batch; got {key!r}"
-        )
+    check_key(args["key"], stack_for="one per observation of a `y_obs` batch")
     for name in ("num_chains", "num_samples", "num_geodesic_steps", "max_iters", "chunk_size"):
         check_positive(name, args[name], integer=True)
     num_warmup = args["num_warmup"]
