@@ -182,7 +182,7 @@ def _paper_observation() -> Path:
 
 def _read_observed(path: Path) -> np.ndarray:
     if not path.is_file():
-        raise FileNotFoundError(f"observation file not found: {path} (set DGM_DATA_DIR)")
+        raise FileNotFoundError(f"observation file not found: {path} (`--observed`)")
     if path.suffix == ".npy":
         return np.load(path, allow_pickle=False)
     with np.load(path, allow_pickle=False) as data:
