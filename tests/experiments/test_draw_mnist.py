@@ -166,3 +166,21 @@ def test_split_batch_step_averages_the_slices_gradients():
         strict=True,
     ):
         np.testing.assert_allclose(got, before - (g0 + g1) / 2, rtol=1e-4, atol=1e-6)
+
+
+def test_attention_windows_are_drawn_inside_their_own_tile():
+    from dgm.experiments._pictures import READ_COLOUR, _frame
+
+    images = np.zeros((4, 28, 28), np.float32)
+    # tile 0: a window far past its right and bottom edges; tile 1: one wholly outside
+    # (nothing drawn); tiles 2, 3: one inside
+    extent = (np.array([10.0, 40.0, 5.0, 5.0]), np.array([10.0, 2.0, 5.0, 5.0]),
+              np.array([60.0, 50.0, 9.0, 9.0]), np.array([60.0, 9.0, 9.0, 9.0]))  # fmt: skip
+    img = np.asarray(_frame(images, [(READ_COLOUR, extent)], scale=1, cols=2))
+    red = np.all(img == READ_COLOUR, axis=-1)
+    tiles = {i: red[1 + r * 29 : 29 + r * 29, 1 + c * 29 : 29 + c * 29]
+             for i, (r, c) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1)])}  # fmt: skip
+    assert red.sum() == sum(t.sum() for t in tiles.values())  # no colour on the padding
+    assert tiles[0][10:, 27].any() and tiles[0][27, 10:].any()  # clipped at the tile's edge
+    assert not tiles[1].any()
+    assert tiles[2][5, 5:11].all() and tiles[3][5, 5:11].all()

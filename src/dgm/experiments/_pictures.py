@@ -2,7 +2,7 @@
 
 Frames are tiled like the reference DRAW plots (each 28×28 tile padded by one pixel of grey
 0.5), scaled up, and written with Pillow; attention windows are rectangles over the tiles
-(read red, write green). Files are written atomically.
+(read red, write green), each clipped to its tile. Files are written atomically.
 """
 
 import math
@@ -41,12 +41,15 @@ def _frame(images, boxes, scale: int, cols: int):
             for i, (x0, y0, x1, y1) in enumerate(zip(*extent, strict=True)):
                 r, c = divmod(i, cols)
                 left, top = 1 + c * (w + 1), 1 + r * (h + 1)
-                xy = [(left + x0) * scale, (top + y0) * scale, (left + x1 + 1) * scale,
-                      (top + y1 + 1) * scale]  # fmt: skip
-                if np.all(np.isfinite(xy)):
-                    xy = [min(max(v, -1e4), 1e4) for v in xy]
-                    draw.rectangle([min(xy[0], xy[2]), min(xy[1], xy[3]), max(xy[0], xy[2]),
-                                    max(xy[1], xy[3])], outline=colour)  # fmt: skip
+                xy = np.array([left + x0, top + y0, left + x1 + 1, top + y1 + 1]) * scale
+                if not np.all(np.isfinite(xy)):
+                    continue
+                # clipped to its own tile: a window reaching past the digit must not
+                # draw over the neighbouring tiles
+                x_lo, x_hi = sorted(xy[[0, 2]].clip(left * scale, (left + w) * scale - 1))
+                y_lo, y_hi = sorted(xy[[1, 3]].clip(top * scale, (top + h) * scale - 1))
+                if x_hi > x_lo and y_hi > y_lo:
+                    draw.rectangle([x_lo, y_lo, x_hi, y_hi], outline=colour)
     return img
 
 

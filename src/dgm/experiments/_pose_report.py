@@ -70,6 +70,7 @@ def plot_skeleton(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
     from dgm.bvh.render import plot_pose_2d, plot_pose_3d, set_equal_3d
 
@@ -79,18 +80,23 @@ def plot_skeleton(
     ax = fig.add_subplot(1, 1 + cams, 1, projection="3d")
     plot_pose_3d(ax, truth[:3].T, pairs, color="k", lw=2.5)
     shown = [truth[:3].T]
-    for k, p in enumerate(positions.values()):
+    handles = [Line2D([], [], color="k", lw=2.5, label="truth")]
+    for k, (name, p) in enumerate(positions.items()):
+        handles.append(Line2D([], [], color=f"C{k}", lw=1, label=LABELS.get(name, name)))
         flat = p.reshape(-1, 4, 19)
         for s in flat[np.linspace(len(flat) // 2, len(flat) - 1, num_samples).astype(int)]:
             plot_pose_3d(ax, s[:3].T, pairs, color=f"C{k}", lw=1, alpha=0.5, points=False)
             shown.append(s[:3].T)
     set_equal_3d(ax, np.concatenate(shown))
-    ax.set_title("truth (black) and late draws")
+    ax.set_title("truth and late draws")
+    fig.legend(handles=handles, fontsize=7, loc="lower left", ncol=2, frameon=False)
+    fig.subplots_adjust(bottom=0.2)
     images = np.asarray(y_obs).reshape(cams, 2, 19)
     for c in range(cams):
         ax2 = fig.add_subplot(1, 1 + cams, 2 + c)
         plot_pose_2d(ax2, images[c], pairs, color="k")
         ax2.set_title(f"camera {c + 1} (observed)")
+        ax2.xaxis.set_major_locator(plt.MaxNLocator(2))
     ctx.save_figure("skeleton.png", fig)
 
 
