@@ -46,6 +46,15 @@ CONDITION_ERRORS = [
     ),
     (dict(derived=[sphere]), ValueError, "`derived` must be a dict"),
     (dict(derived={"r": 1.0}), ValueError, r"`derived\['r'\]` must be callable"),
+    (dict(dims={"r": ["i"]}), ValueError, "`dims` names 'r', which is not a derived quantity"),
+    (
+        dict(derived={"sq": lambda u: u * u}, dims={"sq": ["a", "b"]}),
+        ValueError,
+        r"`dims\['sq'\]` must name each of the 1 axes of derived\['sq'\] \(shape \(3,\)\); "
+        r"got \['a', 'b'\]",
+    ),
+    (dict(derived={"sq": lambda u: u * u}, dims={"sq": [1]}), ValueError, "list of axis names"),
+    (dict(dims=["sq"]), ValueError, "`dims` must be a dict"),
     (dict(jacobian="central"), ValueError, "`jacobian` must be one of"),
     (dict(gram_factor_fn="chol"), ValueError, "`gram_factor_fn` must be callable; got str"),
     (

@@ -44,6 +44,19 @@ def test_batch_has_an_obs_dimension(batch):
     np.testing.assert_allclose(radius, np.broadcast_to(Y[:, 0], radius.shape), atol=1e-7)
 
 
+def test_named_axes_of_a_derived_quantity_follow_the_obs_dimension():
+    posterior = dgm.condition(
+        ring, [1.0], 3, derived={"sq": lambda u: u * u, "r": ring}, dims={"sq": "axis"}
+    )
+    one = posterior.sample(jax.random.key(1), **KW)
+    assert one.posterior["sq"].dims == ("chain", "draw", "axis")
+    assert one.posterior["r"].dims == ("chain", "draw", "r_dim_0")  # ArviZ's default name
+    many = posterior.sample(jax.random.key(1), y_obs=Y, **KW)
+    assert many.posterior["sq"].dims == ("chain", "draw", "obs", "axis")
+    np.testing.assert_allclose(many.posterior["sq"].values.sum(-1), np.broadcast_to(
+        Y[:, 0] ** 2, (2, 6, 3)), rtol=1e-6)  # fmt: skip
+
+
 def test_batch_equals_separate_calls_with_the_split_keys(posterior, batch):
     keys = jax.random.split(jax.random.key(1), len(Y))
     for i, key in enumerate(keys):

@@ -281,5 +281,12 @@ def plot_rank_histograms(result: SBCResult, names: dict[str, list[str]] | None =
         ax.set_xticks([])
     for ax in axes.flat[len(panels) :]:
         ax.axis("off")
+    for ax in axes[-1]:
+        ax.set_xlabel(f"rank ({result.num_bins} bins)", fontsize=8)
+    fig.suptitle(
+        f"SBC rank histograms, {n} replications, {result.num_ranks} draws each; grey: "
+        "99% band of a bin's count if uniform",
+        fontsize=9,
+    )
     fig.tight_layout()
     return fig

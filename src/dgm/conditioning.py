@@ -66,8 +66,10 @@ class ConditionedGenerator(StartingPoints):
         init_fn,
         half_log_det_fn=None,
         log_det_grad_fn=None,
+        dims=None,
     ):
         self.generator = generator
+        self.dims = dict(dims or {})
         self.y_obs = y_obs
         self.input_dim = input_dim
         self.output_dim = int(y_obs.shape[0])
@@ -296,7 +298,7 @@ class ConditionedGenerator(StartingPoints):
             "interrupted": int(result.num_done < total),
         }
         extra = {"step_size": step_size}
-        return to_inference_data({"u": draws, **derived}, infos, y, attrs, extra)
+        return to_inference_data({"u": draws, **derived}, infos, y, attrs, extra, self.dims)
 
 
 def condition(
@@ -305,6 +307,7 @@ def condition(
     input_dim: Any,
     *,
     derived: Any = None,
+    dims: Any = None,
     jacobian: Any = "auto",
     gram_factor_fn: Any = None,
     init_fn: Any = None,
@@ -318,6 +321,9 @@ def condition(
         y_obs: the observed output (a vector).
         input_dim: M, the number of inputs (more than the number of outputs).
         derived: named functions of ``u`` recorded with the posterior draws.
+        dims: optional names of a derived quantity's axes in the ArviZ output, as
+            ``{"image": ["row", "column"]}`` (default ``image_dim_0``, ...; ``u``'s is
+            ``u_dim``), so that groups written alongside can share them.
         jacobian: ``"auto"``, ``"fwd"`` or ``"rev"``.
         gram_factor_fn: optional ``(u, J) -> AbstractGramFactor`` of J Jᵀ exploiting the
             Jacobian's structure, such as :class:`~dgm.inference.manifold.TriangularBlockGram`
@@ -344,21 +350,62 @@ def condition(
         raise ValueError(f"`input_dim` must be a positive int; got {input_dim!r}")
     functions = {"generator": generator, "gram_factor_fn": gram_factor_fn, "init_fn": init_fn}
     functions |= {"half_log_det_fn": half_log_det_fn}
-    if derived is not None and not isinstance(derived, dict):
-        raise ValueError(f"`derived` must be a dict of name -> function; got {derived!r}")
-    functions |= {f"derived[{name!r}]": fn for name, fn in (derived or {}).items()}
     for name, fn in functions.items():
         if (fn is not None or name == "generator") and not callable(fn):
             raise ValueError(f"`{name}` must be callable; got {type(fn).__name__}")
     check_choice("jacobian", jacobian, ("auto", "fwd", "rev"))
+    dims = check_derived(derived, dims, input_dim)
     y = _check_y_obs(generator, y_obs, input_dim)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         posterior = ConditionedGenerator(
-            generator, y, input_dim, derived, jacobian, gram_factor_fn, init_fn, half_log_det_fn
+            generator,
+            y,
+            input_dim,
+            derived,
+            jacobian,
+            gram_factor_fn,
+            init_fn,
+            half_log_det_fn,
+            dims=dims,
         )
     posterior.system.factor_type()  # TypeError unless an AbstractGramFactor
     return posterior
+
+
+def check_derived(derived: Any, dims: Any, input_dim: int) -> dict:
+    """Check ``derived`` (name -> callable of ``u``) and ``dims`` (name -> one axis name per
+    axis of that quantity); return ``dims`` as a dict of lists."""
+    if derived is not None and not isinstance(derived, dict):
+        raise ValueError(f"`derived` must be a dict of name -> function; got {derived!r}")
+    derived = derived or {}
+    for name, fn in derived.items():
+        if not callable(fn):
+            raise ValueError(f"`derived[{name!r}]` must be callable; got {type(fn).__name__}")
+    if dims is None:
+        return {}
+    if not isinstance(dims, dict):
+        raise ValueError(f"`dims` must be a dict of derived name -> axis names; got {dims!r}")
+    out = {}
+    for name, axes in dims.items():
+        if name not in derived:
+            raise ValueError(
+                f"`dims` names {name!r}, which is not a derived quantity; `derived` has "
+                f"{sorted(derived)}"
+            )
+        axes = [axes] if isinstance(axes, str) else axes
+        if not isinstance(axes, list | tuple) or not all(isinstance(a, str) for a in axes):
+            raise ValueError(f"`dims[{name!r}]` must be a list of axis names; got {axes!r}")
+        with jax.enable_x64(True):
+            u = jax.ShapeDtypeStruct((input_dim,), jnp.float64)
+            shape = getattr(jax.eval_shape(derived[name], u), "shape", ())
+        if len(axes) != len(shape):
+            raise ValueError(
+                f"`dims[{name!r}]` must name each of the {len(shape)} axes of "
+                f"derived[{name!r}] (shape {tuple(shape)}); got {list(axes)}"
+            )
+        out[name] = list(axes)
+    return out
 
 
 def _check_y_obs(generator: Callable, y_obs: Any, input_dim: int) -> jax.Array:

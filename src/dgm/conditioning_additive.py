@@ -18,7 +18,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from dgm.conditioning import ConditionedGenerator, _check_y_obs
+from dgm.conditioning import ConditionedGenerator, _check_y_obs, check_derived
 from dgm.inference.additive_noise import AdditiveNoise
 
 
@@ -29,6 +29,7 @@ def condition_additive_noise(
     sigma: Any,
     *,
     derived: Any = None,
+    dims: Any = None,
     jacobian: Any = "auto",
     gram: Any = "auto",
 ) -> ConditionedGenerator:
@@ -45,6 +46,7 @@ def condition_additive_noise(
         latent_dim: k, the number of inputs of ``f``.
         sigma: σ > 0, the output noise scale.
         derived: named functions of ``u`` recorded with the draws.
+        dims: optional axis names of derived quantities, as in :func:`dgm.condition`.
         jacobian: ``"auto"``, ``"fwd"``, ``"rev"`` (how ``J_f`` is formed by autodiff), or
             a differentiable function ``z -> J_f(z)`` of shape ``(len(y_obs), latent_dim)``
             that uses what is known about ``f`` (a closed-form Jacobian).
@@ -63,11 +65,6 @@ def condition_additive_noise(
     """
     if not callable(f):
         raise ValueError(f"`f` must be callable; got {type(f).__name__}")
-    if derived is not None and not isinstance(derived, dict):
-        raise ValueError(f"`derived` must be a dict of name -> function; got {derived!r}")
-    for name, fn in (derived or {}).items():
-        if not callable(fn):
-            raise ValueError(f"`derived[{name!r}]` must be callable; got {type(fn).__name__}")
     with jax.enable_x64(True):
         y = jnp.asarray(y_obs, jnp.float64)
     if y.ndim != 1:
@@ -77,6 +74,7 @@ def condition_additive_noise(
     if callable(jacobian):
         _check_jacobian(jacobian, latent_dim, (int(y.shape[0]), latent_dim))
     y = _check_y_obs(noise.generator, y, noise.input_dim)
+    dims = check_derived(derived, dims, noise.input_dim)
 
     def init_fn(key, y_obs):  # any observation (`sample(..., y_obs=...)` passes its own)
         z = jax.random.normal(key, (noise.latent_dim,), jnp.float64)
@@ -93,6 +91,7 @@ def condition_additive_noise(
             noise.gram_factor,
             init_fn,
             log_det_grad_fn=noise.log_det_grad,
+            dims=dims,
         )
     posterior.additive_noise = noise
     return posterior

@@ -49,6 +49,8 @@ def _check_outputs(out):
     idata = az.from_netcdf(str(out / "posterior.nc"))
     assert idata.posterior["pixels"].shape == (1, 6, 588)
     assert idata.hmc["z"].shape[:2] == (1, 30)
+    # both methods' pixel means on one axis: xarray subtracts them pixel by pixel
+    assert idata.posterior["pixels"].dims == idata.hmc["pixels"].dims
     return metrics
 
 

@@ -89,6 +89,8 @@ def test_smoke_through_cli_and_resume(tmp_path, shared_data, monkeypatch):
 
     idata = az.from_netcdf(str(out / "posterior.nc"))
     assert {"posterior", "hmc", "hier"} <= set(idata.groups())
+    dims = ("chain", "draw", "coordinate", "joint")  # shared: the groups line up in xarray
+    assert idata.posterior["positions"].dims == idata.hmc["positions"].dims == dims
     assert cli.main([*argv, "--resume"]) == 0
     again = json.loads((out / "metrics.json").read_text())
     for name in pose.METHODS:

@@ -11,6 +11,7 @@ from dgm.inference.base import device_groups
 
 METHODS = {"chmc": "constrained HMC (all inputs)", "hmc": "HMC on the latent (noise integrated)"}
 _ARRAYS = ("z", "pixels")
+DIMS = {"z": ["z_dim"], "pixels": ["pixel"]}  # shared by the CHMC and HMC groups
 
 
 def run_or_resume(name: str, fn, ctx: runs.RunContext) -> dict:
@@ -102,11 +103,8 @@ def save_posterior(ctx: runs.RunContext, results: dict) -> None:
         groups = ("posterior", "sample_stats", "observed_data")
         idata = az.InferenceData(**{g: getattr(stored, g).load() for g in groups if g in stored})
     else:  # resumed run whose CHMC file was lost: keep its latents and pixels
-        idata = az.from_dict(posterior={k: results["chmc"][k] for k in _ARRAYS})
-    ds = az.convert_to_dataset(
-        {k: results["hmc"][k] for k in _ARRAYS},
-        dims={"z": ["z_dim"], "pixels": ["pixels_dim"]},
-    )
+        idata = az.from_dict(posterior={k: results["chmc"][k] for k in _ARRAYS}, dims=DIMS)
+    ds = az.convert_to_dataset({k: results["hmc"][k] for k in _ARRAYS}, dims=DIMS)
     ds.attrs.update({"sampler": "hmc_latent", "wall_s": float(results["hmc"]["wall_s"])})
     idata.add_groups({"hmc": ds})
     ctx.save_with("posterior.nc", lambda p: idata.to_netcdf(str(p), engine="h5netcdf"))

@@ -15,6 +15,8 @@ from jaxtyping import ArrayLike
 
 from dgm.models.pose import LATENT_DIM, NUM_ANGLES, PoseGenerator
 
+POSITION_DIMS = ("coordinate", "joint")  # of the (4, 19) homogeneous joint positions
+
 
 class MethodResult(NamedTuple):
     positions: np.ndarray  # (chains, draws, 4, 19)
@@ -129,6 +131,7 @@ def chmc_posterior(gen: PoseGenerator, y_obs):
         LATENT_DIM,
         gen.sigma,
         derived={"positions": lambda u: gen.joint_positions(u[:LATENT_DIM])},
+        dims={"positions": list(POSITION_DIMS)},
         jacobian=lambda z: gen.noise_free_jacobian(z),
     )
 

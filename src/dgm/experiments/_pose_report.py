@@ -3,6 +3,7 @@
 import numpy as np
 
 from dgm import diagnostics
+from dgm.experiments._pose_methods import POSITION_DIMS
 from dgm.runs import RunContext
 
 LABELS = {
@@ -25,7 +26,7 @@ def save_posterior(ctx: RunContext, positions: dict) -> None:
         )
     else:  # CHMC not run (or its file lost on resume)
         idata = az.InferenceData()
-    dims = {"positions": ["coordinate", "joint"]}
+    dims = {"positions": list(POSITION_DIMS)}
     groups = {
         name: az.convert_to_dataset({"positions": p}, dims=dims)
         for name, p in positions.items()

@@ -291,6 +291,7 @@ def run(config: Config, key, ctx: runs.RunContext) -> dict:
             decoder.input_dim,
             config.noise_sd,
             derived={"pixels": lambda u: dec64(u[: decoder.input_dim])[num_obs:]},
+            dims={"pixels": report_lib.DIMS["pixels"]},
         )
         pixel_fn = jax.jit(jax.vmap(jax.vmap(lambda z: dec64(z)[num_obs:])))
         num_chains = max(config.chmc.num_chains, config.hmc.num_chains)

@@ -336,20 +336,21 @@ STAT_NAMES = {
 }
 
 
-def to_inference_data(posterior: dict, infos: Any, y_obs, attrs: dict, extra_stats=None):
+def to_inference_data(posterior: dict, infos: Any, y_obs, attrs: dict, extra_stats=None, dims=None):
     """ArviZ ``InferenceData`` of constrained HMC draws: ``posterior`` (``u`` first, over
-    ``u_dim``, then derived quantities), ``sample_stats`` (the :data:`STAT_NAMES` fields
-    ``infos`` has, a ``CHMCInfo`` or a ``DCHMCInfo``, then ``extra_stats``),
-    ``observed_data`` and ``attrs`` on the posterior and sample-stats groups."""
+    ``u_dim``, then derived quantities, their axes named by ``dims``), ``sample_stats`` (the
+    :data:`STAT_NAMES` fields ``infos`` has, a ``CHMCInfo`` or a ``DCHMCInfo``, then
+    ``extra_stats``), ``observed_data`` and ``attrs`` on the posterior and sample-stats
+    groups."""
     import arviz as az
 
     stats = {name: getattr(infos, f) for f, name in STAT_NAMES.items() if hasattr(infos, f)}
     stats |= extra_stats or {}
     observed = {"y": np.asarray(y_obs)}
-    dims = {"u": ["u_dim"]}
+    dims = {"u": ["u_dim"], **(dims or {})}
     if observed["y"].ndim == 2:  # a batch of observations: an `obs` dimension everywhere
-        dims = {name: ["obs"] for name in (*posterior, *stats)}
-        dims |= {"u": ["obs", "u_dim"], "y": ["obs", "y_dim"]}
+        dims = {name: ["obs", *dims.get(name, [])] for name in (*posterior, *stats)}
+        dims |= {"y": ["obs", "y_dim"]}
     idata = az.from_dict(posterior, sample_stats=stats, observed_data=observed, dims=dims)
     for group in (idata.posterior, idata.sample_stats):
         # an attribute named like a variable would shadow it (`ds.step_size`)
