@@ -135,3 +135,25 @@ def test_bad_binarized_text_names_the_file(tmp_path):
     path.write_bytes(b"0 1")
     with pytest.raises(ValueError, match="bad.amat: size 3"):
         mnist.read_binarized_text(path)
+
+
+def test_evenly_spaced_keeps_the_order_and_takes_all_when_asked_for_more():
+    x = np.arange(10_000)
+    sub = mnist.evenly_spaced(x, 1000)
+    assert len(sub) == 1000 and sub[0] == 0 and sub[-1] == 9999
+    assert np.all(np.diff(sub) >= 10) and np.all(np.diff(sub) <= 11)
+    np.testing.assert_array_equal(mnist.evenly_spaced(x[:5], 7), x[:5])
+
+
+def test_test_subsets_are_spread_over_the_class_ordered_test_file(shared_data, monkeypatch):
+    """The binarized test file is ordered by class (980 zeros first): its first 1000 images
+    have 28 % more ink than the set; the subsets the experiments score keep the classes."""
+    monkeypatch.setenv("DGM_DATA_DIR", str(shared_data))
+    full = mnist.load_binarized_mnist("test").mean()
+    assert mnist.load_binarized_mnist("test")[:1000].mean() > 1.2 * full  # the ordering
+    _, _, test = mnist.binarized_splits(10, 10, 1000)
+    assert test.shape == (1000, 784) and abs(test.mean() - full) < 0.01 * full
+    # on the sorted labels, every class keeps its share to within one image
+    labels = np.sort(mnist.load_mnist_test_labels())
+    share = np.bincount(mnist.evenly_spaced(labels, 1000), minlength=10)
+    assert np.all(np.abs(share - np.bincount(labels) / 10) <= 1)

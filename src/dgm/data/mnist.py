@@ -114,7 +114,9 @@ def load_binarized_mnist(
         base_url: where the text files are (a mirror, or a local server in tests).
 
     Returns:
-        ``(N, 784)`` uint8 pixels in {0, 1}, row-major 28x28 images.
+        ``(N, 784)`` uint8 pixels in {0, 1}, row-major 28x28 images. The train and valid
+        files are shuffled; the test file is ordered by digit class (take a subset of it
+        with :func:`evenly_spaced`, not its first images).
 
     Raises:
         ValueError: unknown split; a corrupt file (a ``ChecksumError`` on a sha256 mismatch).
@@ -133,6 +135,33 @@ def load_binarized_mnist(
     if len(x) != SPLIT_SIZES[split]:
         raise ValueError(f"{split} split has {len(x)} images; expected {SPLIT_SIZES[split]}")
     return x
+
+
+def evenly_spaced(images: np.ndarray, num: int) -> np.ndarray:
+    """``num`` of ``images`` evenly spaced over the whole array (all of them when ``num`` is
+    at least their number), in order.
+
+    Use it for any subset of the fixed binarized test set: that file is ordered by digit
+    class (its first 980 images are zeros, then the ones), so its first ``num`` images are
+    not a sample of the test set; every ``len / num``-th image keeps the class proportions.
+    """
+    if num >= len(images):
+        return images
+    return images[np.linspace(0, len(images) - 1, num).astype(int)]
+
+
+def binarized_splits(
+    num_train: int, num_valid: int, num_test: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(train, valid, test)`` of the fixed binarized MNIST as float32 ``(N, 784)``: the
+    first ``num_train`` and ``num_valid`` images (those files are shuffled) and
+    ``num_test`` test images :func:`evenly_spaced` over the class-ordered test file."""
+    as_float = lambda a: np.asarray(a, np.float32)  # noqa: E731
+    return (
+        as_float(load_binarized_mnist("train")[:num_train]),
+        as_float(load_binarized_mnist("valid")[:num_valid]),
+        as_float(evenly_spaced(load_binarized_mnist("test"), num_test)),
+    )
 
 
 def read_idx(path: str | Path) -> np.ndarray:

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dgm import runs
+from dgm.data.mnist import evenly_spaced
 from dgm.experiments import _pictures
 from dgm.models import iaf_vae
 
@@ -46,8 +47,7 @@ def _unit(config) -> tuple[str, float]:
 def test_bound(config, images: np.ndarray):
     """``track_fn`` for training: the test −ELBO (free bits off; nats or bits/dim) on
     ``config.curve_images`` test images, evenly spaced, as ``test_neg_elbo``."""
-    idx = np.linspace(0, len(images) - 1, min(config.curve_images, len(images))).astype(int)
-    subset, scale = images[idx], _unit(config)[1]
+    subset, scale = evenly_spaced(images, config.curve_images), _unit(config)[1]
 
     def fn(model, key):
         elbo = [np.asarray(_terms(model, x, jax.random.fold_in(key, i))[0])[:num]
@@ -67,11 +67,11 @@ def score(config, model, test: np.ndarray, key) -> dict:
         blocks.append(np.asarray(kb) * num)  # kl_blocks is a batch mean: padding excluded below
         n += num
     elbo = np.concatenate(elbo).astype(np.float64)
-    idx = np.linspace(0, len(test) - 1, min(config.is_images, len(test))).astype(int)
+    is_test = evenly_spaced(test, config.is_images)
     chunk = min(config.is_chunk, config.est_marglik)
     per_call = max(1, config.eval_batch_size // chunk)
     ll = []
-    for i, (x, num) in enumerate(_batches(test[idx], per_call)):
+    for i, (x, num) in enumerate(_batches(is_test, per_call)):
         ll.append(np.asarray(_is(model, x, jax.random.fold_in(k_is, i), config.est_marglik,
                                  chunk))[:num])  # fmt: skip
     ll = np.concatenate(ll).astype(np.float64)
@@ -87,7 +87,7 @@ def score(config, model, test: np.ndarray, key) -> dict:
         "test_neg_elbo": float(-elbo.mean() * scale),
         "test_nll_is": float(-ll.mean() * scale),
         "is_samples": config.est_marglik,
-        "is_images": len(idx),
+        "is_images": len(is_test),
         "num_test": len(test),
         "kl_blocks": {name: float(v) for name, v in zip(names, kl_blocks, strict=True)},
     }
@@ -129,7 +129,7 @@ def pictures(ctx: runs.RunContext, config, model, test: np.ndarray, key) -> floa
         times.append(time.perf_counter() - t0)
     _grid(ctx.path("samples.png"), crop(means))
     half = max(1, num // 2)
-    x = jnp.asarray(test[:half])
+    x = jnp.asarray(evenly_spaced(test, half))  # every digit class, not the first ones
     recon = eqx.filter_jit(iaf_vae.reconstruction_means)(model, x, k_recon)
     data = np.asarray(x) if model.likelihood == "bernoulli" else np.asarray(x) / 255.0
     pairs = np.stack([crop(data), crop(recon)], axis=1).reshape(-1, *crop(data).shape[1:])

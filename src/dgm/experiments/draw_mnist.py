@@ -25,12 +25,11 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from dgm import runs, training
 from dgm.config import check_choice, check_positive
-from dgm.data.mnist import SPLIT_SIZES, load_binarized_mnist
+from dgm.data.mnist import SPLIT_SIZES, binarized_splits, evenly_spaced
 from dgm.experiments import _draw_eval, _training
 from dgm.models import draw, draw_io
 from dgm.nn import attention
@@ -171,14 +170,6 @@ def _trainer(
     )  # fmt: skip
 
 
-def _load(config: Config):
-    as_float = lambda a: np.asarray(a, np.float32)  # noqa: E731
-    train = as_float(load_binarized_mnist("train")[: config.num_train])
-    valid = as_float(load_binarized_mnist("valid")[: config.num_valid])
-    test = as_float(load_binarized_mnist("test")[: config.num_test])
-    return train, valid, test
-
-
 def _eval_fn(config: Config, valid, test):
     """The validation bound; with ``track_test``, the test bound and its two parts too (in
     each epoch's record: ``train_metrics.jsonl`` holds the test curve)."""
@@ -199,7 +190,7 @@ def run(config: Config, key, ctx: runs.RunContext) -> dict:
     """Train, keep the best-by-validation model, score it on the test set, save it, draw."""
     start = time.perf_counter()
     k_model, k_train, k_bound, k_is, k_pics = jax.random.split(key, 5)
-    train, valid, test = _load(config)
+    train, valid, test = binarized_splits(config.num_train, config.num_valid, config.num_test)
     model = build_model(config, k_model)
     cfg = config.train
     loader = training.ArrayLoader(train, cfg.batch_size)
@@ -216,7 +207,7 @@ def run(config: Config, key, ctx: runs.RunContext) -> dict:
     recon, kl = _draw_eval.bound_parts(best, test, k_bound, config.eval_batch_size)
     # Evenly spaced: the test set is ordered (its first 1000 images scored 173 nats, the
     # next 1000 69, under one quick-preset model), so a prefix is not a fair subset.
-    is_x = test[:: max(1, len(test) // config.is_images)][: config.is_images]
+    is_x = evenly_spaced(test, config.is_images)
     nll = _draw_eval.is_nll(best, is_x, k_is, config.test_samples, config.eval_batch_size)
     draw_io.save(ctx.path(draw_io.decoders.MODEL_FILE), best, dataset="binarized_mnist",
                  epochs=result.epochs)  # fmt: skip
@@ -234,7 +225,7 @@ def run(config: Config, key, ctx: runs.RunContext) -> dict:
         "s_per_epoch": result.s_per_epoch,
         "wall_s": time.perf_counter() - start,
     }
-    _draw_eval.pictures(ctx.out, best, test[: config.num_images], k_pics)
+    _draw_eval.pictures(ctx.out, best, evenly_spaced(test, config.num_images), k_pics)
     _draw_eval.plot_test_curve(ctx, result.history, config)
     runs.write_text(ctx.path("report.md"), _draw_eval.report(config, metrics))
     return metrics

@@ -166,7 +166,7 @@ def _trainer(alpha, beta1, beta2, polyak, num_batches, split_batch=False) -> NaN
 def load_data(config: Config) -> tuple[np.ndarray, np.ndarray]:
     """``(train, test)`` as float32 NHWC 32×32 images (MNIST: {0, 1}; CIFAR: 0..255)."""
     if config.problem == "mnist":
-        from dgm.data.mnist import load_binarized_mnist
+        from dgm.data.mnist import evenly_spaced, load_binarized_mnist
 
         train = np.concatenate([load_binarized_mnist("train"), load_binarized_mnist("valid")])
         test = load_binarized_mnist("test")
@@ -174,8 +174,9 @@ def load_data(config: Config) -> tuple[np.ndarray, np.ndarray]:
         train, test = pad(train), pad(test)
     else:
         train, test = load_cifar10()
+    # the binarized test file is ordered by class: a subset is spread over all of it
     return (np.asarray(train[: config.num_train], np.float32),
-            np.asarray(test[: config.num_test], np.float32))  # fmt: skip
+            np.asarray(evenly_spaced(test, config.num_test), np.float32))  # fmt: skip
 
 
 def load_cifar10() -> tuple[np.ndarray, np.ndarray]:

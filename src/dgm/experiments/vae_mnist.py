@@ -22,7 +22,7 @@ import numpy as np
 
 from dgm import runs, training
 from dgm.config import check_positive
-from dgm.data.mnist import SPLIT_SIZES, load_binarized_mnist
+from dgm.data.mnist import SPLIT_SIZES, binarized_splits
 from dgm.experiments import _training
 from dgm.models import vae
 
@@ -138,19 +138,11 @@ def mean_is_nll(model, x, key, batch_size: int, num_samples: int, chunk_size: in
     return float(-_batched(fn, x, batch_size, key).mean())
 
 
-def _load(config: Config):
-    as_float = lambda a: np.asarray(a, np.float32)  # noqa: E731
-    train = as_float(load_binarized_mnist("train")[: config.num_train])
-    valid = as_float(load_binarized_mnist("valid")[: config.num_valid])
-    test = as_float(load_binarized_mnist("test")[: config.num_test])
-    return train, valid, test
-
-
 def run(config: Config, key, ctx: runs.RunContext) -> dict:
     """Train, keep the best-by-validation model, score it on the test set, save it."""
     start = time.perf_counter()
     k_model, k_train, k_elbo, k_is, k_samples = jax.random.split(key, 5)
-    train, valid, test = _load(config)
+    train, valid, test = binarized_splits(config.num_train, config.num_valid, config.num_test)
     hidden = (config.hidden_dim, config.hidden_dim)
     model = vae.VAE(train.shape[1], config.latent_dim, hidden, key=k_model)
     cfg = config.train
