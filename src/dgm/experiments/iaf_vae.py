@@ -125,7 +125,7 @@ PRESETS = {
                     eval_batch_size=32, num_images=4, polyak=0.5),
     # A small MNIST model in under two minutes (IS with K = 1000 on 20 test images).
     "quick": Config(problem="mnist", n_h=16, n_z=4, n_batch=32, depths=(1, 1),
-                    margs=ModelArgs(posterior="down_diag", kl_min=0.1), num_epochs=3,
+                    margs=ModelArgs(posterior="down_diag", kl_min=0.1), num_epochs=10,
                     num_train=3200, num_test=1000, is_images=20, eval_batch_size=100,
                     polyak=0.98),
     # The Theano MNIST branch (spec §2.11): n_h 64, n_z 32, pad to 32×32.
