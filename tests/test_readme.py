@@ -121,3 +121,26 @@ def test_condition_a_trained_decoder_example(tmp_path, monkeypatch, shared_data)
     assert scope["mean_image"].shape == (28, 28)
     residual = np.asarray(scope["idata"].sample_stats["constraint_residual"]).max()
     assert residual < 1e-6 and float(scope["idata"].sample_stats["acceptance_rate"].mean()) > 0.5
+
+
+def test_condition_a_trained_dmm_example(tmp_path, monkeypatch, shared_data):
+    """The DMM section's block on a small saved DMM (its "RUN" replaced by the directory):
+    exact posterior draws of the first JSB test sequence's latent path."""
+    import jax
+
+    from dgm.models import dmm, dmm_io
+
+    sizes = dict(z_dim=2, transition_dim=8, emission_dim=8, rnn_dim=8, cell="gru")
+    model = dmm.DMM(88, **sizes, key=jax.random.key(0))
+    dmm_io.save(tmp_path / "model.eqx", model, {k: v for k, v in sizes.items() if k != "z_dim"})
+    monkeypatch.setenv("DGM_DATA_DIR", str(shared_data))
+    code = _block("### A trained DMM, conditioned exactly").replace('"RUN"', repr(str(tmp_path)))
+    shorter = "num_warmup=150, num_samples=100"  # the block as written, with fewer iterations
+    code = code.replace("num_warmup=500, num_samples=500", shorter)
+    assert shorter in code
+    scope: dict = {}
+    with jax.numpy_dtype_promotion("standard"), jax.numpy_rank_promotion("allow"):
+        exec(code, scope)
+    z = scope["idata"].posterior["z"]
+    assert z.shape == (4, 100, len(scope["x"]), 2)
+    assert float(scope["idata"].sample_stats["acceptance_rate"].mean()) > 0.6

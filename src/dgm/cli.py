@@ -104,11 +104,18 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="join a multi-process run described by the cluster environment (Slurm, ...)",
     )
-    sample = sub.add_parser("sample", help="new samples (and a DRAW's animation) from a run")
-    sample.add_argument("run_dir", type=Path, help="run directory of a trained image model")
+    sample = sub.add_parser(
+        "sample", help="new samples (a DRAW's animation, a DMM's MIDI) from a trained run"
+    )
+    sample.add_argument("run_dir", type=Path, help="run directory of a trained image model or DMM")
     sample.add_argument("--num", type=int, default=64, help="number of samples (default 64)")
-    sample.add_argument("--out", type=Path, default=None, help="a .png file (GIFs beside it)")
+    sample.add_argument(
+        "--out", type=Path, default=None, help="a .png file (GIFs or a DMM's .mid beside it)"
+    )
     sample.add_argument("--seed", type=int, default=0, help="PRNG seed (default 0)")
+    sample.add_argument(
+        "--steps", type=int, default=100, help="time steps of a DMM's sequences (default 100)"
+    )
     compare = sub.add_parser("compare", help="one Markdown table of several runs")
     compare.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR")
     compare.add_argument(
@@ -180,7 +187,7 @@ def _start_devices(args: argparse.Namespace) -> None:
 def _sample(args: argparse.Namespace) -> int:
     from dgm.experiments import sample
 
-    for path in sample.sample_run(args.run_dir, args.num, args.out, args.seed):
+    for path in sample.sample_run(args.run_dir, args.num, args.out, args.seed, args.steps):
         print(f"wrote {path}")
     return 0
 

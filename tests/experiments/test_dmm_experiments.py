@@ -33,6 +33,16 @@ def test_smoke_preset_through_cli(name, tmp_path, shared_data, monkeypatch):
         from dgm.data.midi import read_piano_roll
 
         assert read_piano_roll(out / "sample.mid").shape == (100, 88)
+    # the saved model loads back (dgm.models.dmm_io), and `dgm sample` draws from it
+    from dgm.models import dmm_io
+
+    model, head = dmm_io.load_run(out)
+    assert head["experiment"] == name and model.obs_dim == head["obs_dim"]
+    png = tmp_path / "new.png"
+    assert main(["sample", str(out), "--num", "2", "--steps", "30", "--out", str(png)]) == 0
+    assert png.stat().st_size > 0
+    if name == "dmm-polyphonic":
+        assert read_piano_roll(png.with_suffix(".mid")).shape == (30, 88)
     # resuming a finished run trains no more epochs and gives the same checkpoint
     before = (out / "checkpoints" / "train.eqx").read_bytes()
     assert main(["run", name, "--smoke", "--out", str(out), "--no-progress", "--resume"]) == 0

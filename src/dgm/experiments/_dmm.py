@@ -48,6 +48,14 @@ def build_model(config: ModelConfig, obs_dim: int, likelihood: str, key) -> dmm.
     return dmm.DMM(obs_dim, likelihood=likelihood, key=key, **dataclasses.asdict(config))
 
 
+def save_model(ctx, model: dmm.DMM, config: ModelConfig, **extra) -> None:
+    """``RUN/model.eqx``: the model with a header :func:`dgm.models.dmm_io.load_run` reads
+    (``extra``: more header fields, such as the experiment and dataset)."""
+    from dgm.models import dmm_io
+
+    dmm_io.save(ctx.path("model.eqx"), model, dataclasses.asdict(config), **extra)
+
+
 def dmm_loss(model: dmm.DMM, batch, key):
     """(Σ_i −ELBO_i(β) + l2·Σθ²) / batch size; aux: the β-weighted loss per frame."""
     (x, mask), hyper = batch

@@ -193,7 +193,7 @@ def run(config: Config, key, ctx: runs.RunContext) -> dict:
         eval_fn=eval_fn,
         fingerprint=_training.fingerprint(config, _ADDED_FIELDS),
     )
-    _training.save_model(ctx, "model_best.eqx", result.best_model)
+    _dmm.save_model(ctx, result.best_model, config.model, experiment=NAME, dataset=config.dataset)
     t_eval = time.perf_counter()
     scores = evaluate_test(config, result.best_model, test, key_test)
     _plot_sample(ctx, result.best_model, key_sample)

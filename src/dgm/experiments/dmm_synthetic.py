@@ -165,7 +165,9 @@ def nonlinear_model_config(config: Config) -> _dmm.ModelConfig:
     return dataclasses.replace(config.model, z_dim=dim, transition="gated", emission_layers=1)
 
 
-def _fit_and_score(model, loss, splits, config: Config, k_train, k_test, ctx: runs.RunContext):
+def _fit_and_score(
+    model, model_config, loss, splits, config: Config, k_train, k_test, ctx: runs.RunContext
+):
     """Train with validation-bound model selection; test bound and IS-NLL of the best model."""
     train, valid, test = splits
     cfg = config.train
@@ -185,7 +187,7 @@ def _fit_and_score(model, loss, splits, config: Config, k_train, k_test, ctx: ru
         fingerprint=_training.fingerprint(config, _ADDED_FIELDS),
     )
     best = result.best_model
-    _training.save_model(ctx, "model_best.eqx", best)
+    _dmm.save_model(ctx, best, model_config, experiment=NAME, dataset=config.dataset)
     scores = _dmm.evaluate(
         best, test, k_test, bound_samples=2, is_samples=config.test_samples, **ev
     )
@@ -209,7 +211,7 @@ def run(config: Config, key, ctx: runs.RunContext) -> dict:
     if not config.learn_generative:
         model, loss = with_true_parameters(model, params), _dmm.frozen_generative_loss
     result, best, scores = _fit_and_score(
-        model, loss, (train, valid, test), config, k_train, k_test, ctx
+        model, config.model, loss, (train, valid, test), config, k_train, k_test, ctx
     )
     mask = jnp.asarray(test.mask)
     exact, smooth = jax.jit(jax.vmap(lambda a, m: _kalman(params, a, m)))(x_test, mask)
@@ -266,7 +268,7 @@ def run_nonlinear(config: Config, key, ctx: runs.RunContext) -> dict:
     model_config = nonlinear_model_config(config)
     model = _dmm.build_model(model_config, model_config.z_dim, "gaussian", k_model)
     result, best, scores = _fit_and_score(
-        model, _dmm.dmm_loss, (train, valid, test), config, k_train, k_test, ctx
+        model, model_config, _dmm.dmm_loss, (train, valid, test), config, k_train, k_test, ctx
     )
     mask = jnp.asarray(test.mask)
     q_mean = _posterior_means(best, x_test, mask, k_post, config.posterior_samples)

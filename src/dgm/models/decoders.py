@@ -128,7 +128,7 @@ def model_path(run_dir: str | os.PathLike) -> Path:
     if not path.is_file():
         what = "does not exist" if not run_dir.is_dir() else f"holds no {MODEL_FILE}"
         raise FileNotFoundError(
-            f"{run_dir} {what}; expected the run directory of a trained dgm image model"
+            f"{run_dir} {what}; expected the run directory of a trained dgm model"
         )
     return path
 

@@ -159,14 +159,18 @@ def _step_noise(key: PRNGKeyArray, num_steps: int, dim: int) -> Float[Array, "ti
     )
 
 
+def _prior(model: DMM, z):
+    """Mean and variance of p(z_t | z_{t−1}) at every step of a path (z_1 ~ N(0, I))."""
+    z_prev = jnp.concatenate([jnp.zeros_like(z[:1]), z[:-1]], axis=0)
+    mu_p, var_p = jax.vmap(model.transition)(z_prev)
+    first = (jnp.arange(z.shape[0]) == 0)[:, None]
+    return jnp.where(first, 0.0, mu_p), jnp.where(first, 1.0, var_p)
+
+
 def _generative_terms(model: DMM, x, z, eps, mu_q, var_q, log_det):
     """One sequence's per-step terms, given its posterior path."""
     log_q = jax.vmap(gaussian_log_prob)(mu_q + jnp.sqrt(var_q) * eps, mu_q, var_q) - log_det
-    z_prev = jnp.concatenate([jnp.zeros_like(z[:1]), z[:-1]], axis=0)
-    mu_p, var_p = jax.vmap(model.transition)(z_prev)
-    first = (jnp.arange(x.shape[0]) == 0)[:, None]
-    mu_p = jnp.where(first, jnp.zeros_like(mu_p), mu_p)
-    var_p = jnp.where(first, jnp.ones_like(var_p), var_p)
+    mu_p, var_p = _prior(model, z)
     log_p = jax.vmap(gaussian_log_prob)(z, mu_p, var_p)
     if model.flow is None:
         kl = jax.vmap(gaussian_kl)(mu_q, var_q, mu_p, var_p)
@@ -263,6 +267,24 @@ def importance_log_likelihood(
     """log p̂(x_i) = log (1/S) Σ_s w_s per sequence (a lower bound in expectation)."""
     log_w = log_importance_weights(model, x, mask, key, num_samples, chunk_size)
     return jax.scipy.special.logsumexp(log_w, axis=0) - math.log(num_samples)
+
+
+def log_joint(
+    model: DMM,
+    x: Float[Array, "time obs"],
+    z: Float[Array, "time latent"],
+    mask: Float[Array, " time"] | None = None,
+) -> Float[Array, ""]:
+    """log p(x, z) = Σ_t m_t [log p(z_t | z_{t−1}) + log p(x_t | z_t)] of one sequence.
+
+    The exact joint density of the generative model (the inference network plays no part),
+    so ``exp(log_joint(model, x, ·))`` is the exact posterior of the latent path up to a
+    constant: ``dgm.sample(lambda p: log_joint(model, x, p["z"]), {"z": z0}, key=key)``
+    samples it with NUTS. ``mask`` (default all ones) drops padded steps.
+    """
+    mu_p, var_p = _prior(model, z)
+    terms = jax.vmap(gaussian_log_prob)(z, mu_p, var_p) + jax.vmap(model.emission.log_prob)(z, x)
+    return jnp.sum(terms if mask is None else mask * terms)
 
 
 def sample_sequences(model: DMM, num_steps: int, key: PRNGKeyArray) -> Float[Array, "time obs"]:
