@@ -72,6 +72,14 @@ def test_default_epochs_keys_and_metrics_can_be_chosen(three_runs):
     assert rows["up"]["depths"] == "[2, 2]"
 
 
+def test_a_result_named_like_a_config_column_gets_its_own_header(tmp_path):
+    runs = [_run_dir(tmp_path, f"s{n}", "down_diag", [(1, 1.0)], {"n_h": 2 * n}, n_h=n)
+            for n in (16, 64)]  # fmt: skip
+    header, rows = _rows(compare.table([compare.load_run(d) for d in runs]))
+    assert header == ["run", "n_h", "epochs", "n_h (result)"]
+    assert (rows["s16"]["n_h"], rows["s16"]["n_h (result)"]) == ("16", "32")
+
+
 def test_cli_prints_and_writes_the_table(three_runs, tmp_path, capsys):
     out = tmp_path / "table.md"
     args = ["compare", *map(str, three_runs), "--curve", "test_neg_elbo", "--epochs", "2",

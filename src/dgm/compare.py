@@ -125,7 +125,9 @@ def table(
                 f"fields recorded: {', '.join(fields) or 'none'}"
             )
         columns = list(epochs) if epochs is not None else recorded
-    header = ["run", *keys, "epochs", *(f"{curve} @ {e}" for e in columns), *metrics]
+    # a metrics.json field named like a config column gets its own header
+    results = [f"{k} (result)" if k in keys else k for k in metrics]
+    header = ["run", *keys, "epochs", *(f"{curve} @ {e}" for e in columns), *results]
     rows = [header, ["---"] * len(header)]
     for run in runs:
         rows.append(
