@@ -107,3 +107,6 @@ def test_saved_model_loads_back_equal(tmp_path):
     assert dmm.log_joint(back, x, jnp.ones((3, 2))) == dmm.log_joint(model, x, jnp.ones((3, 2)))
     with pytest.raises(FileNotFoundError, match="holds no model.eqx"):
         dmm_io.load_run(tmp_path)
+    (tmp_path / "model_best.eqx").write_bytes(b"")  # an older run's file
+    with pytest.raises(FileNotFoundError, match="older dgm.*--resume"):
+        dmm_io.load_run(tmp_path)

@@ -19,6 +19,7 @@ Example:
 """
 
 import os
+from pathlib import Path
 
 import jax
 
@@ -63,4 +64,10 @@ def load_run(run_dir: str | os.PathLike) -> tuple[DMM, dict]:
         FileNotFoundError: no directory or no ``model.eqx`` in it.
         ValueError: the file holds another kind of model or is not a model file.
     """
+    old = Path(run_dir) / "model_best.eqx"  # written without a header before 2026-12-03
+    if old.is_file() and not (Path(run_dir) / decoders.MODEL_FILE).is_file():
+        raise FileNotFoundError(
+            f"{run_dir} holds model_best.eqx from an older dgm, which cannot be loaded on its "
+            "own; `dgm run ... --resume` on the run writes model.eqx"
+        )
     return load(decoders.model_path(run_dir))
