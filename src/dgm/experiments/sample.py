@@ -96,7 +96,8 @@ def _sample_dmm(run_dir, num: int, out: Path, key, steps: int) -> list[Path]:
     written = [out]
     if model.emission.raw_var is None:  # Bernoulli: sampled binary rolls
         rolls = np.asarray(jax.random.uniform(k_roll, means.shape)) < means
-        fig, axes = plt.subplots(num, 1, figsize=(8, 1.6 * num), squeeze=False, sharex=True)
+        height = min(1.6 * num, 24.0)  # 64 rolls (the default --num) in 24 inches
+        fig, axes = plt.subplots(num, 1, figsize=(8, height), squeeze=False, sharex=True)
         for ax, roll in zip(axes[:, 0], rolls, strict=True):
             ax.imshow(roll.T, aspect="auto", origin="lower", cmap="Greys", interpolation="nearest")
             ax.set_ylabel("pitch")
