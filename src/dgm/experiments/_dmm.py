@@ -13,7 +13,7 @@ import numpy as np
 from dgm import training
 from dgm.config import check_choice, check_nonnegative, check_positive
 from dgm.data.polyphonic import SequenceSet
-from dgm.models import dmm
+from dgm.models import dmm, dmm_io
 from dgm.nn.rnn import CELLS
 
 
@@ -51,8 +51,6 @@ def build_model(config: ModelConfig, obs_dim: int, likelihood: str, key) -> dmm.
 def save_model(ctx, model: dmm.DMM, config: ModelConfig, **extra) -> None:
     """``RUN/model.eqx``: the model with a header :func:`dgm.models.dmm_io.load_run` reads
     (``extra``: more header fields, such as the experiment and dataset)."""
-    from dgm.models import dmm_io
-
     dmm_io.save(ctx.path("model.eqx"), model, dataclasses.asdict(config), **extra)
 
 

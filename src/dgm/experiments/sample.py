@@ -17,7 +17,7 @@ import numpy as np
 
 from dgm.config import check_positive
 from dgm.experiments import _draw_eval, _pictures
-from dgm.models import decoders
+from dgm.models import decoders, dmm_io
 
 
 def sample_run(
@@ -52,9 +52,10 @@ def sample_run(
             f"`out` must name a .png file (a DRAW's animations go beside it as .gif); got {out}"
         )
     key = jax.random.key(seed)
-    if decoders.read_header(path).get("kind") == "dmm":
+    if decoders.read_header(path).get("kind") == dmm_io.KIND:
+        model = dmm_io.load(path)[0]
         out.parent.mkdir(parents=True, exist_ok=True)
-        return _sample_dmm(run_dir, num, out, key, steps)
+        return _sample_dmm(model, num, out, key, steps)
     decoder = decoders.load(run_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     if decoder.kind != "draw":
@@ -77,7 +78,7 @@ def sample_run(
     return written
 
 
-def _sample_dmm(run_dir, num: int, out: Path, key, steps: int) -> list[Path]:
+def _sample_dmm(model, num: int, out: Path, key, steps: int) -> list[Path]:
     """Sequences from a DMM's prior: piano rolls (PNG, first one as MIDI) or mean curves."""
     import matplotlib
 
@@ -87,9 +88,8 @@ def _sample_dmm(run_dir, num: int, out: Path, key, steps: int) -> list[Path]:
     from dgm import runs
     from dgm.data import midi
     from dgm.data.polyphonic import NUM_PITCHES
-    from dgm.models import dmm, dmm_io
+    from dgm.models import dmm
 
-    model, _ = dmm_io.load_run(run_dir)
     k_seq, k_roll = jax.random.split(key)
     draw = jax.jit(jax.vmap(lambda k: dmm.sample_sequences(model, steps, k)))
     means = np.asarray(draw(jax.random.split(k_seq, num)))  # (num, steps, obs)
