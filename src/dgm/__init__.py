@@ -8,6 +8,8 @@ JAX (``dgm.condition``, ``dgm.SVGD``) and the subpackages (``dgm.diagnostics``,
 __version__ = "0.1.0"
 
 _LAZY = {
+    "Amortized": "dgm.amortized",
+    "amortize": "dgm.amortized",
     "SVGD": "dgm.svgd_original",
     "condition": "dgm.conditioning",
     "condition_additive_noise": "dgm.conditioning_additive",
@@ -15,17 +17,21 @@ _LAZY = {
     "set_host_device_count": "dgm._runtime",
     "sample": "dgm.sampling",
     "sbc": "dgm.calibration",
+    "svgd": "dgm.stein",
 }
 
 __all__ = [
+    "Amortized",
     "SVGD",
     "ConditionedGenerator",
     "__version__",
+    "amortize",
     "condition",
     "condition_additive_noise",
     "sample",
     "sbc",
     "set_host_device_count",
+    "svgd",
 ]
 
 

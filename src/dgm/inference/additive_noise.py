@@ -31,7 +31,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float
+from jaxtyping import Array, Float, PRNGKeyArray
 
 from dgm.inference.manifold import AbstractGramFactor, DenseCholesky
 
@@ -195,6 +195,20 @@ class AdditiveNoise:
         inputs integrated out; exact, so HMC on it samples the same z-marginal)."""
         r = y - self.f(z)
         return -0.5 * jnp.dot(z, z) - 0.5 * jnp.dot(r, r) / self.sigma**2
+
+    def log_joint(self, z: Float[Array, " latent"], y: Float[Array, " obs"]) -> Float[Array, ""]:
+        """``log p(z, y) = log N(z; 0, I) + log N(y; f(z), σ² I)``, constants included
+        (``dgm.amortize``'s ``log_joint_fn``; its log evidence is then ``log p(y)``)."""
+        r = y - self.f(z)
+        const = 0.5 * self.input_dim * np.log(2 * np.pi) + self.output_dim * np.log(self.sigma)
+        return -0.5 * jnp.dot(z, z) - 0.5 * jnp.dot(r, r) / self.sigma**2 - const
+
+    def simulate(self, key: PRNGKeyArray) -> Float[Array, " obs"]:
+        """One ``y = f(z) + σ n`` with ``z``, ``n`` standard normal (``dgm.amortize``'s
+        ``simulate_fn``)."""
+        key_z, key_n = jax.random.split(key)
+        z = jax.random.normal(key_z, (self.latent_dim,))
+        return self.f(z) + self.sigma * jax.random.normal(key_n, (self.output_dim,))
 
 
 def _jacrev_fwd_second_order(f: Callable) -> Callable:
