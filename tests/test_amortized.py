@@ -66,13 +66,26 @@ def test_log_evidence_is_the_marginal_likelihood(trained):
     assert abs(est - exact) < 0.05, (est, exact)
 
 
-def test_density_of_a_given_point_equals_the_sampled_one():
-    """``log_prob`` (flow inverted) equals the ``log q`` returned with each draw."""
-    q = AmortizedPosterior(3, 4, num_flows=2, key=jax.random.key(0))
-    y = jnp.arange(4.0)
-    for k in range(3):
-        z, log_q = q.sample_and_log_prob(y, key=jax.random.key(k))
-        np.testing.assert_allclose(q.log_prob(z, y), log_q, rtol=1e-5, atol=1e-5)
+def test_saved_q_loads_and_draws_the_same(trained, tmp_path):
+    """save/load round trip: the same draws for the same key; another kind of model file and
+    a truncated file are refused with their path."""
+    from dgm import amortized
+
+    path = tmp_path / "q.eqx"
+    trained.save(path)
+    loaded = amortized.load(path, NOISE.log_joint)
+    assert loaded.num_steps == 2000 and loaded.options == trained.options
+    y = NOISE.simulate(jax.random.key(5))
+    a, b = (r.sample(jax.random.key(6), y, num_samples=50) for r in (trained, loaded))
+    np.testing.assert_array_equal(a.posterior["z"].values, b.posterior["z"].values)
+    np.testing.assert_array_equal(a.sample_stats["log_weight"], b.sample_stats["log_weight"])
+    data = path.read_bytes()
+    (tmp_path / "short.eqx").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="short.eqx"):
+        amortized.load(tmp_path / "short.eqx", NOISE.log_joint)
+    (tmp_path / "other.eqx").write_bytes(data.replace(b"amortized-posterior", b"dmm", 1))
+    with pytest.raises(ValueError, match="of kind 'dmm'; expected 'amortized-posterior'"):
+        amortized.load(tmp_path / "other.eqx", NOISE.log_joint)
 
 
 def test_a_non_finite_step_stops_training_and_keeps_the_last_finite_q():
@@ -94,9 +107,10 @@ def test_a_non_finite_step_stops_training_and_keeps_the_last_finite_q():
 
 
 def test_an_untrained_q_shows_in_its_weights():
-    """An untrained q (one step) on an observation far from its prior guess: few effective
-    draws and a large Pareto k."""
-    result = dgm.amortize(NOISE.log_joint, NOISE.simulate, 2, key=jax.random.key(1), num_steps=1)
+    """An untrained q on an observation far from its prior guess: few effective draws and a
+    large Pareto k."""
+    q = AmortizedPosterior(2, 5, key=jax.random.key(1))
+    result = dgm.Amortized(q, NOISE.log_joint, {}, np.zeros(0), 0)
     idata = result.sample(jax.random.key(2), jnp.asarray(A @ np.array([2.0, -2.0])))
     assert idata.posterior.attrs["pareto_k"] > 0.7
     assert idata.posterior.attrs["ess_importance"] < 50

@@ -24,6 +24,8 @@ Example:
     (1, 500, 1)
 """
 
+import dataclasses
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -38,16 +40,21 @@ from dgm._types import check_key
 from dgm.config import check_positive
 from dgm.inference import vi
 from dgm.inference._compiled import ChunkOutcome, CompiledCache, run_chunks
+from dgm.models import decoders
 from dgm.models.amortized import AmortizedPosterior
 
+KIND = "amortized-posterior"
 
+
+@dataclasses.dataclass
 class Amortized:
     """What :func:`amortize` returns: the trained ``q`` and how its training went.
 
     Attributes:
         q: the trained :class:`~dgm.models.amortized.AmortizedPosterior`.
         log_joint_fn: the model's ``log p(z, y)``.
-        losses: the negative ELBO of every step's batch.
+        options: ``q``'s sizes (its constructor's arguments).
+        losses: the negative ELBO of every step's batch (empty for a loaded ``q``).
         num_steps: steps applied.
         status: ``"completed"``, ``"non-finite"`` (a step would have made ``q`` or its
             loss non-finite: it was not applied and training stopped) or ``"interrupted"``.
@@ -55,11 +62,22 @@ class Amortized:
         wall_s, compile_s: training time (compilation excluded) and compilation time.
     """
 
-    def __init__(self, q, log_joint_fn, losses, status, message, wall_s, compile_s):
-        self.q, self.log_joint_fn, self.losses = q, log_joint_fn, losses
-        self.num_steps = int(losses.shape[0])
-        self.status, self.message = status, message
-        self.wall_s, self.compile_s = wall_s, compile_s
+    q: AmortizedPosterior
+    log_joint_fn: Callable
+    options: dict
+    losses: np.ndarray
+    num_steps: int
+    status: str = "completed"
+    message: str = ""
+    wall_s: float = 0.0
+    compile_s: float = 0.0
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write ``q`` (atomically) with a header from which :func:`load` rebuilds it."""
+        head = {"format": decoders.FORMAT, "kind": KIND, "options": self.options}
+        head |= {"num_steps": self.num_steps, "status": self.status}
+        head["final_loss"] = float(self.losses[-100:].mean()) if self.losses.size else None
+        decoders.write_model(path, head, self.q)
 
     def sample(self, key: Any, y_obs: Any, num_samples: Any = 1000, var_name: Any = "z"):
         """Draws of ``q(z | y_obs)`` with their importance weights, as ArviZ data.
@@ -101,6 +119,24 @@ class Amortized:
         )
         idata.posterior.attrs.update(attrs)
         return idata
+
+
+def load(path: str | os.PathLike, log_joint_fn: Callable) -> Amortized:
+    """An :class:`Amortized` written by :meth:`Amortized.save`, for the model whose
+    ``log p(z, y)`` is ``log_joint_fn`` (not stored: it is code). Its ``losses`` are empty;
+    ``num_steps`` and ``status`` come from the file.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not a dgm model file, a model of another kind, or a truncated or
+            corrupt file.
+    """
+    build = lambda head: AmortizedPosterior(**head["options"], key=jax.random.key(0))  # noqa: E731
+    q, head = decoders.read_model(path, KIND, build)
+    return Amortized(
+        q, log_joint_fn, head["options"], np.zeros(0), int(head.get("num_steps", 0)),
+        head.get("status", ""), f"loaded from {path}",
+    )  # fmt: skip
 
 
 @eqx.filter_jit
@@ -159,12 +195,10 @@ def amortize(
     key_init, key_stats, key_train = jax.random.split(key, 3)
     ys = _simulate_batch(simulate_fn, key_stats)
     scale = ys.std(axis=0)
+    options = {"latent_dim": latent_dim, "obs_dim": int(ys.shape[1]), "hidden_size": hidden_size}
+    options |= {"context_size": context_size, "num_flows": num_flows}
     q = AmortizedPosterior(
-        latent_dim,
-        ys.shape[1],
-        hidden_size=hidden_size,
-        context_size=context_size,
-        num_flows=num_flows,
+        **options,
         y_shift=ys.mean(axis=0),
         y_scale=jnp.where(scale > 0, scale, 1.0),
         key=key_init,
@@ -180,8 +214,9 @@ def amortize(
     losses = np.concatenate(train.losses) if train.losses else np.zeros(0)
     message = train.message or f"completed {done} steps"
     return Amortized(
-        train.q, log_joint_fn, losses, train.status, message, train.wall, train.compile_s
-    )
+        train.q, log_joint_fn, options, losses, done, train.status, message, train.wall,
+        train.compile_s,
+    )  # fmt: skip
 
 
 def _simulate_batch(simulate_fn: Callable, key, num: int = 1024) -> jax.Array:

@@ -9,8 +9,11 @@ density of the draw cost one pass; the density of a given ``z`` inverts the flow
 
 Observations enter standardised by a fixed shift and scale (``y_shift``, ``y_scale``: not
 trained), so simulators whose outputs are in the hundreds train like those near 1. The
-encoder's last layer starts 100 times smaller than Equinox's default, so ``q`` starts near
-the standard normal prior of ``z``.
+encoder's last layer starts 100 times smaller than Equinox's default, so the Gaussian
+before the flow starts near the standard normal prior of ``z`` whatever ``y``. The flow
+steps are :class:`~dgm.nn.flows.IAF`'s gated ones (on a linear-Gaussian model they reached
+the exact posterior where the affine steps of the IAF-VAE, at the same settings, left the
+sds 22 % off).
 
 References:
     Kingma et al., "Improved Variational Inference with Inverse Autoregressive Flow",
