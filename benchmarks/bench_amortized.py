@@ -15,6 +15,7 @@ import json
 import statistics
 import time
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -35,7 +36,7 @@ def _dgm(a, args, hidden, context):
             batch_size=args.batch, hidden_size=hidden, context_size=context,
         )  # fmt: skip
         times.append(result.wall_s)
-    count = sum(x.size for x in jax.tree.leaves(result.q) if jnp.issubdtype(x.dtype, jnp.floating))
+    count = sum(x.size for x in jax.tree.leaves(eqx.filter(result.q, eqx.is_inexact_array)))
     count -= 2 * a.shape[0]  # y_shift, y_scale: fixed, not trained
     const = 0.5 * (k + a.shape[0]) * np.log(2 * np.pi) + a.shape[0] * np.log(SIGMA)
     final = float(result.losses[-200:].mean() - const)  # in the peer's units (no constants)
