@@ -222,3 +222,20 @@ def test_interrupt_before_any_draw_propagates(full_run, monkeypatch):
     _interrupt_on_call(monkeypatch, 1)
     with pytest.raises(KeyboardInterrupt):
         posterior.sample(jax.random.key(9), num_samples=20, **KWARGS)
+
+
+def test_a_start_just_off_the_manifold_is_moved_onto_it(posterior):
+    """A start 1e-6 off the unit sphere (as a float32 computation leaves it) is projected and
+    sampled from; its draws lie on the sphere to the tolerance. A start 8e-4 off (beyond
+    1e-4) is still refused, naming its residual."""
+    near = np.array([[0.0, 0.6, 0.8 + 1e-6]])
+    idata = posterior.sample(
+        jax.random.key(0), num_chains=1, num_samples=3, init=near, num_steps=2, progress_bar=False
+    )
+    u = idata.posterior["u"].values[0]
+    assert np.all(np.abs(np.linalg.norm(u, axis=1) - 1.0) < 1e-8)
+    with pytest.raises(RuntimeError, match=r"max \|generator\(u\) - y_obs\| = 0.000801"):
+        posterior.sample(
+            jax.random.key(0), num_chains=1, num_samples=3, init=near + [[0, 0, 1e-3]],
+            num_steps=2, progress_bar=False,
+        )  # fmt: skip

@@ -149,7 +149,8 @@ class ConditionedGenerator(StartingPoints):
             tol, max_iters: projection tolerance on outputs (∞-norm) and iteration cap.
             check_reverse: run the reversibility check on every sub-step.
             init: ``(num_chains, input_dim)`` starting points on the manifold; by default
-                :meth:`initial_points`.
+                :meth:`initial_points`. A start within 1e-4 of it but not within ``tol``
+                (e.g. computed in float32) is moved onto it by Gauss–Newton.
             chunk_size: iterations per compiled call (progress and checkpoint granularity).
             chain_map: how the chains of one device run. ``"map"`` (default): one after
                 another, each at its own pace. ``"vmap"``: batched; every chain waits for
