@@ -9,7 +9,8 @@ this compares q with NUTS on the exact latent posterior (``dgm.sample`` on
 and Pareto k, and the in-painted pixel means (the decoder's means of the other rows) of q,
 of q importance-weighted, and of NUTS, as the RMS difference over pixels and the largest
 difference in NUTS Monte Carlo standard errors (over pixels whose posterior sd exceeds
-0.001). JSON lines.
+0.001); then the same for q refined on each observation (``Amortized.refine``,
+``--refine-steps``). JSON lines.
 
     DGM_DATA_DIR=../shared/data python benchmarks/amortized_inpainting.py RUN/decoder \\
         --steps 20000 --digits 5
@@ -52,6 +53,7 @@ def main():
     parser.add_argument("--context", type=int, default=32)
     parser.add_argument("--digits", type=int, default=5)
     parser.add_argument("--draws", type=int, default=4000)
+    parser.add_argument("--refine-steps", type=int, default=1000)
     args = parser.parse_args()
     decoder = decoders.load(args.decoder)
     height, width = decoder.image_shape
@@ -94,6 +96,20 @@ def main():
             row[f"{label}_rms"] = float(np.sqrt(np.mean(diff**2)))
             varying = p_n.std((0, 1)) > 1e-3  # pixels that vary under the posterior
             row[f"{label}_max_z"] = float(np.max(np.abs(diff[varying]) / se[varying]))
+        t0 = time.perf_counter()
+        refined = q.refine(jax.random.key(4), y, num_steps=args.refine_steps)
+        fit = refined.sample(jax.random.key(2), y, num_samples=args.draws)
+        row["refine_s"] = time.perf_counter() - t0
+        row |= {f"refined_{k}": fit.posterior.attrs[k] for k in ("ess_importance", "pareto_k")}
+        log_w = fit.sample_stats["log_weight"].values[0]
+        w = np.exp(log_w - log_w.max())
+        p_r = np.asarray(pixels(jnp.asarray(fit.posterior["z"].values[0])))
+        diff = (w / w.sum()) @ p_r - mean_n
+        row["refined_weighted_rms"] = float(np.sqrt(np.mean(diff**2)))
+        row["elbo"], row["refined_elbo"] = (
+            idata.posterior.attrs["elbo"],
+            fit.posterior.attrs["elbo"],
+        )
         row["nuts_wall_s"] = nuts.posterior.attrs["wall_s"] + nuts.posterior.attrs["warmup_s"]
         print(json.dumps(row), flush=True)
 

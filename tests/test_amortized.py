@@ -88,6 +88,28 @@ def test_saved_q_loads_and_draws_the_same(trained, tmp_path):
         amortized.load(tmp_path / "other.eqx", NOISE.log_joint)
 
 
+def test_refine_fits_one_observation_and_compiles_once():
+    """A q trained for 100 steps only, refined on one observation (500 steps at learning
+    rate 0.01): the importance ESS rises from under 1,000 to over 3,000 of 4,000 and the
+    mean comes within 0.1 sd of the exact one (observations of seeds 11-20: ESS 1-2,355
+    before, 3,849-3,993 after, offsets ≤ 0.018 sd); refining for a second observation with
+    the same settings compiles nothing. The original q is unchanged."""
+    short = dgm.amortize(NOISE.log_joint, NOISE.simulate, 2, key=jax.random.key(4), num_steps=100)
+    ys = [NOISE.simulate(jax.random.key(s)) for s in (11, 12)]
+    before = short.sample(jax.random.key(0), ys[0], num_samples=4000).posterior
+    refined = short.refine(jax.random.key(1), ys[0], num_steps=500, learning_rate=0.01)
+    after = refined.sample(jax.random.key(0), ys[0], num_samples=4000).posterior
+    assert before.attrs["ess_importance"] < 1000 < 3000 < after.attrs["ess_importance"]
+    mean, cov = _exact(ys[0])
+    offset = np.abs(after["z"].values[0].mean(0) - mean) / np.sqrt(np.diag(cov))
+    assert np.all(offset < 0.1), offset
+    assert refined.status == "completed" and refined.num_steps == 500 and refined.compile_s > 0
+    again = short.refine(jax.random.key(2), ys[1], num_steps=500, learning_rate=0.01)
+    assert again.compile_s == 0 and again.num_steps == 500
+    z0 = short.sample(jax.random.key(0), ys[0], num_samples=10).posterior["z"].values
+    np.testing.assert_allclose(z0, before["z"].values[:, :10], atol=1e-5)
+
+
 def test_a_non_finite_step_stops_training_and_keeps_the_last_finite_q():
     """A log joint that is NaN for z₀ > 4 (rare at first, then pushed into by a target at 6):
     training stops at that step, says so, and q stays finite."""

@@ -71,6 +71,7 @@ class Amortized:
     message: str = ""
     wall_s: float = 0.0
     compile_s: float = 0.0
+    _refiners: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
     def save(self, path: str | os.PathLike) -> None:
         """Write ``q`` (atomically) with a header from which :func:`load` rebuilds it."""
@@ -119,6 +120,49 @@ class Amortized:
         )
         idata.posterior.attrs.update(attrs)
         return idata
+
+    def refine(
+        self,
+        key: Any,
+        y_obs: Any,
+        num_steps: Any = 1000,
+        batch_size: Any = 64,
+        learning_rate: Any = 1e-3,
+        chunk_size: Any = 250,
+        progress_bar: Any = False,
+    ) -> "Amortized":
+        """A copy of ``q`` fitted to one observation (semi-amortized VI).
+
+        Starting from the amortized ``q``, Adam (cosine-decayed learning rate) maximises the
+        ELBO of ``y_obs`` alone, ``batch_size`` draws of ``q(· | y_obs)`` per step. The
+        result answers ``y_obs`` better (check ``sample``'s effective sample size) but is no
+        longer fitted to other observations: keep the original for those. Compiled once per
+        setting: refining for another observation with the same settings compiles nothing.
+
+        Raises:
+            ValueError: for bad arguments (each message names the argument).
+        """
+        check_key(key)
+        for name, value in (("num_steps", num_steps), ("batch_size", batch_size),
+                            ("chunk_size", chunk_size)):  # fmt: skip
+            check_positive(name, value, integer=True)
+        check_positive("learning_rate", learning_rate)
+        y = _check_y(y_obs, self.q.y_shift.shape[0])
+        setting = (num_steps, batch_size, float(learning_rate), chunk_size)
+        if setting not in self._refiners:
+            optimizer = optax.adam(optax.cosine_decay_schedule(learning_rate, num_steps))
+            observe = lambda key, data: jnp.broadcast_to(data, (batch_size, *data.shape))  # noqa: E731
+            static = eqx.partition(self.q, eqx.is_array)[1]
+            cache = _compiled_chunk(self.log_joint_fn, optimizer, observe, static)
+            self._refiners[setting] = (optimizer, cache)
+        optimizer, cache = self._refiners[setting]
+        train = _Training(cache, self.q, optimizer, key, chunk_size, y)
+        losses, done, message = train.run(num_steps, progress_bar, "refining q")
+        return dataclasses.replace(
+            self, q=train.q, losses=losses, num_steps=done, status=train.status,
+            message=f"refined on one observation: {message}", wall_s=train.wall,
+            compile_s=train.compile_s, _refiners={},
+        )  # fmt: skip
 
 
 def load(path: str | os.PathLike, log_joint_fn: Callable) -> Amortized:
@@ -205,14 +249,10 @@ def amortize(
     )
     _check_log_joint(log_joint_fn, latent_dim, ys[0])
     optimizer = optax.adam(optax.cosine_decay_schedule(learning_rate, num_steps))
-    train = _Training(log_joint_fn, simulate_fn, optimizer, batch_size, chunk_size, q, key_train)
-    done, interrupted = run_chunks(
-        num_steps, chunk_size, train.chunk, progress=progress_bar, desc="amortized VI"
-    )
-    if interrupted:
-        train.status, train.message = "interrupted", f"interrupted after {done} steps"
-    losses = np.concatenate(train.losses) if train.losses else np.zeros(0)
-    message = train.message or f"completed {done} steps"
+    observe = lambda key, data: vi.simulate_batch(simulate_fn, key, batch_size)  # noqa: E731
+    cache = _compiled_chunk(log_joint_fn, optimizer, observe, eqx.partition(q, eqx.is_array)[1])
+    train = _Training(cache, q, optimizer, key_train, chunk_size, jnp.zeros(()))
+    losses, done, message = train.run(num_steps, progress_bar, "amortized VI")
     return Amortized(
         train.q, log_joint_fn, options, losses, done, train.status, message, train.wall,
         train.compile_s,
@@ -220,7 +260,7 @@ def amortize(
 
 
 def _simulate_batch(simulate_fn: Callable, key, num: int = 1024) -> jax.Array:
-    ys = jax.jit(jax.vmap(simulate_fn))(jax.random.split(key, num))
+    ys = jax.jit(vi.simulate_batch, static_argnums=(0, 2))(simulate_fn, key, num)
     if ys.ndim != 2:
         raise ValueError(
             f"`simulate_fn` must return one observation as a vector; got shape {ys.shape[1:]}"
@@ -247,17 +287,21 @@ def _check_y(y_obs: Any, obs_dim: int) -> jax.Array:
     return y.astype(jnp.result_type(float))
 
 
-class _Training:
-    """The state of one :func:`amortize` run, advanced a compiled chunk at a time."""
+def _compiled_chunk(log_joint_fn, optimizer, observe, static) -> CompiledCache:
+    """The compiled training chunk; ``observe(key, data) -> ys`` gives each step's batch."""
+    step = vi.build_train_step(log_joint_fn, optimizer)
+    return CompiledCache(jax.jit(_chunk_fn(step, static, observe)))
 
-    def __init__(self, log_joint_fn, simulate_fn, optimizer, batch_size, chunk_size, q, key):
+
+class _Training:
+    """The state of one training run, advanced a compiled chunk at a time."""
+
+    def __init__(self, cache, q, optimizer, key, chunk_size, data):
         self.params, self.static = eqx.partition(q, eqx.is_array)
-        self.opt_state, self.key = vi.init(q, optimizer), key
-        self.chunk_size, self.losses = chunk_size, []
+        self.opt_state, self.key, self.data = vi.init(q, optimizer), key, data
+        self.cache, self.chunk_size, self.losses = cache, chunk_size, []
         self.status, self.message = "completed", ""
         self.wall = self.compile_s = 0.0
-        step = vi.build_train_step(log_joint_fn, simulate_fn, optimizer, batch_size)
-        self._cache = CompiledCache(jax.jit(_chunk_fn(step, self.static)))
 
     @property
     def q(self):
@@ -265,8 +309,8 @@ class _Training:
 
     def chunk(self, done: int, num_todo: int) -> ChunkOutcome:
         keys = jax.random.split(jax.random.fold_in(self.key, done), self.chunk_size)
-        args = (self.params, self.opt_state, keys, jnp.asarray(num_todo))
-        exe, seconds = self._cache.get(args)
+        args = (self.params, self.opt_state, keys, jnp.asarray(num_todo), self.data)
+        exe, seconds = self.cache.get(args)
         self.compile_s += seconds
         t0 = time.perf_counter()
         self.params, self.opt_state, losses, bad = jax.block_until_ready(exe(*args))
@@ -284,16 +328,28 @@ class _Training:
         self.losses.append(losses[:num_todo])
         return ChunkOutcome(num_todo, postfix={"loss": f"{losses[num_todo - 1]:.3f}"})
 
+    def run(self, num_steps: int, progress: bool, desc: str) -> tuple[np.ndarray, int, str]:
+        """Train; the losses, the steps done and a one-line message (status on ``self``)."""
+        done, interrupted = run_chunks(num_steps, self.chunk_size, self.chunk, progress=progress,
+                                       desc=desc)  # fmt: skip
+        if interrupted:
+            self.status, self.message = "interrupted", f"interrupted after {done} steps"
+        losses = np.concatenate(self.losses) if self.losses else np.zeros(0)
+        return losses, done, self.message or f"completed {done} steps"
 
-def _chunk_fn(step: Callable, static: Any) -> Callable:
-    """``chunk(params, opt_state, keys, num_todo)``: a scan of steps on ``q``'s arrays;
-    steps past ``num_todo`` or after a non-finite one leave them as they were."""
 
-    def chunk(params, opt_state, keys, num_todo):
+def _chunk_fn(step: Callable, static: Any, observe: Callable) -> Callable:
+    """``chunk(params, opt_state, keys, num_todo, data)``: a scan of steps on ``q``'s arrays
+    (each step's batch ``observe(key, data)``); steps past ``num_todo`` or after a non-finite
+    one leave them as they were."""
+
+    def chunk(params, opt_state, keys, num_todo, data):
         def body(carry, xs):
             params, opt_state, stopped = carry
             key, i = xs
-            new_q, new_opt, info = step(eqx.combine(params, static), opt_state, key)
+            key_y, key_z = jax.random.split(key)
+            ys = observe(key_y, data)
+            new_q, new_opt, info = step(eqx.combine(params, static), opt_state, ys, key_z)
             new_params = eqx.filter(new_q, eqx.is_array)
             leaves_finite = [jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(new_params)]
             finite = jnp.isfinite(info.loss) & jnp.all(jnp.stack(leaves_finite))

@@ -19,8 +19,9 @@ Example:
     ...     return jax.random.normal(key_z) + 0.5 * jax.random.normal(key_y, (3,))
     >>> q = AmortizedPosterior(1, 3, num_flows=0, key=jax.random.key(0))
     >>> optimizer = optax.adam(1e-3)
-    >>> step = eqx.filter_jit(build_train_step(log_joint, simulate, optimizer, batch_size=8))
-    >>> q, opt_state, info = step(q, init(q, optimizer), jax.random.key(1))
+    >>> step = eqx.filter_jit(build_train_step(log_joint, optimizer))
+    >>> ys = simulate_batch(simulate, jax.random.key(1), 8)
+    >>> q, opt_state, info = step(q, init(q, optimizer), ys, jax.random.key(2))
 """
 
 from collections.abc import Callable
@@ -59,29 +60,24 @@ def init(q: Any, optimizer: Any) -> Any:
     return optimizer.init(eqx.filter(q, eqx.is_inexact_array))
 
 
-def build_train_step(
-    log_joint_fn: Callable, simulate_fn: Callable, optimizer: Any, batch_size: int
-) -> Callable:
-    """``train_step(q, opt_state, key) -> (q, opt_state, VIInfo)``.
+def build_train_step(log_joint_fn: Callable, optimizer: Any) -> Callable:
+    """``train_step(q, opt_state, ys, key) -> (q, opt_state, VIInfo)``.
 
-    Each step simulates ``batch_size`` observations ``y = simulate_fn(key)`` and draws one
-    ``z ~ q(· | y)`` for each; the loss is the batch's mean negative ELBO.
+    One draw ``z ~ q(· | y)`` for each row ``y`` of the batch ``ys`` (observations simulated
+    from the model, or one observation repeated to fit q to it alone); the loss is the
+    batch's mean negative ELBO.
 
     Args:
         log_joint_fn: ``log p(z, y)`` (up to a constant), one ``z`` and one ``y``.
-        simulate_fn: ``key -> y``, one draw from the model's marginal ``p(y)``.
         optimizer: an Optax ``GradientTransformation``.
-        batch_size: observations per step.
     """
 
-    def loss_fn(q, key):
-        key_y, key_z = jax.random.split(key)
-        ys = jax.vmap(simulate_fn)(jax.random.split(key_y, batch_size))
-        keys = jax.random.split(key_z, batch_size)
+    def loss_fn(q, ys, key):
+        keys = jax.random.split(key, ys.shape[0])
         return -jnp.mean(jax.vmap(lambda y, k: elbo(q, log_joint_fn, y, k))(ys, keys))
 
-    def train_step(q, opt_state, key):
-        loss, grads = eqx.filter_value_and_grad(loss_fn)(q, key)
+    def train_step(q, opt_state, ys, key):
+        loss, grads = eqx.filter_value_and_grad(loss_fn)(q, ys, key)
         # Optax mixes its int32 step count with float decay rates
         with jax.numpy_dtype_promotion("standard"):
             params = eqx.filter(q, eqx.is_inexact_array)
@@ -89,3 +85,8 @@ def build_train_step(
         return eqx.apply_updates(q, updates), opt_state, VIInfo(loss, optax.tree.norm(grads))
 
     return train_step
+
+
+def simulate_batch(simulate_fn: Callable, key: PRNGKeyArray, batch_size: int) -> Array:
+    """``batch_size`` observations ``simulate_fn(key_i)``, stacked."""
+    return jax.vmap(simulate_fn)(jax.random.split(key, batch_size))
