@@ -10,7 +10,8 @@ weights' effective sample size and their Pareto k̂ (Vehtari et al. 2024). With 
 0.7 and a large effective sample size, weighted expectations are accurate; otherwise
 ``q``'s draws are places to start exact chains, not an answer. (k̂ is itself an estimate:
 for nearly equal weights it scatters, e.g. 0.5-1.2 over three sets of 4,000 draws whose
-effective sample size was 3,950.)
+effective sample size was 3,950.) ``result.refine(key, y_obs)`` fits a copy of ``q`` to one
+observation (semi-amortized VI) when the amortized answer is not good enough.
 
 Example:
     >>> import jax, jax.numpy as jnp, dgm
