@@ -26,6 +26,7 @@ import numpy as np
 
 from dgm.config import check_choice, check_positive
 from dgm.inference import svgd as _svgd
+from dgm.inference.svgd.driver import trace_dataset
 from dgm.sampling import _check_scalar_output, _Raveled
 
 
@@ -112,7 +113,7 @@ def svgd(
     else:
         posterior, dims = raveled.named_draws(draws, var_name), None
     idata = az.from_dict(posterior=posterior, dims=dims)
-    idata.add_groups(svgd_trace=az.dict_to_dataset({k: v[None] for k, v in result.trace.items()}))
+    idata.add_groups(svgd_trace=trace_dataset(result))
     ksd = result.trace["ksd"]
     idata.posterior.attrs.update(
         sampler="svgd",

@@ -200,6 +200,12 @@ def to_inference_data(result: SVGDResult, var_name: str = "x"):
     import arviz as az
 
     idata = az.from_dict(posterior={var_name: result.particles[None]})
-    trace = az.dict_to_dataset({k: v[None] for k, v in result.trace.items()})
-    idata.add_groups(svgd_trace=trace)
+    idata.add_groups(svgd_trace=trace_dataset(result))
     return idata
+
+
+def trace_dataset(result: SVGDResult):
+    """The ``svgd_trace`` group: ``ksd``, ``update_norm``, ``bandwidth`` per iteration."""
+    import arviz as az
+
+    return az.dict_to_dataset({k: v[None] for k, v in result.trace.items()})
