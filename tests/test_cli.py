@@ -123,3 +123,36 @@ def test_a_run_that_wrote_nothing_does_not_block_its_directory(tmp_path, monkeyp
         assert "binarized_mnist" in err and "already holds" not in err, err
     (tmp_path / "r" / "metrics.json").write_text("{}")  # now it holds a run's output
     assert cli.main(args) == 1 and "already holds a run" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "text, seconds", [("600", 600.0), ("90s", 90.0), ("45m", 2700.0), ("1.5h", 5400.0)]
+)
+def test_time_limit_durations(text, seconds):
+    assert cli._duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "0", "-5", "1x", "m", "inf", "nan"])
+def test_time_limit_refuses_what_is_no_duration(text, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["run", "vae-mnist", "--time-limit", text])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "--time-limit: expected a positive duration" in err, err
+
+
+def test_time_limit_on_a_run_that_trains_nothing_is_refused(tmp_path, capsys):
+    assert cli.main(["run", "lotka-volterra", "--time-limit", "10m", "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "--time-limit applies to the training runs (dmm-polyphonic" in err
+    assert "iaf-vae" in err and "lotka-volterra trains no model" in err
+
+
+def test_a_time_limited_run_is_scored_and_says_how_to_continue(tmp_path, shared_data, capsys):
+    """`--time-limit` reaches the training loop: a VAE stopped after its first update is
+    scored there, its metrics say so, and stderr says how to continue."""
+    out = tmp_path / "r"
+    args = ["run", "vae-mnist", "--smoke", "--time-limit", "0.001s", "--out", str(out)]
+    assert cli.main([*args, "--no-progress"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["time_limited"] is True and (metrics["epochs"], metrics["updates"]) == (0, 1)
+    assert "stopped at --time-limit after update 1" in capsys.readouterr().err

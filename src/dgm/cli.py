@@ -18,6 +18,7 @@ configure_cpu(reuse_freed_memory=any(arg.startswith("dmm-") for arg in _after_ru
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+import math  # noqa: E402
 import os  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -64,6 +65,14 @@ def _parser() -> argparse.ArgumentParser:
         help="continue the run in --out (--set train.num_epochs=N may extend or end it)",
     )
     run.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
+    run.add_argument(
+        "--time-limit",
+        type=_duration,
+        default=None,
+        metavar="DURATION",
+        help="training runs: stop training after this long (600, 600s, 45m, 2h), checkpointed "
+        "where it stops; scoring follows and --resume continues the training",
+    )
     run.add_argument(
         "--set", action="append", default=[], metavar="FIELD=VALUE", help="override a field"
     )
@@ -157,6 +166,25 @@ def _integers(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(
             f"expected comma-separated integers; got {text!r}"
         ) from None
+
+
+_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def _duration(text: str) -> float:
+    """Seconds in ``600``, ``600s``, ``45m`` or ``1.5h``."""
+    number, unit = text.strip(), ""
+    if number[-1:].lower() in ("s", "m", "h"):
+        number, unit = number[:-1], number[-1].lower()
+    try:
+        seconds = float(number) * _UNITS[unit]
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds < math.inf:
+        raise argparse.ArgumentTypeError(
+            f"expected a positive duration such as 600, 600s, 45m or 2h; got {text!r}"
+        )
+    return seconds
 
 
 def _compare(args: argparse.Namespace) -> int:
@@ -317,13 +345,21 @@ def _run(args: argparse.Namespace, extra: list[str]) -> int:
     if args.print_config:  # every field a --set may name, with its value for this run
         print(json.dumps(record, indent=2))
         return 0
+    if args.time_limit is not None and not getattr(module, "TRAINS", False):
+        trains = [n for n in experiments.names() if getattr(experiments.get(n), "TRAINS", False)]
+        raise ValueError(
+            f"--time-limit applies to the training runs ({', '.join(trains)}); "
+            f"{args.name} trains no model"
+        )
     out = _prepare_out(args, preset, record)
     if args.download:  # read by dgm.data.downloads_allowed
         os.environ[DOWNLOAD_ENV] = "1"
     # After every process checked --out (joining is a barrier), before process 0 writes.
     _start_devices(args)
     progress = args.progress or (not args.no_progress and sys.stderr.isatty())
-    ctx = runs.RunContext(out=out, resume=args.resume, progress=progress)
+    ctx = runs.RunContext(
+        out=out, resume=args.resume, progress=progress, time_limit_s=args.time_limit
+    )
     record["versions"] = runs.versions()
     record["processes"] = jax.process_count()
     record["devices"] = [str(d) for d in jax.devices()]
@@ -339,6 +375,12 @@ def _run(args: argparse.Namespace, extra: list[str]) -> int:
     if hasattr(module, "summary"):
         print(module.summary(metrics))
     print(f"outputs written to {out}")
+    if metrics.get("time_limited"):
+        print(
+            f"dgm: training stopped at --time-limit after update {metrics['updates']} and was "
+            "scored there; continue it with --resume",
+            file=sys.stderr,
+        )
     return 0
 
 

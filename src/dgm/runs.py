@@ -156,11 +156,15 @@ class RunContext:
         out: the run directory.
         resume: continue from the checkpoints in ``out`` instead of starting afresh.
         progress: show progress bars.
+        time_limit_s: seconds of training after which a training run stops, checkpointed
+            (``dgm run --time-limit``; :func:`dgm.training.fit`'s ``time_limit_s``), or
+            ``None``.
     """
 
     out: Path
     resume: bool = False
     progress: bool = True
+    time_limit_s: float | None = None
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)

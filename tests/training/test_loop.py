@@ -260,3 +260,53 @@ def test_sigint_mid_epoch_drops_the_partial_epoch(tmp_path, default_sigint):
     assert len(calls) == 6
     header = training.read_header(tmp_path / "checkpoints" / "train.eqx")
     assert header["epoch"] == 1 and header["step"] == 4
+
+
+def _clocked(monkeypatch):
+    """A trainer whose every update advances the time limit's clock by one second."""
+    trainer = training.Trainer.from_config(loss, CONFIG)
+    step, calls = trainer.step, []
+
+    def counted(state, batch, key):
+        calls.append(1)
+        return step(state, batch, key)
+
+    trainer.step = counted
+    monkeypatch.setattr(training.loop, "_clock", lambda: float(len(calls)))
+    return trainer
+
+
+def test_time_limit_inside_an_epoch_checkpoints_there_and_resume_continues(tmp_path, monkeypatch):
+    """4 updates an epoch; a limit of 6 s stops after update 6, inside epoch 2, with a
+    checkpoint there, and resuming (no limit) ends where a straight run does."""
+    straight = fit(tmp_path / "a", 2)
+    limited = fit(tmp_path / "b", 2, trainer=_clocked(monkeypatch), time_limit_s=6)
+    assert limited.time_limited and (limited.epochs, limited.steps) == (1, 6)
+    assert len(limited.history) == 1 and limited.best_epoch == 1
+    header = training.read_header(tmp_path / "b" / "checkpoints" / "train.eqx")
+    assert (header["epoch"], header["step"], len(header["epoch_losses"])) == (1, 6, 2)
+    resumed = fit(tmp_path / "b", 2, resume=True)
+    assert not resumed.time_limited and resumed.steps == 8
+    assert_trees_equal(straight.model, resumed.model)
+    assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in straight.history]
+    # without validation the model at the stop is the one kept
+    unvalidated = fit(
+        tmp_path / "c", 2, trainer=_clocked(monkeypatch), time_limit_s=6, eval_fn=None
+    )
+    assert unvalidated.best_model is unvalidated.model
+
+
+def test_time_limit_at_an_epoch_end_stops_before_the_next_epoch(tmp_path, monkeypatch):
+    limited = fit(tmp_path / "a", 3, trainer=_clocked(monkeypatch), time_limit_s=4)
+    assert limited.time_limited and (limited.epochs, limited.steps) == (1, 4)
+    header = training.read_header(tmp_path / "a" / "checkpoints" / "train.eqx")
+    assert (header["epoch"], header["step"], header["epoch_losses"]) == (1, 4, [])
+    # a limit reached only with the last update is no stop
+    done = fit(tmp_path / "b", 2, trainer=_clocked(monkeypatch), time_limit_s=8)
+    assert not done.time_limited and (done.epochs, done.steps) == (2, 8)
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, float("inf"), float("nan"), True, "600"])
+def test_time_limit_must_be_a_positive_number(tmp_path, bad):
+    with pytest.raises(ValueError, match="`time_limit_s` must be a positive number"):
+        fit(tmp_path, 1, time_limit_s=bad)

@@ -47,20 +47,27 @@ def trainer(loss_fn, config: training.TrainConfig) -> training.Trainer:
 def fit_outputs(ctx: runs.RunContext, name: str = "train") -> dict:
     """:func:`~dgm.training.fit`'s output arguments for a run directory.
 
-    ``checkpoints/<name>.eqx``, ``--resume`` and ``--no-progress`` from ``ctx``, and the
-    loggers: ``<name>_metrics.jsonl``, TensorBoard event files under ``tensorboard/`` (when
-    tensorboardX is installed) and the loss curve ``<name>_loss.png``.
+    ``checkpoints/<name>.eqx``, ``--resume``, ``--no-progress`` and ``--time-limit`` from
+    ``ctx``, and the loggers: ``<name>_metrics.jsonl``, TensorBoard event files under
+    ``tensorboard/`` (when tensorboardX is installed) and the loss curve ``<name>_loss.png``.
     """
     return {
         "checkpoint": ctx.out / "checkpoints" / f"{name}.eqx",
         "resume": ctx.resume,
         "progress": ctx.progress,
+        "time_limit_s": ctx.time_limit_s,
         "loggers": [
             training.JsonLinesLogger(ctx.path(f"{name}_metrics.jsonl")),
             training.TensorBoardLogger(ctx.path("tensorboard"), name),
             training.HistoryPlot(ctx.path(f"{name}_loss.png")),
         ],
     }
+
+
+def run_length(result: training.FitResult) -> dict:
+    """The metrics every training run reports about its length: updates done in all, and
+    whether training stopped at ``--time-limit`` (then ``--resume`` continues it)."""
+    return {"updates": result.steps, "time_limited": result.time_limited}
 
 
 def fit(model, loss_fn, loader, config: training.TrainConfig, *, key, ctx, eval_fn, fingerprint):

@@ -19,6 +19,7 @@ from dgm.models import dmm
 
 NAME = "dmm-polyphonic"
 DESCRIPTION = "Deep Markov Model on JSB / Nottingham / Piano-midi / MuseData (IS-NLL per frame)"
+TRAINS = True  # a training run: `dgm run --time-limit` applies
 EXTRA_ARGS = {
     "dataset": "dataset",
     "inference": "model.inference",
@@ -206,6 +207,7 @@ def run(config: Config, key, ctx: runs.RunContext) -> dict:
         "best_valid_bound_frame": result.best_valid,
         "best_epoch": result.best_epoch,
         "epochs": result.epochs,
+        **_training.run_length(result),
         "stopped_early": result.stopped_early,
         "train_wall_s": result.wall_s,
         "test_eval_s": time.perf_counter() - t_eval,

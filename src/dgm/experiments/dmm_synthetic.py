@@ -37,6 +37,7 @@ from dgm.models import dmm, kalman
 
 NAME = "dmm-synthetic"
 DESCRIPTION = "DMM inference networks vs the Kalman smoother on linear-Gaussian data"
+TRAINS = True  # a training run: `dgm run --time-limit` applies
 EXTRA_ARGS = {"dataset": "dataset", "inference": "model.inference", "cell": "model.cell"}
 DATASETS = ("synthetic9", *NONLINEAR)
 # Fields added after runs were started: left out of checkpoint fingerprints at defaults.
@@ -230,6 +231,7 @@ def run(config: Config, key, ctx: runs.RunContext) -> dict:
         "rmse_smoother_vs_true_z": _rmse(smooth, z_test),
         "rmse_q_mean_vs_smoother": _rmse(q_mean, smooth),
         "epochs": result.epochs,
+        **_training.run_length(result),
         "best_epoch": result.best_epoch,
         "wall_s": time.perf_counter() - start,
         "s_per_epoch": result.s_per_epoch,
@@ -286,6 +288,7 @@ def run_nonlinear(config: Config, key, ctx: runs.RunContext) -> dict:
         "rmse_ukf_smoother_vs_true_z": _rmse(ukf_smooth, z_test),
         "ukf_nll_frame": float(-np.sum(np.asarray(ukf_ll, np.float64)) / test.num_frames),
         "epochs": result.epochs,
+        **_training.run_length(result),
         "best_epoch": result.best_epoch,
         "wall_s": time.perf_counter() - start,
         "s_per_epoch": result.s_per_epoch,

@@ -37,6 +37,7 @@ from dgm.training.nan_guard import NaNGuardTrainer, update_index
 
 NAME = "draw-mnist"
 DESCRIPTION = "DRAW (recurrent VAE with read/write attention) on fixed binarized MNIST"
+TRAINS = True  # a training run: `dgm run --time-limit` applies
 EXTRA_ARGS = {
     "read-attn": "read_attn",
     "write-attn": "write_attn",
@@ -221,6 +222,7 @@ def run(config: Config, key, ctx: runs.RunContext) -> dict:
         "num_test": len(test),
         "valid_bound": result.best_valid,
         "epochs": result.epochs,
+        **_training.run_length(result),
         "best_epoch": result.best_epoch,
         "s_per_epoch": result.s_per_epoch,
         "wall_s": time.perf_counter() - start,

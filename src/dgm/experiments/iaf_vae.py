@@ -38,6 +38,7 @@ from dgm.training.nan_guard import NaNGuardTrainer, update_index
 
 NAME = "iaf-vae"
 DESCRIPTION = "ResNet VAE with IAF posteriors (six variants, free bits) on MNIST or CIFAR-10"
+TRAINS = True  # a training run: `dgm run --time-limit` applies
 PROBLEMS = ("mnist", "cifar10")
 PRIORS = ("diag",)
 # Fields added after runs were started: left out of checkpoint fingerprints at defaults.
@@ -237,7 +238,8 @@ def run(config: Config, key, ctx: runs.RunContext) -> dict:
     metrics = evaluation.score(config, averaged, test, k_eval)
     metrics.update(epochs=result.epochs, s_per_epoch=result.s_per_epoch,
                    s_per_step=result.s_per_epoch / loader.num_batches, train_s=train_s,
-                   final_train_loss=result.history[-1]["train_loss"])  # fmt: skip
+                   final_train_loss=result.history[-1]["train_loss"] if result.history else None,
+                   **_training.run_length(result))  # fmt: skip
     metrics["sample_s_per_image"] = evaluation.pictures(ctx, config, averaged, test, k_eval)
     metrics["wall_s"] = time.perf_counter() - start
     runs.write_text(ctx.path("report.md"), evaluation.report(config, metrics))

@@ -28,6 +28,7 @@ from dgm.models import vae
 
 NAME = "vae-mnist"
 DESCRIPTION = "Gaussian-latent VAE (50-d, softplus decoder) on fixed binarized MNIST"
+TRAINS = True  # a training run: `dgm run --time-limit` applies
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,6 +169,7 @@ def run(config: Config, key, ctx: runs.RunContext) -> dict:
         "num_test": len(test),
         "valid_neg_elbo": result.best_valid,
         "epochs": result.epochs,
+        **_training.run_length(result),
         "best_epoch": result.best_epoch,
         "s_per_epoch": result.s_per_epoch,
         "wall_s": time.perf_counter() - start,

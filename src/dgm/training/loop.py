@@ -28,6 +28,8 @@ from dgm.training.loggers import Logger
 from dgm.training.schedules import Schedule
 from dgm.training.step import Trainer, TrainState, shard_batch
 
+_clock = time.perf_counter  # the time limit's clock (tests replace it)
+
 
 @dataclasses.dataclass
 class FitResult:
@@ -35,6 +37,8 @@ class FitResult:
 
     ``best_model`` is the model validated best (the weight average when averaging is on);
     ``averaged_model`` is the final weight average, or ``None`` without averaging.
+    ``time_limited``: training stopped at ``fit``'s ``time_limit_s`` (``steps`` updates
+    done in all, a checkpoint written at the stop) before its last epoch.
     """
 
     model: Any
@@ -47,6 +51,8 @@ class FitResult:
     wall_s: float
     s_per_epoch: float
     averaged_model: Any = None
+    time_limited: bool = False
+    steps: int = 0
 
 
 @dataclasses.dataclass
@@ -120,13 +126,15 @@ def train_epoch(
     bar,
     interrupt,
     save=lambda state: None,
+    deadline: float | None = None,
 ):
     """One pass over ``loader`` (its rest, when ``progress`` holds an unfinished epoch);
-    returns the new state and the epoch's record.
+    returns the new state and the epoch's record, or ``None`` for the record when the
+    ``deadline`` (a ``_clock()`` time) passed before the epoch's last update.
 
-    Every ``config.checkpoint_every`` updates before the epoch's end, ``progress`` takes the
-    losses so far and ``save(state)`` writes the checkpoint. A Ctrl-C stops it after the
-    current update (``interrupt.check``).
+    Every ``config.checkpoint_every`` updates before the epoch's end, and at the deadline,
+    ``progress`` takes the losses so far and ``save(state)`` writes the checkpoint. A Ctrl-C
+    stops it after the current update (``interrupt.check``).
     """
     t0 = time.perf_counter() - progress.epoch_s
     order = loader.order(np.random.default_rng([*keys.data_seed, epoch]))
@@ -141,10 +149,14 @@ def train_epoch(
         state, metrics = trainer.step(state, (data, hyper.arrays(values)), step_key)
         progress.step += 1
         losses.append(metrics["loss"])
-        if every and progress.step % every == 0 and len(losses) < len(order):
+        out_of_time = deadline is not None and _clock() >= deadline
+        if len(losses) < len(order) and (out_of_time or (every and progress.step % every == 0)):
             progress.epoch_losses = [float(v) for v in jax.device_get(losses)]
             progress.epoch_s = time.perf_counter() - t0
             save(state)
+            if out_of_time:
+                bar.update()
+                return state, None
         interrupt.check(state)
         bar.update()
         if progress.step % 10 == 0 and not bar.disable:
@@ -213,6 +225,7 @@ def fit(
     fingerprint: str = "",
     schedules: Mapping[str, Schedule] | None = None,
     constants: Mapping[str, float] | None = None,
+    time_limit_s: Any = None,  # seconds or None; checked below, which names it
 ) -> FitResult:
     """Train ``model`` for ``config.num_epochs`` epochs (or until early stopping).
 
@@ -241,6 +254,12 @@ def fit(
         schedules: ``{name: schedule(step)}``, e.g. :func:`kl_schedule`; each value joins
             the loss's ``hyper`` dict as a float32 scalar and the epoch's record.
         constants: ``{name: value}`` (e.g. ``{"l2": 0.05}``) joining ``hyper`` as float32.
+        time_limit_s: stop training once this many seconds have passed since ``fit``
+            started (compilation included), after the update running then: a checkpoint
+            is written there (inside an epoch if need be) and ``resume=True`` continues
+            from it, as a straight run would have gone on. The result has
+            ``time_limited=True``; without ``eval_fn`` its ``best_model`` is the model at
+            the stop, with ``eval_fn`` the best one validated so far. ``None``: no limit.
 
     Raises:
         ValueError: the checkpoint is foreign (another config, seed or format).
@@ -252,23 +271,33 @@ def fit(
     if not isinstance(trainer, Trainer):
         trainer = Trainer.from_config(trainer, config)
     check_key(key)
+    if time_limit_s is not None and not (
+        isinstance(time_limit_s, int | float)
+        and not isinstance(time_limit_s, bool)
+        and 0 < time_limit_s < math.inf
+    ):
+        raise ValueError(
+            f"`time_limit_s` must be a positive number of seconds; got {time_limit_s!r}"
+        )
+    wall0 = time.perf_counter()
+    deadline = None if time_limit_s is None else _clock() + time_limit_s
     checkpoint = None if checkpoint is None else Path(checkpoint)
     keys = _Keys.split(key)
     state, best, prog = _restore(trainer, model, checkpoint, resume, fingerprint, keys)
     fixed = {k: jnp.asarray(v, jnp.float32) for k, v in (constants or {}).items()}
     hyper = _Hyper(fixed, dict(schedules or {}))
-    run = _Run(trainer, loader, config, keys, hyper, eval_fn, track_fn)
+    run = _Run(trainer, loader, config, keys, hyper, eval_fn, track_fn, deadline)
     for logger in loggers:
         logger.start(list(prog.history))
-    wall0 = time.perf_counter()
     try:
-        state, best, stopped = _epochs(
+        state, best, stopped, timed_out = _epochs(
             run, state, best, prog, checkpoint, fingerprint, loggers, progress
         )
     finally:
         for logger in loggers:
             logger.close()
-    return _result(state, best, prog, stopped, time.perf_counter() - wall0)
+    result = _result(state, best, prog, stopped, time.perf_counter() - wall0)
+    return dataclasses.replace(result, time_limited=timed_out, steps=prog.step)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -282,15 +311,18 @@ class _Run:
     hyper: _Hyper
     eval_fn: Callable | None
     track_fn: Callable | None
+    deadline: float | None  # a _clock() time, or None
 
 
 def _epochs(run: _Run, state, best, prog, checkpoint, fingerprint, loggers, progress):
-    """Train, validate, checkpoint and log epoch by epoch; stop early or on Ctrl-C."""
+    """Train, validate, checkpoint and log epoch by epoch; stop early, at the deadline or on
+    Ctrl-C. Returns the state, the best model, and whether it stopped early or at the
+    deadline."""
     from tqdm.auto import tqdm
 
     total = run.loader.num_batches * max(run.config.num_epochs - prog.epoch, 0)
     total = max(total - len(prog.epoch_losses), 0)
-    bar, stopped = tqdm(total=total, disable=not progress, leave=False), False
+    bar, stopped, timed_out = tqdm(total=total, disable=not progress, leave=False), False, False
     with DeferredInterrupt() as interrupt:
         for epoch in range(prog.epoch, run.config.num_epochs):
             args = (run.loader, epoch, prog, run.keys, run.hyper, run.config, bar, interrupt)
@@ -298,7 +330,12 @@ def _epochs(run: _Run, state, best, prog, checkpoint, fingerprint, loggers, prog
             def save(state, best=best):
                 write_checkpoint(checkpoint, state, best, prog, run.keys, fingerprint)
 
-            state, record = train_epoch(run.trainer, state, *args, save=save)
+            state, record = train_epoch(run.trainer, state, *args, save=save, deadline=run.deadline)
+            if record is None:  # out of time inside the epoch; its checkpoint is written
+                timed_out = True
+                if run.eval_fn is None:  # the last model is the best
+                    best = run.trainer.eval_model(state)
+                break
             evaluated = run.trainer.eval_model(state)
             args = (run.eval_fn, epoch, prog, run.keys, run.config, record)
             best, stopped = validate(evaluated, best, *args)
@@ -314,8 +351,11 @@ def _epochs(run: _Run, state, best, prog, checkpoint, fingerprint, loggers, prog
             if stopped:
                 break
             interrupt.check(state)
+            if run.deadline is not None and _clock() >= run.deadline:
+                timed_out = epoch + 1 < run.config.num_epochs
+                break
     bar.close()
-    return state, best, stopped
+    return state, best, stopped, timed_out
 
 
 def _result(state: TrainState, best, prog: _Progress, stopped: bool, wall_s: float) -> FitResult:
