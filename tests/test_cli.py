@@ -156,3 +156,17 @@ def test_a_time_limited_run_is_scored_and_says_how_to_continue(tmp_path, shared_
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["time_limited"] is True and (metrics["epochs"], metrics["updates"]) == (0, 1)
     assert "stopped at --time-limit after update 1" in capsys.readouterr().err
+
+
+def test_the_experiments_that_train_through_fit_are_the_ones_marked_trains():
+    """`--time-limit` is accepted exactly by the experiments whose training goes through
+    `fit` with the run's outputs (`_training.fit_outputs`, or `_training.fit` using it)."""
+    import inspect
+
+    from dgm import experiments
+
+    for name in experiments.names():
+        module = experiments.get(name)
+        source = inspect.getsource(module)
+        trains = "_training.fit_outputs(" in source or "_training.fit(" in source
+        assert getattr(module, "TRAINS", False) == trains, name

@@ -3,7 +3,9 @@
 Each experiment module defines ``NAME``, ``DESCRIPTION``, a frozen dataclass ``Config``
 whose defaults are the paper's settings, ``PRESETS`` (at least ``smoke``, ``quick`` and
 ``paper``), optional ``EXTRA_ARGS`` (CLI flag -> dotted config field) and
-``run(config, key, ctx) -> dict``; optionally ``summary(metrics) -> str``.
+``run(config, key, ctx) -> dict``; optionally ``summary(metrics) -> str``, and
+``TRAINS = True`` for a run that trains a model through ``dgm.training.fit`` (``dgm run
+--time-limit`` applies; its metrics hold ``updates`` and ``time_limited``).
 """
 
 import importlib
