@@ -110,20 +110,31 @@ def test_refine_fits_one_observation_and_compiles_once():
     np.testing.assert_allclose(z0, before["z"].values[:, :10], atol=1e-5)
 
 
-def test_a_non_finite_step_stops_training_and_keeps_the_last_finite_q():
-    """A log joint that is NaN for z₀ > 4 (rare at first, then pushed into by a target at 6):
-    training stops at that step, says so, and q stays finite."""
-
-    def log_joint(z, y):
-        lp = -0.5 * jnp.sum((z - 6.0) ** 2) - 0.5 * jnp.sum((y - z[0]) ** 2)
-        return jnp.where(z[0] > 4.0, jnp.nan, lp)
+def test_non_finite_steps_are_skipped_and_ten_in_a_row_stop_training():
+    """A log joint that is NaN for z₀ > 2.5 (a few draws of q in a hundred steps): those
+    steps are skipped and training completes, saying how many it skipped. One that is NaN
+    everywhere: the first ten steps are skipped, training stops there, and q stays as it
+    was, finite."""
 
     def simulate(key):
         return jax.random.normal(key, (2,))
 
-    result = dgm.amortize(log_joint, simulate, 1, key=jax.random.key(0), num_steps=3000)
+    def rare_nan(z, y):
+        lp = -0.5 * jnp.sum(z**2) - 0.5 * jnp.sum((y - z[0]) ** 2)
+        return jnp.where(z[0] > 2.5, jnp.nan, lp)
+
+    result = dgm.amortize(rare_nan, simulate, 1, key=jax.random.key(0), num_steps=1000)
+    assert result.status == "completed" and result.num_steps == 1000
+    skipped = int(np.sum(~np.isfinite(result.losses)))
+    assert skipped > 0 and f"; {skipped} non-finite steps skipped" in result.message
+
+    def all_nan(z, y):
+        return jnp.nan * jnp.sum(z)
+
+    result = dgm.amortize(all_nan, simulate, 1, key=jax.random.key(0), num_steps=3000)
     assert result.status == "non-finite" and "non-finite loss or parameters" in result.message
-    assert result.num_steps < 3000
+    assert result.num_steps == dgm.amortized.MAX_NON_FINITE_IN_A_ROW
+    assert "stopped and kept q after step 0" in result.message
     leaves = jax.tree.leaves(jax.tree.map(np.asarray, result.q))
     assert all(np.all(np.isfinite(a)) for a in leaves if np.issubdtype(a.dtype, np.floating))
 
@@ -189,3 +200,22 @@ def test_additive_noise_log_joint_and_simulator():
     cov = A @ A.T + SIGMA**2 * np.eye(5)
     se = np.sqrt((cov**2 + np.outer(np.diag(cov), np.diag(cov))) / 4000)
     assert np.all(np.abs(np.cov(ys.T) - cov) < 4 * se)
+
+
+def test_failed_simulations_are_left_out():
+    """A simulator that fails (returns NaN) for 5 % of its draws, independently of z: the
+    model given success is the same, so q trains to the end and still matches the exact
+    posterior. Without leaving failures out, the first failed draw stops training."""
+
+    def flaky(key):
+        key_y, key_fail = jax.random.split(key)
+        y = NOISE.simulate(key_y)
+        return jnp.where(jax.random.uniform(key_fail) < 0.05, jnp.nan, y)
+
+    result = dgm.amortize(NOISE.log_joint, flaky, 2, key=jax.random.key(0), num_steps=2000)
+    assert result.status == "completed" and result.num_steps == 2000
+    y = A @ np.array([0.7, -0.4]) + SIGMA * np.random.default_rng(5).normal(size=5)
+    mean, cov = _exact(y)
+    z = result.sample(jax.random.key(1), jnp.asarray(y), num_samples=4000).posterior["z"]
+    offset = np.abs(z.values.reshape(-1, 2).mean(0) - mean) / np.sqrt(np.diag(cov))
+    assert np.all(offset < 0.1), offset

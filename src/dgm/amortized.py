@@ -45,6 +45,9 @@ from dgm.models import decoders
 from dgm.models.amortized import AmortizedPosterior
 
 KIND = "amortized-posterior"
+# Non-finite steps (a rare draw of q where the model is not finite) are skipped; this many
+# in a row stop training (optax's ``apply_if_finite`` does the same per update).
+MAX_NON_FINITE_IN_A_ROW = 10
 
 
 @dataclasses.dataclass
@@ -55,10 +58,12 @@ class Amortized:
         q: the trained :class:`~dgm.models.amortized.AmortizedPosterior`.
         log_joint_fn: the model's ``log p(z, y)``.
         options: ``q``'s sizes (its constructor's arguments).
-        losses: the negative ELBO of every step's batch (empty for a loaded ``q``).
-        num_steps: steps applied.
-        status: ``"completed"``, ``"non-finite"`` (a step would have made ``q`` or its
-            loss non-finite: it was not applied and training stopped) or ``"interrupted"``.
+        losses: the negative ELBO of every step's batch (empty for a loaded ``q``; NaN or
+            inf for a skipped step).
+        num_steps: steps done, skipped ones included.
+        status: ``"completed"``, ``"non-finite"`` (:data:`MAX_NON_FINITE_IN_A_ROW` steps in
+            a row would have made ``q`` or its loss non-finite: a step that would is
+            skipped, and so many in a row stop training) or ``"interrupted"``.
         message: one line saying how training ended.
         wall_s, compile_s: training time (compilation excluded) and compilation time.
     """
@@ -78,7 +83,7 @@ class Amortized:
         """Write ``q`` (atomically) with a header from which :func:`load` rebuilds it."""
         head = {"format": decoders.FORMAT, "kind": KIND, "options": self.options}
         head |= {"num_steps": self.num_steps, "status": self.status}
-        head["final_loss"] = float(self.losses[-100:].mean()) if self.losses.size else None
+        head["final_loss"] = float(np.nanmean(self.losses[-100:])) if self.losses.size else None
         decoders.write_model(path, head, self.q)
 
     def sample(self, key: Any, y_obs: Any, num_samples: Any = 1000, var_name: Any = "z"):
@@ -212,7 +217,9 @@ def amortize(
         log_joint_fn: ``log p(z, y)`` up to a constant, for one latent vector ``z``
             (``latent_dim``) and one observation ``y``; JAX-differentiable in ``z``.
         simulate_fn: ``key -> y``: one observation simulated from the model (``z`` from its
-            prior, then ``y`` given ``z``), a vector.
+            prior, then ``y`` given ``z``), a vector. A simulation that fails (NaN or inf
+            anywhere in ``y``) is left out of the standardisation and of the training
+            steps: q learns the model conditioned on its simulations succeeding.
         latent_dim: the size of ``z``.
         key: a PRNG key (initialisation, the standardisation sample, training).
         num_steps: Adam steps.
@@ -225,7 +232,8 @@ def amortize(
 
     Raises:
         ValueError: for bad arguments (each message names the argument), a simulator whose
-            output is not a finite vector, or a ``log_joint_fn`` that is not a scalar.
+            output is not a vector or that fails (NaN or inf) for all but one or none of
+            1024 simulations, or a ``log_joint_fn`` that is not a scalar.
     """
     for name, fn in (("log_joint_fn", log_joint_fn), ("simulate_fn", simulate_fn)):
         if not callable(fn):
@@ -239,6 +247,7 @@ def amortize(
     check_positive("learning_rate", learning_rate)
     key_init, key_stats, key_train = jax.random.split(key, 3)
     ys = _simulate_batch(simulate_fn, key_stats)
+    ys = ys[np.all(np.isfinite(np.asarray(ys)), axis=1)]
     scale = ys.std(axis=0)
     options = {"latent_dim": latent_dim, "obs_dim": int(ys.shape[1]), "hidden_size": hidden_size}
     options |= {"context_size": context_size, "num_flows": num_flows}
@@ -266,8 +275,12 @@ def _simulate_batch(simulate_fn: Callable, key, num: int = 1024) -> jax.Array:
         raise ValueError(
             f"`simulate_fn` must return one observation as a vector; got shape {ys.shape[1:]}"
         )
-    if not bool(jnp.all(jnp.isfinite(ys))):
-        raise ValueError("`simulate_fn` returned NaN or inf for some of 1024 simulations")
+    failed = int(jnp.sum(~jnp.all(jnp.isfinite(ys), axis=1)))
+    if failed > num - 2:
+        raise ValueError(
+            f"`simulate_fn` returned NaN or inf for {failed} of {num} simulations; failed "
+            "simulations are left out, but at least two must succeed"
+        )
     return ys
 
 
@@ -302,6 +315,7 @@ class _Training:
         self.opt_state, self.key, self.data = vi.init(q, optimizer), key, data
         self.cache, self.chunk_size, self.losses = cache, chunk_size, []
         self.status, self.message = "completed", ""
+        self.in_a_row, self.skipped = jnp.zeros((), jnp.int32), 0
         self.wall = self.compile_s = 0.0
 
     @property
@@ -310,22 +324,27 @@ class _Training:
 
     def chunk(self, done: int, num_todo: int) -> ChunkOutcome:
         keys = jax.random.split(jax.random.fold_in(self.key, done), self.chunk_size)
-        args = (self.params, self.opt_state, keys, jnp.asarray(num_todo), self.data)
+        state = (self.params, self.opt_state, self.in_a_row)
+        args = (state, keys, jnp.asarray(num_todo), self.data)
         exe, seconds = self.cache.get(args)
         self.compile_s += seconds
         t0 = time.perf_counter()
-        self.params, self.opt_state, losses, bad = jax.block_until_ready(exe(*args))
+        state, losses, skipped, stop = jax.block_until_ready(exe(*args))
+        self.params, self.opt_state, self.in_a_row = state
         self.wall += time.perf_counter() - t0
-        losses, bad = np.asarray(losses), np.asarray(bad)
-        if bad.any():
-            first = int(np.argmax(bad))
-            self.losses.append(losses[:first])
+        losses, skipped, stop = np.asarray(losses), np.asarray(skipped), np.asarray(stop)
+        if stop.any():
+            last = int(np.argmax(stop))
+            self.losses.append(losses[: last + 1])
+            self.skipped += int(skipped[: last + 1].sum())
             self.status = "non-finite"
             self.message = (
-                f"non-finite loss or parameters at step {done + first + 1}; stopped and kept "
-                f"q after step {done + first}"
+                f"{MAX_NON_FINITE_IN_A_ROW} steps in a row had a non-finite loss or parameters "
+                f"(the last, step {done + last + 1}); stopped and kept q after step "
+                f"{done + last + 1 - MAX_NON_FINITE_IN_A_ROW}"
             )
-            return ChunkOutcome(first, stop=True)
+            return ChunkOutcome(last + 1, stop=True)
+        self.skipped += int(skipped[:num_todo].sum())
         self.losses.append(losses[:num_todo])
         return ChunkOutcome(num_todo, postfix={"loss": f"{losses[num_todo - 1]:.3f}"})
 
@@ -336,17 +355,23 @@ class _Training:
         if interrupted:
             self.status, self.message = "interrupted", f"interrupted after {done} steps"
         losses = np.concatenate(self.losses) if self.losses else np.zeros(0)
-        return losses, done, self.message or f"completed {done} steps"
+        message = self.message or f"completed {done} steps"
+        if self.skipped:
+            message += f"; {self.skipped} non-finite steps skipped"
+        return losses, done, message
 
 
 def _chunk_fn(step: Callable, static: Any, observe: Callable) -> Callable:
-    """``chunk(params, opt_state, keys, num_todo, data)``: a scan of steps on ``q``'s arrays
-    (each step's batch ``observe(key, data)``); steps past ``num_todo`` or after a non-finite
-    one leave them as they were."""
+    """``chunk((params, opt_state, in_a_row), keys, num_todo, data)``: a scan of steps on
+    ``q``'s arrays (each step's batch ``observe(key, data)``). A step whose loss or new
+    parameters are not finite is skipped (``in_a_row`` counts such steps in a row); the
+    :data:`MAX_NON_FINITE_IN_A_ROW`-th in a row stops the chunk, and steps past ``num_todo``
+    or after the stop leave the state as it was. Per step: the loss, whether it was skipped,
+    whether training stopped there."""
 
-    def chunk(params, opt_state, keys, num_todo, data):
+    def chunk(state, keys, num_todo, data):
         def body(carry, xs):
-            params, opt_state, stopped = carry
+            params, opt_state, in_a_row, stopped = carry
             key, i = xs
             key_y, key_z = jax.random.split(key)
             ys = observe(key_y, data)
@@ -359,11 +384,15 @@ def _chunk_fn(step: Callable, static: Any, observe: Callable) -> Callable:
             params, opt_state = jax.tree.map(
                 lambda a, b: jnp.where(apply, a, b), (new_params, new_opt), (params, opt_state)
             )
-            return (params, opt_state, stopped | (active & ~finite)), (info.loss, active & ~finite)
+            skip = active & ~finite
+            in_a_row = jnp.where(apply, 0, in_a_row + skip.astype(in_a_row.dtype))
+            stop = skip & (in_a_row >= MAX_NON_FINITE_IN_A_ROW)
+            return (params, opt_state, in_a_row, stopped | stop), (info.loss, skip, stop)
 
-        init = (params, opt_state, jnp.zeros((), bool))
+        params, opt_state, in_a_row = state
+        init = (params, opt_state, in_a_row, jnp.zeros((), bool))
         steps = jnp.arange(keys.shape[0])
-        (params, opt_state, _), (losses, bad) = jax.lax.scan(body, init, (keys, steps))
-        return params, opt_state, losses, bad
+        (params, opt_state, in_a_row, _), outs = jax.lax.scan(body, init, (keys, steps))
+        return (params, opt_state, in_a_row), *outs
 
     return chunk

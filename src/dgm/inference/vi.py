@@ -65,7 +65,9 @@ def build_train_step(log_joint_fn: Callable, optimizer: Any) -> Callable:
 
     One draw ``z ~ q(· | y)`` for each row ``y`` of the batch ``ys`` (observations simulated
     from the model, or one observation repeated to fit q to it alone); the loss is the
-    batch's mean negative ELBO.
+    batch's mean negative ELBO. Rows that are not finite (a simulator's failures, such as a
+    pose behind the camera) are left out of the mean, so q is fitted to the model
+    conditioned on its simulations succeeding; with no finite row the loss is NaN.
 
     Args:
         log_joint_fn: ``log p(z, y)`` (up to a constant), one ``z`` and one ``y``.
@@ -74,7 +76,12 @@ def build_train_step(log_joint_fn: Callable, optimizer: Any) -> Callable:
 
     def loss_fn(q, ys, key):
         keys = jax.random.split(key, ys.shape[0])
-        return -jnp.mean(jax.vmap(lambda y, k: elbo(q, log_joint_fn, y, k))(ys, keys))
+        ok = jnp.all(jnp.isfinite(ys), axis=1)
+        # a failed row is replaced by a finite one before any arithmetic (its weight is 0,
+        # and NaN inputs would make even a zero-weighted gradient NaN)
+        safe = jnp.where(ok[:, None], ys, ys[jnp.argmax(ok)])
+        terms = jax.vmap(lambda y, k: elbo(q, log_joint_fn, y, k))(safe, keys)
+        return -jnp.sum(jnp.where(ok, terms, 0.0)) / jnp.sum(ok, dtype=terms.dtype)
 
     def train_step(q, opt_state, ys, key):
         loss, grads = eqx.filter_value_and_grad(loss_fn)(q, ys, key)
