@@ -131,6 +131,32 @@ def test_latent_starts_of_each_kind():
     np.testing.assert_array_equal(prior, want)
 
 
+def test_amortized_starts_are_valid_poses_and_resume_from_the_checkpoint(tmp_path, shared_data):
+    """``start=amortized``: one draw per chain of q refined on the scene (a few steps here),
+    every joint in front of both cameras, the seconds charged; a resumed run reads the
+    saved starts instead of training again."""
+    from dgm.data.pose import pose_generator
+    from dgm.runs import RunContext
+
+    gen = pose_generator("thesis", root=shared_data)
+    u_true = scene_inputs()[1]
+    y_obs = np.asarray(gen(jnp.asarray(u_true, jnp.float32)))
+    cfg = pose.Config(scene=2, setting="thesis", num_chains=3, start="amortized",
+                      amortize_steps=40, refine_steps=20)  # fmt: skip
+    ctx = RunContext(tmp_path)
+    starts, info = pose.latent_starts(cfg, gen, y_obs, u_true, jax.random.key(0), ctx)
+    assert starts.shape == (3, LATENT_DIM) and info["start_s"] > 0
+    assert np.all(np.isfinite(np.asarray(jax.vmap(gen.noise_free)(jnp.asarray(starts)))))
+    assert len({tuple(row) for row in starts}) == 3  # three draws, not one start repeated
+    again = pose.latent_starts(
+        cfg, None, None, u_true, jax.random.key(0), RunContext(tmp_path, resume=True)
+    )
+    np.testing.assert_array_equal(again[0], starts)
+    assert again[1] == info
+    with pytest.raises(ValueError, match="`amortize_steps`"):
+        pose.Config(start="amortized", amortize_steps=0)
+
+
 def test_posterior_file_of_any_subset_of_methods(tmp_path):
     """CHMC alone (its draws already in ``posterior.nc``), or the baselines alone, give a
     file with the groups of the methods that ran (CHMC alone used to raise in ArviZ)."""

@@ -26,6 +26,10 @@ prior; CHMC completes a start with the noise inputs (y − f(z)) / σ, the basel
 (the hierarchical one at the state z maps to). The presets scale the chain and draw counts.
 ``--set start=truth`` starts every chain at the true latent inputs instead (a check: on scene
 1 such chains settle 0.023 from the truth, as chains from typical-set starts do).
+``--set start=amortized`` draws each chain's start from an amortized posterior
+(``dgm.amortize`` on the generator's joint density and simulator, ``amortize_steps``, then
+``Amortized.refine`` on the scene, ``refine_steps``); its training and refinement seconds,
+compilation excluded, are charged to every method's time axis as the typical-set search's are.
 
 Outputs: ``metrics.json`` (per method: ``rmse_final``, ``rmse_at_s``, ``wall_s``,
 ``compile_s``, ``accept_rate``, ``ess_bulk_min``/``ess_bulk_median`` over the 57 joint
@@ -62,7 +66,7 @@ NAME = "pose"
 DESCRIPTION = "Constrained HMC vs HMC on the binocular human-pose model (Graham & Storkey)"
 EXTRA_ARGS = {"scene": "scene", "config": "setting"}
 METHODS = ("chmc", "hmc", "hier")
-START_KINDS = ("zero", "prior", "typical", "truth")
+START_KINDS = ("zero", "prior", "typical", "amortized", "truth")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,6 +116,9 @@ class Config:
     num_chains: int = 0  # 0: the setting's
     draw_fraction: float = 1.0  # fraction of the setting's draws per chain, for presets
     start: str = ""  # one of START_KINDS; "": the setting's (see start_kind)
+    # start=amortized: dgm.amortize's training steps, then refinement steps on y_obs
+    amortize_steps: int = 5000
+    refine_steps: int = 1000
     chunk_size: int = 10
     rmse_times: tuple[float, ...] = (5.0, 15.0, 45.0, 150.0, 450.0)
 
@@ -124,6 +131,8 @@ class Config:
         check_positive("draw_fraction", self.draw_fraction)
         check_choice("start", self.start, ("", *START_KINDS))
         check_positive("chunk_size", self.chunk_size, integer=True)
+        check_positive("amortize_steps", self.amortize_steps, integer=True)
+        check_positive("refine_steps", self.refine_steps, integer=True)
 
     def sampler(self, method: str) -> SamplerConfig:
         base = SETTINGS[self.setting][method]
@@ -132,7 +141,8 @@ class Config:
 
     @property
     def start_kind(self) -> str:
-        """notebook: zero; thesis: prior draws; fast: typical-set starts. ``truth``
+        """notebook: zero; thesis: prior draws; fast: typical-set starts; ``amortized``
+        (any setting): draws of an amortized posterior refined on the scene. ``truth``
         (any setting, a check, not a method) starts every chain at the scene's true latent
         inputs: where the chains settle then is the posterior mean's own distance from the
         truth, whatever the starts."""
@@ -270,6 +280,25 @@ def typical_latent_starts(gen, y_obs, key, num_chains: int) -> tuple[np.ndarray,
     return u[:, :LATENT_DIM], {"start_s": t2 - t1, "start_compile_s": t1 - t0}
 
 
+def amortized_latent_starts(config: Config, gen, y_obs, key) -> tuple[np.ndarray, dict]:
+    """Starts drawn from an amortized posterior: ``dgm.amortize`` on the generator's joint
+    density and simulator (``config.amortize_steps``), refined on ``y_obs``
+    (``config.refine_steps``), one draw per chain. ``{"start_s", "start_compile_s"}``:
+    training and refinement seconds, compilation excluded, and their compilation."""
+    import dgm
+    from dgm.inference.additive_noise import AdditiveNoise
+
+    noise = AdditiveNoise(gen.noise_free, LATENT_DIM, len(y_obs), float(gen.sigma))
+    key_train, key_refine, key_draw = jax.random.split(key, 3)
+    q = dgm.amortize(noise.log_joint, noise.simulate, LATENT_DIM, key=key_train,
+                     num_steps=config.amortize_steps)  # fmt: skip
+    refined = q.refine(key_refine, y_obs, num_steps=config.refine_steps)
+    draws = refined.sample(key_draw, y_obs, num_samples=config.chains).posterior["z"]
+    info = {"start_s": q.wall_s + refined.wall_s,
+            "start_compile_s": q.compile_s + refined.compile_s}  # fmt: skip
+    return np.asarray(draws.values[0], np.float64), info
+
+
 def latent_starts(config: Config, gen, y_obs, u_true, key, ctx: RunContext | None = None):
     """The chains' latent starts ``(chains, 140)`` of ``config.start_kind`` and
     ``{"start_s", "start_compile_s"}`` (the typical-set search's wall seconds; else 0).
@@ -281,12 +310,16 @@ def latent_starts(config: Config, gen, y_obs, u_true, key, ctx: RunContext | Non
         return np.zeros(shape), info
     if kind == "truth":
         return np.broadcast_to(np.asarray(u_true[:LATENT_DIM]), shape).copy(), info
-    if kind == "typical":
-        saved = ctx.load_checkpoint("starts")
+    if kind in ("typical", "amortized"):
+        saved = None if ctx is None else ctx.load_checkpoint("starts")
         if saved is not None:
             return saved["starts"], json.loads(str(saved["info"]))
-        starts, info = typical_latent_starts(gen, y_obs, key, config.chains)
-        ctx.save_checkpoint("starts", starts=starts, info=np.asarray(json.dumps(info)))
+        if kind == "typical":
+            starts, info = typical_latent_starts(gen, y_obs, key, config.chains)
+        else:
+            starts, info = amortized_latent_starts(config, gen, y_obs, key)
+        if ctx is not None:
+            ctx.save_checkpoint("starts", starts=starts, info=np.asarray(json.dumps(info)))
         return starts, info
     with jax.enable_x64(True):  # prior draws
         return np.asarray(jax.random.normal(key, shape, jnp.float64)), info
