@@ -301,8 +301,9 @@ def amortized_latent_starts(config: Config, gen, y_obs, key) -> tuple[np.ndarray
 
 def latent_starts(config: Config, gen, y_obs, u_true, key, ctx: RunContext | None = None):
     """The chains' latent starts ``(chains, 140)`` of ``config.start_kind`` and
-    ``{"start_s", "start_compile_s"}`` (the typical-set search's wall seconds; else 0).
-    ``gen``, ``y_obs`` and ``ctx`` (its checkpoint) serve the typical-set search only."""
+    ``{"start_s", "start_compile_s"}`` (the typical-set search's or the amortized
+    posterior's wall seconds; else 0). ``gen``, ``y_obs`` and ``ctx`` (the starts'
+    checkpoint) serve those two kinds only."""
     info = {"start_s": 0.0, "start_compile_s": 0.0}
     shape = (config.chains, LATENT_DIM)
     kind = config.start_kind
