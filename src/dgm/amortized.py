@@ -45,8 +45,8 @@ from dgm.models import decoders
 from dgm.models.amortized import AmortizedPosterior
 
 KIND = "amortized-posterior"
-# Non-finite steps (a rare draw of q where the model is not finite) are skipped; this many
-# in a row stop training (optax's ``apply_if_finite`` does the same per update).
+# A step whose loss or new parameters are not finite is skipped; this many in a row stop
+# training (optax's ``apply_if_finite`` rule).
 MAX_NON_FINITE_IN_A_ROW = 10
 
 
@@ -247,7 +247,6 @@ def amortize(
     check_positive("learning_rate", learning_rate)
     key_init, key_stats, key_train = jax.random.split(key, 3)
     ys = _simulate_batch(simulate_fn, key_stats)
-    ys = ys[np.all(np.isfinite(np.asarray(ys)), axis=1)]
     scale = ys.std(axis=0)
     options = {"latent_dim": latent_dim, "obs_dim": int(ys.shape[1]), "hidden_size": hidden_size}
     options |= {"context_size": context_size, "num_flows": num_flows}
@@ -270,18 +269,19 @@ def amortize(
 
 
 def _simulate_batch(simulate_fn: Callable, key, num: int = 1024) -> jax.Array:
+    """The successful ones (every value finite) of ``num`` simulations."""
     ys = jax.jit(vi.simulate_batch, static_argnums=(0, 2))(simulate_fn, key, num)
     if ys.ndim != 2:
         raise ValueError(
             f"`simulate_fn` must return one observation as a vector; got shape {ys.shape[1:]}"
         )
-    failed = int(jnp.sum(~jnp.all(jnp.isfinite(ys), axis=1)))
-    if failed > num - 2:
+    ok = np.all(np.isfinite(np.asarray(ys)), axis=1)
+    if ok.sum() < 2:
         raise ValueError(
-            f"`simulate_fn` returned NaN or inf for {failed} of {num} simulations; failed "
-            "simulations are left out, but at least two must succeed"
+            f"`simulate_fn` returned NaN or inf for {num - ok.sum()} of {num} simulations; "
+            "failed simulations are left out, but at least two must succeed"
         )
-    return ys
+    return ys[ok]
 
 
 def _check_log_joint(log_joint_fn: Callable, latent_dim: int, y: jax.Array) -> None:

@@ -31,6 +31,10 @@ from dgm.training.step import Trainer, TrainState, shard_batch
 _clock = time.perf_counter  # the time limit's clock (tests replace it)
 
 
+def _out_of_time(deadline: float | None) -> bool:
+    return deadline is not None and _clock() >= deadline
+
+
 @dataclasses.dataclass
 class FitResult:
     """What :func:`fit` returns: final and best models, the history, timings.
@@ -149,7 +153,7 @@ def train_epoch(
         state, metrics = trainer.step(state, (data, hyper.arrays(values)), step_key)
         progress.step += 1
         losses.append(metrics["loss"])
-        out_of_time = deadline is not None and _clock() >= deadline
+        out_of_time = _out_of_time(deadline)
         if len(losses) < len(order) and (out_of_time or (every and progress.step % every == 0)):
             progress.epoch_losses = [float(v) for v in jax.device_get(losses)]
             progress.epoch_s = time.perf_counter() - t0
@@ -296,8 +300,7 @@ def fit(
     finally:
         for logger in loggers:
             logger.close()
-    result = _result(state, best, prog, stopped, time.perf_counter() - wall0)
-    return dataclasses.replace(result, time_limited=timed_out, steps=prog.step)
+    return _result(state, best, prog, stopped, timed_out, time.perf_counter() - wall0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -351,14 +354,16 @@ def _epochs(run: _Run, state, best, prog, checkpoint, fingerprint, loggers, prog
             if stopped:
                 break
             interrupt.check(state)
-            if run.deadline is not None and _clock() >= run.deadline:
+            if _out_of_time(run.deadline):
                 timed_out = epoch + 1 < run.config.num_epochs
                 break
     bar.close()
     return state, best, stopped, timed_out
 
 
-def _result(state: TrainState, best, prog: _Progress, stopped: bool, wall_s: float) -> FitResult:
+def _result(
+    state: TrainState, best, prog: _Progress, stopped: bool, timed_out: bool, wall_s: float
+) -> FitResult:
     times = [h["epoch_s"] for h in prog.history]
     steady = times[1:] if len(times) > 1 else times
     return FitResult(
@@ -372,4 +377,6 @@ def _result(state: TrainState, best, prog: _Progress, stopped: bool, wall_s: flo
         wall_s=wall_s,
         s_per_epoch=float(np.median(steady)) if steady else math.nan,
         averaged_model=state.averaged,
+        time_limited=timed_out,
+        steps=prog.step,
     )
