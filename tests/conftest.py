@@ -1,9 +1,25 @@
-"""Test configuration: CPU threads, strict numerics, JAX's default dtypes, dataset location."""
+"""Test configuration: CPU threads, strict numerics, JAX's default dtypes, dataset location.
+
+XLA compiles the suite's programs without LLVM's optimisations (``--xla_backend_optimization
+_level=0``, ``--xla_llvm_disable_expensive_passes``) and with XLA:CPU's older fusion emitters
+(``--xla_cpu_use_fusion_emitters=false``, a flag of jaxlib 0.10): compilation is most of the
+suite's time, and the first two flags alone took a whole run from 21 to 13 minutes on a 2-core
+AMD EPYC; the third halved the compilation of a NUTS chunk again. Every program and result is
+the same XLA computation; only the machine code differs. The flags go into ``XLA_FLAGS``, so
+subprocesses (the CLI tests, the distributed workers) compile the same way.
+``DGM_TEST_FULL_OPTIMIZATION=1`` runs the suite as users' programs are compiled.
+"""
 
 import os
+from importlib.metadata import version
 
 from dgm._runtime import configure_cpu
 
+if os.environ.get("DGM_TEST_FULL_OPTIMIZATION") != "1":
+    _FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+    if version("jaxlib").startswith("0.10."):  # an unknown XLA flag aborts the process
+        _FAST_COMPILE += " --xla_cpu_use_fusion_emitters=false"
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_FAST_COMPILE}".strip()
 configure_cpu(2)
 
 from pathlib import Path  # noqa: E402

@@ -37,7 +37,10 @@ def _free_port() -> int:
 def test_two_processes_give_the_single_process_draws(tmp_path):
     port, out = _free_port(), tmp_path / "draws.npz"
     env = os.environ | {"PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}"}
-    env.pop("XLA_FLAGS", None)  # one device per process (the worker asks for it)
+    # One device per process (the worker asks for it); the suite's other XLA flags stay, so
+    # the workers compile as this process does.
+    flags = os.environ.get("XLA_FLAGS", "").split()
+    env["XLA_FLAGS"] = " ".join(f for f in flags if "host_platform_device_count" not in f)
     worker = str(ROOT / "tests" / "_distributed_worker.py")
     procs = [
         subprocess.Popen(

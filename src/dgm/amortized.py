@@ -40,7 +40,7 @@ import optax
 from dgm._types import check_key
 from dgm.config import check_positive
 from dgm.inference import vi
-from dgm.inference._compiled import ChunkOutcome, CompiledCache, run_chunks
+from dgm.inference._compiled import ChunkOutcome, CompiledCache, run_chunks, skip_unless
 from dgm.models import decoders
 from dgm.models.amortized import AmortizedPosterior
 
@@ -370,24 +370,25 @@ def _chunk_fn(step: Callable, static: Any, observe: Callable) -> Callable:
     whether training stopped there."""
 
     def chunk(state, keys, num_todo, data):
-        def body(carry, xs):
+        def active_step(carry, key):
             params, opt_state, in_a_row, stopped = carry
-            key, i = xs
             key_y, key_z = jax.random.split(key)
             ys = observe(key_y, data)
             new_q, new_opt, info = step(eqx.combine(params, static), opt_state, ys, key_z)
             new_params = eqx.filter(new_q, eqx.is_array)
             leaves_finite = [jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(new_params)]
             finite = jnp.isfinite(info.loss) & jnp.all(jnp.stack(leaves_finite))
-            active = ~stopped & (i < num_todo)
-            apply = active & finite
             params, opt_state = jax.tree.map(
-                lambda a, b: jnp.where(apply, a, b), (new_params, new_opt), (params, opt_state)
+                lambda a, b: jnp.where(finite, a, b), (new_params, new_opt), (params, opt_state)
             )
-            skip = active & ~finite
-            in_a_row = jnp.where(apply, 0, in_a_row + skip.astype(in_a_row.dtype))
-            stop = skip & (in_a_row >= MAX_NON_FINITE_IN_A_ROW)
-            return (params, opt_state, in_a_row, stopped | stop), (info.loss, skip, stop)
+            in_a_row = jnp.where(finite, 0, in_a_row + 1)
+            stop = ~finite & (in_a_row >= MAX_NON_FINITE_IN_A_ROW)
+            return (params, opt_state, in_a_row, stop), (info.loss, ~finite, stop)
+
+        def body(carry, xs):
+            key, i = xs
+            active = ~carry[-1] & (i < num_todo)  # inactive steps cost a branch: no step
+            return skip_unless(active, active_step, carry, key)
 
         params, opt_state, in_a_row = state
         init = (params, opt_state, in_a_row, jnp.zeros((), bool))

@@ -28,10 +28,15 @@ from dgm.inference.hmc import HMCParams, build_kernel, init
 # Anisotropic Gaussian: sds spread over a factor 30.
 SD = np.array([0.1, 0.3, 1.0, 2.0, 3.0])
 NUM_CHAINS, NUM_WARMUP = 4, 1000
-# Relative tolerance on each adapted variance. The last slow window holds 500 draws; at
-# the acceptance target their ESS is a few hundred, so sd(var_hat)/var ≈ sqrt(2/ESS) ≈ 0.1;
-# 0.35 is over 3 such sds (in our runs the worst ratio was off by 0.25).
-VAR_RTOL = 0.35
+# Relative tolerances on the adapted variances: each chain's (20 values) and their mean over
+# the 4 chains. The last slow window holds 500 draws; at the acceptance target their ESS is a
+# few hundred, so sd(var_hat)/var ≈ sqrt(2/ESS) ≈ 0.1 and the worst of 20 is often 0.3-0.4
+# off. Calibrated on seeds 0-1199 (this test's warm-up, float32), at XLA's default and at the
+# suite's optimisation level 0 (other rounding, other paths): worst element 0.48 and 0.52,
+# worst chain mean 0.22 and 0.21. (The tolerances of 0.35 and 0.175 used until then failed
+# 3-4 % of seeds, and this seed once the rounding changed.) A planted bug that never updates
+# the mass matrix leaves ratios of 1/SD² (0.1 to 100): far outside either.
+VAR_RTOL, MEAN_VAR_RTOL = 0.6, 0.27
 
 
 def log_density(x):
@@ -113,7 +118,7 @@ def test_windowed_warmup_recovers_diagonal_variances(diagonal_warmup):
     ratio = np.asarray(diagonal_warmup[0].inverse_mass_matrix) / SD**2
     assert ratio.shape == (NUM_CHAINS, SD.size)
     np.testing.assert_allclose(ratio, 1.0, rtol=VAR_RTOL)
-    np.testing.assert_allclose(ratio.mean(axis=0), 1.0, rtol=VAR_RTOL / 2)
+    np.testing.assert_allclose(ratio.mean(axis=0), 1.0, rtol=MEAN_VAR_RTOL)
 
 
 def test_windowed_warmup_dense_metric():
@@ -123,7 +128,9 @@ def test_windowed_warmup_dense_metric():
     scale = np.outer(SD, SD)
     np.testing.assert_allclose(np.diagonal(imm, axis1=1, axis2=2) / SD**2, 1.0, rtol=VAR_RTOL)
     off = (imm / scale)[:, ~np.eye(SD.size, dtype=bool)]
-    assert np.abs(off).max() < 0.3  # correlations of an uncorrelated target stay small
+    # Correlations of an uncorrelated target stay small: on seeds 0-999 at both optimisation
+    # levels the worst was 0.31 (the bound of 0.3 used until then failed one seed in 2,000).
+    assert np.abs(off).max() < 0.4
     assert np.all(np.linalg.eigvalsh(imm) > 0)
 
 

@@ -18,7 +18,7 @@ import numpy as np
 from dgm import _sigint
 from dgm.config import check_positive
 
-__all__ = ["ChunkOutcome", "CompiledCache", "run_chunks", "signature"]
+__all__ = ["ChunkOutcome", "CompiledCache", "run_chunks", "signature", "skip_unless"]
 
 
 def signature(tree: Any) -> tuple:
@@ -26,6 +26,23 @@ def signature(tree: Any) -> tuple:
     is compiled for (Python scalars count as their weak JAX dtype)."""
     leaves, treedef = jax.tree.flatten(tree)
     return (treedef, tuple((np.shape(x), jnp.result_type(x)) for x in leaves))
+
+
+def skip_unless(pred: Any, fn: Callable, carry: Any, *args: Any) -> tuple[Any, Any]:
+    """``fn(carry, *args) -> (carry, out)`` when ``pred``, else ``(carry, zeros like out)``.
+
+    A chunk's surplus iterations (past the end of the run, or after a stop) then cost a
+    branch, not a step: with ``jnp.where`` on the step's result they cost a whole step
+    each (a 40-step run in a chunk of 250 computed 250). ``pred`` must be the same for
+    every batch member (a loop index, a shared count): a batched predicate would turn the
+    ``cond`` into a select that computes both branches, which is correct but saves nothing.
+    """
+    out_shapes = jax.eval_shape(fn, carry, *args)[1]
+
+    def hold(carry, *_):
+        return carry, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), out_shapes)
+
+    return jax.lax.cond(pred, fn, hold, carry, *args)
 
 
 class CompiledCache:

@@ -30,7 +30,7 @@ from jaxtyping import Array, Bool, Float, PRNGKeyArray, PyTree
 
 from dgm.config import check_choice, check_positive
 from dgm.inference import mesh as mesh_lib
-from dgm.inference._compiled import ChunkOutcome, CompiledCache, run_chunks
+from dgm.inference._compiled import ChunkOutcome, CompiledCache, run_chunks, skip_unless
 
 
 class Kernel(NamedTuple):
@@ -151,9 +151,14 @@ class ChainRunner:
             def one_chain(key, state, traced):
                 params = _join_params(traced, split)
 
+                def advance(state, i):
+                    return step_fn(jax.random.fold_in(key, i), state, params)
+
                 def body(state, i):
-                    new, info = step_fn(jax.random.fold_in(key, i), state, params)
-                    new = jax.tree.map(lambda a, b: jnp.where(i < stop, a, b), new, state)
+                    # Iterations past the run's end (the last chunk's surplus) are skipped,
+                    # not computed and discarded: `i < stop` is the same for every chain,
+                    # so the `cond` stays a branch under `vmap`.
+                    new, info = skip_unless(i < stop, advance, state, i)
                     return new, (self.extract_fn(new), info)
 
                 return jax.lax.scan(body, state, start + jnp.arange(chunk_size))

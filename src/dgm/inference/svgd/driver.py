@@ -16,7 +16,7 @@ import numpy as np
 from jaxtyping import ArrayLike
 
 from dgm.config import check_positive, check_positive_values
-from dgm.inference._compiled import ChunkOutcome, CompiledCache, run_chunks
+from dgm.inference._compiled import ChunkOutcome, CompiledCache, run_chunks, skip_unless
 from dgm.inference.svgd.core import SVGDState
 
 
@@ -89,16 +89,19 @@ class SVGDRunner:
         def chunk(state, step_size, data, num_left, ksd_tol, update_tol):
             self.num_traces += 1
 
+            def active_step(state):
+                new, info = step(state, step_size, data)
+                bad = ~info.is_finite
+                state = jax.tree.map(lambda a, b: jnp.where(bad, b, a), new, state)
+                converged = (info.ksd < ksd_tol) | (info.update_norm < update_tol)
+                return state, (info, bad, converged)
+
             def body(carry, i):
                 state, stopped = carry
-                new, info = step(state, step_size, data)
-                active = (~stopped) & (i < num_left)
-                bad = ~info.is_finite
-                apply = active & ~bad
-                state = jax.tree.map(lambda a, b: jnp.where(apply, a, b), new, state)
-                converged = (info.ksd < ksd_tol) | (info.update_norm < update_tol)
-                stopped = stopped | (active & (bad | converged))
-                return (state, stopped), (info, active, active & bad, active & converged)
+                active = (~stopped) & (i < num_left)  # inactive steps cost a branch: no step
+                state, (info, bad, converged) = skip_unless(active, active_step, state)
+                stopped = stopped | bad | converged
+                return (state, stopped), (info, active, bad, converged)
 
             (state, _), out = jax.lax.scan(
                 body, (state, jnp.zeros((), bool)), jnp.arange(chunk_size)
