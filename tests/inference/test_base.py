@@ -98,6 +98,23 @@ def test_chunked_equals_unchunked():
     np.testing.assert_array_equal(np.asarray(chunked.states.position), whole.draws[:, -1])
 
 
+def test_surplus_iterations_of_the_last_chunk_are_not_computed():
+    """7 iterations in chunks of 4: the second chunk's surplus iteration is skipped, not
+    computed and discarded (a host callback counts the steps actually run); with
+    ``jnp.where`` masking (the old driver) it counted 24 = 3 chains × 8."""
+    calls = []
+
+    def counted_step(key, state, params):
+        jax.debug.callback(lambda: calls.append(1))
+        return rw_step(key, state, params)
+
+    keys, states, params = _setup()
+    runner = ChainRunner(counted_step, chunk_size=4, chain_map="map", devices=jax.devices()[:1])
+    out = runner.run(keys, states, params, 7)  # one device: no padding chains
+    assert out.draws.shape == (NUM_CHAINS, 7, 2)
+    assert len(calls) == NUM_CHAINS * 7
+
+
 def test_one_key_per_chain_is_required():
     keys, states, params = _setup()
     with pytest.raises(ValueError, match="`keys` must hold one key per chain"):
