@@ -7,7 +7,6 @@ bad batches and a rank-deficient generator are refused with clear errors.
 """
 
 import functools
-import os
 
 import jax
 import jax.numpy as jnp
@@ -58,17 +57,16 @@ def test_named_axes_of_a_derived_quantity_follow_the_obs_dimension():
         Y[:, 0] ** 2, (2, 6, 3)), rtol=1e-6)  # fmt: skip
 
 
-def test_batch_equals_separate_calls_with_the_split_keys(posterior, batch):
+def test_batch_equals_separate_calls_with_the_split_keys(posterior, batch, full_optimization):
     """Bit for bit as users' programs are compiled (``DGM_TEST_FULL_OPTIMIZATION=1``); the
-    suite's fast-compile flags (conftest) round the batched program differently, by 1e-15
-    (a wrong key or observation would move the draws by O(1))."""
-    exact = os.environ.get("DGM_TEST_FULL_OPTIMIZATION") == "1"
+    suite's fast-compile flags (conftest) round the batched program differently, in the 13th
+    digit (a wrong key or observation would move the draws by O(1))."""
     keys = jax.random.split(jax.random.key(1), len(Y))
     for i, key in enumerate(keys):
         one = posterior.sample(key, y_obs=Y[i], **KW)
         np.testing.assert_allclose(
             one.posterior["u"].values, batch.posterior["u"].values[:, :, i],
-            rtol=0 if exact else 1e-12, atol=0,
+            rtol=0 if full_optimization else 1e-12, atol=0,
         )  # fmt: skip
         if i > 0:  # 2 chains, not the batch's 6, compiled once; a new observation: nothing
             assert one.posterior.attrs["compile_s"] == 0.0

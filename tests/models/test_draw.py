@@ -24,14 +24,14 @@ _COMPILED = {}
 
 
 def _fast(fn, *args):
-    """``fn(*args)`` compiled at XLA backend optimisation level 0, once per function and
-    argument shapes: compilation dominates these tests, and this halves it (eagerly, every
+    """``fn(*args)`` compiled once per function and argument shapes (with the suite's
+    fast-compile flags, conftest): compilation dominates these tests (eagerly, every
     primitive compiles on its own: minutes)."""
     leaves = jax.tree.leaves(args)
     sig = (fn, jax.tree.structure(args), tuple((a.shape, a.dtype) for a in leaves))
     if sig not in _COMPILED:
         lowered = jax.jit(fn).lower(*args)
-        _COMPILED[sig] = lowered.compile({"xla_backend_optimization_level": 0})
+        _COMPILED[sig] = lowered.compile()
     return _COMPILED[sig](*args)
 
 

@@ -155,9 +155,7 @@ class ChainRunner:
                     return step_fn(jax.random.fold_in(key, i), state, params)
 
                 def body(state, i):
-                    # Iterations past the run's end (the last chunk's surplus) are skipped,
-                    # not computed and discarded: `i < stop` is the same for every chain,
-                    # so the `cond` stays a branch under `vmap`.
+                    # past the run's end: skipped (`i < stop` is the same for every chain)
                     new, info = skip_unless(i < stop, advance, state, i)
                     return new, (self.extract_fn(new), info)
 
