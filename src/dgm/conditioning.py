@@ -77,6 +77,7 @@ class ConditionedGenerator(StartingPoints):
             name: jax.jit(jax.vmap(jax.vmap(fn))) for name, fn in (derived or {}).items()
         }
         self.init_fn = init_fn
+        self._batched_init = None  # jax.jit(jax.vmap(init_fn)), made when first needed
         self.system = ManifoldSystem(
             generator,
             input_dim,
@@ -225,9 +226,7 @@ class ConditionedGenerator(StartingPoints):
         total = num_warmup + num_samples
         adapting = adapt and num_warmup > 0
         obs_keys = observation_keys(key, ys.shape[0], batched)
-        key_init, keys_search, keys_chains = jax.vmap(
-            lambda k: chain_keys(k, num_chains, adapting)
-        )(obs_keys)
+        key_init, keys_search, keys_chains = chain_keys(obs_keys, num_chains, adapting)
         with jax.enable_x64(True):
             u0 = self._starts(key_init, num_chains, init, tol, ys, batched)
             params = constrained_hmc.CHMCParams(
@@ -242,7 +241,7 @@ class ConditionedGenerator(StartingPoints):
                 checkpoint=checkpoint,
             )
             runner = lambda kind: self._runner(settings, kind)  # noqa: E731
-            y_chains = jnp.repeat(ys, num_chains, axis=0)
+            y_chains = np.repeat(np.asarray(ys), num_chains, axis=0)
             states = self._init_states(u0, y_chains)
             keys_chains = _flat(keys_chains)
             if adapting:
@@ -415,7 +414,7 @@ def _check_y_obs(generator: Callable, y_obs: Any, input_dim: int) -> jax.Array:
         y = jnp.asarray(y_obs, jnp.float64)
         if y.ndim != 1:
             raise ValueError(f"`y_obs` must be a vector; got shape {tuple(y.shape)}")
-        if not bool(jnp.all(jnp.isfinite(y))):
+        if not np.all(np.isfinite(np.asarray(y))):
             raise ValueError("`y_obs` must be finite; it contains NaN or inf")
         try:
             out = jax.eval_shape(generator, jax.ShapeDtypeStruct((input_dim,), jnp.float64))

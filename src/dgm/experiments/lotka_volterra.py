@@ -264,12 +264,17 @@ def run_reference(
             method="BFGS",
             options={"gtol": 1e-9},
         )
-        hess = np.asarray(jax.hessian(lambda v: -model.log_posterior_params(v, y))(fit.x))
+        hess = np.asarray(jax.jit(jax.hessian(lambda v: -logp(v)))(fit.x))
         cov = np.linalg.inv(hess)
         key_init, key_run = jax.random.split(key)
-        z = jax.random.normal(key_init, (cfg.num_chains, NUM_PARAMS), jnp.float64)
-        u0 = jnp.asarray(fit.x)[None, :] + z @ jnp.linalg.cholesky(jnp.asarray(cov)).T
-        states = jax.vmap(lambda u: hmc.init(u, logp))(u0)
+
+        @jax.jit  # one program: eager, each operation would compile one
+        def starts(key):
+            z = jax.random.normal(key, (cfg.num_chains, NUM_PARAMS), jnp.float64)
+            u0 = jnp.asarray(fit.x)[None, :] + z @ jnp.linalg.cholesky(jnp.asarray(cov)).T
+            return jax.vmap(lambda u: hmc.init(u, logp))(u0)
+
+        states = starts(key_init)
         params = hmc.HMCParams(
             jnp.asarray(cfg.step_size, jnp.float64), jnp.asarray(cov), *cfg.num_steps
         )

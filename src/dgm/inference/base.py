@@ -303,7 +303,10 @@ class ChainRunner:
         """Shapes of one chain's ``(draws, info)`` per iteration (for checkpoint loading)."""
         one = jax.tree.map(lambda x: x[0], states)
         if per_chain:
-            params = jax.tree.map(lambda x: x[0] if jnp.ndim(x) else x, params)
+            # chain 0's params, as device arrays (the step's annotations say Array)
+            params = jax.tree.map(
+                lambda x: jax.device_put(np.asarray(x)[0]) if np.ndim(x) else x, params
+            )
 
         def probe(state):
             new, info = self.step_fn(key, state, params)

@@ -12,6 +12,7 @@ References:
 
 import collections
 import dataclasses
+import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -141,25 +142,31 @@ def compiled_helpers(system: ManifoldSystem, cache_key=None) -> Helpers:
 
 
 def per_chain(tree, num_chains: int):
-    """Every array leaf of ``tree`` broadcast to a leading chains axis (Python ints, which
-    are compile-time constants, stay as they are)."""
+    """Every array leaf of ``tree`` broadcast to a leading chains axis, on the host (Python
+    ints, which are compile-time constants, stay as they are)."""
     return jax.tree.map(
-        lambda x: x if is_static_int(x) else jnp.broadcast_to(x, (num_chains, *jnp.shape(x))),
+        lambda x: x if is_static_int(x) else np.broadcast_to(x, (num_chains, *np.shape(x))),
         tree,
     )
 
 
-def chain_keys(key, num_chains: int, adapting: bool) -> tuple:
-    """``(key_init, search keys or None, chain keys)`` of one observation's run."""
-    key_init, key_chains = jax.random.split(key)
-    if not adapting:
-        return key_init, None, jax.random.split(key_chains, num_chains)
-    key_search, key_chains = jax.random.split(key_chains)
-    return (
-        key_init,
-        jax.random.split(key_search, num_chains),
-        jax.random.split(key_chains, num_chains),
-    )
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def chain_keys(obs_keys, num_chains: int, adapting: bool) -> tuple:
+    """``(key_init, search keys or None, chain keys)`` of each observation's run (one
+    observation key per row of ``obs_keys``; one compiled program)."""
+
+    def one(key):
+        key_init, key_chains = jax.random.split(key)
+        if not adapting:
+            return key_init, None, jax.random.split(key_chains, num_chains)
+        key_search, key_chains = jax.random.split(key_chains)
+        return (
+            key_init,
+            jax.random.split(key_search, num_chains),
+            jax.random.split(key_chains, num_chains),
+        )
+
+    return jax.vmap(one)(obs_keys)
 
 
 def run_fixed(runner, keys, init_states, params, y_chains, total: int, run: dict):

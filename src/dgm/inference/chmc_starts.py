@@ -10,6 +10,8 @@ References:
     models", AISTATS, §3.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,10 +24,10 @@ NEAR_MANIFOLD = 1e-4
 
 
 class StartingPoints:
-    """Mixin: needs ``system``, ``input_dim``, ``output_dim``, ``y_obs``, ``init_fn``,
-    the compiled ``_residuals``, ``_ranks`` and ``_newton``
-    (:func:`~dgm.inference.chmc_driver.compiled_helpers`) and ``_typical_starts`` (a
-    :class:`~dgm.inference.starts.TypicalStarts`)."""
+    """Mixin: needs ``system``, ``input_dim``, ``output_dim``, ``y_obs``, ``init_fn`` (and
+    ``_batched_init``, None until first used), the compiled ``_residuals``, ``_ranks`` and
+    ``_newton`` (:func:`~dgm.inference.chmc_driver.compiled_helpers`) and
+    ``_typical_starts`` (a :class:`~dgm.inference.starts.TypicalStarts`)."""
 
     def initial_points(self, key, num_chains: int, tol: float = 1e-8, y_obs=None) -> jax.Array:
         """Starting points on the manifold ``generator(u) = y_obs``, one per chain.
@@ -48,7 +50,7 @@ class StartingPoints:
         """:meth:`initial_points` of every observation (rows of ``ys``, one key each), the
         chains of observation ``i`` in rows ``i·num_chains …``, all in one batched solve."""
         u, closed_form = self._candidate_points(obs_keys, num_chains, tol, ys)
-        y_rows = jnp.repeat(ys, num_chains, axis=0)
+        y_rows = _rows(ys, num_chains)
         if not closed_form and not np.all(np.asarray(self._residuals(u, y_rows)) <= tol):
             keys = _chain_keys(obs_keys, num_chains)
             normal = lambda k: jax.random.normal(k, (self.input_dim,), jnp.float64)  # noqa: E731
@@ -62,20 +64,23 @@ class StartingPoints:
         belong to observation ``i``."""
         init_fn = self._init_fn_for(ys)
         if init_fn is not None:
-            y_rows = jnp.repeat(ys, num_chains, axis=0)
-            return jax.vmap(init_fn)(_chain_keys(obs_keys, num_chains), y_rows), True
+            return init_fn(_chain_keys(obs_keys, num_chains), _rows(ys, num_chains)), True
         u = self._typical_starts.many(ys, obs_keys, num_chains, tol)
         return u.reshape(-1, self.input_dim), False
 
     def _init_fn_for(self, ys):
-        """``(key, y) -> u``, the closed-form start for observations ``ys``, or None
-        (Gauss–Newton): a one-argument ``init_fn`` serves the conditioned ``y_obs`` only."""
+        """The closed-form starts for observations ``ys``, batched and compiled (``(keys,
+        y_rows) -> u``, one row per chain), or None (Gauss–Newton): a one-argument
+        ``init_fn`` serves the conditioned ``y_obs`` only."""
         if self.init_fn is None:
             return None
-        if num_positional(self.init_fn) >= 2:
-            return self.init_fn
-        if bool(jnp.all(ys == self.y_obs[None])):
-            return lambda k, y: self.init_fn(k)
+        if self._batched_init is None:
+            one = self.init_fn
+            if num_positional(one) < 2:
+                one = lambda k, y: self.init_fn(k)  # noqa: E731
+            self._batched_init = jax.jit(jax.vmap(one))
+        if num_positional(self.init_fn) >= 2 or np.all(np.asarray(ys) == np.asarray(self.y_obs)):
+            return self._batched_init
         return None
 
     def _check_rank(self, u, where: str) -> None:
@@ -96,7 +101,7 @@ class StartingPoints:
             raise ValueError(
                 f"`init` must have shape (num_chains, {self.input_dim}); got {tuple(u.shape)}"
             )
-        if not bool(jnp.all(jnp.isfinite(u))):
+        if not np.all(np.isfinite(np.asarray(u))):
             raise ValueError(f"{what} contain NaN or inf")
         res = np.asarray(self._residuals(u, y_rows))
         if not np.all(res <= tol):
@@ -122,22 +127,29 @@ class StartingPoints:
             u0 = u0.reshape(-1, self.input_dim)
         elif u0.ndim == 2 and u0.shape[1] == self.input_dim and u0.shape[0] != num_chains:
             raise ValueError(f"`init` must have {num_chains} rows (num_chains); got {u0.shape[0]}")
-        y_rows = jnp.repeat(ys, num_chains, axis=0)
+        y_rows = _rows(ys, num_chains)
         return self._check_init(self._polished(u0, tol, y_rows), tol, "`init`", y_rows)
 
     def _polished(self, u, tol, y_rows):
         """``u`` with the rows that lie within ``NEAR_MANIFOLD`` of the manifold but not within
         ``tol`` (e.g. computed in float32) moved onto it by Gauss–Newton; others as given."""
-        if u.ndim != 2 or u.shape[1] != self.input_dim or not bool(jnp.all(jnp.isfinite(u))):
+        if u.ndim != 2 or u.shape[1] != self.input_dim or not np.all(np.isfinite(np.asarray(u))):
             return u  # _check_init names the problem
-        res = self._residuals(u, y_rows)
+        res = np.asarray(self._residuals(u, y_rows))
         near = (res > tol) & (res <= NEAR_MANIFOLD)
-        if not bool(jnp.any(near)):
+        if not np.any(near):
             return u
         return jnp.where(near[:, None], self._newton(u, y_rows, 0.01 * tol, 20), u)
 
 
+@functools.partial(jax.jit, static_argnums=1)
 def _chain_keys(obs_keys, num_chains: int):
     """``num_chains`` keys per observation key, stacked (typed keys or raw uint32 pairs)."""
     keys = jax.vmap(lambda k: jax.random.split(k, num_chains))(obs_keys)
     return keys.reshape(-1, *keys.shape[2:])
+
+
+def _rows(ys, num_chains: int) -> np.ndarray:
+    """Each observation (row of ``ys``) repeated for its ``num_chains`` chains, on the host
+    (eager JAX would compile a program for it)."""
+    return np.repeat(np.asarray(ys), num_chains, axis=0)

@@ -23,7 +23,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -54,21 +53,31 @@ def padded_size(num_rows: int, mesh: Mesh) -> int:
 
 
 def pad(tree: Any, num_rows: int) -> Any:
-    """Extend every leaf's leading axis to ``num_rows`` by repeating its last row."""
+    """Extend every leaf's leading axis to ``num_rows`` by repeating its last row (a leaf
+    that needs it comes back as a NumPy array)."""
 
     def one(x):
         extra = num_rows - x.shape[0]
         if extra == 0:
             return x
-        xp = jnp if isinstance(x, jax.Array) else np
-        return xp.concatenate([x, xp.repeat(x[-1:], extra, axis=0)])
+        x = np.asarray(x)  # on the host: on a device it would compile a program per shape
+        return np.concatenate([x, np.repeat(x[-1:], extra, axis=0)])
 
     return jax.tree.map(one, tree)
 
 
 def unpad(tree: Any, num_rows: int) -> Any:
-    """The first ``num_rows`` rows of every leaf."""
-    return jax.tree.map(lambda x: x[:num_rows], tree)
+    """The first ``num_rows`` rows of every leaf (a leaf with no padding is returned as it
+    is; padded JAX arrays are cut on the host, as :func:`pad` pads them)."""
+
+    def one(x):
+        if x.shape[0] == num_rows:
+            return x
+        if isinstance(x, jax.Array):
+            return jax.device_put(np.asarray(x)[:num_rows])
+        return x[:num_rows]
+
+    return jax.tree.map(one, tree)
 
 
 def put(tree: Any, mesh: Mesh, spec: PartitionSpec | None = None) -> Any:
@@ -80,6 +89,9 @@ def put(tree: Any, mesh: Mesh, spec: PartitionSpec | None = None) -> Any:
 
     def one(x):
         if jax.process_count() == 1:
+            if isinstance(x, jax.Array) and x.sharding != sharding:
+                # Split on the host: resharding a device array compiles a program per shape.
+                x = np.asarray(x)
             return jax.device_put(x, sharding)
         host = np.asarray(x)
         return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
