@@ -252,8 +252,8 @@ def amortize(
     options |= {"context_size": context_size, "num_flows": num_flows}
     q = AmortizedPosterior(
         **options,
-        y_shift=ys.mean(axis=0),
-        y_scale=jnp.where(scale > 0, scale, 1.0),
+        y_shift=jax.device_put(ys.mean(axis=0)),
+        y_scale=jax.device_put(np.where(scale > 0, scale, 1).astype(ys.dtype)),
         key=key_init,
     )
     _check_log_joint(log_joint_fn, latent_dim, ys[0])
@@ -268,14 +268,14 @@ def amortize(
     )  # fmt: skip
 
 
-def _simulate_batch(simulate_fn: Callable, key, num: int = 1024) -> jax.Array:
-    """The successful ones (every value finite) of ``num`` simulations."""
-    ys = jax.jit(vi.simulate_batch, static_argnums=(0, 2))(simulate_fn, key, num)
+def _simulate_batch(simulate_fn: Callable, key, num: int = 1024) -> np.ndarray:
+    """The successful ones (every value finite) of ``num`` simulations (on the host)."""
+    ys = np.asarray(jax.jit(vi.simulate_batch, static_argnums=(0, 2))(simulate_fn, key, num))
     if ys.ndim != 2:
         raise ValueError(
             f"`simulate_fn` must return one observation as a vector; got shape {ys.shape[1:]}"
         )
-    ok = np.all(np.isfinite(np.asarray(ys)), axis=1)
+    ok = np.all(np.isfinite(ys), axis=1)
     if ok.sum() < 2:
         raise ValueError(
             f"`simulate_fn` returned NaN or inf for {num - ok.sum()} of {num} simulations; "
@@ -284,9 +284,9 @@ def _simulate_batch(simulate_fn: Callable, key, num: int = 1024) -> jax.Array:
     return ys[ok]
 
 
-def _check_log_joint(log_joint_fn: Callable, latent_dim: int, y: jax.Array) -> None:
+def _check_log_joint(log_joint_fn: Callable, latent_dim: int, y: np.ndarray) -> None:
     z = jax.ShapeDtypeStruct((latent_dim,), y.dtype)
-    out = jax.eval_shape(log_joint_fn, z, y)
+    out = jax.eval_shape(log_joint_fn, z, jax.ShapeDtypeStruct(y.shape, y.dtype))
     if not (hasattr(out, "shape") and out.shape == ()):
         got = f"shape {tuple(out.shape)}" if hasattr(out, "shape") else type(out).__name__
         raise ValueError(f"`log_joint_fn(z, y)` must return a scalar; got {got}")
@@ -296,7 +296,7 @@ def _check_y(y_obs: Any, obs_dim: int) -> jax.Array:
     y = jnp.asarray(y_obs)
     if y.shape != (obs_dim,):
         raise ValueError(f"`y_obs` must be a vector of length {obs_dim}; got shape {y.shape}")
-    if not bool(jnp.all(jnp.isfinite(y))):
+    if not np.all(np.isfinite(np.asarray(y))):
         raise ValueError("`y_obs` must be finite; it contains NaN or inf")
     return y.astype(jnp.result_type(float))
 
