@@ -38,7 +38,7 @@ import numpy as np
 import optax
 
 from dgm._types import check_key
-from dgm.config import check_positive
+from dgm.config import all_finite, check_positive
 from dgm.inference import vi
 from dgm.inference._compiled import ChunkOutcome, CompiledCache, run_chunks, skip_unless
 from dgm.models import decoders
@@ -296,7 +296,7 @@ def _check_y(y_obs: Any, obs_dim: int) -> jax.Array:
     y = jnp.asarray(y_obs)
     if y.shape != (obs_dim,):
         raise ValueError(f"`y_obs` must be a vector of length {obs_dim}; got shape {y.shape}")
-    if not np.all(np.isfinite(np.asarray(y))):
+    if not all_finite(y):
         raise ValueError("`y_obs` must be finite; it contains NaN or inf")
     return y.astype(jnp.result_type(float))
 

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dgm.config import check_choice
+from dgm.config import all_finite, check_choice
 from dgm.inference import adaptive_step, chmc_driver, constrained_hmc, dynamic_chmc
 from dgm.inference.base import ChainResult, ChainRunner
 from dgm.inference.chmc_driver import (
@@ -39,7 +39,7 @@ from dgm.inference.chmc_driver import (
     split_obs,
     to_inference_data,
 )
-from dgm.inference.chmc_starts import StartingPoints
+from dgm.inference.chmc_starts import StartingPoints, chain_rows
 from dgm.inference.hmc import check_steps
 from dgm.inference.manifold import ManifoldSystem
 
@@ -241,7 +241,7 @@ class ConditionedGenerator(StartingPoints):
                 checkpoint=checkpoint,
             )
             runner = lambda kind: self._runner(settings, kind)  # noqa: E731
-            y_chains = np.repeat(np.asarray(ys), num_chains, axis=0)
+            y_chains = chain_rows(ys, num_chains)
             states = self._init_states(u0, y_chains)
             keys_chains = _flat(keys_chains)
             if adapting:
@@ -414,7 +414,7 @@ def _check_y_obs(generator: Callable, y_obs: Any, input_dim: int) -> jax.Array:
         y = jnp.asarray(y_obs, jnp.float64)
         if y.ndim != 1:
             raise ValueError(f"`y_obs` must be a vector; got shape {tuple(y.shape)}")
-        if not np.all(np.isfinite(np.asarray(y))):
+        if not all_finite(y):
             raise ValueError("`y_obs` must be finite; it contains NaN or inf")
         try:
             out = jax.eval_shape(generator, jax.ShapeDtypeStruct((input_dim,), jnp.float64))

@@ -164,6 +164,14 @@ def check_positive_scalar(name: str, value: Any) -> None:
         raise ValueError(f"`{name}` must be a positive finite scalar; got {value!r}")
 
 
+def all_finite(x: Any) -> bool:
+    """Whether every value of ``x`` (an array, JAX or NumPy) is finite, checked on the host:
+    as a JAX operation outside ``jit`` the check would compile a program per shape."""
+    import numpy as np
+
+    return bool(np.all(np.isfinite(np.asarray(x))))
+
+
 def num_positional(fn) -> int:
     """How many positional arguments ``fn`` takes (2 for ``init_fn(key, y_obs)``; 1 when its
     signature cannot be read; 2 for ``*args``)."""

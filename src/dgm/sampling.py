@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dgm._types import check_key
-from dgm.config import check_choice, check_positive
+from dgm.config import all_finite, check_choice, check_positive
 from dgm.inference import hmc, nuts
 from dgm.inference._compiled import CompiledCache
 from dgm.inference.adaptation import warmup
@@ -162,7 +162,7 @@ def sample(
         log_density_fn, kernel, metric, num_warmup, float(target_accept), max_depth, steps, options
     )
     states = fns.init(positions)
-    if not np.all(np.isfinite(np.asarray(states.log_density))):
+    if not all_finite(states.log_density):
         raise ValueError("`init_params`: the log density is not finite at some starting point")
     key_warmup, key_sample = jax.random.split(key)
     dtype = positions.dtype
@@ -279,7 +279,7 @@ def _positions(init_params, num_chains: int) -> jax.Array:
             f"`init_params` must be a vector or have shape (num_chains={num_chains}, dim); "
             f"got shape {tuple(x.shape)}"
         )
-    if not np.all(np.isfinite(np.asarray(x))):
+    if not all_finite(x):
         raise ValueError("`init_params` must be finite; it contains NaN or inf")
     return x
 

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dgm.config import num_positional
+from dgm.config import all_finite, num_positional
 
 # A given start this close to the manifold (max |generator(u) − y_obs|), but not within the
 # projection tolerance, is moved onto it: a start computed in float32 misses by about 1e-7.
@@ -50,7 +50,7 @@ class StartingPoints:
         """:meth:`initial_points` of every observation (rows of ``ys``, one key each), the
         chains of observation ``i`` in rows ``i·num_chains …``, all in one batched solve."""
         u, closed_form = self._candidate_points(obs_keys, num_chains, tol, ys)
-        y_rows = _rows(ys, num_chains)
+        y_rows = chain_rows(ys, num_chains)
         if not closed_form and not np.all(np.asarray(self._residuals(u, y_rows)) <= tol):
             keys = _chain_keys(obs_keys, num_chains)
             normal = lambda k: jax.random.normal(k, (self.input_dim,), jnp.float64)  # noqa: E731
@@ -64,7 +64,7 @@ class StartingPoints:
         belong to observation ``i``."""
         init_fn = self._init_fn_for(ys)
         if init_fn is not None:
-            return init_fn(_chain_keys(obs_keys, num_chains), _rows(ys, num_chains)), True
+            return init_fn(_chain_keys(obs_keys, num_chains), chain_rows(ys, num_chains)), True
         u = self._typical_starts.many(ys, obs_keys, num_chains, tol)
         return u.reshape(-1, self.input_dim), False
 
@@ -74,14 +74,13 @@ class StartingPoints:
         ``init_fn`` serves the conditioned ``y_obs`` only."""
         if self.init_fn is None:
             return None
+        takes_y = num_positional(self.init_fn) >= 2
+        if not (takes_y or np.all(np.asarray(ys) == np.asarray(self.y_obs))):
+            return None
         if self._batched_init is None:
-            one = self.init_fn
-            if num_positional(one) < 2:
-                one = lambda k, y: self.init_fn(k)  # noqa: E731
+            one = self.init_fn if takes_y else (lambda k, y: self.init_fn(k))
             self._batched_init = jax.jit(jax.vmap(one))
-        if num_positional(self.init_fn) >= 2 or np.all(np.asarray(ys) == np.asarray(self.y_obs)):
-            return self._batched_init
-        return None
+        return self._batched_init
 
     def _check_rank(self, u, where: str) -> None:
         """``ValueError`` naming the rank if J(u) has rank below N at some row of ``u``."""
@@ -101,7 +100,7 @@ class StartingPoints:
             raise ValueError(
                 f"`init` must have shape (num_chains, {self.input_dim}); got {tuple(u.shape)}"
             )
-        if not np.all(np.isfinite(np.asarray(u))):
+        if not all_finite(u):
             raise ValueError(f"{what} contain NaN or inf")
         res = np.asarray(self._residuals(u, y_rows))
         if not np.all(res <= tol):
@@ -127,13 +126,13 @@ class StartingPoints:
             u0 = u0.reshape(-1, self.input_dim)
         elif u0.ndim == 2 and u0.shape[1] == self.input_dim and u0.shape[0] != num_chains:
             raise ValueError(f"`init` must have {num_chains} rows (num_chains); got {u0.shape[0]}")
-        y_rows = _rows(ys, num_chains)
+        y_rows = chain_rows(ys, num_chains)
         return self._check_init(self._polished(u0, tol, y_rows), tol, "`init`", y_rows)
 
     def _polished(self, u, tol, y_rows):
         """``u`` with the rows that lie within ``NEAR_MANIFOLD`` of the manifold but not within
         ``tol`` (e.g. computed in float32) moved onto it by Gauss–Newton; others as given."""
-        if u.ndim != 2 or u.shape[1] != self.input_dim or not np.all(np.isfinite(np.asarray(u))):
+        if u.ndim != 2 or u.shape[1] != self.input_dim or not all_finite(u):
             return u  # _check_init names the problem
         res = np.asarray(self._residuals(u, y_rows))
         near = (res > tol) & (res <= NEAR_MANIFOLD)
@@ -149,7 +148,7 @@ def _chain_keys(obs_keys, num_chains: int):
     return keys.reshape(-1, *keys.shape[2:])
 
 
-def _rows(ys, num_chains: int) -> np.ndarray:
+def chain_rows(ys, num_chains: int) -> np.ndarray:
     """Each observation (row of ``ys``) repeated for its ``num_chains`` chains, on the host
     (eager JAX would compile a program for it)."""
     return np.repeat(np.asarray(ys), num_chains, axis=0)
