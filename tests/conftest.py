@@ -40,6 +40,29 @@ def full_optimization() -> bool:
     return FULL_OPTIMIZATION
 
 
+_COMPILES: list | None = None  # XLA programs compiled while a test collects them
+
+
+def _count_compile(event: str, duration: float, **kwargs) -> None:
+    if _COMPILES is not None and event.endswith("backend_compile_duration"):
+        _COMPILES.append(event)
+
+
+jax.monitoring.register_event_duration_secs_listener(_count_compile)
+
+
+@pytest.fixture
+def compiles() -> list:
+    """A list that gains one entry per XLA program compiled while the test runs (an
+    operation run outside ``jit`` compiles one too); ``clear()`` it before the part to count."""
+    global _COMPILES
+    _COMPILES = []
+    try:
+        yield _COMPILES
+    finally:
+        _COMPILES = None
+
+
 @pytest.fixture
 def x64():
     """Run a test with float64 enabled (JAX's default, which the suite keeps, is float32).

@@ -172,7 +172,7 @@ def sbc(
     key_prior, key_runs = jax.random.split(key)
     with jax.enable_x64(True):
         u_true = jax.random.normal(key_prior, (num_replications, input_dim), jnp.float64)
-        ys = np.asarray(jax.vmap(generator)(u_true))
+        ys = np.asarray(jax.jit(jax.vmap(generator))(u_true))
     u_true = np.asarray(u_true)
     finite = np.all(np.isfinite(ys.reshape(num_replications, -1)), axis=1)
     rows: dict[int, tuple[dict, float]] = dict(done or {})

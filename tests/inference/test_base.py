@@ -115,37 +115,21 @@ def test_surplus_iterations_of_the_last_chunk_are_not_computed():
     assert len(calls) == NUM_CHAINS * 7
 
 
-_COMPILES: list | None = None  # backend compilations while a test collects them
-
-
-def _count_compile(event: str, duration: float, **kwargs) -> None:
-    if _COMPILES is not None and event.endswith("backend_compile_duration"):
-        _COMPILES.append(event)
-
-
-jax.monitoring.register_event_duration_secs_listener(_count_compile)
-
-
-def test_a_run_compiles_its_chunk_and_nothing_else():
+def test_a_run_compiles_its_chunk_and_nothing_else(compiles):
     """Padding the chains to a multiple of the devices, placing them and cutting the padding
     off again happen on the host: a first run of 5 chains (6 rows on 2 devices) compiles its
     chunk and nothing else. With JAX operations for these (the old driver) the same run
     compiled 21 more programs, one per operation and leaf shape. (Shapes no other test
     uses, so no program is already in JAX's cache.)"""
-    global _COMPILES
     x0 = jax.random.normal(jax.random.key(3), (5, 7), jnp.float32)
     states = RWState(x0, jax.vmap(_logp)(x0))
     keys = jax.random.split(jax.random.key(4), 5)
     params = RWParams(jnp.asarray(0.5, jnp.float32), 1)
     runner = ChainRunner(rw_step, chunk_size=3)
-    _COMPILES = []
-    try:
-        out = runner.run(keys, states, params, 4)
-        compiled = len(_COMPILES)
-    finally:
-        _COMPILES = None
+    compiles.clear()
+    out = runner.run(keys, states, params, 4)
+    assert len(compiles) == 1 and runner.num_compiles == 1
     assert out.draws.shape == (5, 4, 7) and out.states.position.shape == (5, 7)
-    assert runner.num_compiles == 1 and compiled == 1
 
 
 def test_one_key_per_chain_is_required():

@@ -97,10 +97,10 @@ def run_hmc(
 
     with jax.enable_x64(True):
         logp = lambda x: -energy_fn(x)  # noqa: E731
-        states = jax.vmap(lambda x: hmc.init(x, logp))(jnp.asarray(starts, jnp.float64))
-        params = hmc.HMCParams(
-            jnp.asarray(step_size, jnp.float64), jnp.ones(starts.shape[1]), *num_steps
-        )
+        # one program: eager, each operation of the energy and its gradient compiles one
+        init = jax.jit(jax.vmap(lambda x: hmc.init(x, logp)))
+        states = init(jnp.asarray(starts, jnp.float64))
+        params = hmc.HMCParams(np.float64(step_size), np.ones(starts.shape[1]), *num_steps)
         runner = ChainRunner(hmc.build_kernel(logp), chunk_size=chunk_size)
         result = runner.run(
             jax.random.split(key, len(starts)),

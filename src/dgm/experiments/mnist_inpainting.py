@@ -244,7 +244,8 @@ def run_latent_hmc(cfg: HMCConfig, noise, y, z0, pixel_fn, key, ctx: runs.RunCon
     with jax.enable_x64(True):
         y = jnp.asarray(y, jnp.float64)
         logp = lambda z: noise.latent_log_density(z, y)  # noqa: E731
-        states = jax.vmap(lambda z: hmc.init(z, logp))(jnp.asarray(z0, jnp.float64))
+        init = jax.jit(jax.vmap(lambda z: hmc.init(z, logp)))  # one program, not one per op
+        states = init(jnp.asarray(z0, jnp.float64))
         params = hmc.HMCParams(
             jnp.asarray(cfg.step_size, jnp.float64), jnp.ones(()), *cfg.num_steps
         )

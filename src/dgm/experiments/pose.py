@@ -220,9 +220,8 @@ def _run_method(name, gen, y_obs, starts, key, cfg: Config, ctx: RunContext):
     else:
         energy = lambda s: methods.hierarchical_energy(gen, s, y)  # noqa: E731
         with jax.enable_x64(True):
-            x0 = np.asarray(
-                jax.vmap(lambda u: methods.hierarchical_state(gen, u))(jnp.asarray(starts))
-            )
+            to_state = jax.jit(jax.vmap(lambda u: methods.hierarchical_state(gen, u)))
+            x0 = np.asarray(to_state(jnp.asarray(starts)))
         to_positions = lambda s: methods.hierarchical_positions(gen, s)  # noqa: E731
     draws, wall_s, compile_s, accept, extra = methods.run_hmc(
         energy,

@@ -224,7 +224,7 @@ def compare_hmc(config, key, particles, data, log_prior, log_lik, xte, yte, ctx,
     )
     key_init, key_warm, key_run = jax.random.split(key, 3)
     idx = jax.random.choice(key_init, particles.shape[0], (config.hmc_chains,), replace=False)
-    states = jax.vmap(kernel.init)(jnp.asarray(particles)[idx])
+    states = jax.jit(jax.vmap(kernel.init))(jnp.asarray(particles)[idx])  # one program
 
     def warm(k, state):
         out = warmup(k, kernel, state, config.hmc_warmup, log_density_fn=log_post, metric="none")

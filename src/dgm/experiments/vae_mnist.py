@@ -186,7 +186,7 @@ def _plot_samples(ctx: runs.RunContext, decoder: vae.Decoder, key, num: int) -> 
     import matplotlib.pyplot as plt
 
     z = jax.random.normal(key, (num, decoder.latent_dim))
-    images = np.asarray(jax.vmap(decoder.mean)(z)).reshape(num, 28, 28)
+    images = np.asarray(jax.jit(jax.vmap(decoder.mean))(z)).reshape(num, 28, 28)
     cols = int(np.ceil(np.sqrt(num)))
     rows = int(np.ceil(num / cols))
     grid = np.ones((rows * 29 + 1, cols * 29 + 1))

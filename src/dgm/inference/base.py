@@ -88,11 +88,17 @@ class ChainResult(NamedTuple):
     compile_s: float
 
 
+def _device_array(x) -> jax.Array:
+    """``x`` on the device: a NumPy value is copied there (``jnp.asarray`` compiles a small
+    program per shape for it), anything else goes through ``jnp.asarray``."""
+    return jax.device_put(x) if isinstance(x, np.ndarray | np.generic) else jnp.asarray(x)
+
+
 def _split_params(params) -> tuple[Any, Any]:
     """``(traced, static)``: Python ints stay static (compile-time), the rest are arrays."""
     is_static = [is_static_int(x) for x in jax.tree.leaves(params)]
     leaves, treedef = jax.tree.flatten(params)
-    traced = [None if s else jnp.asarray(x) for x, s in zip(leaves, is_static, strict=True)]
+    traced = [None if s else _device_array(x) for x, s in zip(leaves, is_static, strict=True)]
     static = tuple(int(x) if s else None for x, s in zip(leaves, is_static, strict=True))
     return treedef.unflatten(traced), (treedef, static)
 
