@@ -76,6 +76,7 @@ def test_running_rmse_includes_the_homogeneous_ones():
         (["--scene", "4"], "`scene` must be 1, 2 or 3; got 4"),
         (["--config", "paper"], "`setting` must be one of \\['notebook', 'thesis', 'fast'\\]"),
         (["--set", 'methods=["mcmc"]'], "`methods` must be one of"),
+        (["--set", "observation=thesis"], "`observation` must be one of \\['notebook', 'model'\\]"),
     ],
 )
 def test_bad_arguments_fail_with_one_line(args, match, tmp_path, capsys):
@@ -128,6 +129,26 @@ def test_chmc_milestones_compare_only_where_every_curve_is_defined():
     good = np.stack([t[:8], np.full(8, 0.02)], axis=1)  # a baseline below CHMC at 8 s
     m = pose._chmc_milestones({"chmc": chmc, "hmc": slow, "hier": good}, None)
     assert m["s_below_baselines"] is None and m["s_below_thesis_final"] is None
+
+
+@pytest.mark.usefixtures("x64")
+def test_scene_observation_is_the_notebooks_unless_drawn_from_the_model(shared_data):
+    """Every setting conditions on the notebook's observation (its σ = 0.001 generator at
+    the scene's inputs); ``observation="model"`` draws it from the setting's generator."""
+    from dgm.data.pose import pose_generator
+
+    u = jnp.asarray(scene_inputs()[2])
+    by = {
+        s: np.asarray(jax.jit(lambda v, s=s: pose_generator(s)(v))(u))
+        for s in ("notebook", "thesis")
+    }
+    for setting in ("notebook", "thesis", "fast"):
+        got = pose.scene_observation(pose.Config(scene=3, setting=setting))
+        np.testing.assert_array_equal(got, by["notebook"])
+    model = pose.scene_observation(pose.Config(scene=3, setting="fast", observation="model"))
+    np.testing.assert_array_equal(model, by["thesis"])
+    # the two differ by the noise inputs' scale alone: 0.009 u_noise
+    np.testing.assert_allclose(model - by["notebook"], 0.009 * np.asarray(u[LATENT_DIM:]))
 
 
 def test_latent_starts_of_each_kind():

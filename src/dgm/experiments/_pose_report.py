@@ -133,7 +133,8 @@ def report(m: dict) -> str:
             f"{c['max_constraint_residual']:.2g}."
         )
     thesis = ", ".join(f"{k} {v:.4g}" for k, v in m.get("thesis_rmse_final", {}).items())
-    return f"""# Pose, scene {m["scene"]} ({m["setting"]} setting, σ = {m["sigma"]})
+    setting = f"{m['setting']} setting, σ = {m['sigma']}, {m['observation']} observation"
+    return f"""# Pose, scene {m["scene"]} ({setting})
 
 ```
 {table}
