@@ -37,9 +37,15 @@ def test_checkpoint_interval_and_final_score_settings_may_change():
     assert not _same_run(saved, {**scored, "eval_batch_size": 20}, saved)  # validation's
 
 
-def test_changed_or_removed_fields_do_not_match():
+def test_changed_or_removed_fields_do_not_match_and_are_named():
     assert not _same_run(PRESET, {"seed_field": 2, "train": PRESET["train"]}, PRESET)
     assert not _same_run({**PRESET, "gone": 3}, PRESET, PRESET)
+    changed = {"seed_field": 2, "train": {"lr": 0.2, "ema": None}}
+    assert cli._differences({**PRESET, "gone": 3}, changed, PRESET) == [
+        "gone",
+        "seed_field",
+        "train.lr",
+    ]
 
 
 class _Stderr(io.StringIO):

@@ -280,23 +280,33 @@ def _run_help(run: argparse.ArgumentParser, args: argparse.Namespace, extra: lis
 
 
 def _same_run(saved: dict, current: dict, preset: dict) -> bool:
-    """Whether a saved config describes the current one. A field missing from the saved
-    config (added to dgm after that run started) matches while it keeps its preset value;
-    the run length (``num_epochs``) may change, to extend a run or end it, and so may the
-    checkpoint interval (``checkpoint_every``)."""
+    """Whether a saved config describes the current one (see :func:`_differences`)."""
+    return not _differences(saved, current, preset)
+
+
+def _differences(saved: dict, current: dict, preset: dict, prefix: str = "") -> list[str]:
+    """The fields in which a saved config differs from the current one. A field missing
+    from the saved config (added to dgm after that run started) matches while it keeps its
+    ``preset`` value (an experiment's ``FORMER_DEFAULTS`` override that value where the
+    field changed what runs did before it existed); the run length (``num_epochs``) may
+    change, to extend a run or end it, and so may the checkpoint interval
+    (``checkpoint_every``)."""
     from dgm.training.checkpoint import run_identity
 
     saved, current = run_identity(saved), run_identity(current)
+    out = [f"{prefix}{name}" for name in saved if name not in current]
     for name, value in current.items():
         if name not in saved:
-            if value != preset.get(name):
-                return False
+            differs = value != preset.get(name)
         elif isinstance(value, dict) and isinstance(saved[name], dict):
-            if not _same_run(saved[name], value, preset.get(name) or {}):
-                return False
-        elif saved[name] != value:
-            return False
-    return set(saved) <= set(current)
+            sub = preset.get(name) or {}
+            out += _differences(saved[name], value, sub, f"{prefix}{name}.")
+            continue
+        else:
+            differs = saved[name] != value
+        if differs:
+            out.append(f"{prefix}{name}")
+    return out
 
 
 def _prepare_out(args: argparse.Namespace, preset: str, record: dict) -> Path:
@@ -307,15 +317,15 @@ def _prepare_out(args: argparse.Namespace, preset: str, record: dict) -> Path:
     if produced:
         previous = json.loads(cfg_path.read_text())
         if args.resume:
-            defaults = _jsonable(experiments.get(args.name).PRESETS[preset])
-            saved = previous.get("config", {})
-            if (
-                not _same_run(saved, record["config"], defaults)
-                or previous.get("seed") != args.seed
-            ):
+            module = experiments.get(args.name)
+            defaults = _jsonable(module.PRESETS[preset]) | getattr(module, "FORMER_DEFAULTS", {})
+            differ = _differences(previous.get("config", {}), record["config"], defaults)
+            if previous.get("seed") != args.seed:
+                differ.append("seed")
+            if differ:
                 raise ValueError(
-                    f"--resume: {out} holds a run with a different config or seed; "
-                    "use another --out"
+                    f"--resume: {out} holds a run with a different config or seed "
+                    f"({', '.join(differ)}); use another --out"
                 )
         elif not args.overwrite:
             raise ValueError(

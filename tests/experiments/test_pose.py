@@ -118,6 +118,29 @@ def test_smoke_through_cli_and_resume(tmp_path, shared_data, monkeypatch):
     assert again["start_s"] == metrics["start_s"]
 
 
+def test_resuming_a_run_from_before_the_observation_field_needs_the_old_observation(
+    tmp_path, monkeypatch, capsys
+):
+    """A run saved before ``observation`` existed drew y from the setting's generator, so
+    ``--resume`` with the new default is refused, naming the field, and with
+    ``--set observation=model`` it goes on (here to fail later, on the missing data)."""
+    out = tmp_path / "run"
+    argv = ["run", "pose", "--smoke", "--config", "fast", "--out", str(out), "--no-progress"]
+    assert cli.main([*argv, "--print-config"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    del record["config"]["observation"]
+    out.mkdir()
+    (out / "config.json").write_text(json.dumps(record))
+    (out / "metrics.json").write_text("{}")  # a run that produced something
+    assert cli.main([*argv, "--resume"]) == 1
+    err = capsys.readouterr().err
+    assert "different config or seed (observation)" in err, err
+    monkeypatch.setenv("DGM_DATA_DIR", str(tmp_path / "no-data"))
+    assert cli.main([*argv, "--resume", "--set", "observation=model"]) == 1
+    err = capsys.readouterr().err
+    assert "different config" not in err and err.startswith("dgm: error:"), err
+
+
 def test_chmc_milestones_compare_only_where_every_curve_is_defined():
     t = np.arange(1.0, 11.0)
     chmc = np.stack([t, np.linspace(0.3, 0.01, 10)], axis=1)

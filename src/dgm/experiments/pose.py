@@ -114,6 +114,10 @@ SETTINGS = {
     },
 }
 SIGMA_OF_SETTING = {"notebook": "notebook", "thesis": "thesis", "fast": "thesis"}
+# what a run saved before a field existed did: runs started before `observation` drew the
+# observation from the setting's generator (`--resume` of such a run needs
+# `--set observation=model`)
+FORMER_DEFAULTS = {"observation": "model"}
 
 
 @dataclasses.dataclass(frozen=True)
