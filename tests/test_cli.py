@@ -7,41 +7,41 @@ import sys
 import pytest
 
 from dgm import cli
-from dgm.cli import _same_run
+from dgm.cli import _differences
 
 PRESET = {"seed_field": 1, "train": {"lr": 0.1, "ema": None}}
 
 
 def test_resume_matches_identical_config():
-    assert _same_run(PRESET, PRESET, PRESET)
+    assert not _differences(PRESET, PRESET, PRESET)
 
 
 def test_field_added_since_the_run_matches_at_its_preset_value():
     saved = {"seed_field": 1, "train": {"lr": 0.1}}  # written before `ema` existed
-    assert _same_run(saved, PRESET, PRESET)
+    assert not _differences(saved, PRESET, PRESET)
     changed = {"seed_field": 1, "train": {"lr": 0.1, "ema": 0.999}}
-    assert not _same_run(saved, changed, PRESET)
+    assert _differences(saved, changed, PRESET)
 
 
 def test_run_length_may_change():
     saved = {"num_epochs": 5, "train": {"lr": 0.1, "num_epochs": 300}}
     longer = {"num_epochs": 9, "train": {"lr": 0.1, "num_epochs": 40}}
-    assert _same_run(saved, longer, saved)
-    assert not _same_run(saved, {**longer, "train": {"lr": 0.2, "num_epochs": 40}}, saved)
+    assert not _differences(saved, longer, saved)
+    assert _differences(saved, {**longer, "train": {"lr": 0.2, "num_epochs": 40}}, saved)
 
 
 def test_checkpoint_interval_and_final_score_settings_may_change():
     saved = {"is_images": 10_000, "est_marglik": 1000, "eval_batch_size": 100, "train": {}}
     scored = {**saved, "is_images": 1000, "est_marglik": 100, "train": {"checkpoint_every": 9}}
-    assert _same_run(saved, scored, saved)
-    assert not _same_run(saved, {**scored, "eval_batch_size": 20}, saved)  # validation's
+    assert not _differences(saved, scored, saved)
+    assert _differences(saved, {**scored, "eval_batch_size": 20}, saved)  # validation's
 
 
 def test_changed_or_removed_fields_do_not_match_and_are_named():
-    assert not _same_run(PRESET, {"seed_field": 2, "train": PRESET["train"]}, PRESET)
-    assert not _same_run({**PRESET, "gone": 3}, PRESET, PRESET)
+    assert _differences(PRESET, {"seed_field": 2, "train": PRESET["train"]}, PRESET)
+    assert _differences({**PRESET, "gone": 3}, PRESET, PRESET)
     changed = {"seed_field": 2, "train": {"lr": 0.2, "ema": None}}
-    assert cli._differences({**PRESET, "gone": 3}, changed, PRESET) == [
+    assert _differences({**PRESET, "gone": 3}, changed, PRESET) == [
         "gone",
         "seed_field",
         "train.lr",

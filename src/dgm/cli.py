@@ -279,11 +279,6 @@ def _run_help(run: argparse.ArgumentParser, args: argparse.Namespace, extra: lis
     return text + "\n" + "\n".join(lines) + "\n"
 
 
-def _same_run(saved: dict, current: dict, preset: dict) -> bool:
-    """Whether a saved config describes the current one (see :func:`_differences`)."""
-    return not _differences(saved, current, preset)
-
-
 def _differences(saved: dict, current: dict, preset: dict, prefix: str = "") -> list[str]:
     """The fields in which a saved config differs from the current one. A field missing
     from the saved config (added to dgm after that run started) matches while it keeps its
