@@ -11,6 +11,7 @@ same way.
 ``DGM_TEST_FULL_OPTIMIZATION=1`` runs the suite as users' programs are compiled.
 """
 
+import contextlib
 import os
 from importlib.metadata import version
 
@@ -61,6 +62,31 @@ def compiles() -> list:
         yield _COMPILES
     finally:
         _COMPILES = None
+
+
+@pytest.fixture
+def plant(monkeypatch):
+    """``with plant() as m: m.setattr(...)``: ``monkeypatch.context()`` for a bug planted in
+    code that JAX traces. JAX's caches and dgm's runner cache (compiled samplers shared by
+    every conditioning of the same generator) are cleared on entry and on exit: otherwise a
+    program compiled before the patch serves again and the bug never runs, and a later test
+    could reuse a program compiled with the bug."""
+    from dgm.inference import chmc_driver
+
+    def clear():
+        jax.clear_caches()
+        chmc_driver.clear_caches()
+
+    @contextlib.contextmanager
+    def context():
+        clear()
+        try:
+            with monkeypatch.context() as m:
+                yield m
+        finally:
+            clear()
+
+    return context
 
 
 @pytest.fixture

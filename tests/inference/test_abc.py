@@ -535,7 +535,7 @@ def _moment_test_passes(method: str, seed: int = 0) -> bool:
 
 
 @pytest.mark.slow
-def test_planted_bugs_are_caught(monkeypatch):
+def test_planted_bugs_are_caught(plant):
     """The moment test passes on the correct samplers and fails under each planted bug:
     PMMH accepting every proposal; slice ABC ignoring the ABC kernel (a flat likelihood:
     it samples the prior). (HMC's planted bugs: test_hmc.py.)"""
@@ -552,9 +552,9 @@ def test_planted_bugs_are_caught(monkeypatch):
 
     for method in SETTINGS:
         assert _moment_test_passes(method), method
-    with monkeypatch.context() as m:
+    with plant() as m:
         m.setattr(abc_mcmc, "metropolis", always_accept)
         assert not _moment_test_passes("pmmh")
-    with monkeypatch.context() as m:
+    with plant() as m:
         m.setattr(abc_mcmc, "elliptical_slice", slice_ignoring_kernel)
         assert not _moment_test_passes("slice")

@@ -7,9 +7,12 @@ outputs and the 3 latents against a latent-HMC reference (tests/stats.py, both r
 Carlo variances). The decoder is nonlinear enough that ½ log det(J Jᵀ) varies over the
 posterior: with that term dropped (test_planted_log_det_bug_is_caught, slow) the worst z was
 15.7 in development (4 chains × 500 draws), against 0.67 for the correct sampler.
-Calibration: `pytest -m calibration tests/inference/test_additive_noise.py` (seeds 1000-1019)
-gave a worst z of 2.97 (threshold 4.5), bulk ESS 282-1733 of 2100 draws and acceptance
-0.873-0.905 (the floors below: ESS ≥ 200, acceptance in (0.8, 0.97)).
+Calibration: `pytest -m calibration tests/inference/test_additive_noise.py` (seeds 1000-1049)
+gave a worst z of 3.56 (threshold 4.5), bulk ESS ≥ 262 of 2100 draws and acceptance
+0.871-0.913 (the floors below: ESS ≥ 200, acceptance in (0.8, 0.97)). CHMC runs at a fixed
+step (no step-size adaptation): one in-painted output sits near 1 with 1.4 % of its mass
+below 0.9, and chains adapted to smaller steps over 20 warm-up iterations could miss that
+tail for all 700 draws (worst z 16 on one of 20 seeds, where 12,000 draws gave 2.1).
 """
 
 import functools
@@ -231,7 +234,7 @@ def _latent_hmc(key, chains=3, draws=2000, warmup=200):
 
 def _chmc(posterior, key, draws=700):
     idata = posterior.sample(
-        key, num_chains=3, num_samples=draws, num_warmup=20, step_size=0.35,
+        key, num_chains=3, num_samples=draws, num_warmup=20, step_size=0.35, adapt=False,
         num_steps=(4, 6), chain_map="vmap", progress_bar=False,
     )  # fmt: skip
     vals = np.concatenate(
@@ -276,7 +279,7 @@ def test_chmc_matches_latent_hmc(reference):
 
 @pytest.mark.slow
 def test_planted_log_det_bug_is_caught(reference):
-    """Dropping ½ log det(J Jᵀ) from the potential fails the same z-test (14 s CPU; z 16.5)."""
+    """Dropping ½ log det(J Jᵀ) from the potential fails the same z-test (14 s CPU; z 16.2)."""
     vals, _ = _chmc(_posterior(drop_log_det=True), jax.random.key(11))
     z, _ = _z_test(vals, reference)
     print(f"planted log-det bug: worst z {z.max():.2f}")
@@ -284,7 +287,7 @@ def test_planted_log_det_bug_is_caught(reference):
 
 
 @pytest.mark.calibration
-@pytest.mark.parametrize("seed", range(20))
+@pytest.mark.parametrize("seed", range(50))
 def test_calibration_chmc_vs_latent_hmc(seed):
     key = jax.random.key(1000 + seed)
     ref = _latent_hmc(jax.random.fold_in(key, 1))

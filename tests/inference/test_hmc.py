@@ -274,7 +274,7 @@ def _moment_test_passes(metric: str, seed: int = 20260) -> bool:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("metric", ["dense", "diagonal"])
-def test_planted_bugs_are_caught(metric, monkeypatch):
+def test_planted_bugs_are_caught(metric, plant):
     """The moment test passes on the correct kernel and fails under each planted bug:
     no Metropolis step (``metropolis`` always accepts) and flipped kick signs."""
     assert _moment_test_passes(metric)
@@ -282,9 +282,9 @@ def test_planted_bugs_are_caught(metric, monkeypatch):
     def always_accept(key, log_ratio, proposal, state):
         return proposal, jnp.ones_like(log_ratio), jnp.ones((), bool)
 
-    with monkeypatch.context() as m:
+    with plant() as m:
         m.setattr(hmc_module, "metropolis", always_accept)
         assert not _moment_test_passes(metric)
-    with monkeypatch.context() as m:
+    with plant() as m:
         m.setattr(hmc_module, "leapfrog", _flipped_kicks_leapfrog)
         assert not _moment_test_passes(metric)

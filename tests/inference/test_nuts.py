@@ -159,14 +159,14 @@ def test_bad_input(kwargs, match):
 
 
 @pytest.mark.slow
-def test_planted_bugs_are_caught(monkeypatch):
+def test_planted_bugs_are_caught(plant):
     """Each broken tree builder fails the moment test or the ESS floor (about 30 s)."""
-    with monkeypatch.context() as m:  # no multinomial re-weighting: uniform over leaves
+    with plant() as m:  # no multinomial re-weighting: uniform over leaves
         m.setattr(dynamic, "leaf_log_weight", lambda energy_error: jnp.zeros_like(energy_error))
         zs, esss = moment_z_scores(run_chains(seed=2026).draws)
         print("uniform weights: worst z", zs.max(), "min ESS", esss.min())
         assert np.max(zs) > Z_MAX, zs
-    with monkeypatch.context() as m:  # the U-turn sign flipped
+    with plant() as m:  # the U-turn sign flipped
         m.setattr(
             dynamic,
             "no_turn",

@@ -141,6 +141,13 @@ def compiled_helpers(system: ManifoldSystem, cache_key=None) -> Helpers:
     return helpers
 
 
+def clear_caches() -> None:
+    """Forget every cached runner and helper (and so their compiled programs): the next
+    conditioning of any generator traces and compiles afresh."""
+    _RUNNERS.clear()
+    _HELPERS.clear()
+
+
 def per_chain(tree, num_chains: int):
     """Every array leaf of ``tree`` broadcast to a leading chains axis, on the host (Python
     ints, which are compile-time constants, stay as they are)."""

@@ -148,18 +148,18 @@ def _without_repulsion(products, sign):
 
 
 @pytest.mark.slow
-def test_planted_bugs_are_caught(monkeypatch, x64):
+def test_planted_bugs_are_caught(plant, x64):
     """The Gaussian accuracy test (mean within 0.1 sd, sds within 5 %, correlation within
     0.02) passes on the correct step and fails for each planted bug: the repulsive
     kernel-gradient term dropped, its sign flipped, and the bandwidth divided by 100."""
     assert is_accurate(_gaussian_particles())
     products, bandwidth_from = kernel_module._kernel_products, kernel_module.bandwidth_from
-    with monkeypatch.context() as m:  # no repulsive term: particles collapse to the mode
+    with plant() as m:  # no repulsive term: particles collapse to the mode
         m.setattr(kernel_module, "_kernel_products", _without_repulsion(products, 0.0))
         assert not is_accurate(_gaussian_particles())
-    with monkeypatch.context() as m:  # repulsion turned into attraction
+    with plant() as m:  # repulsion turned into attraction
         m.setattr(kernel_module, "_kernel_products", _without_repulsion(products, -1.0))
         assert not is_accurate(_gaussian_particles())
-    with monkeypatch.context() as m:  # h -> h / 100
+    with plant() as m:  # h -> h / 100
         m.setattr(kernel_module, "bandwidth_from", lambda d, bw: bandwidth_from(d, bw) / 100)
         assert not is_accurate(_gaussian_particles())
