@@ -258,6 +258,26 @@ def test_second_call_same_shapes_does_not_recompile():
     assert runner.num_compiles == compiles
 
 
+def test_plant_fixture_reaches_a_cached_runner(plant):
+    """A bug planted with ``plant`` runs even where dgm's runner cache holds the correct
+    kernel compiled before, and is gone afterwards (the planted-bug tests rely on both)."""
+    kwargs = dict(num_chains=2, num_samples=3, step_size=0.5, num_steps=2, progress_bar=False)
+    init = np.tile([[0.0, 0.6, 0.8]], (2, 1))
+
+    def moved():
+        u = dgm.condition(sphere, [1.0], 3).sample(jax.random.key(0), init=init, **kwargs)
+        return not np.allclose(u.posterior["u"].values, init[:, None])
+
+    def reject_all(key, log_ratio, proposal, state):
+        return state, jnp.zeros_like(log_ratio), jnp.zeros((), bool)
+
+    assert moved()
+    with plant() as m:
+        m.setattr(constrained_hmc, "metropolis", reject_all)
+        assert not moved()
+    assert moved()
+
+
 def _accept_unless_failed(key, log_ratio, proposal, state):
     """The planted Metropolis bug: every proposal the kernel has not already rejected."""
     ok = jnp.isfinite(log_ratio)
