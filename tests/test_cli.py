@@ -2,6 +2,7 @@
 
 import io
 import json
+import subprocess
 import sys
 
 import pytest
@@ -176,3 +177,20 @@ def test_the_experiments_that_train_through_fit_are_the_ones_marked_trains():
         source = inspect.getsource(module)
         trains = "_training.fit_outputs(" in source or "_training.fit(" in source
         assert getattr(module, "TRAINS", False) == trains, name
+
+
+def test_list_reads_each_description_without_importing_the_experiments():
+    """``dgm list`` prints every experiment's ``DESCRIPTION`` as its module defines it, read
+    from the source: in a fresh interpreter it imports no experiment module and no JAX."""
+    from dgm import experiments
+
+    probe = (
+        "import sys; from dgm.cli import main; main(['list']); "
+        "print(sorted(m for m in sys.modules if m == 'jax' or m.startswith('dgm.experiments.')))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    *rows, imported = out.stdout.splitlines()
+    assert imported == "[]"
+    assert rows == [f"{n:24s} {experiments.get(n).DESCRIPTION}" for n in experiments.names()]
+    with pytest.raises(ValueError, match="unknown experiment 'nope'; expected one of"):
+        experiments.description("nope")

@@ -423,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     if args.command == "list":
         for name in experiments.names():
-            print(f"{name:24s} {experiments.get(name).DESCRIPTION}")
+            print(f"{name:24s} {experiments.description(name)}")
         return 0
     ours = _sigint.install()
     try:

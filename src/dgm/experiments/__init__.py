@@ -8,7 +8,9 @@ whose defaults are the paper's settings, ``PRESETS`` (at least ``smoke``, ``quic
 --time-limit`` applies; its metrics hold ``updates`` and ``time_limited``).
 """
 
+import ast
 import importlib
+import importlib.util
 from types import ModuleType
 
 _REGISTRY: dict[str, str] = {
@@ -48,3 +50,27 @@ def get(name: str) -> ModuleType:
     if name not in _REGISTRY:
         raise ValueError(f"unknown experiment {name!r}; expected one of: {', '.join(names())}")
     return importlib.import_module(_REGISTRY[name])
+
+
+def description(name: str) -> str:
+    """The experiment's ``DESCRIPTION``, read from its source when it is a string literal
+    there (``dgm list`` then imports no experiment, and so no JAX), else from the module.
+
+    Raises:
+        ValueError: for an unknown name, as :func:`get`.
+    """
+    if name not in _REGISTRY:
+        get(name)  # raises, naming the known experiments
+    spec = importlib.util.find_spec(_REGISTRY[name])
+    if spec is not None and spec.origin and spec.origin.endswith(".py"):
+        with open(spec.origin, encoding="utf-8") as f:
+            tree = ast.parse(f.read())
+        for node in tree.body:
+            if (
+                isinstance(node, ast.Assign)
+                and any(isinstance(t, ast.Name) and t.id == "DESCRIPTION" for t in node.targets)
+                and isinstance(node.value, ast.Constant)
+                and isinstance(node.value.value, str)
+            ):
+                return node.value.value
+    return get(name).DESCRIPTION
