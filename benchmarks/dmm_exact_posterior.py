@@ -5,8 +5,8 @@ Run:  DGM_DATA_DIR=../shared/data python benchmarks/dmm_exact_posterior.py RUN_D
 (RUN_DIR: a ``dmm-polyphonic --dataset jsb`` run; INDEX: the test sequence, default 0)
 """
 
+import argparse
 import json
-import sys
 import time
 
 import jax
@@ -60,4 +60,8 @@ def main(run_dir: str, index: int = 0) -> dict:
 
 
 if __name__ == "__main__":
-    print(json.dumps(main(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 0)))
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("run_dir", help="a dmm-polyphonic --dataset jsb run directory")
+    parser.add_argument("index", type=int, nargs="?", default=0, help="test sequence (0)")
+    args = parser.parse_args()
+    print(json.dumps(main(args.run_dir, args.index)))
