@@ -67,6 +67,7 @@ def test_smoke_with_a_decoder_dir(tmp_path):
     metrics = _check_outputs(out)
     assert metrics["latent_dim"] == 4 and metrics["decoder_kind"] == "vae"
     assert metrics["chmc"]["accept_rate"] > 0  # the warm-up adapted a step that moves
+    assert len(metrics["chmc"]["step_sizes"]) == 1 and metrics["chmc"]["step_sizes"][0] != 0.25
     # the generator's first pixels: ``ImageDecoder.head`` (the VAE's sliced last layer)
     # equals slicing the pixel means; a decoder without ``head_fn`` slices
     decoder = decoders.load(tmp_path / "dec")
@@ -77,6 +78,37 @@ def test_smoke_with_a_decoder_dir(tmp_path):
     )(z)
     np.testing.assert_allclose(head, sliced, rtol=1e-6)
     np.testing.assert_array_equal(fallback, sliced)
+
+
+def test_chmc_runs_at_the_fixed_step_unless_told_to_adapt(tmp_path):
+    """The spec's fixed dt in the quick and paper presets; ``chmc.adapt=false`` keeps the
+    given step through warm-up (the smoke preset adapts: its decoder is untrained)."""
+    for preset in ("quick", "paper"):
+        assert not mnist_inpainting.PRESETS[preset].chmc.adapt
+    out, args = _decoder_run(tmp_path)
+    assert main([*args, "--set", "chmc.adapt=false", "--set", "chmc.step_size=0.05"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["chmc"]["step_sizes"] == [0.05]
+
+
+def test_resuming_a_run_from_before_the_adapt_field_needs_adaptation(tmp_path, capsys):
+    """Runs saved before ``chmc.adapt`` existed adapted CHMC's step: ``--resume`` with the
+    new default is refused, naming the field; with ``--set chmc.adapt=true`` it goes on
+    (here to fail later, on the missing decoder)."""
+    out = tmp_path / "run"
+    argv = ["run", "mnist-inpainting", "--out", str(out), "--no-progress"]
+    argv += ["--decoder", str(tmp_path / "no-decoder")]
+    assert main([*argv, "--print-config"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    del record["config"]["chmc"]["adapt"]
+    out.mkdir()
+    (out / "config.json").write_text(json.dumps(record))
+    (out / "metrics.json").write_text("{}")  # a run that produced something
+    assert main([*argv, "--resume"]) == 1
+    err = capsys.readouterr().err
+    assert "different config or seed (chmc.adapt)" in err, err
+    assert main([*argv, "--resume", "--set", "chmc.adapt=true"]) == 1
+    err = capsys.readouterr().err
+    assert "different config" not in err and err.startswith("dgm: error:"), err
 
 
 @pytest.mark.slow
