@@ -282,8 +282,9 @@ def _run_help(run: argparse.ArgumentParser, args: argparse.Namespace, extra: lis
 def _differences(saved: dict, current: dict, preset: dict, prefix: str = "") -> list[str]:
     """The fields in which a saved config differs from the current one. A field missing
     from the saved config (added to dgm after that run started) matches while it keeps its
-    ``preset`` value (an experiment's ``FORMER_DEFAULTS`` override that value where the
-    field changed what runs did before it existed); the run length (``num_epochs``) may
+    ``preset`` value (an experiment's ``FORMER_DEFAULTS``, dotted field -> value as
+    ``--set`` takes it, override that value where the field changed what runs did before it
+    existed); the run length (``num_epochs``) may
     change, to extend a run or end it, and so may the checkpoint interval
     (``checkpoint_every``)."""
     from dgm.training.checkpoint import run_identity
@@ -313,8 +314,9 @@ def _prepare_out(args: argparse.Namespace, preset: str, record: dict) -> Path:
         previous = json.loads(cfg_path.read_text())
         if args.resume:
             module = experiments.get(args.name)
-            defaults = _jsonable(module.PRESETS[preset]) | getattr(module, "FORMER_DEFAULTS", {})
-            differ = _differences(previous.get("config", {}), record["config"], defaults)
+            former = getattr(module, "FORMER_DEFAULTS", {}).items()
+            defaults = config_lib.override(module.PRESETS[preset], [f"{k}={v}" for k, v in former])
+            differ = _differences(previous.get("config", {}), record["config"], _jsonable(defaults))
             if previous.get("seed") != args.seed:
                 differ.append("seed")
             if differ:

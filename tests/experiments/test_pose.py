@@ -166,9 +166,11 @@ def test_scene_observation_is_the_notebooks_unless_drawn_from_the_model(shared_d
         for s in ("notebook", "thesis")
     }
     for setting in ("notebook", "thesis", "fast"):
-        got = pose.scene_observation(pose.Config(scene=3, setting=setting))
+        gen = pose_generator(pose.SIGMA_OF_SETTING[setting])
+        got = pose.scene_observation(pose.Config(scene=3, setting=setting), gen)
         np.testing.assert_array_equal(got, by["notebook"])
-    model = pose.scene_observation(pose.Config(scene=3, setting="fast", observation="model"))
+    config = pose.Config(scene=3, setting="fast", observation="model")
+    model = pose.scene_observation(config, pose_generator("thesis"))
     np.testing.assert_array_equal(model, by["thesis"])
     # the two differ by the noise inputs' scale alone: 0.009 u_noise
     np.testing.assert_allclose(model - by["notebook"], 0.009 * np.asarray(u[LATENT_DIM:]))

@@ -40,9 +40,9 @@ from dgm.models import decoders
 NAME = "mnist-inpainting"
 DESCRIPTION = "In-paint MNIST digits: constrained HMC on a trained decoder vs latent HMC"
 EXTRA_ARGS = {"decoder": "decoder", "observed": "observed", "digit": "digit", "rows": "rows"}
-# what a run saved before a field existed did: CHMC adapted its step during warm-up before
-# `chmc.adapt` (its resume needs `--set chmc.adapt=true`)
-FORMER_DEFAULTS = {"chmc": {"adapt": True}}
+# what a run saved before a field existed did (dotted field -> value as --set takes it): CHMC
+# adapted its step during warm-up before `chmc.adapt` (its resume needs `--set chmc.adapt=true`)
+FORMER_DEFAULTS = {"chmc.adapt": "true"}
 OBSERVED_FILE = Path("dgm") / "mnist-vae-decoder" / "observed.npz"
 OBSERVED_SHA256 = "a4173ad9060956aa4e050dd3586bb7f3685d83436684888f90ca2588f18643ec"
 NUM_TEST_IMAGES = 10_000

@@ -67,7 +67,7 @@ from dgm.data.pose import pose_generator, thesis_rmse_curve
 from dgm.experiments import _pose_methods as methods
 from dgm.experiments._pose_report import plot_rmse, plot_skeleton, report, save_posterior
 from dgm.inference.base import device_groups
-from dgm.models.pose import LATENT_DIM, scene_inputs
+from dgm.models.pose import LATENT_DIM, SIGMA, scene_inputs
 from dgm.runs import RunContext, write_text
 
 NAME = "pose"
@@ -114,9 +114,9 @@ SETTINGS = {
     },
 }
 SIGMA_OF_SETTING = {"notebook": "notebook", "thesis": "thesis", "fast": "thesis"}
-# what a run saved before a field existed did: runs started before `observation` drew the
-# observation from the setting's generator (`--resume` of such a run needs
-# `--set observation=model`)
+# what a run saved before a field existed did (dotted field -> value as --set takes it): runs
+# started before `observation` drew the observation from the setting's generator (`--resume`
+# of such a run needs `--set observation=model`)
 FORMER_DEFAULTS = {"observation": "model"}
 
 
@@ -341,19 +341,23 @@ def latent_starts(config: Config, gen, y_obs, u_true, key, ctx: RunContext | Non
         return np.asarray(jax.random.normal(key, shape, jnp.float64)), info
 
 
-def scene_observation(config: Config) -> np.ndarray:
-    """The scene's 76 image coordinates: the notebook's generator (σ = 0.001) at the
-    scene's inputs, or with ``observation="model"`` the setting's own generator."""
-    sigma = "notebook" if config.observation == "notebook" else SIGMA_OF_SETTING[config.setting]
-    observe = pose_generator(sigma)
+def scene_observation(config: Config, gen) -> np.ndarray:
+    """The scene's 76 image coordinates f(u[:140]) + σ u[140:] at its inputs, from ``gen``
+    (the setting's generator): σ = 0.001, the notebook generator's, or with
+    ``observation="model"`` the setting's own."""
+    sigma = SIGMA["notebook"] if config.observation == "notebook" else gen.sigma
+
+    def observe(u):
+        return gen.noise_free(u[:LATENT_DIM]) + sigma * u[LATENT_DIM:]
+
     with jax.enable_x64(True):
-        return np.asarray(jax.jit(lambda u: observe(u))(scene_inputs()[config.scene - 1]))
+        return np.asarray(jax.jit(observe)(scene_inputs()[config.scene - 1]))
 
 
 def run(config: Config, key, ctx: RunContext) -> dict:
     gen = pose_generator(SIGMA_OF_SETTING[config.setting])
     u_data = scene_inputs()
-    y_obs = scene_observation(config)
+    y_obs = scene_observation(config, gen)
     with jax.enable_x64(True):
         u_true = jnp.asarray(u_data[config.scene - 1])
         truth = np.asarray(jax.jit(lambda u: gen.joint_positions(u))(u_true[:LATENT_DIM]))
