@@ -16,6 +16,7 @@ import pytest
 from dgm.cli import main
 from dgm.experiments import mnist_inpainting
 from dgm.models import decoders, vae
+from tests.experiments._smoke import check_resume_of_a_run_from_before
 
 
 def _tiny_decoder_dir(path):
@@ -94,21 +95,9 @@ def test_resuming_a_run_from_before_the_adapt_field_needs_adaptation(tmp_path, c
     """Runs saved before ``chmc.adapt`` existed adapted CHMC's step: ``--resume`` with the
     new default is refused, naming the field; with ``--set chmc.adapt=true`` it goes on
     (here to fail later, on the missing decoder)."""
-    out = tmp_path / "run"
-    argv = ["run", "mnist-inpainting", "--out", str(out), "--no-progress"]
+    argv = ["run", "mnist-inpainting", "--out", str(tmp_path / "run"), "--no-progress"]
     argv += ["--decoder", str(tmp_path / "no-decoder")]
-    assert main([*argv, "--print-config"]) == 0
-    record = json.loads(capsys.readouterr().out)
-    del record["config"]["chmc"]["adapt"]
-    out.mkdir()
-    (out / "config.json").write_text(json.dumps(record))
-    (out / "metrics.json").write_text("{}")  # a run that produced something
-    assert main([*argv, "--resume"]) == 1
-    err = capsys.readouterr().err
-    assert "different config or seed (chmc.adapt)" in err, err
-    assert main([*argv, "--resume", "--set", "chmc.adapt=true"]) == 1
-    err = capsys.readouterr().err
-    assert "different config" not in err and err.startswith("dgm: error:"), err
+    check_resume_of_a_run_from_before("chmc.adapt", "true", argv, capsys)
 
 
 @pytest.mark.slow

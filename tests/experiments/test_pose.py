@@ -11,6 +11,7 @@ from dgm import cli
 from dgm.experiments import _pose_methods as methods
 from dgm.experiments import pose
 from dgm.models.pose import LATENT_DIM, scene_inputs
+from tests.experiments._smoke import check_resume_of_a_run_from_before
 
 
 @pytest.mark.usefixtures("x64")
@@ -126,19 +127,8 @@ def test_resuming_a_run_from_before_the_observation_field_needs_the_old_observat
     ``--set observation=model`` it goes on (here to fail later, on the missing data)."""
     out = tmp_path / "run"
     argv = ["run", "pose", "--smoke", "--config", "fast", "--out", str(out), "--no-progress"]
-    assert cli.main([*argv, "--print-config"]) == 0
-    record = json.loads(capsys.readouterr().out)
-    del record["config"]["observation"]
-    out.mkdir()
-    (out / "config.json").write_text(json.dumps(record))
-    (out / "metrics.json").write_text("{}")  # a run that produced something
-    assert cli.main([*argv, "--resume"]) == 1
-    err = capsys.readouterr().err
-    assert "different config or seed (observation)" in err, err
     monkeypatch.setenv("DGM_DATA_DIR", str(tmp_path / "no-data"))
-    assert cli.main([*argv, "--resume", "--set", "observation=model"]) == 1
-    err = capsys.readouterr().err
-    assert "different config" not in err and err.startswith("dgm: error:"), err
+    check_resume_of_a_run_from_before("observation", "model", argv, capsys)
 
 
 def test_chmc_milestones_compare_only_where_every_curve_is_defined():
@@ -161,16 +151,14 @@ def test_scene_observation_is_the_notebooks_unless_drawn_from_the_model(shared_d
     from dgm.data.pose import pose_generator
 
     u = jnp.asarray(scene_inputs()[2])
-    by = {
-        s: np.asarray(jax.jit(lambda v, s=s: pose_generator(s)(v))(u))
-        for s in ("notebook", "thesis")
-    }
+    gens = {s: pose_generator(s) for s in ("notebook", "thesis")}
+    by = {s: np.asarray(jax.jit(lambda v, g=gen: g(v))(u)) for s, gen in gens.items()}
     for setting in ("notebook", "thesis", "fast"):
-        gen = pose_generator(pose.SIGMA_OF_SETTING[setting])
+        gen = gens[pose.SIGMA_OF_SETTING[setting]]
         got = pose.scene_observation(pose.Config(scene=3, setting=setting), gen)
         np.testing.assert_array_equal(got, by["notebook"])
     config = pose.Config(scene=3, setting="fast", observation="model")
-    model = pose.scene_observation(config, pose_generator("thesis"))
+    model = pose.scene_observation(config, gens["thesis"])
     np.testing.assert_array_equal(model, by["thesis"])
     # the two differ by the noise inputs' scale alone: 0.009 u_noise
     np.testing.assert_allclose(model - by["notebook"], 0.009 * np.asarray(u[LATENT_DIM:]))
