@@ -58,6 +58,22 @@ def _run_block(after: str, scope: dict | None = None) -> dict:
     return scope
 
 
+def test_nuts_example():
+    """The NUTS block: the three posterior sds (0.01, 1, 10, over three orders of magnitude)
+    within 5 standard errors of the exact ones, SE(s)/sd = 1/sqrt(2 ESS(x^2)) for a Gaussian,
+    and one adapted step size per chain."""
+    from dgm import diagnostics
+
+    scope = _run_block("## NUTS: a log density in, ArviZ data out")
+    x = scope["idata"].posterior["x"].values
+    assert x.shape == (4, 1000, 3)
+    ratio = x.std((0, 1)) / np.array([0.01, 1.0, 10.0])
+    ess_sq = np.array([diagnostics.ess(x[..., i] ** 2) for i in range(3)])
+    assert np.all(np.abs(ratio - 1) * np.sqrt(2 * ess_sq) < 5), (ratio, ess_sq)
+    steps = np.asarray(scope["idata"].posterior.attrs["step_size"])
+    assert steps.shape == (4,) and np.all(steps > 0)
+
+
 def test_additive_noise_and_warmup_examples(tmp_path, monkeypatch):
     """The additive-noise block, then the warm-up block that continues it: the adapted step
     size is reported and the kept draws' acceptance is near the 0.8 target."""
