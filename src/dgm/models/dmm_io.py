@@ -12,9 +12,10 @@ Example:
     >>> from dgm.models import dmm, dmm_io
     >>> model = dmm.DMM(3, z_dim=2, transition_dim=4, emission_dim=4, rnn_dim=4,
     ...                 key=jax.random.key(0))
-    >>> path = os.path.join(tempfile.mkdtemp(), "model.eqx")
-    >>> dmm_io.save(path, model, dict(transition_dim=4, emission_dim=4, rnn_dim=4))
-    >>> dmm_io.load(path)[0].z_dim
+    >>> with tempfile.TemporaryDirectory() as run:
+    ...     path = os.path.join(run, "model.eqx")
+    ...     dmm_io.save(path, model, dict(transition_dim=4, emission_dim=4, rnn_dim=4))
+    ...     print(dmm_io.load(path)[0].z_dim)
     2
 """
 
