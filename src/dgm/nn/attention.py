@@ -16,8 +16,11 @@ Grid conventions (spec ``draw.md`` §3.2):
   (Python 3 division): the grid sits one stride up-left of centre, and the centre one pixel
   right of and below the image centre. Kept only to compare with that code.
 
-Rows are normalised by ``max(Σ_a F, 1e-8)`` in both conventions (the reference's guard; a
-row that sums to less than 1e-8 lies wholly outside the image).
+Rows are normalised by ``max(Σ_a F, 1e-8)`` in both conventions (the reference's guard, where
+the paper divides by the sum itself). A row sums to less than 1e-8 when its Gaussian puts almost
+no weight on any pixel centre: centred well outside the image, or so narrow that it falls
+between pixels (σ² below about 0.0065 with the centre half-way between two). Such a row fades
+towards zero instead of being renormalised onto the nearest pixel.
 
 References:
     K. Gregor, I. Danihelka, A. Graves, D. J. Rezende, D. Wierstra, "DRAW: A Recurrent
