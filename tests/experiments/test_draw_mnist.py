@@ -125,6 +125,22 @@ def test_per_variable_clipping_clips_each_array_alone():
     np.testing.assert_allclose(out["b"], [3.0, 0.0])  # norm 3 < 5: unchanged
 
 
+def test_per_variable_clipping_clips_mu_and_log_sigma_apart():
+    """The reference's μ and log σ layers are one ``posterior`` layer here: each half of its
+    weight and bias is clipped as its own variable, every other array whole."""
+    from dgm.models import draw
+
+    model = draw.DRAW((4, 4), 2, 3, 4, 4, None, None, key=jax.random.key(0))
+    grads = jax.tree.map(lambda a: jnp.full_like(a, 10.0), eqx.filter(model, eqx.is_array))
+    grads = eqx.tree_at(lambda m: m.posterior.bias, grads, jnp.asarray([9, 0, 0, 1, 1, 1.0]))
+    clip = draw_mnist.clip_per_variable(5.0)
+    out, _ = clip.update(grads, clip.init(grads))
+    mu_w, log_sigma_w = np.split(np.asarray(out.posterior.weight), 2)
+    np.testing.assert_allclose([np.linalg.norm(mu_w), np.linalg.norm(log_sigma_w)], 5.0, rtol=1e-6)
+    np.testing.assert_allclose(out.posterior.bias, [5, 0, 0, 1, 1, 1], rtol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(out.decoder.weight), 5.0, rtol=1e-6)
+
+
 def test_bad_input_is_refused(tmp_path, capsys):
     with pytest.raises(ValueError, match=r"`read_n` must be an int from 1 to 28"):
         draw_mnist.Config(read_n=0)

@@ -23,6 +23,7 @@ import dataclasses
 import functools
 import time
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import optax
@@ -145,14 +146,24 @@ def loss(model: draw.DRAW, batch, key, matmul_dtype: str = "float32"):
 
 def clip_per_variable(max_norm: float) -> optax.GradientTransformation:
     """Scale each gradient array to norm at most ``max_norm`` (TF ``clip_by_norm`` per
-    variable, as the reference code does)."""
+    variable, as the reference code does). The reference's μ and log σ are two layers; a
+    :class:`~dgm.models.draw.DRAW` holds them as one (``posterior``, μ's rows first), so
+    each half of its weight and bias is clipped alone."""
+
+    def one(g):
+        norm = jnp.sqrt(jnp.sum(g**2))
+        return g * (max_norm / jnp.maximum(norm, max_norm))
+
+    def halves(g):
+        return jnp.concatenate([one(h) for h in jnp.split(g, 2)])
 
     def clip(updates, params=None):
-        def one(g):
-            norm = jnp.sqrt(jnp.sum(g**2))
-            return g * (max_norm / jnp.maximum(norm, max_norm))
-
-        return jax.tree.map(one, updates)
+        clipped = jax.tree.map(one, updates)
+        if isinstance(updates, draw.DRAW):
+            post = updates.posterior
+            where = lambda m: (m.posterior.weight, m.posterior.bias)  # noqa: E731
+            clipped = eqx.tree_at(where, clipped, (halves(post.weight), halves(post.bias)))
+        return clipped
 
     return optax.stateless(clip)
 

@@ -138,7 +138,8 @@ class DRAW(eqx.Module):
         keys = jax.random.split(key, 6)
         self.encoder = Dense(read_size + dec_size + enc_size, 4 * enc_size, key=keys[0])
         self.decoder = Dense(z_size + dec_size, 4 * dec_size, key=keys[1])
-        self.posterior = Dense(enc_size, 2 * z_size, key=keys[2])
+        # μ and log σ: the reference's two layers in one, each half initialised as its own
+        self.posterior = Dense(enc_size, 2 * z_size, key=keys[2], fan_out=z_size)
         self.read_attention = None if read_n is None else Dense(dec_size, 5, key=keys[3])
         self.write_attention = None if write_n is None else Dense(dec_size, 5, key=keys[4])
         self.write_patch = Dense(dec_size, write_size, key=keys[5])
