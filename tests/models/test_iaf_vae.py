@@ -102,6 +102,21 @@ def test_data_dependent_init_gives_the_target_std_and_zero_mean(scale):
     np.testing.assert_allclose(np.asarray(again.std(axis=(0, 1, 2))), scale, rtol=1e-3)
 
 
+def test_data_dependent_init_leaves_a_constant_output_at_gain_one():
+    """A 1×1 input that is the same for every image (a 1×1 top level's zero-initialised
+    ``h_top``): the layer keeps gain 1 and outputs 0, where 1/std gave gains of ~1e7 (the
+    loss reached 6.6e15 after one update of a 5-level model); varying inputs are still
+    scaled to the target std."""
+    conv = WNConv(4, 6, 3, key=jax.random.key(4))
+    const = jnp.broadcast_to(jnp.asarray([0.3, -1.2, 0.0, 2.0]), (16, 1, 1, 4))
+    layer, out = eqx.filter_jit(lambda c, x: c.data_init(x, 0.1))(conv, const)
+    np.testing.assert_allclose(np.asarray(jnp.exp(3 * layer.g)), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(out), 0.0, atol=1e-6)
+    varying = const * jax.random.normal(jax.random.key(5), (16, 1, 1, 1))
+    layer, out = eqx.filter_jit(lambda c, x: c.data_init(x, 0.1))(conv, varying)
+    np.testing.assert_allclose(np.asarray(out.std(axis=(0, 1, 2))), 0.1, rtol=1e-3)
+
+
 @pytest.mark.slow
 def test_model_init_makes_encoder_outputs_std_01(tiny):
     model, x = tiny

@@ -21,8 +21,12 @@ from dgm.models import iaf_vae
 
 @eqx.filter_jit
 def _terms(model, x, key):
-    t = iaf_vae.terms(model, x, key, 0.0)
-    return t.log_px - t.kl, t.kl_blocks
+    """Per image: the one-sample ELBO, and each block's KL as ``(blocks, batch)`` (per image,
+    not a batch mean, so that the padding of a last, short batch can be dropped)."""
+    log_px, kls = iaf_vae.forward(model, x, iaf_vae.draw_noise(model, key, x.shape[0]))
+    n = x.shape[0]
+    blocks = jnp.concatenate([jnp.sum(k, axis=(-3, -2, -1)).reshape(-1, n) for k in kls])
+    return log_px - blocks.sum(0), blocks
 
 
 @eqx.filter_jit
@@ -64,7 +68,7 @@ def score(config, model, test: np.ndarray, key) -> dict:
     for i, (x, num) in enumerate(_batches(test, config.eval_batch_size)):
         e, kb = _terms(model, x, jax.random.fold_in(k_elbo, i))
         elbo.append(np.asarray(e)[:num])
-        blocks.append(np.asarray(kb) * num)  # kl_blocks is a batch mean: padding excluded below
+        blocks.append(np.asarray(kb, np.float64)[:, :num].sum(1))
         n += num
     elbo = np.concatenate(elbo).astype(np.float64)
     is_test = evenly_spaced(test, config.is_images)
@@ -76,8 +80,6 @@ def score(config, model, test: np.ndarray, key) -> dict:
                                  chunk))[:num])  # fmt: skip
     ll = np.concatenate(ll).astype(np.float64)
     unit, scale = _unit(config)
-    # Padded images of the last batch are zeros; their KL is removed by recomputing the mean
-    # over real images only when the batch was padded (it is not for the presets).
     kl_blocks = np.sum(blocks, axis=0) / n
     names = iaf_vae.block_names(model)
     return {

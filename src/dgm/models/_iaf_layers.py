@@ -115,15 +115,20 @@ class WNConv(eqx.Module):
 
     def data_init(self, x: Image, init_scale: float) -> tuple["WNConv", Image]:
         """``(layer, output)`` with ``g`` and ``b`` set so that each output channel of ``x``
-        has mean 0 and standard deviation ``init_scale`` (over batch, height and width)."""
+        has mean 0 and standard deviation ``init_scale`` (over batch, height and width).
+
+        A channel that is constant over the batch (std 0 up to rounding: a 1×1 top level sees
+        the same zero-initialised ``h_top`` for every image) keeps the gain 1, as the original
+        skips such a layer; ``init_scale / std`` would be ~1e7, and the first update would
+        send the loss to ~1e15.
+        """
         y = self._conv(x, jnp.ones_like(self.g))
         mean = jnp.mean(y, axis=(0, 1, 2))
-        std = jnp.std(y, axis=(0, 1, 2)) + 1e-8
-        g = jnp.log(init_scale / std) / 3.0
-        b = -mean * init_scale / std
-        layer = eqx.tree_at(lambda c: (c.g, c.b), self, (g, b))
-        factor = (init_scale / std)[None, None, None, :]
-        return layer, self._finish((y - mean[None, None, None, :]) * factor)
+        std = jnp.std(y, axis=(0, 1, 2))
+        constant = std <= 1e-6 * jnp.maximum(jnp.abs(mean), 1.0)
+        factor = jnp.where(constant, 1.0, init_scale / jnp.where(constant, 1.0, std))
+        layer = eqx.tree_at(lambda c: (c.g, c.b), self, (jnp.log(factor) / 3.0, -mean * factor))
+        return layer, self._finish((y - mean[None, None, None, :]) * factor[None, None, None, :])
 
 
 def apply(layer, x, init_scale: float | None):
