@@ -186,6 +186,34 @@ def test_schedule_matches_stan(num_warmup, ends, first):
         assert not in_window.any()
 
 
+def _stan_window_ends(num_warmup):
+    """Window-closing iterations as Stan's ``windowed_adaptation`` computes them (counter,
+    ``adapt_next_window_``, ``compute_next_window``), written out independently."""
+    init, window, term = 75, 25, 50
+    if init + window + term > num_warmup:
+        init, term = int(0.15 * num_warmup), int(0.1 * num_warmup)
+        window = num_warmup - init - term
+    last, size, next_end, ends = num_warmup - term - 1, window, init + window - 1, []
+    for counter in range(num_warmup):
+        if counter == next_end:
+            ends.append(counter)
+            if next_end == last:
+                break
+            size *= 2
+            next_end = counter + size
+            if next_end != last and next_end + 2 * size >= num_warmup - term:
+                next_end = last
+    return ends
+
+
+def test_schedule_matches_stan_at_every_length():
+    """Every warm-up length from 20 to 2999 (151-199 once differed: the first window was
+    stretched into the second)."""
+    for num_warmup in range(20, 3000):
+        ends = np.nonzero(build_schedule(num_warmup)[1])[0].tolist()
+        assert ends == _stan_window_ends(num_warmup), num_warmup
+
+
 # ---------------------------------------------------------------- initial step size
 
 

@@ -137,7 +137,9 @@ def build_schedule(
 
     When the three phases do not fit, they shrink as Stan's do: 15% initial buffer,
     10% terminal buffer, the rest one slow window. Below 20 iterations there is no
-    mass-matrix adaptation at all.
+    mass-matrix adaptation at all. A slow window after the first that leaves too little
+    room for the next (twice its size) runs to the terminal buffer; the first window is
+    never stretched (Stan's ``restart``), so 151–199 iterations give two windows.
 
     Returns:
         ``(in_window, window_end)``: boolean NumPy arrays of length ``num_warmup``;
@@ -156,7 +158,7 @@ def build_schedule(
     start, size = initial_buffer, base_window
     while start < slow_end:
         end = start + size
-        if end + 2 * size > slow_end:  # the next window would not fit: stretch this one
+        if start > initial_buffer and end + 2 * size > slow_end:  # the next would not fit
             end = slow_end
         in_window[start:end] = True
         window_end[end - 1] = True
