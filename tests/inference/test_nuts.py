@@ -185,3 +185,14 @@ def test_moments_calibration(seed):
     accept = float(result.infos.accept_prob.mean())
     print(f"CALIB {seed} max_z={zs.max():.3f} min_ess={esss.min():.0f} acc={accept:.3f}")
     assert np.all(zs < Z_MAX) and np.all(esss >= ESS_FLOOR)
+
+
+def test_leaf_uniforms_are_never_zero_or_one(monkeypatch):
+    """The in-subtree uniform at the extreme Threefry outputs: strictly inside (0, 1), so
+    ``log u`` is finite and a leaf is taken only with its weight (u = 0 took any leaf)."""
+    seed = jnp.zeros(2, jnp.uint32)
+    for bits in (0, 0xFFFFFFFF):
+        out = (jnp.uint32(bits), jnp.uint32(bits))
+        monkeypatch.setattr(dynamic, "threefry_2x32_unrolled", lambda *a, out=out: out)
+        u = float(dynamic._leaf_uniform(seed, 0, 0))
+        assert 0.0 < u < 1.0, (bits, u)

@@ -148,14 +148,16 @@ def threefry_2x32_unrolled(key, x0, x1):
 
 
 def _leaf_uniform(seed: UInt32[Array, " 2"], depth, count) -> Float[Array, ""]:
-    """A uniform in [0, 1) for leaf ``count`` of the subtree at ``depth``: one Threefry-2x32
+    """A uniform in (0, 1) for leaf ``count`` of the subtree at ``depth`` (the midpoints of 2^23
+    bins, exact in float32: never 0, whose log would take a leaf of any weight, nor 1, which
+    would refuse a subtree's first leaf): one Threefry-2x32
     block keyed by ``seed`` (``fold_in`` then ``uniform`` would be two, and each Threefry
     instance in the loop body costs compile time: with the per-leaf and per-doubling draws
     as ``fold_in``/``split``/``uniform``, they made half of the NUTS step's compile time),
     unrolled (:func:`threefry_2x32_unrolled`)."""
     x0 = jnp.asarray(depth).astype(jnp.uint32)
     bits, _ = threefry_2x32_unrolled(seed, x0, jnp.asarray(count).astype(jnp.uint32))
-    return (bits >> 8).astype(jnp.float32) * jnp.float32(2.0**-24)
+    return ((bits >> 9).astype(jnp.float32) + 0.5) * jnp.float32(2.0**-23)
 
 
 def _select(pred, a, b):
@@ -332,7 +334,8 @@ def sample_trajectory(
         return (t.depth < max_depth) & ~t.turning & ~failed
 
     key_top, key_leaves = jax.random.split(key)
-    uniforms = jax.random.uniform(key_top, (2, capacity), energy0.dtype)  # direction, take
+    tiny = jnp.finfo(energy0.dtype).tiny  # > 0: log u is finite
+    uniforms = jax.random.uniform(key_top, (2, capacity), energy0.dtype, tiny)  # direction, take
     seed = jax.random.bits(key_leaves, (2,), jnp.uint32)
 
     def body(t: _Tree, active) -> _Tree:
