@@ -8,7 +8,8 @@ N = ``rows`` × width observed pixels and σ = 0.05. Two samplers of the same po
   Gram solves through the k×k capacitance matrix), at the paper's settings (dt 0.25,
   S ~ U{4..6}, N_g 3, tol 1e-8), chains started on the manifold in closed form;
 * HMC on the k latents with the noise integrated out (exact here, spec §5), dt 0.015,
-  L ~ U{30..50}, from the same starting latents.
+  L ~ U{30..50}, from the same starting latents (one prior draw per chain; the notebook's
+  single chain started at z = 0).
 
 Without ``--decoder`` the run trains a VAE first (``vae-mnist``'s training function, into
 ``<run>/decoder``). The observation is the paper's ``observed.npz`` by default, a file

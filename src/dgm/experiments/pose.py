@@ -190,7 +190,9 @@ def score(
     """Metrics of one method and its mean RMSE curve ``(draws, 2)``: (seconds, RMSE).
 
     The time of draw k is ``start_s`` (the wall time of finding the starts, charged whole
-    to every chain) plus k/draws of the chain's share of the sampling time."""
+    to every chain) plus k/draws of the chain's share of the sampling time. The running
+    means are over the draws after each transition: unlike the original's chains (and the
+    thesis's curves, with a point at t = 0), the start is not a draw."""
     chains, draws = res.positions.shape[:2]
     per_chain_s = res.wall_s * len(device_groups(chains)) / chains
     rmse = running_rmse(res.positions, truth).mean(axis=0)  # averaged over chains

@@ -2,7 +2,7 @@
 
 The decoder has the form of the constrained-HMC MNIST generator (spec ``chmc.md`` §4.3):
 50-d code, two softplus layers, sigmoid pixel means. The original's hidden widths are lost;
-the paper preset uses 300-300 with the KL weight warmed up from 0 to 1 over the first 100
+the paper preset uses 300-300 with the KL weight warmed up from 0.01 to 1 over the first 100
 epochs (as the VampPrior paper's static-MNIST VAE did): 500-500 without warm-up overfitted
 the fixed binarization and stopped at 92.65 nats. The quick preset keeps 500-500.
 Training: Adam on the per-example −ELBO, validation −ELBO on the 10k validation images
