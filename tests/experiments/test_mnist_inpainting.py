@@ -79,6 +79,19 @@ def test_smoke_with_a_decoder_dir(tmp_path):
     )(z)
     np.testing.assert_allclose(head, sliced, rtol=1e-6)
     np.testing.assert_array_equal(fallback, sliced)
+    # every saved draw, recomputed from the decoder: CHMC's u = [z | n] meets the observed
+    # rows as decoder(z)[:196] + 0.05 n, and both methods' pixels are decoder(z)[196:]
+    idata = az.from_netcdf(str(out / "posterior.nc"))
+    y = np.load(tmp_path / "obs.npz")["y_obs"]
+    with jax.enable_x64(True):
+        means = jax.jit(jax.vmap(mnist_inpainting._float64(decoders.load(tmp_path / "dec"))))
+        u = idata.posterior["u"].values.reshape(-1, 200)
+        chmc = np.asarray(means(u[:, :4]))
+        np.testing.assert_allclose(chmc[:, :196] + 0.05 * u[:, 4:], np.broadcast_to(y, (6, 196)),
+                                   atol=1e-8)  # fmt: skip
+        np.testing.assert_allclose(idata.posterior["pixels"].values[0], chmc[:, 196:], atol=1e-12)
+        hmc = np.asarray(means(idata.hmc["z"].values[0]))[:, 196:]
+        np.testing.assert_allclose(idata.hmc["pixels"].values[0], hmc, atol=1e-12)
 
 
 def test_chmc_runs_at_the_fixed_step_unless_told_to_adapt(tmp_path):
@@ -173,3 +186,19 @@ def test_config_errors():
         mnist_inpainting.Config(digit=3, observed="x.npz")
     with pytest.raises(ValueError, match="`chmc.step_size` must be a positive number"):
         mnist_inpainting.CHMCConfig(step_size=0.0)
+
+
+def test_digit_observation_is_the_top_rows_plus_noise(tmp_path, shared_data, monkeypatch):
+    """``--digit N --rows R``: test image N's first R·28 pixels in row-major order, scaled to
+    [0, 1], plus 0.05·n (residual mean ≈ 0 and sd ≈ 0.05 over 392 pixels); the same pixels
+    of the transposed image (its left columns) are 0.15 off on average."""
+    from dgm.data.mnist import load_mnist_test_images
+
+    monkeypatch.setenv("DGM_DATA_DIR", str(shared_data))
+    dec = decoders.load(_tiny_decoder_dir(tmp_path / "dec"))
+    config = mnist_inpainting.Config(digit=0, rows=14)
+    y = mnist_inpainting.observation(config, dec, jax.random.key(0))
+    image = load_mnist_test_images()[0] / 255.0
+    residual = y - image.reshape(-1)[:392]
+    assert abs(residual.mean()) < 3 * 0.05 / np.sqrt(392) and 0.045 < residual.std() < 0.055
+    assert np.abs(y - image.T.reshape(-1)[:392]).mean() > 2 * np.abs(residual).mean()

@@ -164,6 +164,9 @@ def test_save_load_round_trip(tmp_path):
     gen = decoders.load(tmp_path)
     assert (gen.input_dim, gen.image_shape, gen.kind) == (1, (1, INPUT_DIM), "vae")
     np.testing.assert_array_equal(gen(jnp.ones(1)), model.decoder.mean(jnp.ones(1)))
+    with jax.enable_x64(True):  # a user's float64 session loads the float32 model too
+        gen64 = decoders.load(tmp_path)  # (the float64 skeleton was called "corrupt")
+    np.testing.assert_array_equal(gen64(jnp.ones(1)), model.decoder.mean(jnp.ones(1)))
 
 
 def test_load_decoder_errors(tmp_path):

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import equinox as eqx
+import jax
 from jaxtyping import Array, Float
 
 from dgm import runs
@@ -106,7 +107,8 @@ def read_model(path: str | os.PathLike, kind: str, build: Callable[[dict], eqx.M
     if head.get("kind") != kind:
         raise ValueError(f"{path} holds a model of kind {head.get('kind')!r}; expected {kind!r}")
     try:
-        like = build(head)
+        with jax.enable_x64(False):  # dgm's networks are float32: so is the skeleton, under x64 too
+            like = build(head)
     except KeyError as err:
         raise ValueError(f"{path}: the model header lacks {err}") from None
     with open(path, "rb") as f:
