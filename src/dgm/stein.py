@@ -63,8 +63,11 @@ def svgd(
         bandwidth: ``"median"`` (the original code's median heuristic), ``"median-paper"``
             or a fixed positive bandwidth.
         ksd_tol, update_tol: stop early once the kernelized Stein discrepancy, or the RMS
-            particle move of a step, falls below it. The KSD is the U-statistic estimate
-            (clipped at 0; noisy for a few dozen particles). Under the original step rule
+            particle move of a step, falls below it. The KSD compared is the V-statistic
+            (``ksd_v`` in the trace: the RKHS norm of the SVGD direction, 0 at SVGD's fixed
+            point), not the reported U-statistic ``ksd``, which can read 0 while the
+            particles are still far off. With minibatch scores both carry the batch's
+            noise. Under the original step rule
             a particle's move stays near ``step_size`` (it is normalised by its own running
             RMS), so ``update_tol`` suits an ``optimizer`` with a decaying step.
         var_name: the variable's name for an array start (a pytree's leaves are named by
@@ -75,8 +78,8 @@ def svgd(
     Returns:
         ``arviz.InferenceData``: ``posterior[var_name]`` of shape ``(1, num_particles, dim)``
         (a pytree start: one variable per leaf, ``(1, num_particles, *leaf shape)``), the
-        ``svgd_trace`` group (``ksd``, ``update_norm``, ``bandwidth`` per iteration, on its
-        ``draw`` axis) and attributes ``sampler`` (``"svgd"``), ``num_iterations`` (steps
+        ``svgd_trace`` group (``ksd``, ``ksd_v``, ``update_norm``, ``bandwidth`` per iteration,
+        on its ``draw`` axis) and attributes ``sampler`` (``"svgd"``), ``num_iterations`` (steps
         applied), ``status`` (``"completed"``, ``"converged"``, ``"non-finite"``: a step
         that would make a particle non-finite is not applied and the run stops,
         ``"interrupted"``), ``message``, ``ksd`` (the last iteration's), ``wall_s``, ``compile_s``.

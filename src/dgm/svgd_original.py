@@ -2,10 +2,14 @@
 
 Same algorithm and same trajectories as ``python/svgd.py`` of Liu & Wang's reference
 code (RBF kernel, ``h = sqrt(0.5 median(D) / log(n + 1))`` over all ``n^2`` squared
-distances, "AdaGrad with momentum" steps), NumPy in and out, run by JAX. A
-``dlnprob`` written with ``jax.numpy`` (or only operators that JAX arrays support)
-runs as one compiled scan; a NumPy-only one is called once per iteration between
-compiled steps.
+distances, "AdaGrad with momentum" steps), NumPy in and out, run by JAX. ``dlnprob`` is
+first called on the NumPy particles, for the first iteration's gradient. If it returns a
+JAX array (it computes with ``jax.numpy``), the other iterations run as one compiled scan;
+if NumPy, it is called once per iteration between compiled steps, exactly ``n_iter``
+times, so a ``dlnprob`` that keeps state (the original's minibatch counter) follows the
+original's trajectory. A compiled ``dlnprob`` runs its Python code only when traced:
+Python-side state (a counter, ``np.random``) stays as it was then; keep such a function
+in NumPy.
 
 It computes in the dtype it is given, as the NumPy original does: float64 particles
 run in float64 (inside a scoped ``jax.enable_x64(True)``, so this works in a process
@@ -86,30 +90,36 @@ class SVGD:
         x64 = jax.enable_x64(True) if x0.dtype == np.float64 else contextlib.nullcontext()
         with x64:
             x = jnp.asarray(x0)
-            if _traceable(lnprob, x):
-                out, msg = self._run_compiled(x, lnprob, n_iter, stepsize, bw, alpha, debug)
-            else:
-                out, msg = self._run_loop(x, lnprob, n_iter, stepsize, bw, alpha, debug)
-            out = np.asarray(out)
+            first = lnprob(x0.copy())  # iteration 1's gradient; is lnprob JAX or NumPy?
+            state, msg = self._run_loop(core.init(x), lnprob, 1, stepsize, bw, alpha, first)
+            if not msg and n_iter > 1:
+                rest = (n_iter - 1, stepsize, bw, alpha)
+                if isinstance(first, jax.Array) and _traceable(lnprob, x):
+                    state, msg = self._run_compiled(state, lnprob, *rest, debug)
+                else:
+                    state, msg = self._run_loop(state, lnprob, *rest, debug=debug)
+            out = np.asarray(state.particles)
         if msg:
             warnings.warn(msg, RuntimeWarning, stacklevel=2)
         return out.astype(x0.dtype, copy=False)
 
-    def _run_compiled(self, x, lnprob, n_iter, stepsize, bw, alpha, debug):
+    def _run_compiled(self, state, lnprob, n_iter, stepsize, bw, alpha, debug):
         chunk_size = min(n_iter, 1000)
         key = (lnprob, bw, float(alpha), chunk_size)
         if key not in self._runners:
             score = core.make_score_fn(grad_log_density_fn=_checked(lnprob))
             step = core.build_step(score, bandwidth=bw, alpha=alpha, track_ksd=False)
             self._runners[key] = SVGDRunner(step, chunk_size=chunk_size)
-        result = self._runners[key].run(core.init(x), n_iter, stepsize)
+        result = self._runners[key].run(state, n_iter, stepsize)
         if result.interrupted:  # Ctrl-C stops the caller's script, as in the original
             raise KeyboardInterrupt
         if debug:
-            print(f"iter {result.num_iterations}: {result.message}")
-        return result.particles, ("" if result.status != "non-finite" else result.message)
+            print(f"iter {result.num_iterations + 1}: {result.message}")
+        return result.state, ("" if result.status != "non-finite" else result.message)
 
-    def _run_loop(self, x, lnprob, n_iter, stepsize, bw, alpha, debug):
+    def _run_loop(self, state, lnprob, n_iter, stepsize, bw, alpha, first=None, debug=False):
+        """``n_iter`` iterations with ``lnprob`` called on NumPy particles between compiled
+        steps (``first``: the first iteration's gradient, already computed)."""
         key = (bw, float(alpha))
         if key not in self._steps:
             # the gradient arrives as the step's data: score_fn(x, iteration, data) = data
@@ -118,11 +128,14 @@ class SVGD:
             )
             self._steps[key] = jax.jit(step)
         step = self._steps[key]
-        state = core.init(x)
-        for it in range(n_iter):
+        x = state.particles
+        for _ in range(n_iter):
+            it = int(state.iteration)
             if debug and (it + 1) % 1000 == 0:
                 print(f"iter {it + 1}")
-            grad = np.asarray(lnprob(np.asarray(state.particles)))
+            grad = first if first is not None else lnprob(np.asarray(x))
+            first = None
+            grad = np.asarray(grad)
             if grad.shape != x.shape:
                 raise ValueError(
                     f"`lnprob` must return the gradient of log p with the particles' shape "
@@ -130,12 +143,12 @@ class SVGD:
                 )
             new, info = step(state, jnp.asarray(stepsize, x.dtype), jnp.asarray(grad, x.dtype))
             if not bool(info.is_finite):
-                return state.particles, (
+                return state, (
                     f"non-finite particles at iteration {it + 1}; stopped and kept the last "
                     f"finite particles (iteration {it})"
                 )
-            state = new
-        return state.particles, ""
+            state, x = new, new.particles
+        return state, ""
 
 
 def _checked_particles(x0: ArrayLike) -> np.ndarray:

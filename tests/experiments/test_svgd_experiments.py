@@ -3,6 +3,8 @@
 import json
 import math
 
+import jax
+import numpy as np
 import pytest
 
 from dgm.cli import main
@@ -39,8 +41,21 @@ def test_blr_smoke(tmp_path):
     _, m = _run("svgd-blr", tmp_path)
     assert m["dataset"] == "breast-cancer"
     assert m["test_accuracy"] > 0.8
+    assert m["ksd_final"] < 0.5 * m["ksd_initial"]  # full-data scores (minibatch: noise-bound)
     assert "hmc_test_accuracy" in m
     assert 0 < m["gaussian_exact_start_sd_ratio_median"] < 2
+
+
+def test_blr_features_are_standardised_with_training_statistics():
+    from dgm.experiments import svgd_blr
+
+    key = jax.random.key(0)
+    xtr, _, xte, _ = svgd_blr.load(svgd_blr.Config(dataset="breast-cancer"), key)
+    np.testing.assert_allclose(xtr[:, :-1].mean(0), 0.0, atol=1e-9)
+    np.testing.assert_allclose(xtr[:, :-1].std(0), 1.0, rtol=1e-9)
+    assert np.all(xtr[:, -1] == 1.0) and np.abs(xte[:, :-1].mean()) < 0.2  # bias column kept
+    raw, _, _, _ = svgd_blr.load(svgd_blr.Config(dataset="breast-cancer", standardize=False), key)
+    assert raw[:, :-1].max() > 100  # the raw features (areas in the thousands)
 
 
 def test_bnn_smoke(tmp_path, shared_data, monkeypatch):

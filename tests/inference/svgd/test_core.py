@@ -57,6 +57,17 @@ def test_minibatch_gradient_is_rescaled(x64):
         np.testing.assert_allclose(got, expected, rtol=1e-14)
 
 
+def test_minibatch_window_past_two_to_the_31_rows():
+    """The cyclic window at iteration 2^31 // 4 + 5 (int32 iteration counter, batch 4 of 10
+    rows): rows (it·4 + k) mod 10 in Python's integers (``it * 4`` overflowed int32)."""
+    data = jnp.arange(10.0)[:, None]
+    score = svgd.make_score_fn(log_likelihood_fn=lambda x, b: jnp.sum(b) * x[0], batch_size=4)
+    it = 2**31 // 4 + 5
+    rows = [(it * 4 + k) % 10 for k in range(4)]
+    got = score(jnp.zeros((1, 1)), jnp.asarray(it, jnp.int32), data)
+    np.testing.assert_allclose(got, [[10 / 4 * sum(rows)]], rtol=1e-6)
+
+
 def test_init_keeps_the_dtype_and_floats_integers():
     assert svgd.init(np.zeros((3, 2), np.float32)).particles.dtype == jnp.float32
     assert jnp.issubdtype(svgd.init(np.zeros((3, 2), np.int32)).particles.dtype, jnp.floating)

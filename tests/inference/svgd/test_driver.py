@@ -136,5 +136,8 @@ def test_bad_input_errors():
         runner.run(state, 0)
     with pytest.raises(ValueError, match="`ksd_tol` must be positive or None; got 0.0"):
         runner.run(state, 10, ksd_tol=0.0)
+    untracked = svgd.build_step(svgd.make_score_fn(log_density_fn=gauss_logp), track_ksd=False)
+    with pytest.raises(ValueError, match="`ksd_tol` needs the KSD: build the step with track"):
+        SVGDRunner(untracked).run(state, 10, ksd_tol=0.1)  # it stopped after one step
     with pytest.raises(ValueError, match="`chunk_size` must be a positive int; got 0"):
         SVGDRunner(lambda *a: a, chunk_size=0)

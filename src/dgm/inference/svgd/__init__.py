@@ -39,6 +39,7 @@ from dgm.inference.svgd.kernel import (
     kernel_terms,
     ksd,
     phi_and_ksd,
+    phi_and_ksd_uv,
     squared_distances,
 )
 from dgm.inference.svgd.median import median, order_statistic, select_pair
@@ -59,6 +60,7 @@ __all__ = [
     "median",
     "order_statistic",
     "phi_and_ksd",
+    "phi_and_ksd_uv",
     "select_pair",
     "shard",
     "squared_distances",

@@ -16,6 +16,7 @@ References:
     Kernelized Stein Discrepancy for Goodness-of-fit Tests", ICML 2016.
 """
 
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -25,7 +26,7 @@ from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 from dgm.config import check_choice, check_positive_or_none, check_positive_values, check_range
 from dgm.inference.mesh import make_mesh
-from dgm.inference.svgd.kernel import BANDWIDTHS, KERNELS, phi_and_ksd
+from dgm.inference.svgd.kernel import BANDWIDTHS, KERNELS, phi_and_ksd_uv
 
 __all__ = ["SVGDInfo", "SVGDState", "build_step", "init", "make_score_fn", "shard"]
 
@@ -50,12 +51,16 @@ class SVGDInfo(NamedTuple):
     Attributes:
         ksd: kernelized Stein discrepancy of the particles *before* the step:
             ``sqrt(max(U, 0))`` of the U-statistic ``U`` of KSD², under the step's kernel.
+        ksd_v: ``sqrt(V)`` of the V-statistic: the RKHS norm of the SVGD direction, 0
+            exactly at a fixed point of SVGD (what ``ksd_tol`` compares; inf when the
+            step does not track the KSD).
         update_norm: root mean square over particles of the norm of the move.
         bandwidth: the kernel bandwidth ``h`` used.
         is_finite: whether the new particles are all finite.
     """
 
     ksd: Float[Array, ""]
+    ksd_v: Float[Array, ""]
     update_norm: Float[Array, ""]
     bandwidth: Float[Array, ""]
     is_finite: Bool[Array, ""]
@@ -99,7 +104,11 @@ def make_score_fn(
         if batch_size is None or batch_size >= num:
             batch, scale = data, 1.0
         else:
-            idx = (it * batch_size + jnp.arange(batch_size, dtype=it.dtype)) % num
+            # (it * B) mod N, from it mod (N / gcd(N, B)): it * B overflows int32 past
+            # 2^31 rows seen (21 million iterations at B = 100)
+            cycle = num // math.gcd(num, batch_size)
+            start = (it % cycle) * batch_size
+            idx = (start + jnp.arange(batch_size, dtype=it.dtype)) % num
             batch = jax.tree.map(lambda a: a[idx], data)
             scale = num / batch_size
 
@@ -160,7 +169,8 @@ def build_step(
             phi^2``; ``x += step_size phi / (fudge + sqrt(hist))``.
         alpha: the original rule's decay.
         fudge: the original rule's denominator offset.
-        track_ksd: compute the KSD (else ``info.ksd`` is 0).
+        track_ksd: compute the KSD (else ``info.ksd`` is 0 and ``info.ksd_v`` inf, and a
+            runner refuses ``ksd_tol``).
         block_size: if given, particles beyond this count are processed in row blocks of
             this size, so no n x n matrix is stored (memory O(block_size * n)); the
             result equals the dense one up to rounding. For large n.
@@ -179,7 +189,9 @@ def build_step(
     def step(state: SVGDState, step_size, data=None) -> tuple[SVGDState, SVGDInfo]:
         x = state.particles
         scores = _checked_scores(score_fn(x, state.iteration, data), x)
-        phi, u, h = phi_and_ksd(x, scores.astype(x.dtype), kernel, bandwidth, track_ksd, block_size)
+        phi, u, v, h = phi_and_ksd_uv(
+            x, scores.astype(x.dtype), kernel, bandwidth, track_ksd, block_size
+        )
         if optimizer is None:
             new_x, opt_state = _original_rule(state, phi, step_size, alpha, fudge)
         else:
@@ -190,12 +202,14 @@ def build_step(
         move = new_x - x
         info = SVGDInfo(
             ksd=jnp.sqrt(jnp.maximum(u, 0.0)),
+            ksd_v=jnp.sqrt(jnp.maximum(v, 0.0)),
             update_norm=jnp.sqrt(jnp.mean(jnp.sum(move * move, axis=1))),
             bandwidth=h,
             is_finite=jnp.all(jnp.isfinite(new_x)),
         )
         return SVGDState(new_x, opt_state, state.iteration + 1), info
 
+    step.tracks_ksd = track_ksd  # read by SVGDRunner.run's ksd_tol check
     return step
 
 

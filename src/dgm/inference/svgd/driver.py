@@ -25,7 +25,8 @@ class SVGDResult(NamedTuple):
 
     Attributes:
         state: the final state (the last finite one if the run hit a NaN).
-        trace: per-iteration ``ksd``, ``update_norm`` and ``bandwidth`` (NumPy arrays).
+        trace: per-iteration ``ksd``, ``ksd_v``, ``update_norm`` and ``bandwidth`` (NumPy
+            arrays; see :class:`~dgm.inference.svgd.SVGDInfo`).
         num_iterations: steps applied.
         status: ``"completed"``, ``"converged"`` (stopping rule), ``"non-finite"`` or
             ``"interrupted"`` (Ctrl-C: the state after the last finished chunk).
@@ -73,6 +74,7 @@ class SVGDRunner:
     def __init__(self, step: Callable, chunk_size: int = 100):
         check_positive("chunk_size", chunk_size, integer=True)
         self.chunk_size = chunk_size
+        self.tracks_ksd = getattr(step, "tracks_ksd", True)
         self.num_traces = 0
         self._cache = CompiledCache(jax.jit(self._chunk_fn(step, chunk_size)))
 
@@ -93,7 +95,7 @@ class SVGDRunner:
                 new, info = step(state, step_size, data)
                 bad = ~info.is_finite
                 state = jax.tree.map(lambda a, b: jnp.where(bad, b, a), new, state)
-                converged = (info.ksd < ksd_tol) | (info.update_norm < update_tol)
+                converged = (info.ksd_v < ksd_tol) | (info.update_norm < update_tol)
                 return state, (info, bad, converged)
 
             def body(carry, i):
@@ -128,16 +130,22 @@ class SVGDRunner:
             num_iterations: maximum number of steps (> 0).
             step_size: positive step size of the original rule.
             data: PyTree of data rows passed to the target (minibatch targets).
-            ksd_tol: stop once the KSD of the particles falls below it.
+            ksd_tol: stop once the V-statistic KSD (``ksd_v``: the RKHS norm of the SVGD
+                direction, 0 at a fixed point) falls below it. The U-statistic ``ksd``
+                can read 0 while the particles are still far off: 200 particles
+                started 5 sds off stopped with the mean 0.4 sds off.
             update_tol: stop once the RMS particle move falls below it.
             progress: show a progress bar.
 
         Raises:
-            ValueError: for a non-positive ``num_iterations``, ``step_size`` or tolerance.
+            ValueError: for a non-positive ``num_iterations``, ``step_size`` or tolerance,
+                or a ``ksd_tol`` for a step built with ``track_ksd=False``.
         """
         check_positive("num_iterations", num_iterations, integer=True)
         check_positive_values("step_size", step_size)
         check_positive_values("ksd_tol", ksd_tol, allow_none=True)
+        if ksd_tol is not None and not self.tracks_ksd:
+            raise ValueError("`ksd_tol` needs the KSD: build the step with track_ksd=True")
         check_positive_values("update_tol", update_tol, allow_none=True)
         dtype = state.particles.dtype
         tols = [jnp.asarray(-np.inf if t is None else t, dtype) for t in (ksd_tol, update_tol)]
@@ -152,7 +160,7 @@ class SVGDRunner:
             name: np.concatenate([getattr(p, name) for p in run.parts])
             if run.parts
             else np.zeros((0,), dtype)
-            for name in ("ksd", "update_norm", "bandwidth")
+            for name in ("ksd", "ksd_v", "update_norm", "bandwidth")
         }
         return SVGDResult(run.state, trace, done, run.status, message, run.wall, run.compile_s)
 
@@ -197,7 +205,7 @@ class _Run:
 def to_inference_data(result: SVGDResult, var_name: str = "x"):
     """ArviZ ``InferenceData``: particles as the draws of one chain, traces as a group.
 
-    The ``svgd_trace`` group holds ``ksd``, ``update_norm`` and ``bandwidth`` with the
+    The ``svgd_trace`` group holds ``ksd``, ``ksd_v``, ``update_norm`` and ``bandwidth`` with the
     iteration as its ``draw`` axis.
     """
     import arviz as az
@@ -208,7 +216,8 @@ def to_inference_data(result: SVGDResult, var_name: str = "x"):
 
 
 def trace_dataset(result: SVGDResult):
-    """The ``svgd_trace`` group: ``ksd``, ``update_norm``, ``bandwidth`` per iteration."""
+    """The ``svgd_trace`` group: ``ksd``, ``ksd_v``, ``update_norm``, ``bandwidth`` per
+    iteration."""
     import arviz as az
 
     return az.dict_to_dataset({k: v[None] for k, v in result.trace.items()})
