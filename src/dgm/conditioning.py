@@ -317,7 +317,12 @@ def condition(
 
     Args:
         generator: a JAX-differentiable function from an input vector of size
-            ``input_dim`` to an output vector with as many entries as ``y_obs``.
+            ``input_dim`` to an output vector with as many entries as ``y_obs``. It must
+            be pure: compiled samplers are shared by every ``condition`` of the same
+            function object (a bound method: of the same object), so changing an attribute
+            of a model object after conditioning one of its methods keeps the old compiled
+            generator, as ``jax.jit`` would (rebuild the object, or use an immutable one
+            such as an Equinox module).
         y_obs: the observed output (a vector).
         input_dim: M, the number of inputs (more than the number of outputs).
         derived: named functions of ``u`` recorded with the posterior draws.

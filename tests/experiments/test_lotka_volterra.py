@@ -29,12 +29,26 @@ ABC_KEYS = ("abc_slice_uniform_100", "abc_rejection")  # the smoke preset's ABC 
 METHOD_FIELDS = (
     "ess_bulk_min",
     "ess_per_s_min",
+    "ess_per_chain_s_min",
     "compile_s",
     "wall_s",
     "posterior_mean",
     "posterior_sd",
     "accept_rate",
 )
+
+
+def test_per_chain_ess_per_s_is_the_theses_protocol():
+    """iid draws (each chain's ESS ≈ its 1000 draws) over 2 s of wall time: each chain had
+    2 s × devices / chains of device time, so per chain ≈ 1000 / (2 × devices / 4) ESS/s;
+    the pooled figure is about devices × that."""
+    from dgm.experiments import lotka_volterra
+    from dgm.inference.base import device_groups
+
+    draws = np.random.default_rng(0).normal(size=(4, 1000, NUM_PARAMS))
+    got = lotka_volterra._per_chain_ess_per_s(draws, 2.0)
+    share = 2.0 * len(device_groups(4)) / 4
+    assert 0.85 * 1000 / share < got < 1.15 * 1000 / share, (got, share)
 
 
 @x64

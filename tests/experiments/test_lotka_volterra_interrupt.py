@@ -21,7 +21,8 @@ from tests.conftest import data_dir
 
 LINE = "dgm: interrupted; the last checkpoint is kept, continue with --resume"
 # Keys whose values are timings (they differ between any two runs).
-TIMING = {"wall_s", "compile_s", "total_s", "ess_per_s_min", "total_wall_s", "ms_per_step"}
+TIMING = {"wall_s", "compile_s", "total_s", "ess_per_s_min", "ess_per_chain_s_min",
+          "total_wall_s", "ms_per_step"}  # fmt: skip
 CHMC_CHAINS = "checkpoints/chmc_chains.npz"
 REFERENCE_DONE = "checkpoints/method_reference.npz"
 

@@ -105,6 +105,7 @@ def _method_rows(m: dict) -> list[dict]:
             {
                 "method": name,
                 "ESS/s (min)": r["ess_per_s_min"],
+                "ESS/s per chain (min)": r.get("ess_per_chain_s_min"),
                 "ESS min": r["ess_bulk_min"],
                 "accept": r["accept_rate"],
                 "R-hat max": r["r_hat_max"],

@@ -213,8 +213,9 @@ def slice_abc(
         kernel: ``"uniform"`` or ``"gaussian"``.
         max_slice_iters: proposals per elliptical slice update before giving up.
 
-    With the uniform kernel start inside the ε-ball (``state.log_kernel == 0``); from
-    outside, every update fails and the state stays put.
+    With the uniform kernel start inside the ε-ball (``state.log_kernel == 0``). From
+    outside, the slice level is −inf, so the first proposal inside the ball is accepted:
+    the chain enters the ball (and stays), but its first draws are not from the target.
     """
     y_obs = check_inputs(generator_fn, y_obs, input_dim, num_params, epsilon, kernel)
     check_positive("max_slice_iters", max_slice_iters, integer=True)

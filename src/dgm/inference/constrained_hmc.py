@@ -5,7 +5,13 @@ tangent space, a random inclusive number of steps, and per step ``num_geodesic_s
 position sub-steps (quasi-Newton projection anchored at the sub-step's start, momentum
 from the projected finite difference, a reversibility check) between merged kicks. Any
 projection failure, failed reversibility check or divergence rejects the proposal and
-is flagged in :class:`CHMCInfo`; nothing raises inside ``step``. ``init``/``build_kernel``
+is flagged in :class:`CHMCInfo`; nothing raises inside ``step``. (The original code, when
+its quasi-Newton projection failed, retried with MINPACK's ``hybr`` root finder on the
+multiplier; here a failed projection is a rejection, as in the thesis's Algorithm 1:
+still an exact MCMC transition, with more rejections on strongly curved manifolds and
+none on Lotka–Volterra, which has no projection failures.) Positions must be float64: at
+the default ``tol`` 1e-8 on the outputs a float32 chain fails its reversibility checks and
+rejects nearly everything (``dgm.condition`` switches float64 on itself). ``init``/``build_kernel``
 follow the house kernel pattern (see :mod:`dgm.inference.hmc`); the tunables are
 :class:`CHMCParams`, an argument of ``step``.
 
