@@ -38,6 +38,19 @@ def test_a_key_that_is_not_one_prng_key_is_refused_by_name():
         dgm.sbc(lambda u: u[:1], 2, 0)
 
 
+def test_every_chain_count_ranks_against_exactly_l_draws():
+    """num_ranks = 9 from 3 chains, thin 2: the ranks reach 9 (all L draws kept); a chain
+    count that does not divide L is refused (2 chains ranked against 8 draws, 4 against 96
+    of 99, while the chi-square test binned ranks over 0..L: an exact sampler failed)."""
+    res = dgm.sbc(
+        lambda u: u[:1] + 0.5 * u[1:], 2, jax.random.key(1), num_replications=30, num_ranks=9,
+        thin=2, num_chains=3, num_warmup=10, num_bins=5,
+    )  # fmt: skip
+    assert res.ranks["u"].max() == 9 and res.ranks["u"].min() == 0
+    with pytest.raises(ValueError, match=r"`num_chains` \(2\) must divide `num_ranks` \(9\)"):
+        dgm.sbc(lambda u: u[:1], 2, jax.random.key(0), num_ranks=9, num_chains=2)
+
+
 def test_ranks_count_draws_below_the_truth():
     draws = np.array([[0.0, 5.0], [1.0, 6.0], [2.0, 7.0]])
     np.testing.assert_array_equal(ranks_of(np.array([1.5, 4.0]), draws), [2, 0])

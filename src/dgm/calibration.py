@@ -160,10 +160,8 @@ def sbc(
     for name, value in (("thin", thin), ("num_chains", num_chains), ("num_bins", num_bins)):
         check_positive(name, value, integer=True)
     check_positive("batch_size", batch_size, integer=True)
-    if (num_ranks * thin) % num_chains:
-        raise ValueError(
-            f"`num_chains` ({num_chains}) must divide num_ranks * thin = {num_ranks * thin}"
-        )
+    if num_ranks % num_chains:  # each chain gives num_ranks / num_chains thinned draws
+        raise ValueError(f"`num_chains` ({num_chains}) must divide `num_ranks` ({num_ranks})")
     start = time.perf_counter()
     # each quantity compiled once, evaluated at [truth, draws] (one shape) per replication
     quantities = {"u": lambda u: u} | dict(derived or {})
@@ -205,6 +203,11 @@ def sbc(
             for col, j in enumerate(ran):
                 i = batch[j]
                 kept = _thinned(draws[:, :, col].reshape(-1, input_dim), num_chains, thin)
+                if len(kept) < num_ranks:  # `sample_kwargs` asked for fewer draws
+                    raise ValueError(
+                        f"{len(kept)} thinned draws for {num_ranks} ranks: `num_samples` in "
+                        f"`sample_kwargs` must be at least num_ranks * thin / num_chains"
+                    )
                 ranks = {n: _rank(fn, u_true[i], kept[:num_ranks]) for n, fn in quantities.items()}
                 rows[i] = (ranks, float(accept[col]))
                 if on_replication is not None:

@@ -13,9 +13,11 @@ def _az():
 
 
 def ess(draws, method: str = "bulk") -> np.ndarray:
-    """Multi-chain effective sample size per coordinate of ``(chains, draws, ...)`` arrays;
-    0 for a coordinate that no chain ever moved (ArviZ gives a constant array the full draw
-    count, so a sampler that never moved would report its best ESS)."""
+    """Multi-chain effective sample size per coordinate of ``(chains, draws, ...)`` arrays
+    (flattened to one axis of coordinates); 0 for a coordinate with one value in every chain
+    and draw (ArviZ gives a constant array the full draw count, so a sampler that never
+    moved would report its best ESS; chains stuck at different values get ArviZ's small
+    ESS)."""
     az = _az()
     flat, values = _per_coordinate(lambda ds: az.ess(ds, method=method), draws)
     stuck = np.all(flat == flat[:1, :1], axis=(0, 1))

@@ -142,7 +142,8 @@ def sample(
         (a pytree start: one variable per leaf, ``(chains, draws, *leaf shape)``),
         ``sample_stats`` (``acceptance_rate``, ``diverging``, ``energy``,
         ``energy_error``, ``tree_depth`` and ``n_steps`` for NUTS, ``step_size``),
-        ``warmup_sample_stats`` (the same statistics during warm-up, when there was one),
+        ``warmup_sample_stats`` (the same statistics during warm-up, when there was one,
+        but ``step_size``, which changed as it adapted),
         and attributes ``step_size`` (adapted, per chain), ``wall_s`` (sampling),
         ``warmup_s``, ``compile_s``.
 
