@@ -185,6 +185,103 @@ def test_reversibility_flag_clean_for_small_steps_raised_for_absurd():
         assert all(not bool(i.is_accepted) and float(i.accept_prob) == 0.0 for i in failed)
 
 
+def _trajectory_start(system, u, v):
+    """The trajectory state at ``u`` on the manifold with momentum Π_u(v)."""
+    phi, grad, jac, factor = system.potential_and_grad(u)
+    p = manifold.project_tangent(v, jac, factor)
+    f = jnp.asarray(False)
+    return constrained_hmc.TrajectoryState(u, p, jac, factor, phi, grad, f, f)
+
+
+def _energy(t):
+    return float(t.potential + 0.5 * jnp.dot(t.momentum, t.momentum))
+
+
+def test_trajectory_is_reversible_and_its_energy_error_second_order():
+    """The whole integration on the ellipsoid (float64, N_g = 2, tol 1e-8): S steps forward,
+    the momentum negated, S steps back return to the start, positions within 1e-9 and
+    momenta within 1e-8 (measured: 2e-10 and 1e-9 at dt 0.1, limited by the projection's
+    tolerance); and the energy error over a fixed time 1.2 is second order: |ΔH(dt)| /
+    |ΔH(dt/2)| in [3, 5] (measured 4.42 and 4.08 for dt 0.1 → 0.05 → 0.025; |ΔH| 1.8e-2,
+    4.1e-3, 1.0e-3). The trajectory travels 0.95 in position, so neither check is vacuous.
+
+    Bugs this catches, each planted by hand in constrained_hmc.py and then reverted: a
+    full last kick instead of the half kick (positions back 1.1e-2 off at dt 0.1; the
+    energy ratios stay second order, 4.7 and 4.9); a full first kick (positions 1.0e-2
+    off); the kicks without the tangent projection (momenta 5.0e-2 off); p' projected with
+    the sub-step start's Jacobian instead of the end's (the reversibility check fires).
+    """
+    with jax.enable_x64(True):
+        system = _system(ellipsoid, 3, 1)
+        traj = jax.jit(constrained_hmc.build_trajectory(system, jnp.ones(1), num_geodesic_steps=2))
+        u = jnp.array([1.0, 0.0, 0.0])
+        t0 = _trajectory_start(system, u, jnp.array([0.3, -1.0, 0.7]))
+        errors = []
+        for dt, num_steps in ((0.1, 12), (0.05, 24), (0.025, 48)):
+            t1 = traj(t0, dt, num_steps)
+            back = traj(t1._replace(momentum=-t1.momentum), dt, num_steps)
+            for t in (t1, back):
+                assert not bool(t.projection_failed | t.is_irreversible)
+            assert float(jnp.max(jnp.abs(t1.position - u))) > 0.5
+            assert float(jnp.max(jnp.abs(back.position - u))) < 1e-9
+            assert float(jnp.max(jnp.abs(back.momentum + t0.momentum))) < 1e-8
+            errors.append(abs(_energy(t1) - _energy(t0)))
+        ratios = np.array(errors[:-1]) / np.array(errors[1:])
+        assert np.all((ratios > 3) & (ratios < 5)), (errors, ratios)
+
+
+def test_reverse_check_tests_both_constraint_space_and_position_space(plant):
+    """The sub-step's reversibility check (spec §2.4) flags a step back that misses the
+    start by δ along the manifold's normal n̂ with |δ| = 1e-6: within the position test's
+    √tol = 1e-4, so only the constraint-space test |J(u)(u − u_r)|∞ > tol (here
+    |J δ n̂| = 1e-6 > 1e-8) can flag it; and by δ = 1e-3 along a tangent t̂, which only the
+    position test can flag (J(u) t̂ = 0). δ n̂ = 1e-9 and δ t̂ = 1e-5, under both
+    thresholds, are not flagged. The plant moves the reverse projection's result (the
+    second of the sub-step's two projections) by δ, on a sub-step of h = 0.05 from the
+    ellipsoid's (1, 0, 0), where |J| = 1 and the unplanted step back misses by 1.1e-10.
+
+    Each test deleted from constrained_hmc.py by hand (then reverted) fails this test:
+    without the constraint-space test the normal δ = 1e-6 goes unflagged, without the
+    position test the tangential 1e-3; with the position test at tol instead of √tol the
+    tangential 1e-5 is flagged.
+    """
+    tol = 1e-8
+    shift = {}
+    calls = []
+    project = constrained_hmc.project_onto_manifold
+
+    def planted(system, x, y, jac, factor, tol, max_iters):
+        out = project(system, x, y, jac, factor, tol, max_iters)
+        calls.append(None)
+        if len(calls) % 2:  # the forward projection: untouched
+            return out
+        jac_r, factor_r = system.cache(out.position)
+        normal = jac_r[0] / jnp.linalg.norm(jac_r[0])
+        tangent = manifold.project_tangent(jnp.array([0.0, 1.0, 1.0]), jac_r, factor_r)
+        tangent = tangent / jnp.linalg.norm(tangent)
+        moved = out.position + shift["normal"] * normal + shift["tangent"] * tangent
+        return out._replace(position=moved)
+
+    with jax.enable_x64(True), plant() as m:
+        m.setattr(constrained_hmc, "project_onto_manifold", planted)
+        system = _system(ellipsoid, 3, 1)
+        substep = constrained_hmc.build_geodesic_step(system, jnp.ones(1), tol, 100, True)
+
+        @jax.jit
+        def step(t, normal, tangent):
+            shift["normal"], shift["tangent"] = normal, tangent
+            return substep(t, 0.05)
+
+        t0 = _trajectory_start(system, jnp.array([1.0, 0.0, 0.0]), jnp.array([0.3, -1.0, 0.7]))
+        cases = [(0.0, 0.0, False), (1e-6, 0.0, True), (-1e-6, 0.0, True), (1e-9, 0.0, False)]
+        cases += [(0.0, 1e-3, True), (0.0, 1e-5, False)]
+        for normal, tangent, flagged in cases:
+            out = step(t0, normal, tangent)
+            assert not bool(out.projection_failed)
+            assert bool(out.is_irreversible) == flagged, (normal, tangent)
+        assert len(calls) == 2  # traced once: forward, then reverse projection
+
+
 def test_metropolis_accept_prob_is_exp_of_minus_energy_error():
     """The shared Metropolis step sees −energy_error: accept_prob = min(1, exp(−ΔH))."""
     with jax.enable_x64(True):

@@ -129,6 +129,40 @@ def test_projection_onto_manifold_converges_along_anchor_rows():
     assert not bool(far.converged)
 
 
+def test_projection_tests_the_outputs_before_its_update():
+    """PROJECT stops on ‖c‖∞ < tol for the outputs at the iterate *before* its update (the
+    paper's code), so one update always follows the test and the step length never enters.
+
+    On the x-axis of the ellipsoid scaled by s (G = s‖D u‖, J = s e₁ at (1, 0, 0)), a start
+    d off along the axis has c = s d and is moved onto the manifold exactly by one update:
+    - already within tol (s = 1, d = 1e-10): converged after 1 iteration, and moved (by
+      1e-10) onto the manifold;
+    - a flat map (s = 1e-4, d = 1e-5, so c = 1e-9 < tol): converged after 1 iteration
+      with a step of 1e-5 ≫ tol (a test on the step would have gone on);
+    - a steep map (s = 1e4, d = 1e-11, so c = 1e-7 > tol): 2 iterations although the first
+      step is 1e-11 ≪ tol (a test on the step would have stopped), and with
+      ``max_iters=1`` not converged.
+
+    Planted by hand in manifold.py (then reverted), each fails this test: the test on c
+    after the update (1 iteration on the steep map), on the step length (2 on the flat
+    map), no update once converged (the start comes back unmoved).
+    """
+    tol = 1e-8
+    u = jnp.array([1.0, 0.0, 0.0])
+    for scale, d, iters in ((1.0, 1e-10, 1), (1e-4, 1e-5, 1), (1e4, 1e-11, 2)):
+        system = ManifoldSystem(lambda v, s=scale: s * ellipsoid(v), 3, 1)
+        y = jnp.array([scale])
+        jac, factor = system.cache(u)
+        x = u.at[0].add(d)
+        out = project_onto_manifold(system, x, y, jac, factor, tol, 50)
+        assert bool(out.converged) and int(out.num_iters) == iters, (scale, int(out.num_iters))
+        np.testing.assert_allclose(out.position, u, rtol=0, atol=1e-15)
+        assert float(jnp.max(jnp.abs(out.position - x))) > 0.5 * d
+    one = project_onto_manifold(system, x, y, jac, factor, tol, 1)
+    assert not bool(one.converged) and int(one.num_iters) == 1
+    assert float(jnp.max(jnp.abs(one.position - x))) < tol  # it moved less than tol
+
+
 @pytest.mark.parametrize(
     ("generator", "dim", "y"), [(sphere, 3, [1.0]), (linear, 5, [0.7, -1.1, 0.4])]
 )
