@@ -73,3 +73,27 @@ def test_list_fields_take_json_or_shell_stripped_lists():
     for bad in ("[a,,b]", "[a,[b]]", '{"a": 1}', "[a,'b']"):
         with pytest.raises(ValueError, match=r"`methods` expects a list"):
             override(C(), [f"methods={bad}"])
+
+
+def test_numbers_are_not_truncated_nor_taken_from_booleans_and_sections_need_a_field():
+    """``--set`` once turned ``num_epochs=2.5`` into 2 and ``true`` into 1, and ``train=3``
+    replaced the whole training section with the string "3"."""
+    import dataclasses
+
+    from dgm.config import override
+    from dgm.training import TrainConfig
+
+    @dataclasses.dataclass(frozen=True)
+    class C:
+        train: TrainConfig = TrainConfig()
+
+    assert override(C(), ["train.num_epochs=7"]).train.num_epochs == 7
+    assert override(C(), ["train.num_epochs=8.0"]).train.num_epochs == 8
+    assert override(C(), ["train.learning_rate=2"]).train.learning_rate == 2.0
+    bad_values = [("num_epochs=2.5", "an int"), ("num_epochs=true", "an int"),
+                  ("learning_rate=true", "a float"), ("learning_rate=fast", "a float")]  # fmt: skip
+    for bad, kind in bad_values:
+        with pytest.raises(ValueError, match=f"`train.{bad.split('=')[0]}` expects {kind}"):
+            override(C(), [f"train.{bad}"])
+    with pytest.raises(ValueError, match=r"config field 'train' has sub-fields \(num_epochs"):
+        override(C(), ["train=3"])

@@ -15,12 +15,19 @@ def _coerce(value: str, current: Any, field: str) -> Any:
             return False
         raise ValueError(f"`{field}` expects true or false; got {value!r}")
     if isinstance(current, int | float) and not isinstance(current, bool):
+        kind = type(current).__name__
         try:
-            return type(current)(json.loads(value))
-        except (ValueError, TypeError):
+            parsed = json.loads(value)
+        except ValueError:
+            parsed = None
+        # no silent truncation (2.5 -> 2) and no booleans as numbers (true -> 1)
+        integral = isinstance(parsed, int) or (isinstance(parsed, float) and parsed.is_integer())
+        ok = isinstance(parsed, int | float) and not isinstance(parsed, bool)
+        if not ok or (kind == "int" and not integral):
             raise ValueError(
-                f"`{field}` expects a {type(current).__name__}; got {value!r}"
-            ) from None
+                f"`{field}` expects a{'n' if kind == 'int' else ''} {kind}; got {value!r}"
+            )
+        return type(current)(parsed)
     if isinstance(current, tuple | list):
         parsed = _list(value)
         if parsed is None:
@@ -80,6 +87,11 @@ def _set(obj: Any, parts: list[str], value: str, dotted: str) -> Any:
     if head not in names:
         raise ValueError(f"unknown config field {dotted!r}; fields here: {', '.join(names)}")
     current = getattr(obj, head)
+    if len(parts) == 1 and dataclasses.is_dataclass(current):
+        subs = ", ".join(f.name for f in dataclasses.fields(current))
+        raise ValueError(
+            f"config field {dotted!r} has sub-fields ({subs}): set {dotted}.FIELD=VALUE"
+        )
     if len(parts) > 1:
         if not dataclasses.is_dataclass(current):
             raise ValueError(f"config field {head!r} has no sub-fields (in {dotted!r})")

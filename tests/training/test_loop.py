@@ -143,6 +143,20 @@ def test_no_checkpoint_without_path(tmp_path):
     assert result.best_model is result.model and result.averaged_model is None
 
 
+def test_a_diverged_epoch_stops_before_its_checkpoint(tmp_path):
+    """The loss turns infinite from the first update of epoch 2 (its weight schedule jumps to
+    inf; the weights then go NaN): ``fit`` stops naming the epoch, and the checkpoint is
+    epoch 1's, with finite weights. (The DMM and VAE runs, without a guard, used to exit 0
+    here and score the untrained model.)"""
+    per_epoch = training.ArrayLoader(data(), CONFIG.batch_size).num_batches
+    weight = {"kl_weight": lambda step: 1.0 if step < per_epoch else float("inf")}
+    with pytest.raises(RuntimeError, match=r"diverged: the mean loss of epoch 2 is (nan|inf)"):
+        fit(tmp_path, 3, schedules=weight)
+    assert training.read_header(tmp_path / "checkpoints" / "train.eqx")["epoch"] == 1
+    resumed = fit(tmp_path, 2, resume=True)  # continues from epoch 1's finite weights
+    assert resumed.epochs == 2 and np.all(np.isfinite(resumed.model.layer.weight))
+
+
 def test_early_stopping_keeps_best(tmp_path):
     import dataclasses
 

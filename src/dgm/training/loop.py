@@ -267,6 +267,10 @@ def fit(
 
     Raises:
         ValueError: the checkpoint is foreign (another config, seed or format).
+        RuntimeError: an epoch's mean training loss is not finite (a diverged run), raised
+            before that epoch's checkpoint, so the last one holds finite weights (a
+            checkpoint inside the epoch, with ``checkpoint_every``, may not);
+            :class:`~dgm.training.nan_guard.NaNGuardTrainer` stops at the update instead.
         KeyboardInterrupt: on Ctrl-C, raised after the current update (the updates since
             the last checkpoint are dropped) or, during validation, after that epoch's
             checkpoint; the last checkpoint is always whole, and ``resume=True`` continues
@@ -339,6 +343,11 @@ def _epochs(run: _Run, state, best, prog, checkpoint, fingerprint, loggers, prog
                 if run.eval_fn is None:  # the last model is the best
                     best = run.trainer.eval_model(state)
                 break
+            if not np.isfinite(record["train_loss"]):  # before this epoch's checkpoint
+                raise RuntimeError(
+                    f"training diverged: the mean loss of epoch {epoch + 1} is "
+                    f"{record['train_loss']}; the checkpoint of epoch {prog.epoch} is kept"
+                )
             evaluated = run.trainer.eval_model(state)
             args = (run.eval_fn, epoch, prog, run.keys, run.config, record)
             best, stopped = validate(evaluated, best, *args)
