@@ -194,3 +194,31 @@ def test_list_reads_each_description_without_importing_the_experiments():
     assert rows == [f"{n:24s} {experiments.get(n).DESCRIPTION}" for n in experiments.names()]
     with pytest.raises(ValueError, match="unknown experiment 'nope'; expected one of"):
         experiments.description("nope")
+
+
+def test_seeds_outside_32_bits_are_refused(capsys):
+    """A PRNG key holds 32 bits: --seed 4294967296 ran seed 0's numbers, 2**63 a traceback."""
+    for seed in ("4294967296", "-1", str(2**63)):
+        with pytest.raises(SystemExit):
+            cli.main(["run", "lotka-volterra", "--seed", seed, "--print-config"])
+        assert "must be an int in [0, 2^32)" in capsys.readouterr().err
+
+
+def test_the_command_exits_at_once_after_a_ctrl_c(monkeypatch):
+    """``dgm`` (``console``) leaves with ``os._exit(130)`` after main's Ctrl-C line: the
+    interpreter's finalisation crashed (exit -11) after a Ctrl-C during an XLA compile."""
+    exits = []
+
+    def hard_exit(code):  # os._exit never returns
+        exits.append(code)
+        raise SystemExit(code)
+
+    monkeypatch.setattr(cli, "main", lambda: 130)
+    monkeypatch.setattr(cli.os, "_exit", hard_exit)
+    with pytest.raises(SystemExit):
+        cli.console()
+    assert exits == [130]
+    monkeypatch.setattr(cli, "main", lambda: 1)
+    with pytest.raises(SystemExit) as stop:
+        cli.console()
+    assert stop.value.code == 1 and exits == [130]

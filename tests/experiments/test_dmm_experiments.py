@@ -107,6 +107,9 @@ def test_added_fields_keep_old_fingerprints():
     assert json.loads(_training.fingerprint(other, added))["dataset"] == "synthetic10"
     with pytest.raises(ValueError, match="`dataset` must be one of"):
         dataclasses.replace(config, dataset="synthetic12")
+    for name in ("test_samples", "chunk_size", "posterior_samples"):  # 0: ZeroDivisionError
+        with pytest.raises(ValueError, match=f"`{name}` must be a positive int; got 0"):
+            dataclasses.replace(config, **{name: 0})
 
 
 def test_frame_budget_keeps_shortest_sequences(shared_data):

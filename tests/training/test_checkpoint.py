@@ -71,6 +71,14 @@ def test_foreign_files_are_refused(tmp_path):
         training.load_checkpoint(path, (), "y")
 
 
+def test_a_truncated_checkpoint_is_named_on_resume(tmp_path):
+    fit(tmp_path, 1)
+    path = tmp_path / "checkpoints" / "train.eqx"
+    path.write_bytes(path.read_bytes()[:-40])
+    with pytest.raises(ValueError, match=f"checkpoint {path} is corrupt or truncated"):
+        fit(tmp_path, 2, resume=True)
+
+
 def test_average_in_checkpoint_needs_averaging_to_resume(tmp_path):
     fit(tmp_path, 1, trainer=training.Trainer.from_config(loss, CONFIG, ema_decay=0.5))
     with pytest.raises(ValueError, match="holds a weight average"):

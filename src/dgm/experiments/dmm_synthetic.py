@@ -68,7 +68,8 @@ class Config:
     posterior_samples: int = 200
 
     def __post_init__(self) -> None:
-        for name in ("num_train", "num_valid", "num_test", "train_steps", "test_steps"):
+        for name in ("num_train", "num_valid", "num_test", "train_steps", "test_steps",
+                     "test_samples", "chunk_size", "posterior_samples"):  # fmt: skip
             check_positive(name, getattr(self, name), integer=True)
         check_choice("dataset", self.dataset, DATASETS)
         m = self.model
