@@ -86,6 +86,27 @@ def test_batched_matches_plain_autodiff(cell, reverse, data):
     assert float(jnp.max(jnp.abs(dxs[1, 4:]))) == 0.0
 
 
+@pytest.mark.usefixtures("x64")
+@pytest.mark.parametrize("cell", CELLS)
+def test_float64_input_to_float32_layer(cell, data):
+    """Float64 input (standard promotion) runs in float64, as the layer cast to float64 does
+    (the state once took w_h's float32: a scan-carry TypeError); gradients keep float32."""
+    xs, mask, weights = data
+    rnn = RNN(INP, HIDDEN, cell, key=jax.random.key(2))
+
+    def loss(rnn):
+        return jnp.sum(rnn.batched(xs, mask) * weights)
+
+    with jax.numpy_dtype_promotion("standard"):
+        value, grads = jax.jit(jax.value_and_grad(loss))(rnn)
+    want, want_grads = jax.jit(jax.value_and_grad(loss))(_float64(rnn))
+    assert value.dtype == jnp.float64
+    np.testing.assert_allclose(value, want, rtol=1e-12)
+    for got, w in zip(jax.tree.leaves(grads), jax.tree.leaves(want_grads), strict=True):
+        assert got.dtype == jnp.float32
+        np.testing.assert_allclose(got, w, rtol=1e-6, atol=1e-7)
+
+
 def test_float32_layer_keeps_float32():
     rnn = RNN(INP, HIDDEN, "gru", key=jax.random.key(2))
     xs = jnp.ones((BATCH, TIME, INP), jnp.float32)

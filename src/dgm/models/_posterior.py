@@ -63,12 +63,13 @@ def _steps(num_terms: int, weights, flow, feats, eps, taps):
             z, log_det = jax.vmap(flow)(z)
         return z, (z, mu, var, log_det, h)
 
-    _, out = jax.lax.scan(step, jnp.zeros_like(eps[0]), (feats, eps, *taps))
+    z0 = jnp.zeros_like(eps[0], jnp.promote_types(feats.dtype, eps.dtype))  # z's dtype
+    _, out = jax.lax.scan(step, z0, (feats, eps, *taps))
     return out
 
 
 def _zero_taps(weights, eps):
-    return tuple(jnp.zeros((*eps.shape[:2], w.shape[1]), eps.dtype) for w in weights[::2])
+    return tuple(jnp.zeros((*eps.shape[:2], w.shape[1]), w.dtype) for w in weights[::2])
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))

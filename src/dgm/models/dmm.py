@@ -9,6 +9,10 @@ condition on the sampled z_{t−1} through the combiner; ``mf-l``, ``mf-r``, ``m
 Optional IAF steps (``num_iafs``) transform each z_t; the per-step KL is then estimated from
 the sample instead of analytically.
 
+The model computes in its parameters' dtype: data are cast to it (a float64 batch works in an
+x64 session) and the noise is drawn in float32 and cast, so a model cast to float64 reproduces
+the float32 model's numbers to float32 rounding.
+
 References:
     Krishnan, Shalit & Sontag, "Structured Inference Networks for Nonlinear State Space
     Models", AAAI 2017 (arXiv:1609.09869).
@@ -151,12 +155,22 @@ class DMM(eqx.Module):
         self.z_dim, self.obs_dim = z_dim, obs_dim
 
 
-def _step_noise(key: PRNGKeyArray, num_steps: int, dim: int) -> Float[Array, "time dim"]:
-    """Standard normal noise for step t from ``fold_in(key, t)``: padding-invariant draws."""
+def _dtype(model: DMM) -> jnp.dtype:
+    """The model's float dtype (its parameters'): data and noise are cast to it."""
+    return model.emission.out.weight.dtype
+
+
+def _step_noise(
+    key: PRNGKeyArray, num_steps: int, dim: int, dtype=jnp.float32
+) -> Float[Array, "time dim"]:
+    """Standard normal noise for step t from ``fold_in(key, t)``: padding-invariant draws.
+
+    Drawn in float32 and cast to ``dtype``, so a float64 model sees the float32 model's
+    draws and reproduces its numbers to float32 rounding.
+    """
     steps = jnp.arange(num_steps)
-    return jax.vmap(lambda t: jax.random.normal(jax.random.fold_in(key, t), (dim,), jnp.float32))(
-        steps
-    )
+    draw = jax.vmap(lambda t: jax.random.normal(jax.random.fold_in(key, t), (dim,), jnp.float32))
+    return draw(steps).astype(dtype)
 
 
 def _prior(model: DMM, z):
@@ -191,8 +205,12 @@ def batch_sequence_terms(
     The recurrences run on the whole batch, so that their weight gradients are single
     products (see :meth:`RNN.batched` and :func:`posterior_path`); the rest is a ``vmap``.
     """
+    dtype = _dtype(model)
+    x, mask = jnp.asarray(x, dtype), jnp.asarray(mask, dtype)
     feats = model.encoder.features(x, mask)
-    noise = jax.vmap(_step_noise, in_axes=(0, None, None))(keys, x.shape[1], model.z_dim)
+    noise = jax.vmap(_step_noise, in_axes=(0, None, None, None))(
+        keys, x.shape[1], model.z_dim, dtype
+    )
     path = posterior_path(model.encoder, model.flow, feats, jnp.swapaxes(noise, 0, 1))
     z, mu_q, var_q, log_det = (jnp.swapaxes(a, 0, 1) for a in path)
     per_seq = jax.vmap(_generative_terms, in_axes=(None, 0, 0, 0, 0, 0, 0))
@@ -222,6 +240,7 @@ def batch_neg_elbo(
 ) -> Float[Array, " batch"]:
     """:func:`neg_elbo` of each sequence of a batch, computed batch-wide (training's path)."""
     terms = batch_sequence_terms(model, x, mask, keys)
+    mask = jnp.asarray(mask, _dtype(model))
     return jnp.sum(mask * (-terms["log_lik"] + kl_weight * terms["kl"]), axis=1)
 
 
@@ -233,6 +252,7 @@ def neg_elbo(model: DMM, x, mask, key: PRNGKeyArray, kl_weight=1.0) -> Float[Arr
 def log_importance_weight(model: DMM, x, mask, key: PRNGKeyArray) -> Float[Array, ""]:
     """log p(x, z) − log q(z | x) for one posterior path z (masked)."""
     terms = sequence_terms(model, x, mask, key)
+    mask = jnp.asarray(mask, _dtype(model))
     return jnp.sum(mask * (terms["log_lik"] + terms["log_p"] - terms["log_q"]))
 
 
@@ -299,9 +319,10 @@ def sample_sequences(model: DMM, num_steps: int, key: PRNGKeyArray) -> Float[Arr
         z = mu + jnp.sqrt(var) * eps
         return z, z
 
-    eps = jax.random.normal(key_z, (num_steps, model.z_dim), jnp.float32)
+    dtype = _dtype(model)
+    eps = jax.random.normal(key_z, (num_steps, model.z_dim), jnp.float32).astype(dtype)
     first = jnp.arange(num_steps) == 0
-    _, z = jax.lax.scan(step, jnp.zeros((model.z_dim,), jnp.float32), (eps, first))
+    _, z = jax.lax.scan(step, jnp.zeros((model.z_dim,), dtype), (eps, first))
     out = jax.vmap(model.emission.params)(z)
     return jax.nn.sigmoid(out) if model.emission.raw_var is None else out
 

@@ -90,14 +90,16 @@ class RNN(eqx.Module):
     def _gates(self, xs: Float[Array, "*lead inp"]) -> Float[Array, "*lead gates"]:
         return xs @ self.w_x.T + jnp.expand_dims(self.bias, tuple(range(xs.ndim - 1)))
 
-    def _state0(self, batch_shape: tuple[int, ...]) -> tuple[Float[Array, "..."], ...]:
-        h0 = jnp.zeros((*batch_shape, self.hidden_size), self.w_h.dtype)
+    def _state0(self, gxs: Float[Array, "..."]) -> tuple[Float[Array, "..."], ...]:
+        """h₀ (and c₀) for input pre-activations ``gxs`` (time first), in their dtype."""
+        h0 = jnp.zeros((*gxs.shape[1:-1], self.hidden_size), gxs.dtype)
         return (h0, jnp.ones_like(h0)) if self.cell == "lstm" else (h0,)
 
     def __call__(
         self, xs: Float[Array, "time inp"], mask: Float[Array, " time"], *, reverse: bool = False
     ) -> Float[Array, "time hidden"]:
-        return recurrence(self.cell, reverse, self.w_h, self._gates(xs), mask, self._state0(()))
+        gxs = self._gates(xs)
+        return recurrence(self.cell, reverse, self.w_h, gxs, mask, self._state0(gxs))
 
     def batched(
         self,
@@ -114,7 +116,7 @@ class RNN(eqx.Module):
         posterior scan consumes it.
         """
         gxs = self._gates(jnp.swapaxes(xs, 0, 1))
-        return recurrence(self.cell, reverse, self.w_h, gxs, mask.T, self._state0(xs.shape[:1]))
+        return recurrence(self.cell, reverse, self.w_h, gxs, mask.T, self._state0(gxs))
 
 
 def _cell_update(cell: str, gx, hh, state: tuple) -> tuple:
@@ -208,7 +210,7 @@ def _recurrence_bwd(cell, reverse, residuals, dhs):
     )  # fmt: skip
     dhhs = dgxs if dhhs is None else dhhs
     axes = tuple(range(dhhs.ndim - 1))  # time and batch: one product for the whole weight
-    dw_h = jnp.tensordot(dhhs, prev[0], axes=(axes, axes))
+    dw_h = jnp.tensordot(dhhs, prev[0], axes=(axes, axes)).astype(w_h.dtype)  # float64 input
     return dw_h, dgxs, jnp.zeros_like(mask), dstate0
 
 
