@@ -130,6 +130,14 @@ def test_a_run_that_wrote_nothing_does_not_block_its_directory(tmp_path, monkeyp
         assert "binarized_mnist" in err and "already holds" not in err, err
     (tmp_path / "r" / "metrics.json").write_text("{}")  # now it holds a run's output
     assert cli.main(args) == 1 and "already holds a run" in capsys.readouterr().err
+    # --overwrite clears the old run's scores and event files before the new run starts
+    # (a failing new run left its config.json beside the old metrics.json and report.md)
+    for name in ("report.md", "tensorboard/events.old", "checkpoints/train.eqx"):
+        (tmp_path / "r" / name).parent.mkdir(exist_ok=True)
+        (tmp_path / "r" / name).write_text("old")
+    assert cli.main([*args, "--overwrite"]) == 1  # still no data
+    left = {p.relative_to(tmp_path / "r").as_posix() for p in (tmp_path / "r").rglob("*")}
+    assert left == {"config.json", "tensorboard", "checkpoints"}, left
 
 
 @pytest.mark.parametrize(

@@ -117,6 +117,10 @@ def test_a_directory_that_is_not_a_run_and_bad_epochs(tmp_path, capsys):
         main(["compare", str(tmp_path), "--epochs", "1,x"])
     assert exit_info.value.code == 2
     assert "expected comma-separated integers; got '1,x'" in capsys.readouterr().err
+    run = _run_dir(tmp_path, "r", "down_diag", [(1, 90.0)], metrics={"x": 1})
+    (run / "metrics.json").write_text('{"x": 1,\n')  # a truncated file is named
+    assert main(["compare", str(run)]) == 1
+    assert f"{run / 'metrics.json'} is not valid JSON" in capsys.readouterr().err
 
 
 def test_metrics_of_runs_none_of_which_finished(tmp_path):

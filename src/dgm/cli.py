@@ -319,7 +319,7 @@ def _prepare_out(args: argparse.Namespace, preset: str, record: dict) -> Path:
     # A run that failed before writing anything but its config (missing data, say) is no run.
     produced = cfg_path.exists() and any(p.is_file() and p != cfg_path for p in out.rglob("*"))
     if produced:
-        previous = json.loads(cfg_path.read_text())
+        previous = runs.read_json(cfg_path)
         if args.resume:
             module = experiments.get(args.name)
             former = getattr(module, "FORMER_DEFAULTS", {}).items()
@@ -337,9 +337,13 @@ def _prepare_out(args: argparse.Namespace, preset: str, record: dict) -> Path:
                 f"{out} already holds a run; pass --resume to continue it, --overwrite to "
                 "replace it, or --out DIR"
             )
-        elif (out / "checkpoints").exists():
-            for f in (out / "checkpoints").iterdir():
+        else:  # the old run's state and scores go: none may sit beside the new config
+            for f in (out / "checkpoints").glob("*"):
                 f.unlink()
+            for f in (out / "tensorboard").glob("*"):  # TensorBoard would mix the two runs
+                f.unlink()
+            for name in ("metrics.json", "report.md"):
+                (out / name).unlink(missing_ok=True)
     return out
 
 

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from dgm import runs
+
 MISSING = "–"
 SHOWN = {"epochs", "seed"}  # metrics.json fields the table shows anyway
 
@@ -29,13 +31,11 @@ def load_run(run_dir: str | os.PathLike) -> dict:
             f"run directory {str(path)!r} has no config.json (expected a directory "
             "written by `dgm run`)"
         )
-    record = json.loads(cfg.read_text())
+    record = runs.read_json(cfg)
     metrics_path = path / "metrics.json"
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
-    history = []
+    metrics = runs.read_json(metrics_path) if metrics_path.is_file() else {}
     curve_path = path / "train_metrics.jsonl"
-    if curve_path.is_file():
-        history = [json.loads(line) for line in curve_path.read_text().splitlines() if line]
+    history = runs.read_json(curve_path, lines=True) if curve_path.is_file() else []
     config = {k: record.get(k) for k in ("experiment", "preset", "seed")}
     config.update(_flatten(record.get("config", {})))
     name = path.resolve().name

@@ -59,6 +59,18 @@ def _umask() -> int:
     return mask
 
 
+def read_json(path: str | os.PathLike, lines: bool = False) -> Any:
+    """A JSON file (``lines``: a list, one value per non-empty line), or a ``ValueError``
+    naming the file and where it is not JSON."""
+    text = Path(path).read_text()
+    try:
+        if lines:
+            return [json.loads(line) for line in text.splitlines() if line]
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON ({err})") from None
+
+
 def write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to ``path`` atomically."""
     with atomic_path(path) as tmp:

@@ -81,7 +81,15 @@ def download(url: str, dest: str | os.PathLike, expected_sha256: str, timeout: f
     try:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
             shutil.copyfileobj(resp, out)
-        verify(tmp, expected_sha256)
+        got = sha256(tmp)
+        if got != expected_sha256:
+            raise ChecksumError(
+                f"checksum mismatch for {dest} downloaded from {url}: expected sha256 "
+                f"{expected_sha256}, got {got}; nothing was written"
+            )
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600: others sharing the folder read it
         os.replace(tmp, dest)
     finally:
         if os.path.exists(tmp):
