@@ -52,3 +52,22 @@ def test_stop_if_interrupted_raises_only_for_interrupted_results():
     assert runs.stop_if_interrupted(done) is done
     with pytest.raises(KeyboardInterrupt):
         runs.stop_if_interrupted(Result(True))
+
+
+def test_git_revision_says_when_the_checkout_has_uncommitted_changes(tmp_path, monkeypatch):
+    """A run records the commit and ``+dirty`` when tracked files differ from it: a copy of
+    this checkout, committed, then with one tracked file changed."""
+    import shutil
+    import subprocess
+
+    src = tmp_path / "repo" / "dgm"
+    shutil.copytree(os.path.dirname(runs.__file__), src)
+    git = lambda *a: subprocess.run(["git", *a], cwd=src, check=True, capture_output=True)  # noqa: E731
+    git("init", "-q")
+    git("add", "runs.py")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x")
+    monkeypatch.setattr(runs, "__file__", str(src / "runs.py"))
+    clean = runs.git_revision()
+    assert clean is not None and len(clean) == 40 and "+" not in clean
+    (src / "runs.py").write_text("# changed\n")
+    assert runs.git_revision() == clean + "+dirty"

@@ -129,18 +129,21 @@ def stop_if_interrupted(result: Any) -> Any:
 
 
 def git_revision() -> str | None:
-    """The git commit of the dgm checkout, if it is one."""
+    """The git commit of the dgm checkout, if it is one, with ``+dirty`` when tracked files
+    have uncommitted changes (the commit alone would not say what ran)."""
+
+    def git(*args):
+        here = Path(__file__).resolve().parent
+        return subprocess.run(["git", *args], cwd=here, capture_output=True, text=True, timeout=5)
+
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        )
+        head = git("rev-parse", "HEAD")
+        if head.returncode or not head.stdout.strip():
+            return None
+        dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+    return head.stdout.strip() + ("+dirty" if dirty else "")
 
 
 def versions() -> dict[str, str | None]:
