@@ -230,3 +230,15 @@ def test_the_command_exits_at_once_after_a_ctrl_c(monkeypatch):
     with pytest.raises(SystemExit) as stop:
         cli.console()
     assert stop.value.code == 1 and exits == [130]
+
+
+def test_output_into_a_closed_pipe_ends_quietly():
+    """``dgm list | head -1``: the reader is gone before the listing is written; the command
+    ends with 141 (128 + SIGPIPE) and no ``BrokenPipeError`` traceback on stderr."""
+    code = "import sys; sys.argv = ['dgm', 'list']; from dgm.cli import console; console()"
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)  # fmt: skip
+    with proc.stderr:
+        proc.stdout.close()  # the reader stops before dgm writes anything
+        err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141 and "Traceback" not in err, err

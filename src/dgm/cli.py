@@ -475,8 +475,14 @@ def console() -> None:
     Ctrl-C that lands while XLA compiles outside training (data generation, scoring) left
     the interpreter to crash in its finalisation (a segmentation fault, exit -11, in 7 of
     10 presses); every output is written atomically, so skipping finalisation loses
-    nothing."""
-    code = main()
+    nothing. Output piped into a reader that stops early (``dgm list | head -1``) ends
+    quietly, as other commands do, not with a ``BrokenPipeError`` traceback."""
+    try:
+        code = main()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error at exit
+        sys.exit(141)  # 128 + SIGPIPE, as a shell reports it
     if code == 130:
         sys.stdout.flush()
         sys.stderr.flush()
