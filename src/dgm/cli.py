@@ -484,7 +484,6 @@ def console() -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error at exit
         sys.exit(141)  # 128 + SIGPIPE, as a shell reports it
     if code == 130:
-        sys.stdout.flush()
         sys.stderr.flush()
         os._exit(130)
     sys.exit(code)

@@ -40,7 +40,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
-        tmp_path.chmod(0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
+        tmp_path.chmod(file_mode())
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
@@ -53,10 +53,12 @@ def _is_writer() -> bool:
     return is_main_process()
 
 
-def _umask() -> int:
+def file_mode() -> int:
+    """The mode a plain ``open`` gives a new file (0666 less the umask); ``mkstemp``'s
+    temporaries are 0600 until given it."""
     mask = os.umask(0)
     os.umask(mask)
-    return mask
+    return 0o666 & ~mask
 
 
 def read_json(path: str | os.PathLike, lines: bool = False) -> Any:
@@ -69,6 +71,17 @@ def read_json(path: str | os.PathLike, lines: bool = False) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as err:
         raise ValueError(f"{path} is not valid JSON ({err})") from None
+
+
+def read_leaves(f, like: Any, path: str | os.PathLike, what: str = "") -> Any:
+    """``eqx.tree_deserialise_leaves(f, like)``, or a ``ValueError`` naming the file
+    (``what``, e.g. ``"checkpoint "``, before its path) when it is corrupt or truncated."""
+    import equinox as eqx
+
+    try:
+        return eqx.tree_deserialise_leaves(f, like)
+    except (RuntimeError, ValueError, OSError, EOFError) as err:
+        raise ValueError(f"{what}{path} is corrupt or truncated ({err})") from None
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

@@ -128,9 +128,8 @@ class SVGD:
             )
             self._steps[key] = jax.jit(step)
         step = self._steps[key]
-        x = state.particles
-        for _ in range(n_iter):
-            it = int(state.iteration)
+        x, start = state.particles, int(state.iteration)  # one read, not one per iteration
+        for it in range(start, start + n_iter):
             if debug and (it + 1) % 1000 == 0:
                 print(f"iter {it + 1}")
             grad = first if first is not None else lnprob(np.asarray(x))

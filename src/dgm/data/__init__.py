@@ -13,6 +13,8 @@ import tempfile
 import urllib.request
 from pathlib import Path
 
+from dgm.runs import file_mode
+
 DOWNLOAD_ENV = "DGM_DOWNLOAD"
 DOWNLOAD_HINT = (
     "set DGM_DATA_DIR to the folder holding it, or let dgm download it "
@@ -87,9 +89,7 @@ def download(url: str, dest: str | os.PathLike, expected_sha256: str, timeout: f
                 f"checksum mismatch for {dest} downloaded from {url}: expected sha256 "
                 f"{expected_sha256}, got {got}; nothing was written"
             )
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600: others sharing the folder read it
+        os.chmod(tmp, file_mode())  # others sharing the folder can read it
         os.replace(tmp, dest)
     finally:
         if os.path.exists(tmp):

@@ -24,8 +24,7 @@ def _terms(model, x, key):
     """Per image: the one-sample ELBO, and each block's KL as ``(blocks, batch)`` (per image,
     not a batch mean, so that the padding of a last, short batch can be dropped)."""
     log_px, kls = iaf_vae.forward(model, x, iaf_vae.draw_noise(model, key, x.shape[0]))
-    n = x.shape[0]
-    blocks = jnp.concatenate([jnp.sum(k, axis=(-3, -2, -1)).reshape(-1, n) for k in kls])
+    blocks = iaf_vae.image_block_kl(kls, x.shape[0])
     return log_px - blocks.sum(0), blocks
 
 

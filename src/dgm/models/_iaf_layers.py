@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from dgm.nn._masked import init_factor
 from dgm.nn.rnn import host_rng
 
 Image = Float[Array, "_batch _height _width _channels"]  # sizes may change: not bound
@@ -117,16 +118,13 @@ class WNConv(eqx.Module):
         """``(layer, output)`` with ``g`` and ``b`` set so that each output channel of ``x``
         has mean 0 and standard deviation ``init_scale`` (over batch, height and width).
 
-        A channel that is constant over the batch (std 0 up to rounding: a 1×1 top level sees
-        the same zero-initialised ``h_top`` for every image) keeps the gain 1, as the original
-        skips such a layer; ``init_scale / std`` would be ~1e7, and the first update would
-        send the loss to ~1e15.
+        A channel that is constant over the batch (a 1×1 top level sees the same
+        zero-initialised ``h_top`` for every image) keeps the gain 1
+        (:func:`~dgm.nn._masked.init_factor`); 1/std sent the loss to ~1e15 in one update.
         """
         y = self._conv(x, jnp.ones_like(self.g))
         mean = jnp.mean(y, axis=(0, 1, 2))
-        std = jnp.std(y, axis=(0, 1, 2))
-        constant = std <= 1e-6 * jnp.maximum(jnp.abs(mean), 1.0)
-        factor = jnp.where(constant, 1.0, init_scale / jnp.where(constant, 1.0, std))
+        factor = init_factor(mean, jnp.std(y, axis=(0, 1, 2)), init_scale)
         layer = eqx.tree_at(lambda c: (c.g, c.b), self, (jnp.log(factor) / 3.0, -mean * factor))
         return layer, self._finish((y - mean[None, None, None, :]) * factor[None, None, None, :])
 

@@ -113,10 +113,7 @@ def read_model(path: str | os.PathLike, kind: str, build: Callable[[dict], eqx.M
         raise ValueError(f"{path}: the model header lacks {err}") from None
     with open(path, "rb") as f:
         f.readline()
-        try:
-            return eqx.tree_deserialise_leaves(f, like), head
-        except (RuntimeError, ValueError, OSError, EOFError) as err:
-            raise ValueError(f"{path} is corrupt or truncated ({err})") from None
+        return runs.read_leaves(f, like, path), head
 
 
 def model_path(run_dir: str | os.PathLike) -> Path:

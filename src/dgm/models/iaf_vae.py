@@ -278,6 +278,11 @@ def _block_channel_kl(kl):
     return jnp.mean(per, axis=-2).reshape(-1, per.shape[-1])
 
 
+def image_block_kl(kls: list, num_images: int) -> Float[Array, "blocks batch"]:
+    """Each block's KL per image, ``(blocks, N)``, from :func:`forward`'s KL elements."""
+    return jnp.concatenate([jnp.sum(k, axis=(-3, -2, -1)).reshape(-1, num_images) for k in kls])
+
+
 def terms(model: ResNetVAE, x, key: PRNGKeyArray, kl_min) -> Terms:
     """The ELBO's pieces for images ``x`` with one posterior sample each.
 
@@ -286,7 +291,7 @@ def terms(model: ResNetVAE, x, key: PRNGKeyArray, kl_min) -> Terms:
     one scalar for the whole batch. With ``kl_min = 0`` it is the plain mean KL.
     """
     log_px, kls = forward(model, x, draw_noise(model, key, x.shape[0]))
-    kl = sum(jnp.sum(k, axis=(-3, -2, -1)).reshape(-1, x.shape[0]).sum(0) for k in kls)
+    kl = image_block_kl(kls, x.shape[0]).sum(0)
     per_block = jnp.concatenate([_block_channel_kl(k) for k in kls])
     floored = jnp.sum(jnp.maximum(kl_min, per_block))
     free_bits = jnp.where(kl_min > 0, floored, jnp.mean(kl))

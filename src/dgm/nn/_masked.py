@@ -100,13 +100,21 @@ class _WeightNormed(eqx.Module):
         """A copy whose outputs on this batch have mean 0 and std ``target_std`` per channel."""
         axes = (0,) + tuple(range(2, pre_bias.ndim))
         mean, std = jnp.mean(pre_bias, axis=axes), jnp.std(pre_bias, axis=axes)
-        factor = jnp.where(std > 0, target_std / jnp.where(std > 0, std, 1.0), 1.0)
+        factor = init_factor(mean, std, target_std)
         new = eqx.tree_at(lambda m: m.bias, self, -mean * factor)
         if self.log_scale is not None:
             log_scale = self.log_scale + jnp.log(factor) / _LOG_SCALE_FACTOR
             return eqx.tree_at(lambda m: m.log_scale, new, log_scale)
         scaled = self.weight * factor.reshape((-1,) + (1,) * (self.weight.ndim - 1))
         return eqx.tree_at(lambda m: m.weight, new, scaled)
+
+
+def init_factor(mean, std, target_std: float):
+    """Per channel, the scale that data-dependent initialisation applies: ``target_std /
+    std``, or 1 for a channel constant over the batch (std 0 up to rounding, as a 1×1 top
+    level of the IAF VAE sees: 1/std would be ~1e7), which the original skips."""
+    constant = std <= 1e-6 * jnp.maximum(jnp.abs(mean), 1.0)
+    return jnp.where(constant, 1.0, target_std / jnp.where(constant, 1.0, std))
 
 
 class MaskedDense(_WeightNormed):

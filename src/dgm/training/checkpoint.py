@@ -98,10 +98,7 @@ def load_checkpoint(path: Path, like: PyTree, fingerprint: str) -> tuple[PyTree,
                 f"checkpoint {path} was written by a different configuration; resume with the "
                 "same config or start a new run directory"
             )
-        try:
-            return eqx.tree_deserialise_leaves(f, like), header
-        except (RuntimeError, ValueError, OSError, EOFError) as err:
-            raise ValueError(f"checkpoint {path} is corrupt or truncated ({err})") from None
+        return runs.read_leaves(f, like, path, "checkpoint "), header
 
 
 def load_training(
