@@ -336,9 +336,9 @@ def phi_and_ksd_uv(
 
     Every formula is translation-invariant, so the particles are centred first: in float32,
     ``|x_i|² + |x_j|² − 2 x_i·x_j`` and ``K x − x (K 1)`` cancel catastrophically when the
-    particles sit far from the origin against their spread (a 10-d target at 300 with sd 0.1
-    gave SVGD's variance 50 % off). Matrix products run at full float32 precision
-    (``Precision.HIGHEST``: no TF32 on GPUs).
+    particles sit far from the origin against their spread (a 10-d target at 300 with sd 0.1:
+    particle sds 1.04 × the target's against 0.66 × at 0, uncentred). Matrix products run at
+    full float32 precision (``Precision.HIGHEST``: no TF32 on GPUs).
     """
     n, dim = x.shape
     x = x - jnp.mean(x, axis=0, keepdims=True)
