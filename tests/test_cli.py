@@ -242,3 +242,32 @@ def test_output_into_a_closed_pipe_ends_quietly():
         proc.stdout.close()  # the reader stops before dgm writes anything
         err = proc.stderr.read().decode()
     assert proc.wait(timeout=60) == 141 and "Traceback" not in err, err
+
+
+def test_the_ctrl_c_line_promises_a_checkpoint_only_when_there_is_one(
+    tmp_path, monkeypatch, capsys
+):
+    """A run stopped before its first checkpoint, one stopped after it, and a command that
+    keeps none (``dgm sample``) each get their own line."""
+
+    def interrupt(*_):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_sample", interrupt)
+    assert cli.main(["sample", "model.py"]) == 130
+    assert capsys.readouterr().err.splitlines() == ["dgm: interrupted"]
+
+    out = tmp_path / "r"
+    monkeypatch.setattr(cli, "_start_devices", interrupt)  # after the run directory is set up
+    args = ["run", "svgd-gaussian2d", "--smoke", "--out", str(out)]
+    assert cli.main(args) == 130
+    first = "dgm: interrupted before the first checkpoint; --resume starts the run again"
+    assert capsys.readouterr().err.splitlines() == [first]
+    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+    (out / "checkpoints" / ".chains.npz.x1.tmp").write_text("")  # an unfinished write
+    assert cli.main([*args, "--resume"]) == 130
+    assert capsys.readouterr().err.splitlines() == [first]
+    (out / "checkpoints" / "chains.npz").write_text("")
+    assert cli.main([*args, "--resume"]) == 130
+    kept = "dgm: interrupted; the last checkpoint is kept, continue with --resume"
+    assert capsys.readouterr().err.splitlines() == [kept]

@@ -370,7 +370,7 @@ def _run(args: argparse.Namespace, extra: list[str]) -> int:
             f"--time-limit applies to the training runs ({', '.join(trains)}); "
             f"{args.name} trains no model"
         )
-    out = _prepare_out(args, preset, record)
+    out = args.output_dir = _prepare_out(args, preset, record)  # for a Ctrl-C's line
     if args.download:  # read by dgm.data.downloads_allowed
         os.environ[DOWNLOAD_ENV] = "1"
     # After every process checked --out (joining is a barrier), before process 0 writes.
@@ -457,9 +457,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         _sigint.acknowledge()
         _wait_for_jax()
-        print(
-            "dgm: interrupted; the last checkpoint is kept, continue with --resume", file=sys.stderr
-        )
+        print(_interrupted_line(args), file=sys.stderr)
         return 130
     except (ValueError, TypeError, FileNotFoundError, RuntimeError, OSError) as err:
         msg = " ".join(str(err).split()) or type(err).__name__
@@ -468,6 +466,16 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if ours:
             _sigint.uninstall()
+
+
+def _interrupted_line(args: argparse.Namespace) -> str:
+    """The one line a Ctrl-C leaves: whether a ``dgm run`` has a checkpoint to resume."""
+    run_dir = getattr(args, "output_dir", None)
+    if run_dir is None:  # not a run, or one stopped before its directory was checked
+        return "dgm: interrupted"
+    if any(not f.name.startswith(".") for f in (run_dir / "checkpoints").glob("*")):
+        return "dgm: interrupted; the last checkpoint is kept, continue with --resume"
+    return "dgm: interrupted before the first checkpoint; --resume starts the run again"
 
 
 def console() -> None:

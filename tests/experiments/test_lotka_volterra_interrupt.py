@@ -20,6 +20,7 @@ import dgm
 from tests.conftest import data_dir
 
 LINE = "dgm: interrupted; the last checkpoint is kept, continue with --resume"
+FIRST_LINE = "dgm: interrupted before the first checkpoint; --resume starts the run again"
 # Keys whose values are timings (they differ between any two runs).
 TIMING = {"wall_s", "compile_s", "total_s", "ess_per_s_min", "ess_per_chain_s_min",
           "total_wall_s", "ms_per_step"}  # fmt: skip
@@ -70,12 +71,14 @@ def _interrupt(proc: subprocess.Popen, delay: float = 0.0) -> tuple[int, str]:
     return proc.returncode, err
 
 
-def _assert_one_line(rc: int, err: str) -> None:
+def _assert_one_line(rc: int, err: str, out: Path) -> None:
     # dgm.condition may note how far CHMC got ("interrupted after K of N ...") before the
-    # CLI's line; anything else (a traceback, a crash report) fails.
+    # CLI's line; anything else (a traceback, a crash report) fails. The line says whether
+    # a checkpoint is there to resume.
     lines = [x for x in err.strip().splitlines() if not x.startswith("interrupted after")]
     assert rc == 130, (rc, err)
-    assert lines == [LINE], err
+    kept = any(not f.name.startswith(".") for f in (out / "checkpoints").glob("*"))
+    assert lines == [LINE if kept else FIRST_LINE], err
 
 
 def _strip_timings(tree):
@@ -100,7 +103,7 @@ def test_interrupt_at_start_prints_one_line_and_exits_130(tmp_path):
     out = tmp_path / "run"
     proc = _start(out)
     assert _wait_for(proc, out / "config.json")
-    _assert_one_line(*_interrupt(proc))
+    _assert_one_line(*_interrupt(proc), out)
 
 
 @pytest.mark.slow
@@ -114,15 +117,15 @@ def test_interrupt_at_every_stage_then_resume_gives_uninterrupted_metrics(tmp_pa
     out = tmp_path / "run"
     proc = _start(out)  # during compilation of the first CHMC chunk
     assert _wait_for(proc, out / "config.json")
-    _assert_one_line(*_interrupt(proc, delay=1.0))
+    _assert_one_line(*_interrupt(proc, delay=1.0), out)
     proc = _start(out, "--resume")  # mid-CHMC, once a chunk is checkpointed
     if _wait_for(proc, out / CHMC_CHAINS):
-        _assert_one_line(*_interrupt(proc))
+        _assert_one_line(*_interrupt(proc), out)
     else:
         proc.communicate()
     proc = _start(out, "--resume")  # an ABC baseline (the reference is done)
     if _wait_for(proc, out / REFERENCE_DONE):
-        _assert_one_line(*_interrupt(proc, delay=0.5))
+        _assert_one_line(*_interrupt(proc, delay=0.5), out)
     else:
         proc.communicate()
     _finish(out)

@@ -92,7 +92,8 @@ def test_ctrl_c_in_svgd_exits_130_with_one_line(name, tmp_path, capsys, monkeypa
     monkeypatch.setattr(SVGDRunner, "run", interrupted_run)
     assert main(["run", name, "--smoke", "--out", str(tmp_path / "o"), "--no-progress"]) == 130
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["dgm: interrupted; the last checkpoint is kept, continue with --resume"]
+    # SVGD runs keep no checkpoint: the line does not promise one
+    assert err == ["dgm: interrupted before the first checkpoint; --resume starts the run again"]
     assert not (tmp_path / "o" / "metrics.json").exists()
 
 
