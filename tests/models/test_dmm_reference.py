@@ -231,6 +231,32 @@ def test_evaluate_normalisation_matches_per_sequence_reference():
         np.testing.assert_allclose(got[name], value, rtol=1e-5, err_msg=name)
 
 
+def test_long_batches_take_smaller_is_chunks_and_the_same_numbers(monkeypatch):
+    """The IS chunk shrinks with the batch's frames (spec gotcha 8: MuseData's 4,288-frame
+    batches needed 35.5 GiB at the paper's chunk of 100; 1.73 GiB at the chunk of 2 chosen
+    now), always divides S, and changes no number: each sample keeps its own key."""
+    assert _dmm.is_chunk(100, 2000, 20 * 160) == 100  # JSB at the paper defaults: as before
+    assert _dmm.is_chunk(100, 2000, 20 * 1808) == 8
+    assert _dmm.is_chunk(100, 2000, 20 * 4288) == 2
+    assert _dmm.is_chunk(100, 2000, 10**9) == 1
+    assert _dmm.is_chunk(7, 12, 1) == 6  # the largest divisor of S within chunk_size
+    model = _model("st-r")
+    lengths = np.array([3, 9])
+    x, mask = _batch(lengths, 9, seed=2)
+    key = jax.random.key(4)
+    x_j, mask_j = jnp.asarray(x), jnp.asarray(mask)
+    whole = _dmm._is_batch(model, x_j, mask_j, key, 6, 6)
+    one_by_one = _dmm._is_batch(model, x_j, mask_j, key, 6, 1)
+    np.testing.assert_allclose(one_by_one, whole, rtol=1e-6)
+    # evaluate picks the chunk per batch from its padded frames: 1 × 4, then 1 × 12
+    chunks, real = [], _dmm.is_chunk
+    monkeypatch.setattr(_dmm, "IS_CHUNK_FRAMES", 12)
+    monkeypatch.setattr(_dmm, "is_chunk", lambda *a: chunks.append(real(*a)) or chunks[-1])
+    _dmm.evaluate(model, SequenceSet(x, mask, lengths), key, bound_samples=1, is_samples=6,
+                  chunk_size=6, batch_size=1, bucket_width=4)  # fmt: skip
+    assert chunks == [3, 1], chunks
+
+
 # --- float64 batches in an x64 session ------------------------------------------------
 
 

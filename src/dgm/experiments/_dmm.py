@@ -83,6 +83,19 @@ def _bound_batch(model, x, mask, key, num_samples: int):
 
 _is_batch = eqx.filter_jit(dmm.importance_log_likelihood)
 
+# Sample-path frames (chunk × batch × padded length) one IS chunk may hold: the paper
+# preset's JSB batches (100 × 20 × 160), whose temporaries XLA put at 1.33 GiB.
+IS_CHUNK_FRAMES = 320_000
+
+
+def is_chunk(chunk_size: int, num_samples: int, frames: int) -> int:
+    """The IS chunk for a batch of ``frames`` (batch × padded length) sequence frames: the
+    largest divisor of ``num_samples`` that is at most ``chunk_size`` and keeps chunk ×
+    frames within :data:`IS_CHUNK_FRAMES` (at least 1). Each sample draws its own key, so
+    the chunk changes no number, only the memory a long batch needs."""
+    cap = max(1, min(chunk_size, num_samples, IS_CHUNK_FRAMES // max(frames, 1)))
+    return max(d for d in range(1, cap + 1) if num_samples % d == 0)
+
 
 def evaluate(
     model: dmm.DMM,
@@ -99,7 +112,8 @@ def evaluate(
 
     Returns:
         ``bound_frame`` = Σ_i mean_s(−ELBO_i) / Σ_i T_i; ``bound_seq`` = mean_i(−ELBO_i / T_i);
-        ``nll_is`` = −Σ_i log p̂(x_i) / Σ_i T_i (only when ``is_samples > 0``).
+        ``nll_is`` = −Σ_i log p̂(x_i) / Σ_i T_i (only when ``is_samples > 0``), from
+        ``chunk_size`` samples at a time, fewer for long batches (:func:`is_chunk`).
     """
     loader = training.SequenceLoader(
         data.x, data.mask, batch_size, bucket=True, bucket_width=bucket_width
@@ -114,7 +128,7 @@ def evaluate(
         nelbo.append(np.asarray(_bound_batch(model, x, mask, k_bound, bound_samples))[valid])
         lengths.append(data.lengths[row[valid]])
         if is_samples > 0:
-            chunk = min(chunk_size, is_samples)
+            chunk = is_chunk(chunk_size, is_samples, x.shape[0] * x.shape[1])
             log_p.append(np.asarray(_is_batch(model, x, mask, k_is, is_samples, chunk))[valid])
     nelbo_all, t_all = np.concatenate(nelbo).astype(np.float64), np.concatenate(lengths)
     out = {
