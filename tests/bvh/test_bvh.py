@@ -294,6 +294,10 @@ def _edit(old: str, new: str, count: int = 1) -> str:
             30,
             "ended early; expected 'Frames:'",
         ),
+        (TINY[: TINY.index("Frames:")], 30, "ended early; expected 'Frames:'"),
+        (TINY[: TINY.index("Frame Time")] + "\n\n", 31, "ended early; expected 'Frame Time:'"),
+        (_edit("Frames: 2", "Frames: \u00b2"), 31, "expected the frame count"),
+        (_edit("CHANNELS 2 Yrot", "CHANNELS \u00b2 Yrot"), 9, "channel count of A"),
     ],
     ids=lambda v: None if isinstance(v, str) and "\n" not in v and len(v) < 60 else "",
 )
@@ -301,6 +305,30 @@ def test_malformed_files_name_the_line(text, line, match):
     """Each defect: bad keywords, channel counts, motion values, truncation."""
     with pytest.raises(BvhSyntaxError, match=rf"^bad\.bvh:{line}: .*{match}"):
         parse_bvh(text, source="bad.bvh")
+
+
+@pytest.mark.parametrize(
+    "old, new",
+    [
+        ("MOTION\n", "MOTION\n\n"),  # blank lines in the MOTION header, as between frames
+        ("Frame Time:", "\nFrame Time:"),
+        ("Frame Time:", "Frame\tTime:"),  # any space between the words, as pybvh reads it
+        ("Frame Time:", "Frame  Time:"),
+        ("HIERARCHY", "\ufeffHIERARCHY"),  # a UTF-8 byte-order mark, as Windows tools write
+    ],
+    ids=repr,
+)
+def test_motion_header_variants_other_readers_accept(old, new):
+    clip, ref = parse_bvh(_edit(old, new).replace("\n", "\r\n")), parse_bvh(TINY)
+    assert clip.skeleton.names == ref.skeleton.names
+    np.testing.assert_array_equal(clip.frames, ref.frames)
+    assert clip.frame_time == ref.frame_time
+
+
+def test_read_bvh_skips_a_byte_order_mark(tmp_path):
+    path = tmp_path / "bom.bvh"
+    path.write_text(TINY, encoding="utf-8-sig")
+    np.testing.assert_array_equal(read_bvh(path).frames, parse_bvh(TINY).frames)
 
 
 def test_render_cli_writes_a_gif_and_rejects_mp4_without_ffmpeg(tmp_path, monkeypatch, capsys):

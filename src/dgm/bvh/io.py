@@ -15,6 +15,7 @@ was expected there.
 """
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,7 +93,7 @@ class _Tokens:
 
     def count(self, what: str) -> int:
         tok, line = self.next(what)
-        if not tok.isdigit():
+        if not (tok.isascii() and tok.isdigit()):  # not '²', which int() refuses
             raise self.error(line, f"expected {what} (a non-negative integer); got {tok!r}")
         return int(tok)
 
@@ -163,32 +164,38 @@ def _parse_hierarchy(lines: list[str], source: str) -> Skeleton:
     return Skeleton.from_nodes(nodes)
 
 
-def _header_value(lines: list[str], index: int, label: str, source: str) -> str:
+def _header_value(lines: list[str], index: int, label: str, source: str) -> tuple[str, int]:
+    """The text after ``label`` on the first non-blank line from ``lines[index]`` on, and that
+    line's index. The label's words may be separated by any whitespace (``Frame\tTime:``)."""
+    while index < len(lines) and not lines[index].strip():
+        index += 1
     if index >= len(lines):
-        raise BvhSyntaxError(f"{source}:{index}: file ended early; expected {label!r}")
+        raise BvhSyntaxError(f"{source}:{_last_line(lines)}: file ended early; expected {label!r}")
     line = lines[index].strip()
-    if not line.startswith(label):
+    match = re.match(r"\s+".join(map(re.escape, label.split())), line)
+    if match is None:
         raise BvhSyntaxError(f"{source}:{index + 1}: expected {label!r}; got {line!r}")
-    return line[len(label) :].strip()
+    return line[match.end() :].strip(), index
 
 
 def _parse_motion(lines: list[str], start: int, num_channels: int, source: str):
     """Frames and frame time from ``lines[start:]`` (``start`` indexes the MOTION line)."""
-    raw = _header_value(lines, start + 1, "Frames:", source)
-    if not raw.isdigit():
+    raw, index = _header_value(lines, start + 1, "Frames:", source)
+    if not (raw.isascii() and raw.isdigit()):
         raise BvhSyntaxError(
-            f"{source}:{start + 2}: expected the frame count after 'Frames:'; got {raw!r}"
+            f"{source}:{index + 1}: expected the frame count after 'Frames:'; got {raw!r}"
         )
     num_frames = int(raw)
-    raw = _header_value(lines, start + 2, "Frame Time:", source)
+    raw, index = _header_value(lines, index + 1, "Frame Time:", source)
     try:
         frame_time = float(raw)
     except ValueError:
         raise BvhSyntaxError(
-            f"{source}:{start + 3}: expected the frame time (seconds) after 'Frame Time:'; "
+            f"{source}:{index + 1}: expected the frame time (seconds) after 'Frame Time:'; "
             f"got {raw!r}"
         ) from None
-    rows = [(i + 1, line) for i, line in enumerate(lines[start + 3 :], start + 3) if line.strip()]
+    start = index + 1  # the first frame line (blank lines are skipped)
+    rows = [(i + 1, line) for i, line in enumerate(lines[start:], start) if line.strip()]
     if len(rows) != num_frames:
         line = rows[num_frames][0] if len(rows) > num_frames else _last_line(lines)
         raise BvhSyntaxError(
@@ -218,7 +225,7 @@ def _last_line(lines: list[str]) -> int:
 
 
 def parse_bvh(text: str, source: str = "<string>") -> Bvh:
-    """Parse BVH text (LF or CRLF line ends).
+    """Parse BVH text (LF or CRLF line ends; a leading UTF-8 byte-order mark is skipped).
 
     Args:
         text: the file's contents.
@@ -227,6 +234,7 @@ def parse_bvh(text: str, source: str = "<string>") -> Bvh:
     Raises:
         BvhSyntaxError: a malformed file; the message names the line and what was expected.
     """
+    text = text.removeprefix("\ufeff")  # Windows tools' UTF-8 byte-order mark
     lines = [line.rstrip("\r") for line in text.split("\n")]
     first = next((i for i, line in enumerate(lines) if line.strip()), None)
     if first is not None and lines[first].split()[0] != "HIERARCHY":  # not a BVH file at all
