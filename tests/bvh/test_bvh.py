@@ -225,6 +225,28 @@ def test_fk_is_differentiable_jittable_and_takes_lengths():
         fk(sk, jnp.asarray(clip.frames[k]))
 
 
+@pytest.mark.usefixtures("x64")
+def test_offset_gradient_is_finite_with_lengths_and_a_zero_offset():
+    """A zero offset (the CMU roots' ``OFFSET 0 0 0``) stays zero under ``lengths``; the
+    gradient with respect to the offsets is finite there (it was NaN, through sqrt at 0,
+    and one optimiser step on it made every position NaN)."""
+    clip = parse_bvh(_edit("OFFSET 0.5 -1 2", "OFFSET 0 0 0"))
+    frame = jnp.asarray(clip.frames[0])
+    lengths = jnp.linspace(0.5, 2.0, clip.skeleton.num_nodes)
+
+    def loss(sk):
+        return jnp.sum(joint_positions(sk, frame, lengths, degrees=True) ** 2)
+
+    def jac_loss(sk):
+        kin = kinematics_jacobian(sk, frame, lengths, degrees=True)
+        return jnp.sum(kin.d_lengths**2) + jnp.sum(kin.transforms**2)
+
+    for f in (loss, jac_loss):
+        grad = np.asarray(eqx.filter_grad(f)(clip.skeleton).offsets)
+        assert np.isfinite(grad).all(), f.__name__
+        assert np.abs(grad[1:]).max() > 0
+
+
 def _check_fk_jacobian(sk, degrees: bool, rng) -> None:
     frame = jnp.asarray((40.0 if degrees else 0.7) * rng.normal(size=sk.num_channels))
     norms = np.linalg.norm(sk.offsets, axis=1)

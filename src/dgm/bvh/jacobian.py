@@ -33,6 +33,7 @@ from dgm.bvh.skeleton import (
     _gather,
     _matmul,
     _plan,
+    _safe_norm,
     global_transforms,
 )
 
@@ -130,8 +131,7 @@ def kinematics_jacobian(
         d_lengths = jnp.zeros((num_nodes, 3, num_nodes), dtype)
     else:
         offsets = jnp.asarray(skeleton.offsets, dtype)
-        norm = jnp.sqrt(jnp.sum(offsets**2, axis=1))
-        unit = offsets / jnp.where(norm > 0, norm, 1.0)[:, None]
+        unit = offsets / _safe_norm(offsets)[:, None]
         direction = jnp.einsum("nab,nb->na", rot_parent, unit)  # R_q d_n
         d_lengths = jnp.swapaxes(mask[:, :, None] * direction[None], 1, 2)
     return KinematicsJacobian(out, d_channels, d_lengths)

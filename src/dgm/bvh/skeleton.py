@@ -169,6 +169,13 @@ def _check_vector(value, name: str, size: int):
     return arr
 
 
+def _safe_norm(offsets: Float[Array, "nodes 3"]) -> Float[Array, " nodes"]:
+    """Each row's length, 1 for a zero row; its gradient is finite there too (a ``where``
+    after ``sqrt`` alone passes sqrt's infinite slope at 0 on as NaN)."""
+    sq = jnp.sum(offsets**2, axis=1)
+    return jnp.sqrt(jnp.where(sq > 0, sq, 1.0))
+
+
 def _gather(values: Float[Array, " channels"], index: np.ndarray) -> Array:
     """``values[index]``, with 0 where ``index`` is -1."""
     padded = jnp.concatenate([values, jnp.zeros((1,), values.dtype)])
@@ -210,9 +217,7 @@ def global_transforms(
     offsets = jnp.asarray(skeleton.offsets, dtype)
     if lengths is not None:
         lengths = _check_vector(lengths, "lengths", skeleton.num_nodes).astype(dtype)
-        norm = jnp.sqrt(jnp.sum(offsets**2, axis=1))
-        safe = jnp.where(norm > 0, norm, 1.0)
-        offsets = offsets * (lengths / safe)[:, None]
+        offsets = offsets * (lengths / _safe_norm(offsets))[:, None]
     n, slots = plan.rot_index.shape
     angles = _gather(values, plan.rot_index.reshape(-1))
     if degrees:
