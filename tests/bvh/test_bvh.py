@@ -12,7 +12,9 @@ import pytest
 
 from dgm import cli
 from dgm.bvh import (
+    Bvh,
     BvhSyntaxError,
+    Skeleton,
     bones,
     format_bvh,
     global_transforms,
@@ -188,6 +190,30 @@ def test_round_trip_every_shipped_file(shared_data, tmp_path):
         np.testing.assert_array_equal(back.frames, clip.frames)
         assert back.frame_time == clip.frame_time
         assert format_bvh(back) == out.read_text()
+
+
+@pytest.mark.usefixtures("x64")
+def test_writer_keeps_each_joints_values_when_nodes_are_not_depth_first(fk64):
+    """A Skeleton built in code needs only parents before children: C (a child of A) may
+    follow B. The file lists C before B, so its frame values must move with it (the writer
+    wrote the columns in node order: B read C's values and C read B's)."""
+    nodes = [
+        ("R", -1, (0, 0, 0), ("Xposition", "Zrotation")),
+        ("A", 0, (1, 0, 0), ("Zrotation",)),
+        ("B", 0, (0, 1, 0), ("Xrotation", "Yposition")),
+        ("C", 1, (0, 0, 1), ("Yrotation",)),
+        ("CEndSite", 3, (0, 1, 1), None),
+    ]
+    clip = Bvh(Skeleton.from_nodes(nodes), np.array([[1.0, 20, 30, 40, 5, 60]]), 0.1)
+    back = parse_bvh(format_bvh(clip))
+    assert back.skeleton.names == ("R", "A", "C", "CEndSite", "B")
+    ours, theirs = (np.asarray(fk64(b.skeleton, jnp.asarray(b.frames)))[0] for b in (clip, back))
+    for name in clip.skeleton.names:
+        i, j = clip.skeleton.index(name), back.skeleton.index(name)
+        a, b = clip.skeleton.channel_starts[i], back.skeleton.channel_starts[j]
+        k = len(clip.skeleton.channels[i] or ())
+        np.testing.assert_array_equal(back.frames[0, b : b + k], clip.frames[0, a : a + k])
+        np.testing.assert_allclose(theirs[j], ours[i], rtol=0, atol=1e-12)
 
 
 @pytest.mark.usefixtures("x64")

@@ -267,7 +267,10 @@ def format_bvh(bvh: Bvh) -> str:
         if p >= 0:
             children[p].append(i)
 
+    order: list[int] = []  # nodes as written: depth-first, which node order need not be
+
     def emit(i: int, depth: int) -> None:
+        order.append(i)
         pad = "\t" * depth
         offset = " ".join(_num(v) for v in sk.offsets[i])
         if sk.channels[i] is None:
@@ -282,8 +285,10 @@ def format_bvh(bvh: Bvh) -> str:
         out.append(f"{pad}}}")
 
     emit(0, 0)
+    starts = sk.channel_starts
+    columns = [starts[i] + k for i in order for k in range(len(sk.channels[i] or ()))]
     out += ["MOTION", f"Frames: {bvh.num_frames}", f"Frame Time: {_num(bvh.frame_time)}"]
-    out += [" ".join(map(repr, row)) for row in bvh.frames.tolist()]
+    out += [" ".join(map(repr, row)) for row in bvh.frames[:, columns].tolist()]
     return "\n".join(out) + "\n"
 
 
