@@ -1,7 +1,9 @@
 """dgm.bvh: forward kinematics against an independent reader, round trips, malformed files."""
 
+import gc
 import hashlib
 import shutil
+import warnings
 from pathlib import Path
 
 import equinox as eqx
@@ -400,6 +402,33 @@ def test_render_cli_writes_a_gif_and_rejects_mp4_without_ffmpeg(tmp_path, monkey
     assert cli.main(["bvh", "render", str(bad), "--out", str(out)]) == 1
     assert f"{bad}:34: 'Frames: 3' but the file has 2" in capsys.readouterr().err
     assert not list(Path(tmp_path).glob(".clip*"))  # no temporary files left behind
+
+
+def test_render_cli_refuses_bad_input_in_one_line(tmp_path, capsys):
+    """Each failure exits 1 with one line on stderr: a zero Frame Time (was a
+    ZeroDivisionError traceback), a negative --max-frames (silently dropped the last frames),
+    an output path that cannot be created (added matplotlib's two-line "Animation was deleted
+    without rendering" warning)."""
+    pytest.importorskip("PIL")
+    src = tmp_path / "tiny.bvh"
+    src.write_text(TINY)
+    still = tmp_path / "still.bvh"
+    still.write_text(_edit("Frame Time: 0.04", "Frame Time: 0"))
+    cases = [
+        ([str(still), "--out", str(tmp_path / "a.gif")], "Frame Time must be a positive"),
+        ([str(src), "--out", str(tmp_path / "b.gif"), "--max-frames", "-1"], "`max_frames` must"),
+        ([str(src), "--out", str(src / "c.gif")], str(src)),
+    ]
+    for argv, match in cases:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert cli.main(["bvh", "render", *argv]) == 1
+            gc.collect()
+        err = capsys.readouterr().err
+        assert err.startswith("dgm: error: ") and err.count("\n") == 1, err
+        assert match in err
+        assert not [str(w.message) for w in caught]
+    assert not list(tmp_path.glob("*.gif"))
 
 
 def test_pose_figure_draws_every_bone():

@@ -3,6 +3,7 @@
 BVH files are y-up; the 3-D axes here show the file's (x, z, y) so that up is up on screen.
 """
 
+import math
 import os
 import shutil
 from pathlib import Path
@@ -106,7 +107,8 @@ def animate(
         max_frames: draw at most this many frames.
 
     Raises:
-        ValueError: an unknown suffix, a bad ``stride``, or ``.mp4`` without ffmpeg.
+        ValueError: an unknown suffix, a bad ``stride`` or ``max_frames``, a clip whose frame
+            time is not a positive number, or ``.mp4`` without ffmpeg.
     """
     import jax
     import matplotlib
@@ -126,6 +128,13 @@ def animate(
         raise ValueError("writing .mp4 needs ffmpeg on PATH; it was not found (use .gif)")
     if not isinstance(stride, int) or stride < 1:
         raise ValueError(f"`stride` must be a positive int; got {stride!r}")
+    if max_frames is not None and (not isinstance(max_frames, int) or max_frames < 1):
+        raise ValueError(f"`max_frames` must be a positive int or None; got {max_frames!r}")
+    if not (math.isfinite(clip.frame_time) and clip.frame_time > 0):
+        raise ValueError(
+            f"the clip's Frame Time must be a positive number of seconds to animate it; "
+            f"got {clip.frame_time!r}"
+        )
     frames = drawn_frames(clip, stride, max_frames)
     if len(frames) == 0:
         raise ValueError("the clip has no frames to draw")
@@ -142,11 +151,12 @@ def animate(
         return (lines,)
 
     fps = max(1.0, 1.0 / (clip.frame_time * stride))
-    anim = animation.FuncAnimation(fig, update, frames=len(xyz), blit=False)
     writer = animation.PillowWriter(fps=fps) if suffix == ".gif" else animation.FFMpegWriter(fps)
     try:
         with atomic_path(out) as tmp:
             staged = tmp.with_suffix(suffix)  # the writers read the format from the suffix
+            # made here, once the output can be created: an animation deleted unsaved warns
+            anim = animation.FuncAnimation(fig, update, frames=len(xyz), blit=False)
             try:
                 anim.save(str(staged), writer=writer, dpi=dpi)
                 os.replace(staged, tmp)
