@@ -3,7 +3,9 @@
 import io
 import os
 import pickle
+import struct
 import tarfile
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -107,6 +109,66 @@ def test_numpy1_pickle_names_are_accepted():
     np.testing.assert_array_equal(read_pickle_batch(raw, "t")[0].reshape(-1, 3072), images)
 
 
+def _py2_pickled(images, labels):
+    """A batch as the official archive holds it: written by Python 2's cPickle (protocol 2,
+    NumPy 1 names), with str (read as bytes) for the keys, the dtype and the pixels."""
+    data = images.tobytes()
+    return b"".join(
+        [
+            b"\x80\x02}q\x01(U\x0bbatch_labelq\x02U\x04testq\x03U\x06labelsq\x04]q\x05(",
+            b"".join(b"K" + bytes([label]) for label in labels),
+            b"eU\x04dataq\x06cnumpy.core.multiarray\n_reconstruct\nq\x07cnumpy\nndarray\nq\x08",
+            b"K\x00\x85U\x01b\x87Rq\t(K\x01J" + struct.pack("<i", len(images)),
+            b"M\x00\x0c\x86cnumpy\ndtype\nq\nU\x02u1K\x00K\x01\x87Rq\x0b",
+            b"(K\x03U\x01|NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb\x89T",
+            struct.pack("<I", len(data)) + data + b"tbu.",
+        ]
+    )
+
+
+def test_python2_pickles_as_in_the_official_archive_are_read():
+    images, labels = _batches(3)["test_batch"]
+    got_images, got_labels = read_pickle_batch(_py2_pickled(images, labels), "t")
+    np.testing.assert_array_equal(got_images.reshape(-1, 3072), images)
+    np.testing.assert_array_equal(got_labels, labels)
+
+
+def _declaring(count: int, dtype: bytes) -> bytes:
+    """A pickle of about 100 bytes whose ``data`` asks numpy for ``count`` elements."""
+    n = count.to_bytes(9, "little", signed=True)
+    return (
+        b"\x80\x02}(C\x04datacnumpy._core.multiarray\n_reconstruct\ncnumpy\nndarray\n"
+        + b"\x8a\x09"
+        + n
+        + b"\x85"
+        + dtype
+        + b"\x87RC\x06labels]u."
+    )
+
+
+def test_pickles_cannot_declare_huge_or_object_arrays():
+    """Refused while unpickling, before numpy allocates what they declare: an object array of
+    10^7 elements (80 MB of pointers, all set to None), an array bigger than any memory, a
+    direct call of ``numpy.ndarray``."""
+    object_dtype = b"cnumpy\ndtype\nX\x01\x00\x00\x00O\x85R"
+    huge_call = b"\x80\x02cnumpy\nndarray\n\x8a\x08" + (2**62).to_bytes(8, "little") + b"\x85R."
+    cases = [
+        (_declaring(10**7, object_dtype), "refusing the dtype object"),
+        (_declaring(10**7, b"C\x01b"), "refusing numpy _reconstruct arguments"),
+        (_declaring(2**62, b"C\x01b"), "refusing numpy _reconstruct arguments"),
+        (huge_call, "refusing to call numpy.ndarray"),
+    ]
+    tracemalloc.start()
+    try:
+        for raw, match in cases:
+            with pytest.raises(ValueError, match=f"big_batch: {match}"):
+                read_pickle_batch(raw, "big_batch")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2**20
+
+
 class _Evil:
     def __init__(self, marker):
         self.marker = marker
@@ -122,7 +184,7 @@ def test_pickle_with_anything_else_is_refused(tmp_path):
         read_pickle_batch(raw, "evil_batch")
     assert not marker.exists()
     wrong = pickle.dumps({b"data": np.zeros((1, 3072), np.float32), b"labels": [0]}, protocol=3)
-    with pytest.raises(ValueError, match="b'data' must be a uint8"):
+    with pytest.raises(ValueError, match="float_batch: refusing the dtype float32"):
         read_pickle_batch(wrong, "float_batch")
     with pytest.raises(ValueError, match="corrupt or truncated"):
         read_pickle_batch(_pickled(*_batches()["test_batch"])[:-20], "cut_batch")

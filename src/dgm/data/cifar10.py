@@ -60,13 +60,50 @@ BATCHES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_bat
 PIXELS = 3 * 32 * 32
 RECORD_BYTES = 1 + PIXELS
 # The only globals a CIFAR-10 pickle needs, to rebuild its uint8 array; resolved here rather
-# than imported by name (the official files name NumPy 1's ``numpy.core``).
+# than imported by name (the official files name NumPy 1's ``numpy.core``). Each is allowed
+# only as NumPy's pickles use it: ``_reconstruct(ndarray, (0,), b"b")`` makes an empty array
+# that the pickle's state then fills (the state's shape must match the bytes that follow),
+# and ``dtype`` makes only uint8. So a pickle can neither declare an array larger than the
+# file (a few bytes asking for gigabytes) nor build an object array.
 _RECONSTRUCT = np.zeros(0).__reduce__()[0]
+
+
+class _NdarrayType:
+    """Stands for ``numpy.ndarray`` in a pickle: an argument of ``_reconstruct``, never called."""
+
+    def __call__(self, *args, **kwargs):
+        raise pickle.UnpicklingError("refusing to call numpy.ndarray: only _reconstruct may use it")
+
+
+_NDARRAY = _NdarrayType()
+
+
+def _reconstruct(subtype, shape, dtype):
+    if not (
+        subtype is _NDARRAY
+        and isinstance(shape, tuple)
+        and shape == (0,)
+        and isinstance(dtype, (bytes, str))
+        and dtype in (b"b", "b")
+    ):
+        raise pickle.UnpicklingError(
+            "refusing numpy _reconstruct arguments other than NumPy's own (ndarray, (0,), b'b')"
+        )
+    return _RECONSTRUCT(np.ndarray, (0,), b"b")
+
+
+def _dtype(*args):
+    dtype = np.dtype(*args)
+    if dtype != np.uint8:
+        raise pickle.UnpicklingError(f"refusing the dtype {dtype}: CIFAR-10 images are uint8")
+    return np.dtype(np.uint8, copy=True)  # the pickle's state may set it: not the shared one
+
+
 _ALLOWED_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT,
-    ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT,
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): np.dtype,
+    ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy", "ndarray"): _NDARRAY,
+    ("numpy", "dtype"): _dtype,
 }
 
 
