@@ -3,6 +3,7 @@
 import io
 import os
 import pickle
+import re
 import struct
 import tarfile
 import tracemalloc
@@ -188,6 +189,31 @@ def test_pickle_with_anything_else_is_refused(tmp_path):
         read_pickle_batch(wrong, "float_batch")
     with pytest.raises(ValueError, match="corrupt or truncated"):
         read_pickle_batch(_pickled(*_batches()["test_batch"])[:-20], "cut_batch")
+
+
+@pytest.mark.parametrize(
+    "labels, got",
+    [([1.7, 2], "1.7"), (["a", 2], "'a'"), ([None, 2], "None"), ([2**70, 2], str(2**70)),
+     ([[1], [2]], "[1]")],
+)  # fmt: skip
+def test_pickled_labels_must_be_ints_in_range(labels, got):
+    """Not truncated (1.7 read as 1), not a (N, 1) array, not numpy's own error."""
+    raw = pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": labels}, protocol=3)
+    with pytest.raises(
+        ValueError, match=rf"bad_labels: b'labels' must be ints in 0\.\.9; got {re.escape(got)}"
+    ):
+        read_pickle_batch(raw, "bad_labels")
+
+
+def test_pickle_errors_name_the_file():
+    """Keys of mixed types, and a size declared larger than any memory."""
+    with pytest.raises(
+        ValueError, match=r"odd_keys: expected a dict with b'data' .* got \[2, b'x'\]"
+    ):
+        read_pickle_batch(pickle.dumps({b"x": 1, 2: 3}), "odd_keys")
+    huge = b"\x80\x04\x8e" + (2**60).to_bytes(8, "little") + b"abc"  # BINBYTES8 of 2^60 bytes
+    with pytest.raises(ValueError, match=r"huge_bytes is corrupt or truncated"):
+        read_pickle_batch(huge, "huge_bytes")
 
 
 def test_wrong_checksum_truncated_and_missing_archives(http_dir, tmp_path):

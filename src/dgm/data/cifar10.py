@@ -129,10 +129,10 @@ def read_pickle_batch(raw: bytes, source: str) -> tuple[np.ndarray, np.ndarray]:
         obj = RestrictedUnpickler(io.BytesIO(raw), encoding="bytes").load()
     except pickle.UnpicklingError as err:
         raise ValueError(f"{source}: {err}") from None
-    except (EOFError, ValueError, TypeError, AttributeError, IndexError) as err:
+    except (EOFError, ValueError, TypeError, AttributeError, IndexError, MemoryError) as err:
         raise ValueError(f"{source} is corrupt or truncated ({type(err).__name__})") from None
     if not isinstance(obj, dict) or not {b"data", b"labels"} <= set(obj):
-        keys = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
+        keys = sorted(obj, key=repr) if isinstance(obj, dict) else type(obj).__name__
         raise ValueError(f"{source}: expected a dict with b'data' and b'labels'; got {keys}")
     data, labels = obj[b"data"], obj[b"labels"]
     if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2):
@@ -143,6 +143,9 @@ def read_pickle_batch(raw: bytes, source: str) -> tuple[np.ndarray, np.ndarray]:
             f"{source}: b'data' must be (N, {PIXELS}) with N labels; got {data.shape} and "
             f"{len(labels) if isinstance(labels, list) else type(labels).__name__} labels"
         )
+    bad = [v for v in labels if type(v) is not int or not 0 <= v <= 9]
+    if bad:
+        raise ValueError(f"{source}: b'labels' must be ints in 0..9; got {bad[0]!r}")
     return _checked(data, np.asarray(labels, dtype=np.int64), source)
 
 
