@@ -1,7 +1,9 @@
 """dgm.data.fetch: relative paths below DGM_DATA_DIR, verified downloads, clear errors."""
 
 import os
+import socket
 import stat
+import threading
 
 import pytest
 
@@ -41,3 +43,51 @@ def test_errors_name_path_url_and_reason(http_dir, tmp_path):
     assert not dest.exists()
     with pytest.raises(FileNotFoundError, match="data file not found"):
         fetch(dest, None)
+
+
+@pytest.fixture
+def raw_server():
+    """A server on 127.0.0.1 answering each request with ``replies[path]`` (raw bytes), then
+    closing the connection; yields (replies, base URL)."""
+    replies: dict[str, bytes] = {}
+    sock = socket.create_server(("127.0.0.1", 0))
+    sock.settimeout(0.2)
+    done = threading.Event()
+
+    def serve():
+        while not done.is_set():
+            try:
+                conn, _ = sock.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                request = conn.recv(65536).decode("latin-1")
+                conn.sendall(replies.get(request.split(" ")[1], b""))
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield replies, f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        done.set()
+        thread.join()
+        sock.close()
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3e8\r\n" + b"x" * 500,  # cut short
+        b"not an HTTP reply\r\n\r\n",
+    ],
+    ids=["chunked-body-cut-short", "not-http"],
+)
+def test_a_broken_http_reply_names_the_file_and_url(raw_server, tmp_path, reply):
+    replies, url = raw_server
+    replies["/c.bin"] = reply
+    dest = tmp_path / "c.bin"
+    with pytest.raises(
+        FileNotFoundError, match=rf"c\.bin not found at .* from {url}/c\.bin failed"
+    ):
+        fetch(dest, "0" * 64, f"{url}/c.bin")
+    assert list(tmp_path.iterdir()) == []  # no temporary left behind either

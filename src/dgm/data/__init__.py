@@ -7,6 +7,7 @@ replaces a good file.
 """
 
 import hashlib
+import http.client
 import os
 import shutil
 import tempfile
@@ -81,8 +82,11 @@ def download(url: str, dest: str | os.PathLike, expected_sha256: str, timeout: f
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
-            shutil.copyfileobj(resp, out)
+        try:
+            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+                shutil.copyfileobj(resp, out)
+        except http.client.HTTPException as err:  # a body cut short, a reply that is not HTTP
+            raise OSError(f"broken HTTP reply: {type(err).__name__}: {err}") from None
         got = sha256(tmp)
         if got != expected_sha256:
             raise ChecksumError(
