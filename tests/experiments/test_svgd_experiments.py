@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from dgm.cli import main
+from dgm.data.svgd import COVERTYPE_URL
 from dgm.inference.svgd import SVGDRunner
 
 
@@ -115,3 +116,28 @@ def test_gaussian2d_fixed_bandwidth_reaches_the_kernel(tmp_path, monkeypatch):
     for bad in ("0", "-1", "inf", "wide"):
         with pytest.raises(ValueError, match=r"`bandwidth` must be one of .* or a number > 0"):
             svgd_gaussian2d.Config(bandwidth=bad)
+
+
+def test_blr_covertype_is_downloaded_only_when_allowed(tmp_path, monkeypatch):
+    """As for every experiment (`dgm run NAME --download`, DGM_DOWNLOAD=1): with a checksum
+    given but no file, the run stops naming the file and its source; it fetches nothing."""
+    from dgm import data
+    from dgm.experiments import svgd_blr
+
+    fetched = []
+
+    def offline(url, dest, expected_sha256):
+        fetched.append(url)
+        raise OSError("offline")
+
+    monkeypatch.setattr(data, "download", offline)
+    monkeypatch.setenv("DGM_DATA_DIR", str(tmp_path))
+    monkeypatch.delenv("DGM_DOWNLOAD", raising=False)
+    config, key = svgd_blr.Config(data_sha256="0" * 64), jax.random.key(0)
+    with pytest.raises(FileNotFoundError, match=r"Covertype not found at .*\(its source: https"):
+        svgd_blr.load(config, key)
+    assert fetched == []
+    monkeypatch.setenv("DGM_DOWNLOAD", "1")
+    with pytest.raises(FileNotFoundError, match="downloading it from .* failed"):
+        svgd_blr.load(config, key)
+    assert fetched == [COVERTYPE_URL]

@@ -16,6 +16,7 @@ import numpy as np
 
 from dgm import runs
 from dgm.config import check_choice, check_positive
+from dgm.data import downloads_allowed
 from dgm.data import svgd as svgd_data
 from dgm.inference import svgd
 from dgm.inference.adaptation import warmup
@@ -86,7 +87,7 @@ def load(config: Config, key):
     """Shuffled train/test split; features standardised with training statistics unless
     ``config.standardize`` is false."""
     if config.dataset == "covertype":
-        x, y = svgd_data.load_covertype(config.data_sha256 or None)
+        x, y = svgd_data.load_covertype(config.data_sha256 or None, download_ok=downloads_allowed())
     else:
         x, y = svgd_data.load_breast_cancer()
     perm = np.asarray(jax.random.permutation(key, len(y)))
