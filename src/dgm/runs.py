@@ -55,7 +55,18 @@ def _is_writer() -> bool:
 
 def file_mode() -> int:
     """The mode a plain ``open`` gives a new file (0666 less the umask); ``mkstemp``'s
-    temporaries are 0600 until given it."""
+    temporaries are 0600 until given it.
+
+    The umask is read from ``/proc/self/status`` where there is one (Linux): reading it with
+    ``os.umask`` sets it for the whole process for a moment, and a folder another thread
+    made then was world-writable (0777)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except OSError:
+        pass
     mask = os.umask(0)
     os.umask(mask)
     return 0o666 & ~mask

@@ -3,7 +3,9 @@
 import os
 import socket
 import stat
+import sys
 import threading
+import time
 
 import pytest
 
@@ -91,3 +93,35 @@ def test_a_broken_http_reply_names_the_file_and_url(raw_server, tmp_path, reply)
     ):
         fetch(dest, "0" * 64, f"{url}/c.bin")
     assert list(tmp_path.iterdir()) == []  # no temporary left behind either
+
+
+def test_file_mode_leaves_the_umask_alone(tmp_path):
+    """``file_mode`` (the mode a download gets) must not set the process umask to read it:
+    for that moment a folder made by another thread (a concurrent download's) was 0777."""
+    from dgm.runs import file_mode
+
+    done, modes, folder = threading.Event(), [], str(tmp_path / "d")
+
+    def loop():
+        try:
+            end = time.monotonic() + 1.0
+            while time.monotonic() < end:
+                file_mode()
+        finally:
+            done.set()
+
+    old, interval = os.umask(0o022), sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)  # switch threads often, as a busy process may
+    thread = threading.Thread(target=loop)
+    thread.start()
+    try:
+        while not done.is_set():
+            os.mkdir(folder)
+            modes.append(stat.S_IMODE(os.stat(folder).st_mode))
+            os.rmdir(folder)
+    finally:
+        thread.join()
+        sys.setswitchinterval(interval)
+        os.umask(old)
+    assert len(modes) > 20 and set(modes) == {0o755}, (len(modes), modes.count(0o777))
+    assert file_mode() == 0o644
