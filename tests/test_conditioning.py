@@ -168,6 +168,7 @@ def test_inference_data_groups_and_attrs(full_run):
     assert attrs["tol"] == 1e-8 and attrs["check_reverse"] == 1 and attrs["chain_map"] == "map"
     assert attrs["wall_s"] > 0 and attrs["compile_s"] >= 0
     np.testing.assert_array_equal(idata.observed_data["y"].values, [1.0])
+    assert idata.observed_data["y"].dims == ("y_dim",)  # as a batch's ("obs", "y_dim")
 
 
 def test_checkpoint_resume_gives_identical_draws(full_run, tmp_path):

@@ -365,6 +365,8 @@ def to_inference_data(posterior: dict, infos: Any, y_obs, attrs: dict, extra_sta
     if observed["y"].ndim == 2:  # a batch of observations: an `obs` dimension everywhere
         dims = {name: ["obs", *dims.get(name, [])] for name in (*posterior, *stats)}
         dims |= {"y": ["obs", "y_dim"]}
+    else:  # the same name as a batch's (ArviZ's default would be `y_dim_0`)
+        dims |= {"y": ["y_dim"]}
     idata = az.from_dict(posterior, sample_stats=stats, observed_data=observed, dims=dims)
     for group in (idata.posterior, idata.sample_stats):
         # an attribute named like a variable would shadow it (`ds.step_size`)
