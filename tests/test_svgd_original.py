@@ -177,3 +177,22 @@ def test_import_creates_no_jax_state():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "SVGD"
+
+
+def test_jax_lnprob_after_a_float32_trace_fails_with_advice():
+    # JAX 0.10 reuses a float32 copy of a NumPy array the model closes over, made by a
+    # trace with 64-bit mode off (dgm.svgd's output check), inside the scoped 64-bit mode
+    # of float64 particles: a bare JaxRuntimeError before; now a message saying what to do.
+    x = np.random.default_rng(0).normal(size=(30, 3))
+
+    def log_p(w):
+        return -0.5 * jnp.sum((x @ w) ** 2) - 0.5 * jnp.sum(w**2)
+
+    jax.eval_shape(log_p, jax.ShapeDtypeStruct((3,), jnp.float32))
+    if jax.config.jax_enable_x64:
+        pytest.skip("64-bit mode is on for the whole process: nothing is scoped")
+    x0 = np.random.default_rng(1).normal(size=(10, 3))
+    with pytest.raises(RuntimeError, match="jax_enable_x64"):
+        dgm.SVGD().update(x0, jax.vmap(jax.grad(log_p)), n_iter=5, stepsize=0.05)
+    out = dgm.SVGD().update(x0.astype(np.float32), jax.vmap(jax.grad(log_p)), 5, 0.05)
+    assert out.dtype == np.float32 and np.all(np.isfinite(out))

@@ -33,6 +33,28 @@ from dgm.inference.svgd import core
 from dgm.inference.svgd.driver import SVGDRunner
 
 
+def _first_gradient(lnprob: Callable, x0: np.ndarray):
+    """``lnprob`` of the NumPy particles, called eagerly once (a NumPy ``lnprob`` runs here).
+
+    Float64 particles run inside a scoped 64-bit mode. JAX 0.10 can then reuse a 32-bit
+    copy of a NumPy array that ``lnprob`` closes over, made while the mode was off (e.g. by
+    a ``jax.eval_shape`` of the same model in ``dgm.svgd``), and fail with a bare
+    ``JaxRuntimeError`` ("expected f64[...] but got ... f32[...]"); say what to do instead.
+    """
+    try:
+        return lnprob(x0.copy())
+    except jax.errors.JaxRuntimeError as e:
+        if "RuntimeProgramInputMismatch" not in str(e):
+            raise
+        raise RuntimeError(
+            "`lnprob` failed on the float64 particles: JAX mixed in a float32 copy of an "
+            "array it closes over, made while JAX's 64-bit mode was off (float64 `x0` runs "
+            "in a scoped 64-bit mode). Enable 64-bit mode for the whole program "
+            "(jax.config.update('jax_enable_x64', True) before any JAX call), or pass "
+            "float32 `x0`."
+        ) from e
+
+
 class SVGD:
     """Drop-in for the reference code's ``SVGD`` class.
 
@@ -90,7 +112,7 @@ class SVGD:
         x64 = jax.enable_x64(True) if x0.dtype == np.float64 else contextlib.nullcontext()
         with x64:
             x = jnp.asarray(x0)
-            first = lnprob(x0.copy())  # iteration 1's gradient; is lnprob JAX or NumPy?
+            first = _first_gradient(lnprob, x0)  # iteration 1's; is lnprob JAX or NumPy?
             state, msg = self._run_loop(core.init(x), lnprob, 1, stepsize, bw, alpha, first)
             if not msg and n_iter > 1:
                 rest = (n_iter - 1, stepsize, bw, alpha)
