@@ -135,3 +135,31 @@ def test_cli_bad_input_exits_1_with_one_line(tmp_path, capsys):
     assert main(["run", "no-such-experiment", "--out", str(tmp_path)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("dgm: error:") and "no-such-experiment" in err[0]
+
+
+def test_numpy_numbers_count_as_numbers():
+    """Counts and settings computed with NumPy (``np.prod(shape)``, ``np.float32(0.3)``) are
+    taken as the Python numbers they equal (they were refused: "`input_dim` must be a
+    positive int; got np.int64(2)"), with the same draws; NumPy's bool still is no number."""
+
+    def generator(u):
+        return jnp.sum(u**2, keepdims=True)
+
+    common = dict(num_warmup=0, num_steps=(2, 3), progress_bar=False)
+    posterior = dgm.condition(generator, [1.0], np.int64(2))
+    py = posterior.sample(
+        jax.random.key(0), num_chains=2, num_samples=5, step_size=0.3, tol=1e-9, **common
+    )
+    npy = posterior.sample(
+        jax.random.key(0), num_chains=np.int64(2), num_samples=np.int32(5),
+        step_size=np.float64(0.3), tol=np.float64(1e-9), **common,
+    )  # fmt: skip
+    np.testing.assert_array_equal(npy.posterior["u"].values, py.posterior["u"].values)
+    draws = dgm.sample(
+        lambda x: -0.5 * jnp.sum(x**2), jnp.zeros(2), key=jax.random.key(1),
+        num_chains=np.int64(1), num_samples=np.int64(4), num_warmup=np.int64(0),
+        step_size=np.float32(0.5), max_depth=np.int64(3), progress_bar=False,
+    )  # fmt: skip
+    assert draws.posterior["x"].shape == (1, 4, 2)
+    with pytest.raises(ValueError, match=r"`input_dim` must be a positive int; got np.True_"):
+        dgm.condition(generator, [1.0], np.True_)

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dgm.config import all_finite, check_choice
+from dgm.config import all_finite, as_python_number, check_choice, is_int
 from dgm.inference import adaptive_step, chmc_driver, constrained_hmc, dynamic_chmc
 from dgm.inference.base import ChainResult, ChainRunner
 from dgm.inference.chmc_driver import (
@@ -211,6 +211,11 @@ class ConditionedGenerator(StartingPoints):
         if not isinstance(check_chains, bool):
             raise ValueError(f"`check_chains` must be a bool; got {check_chains!r}")
         chain_map = check_sample_args(args, self.system)
+        num_chains, num_samples, num_warmup, num_geodesic_steps, max_iters, chunk_size = map(
+            as_python_number,
+            (num_chains, num_samples, num_warmup, num_geodesic_steps, max_iters, chunk_size),
+        )
+        step_size, max_depth = as_python_number(step_size), as_python_number(max_depth)
         ys, batched = check_y_batch(y_obs, self.y_obs)
         same = np.asarray(ys, np.float64) == np.asarray(self.y_obs, np.float64)[None]
         if not (self.system.serves_any_observation or np.all(same)):
@@ -351,8 +356,9 @@ def condition(
         >>> idata = posterior.sample(jax.random.key(0), num_chains=2, num_samples=20,
         ...                          step_size=0.5, num_steps=(2, 4), progress_bar=False)
     """
-    if not isinstance(input_dim, int) or isinstance(input_dim, bool) or input_dim < 1:
+    if not is_int(input_dim) or input_dim < 1:
         raise ValueError(f"`input_dim` must be a positive int; got {input_dim!r}")
+    input_dim = int(input_dim)
     functions = {"generator": generator, "gram_factor_fn": gram_factor_fn, "init_fn": init_fn}
     functions |= {"half_log_det_fn": half_log_det_fn}
     for name, fn in functions.items():

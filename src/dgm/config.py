@@ -3,6 +3,7 @@
 import dataclasses
 import inspect
 import json
+import numbers
 from collections.abc import Iterable
 from typing import Any
 
@@ -101,9 +102,26 @@ def _set(obj: Any, parts: list[str], value: str, dotted: str) -> Any:
     return dataclasses.replace(obj, **{head: new})
 
 
+def is_int(value: Any) -> bool:
+    """An integer, Python's or NumPy's (``np.int64(4)``), but not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def is_real(value: Any) -> bool:
+    """A real number, Python's or NumPy's (``np.float32(0.1)``), but not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def as_python_number(value: Any) -> Any:
+    """A NumPy integer or real as the Python ``int`` or ``float`` it equals (once it passed
+    :func:`is_int` or :func:`is_real`); anything else unchanged."""
+    if is_int(value):
+        return int(value)
+    return float(value) if is_real(value) else value
+
+
 def _is_number(value: Any, integer: bool) -> bool:
-    kinds = int if integer else int | float
-    return isinstance(value, kinds) and not isinstance(value, bool)
+    return is_int(value) if integer else is_real(value)
 
 
 def check_positive(name: str, value: Any, *, integer: bool = False) -> None:

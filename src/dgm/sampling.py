@@ -27,7 +27,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from dgm._types import check_key
-from dgm.config import all_finite, check_choice, check_positive
+from dgm.config import (
+    all_finite,
+    as_python_number,
+    check_choice,
+    check_positive,
+    is_int,
+    is_real,
+)
 from dgm.inference import hmc, nuts
 from dgm.inference._compiled import CompiledCache
 from dgm.inference.adaptation import warmup
@@ -152,6 +159,10 @@ def sample(
             the log density is not finite.
     """
     _check_args(locals())
+    num_warmup, num_samples, num_chains, chunk_size, max_depth = map(
+        as_python_number, (num_warmup, num_samples, num_chains, chunk_size, max_depth)
+    )
+    step_size, target_accept = as_python_number(step_size), as_python_number(target_accept)
     options = (chunk_size, chain_map)
     steps = tuple(num_steps) if isinstance(num_steps, list) else num_steps
     raveled = _Raveled.of(log_density_fn, init_params)
@@ -305,9 +316,9 @@ def _check_args(args: dict) -> None:
     if args["kernel"] == "hmc":
         hmc.check_steps(args["num_steps"])
     step_size, target = args["step_size"], args["target_accept"]
-    if isinstance(step_size, bool) or not isinstance(step_size, int | float) or not step_size > 0:
+    if not is_real(step_size) or not step_size > 0:
         raise ValueError(f"`step_size` must be a positive number; got {step_size!r}")
-    if isinstance(target, bool) or not isinstance(target, int | float) or not 0 < target < 1:
+    if not is_real(target) or not 0 < target < 1:
         raise ValueError(f"`target_accept` must lie in (0, 1); got {target!r}")
     if not isinstance(args["var_name"], str) or not args["var_name"]:
         raise ValueError(f"`var_name` must be a non-empty str; got {args['var_name']!r}")
@@ -315,7 +326,7 @@ def _check_args(args: dict) -> None:
 
 
 def _check_num_warmup(num_warmup, metric: str) -> None:
-    if isinstance(num_warmup, bool) or not isinstance(num_warmup, int) or num_warmup < 0:
+    if not is_int(num_warmup) or num_warmup < 0:
         raise ValueError(f"`num_warmup` must be an int >= 0; got {num_warmup!r}")
     if metric == "none" or num_warmup == 0:
         return

@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
+from dgm.config import is_real
 from dgm.inference.adaptation import (
     DualAveragingState,
     dual_averaging_init,
@@ -71,8 +72,7 @@ def schedule(num_warmup: int) -> tuple[int, int]:
 
 def check_target_accept(target_accept: Any) -> float:
     """``target_accept`` as a float in (0, 1), else ``ValueError`` naming it."""
-    ok = isinstance(target_accept, int | float) and not isinstance(target_accept, bool)
-    if not (ok and 0.0 < float(target_accept) < 1.0):
+    if not (is_real(target_accept) and 0.0 < float(target_accept) < 1.0):
         raise ValueError(f"`target_accept` must be a number in (0, 1); got {target_accept!r}")
     return float(target_accept)
 

@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from dgm.config import is_int, is_real
 from dgm.inference.manifold import AbstractGramFactor, DenseCholesky
 
 
@@ -125,10 +126,9 @@ class AdditiveNoise:
         gram: str = "auto",
     ):
         for name, value in (("latent_dim", latent_dim), ("output_dim", output_dim)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            if not is_int(value) or value < 1:
                 raise ValueError(f"`{name}` must be a positive int; got {value!r}")
-        ok = isinstance(sigma, int | float) and not isinstance(sigma, bool)
-        if not (ok and np.isfinite(sigma) and sigma > 0):
+        if not (is_real(sigma) and np.isfinite(sigma) and sigma > 0):
             raise ValueError(f"`sigma` must be a positive number; got {sigma!r}")
         if not callable(jacobian) and jacobian not in ("auto", "fwd", "rev"):
             raise ValueError(
@@ -139,9 +139,8 @@ class AdditiveNoise:
         if jacobian == "auto":
             jacobian = "rev" if latent_dim > 2 * output_dim else "fwd"
         self.f = f
-        self.latent_dim = latent_dim
-        self.output_dim = output_dim
-        self.input_dim = latent_dim + output_dim
+        self.latent_dim, self.output_dim = int(latent_dim), int(output_dim)
+        self.input_dim = self.latent_dim + self.output_dim
         self.sigma = float(sigma)
         self.gram = ("woodbury" if latent_dim < output_dim else "dense") if gram == "auto" else gram
         if callable(jacobian):

@@ -23,7 +23,7 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from dgm._types import check_key
-from dgm.config import check_choice, check_positive
+from dgm.config import check_choice, check_positive, is_int, is_real
 from dgm.inference import adaptive_step, constrained_hmc, dynamic_chmc
 from dgm.inference.base import ChainRunner, is_static_int
 from dgm.inference.chain_checks import ChainChecker
@@ -227,12 +227,11 @@ def check_sample_args(args: dict, system: ManifoldSystem) -> str:
     for name in ("num_chains", "num_samples", "num_geodesic_steps", "max_iters", "chunk_size"):
         check_positive(name, args[name], integer=True)
     num_warmup = args["num_warmup"]
-    if not isinstance(num_warmup, int) or isinstance(num_warmup, bool) or num_warmup < 0:
+    if not is_int(num_warmup) or num_warmup < 0:
         raise ValueError(f"`num_warmup` must be a non-negative int; got {num_warmup!r}")
     for name in ("step_size", "tol"):
         value = args[name]
-        ok = isinstance(value, int | float) and not isinstance(value, bool)
-        if not (ok and np.isfinite(value) and value > 0):
+        if not (is_real(value) and np.isfinite(value) and value > 0):
             raise ValueError(f"`{name}` must be a positive number; got {value!r}")
     adaptive_step.check_target_accept(args["target_accept"])
     for name in ("check_reverse", "progress_bar", "adapt"):

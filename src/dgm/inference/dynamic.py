@@ -45,6 +45,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, UInt32
 
+from dgm.config import is_int
 from dgm.inference.masked_loop import masked_while_loop
 
 
@@ -379,9 +380,9 @@ def sample_trajectory(
 
 def check_max_depth(max_depth: Any) -> int:
     """``max_depth`` as a Python int ≥ 1; ``ValueError`` otherwise."""
-    if isinstance(max_depth, bool) or not isinstance(max_depth, int) or max_depth < 1:
+    if not is_int(max_depth) or max_depth < 1:
         raise ValueError(f"`max_depth` must be an int >= 1; got {max_depth!r}")
-    return max_depth
+    return int(max_depth)
 
 
 def depth_and_capacity(max_depth: Any, bound: int) -> tuple[Any, int | None]:

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
+from dgm.config import is_int
 from dgm.inference.base import Kernel, is_static_int, metropolis
 from dgm.inference.integrators import IntegratorState, leapfrog
 from dgm.inference.metrics import (
@@ -160,8 +161,8 @@ def checked_init(log_density_fn: Callable, inverse_mass_matrix=None) -> Callable
 
 def check_steps(num_steps) -> tuple[int, int]:
     """``(low, high)`` from a fixed count or an inclusive range; ``ValueError`` otherwise."""
-    if isinstance(num_steps, int) and not isinstance(num_steps, bool):
-        lo = hi = num_steps
+    if is_int(num_steps):
+        lo = hi = int(num_steps)
     elif isinstance(num_steps, tuple | list) and len(num_steps) == 2:
         lo, hi = (int(v) for v in num_steps)
     else:
