@@ -112,7 +112,8 @@ def report(config: Config, m: dict) -> str:
         "| metric | value |\n|---|---|\n"
         f"| max abs error of the mean | {m['mean_error']:.4f} |\n"
         f"| relative Frobenius error of the covariance | {m['cov_rel_error']:.4f} |\n"
-        f"| KSD initial -> final | {m['ksd_initial']:.4f} -> {m['ksd_final']:.4f} |\n"
+        f"| KSD initial -> final (√ of the U-statistic, 0 when it is < 0) | "
+        f"{m['ksd_initial']:.4f} -> {m['ksd_final']:.4f} |\n"
         f"| final KSD² U-statistic (unbiased, may be < 0) | {m['ksd2_u_final']:.2e} |\n"
         f"| ms per iteration (compile {m['compile_s']:.2f} s) | {m['ms_per_iter']:.3f} |\n"
         f"\nStatus: {m['status']}.\n"
@@ -122,6 +123,7 @@ def report(config: Config, m: dict) -> str:
 def summary(metrics: dict) -> str:
     return (
         f"mean error {metrics['mean_error']:.4f}, cov rel error {metrics['cov_rel_error']:.4f}, "
-        f"KSD {metrics['ksd_initial']:.4f} -> {metrics['ksd_final']:.4f}, "
+        "KSD (U-statistic, 0 when below its noise) "
+        f"{metrics['ksd_initial']:.4f} -> {metrics['ksd_final']:.4f}, "
         f"{metrics['ms_per_iter']:.3f} ms/iter"
     )

@@ -149,7 +149,8 @@ def report(config: Config, m: dict) -> str:
         f"# {NAME}\n\nTarget 1/3 N(-2, 1) + 2/3 N(2, 1); {config.num_particles} particles from "
         f"N({config.init_mean}, 1); {m['num_iterations']} iterations, step {config.step_size}."
         "\n\n![particles](gmm1d.gif)\n\n| metric | value |\n|---|---|\n"
-        f"| KSD initial -> final | {m['ksd_initial']:.4f} -> {m['ksd_final']:.4f} |\n"
+        f"| KSD initial -> final (√ of the U-statistic, 0 when it is < 0) | "
+        f"{m['ksd_initial']:.4f} -> {m['ksd_final']:.4f} |\n"
         f"| final KSD² U-statistic (unbiased, may be < 0) | {m['ksd2_u_final']:.3g} |\n"
         f"| abs error of the mean | {m['mean_error']:.4f} |\n"
         f"| fraction of particles > 0 (target) | {m['frac_right_mode']:.3f} "
@@ -159,7 +160,8 @@ def report(config: Config, m: dict) -> str:
 
 def summary(metrics: dict) -> str:
     return (
-        f"KSD {metrics['ksd_initial']:.4f} -> {metrics['ksd_final']:.4f}; "
+        "KSD (U-statistic, 0 when below its noise) "
+        f"{metrics['ksd_initial']:.4f} -> {metrics['ksd_final']:.4f}; "
         f"fraction > 0: {metrics['frac_right_mode']:.3f} "
         f"(target {metrics['frac_right_mode_target']:.3f})"
     )
