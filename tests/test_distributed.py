@@ -9,6 +9,7 @@ the Gauss–Newton start's compilation to each process. Bad input: each error na
 argument; an unreachable coordinator fails within its timeout.
 """
 
+import argparse
 import os
 import socket
 import subprocess
@@ -106,3 +107,25 @@ def test_set_host_device_count(monkeypatch):
     dgm.set_host_device_count(2)  # the count JAX has: accepted
     with pytest.raises(RuntimeError, match=r"came too late: JAX has already initialized 2"):
         dgm.set_host_device_count(3)
+
+
+def test_overwrite_tolerates_files_another_process_removed(tmp_path, monkeypatch):
+    """Every process of a run prepares the shared --out before they join; with --overwrite
+    each deletes the old checkpoints, so a file may be gone by the time one gets to it."""
+    out = tmp_path / "r"
+    for name in ("config.json", "metrics.json", "checkpoints/a.npz", "tensorboard/events"):
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_text("{}")
+    real_glob = Path.glob
+
+    def glob(self, pattern, **kwargs):
+        found = list(real_glob(self, pattern, **kwargs))
+        if pattern == "*":
+            for p in found:  # the other process got there first
+                p.unlink()
+        return iter(found)
+
+    monkeypatch.setattr(Path, "glob", glob)
+    args = argparse.Namespace(out=out, name="svgd-gmm1d", seed=0, resume=False, overwrite=True)
+    assert cli._prepare_out(args, "smoke", {}) == out
+    assert not (out / "metrics.json").exists() and not any((out / "checkpoints").iterdir())

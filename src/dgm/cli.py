@@ -338,10 +338,11 @@ def _prepare_out(args: argparse.Namespace, preset: str, record: dict) -> Path:
                 "replace it, or --out DIR"
             )
         else:  # the old run's state and scores go: none may sit beside the new config
+            # missing_ok: every process of a multi-process run clears the shared --out
             for f in (out / "checkpoints").glob("*"):
-                f.unlink()
+                f.unlink(missing_ok=True)
             for f in (out / "tensorboard").glob("*"):  # TensorBoard would mix the two runs
-                f.unlink()
+                f.unlink(missing_ok=True)
             for name in ("metrics.json", "report.md"):
                 (out / name).unlink(missing_ok=True)
     return out
