@@ -2,8 +2,9 @@
 
 ``python tests/_distributed_worker.py PORT PROCESS_ID OUT.npz``: joins a 2-process run on
 127.0.0.1:PORT with one CPU device, runs :func:`sphere_chains` (constrained HMC on the
-unit sphere, straight through ``ChainRunner``: no ArviZ import, one compilation), and on
-process 0 saves the gathered draws.
+unit sphere, straight through ``ChainRunner``: no ArviZ import, one compilation) and
+:func:`svgd_particles` (particles split over both processes), and on process 0 saves the
+gathered draws and particles.
 """
 
 import sys
@@ -33,6 +34,20 @@ def sphere_chains(chunk_size: int = 6):
     return np.asarray(result.draws), np.asarray(result.infos.is_accepted)
 
 
+def svgd_particles():
+    """The particles of 12 SVGD steps on N(1, I) in R², 6 particles split over every device
+    of every process (:func:`dgm.inference.svgd.shard`)."""
+    import jax
+    import jax.numpy as jnp
+
+    from dgm.inference import svgd
+
+    x0 = jax.random.normal(jax.random.key(3), (6, 2))
+    score = svgd.make_score_fn(log_density_fn=lambda x: -0.5 * jnp.sum((x - 1.0) ** 2))
+    runner = svgd.SVGDRunner(svgd.build_step(score), chunk_size=6)
+    return runner.run(svgd.shard(svgd.init(x0)), 12, step_size=0.1).particles
+
+
 if __name__ == "__main__":
     import dgm
 
@@ -48,5 +63,6 @@ if __name__ == "__main__":
 
     assert jax.process_count() == 2 and len(jax.devices()) == 2
     draws, accepted = sphere_chains()
+    particles = svgd_particles()
     if dgm.distributed.is_main_process():
-        np.savez(out, draws=draws, accepted=accepted)
+        np.savez(out, draws=draws, accepted=accepted, particles=particles)

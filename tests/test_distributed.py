@@ -24,7 +24,7 @@ import pytest
 import dgm
 import dgm.distributed
 from dgm import cli
-from tests._distributed_worker import sphere_chains
+from tests._distributed_worker import sphere_chains, svgd_particles
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,6 +55,7 @@ def test_two_processes_give_the_single_process_draws(tmp_path):
         for i in range(2)
     ]
     draws, accepted = sphere_chains()  # while the workers run
+    particles = svgd_particles()  # over this process's two host devices
     logs = []
     for p in procs:
         try:
@@ -68,6 +69,8 @@ def test_two_processes_give_the_single_process_draws(tmp_path):
     assert got["draws"].shape == (4, 12, 3) and accepted.mean() > 0.5  # the chains move
     np.testing.assert_array_equal(got["draws"], draws)
     np.testing.assert_array_equal(got["accepted"], accepted)
+    # SVGD particles sharded over the two processes come back whole (`result.particles`)
+    np.testing.assert_allclose(got["particles"], particles, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize(

@@ -16,6 +16,7 @@ import numpy as np
 from jaxtyping import ArrayLike
 
 from dgm.config import check_positive, check_positive_values
+from dgm.inference import mesh as mesh_lib
 from dgm.inference._compiled import ChunkOutcome, CompiledCache, run_chunks, skip_unless
 from dgm.inference.svgd.core import SVGDState
 
@@ -51,7 +52,13 @@ class SVGDResult(NamedTuple):
 
     @property
     def particles(self) -> np.ndarray:
-        return np.asarray(self.state.particles)
+        """The final particles as one NumPy array. Particles that :func:`~dgm.inference.svgd.shard`
+        spread over the devices of several processes are gathered (a collective: every
+        process must read it, as every process runs the same program)."""
+        x = self.state.particles
+        if getattr(x, "is_fully_addressable", True):
+            return np.asarray(x)
+        return mesh_lib.gather(x)
 
 
 class SVGDRunner:
