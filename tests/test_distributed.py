@@ -79,13 +79,24 @@ def test_two_processes_give_the_single_process_draws(tmp_path):
         (("127.0.0.1:1234", 2, 2), r"`process_id` must be an int in \[0, num_processes\)"),
         (("127.0.0.1:1234", 2, -1), r"`process_id` must be an int in \[0, num_processes\)"),
         (("127.0.0.1:1234", 0, 0), "`num_processes` must be a positive int; got 0"),
-        (("localhost", 2, 0), "`coordinator_address` must be 'HOST:PORT'; got 'localhost'"),
+        (("localhost", 2, 0), r"`coordinator_address` must be 'HOST:PORT' .*; got 'localhost'"),
+        # process 1, not 0: the old check let these through, and process 0 then crashed
+        (("http://127.0.0.1:8476", 2, 1), "got 'http://127.0.0.1:8476'"),
+        (("127.0.0.1:1234:8476", 2, 1), "`coordinator_address` must be 'HOST:PORT'"),
+        (("127.0.0.1 :8476", 2, 1), "`coordinator_address` must be 'HOST:PORT'"),
+        (("127.0.0.1:\uff18\uff14", 2, 1), "`coordinator_address` must be 'HOST:PORT'"),
+        (("127.0.0.1:0", 2, 1), r"a port in \[1, 65535\]\); got '127.0.0.1:0'"),
         (("127.0.0.1:1234", None, 0), "give all of `coordinator_address`"),
     ],
 )
 def test_bad_initialize_arguments(args, match):
     with pytest.raises(ValueError, match=match):
-        dgm.distributed.initialize(*args)
+        dgm.distributed.initialize(*args, timeout_s=0.5)
+
+
+@pytest.mark.parametrize("address", ["localhost:8476", "10.0.0.1:8476", "[::1]:8476"])
+def test_good_addresses_pass_the_check(address):
+    assert dgm.distributed._check_address(address) == address
 
 
 def test_unreachable_coordinator_fails_within_its_timeout():

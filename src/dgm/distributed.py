@@ -17,6 +17,7 @@ environments JAX detects), which reads the process count, id and coordinator fro
 environment.
 """
 
+import re
 import socket
 import time
 from typing import Any
@@ -26,10 +27,19 @@ __all__ = ["initialize", "is_main_process", "process_count"]
 _STATE = {"process_id": 0}  # this process's index once initialized
 
 
+# A host name or IPv4 address, or an IPv6 address in brackets; a port of ASCII digits.
+_ADDRESS = re.compile(r"(?:[A-Za-z0-9._-]+|\[[0-9A-Za-z:.%]+\]):([0-9]{1,5})")
+
+
 def _check_address(address: Any) -> str:
-    host, _, port = str(address).rpartition(":") if isinstance(address, str) else ("", "", "")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"`coordinator_address` must be 'HOST:PORT'; got {address!r}")
+    # Anything else (a scheme, a second colon, a space) reaches gRPC, which crashes
+    # process 0 (a segmentation fault, no Python exception) when it cannot bind it.
+    match = _ADDRESS.fullmatch(address) if isinstance(address, str) else None
+    if match is None or not 0 < int(match.group(1)) < 65536:
+        raise ValueError(
+            "`coordinator_address` must be 'HOST:PORT' (a host name or IPv4 address, or an "
+            f"IPv6 address in brackets, and a port in [1, 65535]); got {address!r}"
+        )
     return address
 
 
