@@ -15,6 +15,7 @@ Power: test_planted_bugs_are_caught (marked slow) removes the log-det term, the
 Metropolis step and the momentum projection in turn and requires the z-test to fail.
 """
 
+import arviz as az
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -115,6 +116,17 @@ def test_sphere_moments(sphere_run):
     z, n_eff = z_scores(moment_stats(u), np.r_[np.zeros(3), np.full(3, 1 / 3)])
     assert np.all(n_eff >= 1000), n_eff
     assert np.all(z < Z_MAX), z
+
+
+def test_sphere_energy_is_the_kept_states_hamiltonian(sphere_run):
+    """``sample_stats.energy`` (ArviZ's, for ``az.bfmi`` / ``az.plot_energy``) is H of the
+    state kept with its momentum: on the unit sphere φ = ½, and the tangent momentum of the
+    kept pair is N(0, I₂) (Metropolis keeps the joint law), so E H = ½ + 1 and var H = 1."""
+    energy = sphere_run.sample_stats["energy"].values
+    z, n_eff = z_scores(energy[..., None], np.array([1.5]))
+    assert n_eff[0] >= 1000 and z[0] < Z_MAX, (z, n_eff)
+    assert abs(energy.var() - 1.0) < 0.1, energy.var()
+    assert np.all(az.bfmi(sphere_run) > 0.3)
 
 
 def test_linear_gaussian_moments(linear_run):

@@ -137,8 +137,11 @@ def test_bad_input():
 @pytest.mark.slow
 def test_sphere_moments():
     """About 15 s."""
-    u = run(sphere, [1.0], 3, jax.random.key(11), 0.8).posterior["u"].values
-    z, n_eff = z_scores(moment_stats(u), np.r_[np.zeros(3), np.full(3, 1 / 3)])
+    idata = run(sphere, [1.0], 3, jax.random.key(11), 0.8)
+    u, energy = idata.posterior["u"].values, idata.sample_stats["energy"].values
+    # and the chosen leaf's H, ½ + ½‖p‖² with p ~ N(0, I₂) in the tangent plane: E H = 1.5
+    stats = np.concatenate([moment_stats(u), energy[..., None]], -1)
+    z, n_eff = z_scores(stats, np.r_[np.zeros(3), np.full(3, 1 / 3), 1.5])
     assert np.all(n_eff >= ESS_FLOOR), n_eff
     assert np.all(z < Z_MAX), z
 

@@ -242,6 +242,7 @@ class ABCHMCInfo(NamedTuple):
     is_accepted: Bool[Array, ""]
     is_divergent: Bool[Array, ""]
     energy_error: Float[Array, ""]
+    energy: Float[Array, ""]
     num_steps: Int[Array, ""]
     num_simulations: Int[Array, ""]  # one G (+ its VJP) per leapfrog step
 

@@ -344,6 +344,7 @@ STAT_NAMES = {
     "is_irreversible": "irreversible",
     "num_steps": "n_steps",
     "energy_error": "energy_error",
+    "energy": "energy",
     "constraint_residual": "constraint_residual",
     "tree_depth": "tree_depth",  # dynamic trajectories only
 }

@@ -56,6 +56,7 @@ class CHMCInfo(NamedTuple):
     projection_failed: Bool[Array, ""]
     is_irreversible: Bool[Array, ""]
     energy_error: Float[Array, ""]
+    energy: Float[Array, ""]  # H of the state kept, with its momentum (ArviZ's `energy`)
     num_steps: Int[Array, ""]
     constraint_residual: Float[Array, ""]  # max |G(u) - y| at the state after the step
 
@@ -223,6 +224,7 @@ def build_kernel(
             t1.projection_failed,
             t1.is_irreversible & ~t1.projection_failed,
             energy_error,
+            jnp.where(is_accepted, h1, h0),
             num_steps,
             jnp.max(jnp.abs(system.constraint(new.position, y_obs))),
         )

@@ -55,6 +55,7 @@ class DCHMCInfo(NamedTuple):
     projection_failed: Bool[Array, ""]  # ... a projection that did not converge
     is_irreversible: Bool[Array, ""]  # ... a failed reversibility check
     energy_error: Float[Array, ""]  # H(new) − H(start)
+    energy: Float[Array, ""]  # H(new), with its momentum (ArviZ's `energy`)
     num_steps: Int[Array, ""]  # integrator steps
     constraint_residual: Float[Array, ""]  # max |G(u) − y| at the new state
     tree_depth: Int[Array, ""]
@@ -135,6 +136,7 @@ def build_kernel(
             tree.failures[0],
             tree.failures[1],
             tree.energy_error,
+            fns.energy(leaf),
             tree.num_steps,
             jnp.max(jnp.abs(system.constraint(new.position, y_obs))),
             tree.tree_depth,

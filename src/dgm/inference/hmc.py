@@ -34,6 +34,7 @@ class HMCInfo(NamedTuple):
     is_accepted: Bool[Array, ""]
     is_divergent: Bool[Array, ""]
     energy_error: Float[Array, ""]
+    energy: Float[Array, ""]  # H of the state kept, with its momentum (ArviZ's `energy`)
     num_steps: Int[Array, ""]
 
 
@@ -86,7 +87,8 @@ def transition(
     log_ratio = jnp.where(is_divergent, -jnp.inf, -energy_error)
     proposal = HMCState(end.position, end.log_density, end.log_density_grad)
     new, accept_prob, is_accepted = metropolis(key_accept, log_ratio, proposal, state)
-    return new, HMCInfo(accept_prob, is_accepted, is_divergent, energy_error, num_steps)
+    energy = jnp.where(is_accepted, h1, h0)
+    return new, HMCInfo(accept_prob, is_accepted, is_divergent, energy_error, energy, num_steps)
 
 
 def build_kernel(log_density_fn: Callable, divergence_threshold: float = 1000.0) -> Callable:
