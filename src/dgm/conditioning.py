@@ -197,7 +197,8 @@ class ConditionedGenerator(StartingPoints):
         Returns:
             ``arviz.InferenceData`` with ``posterior`` (``u`` and any derived quantities),
             ``sample_stats`` (acceptance, step sizes, step counts, projection failures,
-            irreversible steps, divergences, constraint residuals) and run attributes
+            irreversible steps, divergences, constraint residuals, ``energy`` for
+            ``az.bfmi`` and ``az.plot_energy``) and run attributes
             (``wall_s``, ``compile_s``, ``interrupted``, ``step_size``: the mean over chains
             of the adapted step sizes, or the given one; ``adapted``). Ctrl-C keeps the
             draws made so far (a message on stderr; ``interrupted`` = 1); before the first
