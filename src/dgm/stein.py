@@ -53,7 +53,10 @@ def svgd(
         init_particles: the initial particles: an array ``(num_particles, dim)``, or a
             pytree of parameters (a dict, possibly nested, or a NamedTuple) whose every
             leaf has the particles on its leading axis; the log density then takes one
-            particle's structure. Its (floating) dtype is the dtype of the run.
+            particle's structure. Its (floating) dtype is the dtype of the run, as JAX
+            holds it: float64 particles run in float64 only with ``jax_enable_x64`` on
+            (otherwise JAX makes them float32, as every ``jnp.asarray`` does; unlike
+            ``dgm.SVGD().update`` and ``dgm.condition``, which switch float64 on themselves).
         num_iterations: most SVGD steps.
         step_size: the original code's step rule (AdaGrad with momentum 0.9:
             ``x += step_size · φ / (1e-6 + sqrt(hist))``), so about the first step's move per
