@@ -31,6 +31,11 @@ CONDITION_ERRORS = [
     (dict(generator=lambda u: u @ jnp.ones(5)), ValueError, "`generator` failed on an input"),
     (dict(y_obs=[1.0, 2.0]), ValueError, r"`generator` must return a vector of shape \(2,\)"),
     (dict(y_obs=[np.nan]), ValueError, "`y_obs` must be finite"),
+    (  # once read as "the Jacobian has rank 0" at the first prior draw
+        dict(generator=lambda u: jnp.round(jnp.sum(u**2, keepdims=True)).astype(jnp.int32)),
+        ValueError,
+        "`generator` must return floating-point values .* got dtype int32",
+    ),
     (dict(y_obs=[[1.0]]), ValueError, "`y_obs` must be a vector; got shape"),
     (dict(input_dim=0), ValueError, "`input_dim` must be a positive int; got 0"),
     (dict(input_dim=2.5), ValueError, "`input_dim` must be a positive int; got 2.5"),

@@ -440,6 +440,11 @@ def _check_y_obs(generator: Callable, y_obs: Any, input_dim: int) -> jax.Array:
             f"`generator` must return a vector of shape {tuple(y.shape)} to match `y_obs`; "
             f"got {got}"
         )
+    if not jnp.issubdtype(out.dtype, jnp.floating):  # its Jacobian would be all zeros
+        raise ValueError(
+            f"`generator` must return floating-point values (a differentiable function of u); "
+            f"got dtype {out.dtype}"
+        )
     if y.shape[0] >= input_dim:
         raise ValueError(
             f"the generator must have more inputs than outputs (the manifold g(u) = y has "

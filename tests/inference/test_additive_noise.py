@@ -163,6 +163,8 @@ def test_gram_choice_and_bad_arguments():
         dgm.condition_additive_noise(f, np.zeros(5), K, SIGMA)
     with pytest.raises(ValueError, match="`y_obs` must be finite"):
         dgm.condition_additive_noise(f, np.full(N, np.nan), K, SIGMA)
+    with pytest.raises(ValueError, match="`f` must return floating-point values .* int32"):
+        dgm.condition_additive_noise(lambda z: f(z).astype(jnp.int32), np.zeros(N), K, SIGMA)
 
 
 def test_custom_jacobian_function_is_used_and_checked():
