@@ -271,3 +271,14 @@ def test_the_ctrl_c_line_promises_a_checkpoint_only_when_there_is_one(
     assert cli.main([*args, "--resume"]) == 130
     kept = "dgm: interrupted; the last checkpoint is kept, continue with --resume"
     assert capsys.readouterr().err.splitlines() == [kept]
+
+
+def test_smoke_with_another_preset_is_refused(tmp_path, capsys):
+    """``--smoke --preset smok`` ran the smoke preset and dropped the (mistyped) preset."""
+    args = ["run", "svgd-gaussian2d", "--smoke", "--out", str(tmp_path / "r")]
+    assert cli.main([*args, "--preset", "smok"]) == 1
+    assert "--smoke means --preset smoke; got --preset smok" in capsys.readouterr().err
+    assert cli.main([*args, "--preset", "smoke", "--print-config"]) == 0
+    assert json.loads(capsys.readouterr().out)["preset"] == "smoke"
+    assert cli.main(["run", "svgd-gaussian2d", "--print-config"]) == 0
+    assert json.loads(capsys.readouterr().out)["preset"] == "quick"

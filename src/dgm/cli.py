@@ -53,7 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("name", nargs="?", help="experiment name (see `dgm list`)")
     run.add_argument(
         "--preset",
-        default="quick",
+        default=None,
         help="smoke, quick, paper or another the experiment has (default: quick)",
     )
     run.add_argument("--smoke", action="store_true", help="shorthand for --preset smoke")
@@ -230,7 +230,9 @@ def _sample(args: argparse.Namespace) -> int:
 
 def _resolve(args: argparse.Namespace, extra: list[str]):
     module = experiments.get(args.name)
-    preset = "smoke" if args.smoke else args.preset
+    if args.smoke and args.preset not in (None, "smoke"):
+        raise ValueError(f"--smoke means --preset smoke; got --preset {args.preset} as well")
+    preset = "smoke" if args.smoke else args.preset or "quick"
     if preset not in module.PRESETS:
         raise ValueError(
             f"unknown preset {preset!r} for {args.name}; expected one of {sorted(module.PRESETS)}"
