@@ -176,6 +176,15 @@ def test_inference_data_groups_and_attrs(full_run):
     assert idata.observed_data["y"].dims == ("y_dim",)  # as a batch's ("obs", "y_dim")
 
 
+def test_n_steps_run_counts_the_warm_up_steps_that_wall_s_timed(full_run):
+    """``wall_s`` times warm-up and sampling; ``sample_stats.n_steps`` holds the kept
+    draws' steps only, so a time per step needs ``n_steps_run`` (3 warm-up + 20 draws, 2
+    chains, 2 steps each)."""
+    _, idata = full_run
+    assert int(idata.sample_stats["n_steps"].values.sum()) == 2 * 20 * 2
+    assert idata.posterior.attrs["n_steps_run"] == 2 * (3 + 20) * 2
+
+
 def test_checkpoint_resume_gives_identical_draws(full_run, tmp_path):
     """A shorter run, then a longer one on the same checkpoint: the longer one continues
     and its draws equal the uninterrupted run's, bit for bit."""

@@ -199,7 +199,8 @@ class ConditionedGenerator(StartingPoints):
             ``sample_stats`` (acceptance, step sizes, step counts, projection failures,
             irreversible steps, divergences, constraint residuals, ``energy`` for
             ``az.bfmi`` and ``az.plot_energy``) and run attributes
-            (``wall_s``, ``compile_s``, ``interrupted``, ``step_size``: the mean over chains
+            (``wall_s``, ``compile_s``, ``n_steps_run``: the integrator steps of all
+            iterations, warm-up's included, ``interrupted``, ``step_size``: the mean over chains
             of the adapted step sizes, or the given one; ``adapted``). Ctrl-C keeps the
             draws made so far (a message on stderr; ``interrupted`` = 1); before the first
             chunk it propagates.
@@ -286,6 +287,8 @@ class ConditionedGenerator(StartingPoints):
         ``obs`` is ``(y, num_chains)`` for a batch of observations, else ``(y, None)``."""
         keep = slice(min(num_warmup, result.num_done), min(result.num_done, total))
         draws, infos = jax.tree.map(lambda x: x[:, keep], (result.draws, result.infos))
+        # wall_s timed warm-up too; sample_stats' n_steps counts the kept draws' steps only
+        n_steps_run = int(np.sum(np.asarray(result.infos.num_steps)[:, : keep.stop]))
         step_size = np.broadcast_to(np.asarray(step_sizes)[:, None], draws.shape[:2])
         with jax.enable_x64(True):
             derived = {name: np.asarray(fn(draws)) for name, fn in self.derived.items()}
@@ -301,6 +304,7 @@ class ConditionedGenerator(StartingPoints):
             "check_reverse": int(settings.check_reverse),
             "wall_s": result.wall_s,
             "compile_s": result.compile_s,
+            "n_steps_run": n_steps_run,
             "interrupted": int(result.num_done < total),
         }
         extra = {"step_size": step_size}

@@ -78,3 +78,47 @@ def test_quick_chmc_agrees_with_the_reference(tmp_path):
     z, _ = z_scores(chmc, ref_flat.mean(0), ref_var)
     print("z per rate input:", np.round(z, 2))
     assert np.all(z < 4.0), z
+
+
+def test_times_cover_warm_up_for_both_methods_and_steps_match_them(tmp_path, monkeypatch):
+    """Constrained HMC's ``wall_s`` times warm-up and sampling (one chain run); NUTS's
+    ``wall_s`` from ``dgm.sample`` is sampling only, so the reference adds ``warmup_s``;
+    ``ms_per_step`` divides by every step timed (``n_steps_run``), not the kept draws'."""
+    import arviz as az
+
+    from dgm.experiments import ode_predator_prey as exp
+    from dgm.runs import RunContext
+
+    rng = np.random.default_rng(0)
+    cfg = exp.Config(num_chains=2, num_samples=30, num_warmup=70)
+    ctx = RunContext(tmp_path, progress=False)
+    ref = az.from_dict(
+        {"x": rng.normal(size=(2, 30, NUM_PARAMS))},
+        sample_stats={"acceptance_rate": np.full((2, 30), 0.9)},
+    )
+    ref.posterior.attrs.update({"wall_s": 2.0, "warmup_s": 3.0, "compile_s": 7.0})
+    monkeypatch.setattr(exp, "sample", lambda *a, **k: ref)
+    metrics, _ = exp.run_reference(cfg, PredatorPreyODE(2, 2), np.ones(4), None, ctx)
+    assert metrics["wall_s"] == 5.0 and metrics["compile_s"] == 7.0
+    assert metrics["ess_per_s_min"] == metrics["ess_bulk_min"] / 5.0
+
+    chmc = az.from_dict(
+        {"u": rng.normal(size=(2, 30, 12))},
+        sample_stats={
+            "is_accepted": np.ones((2, 30), bool),
+            "n_steps": np.full((2, 30), 4),  # the kept draws' steps: 240
+            "projection_failed": np.zeros((2, 30), bool),
+            "constraint_residual": np.zeros((2, 30)),
+        },
+    )
+    attrs = {"wall_s": 1.0, "compile_s": 7.0, "step_size": 0.3, "chains_disagree": 0}
+    chmc.posterior.attrs.update({**attrs, "interrupted": 0, "n_steps_run": 1000})
+
+    class Posterior:
+        def sample(self, *args, **kwargs):
+            return chmc
+
+    monkeypatch.setattr(exp, "condition", lambda *a: Posterior())
+    metrics, _ = exp.run_chmc(cfg, PredatorPreyODE(2, 2), np.ones(4), None, ctx)
+    assert metrics["wall_s"] == 1.0
+    assert metrics["ms_per_step"] == 1e3 * 1.0 / 1000  # not 1e3 / 240
