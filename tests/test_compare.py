@@ -130,3 +130,24 @@ def test_metrics_of_runs_none_of_which_finished(tmp_path):
     assert compare.table([run], metrics=[]) == compare.table([run])  # `--metrics ""`: none
     with pytest.raises(ValueError, match="no run has finished yet"):
         compare.table([run], metrics=["test_nll_is"])
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        ("config.json", "[1, 2]", "config.json is not a run's config"),
+        ("config.json", '{"experiment": "x", "config": [1]}', "config.json is not a run's config"),
+        ("metrics.json", "[1]", "metrics.json is not a JSON object"),
+        ("train_metrics.jsonl", "[1]\n", "train_metrics.jsonl: record 1 is not an object with"),
+        ("train_metrics.jsonl", '{"epoch": 1}\n{"x": 2}\n', "record 2 is not an object with"),
+        ("train_metrics.jsonl", '{"epoch": 1}\n{"epoch": "2"}\n', "record 2 is not an object"),
+    ],
+)  # fmt: skip
+def test_a_malformed_run_file_is_one_line_naming_it(tmp_path, capsys, name, text, message):
+    """Files of the right name but the wrong shape (hand-edited, another tool's) gave
+    AttributeError/KeyError tracebacks, or "'<' not supported between 'str' and 'int'"."""
+    run = _run_dir(tmp_path, "r", "down_diag", [(1, 90.0)], metrics={"x": 1})
+    (run / name).write_text(text)
+    assert main(["compare", str(run), "--curve", "test_neg_elbo"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("dgm: error: ") and message in err and err.count("\n") == 1

@@ -32,10 +32,17 @@ def load_run(run_dir: str | os.PathLike) -> dict:
             "written by `dgm run`)"
         )
     record = runs.read_json(cfg)
+    if not isinstance(record, dict) or not isinstance(record.get("config", {}), dict):
+        raise ValueError(f"{cfg} is not a run's config (expected an object with a config object)")
     metrics_path = path / "metrics.json"
     metrics = runs.read_json(metrics_path) if metrics_path.is_file() else {}
+    if not isinstance(metrics, dict):
+        raise ValueError(f"{metrics_path} is not a JSON object")
     curve_path = path / "train_metrics.jsonl"
     history = runs.read_json(curve_path, lines=True) if curve_path.is_file() else []
+    for i, entry in enumerate(history, 1):
+        if not (isinstance(entry, dict) and _integer(entry.get("epoch"))):
+            raise ValueError(f"{curve_path}: record {i} is not an object with an integer epoch")
     config = {k: record.get(k) for k in ("experiment", "preset", "seed")}
     config.update(_flatten(record.get("config", {})))
     name = path.resolve().name
@@ -50,6 +57,10 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
         else:
             flat[f"{prefix}{key}"] = value
     return flat
+
+
+def _integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _scalar(value: Any) -> bool:
