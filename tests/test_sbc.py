@@ -129,3 +129,20 @@ def test_cli_smoke_and_resume(tmp_path):
     from dgm.experiments import sbc
 
     assert f"mean acceptance {first['accept_rate_mean']:.3f}\n" in sbc.summary(first)
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("lv_num_time_steps=0", "`lv_num_time_steps` must be a positive int; got 0"),
+        ("lv_prior_scale=0", "`lv_prior_scale` must be a positive finite scalar; got 0.0"),
+        ("lv_prior_scale=-0.1", "`lv_prior_scale` must be a positive finite scalar; got -0.1"),
+    ],
+)
+def test_cli_refuses_a_bad_lotka_volterra_setting_by_name(tmp_path, capsys, setting, message):
+    """lv_num_time_steps=0 failed after compiling with "zero-size array to reduction
+    operation max which has no identity"; a zero prior scale ran a degenerate prior."""
+    args = ["run", "sbc", "--smoke", "--model", "lotka-volterra", "--set", setting]
+    assert main([*args, "--out", str(tmp_path / "run"), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert err == f"dgm: error: {message}\n"

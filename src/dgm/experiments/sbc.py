@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dgm.calibration import SBCResult, plot_rank_histograms, sbc
-from dgm.config import check_choice, check_positive
+from dgm.config import check_choice, check_positive, check_positive_scalar
 from dgm.runs import RunContext, save_npz, write_text
 
 NAME = "sbc"
@@ -52,8 +52,10 @@ class Config:
 
     def __post_init__(self):
         check_choice("model", self.model, MODELS)
-        for name in ("num_replications", "num_ranks", "thin", "num_chains", "num_bins"):
+        names = ("num_replications", "num_ranks", "thin", "num_chains", "num_bins")
+        for name in (*names, "lv_num_time_steps"):
             check_positive(name, getattr(self, name), integer=True)
+        check_positive_scalar("lv_prior_scale", self.lv_prior_scale)
 
 
 PRESETS = {
