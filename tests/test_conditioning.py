@@ -162,6 +162,7 @@ def test_inference_data_groups_and_attrs(full_run):
         "irreversible",
         "n_steps",
         "energy_error",
+        "energy",
         "constraint_residual",
         "step_size",
     }

@@ -85,7 +85,7 @@ def test_cli_flags_set_split_source_and_count():
 
     from dgm import cli
 
-    args = argparse.Namespace(name="svgd-bnn", smoke=True, preset="quick", set=[])
+    args = argparse.Namespace(name="svgd-bnn", smoke=True, preset=None, set=[])
     _, _, config = cli._resolve(args, ["--split-source", "reference", "--splits", "3"])
     assert (config.split_source, config.num_splits) == ("reference", 3)
     with pytest.raises(ValueError, match="`num_splits` expects an int; got 'reference'"):
