@@ -248,10 +248,11 @@ def run_chmc(
         n_irreversible=int(stats["irreversible"].values.sum()),
         n_divergent=int(stats["diverging"].values.sum()),
         n_transitions=int(stats["is_accepted"].values.size),
+        # wall_s times warm-up too: divide by every step it timed, not the kept draws'
         ms_per_step=1e3
         * attrs["wall_s"]
         * _devices_used(cfg.num_chains)
-        / float(stats["n_steps"].values.sum()),
+        / float(attrs["n_steps_run"]),
     )
     return metrics, idata.posterior["log_rates"].values
 
