@@ -28,7 +28,7 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 from jaxtyping import Array, Bool, Float, PRNGKeyArray, PyTree
 
-from dgm.config import check_choice, check_positive
+from dgm.config import check_choice, check_positive, is_int
 from dgm.inference import mesh as mesh_lib
 from dgm.inference._compiled import ChunkOutcome, CompiledCache, run_chunks, skip_unless
 
@@ -96,7 +96,7 @@ def _device_array(x) -> jax.Array:
 
 def _split_params(params) -> tuple[Any, Any]:
     """``(traced, static)``: Python ints stay static (compile-time), the rest are arrays."""
-    is_static = [is_static_int(x) for x in jax.tree.leaves(params)]
+    is_static = [is_int(x) for x in jax.tree.leaves(params)]
     leaves, treedef = jax.tree.flatten(params)
     traced = [None if s else _device_array(x) for x, s in zip(leaves, is_static, strict=True)]
     static = tuple(int(x) if s else None for x, s in zip(leaves, is_static, strict=True))
@@ -109,10 +109,6 @@ def _join_params(traced, static) -> Any:
     return treedef.unflatten(
         [v if v is not None else x for x, v in zip(leaves, values, strict=True)]
     )
-
-
-def is_static_int(x) -> bool:
-    return isinstance(x, int | np.integer) and not isinstance(x, bool)
 
 
 class ChainRunner:

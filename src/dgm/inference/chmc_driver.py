@@ -25,7 +25,7 @@ from jaxtyping import Array, Float
 from dgm._types import check_key
 from dgm.config import check_choice, check_positive, is_int, is_real
 from dgm.inference import adaptive_step, constrained_hmc, dynamic_chmc
-from dgm.inference.base import ChainRunner, is_static_int
+from dgm.inference.base import ChainRunner
 from dgm.inference.chain_checks import ChainChecker
 from dgm.inference.manifold import SMALL_GRAM, DenseCholesky, ManifoldSystem, gauss_newton
 from dgm.inference.starts import TypicalStarts
@@ -152,7 +152,7 @@ def per_chain(tree, num_chains: int):
     """Every array leaf of ``tree`` broadcast to a leading chains axis, on the host (Python
     ints, which are compile-time constants, stay as they are)."""
     return jax.tree.map(
-        lambda x: x if is_static_int(x) else np.broadcast_to(x, (num_chains, *np.shape(x))),
+        lambda x: x if is_int(x) else np.broadcast_to(x, (num_chains, *np.shape(x))),
         tree,
     )
 

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 from dgm.config import is_int
-from dgm.inference.base import Kernel, is_static_int, metropolis
+from dgm.inference.base import Kernel, metropolis
 from dgm.inference.integrators import IntegratorState, leapfrog
 from dgm.inference.metrics import (
     InverseMass,
@@ -78,7 +78,7 @@ def transition(
 
     # A fixed Python count gives a static-length loop; a traced count a while loop whose
     # predicate, once vmapped over chains, selects on every leaf at every step.
-    count = int(lo) if is_static_int(lo) and is_static_int(hi) and lo == hi else num_steps
+    count = int(lo) if is_int(lo) and is_int(hi) and lo == hi else num_steps
     end = jax.lax.fori_loop(0, count, body, start)
     h0 = -state.log_density + kinetic_energy(p0, imm)
     h1 = -end.log_density + kinetic_energy(end.momentum, imm)
