@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from dgm import runs
+from dgm.config import is_int, is_real
 
 MISSING = "–"
 SHOWN = {"epochs", "seed"}  # metrics.json fields the table shows anyway
@@ -41,7 +42,7 @@ def load_run(run_dir: str | os.PathLike) -> dict:
     curve_path = path / "train_metrics.jsonl"
     history = runs.read_json(curve_path, lines=True) if curve_path.is_file() else []
     for i, entry in enumerate(history, 1):
-        if not (isinstance(entry, dict) and _integer(entry.get("epoch"))):
+        if not (isinstance(entry, dict) and is_int(entry.get("epoch"))):
             raise ValueError(f"{curve_path}: record {i} is not an object with an integer epoch")
     config = {k: record.get(k) for k in ("experiment", "preset", "seed")}
     config.update(_flatten(record.get("config", {})))
@@ -57,14 +58,6 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
         else:
             flat[f"{prefix}{key}"] = value
     return flat
-
-
-def _integer(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _scalar(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _fmt(value: Any) -> str:
@@ -119,7 +112,7 @@ def table(
     if metrics is None:  # every number all finished runs have, but the epochs and seed
         common = set.intersection(*(set(m) for m in finished)) if finished else set()
         first = finished[0] if finished else {}
-        metrics = [k for k in first if k in common - SHOWN and _scalar(first[k])]
+        metrics = [k for k in first if k in common - SHOWN and is_real(first[k])]
     elif metrics and not finished:
         raise ValueError("--metrics: no run has finished yet (none has a metrics.json)")
     else:

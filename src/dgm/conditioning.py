@@ -424,6 +424,16 @@ def check_derived(derived: Any, dims: Any, input_dim: int) -> dict:
     return out
 
 
+def check_floating_output(name: str, arg: str, out: Any) -> None:
+    """Refuse a function (``name`` of ``arg``) whose output (its ``eval_shape``) is not
+    floating: its Jacobian would be all zeros."""
+    if not jnp.issubdtype(out.dtype, jnp.floating):
+        raise ValueError(
+            f"`{name}` must return floating-point values (a differentiable function of {arg}); "
+            f"got dtype {out.dtype}"
+        )
+
+
 def _check_y_obs(generator: Callable, y_obs: Any, input_dim: int) -> jax.Array:
     """``y_obs`` as a float64 vector that matches the generator's output."""
     with jax.enable_x64(True):
@@ -444,11 +454,7 @@ def _check_y_obs(generator: Callable, y_obs: Any, input_dim: int) -> jax.Array:
             f"`generator` must return a vector of shape {tuple(y.shape)} to match `y_obs`; "
             f"got {got}"
         )
-    if not jnp.issubdtype(out.dtype, jnp.floating):  # its Jacobian would be all zeros
-        raise ValueError(
-            f"`generator` must return floating-point values (a differentiable function of u); "
-            f"got dtype {out.dtype}"
-        )
+    check_floating_output("generator", "u", out)
     if y.shape[0] >= input_dim:
         raise ValueError(
             f"the generator must have more inputs than outputs (the manifold g(u) = y has "

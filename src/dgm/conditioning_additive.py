@@ -18,7 +18,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from dgm.conditioning import ConditionedGenerator, _check_y_obs, check_derived
+from dgm.conditioning import (
+    ConditionedGenerator,
+    _check_y_obs,
+    check_derived,
+    check_floating_output,
+)
 from dgm.inference.additive_noise import AdditiveNoise
 
 
@@ -107,11 +112,7 @@ def _check_f(f, latent_dim: int, shape: tuple) -> None:
     if getattr(out, "shape", None) != shape:
         got = getattr(out, "shape", type(out).__name__)
         raise ValueError(f"`f` must return a vector of shape {shape} to match `y_obs`; got {got}")
-    if not jnp.issubdtype(out.dtype, jnp.floating):  # its Jacobian would be all zeros
-        raise ValueError(
-            f"`f` must return floating-point values (a differentiable function of z); "
-            f"got dtype {out.dtype}"
-        )
+    check_floating_output("f", "z", out)
 
 
 def _check_jacobian(jac_fn, latent_dim: int, shape: tuple) -> None:
