@@ -3,6 +3,7 @@
 Dtype-agnostic: float32 states, so the tests pass with x64 on or off.
 """
 
+import types
 from typing import NamedTuple
 
 import jax
@@ -152,6 +153,23 @@ def test_checkpoint_resume_is_bit_identical(tmp_path):
     np.testing.assert_array_equal(
         np.asarray(resumed.states.position), np.asarray(full.states.position)
     )
+
+
+def test_resumed_wall_time_includes_the_earlier_calls(tmp_path, monkeypatch):
+    """A run continued from its checkpoint reports the time of the whole run, so ESS/s
+    and ms per step of a resumed run are not inflated (they were: ``wall_s`` covered the
+    last call only). A fake clock makes every chunk take 1 s."""
+    from dgm.inference import base
+
+    ticks = iter(range(1000))
+    monkeypatch.setattr(base, "time", types.SimpleNamespace(perf_counter=lambda: next(ticks)))
+    keys, states, params = _setup()
+    runner = ChainRunner(rw_step, chunk_size=5)
+    real = runner._run_chunk
+    monkeypatch.setattr(runner, "_run_chunk", lambda *a: (*real(*a)[:2], 0.0))  # no compile
+    path = tmp_path / "chains.npz"
+    assert runner.run(keys, states, params, 10, checkpoint=path).wall_s == 2.0
+    assert runner.run(keys, states, params, 17, checkpoint=path).wall_s == 4.0
 
 
 def test_checkpoint_of_other_shape_is_refused(tmp_path):

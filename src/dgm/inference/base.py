@@ -75,8 +75,8 @@ def metropolis(
 class ChainResult(NamedTuple):
     """What :meth:`ChainRunner.run` returns (NumPy arrays, chains first).
 
-    With a checkpoint, ``draws``, ``infos`` and ``num_done`` cover the whole run, the
-    iterations of earlier (interrupted) calls included.
+    With a checkpoint, ``draws``, ``infos``, ``num_done`` and ``wall_s`` cover the whole
+    run, the iterations of earlier (interrupted) calls included.
     """
 
     states: Any  # final states, leading axis chains (JAX arrays)
@@ -84,8 +84,8 @@ class ChainResult(NamedTuple):
     infos: Any  # step info per iteration: (chains, iterations, ...)
     num_done: int  # iterations completed (< requested if interrupted)
     interrupted: bool
-    wall_s: float  # sampling time of this call, compilation excluded
-    compile_s: float
+    wall_s: float  # sampling time of the run (earlier calls' too), compilation excluded
+    compile_s: float  # compilation time of this call
 
 
 def _device_array(x) -> jax.Array:
@@ -217,20 +217,20 @@ class ChainRunner:
             num_iterations: iterations of the whole run.
             accept_fn: ``info -> acceptance array`` for the progress bar's running mean.
             checkpoint: ``.npz`` path, written atomically after every chunk (states, draws,
-                infos). If it exists, the run continues from it: its states replace
-                ``states`` and its iterations count towards ``num_iterations``, giving the
-                same draws as an uninterrupted run.
+                infos, sampling time). If it exists, the run continues from it: its states
+                replace ``states``, its iterations count towards ``num_iterations`` (giving
+                the same draws as an uninterrupted run) and its time towards ``wall_s``.
 
         Returns:
             :class:`ChainResult`. Ctrl-C ends the run after the chunk in flight (the result
             says ``interrupted``); Ctrl-C before any iteration exists re-raises.
         """
         check_positive("num_iterations", num_iterations, integer=True)
-        previous, first = None, 0
+        previous, first, wall_s = None, 0, 0.0
         if checkpoint is not None and Path(checkpoint).exists():
             template = self._templates(keys[0], states, params, per_chain_params)
             previous = _load_chains(checkpoint, states, template)
-            states, first = previous["states"], previous["num_done"]
+            states, first, wall_s = previous["states"], previous["num_done"], previous["wall_s"]
         traced, split = _split_params(params)
         num_chains = jax.tree.leaves(states)[0].shape[0]
         keys, key_impl = _key_data(keys)
@@ -250,7 +250,7 @@ class ChainRunner:
         parts = [(previous["draws"], previous["infos"])] if previous else []
         # One dict updated in one call, so a Ctrl-C between statements never leaves the
         # states, the draws and the count describing different iterations.
-        run = {"states": states, "parts": parts, "done": first, "compile_s": 0.0, "wall_s": 0.0}
+        run = {"states": states, "parts": parts, "done": first, "compile_s": 0.0, "wall_s": wall_s}
         accepted = [0.0]
 
         def run_chunk(done: int, todo: int) -> ChunkOutcome:
@@ -268,7 +268,8 @@ class ChainRunner:
             if checkpoint is not None:
                 host_states = mesh_lib.unpad(mesh_lib.gather(states), num_chains)
                 if jax.process_index() == 0:  # one writer; every process reads on resume
-                    _save_chains(checkpoint, run["done"], host_states, _cat_time(run["parts"]))
+                    parts = _cat_time(run["parts"])
+                    _save_chains(checkpoint, run["done"], run["wall_s"], host_states, parts)
             if accept_fn is None:
                 return ChunkOutcome(todo)
             accepted[0] += float(np.sum(np.mean(accept_fn(chunk[1]), axis=0)))
@@ -327,11 +328,11 @@ def _finish_quietly(outs) -> None:
             continue
 
 
-def _save_chains(path, done: int, states, parts) -> None:
+def _save_chains(path, done: int, wall_s: float, states, parts) -> None:
     from dgm.runs import save_npz
 
     draws, infos = parts
-    arrays = {"num_done": done}
+    arrays = {"num_done": done, "wall_s": wall_s}
     for prefix, tree in (("state", states), ("draws", draws), ("info", infos)):
         for i, leaf in enumerate(jax.tree.leaves(tree)):
             arrays[f"{prefix}_{i}"] = np.asarray(leaf)
@@ -339,7 +340,7 @@ def _save_chains(path, done: int, states, parts) -> None:
 
 
 def _load_chains(path, states, template) -> dict:
-    """The checkpoint at ``path`` as ``{num_done, states, draws, infos}``."""
+    """The checkpoint at ``path`` as ``{num_done, wall_s, states, draws, infos}``."""
     from dgm.runs import load_npz
 
     data = load_npz(path)
@@ -353,6 +354,7 @@ def _load_chains(path, states, template) -> dict:
     draws_like, infos_like = template
     return {
         "num_done": int(data["num_done"]),
+        "wall_s": float(data["wall_s"]) if "wall_s" in data else 0.0,  # older checkpoints
         "states": jax.tree.map(jnp.asarray, loaded),
         "draws": _unflatten(data, "draws", draws_like),
         "infos": _unflatten(data, "info", infos_like),
