@@ -71,6 +71,48 @@ def test_short_or_single_chain_runs_are_not_checked():
     assert diagnostics.chain_agreement(x, lp)["disagreeing_chains"] == []
 
 
+def test_stuck_chains_are_those_whose_draws_never_change():
+    x, _ = _iid(6)
+    x[2] = x[2, 0]
+    assert diagnostics.stuck_chains(x) == [2]
+    x[2, 5, 1] += 1e-12  # one move, however small, is a move
+    assert diagnostics.stuck_chains(x) == []
+    assert diagnostics.stuck_chains(x[:, :1]) == []  # one draw cannot show it
+    assert diagnostics.stuck_warning([], 200) is None
+
+
+def _sphere(u):
+    return jnp.sqrt(jnp.sum(u**2, keepdims=True))
+
+
+def test_a_chain_that_rejects_everything_warns_in_dgm_sample_and_condition():
+    """A single chain (no R-hat to catch it) that rejects every proposal: ``dgm.sample``
+    (HMC with a step far too large, no warm-up) and constrained HMC (a step too large for
+    the projections) warn and count it; a well-tuned run of the same shapes does not."""
+    kwargs = dict(num_warmup=0, num_samples=30, num_chains=2, kernel="hmc", num_steps=3)
+    kwargs |= dict(key=jax.random.key(0), progress_bar=False, metric="none")
+    logp = lambda x: -0.5 * jnp.sum(x**2)  # noqa: E731
+    with pytest.warns(diagnostics.StuckChainWarning, match=r"chains \[0, 1\] rejected"):
+        idata = dgm.sample(logp, jnp.zeros(2), step_size=1e4, **kwargs)
+    assert idata.posterior.attrs["chains_stuck"] == 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", diagnostics.StuckChainWarning)
+        assert (
+            dgm.sample(logp, jnp.zeros(2), step_size=0.5, **kwargs).posterior.attrs["chains_stuck"]
+            == 0
+        )
+    posterior = dgm.condition(_sphere, [1.0], 3)
+    run = dict(num_chains=2, num_samples=20, num_warmup=0, num_steps=2, adapt=False)
+    run |= dict(progress_bar=False)
+    with pytest.warns(diagnostics.StuckChainWarning, match="rejected every proposal"):
+        idata = posterior.sample(jax.random.key(1), step_size=50.0, **run)
+    assert idata.posterior.attrs["chains_stuck"] == 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", diagnostics.StuckChainWarning)
+        idata = posterior.sample(jax.random.key(1), step_size=0.5, **run)
+    assert idata.posterior.attrs["chains_stuck"] == 0
+
+
 @pytest.mark.calibration
 def test_calibration_iid_chains():
     worst_r, worst_z = 0.0, 0.0

@@ -165,6 +165,7 @@ def test_inference_data_groups_and_attrs(full_run):
         "energy",
         "constraint_residual",
         "step_size",
+        "lp",
     }
     np.testing.assert_array_equal(idata.sample_stats["step_size"].values, 0.5)
     attrs = idata.posterior.attrs

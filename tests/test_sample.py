@@ -62,8 +62,11 @@ def test_output_and_moments(idata):
     """Shapes, statistics, attributes; means and variances by z-test (float32 draws)."""
     x = idata.posterior["x"].values
     assert x.shape == (4, 500, 3) and x.dtype == np.float32
-    for name in ("acceptance_rate", "diverging", "tree_depth", "n_steps", "step_size", "energy"):
+    names = ("acceptance_rate", "diverging", "tree_depth", "n_steps", "step_size", "energy", "lp")
+    for name in names:
         assert idata.sample_stats[name].shape == (4, 500), name
+    lp = np.asarray(jax.vmap(jax.vmap(log_density))(jnp.asarray(x)))  # each draw's
+    np.testing.assert_allclose(idata.sample_stats["lp"].values, lp, rtol=1e-6, atol=1e-5)
     attrs = idata.posterior.attrs
     assert attrs["sampler"] == "nuts" and len(attrs["step_size"]) == 4
     assert attrs["wall_s"] > 0 and attrs["warmup_s"] > 0

@@ -198,7 +198,8 @@ class ConditionedGenerator(StartingPoints):
             ``arviz.InferenceData`` with ``posterior`` (``u`` and any derived quantities),
             ``sample_stats`` (acceptance, step sizes, step counts, projection failures,
             irreversible steps, divergences, constraint residuals, ``energy`` for
-            ``az.bfmi`` and ``az.plot_energy``) and run attributes
+            ``az.bfmi`` and ``az.plot_energy``, ``lp``: each draw's log density on the
+            manifold, −½ uᵀu − ½ log det J Jᵀ up to a constant) and run attributes
             (``wall_s``, ``compile_s``, ``n_steps_run``: the integrator steps of all
             iterations, warm-up's included, ``interrupted``, ``step_size``: the mean over chains
             of the adapted step sizes, or the given one; ``adapted``). Ctrl-C keeps the
@@ -286,7 +287,7 @@ class ConditionedGenerator(StartingPoints):
         """The kept draws (warm-up dropped) of ``result`` as ArviZ ``InferenceData``;
         ``obs`` is ``(y, num_chains)`` for a batch of observations, else ``(y, None)``."""
         keep = slice(min(num_warmup, result.num_done), min(result.num_done, total))
-        draws, infos = jax.tree.map(lambda x: x[:, keep], (result.draws, result.infos))
+        (draws, lp), infos = jax.tree.map(lambda x: x[:, keep], (result.draws, result.infos))
         # wall_s timed warm-up too; sample_stats' n_steps counts the kept draws' steps only
         n_steps_run = int(np.sum(np.asarray(result.infos.num_steps)[:, : keep.stop]))
         step_size = np.broadcast_to(np.asarray(step_sizes)[:, None], draws.shape[:2])
@@ -294,8 +295,8 @@ class ConditionedGenerator(StartingPoints):
             derived = {name: np.asarray(fn(draws)) for name, fn in self.derived.items()}
         y, num_chains = obs
         if num_chains is not None:  # (obs × chains, draws, ...) -> (chains, draws, obs, ...)
-            draws, derived, infos, step_size = split_obs(
-                (draws, derived, infos, step_size), num_chains
+            draws, derived, infos, step_size, lp = split_obs(
+                (draws, derived, infos, step_size, lp), num_chains
             )
         attrs = {
             "sampler": "constrained_hmc",
@@ -307,7 +308,7 @@ class ConditionedGenerator(StartingPoints):
             "n_steps_run": n_steps_run,
             "interrupted": int(result.num_done < total),
         }
-        extra = {"step_size": step_size}
+        extra = {"step_size": step_size, "lp": lp}
         return to_inference_data({"u": draws, **derived}, infos, y, attrs, extra, self.dims)
 
 

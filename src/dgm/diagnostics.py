@@ -89,6 +89,32 @@ class ChainDisagreementWarning(UserWarning):
     """Chains of one run disagree: some chain explores a different region (or mode)."""
 
 
+class StuckChainWarning(UserWarning):
+    """A chain rejected every proposal: all its draws are one point."""
+
+
+def stuck_chains(draws) -> list[int]:
+    """Indices of the chains of ``(chains, draws, ...)`` whose draws (two or more) are all
+    equal: every transition was rejected (a step size far too large, a start where the
+    target or its gradient is not finite), so they say nothing about the posterior."""
+    draws = np.asarray(draws)
+    if draws.shape[1] < 2:
+        return []
+    same = np.all(draws == draws[:, :1], axis=tuple(range(1, draws.ndim)))
+    return [int(k) for k in np.flatnonzero(same)]
+
+
+def stuck_warning(stuck: list[int], num_draws: int) -> str | None:
+    """The warning text for :func:`stuck_chains`' result, or None when every chain moved."""
+    if not stuck:
+        return None
+    return (
+        f"chains {stuck} rejected every proposal: their {num_draws} draws are one point "
+        "and say nothing of the posterior; lower the step size (or raise the target "
+        "acceptance), or check that the log density and its gradient are finite there"
+    )
+
+
 # Thresholds of :func:`chain_agreement`, calibrated on correct runs (tests/test_chain_checks.py).
 RHAT_WARN = 1.1  # Gelman et al. (2013)'s classic R-hat threshold, rank-normalised split R-hat
 LP_Z_WARN = 8.0  # |chain mean of log p − the others' mean| in Monte Carlo standard errors

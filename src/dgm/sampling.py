@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dgm import diagnostics
 from dgm._types import check_key
 from dgm.config import (
     all_finite,
@@ -61,7 +62,9 @@ class _Compiled:
     def __init__(self, log_density_fn, kernel, metric, num_warmup, target_accept, options):
         chunk_size, chain_map = options
         self.kernel = kernel
-        self.runner = ChainRunner(kernel.step, chunk_size=chunk_size, chain_map=chain_map)
+        self.runner = ChainRunner(
+            kernel.step, _draw_and_lp, chunk_size=chunk_size, chain_map=chain_map
+        )
         self._static = _split_params(kernel.params)[1]
 
         def warm(keys, states, params):
@@ -83,6 +86,11 @@ class _Compiled:
     def with_static(self, params):
         """``params`` with the kernel's Python ints (max depth, step counts) put back."""
         return _join_params(params, self._static)
+
+
+def _draw_and_lp(state: hmc.HMCState) -> tuple:
+    """What a chain records per iteration: the draw and its log density (ArviZ's ``lp``)."""
+    return state.position, state.log_density
 
 
 @functools.lru_cache(maxsize=16)
@@ -148,11 +156,13 @@ def sample(
         ``arviz.InferenceData``: ``posterior[var_name]`` of shape ``(chains, draws, dim)``
         (a pytree start: one variable per leaf, ``(chains, draws, *leaf shape)``),
         ``sample_stats`` (``acceptance_rate``, ``diverging``, ``energy``,
-        ``energy_error``, ``tree_depth`` and ``n_steps`` for NUTS, ``step_size``),
-        ``warmup_sample_stats`` (the same statistics during warm-up, when there was one,
-        but ``step_size``, which changed as it adapted),
+        ``energy_error``, ``tree_depth`` and ``n_steps`` for NUTS, ``step_size``, ``lp``:
+        the log density of each draw), ``warmup_sample_stats`` (the same statistics
+        during warm-up, when there was one, but ``step_size``, which changed as it
+        adapted, and ``lp``),
         and attributes ``step_size`` (adapted, per chain), ``wall_s`` (sampling),
-        ``warmup_s``, ``compile_s``.
+        ``warmup_s``, ``compile_s``, ``chains_stuck`` (chains that rejected every
+        proposal; a :class:`~dgm.diagnostics.StuckChainWarning` names them).
 
     Raises:
         ValueError: for bad arguments (each message names the argument), or a start where
@@ -202,6 +212,11 @@ def sample(
         per_chain_params=per_chain,
     )
     step_sizes = np.broadcast_to(np.asarray(params.step_size), (num_chains,))
+    draws, lp = map(np.asarray, result.draws)
+    stuck = diagnostics.stuck_chains(draws)
+    if stuck:
+        message = diagnostics.stuck_warning(stuck, draws.shape[1])
+        warnings.warn(message, diagnostics.StuckChainWarning, stacklevel=2)
     attrs = {
         "sampler": kernel,
         "metric": metric,
@@ -210,13 +225,14 @@ def sample(
         "warmup_s": warmup_s,
         "compile_s": compile_s + result.compile_s,
         "num_warmup": num_warmup,
+        "chains_stuck": len(stuck),
     }
-    draws = np.asarray(result.draws)
     if raveled is None:
         posterior, dims = {var_name: draws}, {var_name: [f"{var_name}_dim"]}
     else:
         posterior, dims = raveled.named_draws(draws, var_name), None
-    return _inference_data(posterior, dims, result.infos, warmup_infos, step_sizes, attrs)
+    stats = {"lp": lp, "step_size": np.broadcast_to(step_sizes[:, None], lp.shape)}
+    return _inference_data(posterior, dims, result.infos, warmup_infos, stats, attrs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -351,13 +367,12 @@ def _stats(infos) -> dict:
             if hasattr(infos, f)}  # fmt: skip
 
 
-def _inference_data(posterior: dict, dims, infos, warmup_infos, step_sizes, attrs: dict):
-    """ArviZ data: the draws, their sample stats, and the warm-up's sample stats (ArviZ's
-    ``warmup_sample_stats`` group) when there was a warm-up."""
+def _inference_data(posterior: dict, dims, infos, warmup_infos, extra_stats, attrs: dict):
+    """ArviZ data: the draws, their sample stats (``infos``'s and ``extra_stats``), and the
+    warm-up's sample stats (ArviZ's ``warmup_sample_stats`` group) when there was one."""
     import arviz as az
 
-    stats = _stats(infos)
-    stats["step_size"] = np.broadcast_to(step_sizes[:, None], stats["acceptance_rate"].shape)
+    stats = _stats(infos) | extra_stats
     extra = {}
     if warmup_infos is not None:
         extra = {"warmup_sample_stats": _stats(warmup_infos), "save_warmup": True}

@@ -129,6 +129,19 @@ def test_sphere_energy_is_the_kept_states_hamiltonian(sphere_run):
     assert np.all(az.bfmi(sphere_run) > 0.3)
 
 
+def test_lp_is_each_draws_log_density_on_the_manifold(ellipsoid_run):
+    """``sample_stats.lp`` (ArviZ's) of a draw u is −½ uᵀu − ½ log det J Jᵀ, here
+    recomputed from the draws with ``jax.jacfwd``; on the ellipsoid it varies with u."""
+    u = ellipsoid_run.posterior["u"].values.reshape(-1, 3)
+    with jax.enable_x64(True):
+        jac = np.asarray(jax.vmap(jax.jacfwd(ellipsoid))(jnp.asarray(u)))
+    gram = np.einsum("nij,nkj->nik", jac, jac)
+    expected = -0.5 * np.sum(u**2, -1) - 0.5 * np.linalg.slogdet(gram)[1]
+    lp = ellipsoid_run.sample_stats["lp"].values.reshape(-1)
+    assert np.ptp(expected) > 0.3
+    np.testing.assert_allclose(lp, expected, rtol=0, atol=1e-9)
+
+
 def test_linear_gaussian_moments(linear_run):
     theta = linear_run.posterior["u"].values[..., :2]
     mean, cov = linear_posterior()

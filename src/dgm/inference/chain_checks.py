@@ -41,33 +41,46 @@ class ChainChecker:
             u = jnp.asarray(draws, jnp.float64)
             return np.asarray(self._log_density(u, jnp.asarray(y, jnp.float64)))
 
-    def check(self, draws, y, warn: bool = True) -> dict:
+    def check(self, draws, y, warn: bool = True, lp=None) -> dict:
         """:func:`~dgm.diagnostics.chain_agreement` of ``(chains, draws, dim)`` draws
-        (thinned to at most :data:`MAX_CHECKED_DRAWS` per chain), warning on disagreement."""
+        (thinned to at most :data:`MAX_CHECKED_DRAWS` per chain), warning on disagreement.
+        ``lp``: ℓ at the draws, ``(chains, draws)``, when the sampler recorded it (else it
+        is computed here)."""
         draws = np.asarray(draws)
         thin = max(1, -(-draws.shape[1] // MAX_CHECKED_DRAWS))
         kept = draws[:, ::thin]
-        lp = self.log_density(kept, y) if kept.shape[1] else np.zeros(kept.shape[:2])
+        if lp is not None:
+            lp = np.asarray(lp)[:, ::thin]
+        elif kept.shape[1]:
+            lp = self.log_density(kept, y)
+        else:
+            lp = np.zeros(kept.shape[:2])
         agreement = diagnostics.chain_agreement(kept, lp)
         agreement["thin"] = thin
-        message = diagnostics.chain_warning(agreement)
-        if warn and message is not None:
-            warnings.warn(message, diagnostics.ChainDisagreementWarning, stacklevel=3)
+        agreement["stuck_chains"] = stuck = diagnostics.stuck_chains(draws)
+        for message, category in (
+            (diagnostics.stuck_warning(stuck, draws.shape[1]), diagnostics.StuckChainWarning),
+            (diagnostics.chain_warning(agreement), diagnostics.ChainDisagreementWarning),
+        ):
+            if warn and message is not None:
+                warnings.warn(message, category, stacklevel=3)
         return agreement
 
     def annotate(self, idata, y, batched: bool = False, warn: bool = True) -> list[dict]:
-        """:meth:`check` the ``u`` draws of ``idata`` and record the result as posterior
-        attributes: ``r_hat_max``, ``lp_chain_mean``, ``chains_disagree`` (a count),
-        ``disagreeing_chains`` (comma-separated indices) and ``chains_checked``. For a
+        """:meth:`check` the ``u`` draws of ``idata`` (with their ``sample_stats.lp``) and
+        record the result as posterior attributes: ``r_hat_max``, ``lp_chain_mean``,
+        ``chains_disagree`` (a count), ``disagreeing_chains`` (comma-separated indices),
+        ``chains_checked`` and ``chains_stuck`` (chains that rejected every proposal,
+        with a :class:`~dgm.diagnostics.StuckChainWarning`). For a
         batch of observations (``u`` of dims ``(chain, draw, obs, u_dim)``, ``y`` of shape
         ``(num_obs, N)``) each observation is checked, and every attribute holds one value
         per observation (``disagreeing_chains`` separated by ``;``)."""
-        u = idata.posterior["u"].values
+        u, lp = idata.posterior["u"].values, idata.sample_stats["lp"].values
         if not batched:
-            agreement = self.check(u, y, warn)
+            agreement = self.check(u, y, warn, lp)
             idata.posterior.attrs.update(attrs_of(agreement))
             return [agreement]
-        results = [self.check(u[:, :, i], y[i], warn) for i in range(u.shape[2])]
+        results = [self.check(u[:, :, i], y[i], warn, lp[:, :, i]) for i in range(u.shape[2])]
         rows = [attrs_of(a) for a in results]
         idata.posterior.attrs.update(
             {
@@ -76,6 +89,7 @@ class ChainChecker:
                 "chains_disagree": np.array([r["chains_disagree"] for r in rows]),
                 "disagreeing_chains": ";".join(r["disagreeing_chains"] for r in rows),
                 "chains_checked": np.array([r["chains_checked"] for r in rows]),
+                "chains_stuck": np.array([r["chains_stuck"] for r in rows]),
             }
         )
         return results
@@ -90,4 +104,5 @@ def attrs_of(agreement: dict) -> dict:
         "chains_disagree": len(bad),
         "disagreeing_chains": ",".join(str(k) for k in bad),
         "chains_checked": int(agreement["checked"]),
+        "chains_stuck": len(agreement["stuck_chains"]),
     }

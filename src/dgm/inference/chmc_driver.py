@@ -87,7 +87,10 @@ def build_runner(
         kernel = wrap[kind](build.build_kernel(system.at(params.y_obs), params.y_obs, *structural))
         return kernel(key, state, params.params)
 
-    extract = None if kind == "fixed" else (lambda s: s.state.position)
+    def extract(state):  # the draw and its log density (ArviZ's `lp`)
+        state = state if kind == "fixed" else state.state
+        return state.position, -state.potential
+
     chunk_size = 1 if kind == "search" else settings.chunk_size
     runner = ChainRunner(step, extract, chunk_size=chunk_size, chain_map=settings.chain_map)
     if key is not None:
