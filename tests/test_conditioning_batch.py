@@ -144,6 +144,7 @@ def test_observation_aware_half_log_det_serves_a_batch():
         )
 
 
+@pytest.mark.filterwarnings("ignore::dgm.diagnostics.StuckChainWarning")  # the wrong term's
 def test_planted_bug_unbound_observation_changes_the_draws():
     """The check above can fail: the second observation sampled with the first one's term
     (what a one-argument term would do) gives other draws."""

@@ -172,7 +172,7 @@ def test_bad_log_density_or_pytree(fn, init, match):
 def test_a_raw_prng_key_gives_the_typed_keys_draws():
     """``jax.random.PRNGKey(0)`` (NumPyro's and BlackJAX's examples use it) is accepted and
     samples what ``jax.random.key(0)`` does."""
-    kw = dict(num_warmup=0, num_samples=20, num_chains=2, progress_bar=False)
+    kw = dict(num_warmup=0, num_samples=20, num_chains=2, progress_bar=False, step_size=0.1)
     raw = dgm.sample(log_density, jnp.zeros(3), key=jax.random.PRNGKey(0), **kw)
     typed = dgm.sample(log_density, jnp.zeros(3), key=jax.random.key(0), **kw)
     np.testing.assert_array_equal(raw.posterior["x"].values, typed.posterior["x"].values)

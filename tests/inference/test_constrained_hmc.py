@@ -393,7 +393,7 @@ def test_plant_fixture_reaches_a_cached_runner(plant):
         return state, jnp.zeros_like(log_ratio), jnp.zeros((), bool)
 
     assert moved()
-    with plant() as m:
+    with plant() as m, pytest.warns(dgm.diagnostics.StuckChainWarning):
         m.setattr(constrained_hmc, "metropolis", reject_all)
         assert not moved()
     assert moved()
