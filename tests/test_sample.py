@@ -176,3 +176,23 @@ def test_a_raw_prng_key_gives_the_typed_keys_draws():
     raw = dgm.sample(log_density, jnp.zeros(3), key=jax.random.PRNGKey(0), **kw)
     typed = dgm.sample(log_density, jnp.zeros(3), key=jax.random.key(0), **kw)
     np.testing.assert_array_equal(raw.posterior["x"].values, typed.posterior["x"].values)
+
+
+def test_warm_up_spreads_the_chains_over_the_devices(monkeypatch):
+    """Warm-up runs each device's chains on that device, as sampling does (it ran every
+    chain on one device); the suite has two host devices."""
+    from dgm.inference import mesh as mesh_lib
+
+    real, meshes = mesh_lib.shard_chains, []
+
+    def recording(fn, mesh, in_specs, *args):
+        meshes.append((len(in_specs), mesh.size))
+        return real(fn, mesh, in_specs, *args)
+
+    monkeypatch.setattr(mesh_lib, "shard_chains", recording)
+    kw = dict(num_warmup=30, num_samples=5, progress_bar=False, metric="none")
+    kw |= dict(kernel="hmc", num_steps=2, chain_map="map")
+    logp = lambda x: -0.5 * jnp.sum(x**2)  # noqa: E731
+    idata = dgm.sample(logp, jnp.zeros(7), key=jax.random.key(0), num_chains=3, **kw)
+    assert (3, 2) in meshes  # the warm-up: (keys, states, params) over 2 devices
+    assert idata.posterior["x"].shape == (3, 5, 7)

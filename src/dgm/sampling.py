@@ -25,6 +25,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec as P
 
 from dgm import diagnostics
 from dgm._types import check_key
@@ -37,9 +38,10 @@ from dgm.config import (
     is_real,
 )
 from dgm.inference import hmc, nuts
+from dgm.inference import mesh as mesh_lib
 from dgm.inference._compiled import CompiledCache
 from dgm.inference.adaptation import warmup
-from dgm.inference.base import ChainRunner, _join_params, _split_params
+from dgm.inference.base import ChainRunner, _join_params, _key_data, _split_params
 from dgm.inference.dynamic import check_max_depth
 
 # Stan's default windows: initial buffer + first slow window + terminal buffer.
@@ -67,7 +69,8 @@ class _Compiled:
         )
         self._static = _split_params(kernel.params)[1]
 
-        def warm(keys, states, params):
+        def warm(keys, states, params, *, key_impl):
+            keys = keys if key_impl is None else jax.random.wrap_key_data(keys, impl=key_impl)
             params = self.with_static(params)
 
             def one(key, state):
@@ -80,8 +83,31 @@ class _Compiled:
                 return jax.lax.map(lambda a: one(*a), (keys, states))
             return jax.vmap(one)(keys, states)
 
-        self.warmup = CompiledCache(jax.jit(warm))
+        self._warm = warm
+        self._warmups: dict = {}  # per device mesh and key implementation
         self.init = jax.jit(jax.vmap(kernel.init))
+
+    def warmup(self, keys, states, params) -> tuple[Any, float, float]:
+        """Every chain's warm-up, the chains spread over the devices as sampling spreads
+        them: ``(the warm-up's output on the host, compile_s, wall_s)``."""
+        num_chains = keys.shape[0]
+        keys, key_impl = _key_data(keys)
+        mesh = mesh_lib.make_mesh(num_chains)
+        if (mesh, key_impl) not in self._warmups:
+            chains = P(mesh_lib.AXIS)
+            fn = functools.partial(self._warm, key_impl=key_impl)
+            sharded = mesh_lib.shard_chains(fn, mesh, (chains, chains, P()))
+            self._warmups[mesh, key_impl] = CompiledCache(sharded)
+        padded = mesh_lib.padded_size(num_chains, mesh)
+        args = (
+            *mesh_lib.put(mesh_lib.pad((keys, states), padded), mesh),
+            mesh_lib.put(params, mesh, P()),
+        )
+        exe, compile_s = self._warmups[mesh, key_impl].get(args, mesh)
+        t0 = time.perf_counter()
+        out = jax.block_until_ready(exe(*args))
+        wall_s = time.perf_counter() - t0
+        return mesh_lib.unpad(mesh_lib.gather(out), num_chains), compile_s, wall_s
 
     def with_static(self, params):
         """``params`` with the kernel's Python ints (max depth, step counts) put back."""
@@ -194,11 +220,8 @@ def sample(
     warmup_infos = None
     per_chain = num_warmup > 0
     if per_chain:
-        args = (jax.random.split(key_warmup, num_chains), states, _split_params(params)[0])
-        exe, compile_s = fns.warmup.get(args)
-        t0 = time.perf_counter()
-        out = jax.block_until_ready(exe(*args))
-        warmup_s = time.perf_counter() - t0
+        keys = jax.random.split(key_warmup, num_chains)
+        out, compile_s, warmup_s = fns.warmup(keys, states, _split_params(params)[0])
         states, params = out.state, fns.with_static(out.params)
         warmup_infos = out.infos
     result = fns.runner.run(
