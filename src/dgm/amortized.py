@@ -86,7 +86,14 @@ class Amortized:
         head["final_loss"] = float(np.nanmean(self.losses[-100:])) if self.losses.size else None
         decoders.write_model(path, head, self.q)
 
-    def sample(self, key: Any, y_obs: Any, num_samples: Any = 1000, var_name: Any = "z"):
+    def sample(
+        self,
+        key: Any,
+        y_obs: Any,
+        num_samples: Any = 1000,
+        var_name: Any = "z",
+        resample: Any = False,
+    ):
         """Draws of ``q(z | y_obs)`` with their importance weights, as ArviZ data.
 
         Args:
@@ -94,10 +101,18 @@ class Amortized:
             y_obs: one observation (a finite vector of the simulator's output size).
             num_samples: draws.
             var_name: the variable's name.
+            resample: ``True``: the posterior group holds ``num_samples`` of q's draws
+                drawn again with replacement in proportion to their (Pareto-smoothed)
+                importance weights (sampling-importance-resampling), so unweighted
+                summaries (``az.summary``, plots) estimate the posterior rather than q;
+                only about ``ess_importance`` of them are distinct. ``False``: q's draws
+                as they are (weigh them with ``log_weight``). q's draws, and every
+                attribute, are the same either way.
 
         Returns:
             ``arviz.InferenceData``: ``posterior[var_name]`` ``(1, num_samples,
-            latent_dim)``; ``sample_stats["log_weight"]`` (``log p(z, y) − log q(z | y)``);
+            latent_dim)``; ``sample_stats["log_weight"]`` (``log p(z, y) − log q(z | y)``
+            of each draw kept);
             attributes ``sampler`` (``"amortized-vi"``), ``pareto_k`` (of the weights),
             ``ess_importance`` (Kish's effective sample size of the normalised weights),
             ``elbo`` (mean log weight) and ``log_evidence`` (the importance-sampling
@@ -107,10 +122,12 @@ class Amortized:
 
         check_key(key)
         check_positive("num_samples", num_samples, integer=True)
+        if not isinstance(resample, bool | np.bool_):
+            raise ValueError(f"`resample` must be True or False; got {resample!r}")
         y = _check_y(y_obs, self.q.y_shift.shape[0])
         z, log_w = _draw(self.q, self.log_joint_fn, key, y, num_samples)
-        log_w = np.asarray(log_w, np.float64)
-        _, pareto_k = az.psislw(log_w.copy())
+        z, log_w = np.asarray(z), np.asarray(log_w, np.float64)
+        smoothed, pareto_k = az.psislw(log_w.copy())  # normalised log weights
         w = np.exp(log_w - log_w.max())
         attrs = {
             "sampler": "amortized-vi",
@@ -119,8 +136,12 @@ class Amortized:
             "elbo": float(log_w.mean()),
             "log_evidence": float(np.log(w.mean()) + log_w.max()),
         }
+        if resample:
+            p = np.exp(smoothed - smoothed.max())
+            pick = jax.random.choice(jax.random.fold_in(key, 1), z.shape[0], z.shape[:1], p=p)
+            z, log_w = z[np.asarray(pick)], log_w[np.asarray(pick)]
         idata = az.from_dict(
-            posterior={var_name: np.asarray(z)[None]},
+            posterior={var_name: z[None]},
             sample_stats={"log_weight": log_w[None]},
             dims={var_name: [f"{var_name}_dim"]},
         )
