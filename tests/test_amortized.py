@@ -171,6 +171,8 @@ def test_resampled_draws_estimate_the_posterior_where_q_is_off():
     assert np.any(np.abs(z_raw.mean(0) - mean) > sd)
     ess = raw.posterior.attrs["ess_importance"]
     assert np.all(np.abs(z.mean(0) - mean) < 5 * sd / np.sqrt(ess)), (z.mean(0), mean, ess)
+    with pytest.raises(ValueError, match="`resample` must be True or False; got 'yes'"):
+        result.sample(jax.random.key(0), y, resample="yes")
 
 
 def _good(**kwargs):
