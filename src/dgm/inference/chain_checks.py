@@ -71,10 +71,10 @@ class ChainChecker:
         record the result as posterior attributes: ``r_hat_max``, ``lp_chain_mean``,
         ``chains_disagree`` (a count), ``disagreeing_chains`` (comma-separated indices),
         ``chains_checked`` and ``chains_stuck`` (chains that rejected every proposal,
-        with a :class:`~dgm.diagnostics.StuckChainWarning`). For a
-        batch of observations (``u`` of dims ``(chain, draw, obs, u_dim)``, ``y`` of shape
-        ``(num_obs, N)``) each observation is checked, and every attribute holds one value
-        per observation (``disagreeing_chains`` separated by ``;``)."""
+        with a :class:`~dgm.diagnostics.StuckChainWarning`). For a batch of observations
+        (``u`` of dims ``(chain, draw, obs, u_dim)``, ``y`` of shape ``(num_obs, N)``)
+        each observation is checked, and every attribute holds one value per observation
+        (``disagreeing_chains`` separated by ``;``)."""
         u, lp = idata.posterior["u"].values, idata.sample_stats["lp"].values
         if not batched:
             agreement = self.check(u, y, warn, lp)
