@@ -3,8 +3,9 @@
 A chain that started in a secondary mode can stay there with high acceptance, and nothing
 in its own statistics shows it. Across chains it shows: its rank-normalised split R-hat is
 large and its mean log density sits many standard errors below the others'. Stan and
-NumPyro users expect a warning then; :class:`ChainChecker` computes the manifold log
-density ℓ(u) = log N(u; 0, I) − ½ log det(J Jᵀ) at (thinned) draws, runs
+NumPyro users expect a warning then; :class:`ChainChecker` takes the manifold log
+density ℓ(u) = log N(u; 0, I) − ½ log det(J Jᵀ) at (thinned) draws (the sampler records
+it as ``sample_stats.lp``), runs
 :func:`dgm.diagnostics.chain_agreement`, writes the result into the run's attributes and
 warns with :class:`~dgm.diagnostics.ChainDisagreementWarning`.
 
@@ -23,7 +24,7 @@ import numpy as np
 from dgm import diagnostics
 from dgm.inference.manifold import ManifoldSystem
 
-MAX_CHECKED_DRAWS = 250  # per chain: ℓ costs one Jacobian per draw, so longer runs are thinned
+MAX_CHECKED_DRAWS = 250  # per chain; longer runs are thinned (the thresholds' calibration)
 
 
 class ChainChecker:
