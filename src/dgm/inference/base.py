@@ -366,7 +366,9 @@ def _unflatten(data: dict, prefix: str, like):
     try:
         return treedef.unflatten([data[f"{prefix}_{i}"] for i in range(len(leaves))])
     except KeyError as err:
-        raise ValueError(f"checkpoint lacks {err}: it was written by another sampler") from None
+        raise ValueError(
+            f"checkpoint lacks {err}: it was written by another sampler or another dgm version"
+        ) from None
 
 
 def device_groups(num_chains: int) -> list[tuple[Any, np.ndarray]]:
