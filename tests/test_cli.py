@@ -282,3 +282,14 @@ def test_smoke_with_another_preset_is_refused(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["preset"] == "smoke"
     assert cli.main(["run", "svgd-gaussian2d", "--print-config"]) == 0
     assert json.loads(capsys.readouterr().out)["preset"] == "quick"
+
+
+def test_resume_and_overwrite_together_are_refused(tmp_path, capsys):
+    """``--resume --overwrite`` ran as ``--resume`` alone and dropped ``--overwrite``: the
+    two ask for opposite things, so the pair is a usage error naming both."""
+    args = ["run", "svgd-gaussian2d", "--smoke", "--out", str(tmp_path / "r")]
+    with pytest.raises(SystemExit) as exit_:
+        cli.main([*args, "--resume", "--overwrite"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "--overwrite: not allowed with argument --resume" in err
+    assert not (tmp_path / "r").exists()

@@ -59,12 +59,15 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--smoke", action="store_true", help="shorthand for --preset smoke")
     run.add_argument("--seed", type=_seed, default=0, help="root PRNG seed (default 0)")
     run.add_argument("--out", type=Path, default=None, help="run directory")
-    run.add_argument(
+    existing = run.add_mutually_exclusive_group()  # continue the run in --out, or replace it
+    existing.add_argument(
         "--resume",
         action="store_true",
         help="continue the run in --out (--set train.num_epochs=N may extend or end it)",
     )
-    run.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
+    existing.add_argument(
+        "--overwrite", action="store_true", help="replace a finished run in --out"
+    )
     run.add_argument(
         "--time-limit",
         type=_duration,
