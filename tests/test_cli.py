@@ -293,3 +293,17 @@ def test_resume_and_overwrite_together_are_refused(tmp_path, capsys):
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and "--overwrite: not allowed with argument --resume" in err
     assert not (tmp_path / "r").exists()
+
+
+def test_a_seed_that_is_no_integer_and_a_sample_seed_outside_32_bits_are_refused(capsys):
+    """``--seed abc`` said "invalid _seed value"; ``dgm sample --seed 4294967296`` drew seed
+    0's samples and ``--seed -1`` was taken: both commands' seeds are ints in [0, 2^32)."""
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["run", "lotka-volterra", "--seed", "abc", "--print-config"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "--seed: must be an int in [0, 2^32); got 'abc'" in err, err
+    for seed in ("abc", "4294967296", "-1"):
+        with pytest.raises(SystemExit) as exit_:
+            cli.main(["sample", "RUN_DIR", "--seed", seed])
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and "--seed: must be an int in [0, 2^32)" in err, err

@@ -124,7 +124,7 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument(
         "--out", type=Path, default=None, help="a .png file (GIFs or a DMM's .mid beside it)"
     )
-    sample.add_argument("--seed", type=int, default=0, help="PRNG seed (default 0)")
+    sample.add_argument("--seed", type=_seed, default=0, help="PRNG seed (default 0)")
     sample.add_argument(
         "--steps", type=int, default=100, help="time steps of a DMM's sequences (default 100)"
     )
@@ -176,9 +176,12 @@ _UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 def _seed(text: str) -> int:
     """A seed in [0, 2^32): a PRNG key holds 32 bits, so 2^32 gave seed 0's numbers."""
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
     if not 0 <= value < 2**32:
-        raise argparse.ArgumentTypeError(f"must be an int in [0, 2^32); got {text}")
+        raise argparse.ArgumentTypeError(f"must be an int in [0, 2^32); got {text!r}")
     return value
 
 
