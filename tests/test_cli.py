@@ -307,3 +307,22 @@ def test_a_seed_that_is_no_integer_and_a_sample_seed_outside_32_bits_are_refused
             cli.main(["sample", "RUN_DIR", "--seed", seed])
         err = capsys.readouterr().err
         assert exit_.value.code == 2 and "--seed: must be an int in [0, 2^32)" in err, err
+
+
+def test_an_out_that_cannot_be_a_run_directory_is_named(tmp_path, monkeypatch, capsys):
+    """``--out`` at a file, under a file or in a folder that cannot be written said only
+    "[Errno 17] File exists: ..." (or 20, 13), naming neither ``--out`` nor what it needs."""
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    args = ["run", "svgd-gaussian2d", "--smoke", "--out"]
+    for out in (afile, afile / "sub"):
+        assert cli.main([*args, str(out)]) == 1
+        err = capsys.readouterr().err
+        assert err.splitlines() == [
+            f"dgm: error: --out: expected a directory to hold the run; {afile} is not a directory"
+        ], err
+    assert afile.read_text() == "mine"
+    monkeypatch.setattr(cli.os, "access", lambda path, mode: False)
+    assert cli.main([*args, str(tmp_path / "new" / "r")]) == 1
+    err = capsys.readouterr().err
+    assert f"--out: expected a directory to hold the run; {tmp_path} is not writable" in err

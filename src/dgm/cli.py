@@ -323,6 +323,12 @@ def _differences(saved: dict, current: dict, preset: dict, prefix: str = "") -> 
 
 def _prepare_out(args: argparse.Namespace, preset: str, record: dict) -> Path:
     out = args.out or Path("runs") / f"{args.name}-{preset}-seed{args.seed}"
+    for place in (out, *out.absolute().parents):  # the nearest that exists must take the run
+        if place.exists() or place.is_symlink():
+            problem = "is not a directory" if not place.is_dir() else "is not writable"
+            if not place.is_dir() or not os.access(place, os.W_OK | os.X_OK):
+                raise ValueError(f"--out: expected a directory to hold the run; {place} {problem}")
+            break
     cfg_path = out / "config.json"
     # A run that failed before writing anything but its config (missing data, say) is no run.
     produced = cfg_path.exists() and any(p.is_file() and p != cfg_path for p in out.rglob("*"))
@@ -385,9 +391,12 @@ def _run(args: argparse.Namespace, extra: list[str]) -> int:
     # After every process checked --out (joining is a barrier), before process 0 writes.
     _start_devices(args)
     progress = args.progress or (not args.no_progress and sys.stderr.isatty())
-    ctx = runs.RunContext(
-        out=out, resume=args.resume, progress=progress, time_limit_s=args.time_limit
-    )
+    try:
+        ctx = runs.RunContext(
+            out=out, resume=args.resume, progress=progress, time_limit_s=args.time_limit
+        )
+    except OSError as err:  # a place no directory can be made (/proc, a full disk, ...)
+        raise ValueError(f"--out: cannot create the run directory {out} ({err.strerror})") from None
     record["versions"] = runs.versions()
     record["processes"] = jax.process_count()
     record["devices"] = [str(d) for d in jax.devices()]
