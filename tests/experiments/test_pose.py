@@ -229,3 +229,12 @@ def test_posterior_file_of_any_subset_of_methods(tmp_path):
     idata = az.from_netcdf(str(ctx.path("posterior.nc")))
     assert set(idata.groups()) == {"hmc", "hier"}
     np.testing.assert_array_equal(idata.hier["positions"].values, pos + 1)
+
+
+def test_an_empty_method_list_is_refused_before_the_run(capsys):
+    """``--set methods=`` (or ``[]``) ran the scene and ended in an ``IndexError`` traceback
+    from the report's empty table, after the figures were written."""
+    with pytest.raises(ValueError, match=r"`methods` must name at least one of \['chmc'"):
+        pose.Config(methods=())
+    assert cli.main(["run", "pose", "--smoke", "--set", "methods=", "--print-config"]) == 1
+    assert "`methods` must name at least one of" in capsys.readouterr().err

@@ -141,6 +141,8 @@ class Config:
         if self.scene not in (1, 2, 3):
             raise ValueError(f"`scene` must be 1, 2 or 3; got {self.scene!r}")
         check_choice("setting", self.setting, tuple(SETTINGS))
+        if not self.methods:
+            raise ValueError(f"`methods` must name at least one of {list(METHODS)}; got ()")
         for m in self.methods:
             check_choice("methods", m, METHODS)
         check_positive("draw_fraction", self.draw_fraction)
