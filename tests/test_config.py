@@ -97,3 +97,36 @@ def test_numbers_are_not_truncated_nor_taken_from_booleans_and_sections_need_a_f
             override(C(), [f"train.{bad}"])
     with pytest.raises(ValueError, match=r"config field 'train' has sub-fields \(num_epochs"):
         override(C(), ["train=3"])
+
+
+def test_list_items_are_checked_against_the_fields_annotation():
+    """``--set chmc.num_steps=[3,x]`` was taken and the run failed later with "invalid
+    literal for int() with base 10: 'x'", naming no field; ``num_steps=3`` gave a range of
+    one bound. Items are read as the annotation's type, and a fixed-length tuple its length."""
+    import dataclasses
+
+    from dgm.config import override
+
+    @dataclasses.dataclass(frozen=True)
+    class C:
+        num_steps: tuple[int, int] = (4, 8)
+        depths: tuple[int, ...] = (2, 2)
+        times: tuple[float, ...] = (5.0,)
+        names: tuple[str, ...] = ("a",)
+
+    assert override(C(), ["num_steps=[3,6]"]).num_steps == (3, 6)
+    assert override(C(), ["num_steps=3,6.0"]).num_steps == (3, 6)
+    assert override(C(), ["depths=5"]).depths == (5,)
+    assert override(C(), ["times=[1,2.5]"]).times == (1.0, 2.5)
+    assert override(C(), ["names=[b,c]"]).names == ("b", "c")
+    for bad, message in [
+        ("num_steps=[3,x]", "`num_steps` expects a list of 2 ints; got '[3,x]'"),
+        ("num_steps=3", "`num_steps` expects a list of 2 ints; got '3'"),
+        ("depths=[2,2.5]", "`depths` expects a list of ints; got '[2,2.5]'"),
+        ("times=[1,true]", "`times` expects a list of floats; got '[1,true]'"),
+        ("names=[b,1]", "`names` expects a list of strs; got '[b,1]'"),
+    ]:
+        with pytest.raises(
+            ValueError, match=f"^{message}$".replace(".", r"\.").replace("[", r"\[")
+        ):
+            override(C(), [bad])

@@ -4,11 +4,12 @@ import dataclasses
 import inspect
 import json
 import numbers
+import typing
 from collections.abc import Iterable
 from typing import Any
 
 
-def _coerce(value: str, current: Any, field: str) -> Any:
+def _coerce(value: str, current: Any, field: str, annotation: Any = None) -> Any:
     if isinstance(current, bool):
         if value.lower() in ("1", "true", "yes", "on"):
             return True
@@ -33,13 +34,37 @@ def _coerce(value: str, current: Any, field: str) -> Any:
         parsed = _list(value)
         if parsed is None:
             raise ValueError(f"`{field}` expects a list: JSON, [a,b] or a,b; got {value!r}")
-        return type(current)(parsed)
+        return type(current)(_typed_items(parsed, annotation, field, value))
     if current is None:
         try:
             return json.loads(value)
         except ValueError:
             return value
     return value
+
+
+def _typed_items(items: list, annotation: Any, field: str, value: str) -> list:
+    """``items`` read as the field's annotation says (``tuple[int, int]``: two ints,
+    ``tuple[float, ...]``: floats, ``tuple[str, ...]``: strings); unchanged for another
+    annotation or none. Raises ``ValueError`` naming the field otherwise."""
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is not tuple or not args:
+        return items
+    kind, size = args[0], None if args[-1] is Ellipsis else len(args)
+    if kind not in (int, float, str) or any(a not in (kind, Ellipsis) for a in args):
+        return items
+    out = []
+    for item in items:
+        if kind is int and isinstance(item, float) and item.is_integer():
+            item = int(item)
+        if kind is float and is_int(item):
+            item = float(item)
+        out.append(item)
+    wrong = any(not isinstance(x, kind) or isinstance(x, bool) for x in out)
+    if wrong or (size is not None and len(out) != size):
+        count = "" if size is None else f"{size} "
+        raise ValueError(f"`{field}` expects a list of {count}{kind.__name__}s; got {value!r}")
+    return out
 
 
 def _list(value: str) -> list | None:
@@ -98,8 +123,15 @@ def _set(obj: Any, parts: list[str], value: str, dotted: str) -> Any:
             raise ValueError(f"config field {head!r} has no sub-fields (in {dotted!r})")
         new = _set(current, parts[1:], value, dotted)
     else:
-        new = _coerce(value, current, dotted)
+        new = _coerce(value, current, dotted, _annotation(type(obj), head))
     return dataclasses.replace(obj, **{head: new})
+
+
+def _annotation(cls: type, name: str) -> Any:
+    try:
+        return typing.get_type_hints(cls).get(name)
+    except (NameError, TypeError):  # an annotation that cannot be evaluated: no item check
+        return None
 
 
 def is_int(value: Any) -> bool:
