@@ -326,3 +326,21 @@ def test_an_out_that_cannot_be_a_run_directory_is_named(tmp_path, monkeypatch, c
     assert cli.main([*args, str(tmp_path / "new" / "r")]) == 1
     err = capsys.readouterr().err
     assert f"--out: expected a directory to hold the run; {tmp_path} is not writable" in err
+
+
+@pytest.mark.parametrize(
+    "argv, usage",
+    [
+        (["bvh", "render", "clip.bvh", "--out", "c.gif", "--bogus"], "usage: dgm bvh render"),
+        (["sample", "RUN_DIR", "--bogus"], "usage: dgm sample"),
+        (["compare", "RUN_DIR", "--bogus"], "usage: dgm compare"),
+    ],
+)
+def test_an_unknown_option_of_a_subcommand_is_a_usage_error_of_that_subcommand(argv, usage, capsys):
+    """``dgm bvh render ... --bogus`` exited 1 as a failed run, and ``sample``/``compare``
+    showed the top-level ``usage: dgm ...``: each is exit 2 with its own usage line."""
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.startswith(usage), err
+    assert err.splitlines()[-1].endswith("error: unrecognized arguments: --bogus"), err

@@ -99,6 +99,7 @@ def _parser() -> argparse.ArgumentParser:
     bars.add_argument("--progress", action="store_true", help="show progress bars anyway")
     parser.subcommands = sub.choices  # the `run` parser prints its own help
     bvh = sub.add_parser("bvh", help="BVH motion files").add_subparsers(dest="bvh", required=True)
+    parser.bvh_commands = bvh.choices  # for their usage errors
     render = bvh.add_parser("render", help="animate a BVH clip to a GIF (or MP4 with ffmpeg)")
     render.add_argument("file", type=Path, help="the .bvh file")
     render.add_argument("--out", type=Path, required=True, help="output .gif or .mp4")
@@ -421,9 +422,7 @@ def _run(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
-def _bvh(args: argparse.Namespace, extra: list[str]) -> int:
-    if extra:
-        raise ValueError(f"unrecognized arguments: {' '.join(extra)}")
+def _bvh(args: argparse.Namespace) -> int:
     from dgm.bvh import read_bvh
     from dgm.bvh.render import animate, drawn_frames
 
@@ -457,13 +456,16 @@ def main(argv: list[str] | None = None) -> int:
         for name in experiments.names():
             print(f"{name:24s} {experiments.description(name)}")
         return 0
+    if args.command in ("bvh", "sample", "compare") and extra:
+        sub = parser.subcommands[args.command]
+        if args.command == "bvh":
+            sub = parser.bvh_commands[args.bvh]
+        sub.error(f"unrecognized arguments: {' '.join(extra)}")
     ours = _sigint.install()
     try:
         if args.command == "bvh":
-            return _bvh(args, extra)
+            return _bvh(args)
         if args.command in ("sample", "compare"):
-            if extra:
-                parser.error(f"unrecognized arguments: {' '.join(extra)}")
             return _sample(args) if args.command == "sample" else _compare(args)
         run = parser.subcommands["run"]
         if args.help:
