@@ -2,8 +2,11 @@
 ``dgm compare RUN_DIR ...``.
 
 Parses arguments, resolves the config, calls the experiment and writes the run's
-``config.json`` and ``metrics.json``. It does no numerics. Exit codes: 0 success,
-2 usage error, 1 failed run (one line on stderr), 130 interrupted.
+``config.json`` and ``metrics.json``. It does no numerics. Exit codes: 0 success; 2 a
+command line the argument parser refuses (an unknown flag, a missing or malformed flag
+value: its usage, then one error line); 1 anything else that stops the command, a config
+the experiment refuses (an unknown experiment or preset, a bad ``--set``) included, with
+one line on stderr; 130 interrupted.
 """
 
 import sys
