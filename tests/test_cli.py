@@ -187,6 +187,15 @@ def test_the_experiments_that_train_through_fit_are_the_ones_marked_trains():
         assert getattr(module, "TRAINS", False) == trains, name
 
 
+def test_every_experiment_has_the_smoke_quick_and_paper_presets():
+    """``--preset``'s help and the experiments' contract promise the three (iaf-vae had
+    no ``paper``)."""
+    from dgm import experiments
+
+    for name in experiments.names():
+        assert {"smoke", "quick", "paper"} <= set(experiments.get(name).PRESETS), name
+
+
 def test_list_reads_each_description_without_importing_the_experiments():
     """``dgm list`` prints every experiment's ``DESCRIPTION`` as its module defines it, read
     from the source: in a fresh interpreter it imports no experiment module and no JAX."""

@@ -139,6 +139,7 @@ PRESETS = {
                              margs=ModelArgs(posterior="down_iaf2_nl", kl_min=0.25,
                                              depth_ar=2), checkpoint_every=500),
 }  # fmt: skip
+PRESETS["paper"] = PRESETS["mnist"]  # the paper's MNIST model (every experiment has `paper`)
 
 
 def build_model(config: Config, key) -> iaf_vae.ResNetVAE:
