@@ -164,7 +164,8 @@ class ConditionedGenerator(StartingPoints):
                 ``ValueError``. ``"auto"``: ``"vmap"`` with a structured factor (any Gram
                 factor but ``DenseCholesky``), else ``"map"``.
             checkpoint: ``.npz`` path; written atomically after every chunk, and a run with
-                the same path continues from it (same draws as an uninterrupted run).
+                the same path and ``key`` continues from it (same draws as an uninterrupted
+                run; another ``key``'s checkpoint is refused).
             adapt: with ``num_warmup > 0``, adapt the step size of each chain during warm-up:
                 an initial doubling/halving search (a failed step counts as too large), then
                 dual averaging (a failed transition counts as acceptance 0), its average

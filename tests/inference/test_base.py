@@ -181,6 +181,19 @@ def test_checkpoint_of_other_shape_is_refused(tmp_path):
         ChainRunner(rw_step, chunk_size=5).run(keys4, states4, params, 10, checkpoint=path)
 
 
+def test_checkpoint_of_other_keys_is_refused(tmp_path):
+    """A run with another seed's keys continued the saved chains: its draws were the first
+    seed's up to the checkpoint, so two seeds gave one answer (or a mix of two runs)."""
+    keys, states, params = _setup()
+    path = tmp_path / "chains.npz"
+    runner = ChainRunner(rw_step, chunk_size=5)
+    runner.run(keys, states, params, 10, checkpoint=path)
+    other = jax.random.split(jax.random.key(7), NUM_CHAINS)
+    with pytest.raises(ValueError, match="written by chains with other keys"):
+        runner.run(other, states, params, 17, checkpoint=path)
+    assert runner.run(keys, states, params, 17, checkpoint=path).num_done == 17
+
+
 def test_map_equals_vmap():
     keys, states, params = _setup()
     out = {

@@ -217,9 +217,11 @@ class ChainRunner:
             num_iterations: iterations of the whole run.
             accept_fn: ``info -> acceptance array`` for the progress bar's running mean.
             checkpoint: ``.npz`` path, written atomically after every chunk (states, draws,
-                infos, sampling time). If it exists, the run continues from it: its states
-                replace ``states``, its iterations count towards ``num_iterations`` (giving
-                the same draws as an uninterrupted run) and its time towards ``wall_s``.
+                infos, sampling time, the chains' keys). If it exists, the run continues
+                from it: its states replace ``states``, its iterations count towards
+                ``num_iterations`` (giving the same draws as an uninterrupted run) and its
+                time towards ``wall_s``; one written with other ``keys`` (another seed) is
+                refused.
 
         Returns:
             :class:`ChainResult`. Ctrl-C ends the run after the chunk in flight (the result
@@ -229,11 +231,13 @@ class ChainRunner:
         previous, first, wall_s = None, 0, 0.0
         if checkpoint is not None and Path(checkpoint).exists():
             template = self._templates(keys[0], states, params, per_chain_params)
-            previous = _load_chains(checkpoint, states, template)
+            key_data = np.asarray(_key_data(keys)[0])
+            previous = _load_chains(checkpoint, states, template, key_data)
             states, first, wall_s = previous["states"], previous["num_done"], previous["wall_s"]
         traced, split = _split_params(params)
         num_chains = jax.tree.leaves(states)[0].shape[0]
         keys, key_impl = _key_data(keys)
+        chain_keys = None if checkpoint is None else np.asarray(keys)  # saved with the chains
         if keys.shape[:1] != (num_chains,):
             raise ValueError(
                 f"`keys` must hold one key per chain ({num_chains}, the leading axis of "
@@ -269,7 +273,9 @@ class ChainRunner:
                 host_states = mesh_lib.unpad(mesh_lib.gather(states), num_chains)
                 if jax.process_index() == 0:  # one writer; every process reads on resume
                     parts = _cat_time(run["parts"])
-                    _save_chains(checkpoint, run["done"], run["wall_s"], host_states, parts)
+                    _save_chains(
+                        checkpoint, run["done"], run["wall_s"], host_states, parts, chain_keys
+                    )
             if accept_fn is None:
                 return ChunkOutcome(todo)
             accepted[0] += float(np.sum(np.mean(accept_fn(chunk[1]), axis=0)))
@@ -328,19 +334,20 @@ def _finish_quietly(outs) -> None:
             continue
 
 
-def _save_chains(path, done: int, wall_s: float, states, parts) -> None:
+def _save_chains(path, done: int, wall_s: float, states, parts, keys) -> None:
     from dgm.runs import save_npz
 
     draws, infos = parts
-    arrays = {"num_done": done, "wall_s": wall_s}
+    arrays = {"num_done": done, "wall_s": wall_s, "keys": keys}
     for prefix, tree in (("state", states), ("draws", draws), ("info", infos)):
         for i, leaf in enumerate(jax.tree.leaves(tree)):
             arrays[f"{prefix}_{i}"] = np.asarray(leaf)
     save_npz(path, **arrays)
 
 
-def _load_chains(path, states, template) -> dict:
-    """The checkpoint at ``path`` as ``{num_done, wall_s, states, draws, infos}``."""
+def _load_chains(path, states, template, keys) -> dict:
+    """The checkpoint at ``path`` as ``{num_done, wall_s, states, draws, infos}``; ``keys``
+    (raw key data) must be those it was written with (older checkpoints hold none)."""
     from dgm.runs import load_npz
 
     data = load_npz(path)
@@ -351,6 +358,11 @@ def _load_chains(path, states, template) -> dict:
                 f"checkpoint {path} holds chain states of shape {new.shape}; this run has "
                 f"{old.shape}: use the same number of chains, or another checkpoint path"
             )
+    if "keys" in data and not np.array_equal(data["keys"], keys):
+        raise ValueError(
+            f"checkpoint {path} was written by chains with other keys (another seed); use "
+            "the same keys, or another checkpoint path"
+        )
     draws_like, infos_like = template
     return {
         "num_done": int(data["num_done"]),
