@@ -140,6 +140,27 @@ def test_a_run_that_wrote_nothing_does_not_block_its_directory(tmp_path, monkeyp
     assert left == {"config.json", "tensorboard", "checkpoints"}, left
 
 
+def test_a_resumed_run_keeps_what_its_earlier_segments_ran_on(tmp_path, monkeypatch, capsys):
+    """``config.json`` is rewritten by every call (this call's versions, devices and
+    processes); a ``--resume`` keeps the earlier calls' in ``earlier_segments``, one entry
+    each, so a run continued under another dgm or JAX version says so."""
+    from dgm import experiments, runs
+
+    module = experiments.get("svgd-gaussian2d")
+    monkeypatch.setattr(module, "run", lambda *a: {"x": 1.0})
+    monkeypatch.setattr(module, "summary", lambda metrics: "done")
+    args = ["run", "svgd-gaussian2d", "--smoke", "--out", str(tmp_path / "r")]
+    assert cli.main(args) == 0
+    first = runs.read_json(tmp_path / "r" / "config.json")
+    assert "earlier_segments" not in first
+    for count in (1, 2):
+        assert cli.main([*args, "--resume"]) == 0
+        record = runs.read_json(tmp_path / "r" / "config.json")
+        assert len(record["earlier_segments"]) == count
+        assert record["earlier_segments"][0]["versions"] == first["versions"]
+    capsys.readouterr()
+
+
 @pytest.mark.parametrize(
     "text, seconds", [("600", 600.0), ("90s", 90.0), ("45m", 2700.0), ("1.5h", 5400.0)]
 )

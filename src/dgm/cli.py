@@ -350,6 +350,11 @@ def _prepare_out(args: argparse.Namespace, preset: str, record: dict) -> Path:
                     f"--resume: {out} holds a run with a different config or seed "
                     f"({', '.join(differ)}); use another --out"
                 )
+            # the record describes this call; what the earlier calls ran on stays beside it
+            earlier = {
+                k: previous[k] for k in ("versions", "processes", "devices") if k in previous
+            }
+            record["earlier_segments"] = [*previous.get("earlier_segments", []), earlier]
         elif not args.overwrite:
             raise ValueError(
                 f"{out} already holds a run; pass --resume to continue it, --overwrite to "
