@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from dgm import cli
@@ -158,6 +159,38 @@ def test_a_resumed_run_keeps_what_its_earlier_segments_ran_on(tmp_path, monkeypa
         record = runs.read_json(tmp_path / "r" / "config.json")
         assert len(record["earlier_segments"]) == count
         assert record["earlier_segments"][0]["versions"] == first["versions"]
+    capsys.readouterr()
+
+
+def test_overwrite_removes_the_old_runs_outputs_and_nothing_else(tmp_path, monkeypatch, capsys):
+    """A run lists the files it made (``outputs.json``); ``--overwrite`` removes them, so a
+    new run that stops early leaves no old outputs beside its config (the old
+    ``particles.npz`` stayed), while a file the user put there stays."""
+    from dgm import experiments, runs
+
+    module = experiments.get("svgd-gaussian2d")
+
+    def run(config, key, ctx):
+        runs.save_npz(ctx.path("particles.npz"), x=np.zeros(2))
+        ctx.save_checkpoint("state", x=np.zeros(1))
+        return {"x": 1.0}
+
+    monkeypatch.setattr(module, "run", run)
+    monkeypatch.setattr(module, "summary", lambda metrics: "done")
+    out = tmp_path / "r"
+    args = ["run", "svgd-gaussian2d", "--smoke", "--out", str(out)]
+    assert cli.main(args) == 0
+    listed = runs.read_json(out / "outputs.json")["files"]
+    assert listed == ["checkpoints/state.npz", "config.json", "metrics.json", "particles.npz"]
+    (out / "notes.txt").write_text("mine")
+
+    def stops_early(config, key, ctx):
+        raise ValueError("stopped before any output")
+
+    monkeypatch.setattr(module, "run", stops_early)
+    assert cli.main([*args, "--overwrite"]) == 1
+    assert {p.name for p in out.iterdir() if p.is_file()} == {"config.json", "notes.txt"}
+    assert (out / "notes.txt").read_text() == "mine"
     capsys.readouterr()
 
 

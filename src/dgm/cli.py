@@ -360,15 +360,37 @@ def _prepare_out(args: argparse.Namespace, preset: str, record: dict) -> Path:
                 f"{out} already holds a run; pass --resume to continue it, --overwrite to "
                 "replace it, or --out DIR"
             )
-        else:  # the old run's state and scores go: none may sit beside the new config
+        else:  # the old run's state, scores and outputs go: none may sit beside the new config
             # missing_ok: every process of a multi-process run clears the shared --out
             for f in (out / "checkpoints").glob("*"):
                 f.unlink(missing_ok=True)
             for f in (out / "tensorboard").glob("*"):  # TensorBoard would mix the two runs
                 f.unlink(missing_ok=True)
-            for name in ("metrics.json", "report.md"):
+            for name in ("metrics.json", "report.md", *_outputs(out), OUTPUTS):
                 (out / name).unlink(missing_ok=True)
     return out
+
+
+OUTPUTS = "outputs.json"  # the files a run made in its directory, for --overwrite to remove
+
+
+def _files(out: Path) -> set[str]:
+    return {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+
+
+def _outputs(out: Path) -> list[str]:
+    """The files the run in ``out`` listed as its own (none for a run older than the list,
+    or one stopped before its end); only paths inside ``out``."""
+    path = out / OUTPUTS
+    names = runs.read_json(path).get("files", []) if path.exists() else []
+    return [n for n in names if not Path(n).is_absolute() and ".." not in Path(n).parts]
+
+
+def _record_outputs(out: Path, before: set[str]) -> None:
+    """List the files this call made (and those an earlier call of the run listed): a later
+    ``--overwrite`` removes them, and nothing the user put beside them."""
+    made = (_files(out) - before) | set(_outputs(out))
+    runs.write_json(out / OUTPUTS, {"files": sorted(made - {OUTPUTS})})
 
 
 def _jsonable(config) -> dict:
@@ -409,6 +431,7 @@ def _run(args: argparse.Namespace, extra: list[str]) -> int:
     record["versions"] = runs.versions()
     record["processes"] = jax.process_count()
     record["devices"] = [str(d) for d in jax.devices()]
+    before = _files(out)
     runs.write_json(out / "config.json", record)
     start = time.perf_counter()
     metrics = module.run(config, jax.random.key(args.seed), ctx)
@@ -418,6 +441,7 @@ def _run(args: argparse.Namespace, extra: list[str]) -> int:
 
     if not is_main_process():  # process 0 prints and has written everything
         return 0
+    _record_outputs(out, before - {"config.json", "metrics.json"})
     if hasattr(module, "summary"):
         print(module.summary(metrics))
     print(f"outputs written to {out}")
