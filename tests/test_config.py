@@ -91,7 +91,11 @@ def test_numbers_are_not_truncated_nor_taken_from_booleans_and_sections_need_a_f
     assert override(C(), ["train.num_epochs=8.0"]).train.num_epochs == 8
     assert override(C(), ["train.learning_rate=2"]).train.learning_rate == 2.0
     bad_values = [("num_epochs=2.5", "an int"), ("num_epochs=true", "an int"),
-                  ("learning_rate=true", "a float"), ("learning_rate=fast", "a float")]  # fmt: skip
+                  ("learning_rate=true", "a finite float"),
+                  ("learning_rate=fast", "a finite float"),
+                  ("learning_rate=Infinity", "a finite float"),  # JSON's inf was taken
+                  ("learning_rate=-Infinity", "a finite float"),
+                  ("learning_rate=NaN", "a finite float")]  # fmt: skip
     for bad, kind in bad_values:
         with pytest.raises(ValueError, match=f"`train.{bad.split('=')[0]}` expects {kind}"):
             override(C(), [f"train.{bad}"])

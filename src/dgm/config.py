@@ -3,6 +3,7 @@
 import dataclasses
 import inspect
 import json
+import math
 import numbers
 import typing
 from collections.abc import Iterable
@@ -25,9 +26,9 @@ def _coerce(value: str, current: Any, field: str, annotation: Any = None) -> Any
         # no silent truncation (2.5 -> 2) and no booleans as numbers (true -> 1)
         integral = isinstance(parsed, int) or (isinstance(parsed, float) and parsed.is_integer())
         ok = isinstance(parsed, int | float) and not isinstance(parsed, bool)
-        if not ok or (kind == "int" and not integral):
+        if not ok or (kind == "int" and not integral) or not math.isfinite(parsed):
             raise ValueError(
-                f"`{field}` expects a{'n' if kind == 'int' else ''} {kind}; got {value!r}"
+                f"`{field}` expects a{'n' if kind == 'int' else ' finite'} {kind}; got {value!r}"
             )
         return type(current)(parsed)
     if isinstance(current, tuple | list):
