@@ -95,7 +95,8 @@ def test_numbers_are_not_truncated_nor_taken_from_booleans_and_sections_need_a_f
                   ("learning_rate=fast", "a finite float"),
                   ("learning_rate=Infinity", "a finite float"),  # JSON's inf was taken
                   ("learning_rate=-Infinity", "a finite float"),
-                  ("learning_rate=NaN", "a finite float")]  # fmt: skip
+                  ("learning_rate=NaN", "a finite float"),
+                  ("learning_rate=1" + "0" * 400, "a finite float")]  # fmt: skip
     for bad, kind in bad_values:
         with pytest.raises(ValueError, match=f"`train.{bad.split('=')[0]}` expects {kind}"):
             override(C(), [f"train.{bad}"])

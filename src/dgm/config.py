@@ -26,7 +26,11 @@ def _coerce(value: str, current: Any, field: str, annotation: Any = None) -> Any
         # no silent truncation (2.5 -> 2) and no booleans as numbers (true -> 1)
         integral = isinstance(parsed, int) or (isinstance(parsed, float) and parsed.is_integer())
         ok = isinstance(parsed, int | float) and not isinstance(parsed, bool)
-        if not ok or (kind == "int" and not integral) or not math.isfinite(parsed):
+        try:  # an int beyond float's range is no finite float either
+            finite = not ok or kind == "int" or math.isfinite(parsed)
+        except OverflowError:
+            finite = False
+        if not ok or (kind == "int" and not integral) or not finite:
             raise ValueError(
                 f"`{field}` expects a{'n' if kind == 'int' else ' finite'} {kind}; got {value!r}"
             )
