@@ -372,6 +372,18 @@ def test_a_seed_that_is_no_integer_and_a_sample_seed_outside_32_bits_are_refused
         assert exit_.value.code == 2 and "--seed: must be an int in [0, 2^32)" in err, err
 
 
+@pytest.mark.parametrize(
+    "flag, value, low",
+    [("--devices", "0", 1), ("--num-processes", "0", 1), ("--process-id", "-1", 0)],
+)
+def test_device_and_process_counts_name_their_flag(flag, value, low, capsys):
+    """``--devices 0`` said "`num_devices` must be a positive int": the flag is named now."""
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["run", "svgd-gmm1d", "--smoke", flag, value, "--print-config"])
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert exit_.value.code == 2 and f"{flag}: must be an int >= {low}; got '{value}'" in err
+
+
 def test_an_out_that_cannot_be_a_run_directory_is_named(tmp_path, monkeypatch, capsys):
     """``--out`` at a file, under a file or in a folder that cannot be written said only
     "[Errno 17] File exists: ..." (or 20, 13), naming neither ``--out`` nor what it needs."""

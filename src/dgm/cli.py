@@ -110,11 +110,18 @@ def _parser() -> argparse.ArgumentParser:
     render.add_argument("--max-frames", type=int, default=None, help="draw at most N frames")
     scale = run.add_argument_group("devices and processes")
     scale.add_argument(
-        "--devices", type=int, default=None, help="host (CPU) devices (default: one per core)"
+        "--devices",
+        type=_int_at_least(1),
+        default=None,
+        help="host (CPU) devices (default: one per core)",
     )
     scale.add_argument("--coordinator", default=None, metavar="HOST:PORT", help="process 0")
-    scale.add_argument("--num-processes", type=int, default=None, help="processes in the run")
-    scale.add_argument("--process-id", type=int, default=None, help="this process, from 0")
+    scale.add_argument(
+        "--num-processes", type=_int_at_least(1), default=None, help="processes in the run"
+    )
+    scale.add_argument(
+        "--process-id", type=_int_at_least(0), default=None, help="this process, from 0"
+    )
     scale.add_argument(
         "--distributed",
         action="store_true",
@@ -176,6 +183,21 @@ def _integers(text: str) -> list[int]:
 
 
 _UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def _int_at_least(low: int):
+    """An argparse type: an int ``>= low`` (the error then names the flag)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low:
+            raise argparse.ArgumentTypeError(f"must be an int >= {low}; got {text!r}")
+        return value
+
+    return parse
 
 
 def _seed(text: str) -> int:
