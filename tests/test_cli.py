@@ -373,13 +373,22 @@ def test_a_seed_that_is_no_integer_and_a_sample_seed_outside_32_bits_are_refused
 
 
 @pytest.mark.parametrize(
-    "flag, value, low",
-    [("--devices", "0", 1), ("--num-processes", "0", 1), ("--process-id", "-1", 0)],
+    "command, flag, value, low",
+    [
+        (["run", "svgd-gmm1d", "--print-config"], "--devices", "0", 1),
+        (["run", "svgd-gmm1d", "--print-config"], "--num-processes", "0", 1),
+        (["run", "svgd-gmm1d", "--print-config"], "--process-id", "-1", 0),
+        (["bvh", "render", "clip.bvh", "--out", "c.gif"], "--stride", "0", 1),
+        (["bvh", "render", "clip.bvh", "--out", "c.gif"], "--max-frames", "-1", 1),
+        (["sample", "RUN_DIR"], "--num", "0", 1),
+        (["sample", "RUN_DIR"], "--steps", "abc", 1),
+    ],
 )
-def test_device_and_process_counts_name_their_flag(flag, value, low, capsys):
-    """``--devices 0`` said "`num_devices` must be a positive int": the flag is named now."""
+def test_counts_are_checked_as_parsed_and_name_their_flag(command, flag, value, low, capsys):
+    """``--devices 0`` said "`num_devices` must be a positive int", ``--num 0`` "`num`":
+    each count is checked while parsing, so the error names the flag (exit 2)."""
     with pytest.raises(SystemExit) as exit_:
-        cli.main(["run", "svgd-gmm1d", "--smoke", flag, value, "--print-config"])
+        cli.main([*command, flag, value])
     err = capsys.readouterr().err.splitlines()[-1]
     assert exit_.value.code == 2 and f"{flag}: must be an int >= {low}; got '{value}'" in err
 

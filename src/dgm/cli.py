@@ -106,8 +106,12 @@ def _parser() -> argparse.ArgumentParser:
     render = bvh.add_parser("render", help="animate a BVH clip to a GIF (or MP4 with ffmpeg)")
     render.add_argument("file", type=Path, help="the .bvh file")
     render.add_argument("--out", type=Path, required=True, help="output .gif or .mp4")
-    render.add_argument("--stride", type=int, default=4, help="draw every Nth frame (default 4)")
-    render.add_argument("--max-frames", type=int, default=None, help="draw at most N frames")
+    render.add_argument(
+        "--stride", type=_int_at_least(1), default=4, help="draw every Nth frame (default 4)"
+    )
+    render.add_argument(
+        "--max-frames", type=_int_at_least(1), default=None, help="draw at most N frames"
+    )
     scale = run.add_argument_group("devices and processes")
     scale.add_argument(
         "--devices",
@@ -131,13 +135,18 @@ def _parser() -> argparse.ArgumentParser:
         "sample", help="new samples (a DRAW's animation, a DMM's MIDI) from a trained run"
     )
     sample.add_argument("run_dir", type=Path, help="run directory of a trained image model or DMM")
-    sample.add_argument("--num", type=int, default=64, help="number of samples (default 64)")
+    sample.add_argument(
+        "--num", type=_int_at_least(1), default=64, help="number of samples (default 64)"
+    )
     sample.add_argument(
         "--out", type=Path, default=None, help="a .png file (GIFs or a DMM's .mid beside it)"
     )
     sample.add_argument("--seed", type=_seed, default=0, help="PRNG seed (default 0)")
     sample.add_argument(
-        "--steps", type=int, default=100, help="time steps of a DMM's sequences (default 100)"
+        "--steps",
+        type=_int_at_least(1),
+        default=100,
+        help="time steps of a DMM's sequences (default 100)",
     )
     compare = sub.add_parser("compare", help="one Markdown table of several runs")
     compare.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR")
