@@ -165,7 +165,7 @@ def test_calibration_correct_runs(mlp_posterior):
         assert attrs["chains_checked"] == 1 and attrs["chains_disagree"] == 0
         assert 1 <= attrs["start_candidates_agreeing"] <= attrs["start_candidates"] == 16
         agreement = mlp_posterior._chain_checker.check(
-            idata.posterior["u"].values, mlp_posterior.y_obs, warn=False
+            idata.posterior["u"].values, idata.sample_stats["lp"].values, warn=False
         )
         worst_z = max(worst_z, np.max(np.abs(agreement["lp_z"])))
     print(f"MLP runs: worst R-hat {worst_r:.3f}, worst |lp z| {worst_z:.2f}")

@@ -139,7 +139,8 @@ class Amortized:
         if resample:
             p = np.exp(smoothed - smoothed.max())
             pick = jax.random.choice(jax.random.fold_in(key, 1), z.shape[0], z.shape[:1], p=p)
-            z, log_w = z[np.asarray(pick)], log_w[np.asarray(pick)]
+            pick = np.asarray(pick)
+            z, log_w = z[pick], log_w[pick]
         idata = az.from_dict(
             posterior={var_name: z[None]},
             sample_stats={"log_weight": log_w[None]},

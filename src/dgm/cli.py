@@ -194,30 +194,25 @@ def _integers(text: str) -> list[int]:
 _UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
-def _int_at_least(low: int):
-    """An argparse type: an int ``>= low`` (the error then names the flag)."""
+def _int_at_least(low: int, below: int | None = None, shown: str | None = None):
+    """An argparse type: an int ``>= low`` (and ``< below``, written ``shown`` in the
+    message), so the error names the flag."""
+    bound = f">= {low}" if below is None else f"in [{low}, {shown or below})"
 
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             value = None
-        if value is None or value < low:
-            raise argparse.ArgumentTypeError(f"must be an int >= {low}; got {text!r}")
+        if value is None or value < low or (below is not None and value >= below):
+            raise argparse.ArgumentTypeError(f"must be an int {bound}; got {text!r}")
         return value
 
     return parse
 
 
-def _seed(text: str) -> int:
-    """A seed in [0, 2^32): a PRNG key holds 32 bits, so 2^32 gave seed 0's numbers."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if not 0 <= value < 2**32:
-        raise argparse.ArgumentTypeError(f"must be an int in [0, 2^32); got {text!r}")
-    return value
+# a PRNG key holds 32 bits, so 2^32 gave seed 0's numbers
+_seed = _int_at_least(0, 2**32, "2^32")
 
 
 def _duration(text: str) -> float:
@@ -360,8 +355,12 @@ def _prepare_out(args: argparse.Namespace, preset: str, record: dict) -> Path:
     out = args.out or Path("runs") / f"{args.name}-{preset}-seed{args.seed}"
     for place in (out, *out.absolute().parents):  # the nearest that exists must take the run
         if place.exists() or place.is_symlink():
-            problem = "is not a directory" if not place.is_dir() else "is not writable"
-            if not place.is_dir() or not os.access(place, os.W_OK | os.X_OK):
+            problem = None
+            if not place.is_dir():
+                problem = "is not a directory"
+            elif not os.access(place, os.W_OK | os.X_OK):
+                problem = "is not writable"
+            if problem:
                 raise ValueError(f"--out: expected a directory to hold the run; {place} {problem}")
             break
     cfg_path = out / "config.json"

@@ -274,7 +274,7 @@ class ConditionedGenerator(StartingPoints):
         obs = (ys if batched else ys[0], num_chains if batched else None)
         idata = self._inference_data(result, num_warmup, total, settings, attrs, step_sizes, obs)
         if check_chains:
-            self._chain_checker.annotate(idata, ys if batched else ys[0], batched)
+            self._chain_checker.annotate(idata, batched)
         info = self._typical_starts.last_info
         if init is None and self.init_fn is None and info is not None:  # typical-set starts
             idata.posterior.attrs["start_candidates"] = int(info.log_density.shape[-1])

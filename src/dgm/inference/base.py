@@ -228,16 +228,16 @@ class ChainRunner:
             says ``interrupted``); Ctrl-C before any iteration exists re-raises.
         """
         check_positive("num_iterations", num_iterations, integer=True)
+        key_data, key_impl = _key_data(keys)
+        chain_keys = np.asarray(key_data)  # saved with the chains, checked on resume
         previous, first, wall_s = None, 0, 0.0
         if checkpoint is not None and Path(checkpoint).exists():
             template = self._templates(keys[0], states, params, per_chain_params)
-            key_data = np.asarray(_key_data(keys)[0])
-            previous = _load_chains(checkpoint, states, template, key_data)
+            previous = _load_chains(checkpoint, states, template, chain_keys)
             states, first, wall_s = previous["states"], previous["num_done"], previous["wall_s"]
         traced, split = _split_params(params)
         num_chains = jax.tree.leaves(states)[0].shape[0]
-        keys, key_impl = _key_data(keys)
-        chain_keys = None if checkpoint is None else np.asarray(keys)  # saved with the chains
+        keys = key_data
         if keys.shape[:1] != (num_chains,):
             raise ValueError(
                 f"`keys` must hold one key per chain ({num_chains}, the leading axis of "

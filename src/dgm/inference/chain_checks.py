@@ -42,21 +42,13 @@ class ChainChecker:
             u = jnp.asarray(draws, jnp.float64)
             return np.asarray(self._log_density(u, jnp.asarray(y, jnp.float64)))
 
-    def check(self, draws, y, warn: bool = True, lp=None) -> dict:
-        """:func:`~dgm.diagnostics.chain_agreement` of ``(chains, draws, dim)`` draws
-        (thinned to at most :data:`MAX_CHECKED_DRAWS` per chain), warning on disagreement.
-        ``lp``: ℓ at the draws, ``(chains, draws)``, when the sampler recorded it (else it
-        is computed here)."""
+    def check(self, draws, lp, warn: bool = True) -> dict:
+        """:func:`~dgm.diagnostics.chain_agreement` of ``(chains, draws, dim)`` draws and
+        ℓ at them, ``lp`` ``(chains, draws)`` (the sampler's ``sample_stats.lp``), thinned
+        to at most :data:`MAX_CHECKED_DRAWS` per chain, warning on disagreement."""
         draws = np.asarray(draws)
         thin = max(1, -(-draws.shape[1] // MAX_CHECKED_DRAWS))
-        kept = draws[:, ::thin]
-        if lp is not None:
-            lp = np.asarray(lp)[:, ::thin]
-        elif kept.shape[1]:
-            lp = self.log_density(kept, y)
-        else:
-            lp = np.zeros(kept.shape[:2])
-        agreement = diagnostics.chain_agreement(kept, lp)
+        agreement = diagnostics.chain_agreement(draws[:, ::thin], np.asarray(lp)[:, ::thin])
         agreement["thin"] = thin
         agreement["stuck_chains"] = stuck = diagnostics.stuck_chains(draws)
         for message, category in (
@@ -67,21 +59,21 @@ class ChainChecker:
                 warnings.warn(message, category, stacklevel=3)
         return agreement
 
-    def annotate(self, idata, y, batched: bool = False, warn: bool = True) -> list[dict]:
+    def annotate(self, idata, batched: bool = False, warn: bool = True) -> list[dict]:
         """:meth:`check` the ``u`` draws of ``idata`` (with their ``sample_stats.lp``) and
         record the result as posterior attributes: ``r_hat_max``, ``lp_chain_mean``,
         ``chains_disagree`` (a count), ``disagreeing_chains`` (comma-separated indices),
         ``chains_checked`` and ``chains_stuck`` (chains that rejected every proposal,
         with a :class:`~dgm.diagnostics.StuckChainWarning`). For a batch of observations
-        (``u`` of dims ``(chain, draw, obs, u_dim)``, ``y`` of shape ``(num_obs, N)``)
-        each observation is checked, and every attribute holds one value per observation
-        (``disagreeing_chains`` separated by ``;``)."""
+        (``u`` of dims ``(chain, draw, obs, u_dim)``) each observation is checked, and
+        every attribute holds one value per observation (``disagreeing_chains`` separated
+        by ``;``)."""
         u, lp = idata.posterior["u"].values, idata.sample_stats["lp"].values
         if not batched:
-            agreement = self.check(u, y, warn, lp)
+            agreement = self.check(u, lp, warn)
             idata.posterior.attrs.update(attrs_of(agreement))
             return [agreement]
-        results = [self.check(u[:, :, i], y[i], warn, lp[:, :, i]) for i in range(u.shape[2])]
+        results = [self.check(u[:, :, i], lp[:, :, i], warn) for i in range(u.shape[2])]
         rows = [attrs_of(a) for a in results]
         idata.posterior.attrs.update(
             {
