@@ -154,8 +154,8 @@ def test_resampled_draws_estimate_the_posterior_where_q_is_off():
     more than one posterior sd. ``resample=True`` draws q's own draws again in proportion
     to their weights: the same q draws and attributes, and the plain mean of the kept
     draws within 5 standard errors (sd / √ESS) of the exact mean. Keys 0-19: worst |z|
-    2.19, ESS 699-716 of 4,000. Planted bug (uniform picks instead of weighted ones):
-    every key 32-40 standard errors off."""
+    2.19, ESS 673-747 of 4,000. Planted bug (uniform picks instead of weighted ones):
+    the worse coordinate is 34-40 standard errors off on every key."""
     q = AmortizedPosterior(2, 5, key=jax.random.key(1))
     result = dgm.Amortized(q, NOISE.log_joint, {}, np.zeros(0), 0)
     y = jnp.asarray(A @ np.array([0.4, -0.3]))
