@@ -103,6 +103,30 @@ def test_accept_probability_matches_closed_form():
         np.testing.assert_allclose(info.accept_prob, min(1.0, np.exp(-delta_h)), rtol=1e-12)
 
 
+def test_energy_is_the_kept_states_hamiltonian():
+    """``info.energy`` (ArviZ's ``energy``, read by E-BFMI) is H of the state kept: the
+    proposal's H when accepted, the start's when rejected (closed form as above). Over 20
+    keys both branches occur (a swapped ``where`` reports the other H)."""
+    logp_fn = lambda q: -0.5 * jnp.sum(q**2)  # noqa: E731
+    raw = build_kernel(logp_fn)
+    step = jax.jit(lambda key, state: raw(key, state, HMCParams(1.9, jnp.ones(1), 1, 1)))
+    h, q0 = 1.9, 1.2
+    state = init(jnp.array([q0]), logp_fn)
+    accepted = []
+    for seed in range(20):
+        key = jax.random.key(seed)
+        p0 = float(jax.random.normal(jax.random.split(key, 3)[0], (1,), jnp.float64)[0])
+        _, info = step(key, state)
+        q1 = q0 + h * (p0 - 0.5 * h * q0)
+        p1 = p0 - 0.5 * h * q0 - 0.5 * h * q1
+        h0, h1 = 0.5 * (q0**2 + p0**2), 0.5 * (q1**2 + p1**2)
+        assert abs(h1 - h0) > 1e-3  # the two candidates differ
+        expected = h1 if bool(info.is_accepted) else h0
+        np.testing.assert_allclose(info.energy, expected, rtol=1e-12)
+        accepted.append(bool(info.is_accepted))
+    assert any(accepted) and not all(accepted)
+
+
 # ---------------------------------------------------------------- 3. moments, 4. floors
 
 
