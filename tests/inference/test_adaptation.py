@@ -6,6 +6,8 @@ both mass-matrix tests; never updating the inverse mass matrix at a window's end
 both mass-matrix tests.
 """
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -24,6 +26,8 @@ from dgm.inference.adaptation import (
 )
 from dgm.inference.base import Kernel
 from dgm.inference.hmc import HMCParams, build_kernel, init
+from dgm.inference.integrators import IntegratorState, leapfrog
+from dgm.inference.metrics import sample_momentum
 
 # Anisotropic Gaussian: sds spread over a factor 30.
 SD = np.array([0.1, 0.3, 1.0, 2.0, 3.0])
@@ -233,6 +237,76 @@ def test_find_reasonable_step_size_scales_with_target():
         found.append(np.array([float(fn(k)) for k in keys]))
     assert np.all((found[0] > 0.1 * 0.01) & (found[0] < 4 * 0.01)), found
     assert np.all((found[1] > 0.1) & (found[1] < 4.0)), found
+
+
+def test_find_reasonable_step_size_returns_the_last_size_on_the_accepting_side():
+    """Algorithm 4's invariant, checked exactly (float64) with the same momentum draw: the
+    size returned has one-step acceptance at least 1/2 and twice it at most 1/2, whether the
+    search doubled (start 1e-3) or halved (start 50). Returning the first size that failed
+    (no step back after doubling) breaks the first half."""
+    sd = np.array([0.1, 1.0, 3.0])
+
+    def logp(x):
+        return -0.5 * jnp.sum((x / jnp.asarray(sd, x.dtype)) ** 2)
+
+    def log_accept(key, x, eps):  # the search's own quantity, from its momentum draw
+        p0 = sample_momentum(key, jnp.ones(3, jnp.float64), x)
+        start = IntegratorState(x, p0, logp(x), jax.grad(logp)(x))
+        end = leapfrog(start, eps, logp, jnp.ones(3, jnp.float64))
+        return float(end.log_density - 0.5 * end.momentum @ end.momentum - logp(x) + 0.5 * p0 @ p0)
+
+    with jax.enable_x64(True):
+        x = jnp.asarray([0.05, -0.5, 2.0], jnp.float64)
+        for seed in range(4):
+            key = jax.random.key(seed)
+            for eps0 in (1e-3, 50.0):
+                eps = find_reasonable_step_size(
+                    key, x, logp, jnp.ones(3, jnp.float64), jnp.asarray(eps0, jnp.float64)
+                )
+                eps = jnp.asarray(eps, jnp.float64)
+                assert log_accept(key, x, eps) >= np.log(0.5), (seed, eps0, float(eps))
+                assert log_accept(key, x, 2.0 * eps) <= np.log(0.5), (seed, eps0, float(eps))
+
+
+class _ScalarState(NamedTuple):
+    position: jax.Array
+
+
+class _StepOnly(NamedTuple):
+    step_size: jax.Array
+
+
+class _AcceptInfo(NamedTuple):
+    accept_prob: jax.Array
+
+
+def test_warmup_step_size_follows_hoffman_gelman_recursion():
+    """With acceptance ``exp(-eps)`` (a fake kernel) and no step-size search or mass
+    matrix, 40 warm-up iterations reproduce Hoffman & Gelman's eq. (6) written out in
+    NumPy: mu = log(10 eps0), the step used at iteration t is the iterate of t − 1, and
+    the result is the iterate *average* exp(log eps-bar) (it differs from the last
+    iterate by 0.33 % here, far more than the tolerance)."""
+    kernel = Kernel(
+        _ScalarState,
+        lambda key, state, params: (state, _AcceptInfo(jnp.exp(-params.step_size))),
+        _StepOnly(jnp.asarray(0.3)),
+    )
+    with jax.enable_x64(True):
+        state = _ScalarState(jnp.zeros(1, jnp.float64))
+        out = warmup(
+            jax.random.key(0), kernel, state, 40, metric="none", find_initial_step_size=False
+        )
+        got = float(out.step_size)
+    target, t0, gamma, kappa = 0.8, 10.0, 0.05, 0.75
+    mu, h_bar, log_eps, log_eps_bar = np.log(10 * 0.3), 0.0, np.log(0.3), 0.0
+    for t in range(1, 41):
+        accept = np.exp(-np.exp(log_eps))
+        h_bar = (1 - 1 / (t + t0)) * h_bar + (target - accept) / (t + t0)
+        log_eps = mu - np.sqrt(t) / gamma * h_bar
+        eta = t**-kappa
+        log_eps_bar = eta * log_eps + (1 - eta) * log_eps_bar
+    np.testing.assert_allclose(got, np.exp(log_eps_bar), rtol=1e-9)
+    assert abs(np.exp(log_eps) / np.exp(log_eps_bar) - 1) > 1e-3  # 0.33 %: far above rtol
 
 
 # ---------------------------------------------------------------- errors
