@@ -13,6 +13,8 @@ with its sign flipped stops every tree after one step and fails the ESS floor (E
 2000; its z stays below 1: the sampler is still correct, only slow).
 """
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -196,3 +198,108 @@ def test_leaf_uniforms_are_never_zero_or_one(monkeypatch):
         monkeypatch.setattr(dynamic, "threefry_2x32_unrolled", lambda *a, out=out: out)
         u = float(dynamic._leaf_uniform(seed, 0, 0))
         assert 0.0 < u < 1.0, (bits, u)
+
+
+class _ToyLeaf(NamedTuple):
+    """A leaf of the toy integrators below: its momentum and its step index (time)."""
+
+    momentum: jax.Array
+    t: jax.Array
+
+
+def _toy_fns(energy, momentum=lambda t: jnp.ones(1)) -> dynamic.LeafFns:
+    """Leaves that only count time: a step moves ``t`` by ±1 (the sign of the step size);
+    ``energy(t)`` sets the leaf weights and ``momentum(t)`` the U-turn criterion's input."""
+
+    def step(leaf, eps):
+        t = leaf.t + jnp.sign(eps)
+        return _ToyLeaf(momentum(t), t)
+
+    return dynamic.LeafFns(
+        step=step,
+        energy=lambda leaf: energy(leaf.t),
+        velocity=lambda p: p,
+        failures=lambda leaf: jnp.zeros((0,), bool),
+    )
+
+
+# The drawn leaf's time over independent depth-4 trajectories (15 steps, no U-turn: the
+# momentum is constant) with leaf energies 0.1 t², symmetric in t.
+_draw_times = jax.jit(
+    jax.vmap(
+        lambda key: dynamic.sample_trajectory(
+            key, _toy_fns(lambda t: 0.1 * t**2), _ToyLeaf(jnp.ones(1), jnp.zeros(())),
+            jnp.asarray(1.0), 4,
+        )[0].t
+    )
+)  # fmt: skip
+
+
+def _kept_times(seed: int, num: int = 4000) -> np.ndarray:
+    return np.asarray(_draw_times(jax.random.split(jax.random.key(seed), num)))
+
+
+def test_drawn_leaf_is_symmetric_in_time():
+    """With energies symmetric in time, the drawn leaf lies as often before the start as
+    after it: E t = 0 exactly (the directions are fair coins, independent of the draws
+    that take a subtree). Over 4000 independent trajectories (iid: z with the plain
+    standard error). Calibration (``test_drawn_leaf_symmetry_calibration``, seeds 0-49):
+    worst |z| 2.03. Power: drawing the direction from the same uniform as the top-level
+    take decision (``uniforms[1]`` for ``uniforms[0]``), which favours forward subtrees,
+    gives z = 50 at this seed (46-49 at seeds 0-2); the moment z-tests above missed it."""
+    t = _kept_times(7)
+    z = abs(t.mean()) / (t.std(ddof=1) / np.sqrt(t.size))
+    assert np.abs(t).mean() > 1.0  # the draw does leave the start
+    assert z < Z_MAX, z
+
+
+@pytest.mark.calibration
+@pytest.mark.parametrize("seed", range(50))
+def test_drawn_leaf_symmetry_calibration(seed):
+    t = _kept_times(seed)
+    z = abs(t.mean()) / (t.std(ddof=1) / np.sqrt(t.size))
+    print(f"CALIB {seed} z={z:.3f}")
+    assert z < Z_MAX
+
+
+def test_subtree_u_turn_uses_the_outer_ends_of_its_halves():
+    """A depth-2 subtree whose two halves are fine on their own but whose merge turns back
+    (the first half extended by the second half's first leaf has that leaf's momentum
+    against the sum: Stan's extra check) stops as turning after its 4 leaves. The same
+    merge read with the halves swapped (inner ends in place of outer ones) sees no U-turn,
+    so the order of ``is_turning``'s arguments in the leaf loop matters."""
+    table = jnp.asarray([[0.0, 0.0], [1.5, -0.5], [1.5, 2.0], [-0.5, -1.5], [1.0, -2.0]])
+    fns = _toy_fns(lambda t: jnp.zeros(()), lambda t: table[t.astype(jnp.int32)])
+    start = _ToyLeaf(table[0], jnp.zeros(()))
+    left, right = (Ends(table[i] + table[i + 1], table[i], table[i + 1]) for i in (1, 3))
+    assert not bool(is_turning(Ends(table[1], table[1], table[1]), Ends(*[table[2]] * 3), _id))
+    assert not bool(is_turning(Ends(table[3], table[3], table[3]), Ends(*[table[4]] * 3), _id))
+    assert bool(is_turning(left, right, _id)) and not bool(is_turning(right, left, _id))
+    sub = dynamic.build_subtree(
+        jnp.zeros(2, jnp.uint32), fns, start, jnp.asarray(1.0), jnp.asarray(2),
+        jnp.zeros(()), 3, 1000.0,
+    )  # fmt: skip
+    assert int(sub.count) == 4 and bool(sub.turning)
+
+
+def _id(p):
+    return p
+
+
+def test_discarded_subtree_leaves_count_zero_in_the_acceptance_statistic():
+    """Leaves at |t| >= 3 diverge (energy 1e4), the rest have energy 0 (acceptance 1):
+    every trajectory ends on a divergent subtree, and the acceptance statistic is the
+    kept tree's 2^depth − 1 leaves over all steps taken, the discarded subtree's leaves
+    counting 0 even before its divergent one (Stan; dual averaging then shrinks the step).
+    Over 64 keys some discarded subtrees hold good leaves, so counting them changes it."""
+    fns = _toy_fns(lambda t: jnp.where(jnp.abs(t) >= 3, 1e4, 0.0))
+    start = _ToyLeaf(jnp.ones(1), jnp.zeros(()))
+    run = jax.jit(
+        jax.vmap(lambda k: dynamic.sample_trajectory(k, fns, start, jnp.asarray(1.0), 6)[1])
+    )
+    info = run(jax.random.split(jax.random.key(3), 64))
+    assert np.all(np.asarray(info.is_divergent))
+    kept = 2.0 ** np.asarray(info.tree_depth) - 1.0
+    steps = np.asarray(info.num_steps)
+    assert np.any(steps - kept > 1)  # some discarded subtree had leaves before its divergence
+    np.testing.assert_allclose(np.asarray(info.accept_prob), kept / steps, rtol=1e-6)
