@@ -1,13 +1,16 @@
 """``dgm.amortize``: an amortized IAF posterior trained by simulation, checked against the
 exact posterior of a linear-Gaussian model for observations it never saw."""
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import dgm
 from dgm.inference.additive_noise import AdditiveNoise
+from dgm.inference.vi import build_train_step, init
 from dgm.models.amortized import AmortizedPosterior
 
 A = np.random.default_rng(0).normal(size=(5, 2))
@@ -246,3 +249,29 @@ def test_failed_simulations_are_left_out():
     z = result.sample(jax.random.key(1), jnp.asarray(y), num_samples=4000).posterior["z"]
     offset = np.abs(z.values.reshape(-1, 2).mean(0) - mean) / np.sqrt(np.diag(cov))
     assert np.all(offset < 0.1), offset
+
+
+class _PointQ(eqx.Module):
+    """A q that puts all its mass at ``mu`` (log q = 0): the ELBO is log p(mu, y)."""
+
+    mu: jax.Array
+
+    def sample_and_log_prob(self, y, *, key):
+        return self.mu, jnp.zeros((), self.mu.dtype)
+
+
+def test_vi_loss_and_gradient_are_means_over_the_finite_rows():
+    """``build_train_step``'s loss is the negative ELBO averaged over the finite rows of the
+    batch only, and so is its gradient: with a point-mass q and log p = −½|y − z|², two
+    finite rows and one failed (NaN) row give loss ½ mean|y − mu|² over the two, and one
+    SGD step (rate 1) moves mu to their mean. Dividing by all three rows scales both by
+    2/3 (the failure-rate test above cannot see this: Adam is invariant to the scale)."""
+    q = _PointQ(jnp.asarray([0.5, -0.5]))
+    ys = jnp.asarray([[1.0, 2.0], [jnp.nan, 0.0], [3.0, -1.0]])
+    optimizer = optax.sgd(1.0)
+    step = build_train_step(lambda z, y: -0.5 * jnp.sum((y - z) ** 2), optimizer)
+    new_q, _, info = step(q, init(q, optimizer), ys, jax.random.key(0))
+    good = np.asarray(ys)[[0, 2]]
+    expected = 0.5 * np.mean(np.sum((good - np.asarray(q.mu)) ** 2, axis=1))
+    np.testing.assert_allclose(float(info.loss), expected, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(new_q.mu), good.mean(0), rtol=1e-6)
