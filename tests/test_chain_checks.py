@@ -20,6 +20,8 @@ import pytest
 
 import dgm
 from dgm import diagnostics
+from dgm.inference.chain_checks import MAX_CHECKED_DRAWS, ChainChecker
+from dgm.inference.manifold import ManifoldSystem
 from dgm.models.mlp_generator import MLPGenerator
 
 
@@ -169,3 +171,32 @@ def test_calibration_correct_runs(mlp_posterior):
         )
         worst_z = max(worst_z, np.max(np.abs(agreement["lp_z"])))
     print(f"MLP runs: worst R-hat {worst_r:.3f}, worst |lp z| {worst_z:.2f}")
+
+
+def test_lp_z_is_the_difference_in_standard_errors_of_a_difference():
+    """``lp_z[k]`` is chain k's mean log density minus the median of the others', over the
+    standard error of that difference, √(se_k² + se_others²). Chains that share one noise
+    sequence (so one se) and differ by offsets give it in closed form; a gap of 0.5 nat is
+    never named however large its z (the one-nat floor)."""
+    import arviz as az
+
+    base = np.random.default_rng(7).normal(size=4000)
+    offsets = np.array([0.0, 0.0, 0.0, 0.5])
+    lp = base[None, :] + offsets[:, None]
+    x = np.random.default_rng(8).normal(size=(4, 4000, 2))
+    out = diagnostics.chain_agreement(x, lp)
+    se = base.std(ddof=1) / np.sqrt(float(az.ess(base[None])))
+    expected = offsets / (np.sqrt(2.0) * se)  # the others' median is 0 for every chain
+    np.testing.assert_allclose(out["lp_z"], expected, rtol=1e-9)
+    assert out["lp_z"][3] > diagnostics.LP_Z_WARN  # z alone would name it
+    assert out["disagreeing_chains"] == []
+
+
+def test_long_runs_are_thinned_to_at_most_the_checked_draws():
+    """``ChainChecker.check`` thins to at most ``MAX_CHECKED_DRAWS`` draws per chain (the
+    length its thresholds were calibrated at): ceil(n / max), not floor."""
+    checker = ChainChecker(ManifoldSystem(lambda u: u[:1], 2, 1))
+    n = MAX_CHECKED_DRAWS + MAX_CHECKED_DRAWS // 2
+    x, lp = _iid(9, num_draws=n)
+    out = checker.check(x, lp, warn=False)
+    assert out["thin"] == 2 and len(range(0, n, out["thin"])) <= MAX_CHECKED_DRAWS

@@ -39,3 +39,15 @@ def test_table_shows_undefined_cells_as_a_dash():
     assert lines[0].split() == ["method", "r_hat", "ess"]
     assert lines[2].split() == ["chmc", "1.003", "651.6"]
     assert lines[3].split() == ["abc", "-", "-"]
+
+
+def test_chains_stuck_at_different_values_keep_arviz_ess():
+    """Only a coordinate with one value in every chain and draw gets ESS 0: chains each
+    stuck at their own value disagree, and ArviZ's (small, nonzero) ESS says so."""
+    import arviz as az
+
+    draws = np.zeros((2, 50, 1))
+    draws[1] = 1.0  # each chain constant, at different values
+    expected = float(az.ess(draws[:, :, 0]))
+    assert expected > 0.0
+    np.testing.assert_allclose(diagnostics.ess(draws)[0], expected)
