@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 import dgm
+from dgm.inference.chmc_driver import chain_keys
 from tests.inference.test_constrained_hmc import Y_LIN, linear, sphere
 
 NUM_WARMUP = 1000
@@ -100,3 +101,17 @@ def test_calibration_acceptance(linear_posterior, seed):
         acc = float(idata.sample_stats["acceptance_rate"].mean())
         print(f"seed {200 + seed} target {target}: acceptance {acc:.3f}")
         assert abs(acc - target) < 0.05
+
+
+def test_search_init_and_chain_keys_are_all_different():
+    """``chain_keys`` gives each observation's run an initialisation key, one step-size
+    search key and one chain key per chain: all different (a search key equal to its
+    chain's key replays the search's draws in the chain's first transition)."""
+    for adapting in (True, False):
+        key_init, keys_search, keys_chains = chain_keys(
+            jax.random.split(jax.random.key(0), 2), 3, adapting
+        )
+        parts = [key_init, keys_chains] + ([keys_search] if adapting else [])
+        rows = np.concatenate([np.asarray(jax.random.key_data(k)).reshape(-1, 2) for k in parts])
+        assert rows.shape[0] == 2 + 6 + (6 if adapting else 0)
+        assert np.unique(rows, axis=0).shape[0] == rows.shape[0], adapting
