@@ -127,6 +127,24 @@ def test_energy_is_the_kept_states_hamiltonian():
     assert any(accepted) and not all(accepted)
 
 
+def test_a_nan_energy_error_is_a_rejected_divergence():
+    """A log density that is NaN where the trajectory ends (|x| > 3, where a step of 5
+    lands) gives a NaN energy error: the proposal is rejected and flagged divergent (a
+    NaN compares False against the threshold, so the flag must test finiteness itself)."""
+    logp_fn = lambda q: jnp.where(jnp.abs(q[0]) < 3.0, -0.5 * jnp.sum(q**2), jnp.nan)  # noqa: E731
+    state = init(jnp.array([0.9]), logp_fn)
+    step = jax.jit(lambda key: build_kernel(logp_fn)(key, state, HMCParams(5.0, jnp.ones(1), 1, 1)))
+    outcomes = []
+    for seed in range(6):
+        new, info = step(jax.random.key(seed))
+        if np.isnan(float(info.energy_error)):
+            assert bool(info.is_divergent) and not bool(info.is_accepted), seed
+            assert float(info.accept_prob) == 0.0
+            np.testing.assert_array_equal(new.position, state.position)
+        outcomes.append(np.isnan(float(info.energy_error)))
+    assert any(outcomes)
+
+
 # ---------------------------------------------------------------- 3. moments, 4. floors
 
 
