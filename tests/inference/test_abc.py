@@ -283,6 +283,25 @@ def test_rejection_rounds_up_to_equal_calls():
     assert res.compile_s > 0 and res.wall_s > 0  # timed apart, for ESS per second
 
 
+def test_rejection_calls_draw_different_simulations():
+    """Each compiled call of ``rejection_abc`` has its own key (``fold_in(key, i)``): with
+    4 calls of one batch, a huge ε accepts everything and no accepted row repeats (a key
+    shared by the calls repeats the first call's draws 4 times)."""
+    res = abc.rejection_abc(
+        jax.random.key(9),
+        generator,
+        Y_OBS,
+        1e6,
+        input_dim=INPUT_DIM,
+        num_params=NUM_PARAMS_TOY,
+        num_simulations=40,
+        batch_size=10,
+        batches_per_call=1,
+    )
+    assert res.num_accepted == 40
+    assert np.unique(res.params, axis=0).shape[0] == 40
+
+
 # ---------------------------------------------------------- elliptical slice, PMMH
 
 
