@@ -200,3 +200,15 @@ def test_long_runs_are_thinned_to_at_most_the_checked_draws():
     x, lp = _iid(9, num_draws=n)
     out = checker.check(x, lp, warn=False)
     assert out["thin"] == 2 and len(range(0, n, out["thin"])) <= MAX_CHECKED_DRAWS
+
+
+def test_chains_named_by_log_density_are_kept_when_r_hat_is_also_high():
+    """Chain 2's log density is 2 nats low (z about 16) and chain 3 sits 5 sd apart in one
+    coordinate (R-hat 1.53): the log density names chain 2, and the R-hat fallback
+    (for runs where only R-hat is high) does not replace it."""
+    x, lp = _iid(10)
+    x[3, :, 1] += 5.0
+    lp[2] -= 2.0
+    out = diagnostics.chain_agreement(x, lp)
+    assert out["r_hat_max"] > diagnostics.RHAT_WARN
+    assert out["disagreeing_chains"] == [2]
