@@ -28,6 +28,7 @@ from dgm.inference.base import Kernel
 from dgm.inference.hmc import HMCParams, build_kernel, init
 from dgm.inference.integrators import IntegratorState, leapfrog
 from dgm.inference.metrics import sample_momentum
+from dgm.inference.step_size import kernel_step_size_search
 
 # Anisotropic Gaussian: sds spread over a factor 30.
 SD = np.array([0.1, 0.3, 1.0, 2.0, 3.0])
@@ -307,6 +308,21 @@ def test_warmup_step_size_follows_hoffman_gelman_recursion():
         log_eps_bar = eta * log_eps + (1 - eta) * log_eps_bar
     np.testing.assert_allclose(got, np.exp(log_eps_bar), rtol=1e-9)
     assert abs(np.exp(log_eps) / np.exp(log_eps_bar) - 1) > 1e-3  # 0.33 %: far above rtol
+
+
+def test_kernel_step_size_search_counts_a_failed_step_as_acceptance_zero():
+    """A fake kernel accepting 0.9 up to step 1 and failing (NaN acceptance) above: the
+    doubling search from 0.25 stops at 1, the last size below the failures; a NaN that
+    did not count as 0 would never cross 1/2 and double 100 times."""
+
+    def step(key, state, params):
+        eps = params.step_size
+        return state, _AcceptInfo(jnp.where(eps <= 1.0, 0.9, jnp.nan))
+
+    found = kernel_step_size_search(
+        jax.random.key(0), step, _ScalarState(jnp.zeros(1)), _StepOnly(jnp.asarray(0.25))
+    )
+    assert float(found) == 1.0
 
 
 # ---------------------------------------------------------------- errors
