@@ -303,3 +303,62 @@ def test_discarded_subtree_leaves_count_zero_in_the_acceptance_statistic():
     steps = np.asarray(info.num_steps)
     assert np.any(steps - kept > 1)  # some discarded subtree had leaves before its divergence
     np.testing.assert_allclose(np.asarray(info.accept_prob), kept / steps, rtol=1e-6)
+
+
+def test_one_leaf_tree_accept_probability_matches_closed_form():
+    """NUTS with ``max_depth=1`` on N(0, 1): one leapfrog step, forwards or backwards (a
+    step backwards is a step forwards from momentum −p₀), then the leaf replaces the start
+    with probability min(1, exp(−ΔH)); the acceptance statistic is that probability, and
+    the energy error is ΔH if the leaf was taken, else 0. The momentum is the kernel's
+    first subkey (``split(key)[0]``) drawn as N(0, 1). Over 16 keys both outcomes occur."""
+    logp_fn = lambda q: -0.5 * jnp.sum(q**2)  # noqa: E731
+    step = jax.jit(lambda key, state: build_kernel(logp_fn)(key, state, NUTSParams(1.9, 1.0, 1)))
+    h, q0 = 1.9, 1.2
+    state = init(jnp.array([q0]), logp_fn)
+
+    def delta_h(p0):
+        p_half = p0 - 0.5 * h * q0
+        q1 = q0 + h * p_half
+        p1 = p_half - 0.5 * h * q1
+        return 0.5 * (q1**2 + p1**2) - 0.5 * (q0**2 + p0**2)
+
+    outcomes = set()
+    for seed in range(16):
+        key = jax.random.key(seed)
+        p0 = float(jax.random.normal(jax.random.split(key)[0], (1,), jnp.float64)[0])
+        new, info = step(key, state)
+        candidates = np.array([delta_h(p0), delta_h(-p0)])  # forwards, backwards
+        accept = np.minimum(1.0, np.exp(-candidates))
+        direction = np.isclose(float(info.accept_prob), accept, rtol=1e-12)
+        assert direction.any() and int(info.num_steps) == 1, seed
+        taken = bool(new.position[0] != q0)
+        outcomes.add(taken)
+        if taken:  # the ΔH of a direction whose acceptance matches (both, if both are 1)
+            assert np.isclose(float(info.energy_error), candidates[direction], rtol=1e-12).any()
+        else:
+            assert float(info.energy_error) == 0.0, seed
+    assert outcomes == {True, False}
+
+
+def test_batched_trajectories_equal_the_unbatched_ones():
+    """``vmap`` over trajectories (a finished row idles while others build) gives what each
+    built alone gives: toy leaves whose momentum turns faster and faster (angle
+    0.05 t + 0.004 t³), so subtrees U-turn inside after different numbers of leaves, by
+    where the trajectory started (the masked loops must leave a finished row untouched:
+    stepping it on changed 9 of these 64 step counts)."""
+    angle = lambda t: 0.05 * t + 0.004 * t**3  # noqa: E731
+    fns = _toy_fns(
+        lambda t: 0.02 * t**2, lambda t: jnp.stack([jnp.cos(angle(t)), jnp.sin(angle(t))])
+    )
+    start = _ToyLeaf(jnp.asarray([1.0, 0.0]), jnp.zeros(()))
+
+    def one(key):
+        leaf, info = dynamic.sample_trajectory(key, fns, start, jnp.asarray(1.0), 7)
+        return leaf.t, info.num_steps, info.accept_prob, info.tree_depth
+
+    keys = jax.random.split(jax.random.key(5), 64)
+    batched = jax.jit(jax.vmap(one))(keys)
+    looped = jax.jit(lambda ks: jax.lax.map(one, ks))(keys)
+    assert len(np.unique(np.asarray(looped[1]))) == 2  # the trees differ in length
+    for b, s in zip(batched, looped, strict=True):
+        np.testing.assert_array_equal(np.asarray(b), np.asarray(s))
