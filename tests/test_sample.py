@@ -217,3 +217,36 @@ def test_sampling_continues_from_the_warmed_up_state():
     )
     first = idata.posterior["x"].values[:, 0]
     assert np.all(np.abs(first) < 6.0), first
+
+
+def test_warm_up_and_sampling_use_different_keys(monkeypatch):
+    """The chain keys of the warm-up and of the sampling run are split from two different
+    halves of ``key``: no sampling chain reuses a warm-up chain's key (split from one half,
+    the two runs' keys coincide, chain for chain). The keys are read by spying on the two
+    calls; the settings are the mesh test's above, so its compilation is reused."""
+    from dgm.inference.base import ChainRunner
+
+    seen = {}
+    real_warmup, real_run = sampling._Compiled.warmup, ChainRunner.run
+
+    def raw(keys):
+        if jnp.issubdtype(keys.dtype, jax.dtypes.prng_key):
+            keys = jax.random.key_data(keys)
+        return np.asarray(keys).reshape(-1, 2)
+
+    def warmup(self, keys, states, params):
+        seen["warmup"] = raw(keys)
+        return real_warmup(self, keys, states, params)
+
+    def run(self, keys, *args, **kwargs):
+        seen["run"] = raw(keys)
+        return real_run(self, keys, *args, **kwargs)
+
+    monkeypatch.setattr(sampling._Compiled, "warmup", warmup)
+    monkeypatch.setattr(ChainRunner, "run", run)
+    kw = dict(num_warmup=30, num_samples=5, progress_bar=False, metric="none")
+    kw |= dict(kernel="hmc", num_steps=2, chain_map="map")
+    logp = lambda x: -0.5 * jnp.sum(x**2)  # noqa: E731
+    dgm.sample(logp, jnp.zeros(7), key=jax.random.key(0), num_chains=3, **kw)
+    rows = np.concatenate([seen["warmup"], seen["run"]])
+    assert rows.shape == (6, 2) and np.unique(rows, axis=0).shape[0] == 6
