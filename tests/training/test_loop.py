@@ -324,3 +324,23 @@ def test_time_limit_at_an_epoch_end_stops_before_the_next_epoch(tmp_path, monkey
 def test_time_limit_must_be_a_positive_number(tmp_path, bad):
     with pytest.raises(ValueError, match="`time_limit_s` must be a positive number"):
         fit(tmp_path, 1, time_limit_s=bad)
+
+
+def test_an_infinite_epoch_loss_stops_even_with_finite_weights(tmp_path):
+    """From the first update of epoch 2 the loss is +inf through a term with no gradient (a
+    ``stop_gradient``-ed penalty, or a masked log 0), so the weights stay finite and the
+    epoch's mean loss is inf, not NaN: ``fit`` still stops before epoch 2's checkpoint.
+    Planted bug this caught: the guard testing ``isnan`` instead of ``not isfinite``."""
+    per_epoch = training.ArrayLoader(data(), CONFIG.batch_size).num_batches
+
+    def inf_loss(model, batch, key):
+        value, aux = loss(model, batch, key)
+        return value + jax.lax.stop_gradient(batch[1]["penalty"]), aux
+
+    schedules = {
+        "kl_weight": lambda step: 1.0,
+        "penalty": lambda step: 0.0 if step < per_epoch else float("inf"),
+    }
+    with pytest.raises(RuntimeError, match=r"diverged: the mean loss of epoch 2 is inf"):
+        fit(tmp_path, 3, trainer=inf_loss, schedules=schedules)
+    assert training.read_header(tmp_path / "checkpoints" / "train.eqx")["epoch"] == 1
