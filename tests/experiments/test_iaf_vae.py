@@ -182,3 +182,17 @@ def test_block_kls_leave_out_the_padding_of_a_short_last_batch():
     np.testing.assert_allclose(got, expected, rtol=1e-5)
     neg_log_px = -np.concatenate(log_px).astype(np.float64).mean()
     np.testing.assert_allclose(scores["test_neg_elbo"] - neg_log_px, got.sum(), rtol=1e-4)
+
+
+def test_cifar_scores_are_in_bits_per_dimension():
+    """A model that gives each of the 3072 sub-pixels of a CIFAR-10 image probability 1/256
+    scores 3072·ln 256 nats per image, exactly 8 bits/dim under the score's unit; MNIST
+    stays in nats. Planted bug this caught: the factor without ln 2 (nats per dim)."""
+    import math
+
+    from dgm.experiments import _iaf_vae_eval
+
+    unit, scale = _iaf_vae_eval._unit(iaf_vae.Config(problem="cifar10"))
+    assert unit == "bits/dim"
+    assert 3072 * math.log(256) * scale == pytest.approx(8.0, rel=1e-12)
+    assert _iaf_vae_eval._unit(iaf_vae.Config(problem="mnist")) == ("nats", 1.0)
