@@ -200,3 +200,28 @@ def test_attention_windows_are_drawn_inside_their_own_tile():
     assert tiles[0][10:, 27].any() and tiles[0][27, 10:].any()  # clipped at the tile's edge
     assert not tiles[1].any()
     assert tiles[2][5, 5:11].all() and tiles[3][5, 5:11].all()
+
+
+def test_bound_parts_leave_out_the_padding_of_a_short_last_batch():
+    """With the posterior's log σ pinned at −60 (z_t = μ_t to float32 rounding) L^x and L^z
+    are deterministic functions of the image, so their means over 5 images must not depend
+    on the evaluation batch size: batches of 5 (none padded), 2 and 3 (the last one padded
+    with blank images) agree with the per-image means. Planted bug this caught: the padded
+    rows summed into the means."""
+    from dgm.experiments import _draw_eval
+    from dgm.models import draw
+
+    model = draw.DRAW((5, 4), 2, 2, 8, 8, 2, 3, key=jax.random.key(3))
+    w, b = model.posterior.weight, model.posterior.bias
+    model = eqx.tree_at(
+        lambda m: (m.posterior.weight, m.posterior.bias),
+        model,
+        (w.at[2:].set(0.0), b.at[2:].set(-60.0)),
+    )
+    x = (np.random.default_rng(4).uniform(size=(5, 20)) < 0.4).astype(np.float32)
+    key = jax.random.key(5)
+    recon, kl, _ = eqx.filter_jit(draw.neg_elbo_parts)(model, jnp.asarray(x), key)
+    want = (float(np.mean(np.asarray(recon, np.float64))), float(np.mean(np.asarray(kl))))
+    for batch in (5, 2, 3):
+        got = _draw_eval.bound_parts(model, x, key, batch)
+        np.testing.assert_allclose(got, want, rtol=1e-5, err_msg=str(batch))

@@ -2,7 +2,10 @@
 
 import json
 
+import equinox as eqx
+import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from dgm.cli import main
@@ -38,3 +41,33 @@ def test_bad_config_is_refused():
         vae_mnist.Config(num_valid=20_000)
     with pytest.raises(ValueError, match="multiple of `chunk_size`"):
         vae_mnist.Config(test_samples=150, chunk_size=100)
+
+
+def _point_posterior(model: vae.VAE) -> vae.VAE:
+    """The model with q(z|x) narrowed to its mean: log-variance −60, so z = mean to float32
+    rounding and every score is a deterministic function of x."""
+    last = model.encoder.layers[-1]
+    d = model.latent_dim
+    weight, bias = last.weight.at[d:].set(0.0), last.bias.at[d:].set(-60.0)
+    layer = lambda m: (m.encoder.layers[-1].weight, m.encoder.layers[-1].bias)  # noqa: E731
+    return eqx.tree_at(layer, model, (weight, bias))
+
+
+def test_test_scores_leave_out_the_padding_of_a_short_last_batch():
+    """With a point posterior the one-sample −ELBO and the IS estimate do not depend on the
+    key, so the mean over 5 test images must not depend on the evaluation batch size: batches
+    of 5 (none padded), 2 and 3 (the last one padded with blank images) agree with the mean
+    of the per-image scores. Planted bug this caught: the padded rows kept in the means."""
+    model = _point_posterior(vae.VAE(12, 2, (8, 8), key=jax.random.key(0)))
+    x = np.asarray(jax.random.bernoulli(jax.random.key(1), 0.4, (5, 12)), np.float32)
+    key = jax.random.key(2)
+    one = eqx.filter_jit(vae.neg_elbo)
+    per_image = np.mean([float(one(model, jnp.asarray(xi), key)) for xi in x])
+    for batch in (5, 2, 3):
+        got = vae_mnist.mean_neg_elbo(model, x, key, batch)
+        assert got == pytest.approx(per_image, rel=1e-6), batch
+    # a point q: every importance weight is the one-sample (sampled-KL) ELBO's
+    sampled = np.mean([float(one(model, jnp.asarray(xi), key, analytic_kl=False)) for xi in x])
+    for batch in (5, 2, 3):
+        got = vae_mnist.mean_is_nll(model, x, key, batch, 4, 2)
+        assert got == pytest.approx(sampled, rel=1e-6), batch
