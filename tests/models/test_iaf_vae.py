@@ -296,3 +296,54 @@ def test_importance_estimate_is_the_log_mean_exp_of_each_images_weights(tiny):
     # the bound's worth: the estimate lies between the weights' mean and their maximum
     assert np.all(np.asarray(got) >= w.mean(axis=1) - 1e-3)
     assert np.all(np.asarray(got) <= w.max(axis=1) + 1e-3)
+
+
+def _latents_cut_off(model):
+    """The model with every block's ``down_conv2`` at gain 0 (exp(3g) = 0) and bias 0: each
+    top-down residual branch is 0, so the decoder sees the upsampled top state whatever z."""
+
+    def cut(block):
+        if block is None:
+            return None
+        conv = block.down_conv2
+        zero = (jnp.full_like(conv.g, -1e3), jnp.zeros_like(conv.b))
+        return eqx.tree_at(lambda b: (b.down_conv2.g, b.down_conv2.b), block, zero)
+
+    levels = tuple((cut(head), cut(tail)) for head, tail in model.levels)
+    h_top = jnp.asarray(np.random.default_rng(11).normal(size=model.n_h), jnp.float32)
+    return eqx.tree_at(lambda m: (m.levels, m.h_top), model, (levels, h_top))
+
+
+def test_with_the_latents_cut_off_samples_reconstructions_and_log_px_agree(tiny):
+    """With z cut off from the decoder, prior samples and reconstructions have the same
+    pixel means (one image for every input and draw), and log p(x|z) is the Bernoulli
+    log-probability of those means summed over the 28×28 real pixels only (``pad=2``), in
+    NumPy. Planted bugs this caught: the sampling path's decoder output without the 0.1 of
+    ``0.1·x_dec`` (its pixel means differed from the reconstructions'); the likelihood
+    cropping only the near edges of the padding."""
+    model, x = tiny
+    model, x = _latents_cut_off(model), x[:4]
+    noise = iaf_vae.draw_noise(model, jax.random.key(12), 4)
+    prior = np.asarray(eqx.filter_jit(iaf_vae.pixel_means)(model, noise, 4))
+    recon = np.asarray(eqx.filter_jit(iaf_vae.reconstruction_means)(model, x, jax.random.key(13)))
+    np.testing.assert_allclose(recon, prior, rtol=1e-6)
+    np.testing.assert_allclose(prior, np.broadcast_to(prior[:1], prior.shape), rtol=1e-6)
+    log_px, _ = eqx.filter_jit(iaf_vae.forward)(model, x, noise)
+    p, xs = np.clip(prior.astype(np.float64), 1e-7, 1 - 1e-7), np.asarray(x, np.float64)
+    lp = xs * np.log(p) + (1 - xs) * np.log1p(-p)
+    np.testing.assert_allclose(np.asarray(log_px), lp[:, 2:30, 2:30].sum(axis=(1, 2, 3)), rtol=1e-5)
+
+
+def test_the_encoder_sees_pixel_centres_less_a_half():
+    """Spec §2.1: an 8-bit pixel x enters the encoder as clip((x + 0.5)/256, 0, 1) − 0.5 (its
+    bin's centre), a binary one as x − 0.5. Planted bug this caught: x/256 (the bin's lower
+    edge: every input 1/512 low)."""
+    logistic, bernoulli = (
+        iaf_vae.ResNetVAE(1, 4, 2, (1,), "down_diag", likelihood=lik, key=jax.random.key(0))
+        for lik in ("logistic", "bernoulli")
+    )
+    x = jnp.asarray([0.0, 1.0, 127.0, 255.0])
+    got = iaf_vae._encode_input(logistic, x)
+    np.testing.assert_allclose(np.asarray(got), (np.asarray(x) + 0.5) / 256 - 0.5, rtol=1e-6)
+    binary = iaf_vae._encode_input(bernoulli, x[:2])
+    np.testing.assert_array_equal(np.asarray(binary), [-0.5, 0.5])
