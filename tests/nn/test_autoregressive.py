@@ -12,7 +12,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dgm.nn.autoregressive import ARMLP, ARConvNet, MaskedDense, conv_mask, elu, made_mask
+from dgm.nn.autoregressive import (
+    ARMLP,
+    ARConv2d,
+    ARConvNet,
+    MaskedDense,
+    conv_mask,
+    elu,
+    made_mask,
+)
 from dgm.nn.flows import IAFStep
 
 pytestmark = pytest.mark.usefixtures("x64")
@@ -286,3 +294,18 @@ def test_bad_input_raises():
         ARMLP(2, (), key=key)
     with pytest.raises(ValueError, match="`context` must be given iff"):
         ARMLP(2, (4,), context_size=2, key=key)(jnp.ones(2, jnp.float32))
+
+
+def test_weight_norm_gain_is_exp_of_three_times_the_log_scale():
+    """The Theano parametrisation w = exp(3g)·v/‖v‖ (``logscale_scale = 3``), row by row of
+    the masked v, for a dense and a conv layer: with g = 0.2 every unmasked row has norm
+    exp(0.6) whatever v. (Data-dependent init divides log(factor) by the same 3, so init
+    outputs alone cannot see the factor; the optimiser's steps in g can.) Planted bug this
+    caught: exp(g)."""
+    dense = MaskedDense(4, 6, key=jax.random.key(15))
+    conv = ARConv2d(2, 3, key=jax.random.key(16))
+    for layer in (dense, conv):
+        g = jnp.full_like(layer.log_scale, 0.2)
+        w = eqx.tree_at(lambda m: m.log_scale, layer, g).effective_weight()
+        norms = jnp.sqrt(jnp.sum(w**2, axis=tuple(range(1, w.ndim))))
+        np.testing.assert_allclose(np.asarray(norms), np.exp(0.6), rtol=1e-6)
