@@ -118,3 +118,21 @@ def test_glimpse_that_does_not_fit_is_refused(n):
 def test_unknown_grid_is_refused():
     with pytest.raises(ValueError, match="`grid` must be one of"):
         attention.check_grid("tf")
+
+
+@pytest.mark.parametrize(
+    "grid, want", [("paper", (3.0, 2.0, 7.0, 6.0)), ("reference", (2.0, 1.0, 6.0, 5.0))]
+)
+def test_grid_extent_is_the_first_and_last_filter_centre_in_0_based_pixels(grid, want):
+    """``grid_extent`` (the drawn glimpse window) against the filterbank itself: with narrow
+    filters (σ² = 0.2) on pixel centres, the first and last rows' weighted mean 0-based pixel
+    positions, and against the centres worked out by hand (paper: 1-based μ = g + (i − 1)δ,
+    i = 0..2, less 1; reference: 0-based μ = g + (i − 2)δ). Planted bug this caught: the
+    paper grid's 1-based shift dropped (every window drawn one pixel down and right)."""
+    n, p = 3, _params(g_x=6.0, g_y=5.0, delta=2.0, sigma2=0.2)
+    x0, y0, x1, y1 = (float(v) for v in attention.grid_extent(p, n, grid))
+    assert (x0, y0, x1, y1) == pytest.approx(want, abs=1e-12)
+    f_y, f_x = (np.asarray(f) for f in _filterbank(p, n, grid))
+    centres = [f @ np.arange(f.shape[1]) for f in (f_x, f_y)]  # 0-based weighted means
+    np.testing.assert_allclose([centres[0][0], centres[1][0], centres[0][-1], centres[1][-1]],
+                               want, atol=1e-3)  # fmt: skip
