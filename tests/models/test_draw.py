@@ -332,3 +332,22 @@ def test_importance_sampled_nll_equals_quadrature():
     for samples, rows in ((100, 600), (200, 100)):
         est = [_draw_eval.is_nll(model, x, jax.random.key(k), samples, rows) for k in range(4)]
         assert abs(np.mean(est) - exact) < 0.08, (samples, rows, est, exact)
+
+
+def test_dense_layers_are_glorot_uniform_and_the_posteriors_halves_their_own_layers():
+    """TF1's defaults (the reference code): W ~ U(±√(6/(fan_in + fan_out))), b = 0. The
+    posterior's μ and log σ halves are the reference's two layers, so each has fan_out z,
+    not 2z. Each weight block lies within its limit and reaches above 95% of it (320 or more
+    draws: a correct block falls short with probability 0.95^320 < 1e-7). Planted bug this
+    caught: the posterior's limit from its 2z stacked outputs (6% narrower)."""
+    z, enc, dec = 10, 64, 64
+    model = draw.DRAW((28, 28), 2, z, enc, dec, 2, 5, key=jax.random.key(17))
+    for name in draw.LAYERS:
+        layer = getattr(model, name)
+        w = np.asarray(layer.weight)
+        blocks = np.split(w, 2) if name == "posterior" else [w]
+        for block in blocks:
+            limit = math.sqrt(6.0 / (w.shape[1] + block.shape[0]))
+            top = np.abs(block).max()
+            assert 0.95 * limit < top <= limit, (name, top, limit)
+        assert not np.any(np.asarray(layer.bias)), name
