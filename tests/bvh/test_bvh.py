@@ -459,3 +459,12 @@ def test_float32_after_float64_on_the_same_skeleton(shared_data):
         xyz32 = fk32(clip.skeleton, clip.frames)
     assert xyz64.dtype == jnp.float64 and xyz32.dtype == jnp.float32
     np.testing.assert_allclose(xyz32, xyz64, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.usefixtures("x64")
+def test_closed_form_fk_jacobian_per_degree_equals_autodiff_on_a_small_skeleton():
+    """The default set's check of ``kinematics_jacobian(degrees=True)`` (BVH files' unit; the
+    pose model's radians are checked in tests/models/test_pose.py): TINY against jacfwd of
+    joint_positions, with bone lengths. The slow test adds the full pose skeleton. Planted
+    bug this caught outside the slow set: the rotation columns not scaled per degree."""
+    _check_fk_jacobian(parse_bvh(TINY).skeleton, True, np.random.default_rng(3))
