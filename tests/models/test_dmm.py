@@ -223,3 +223,16 @@ def test_structured_path_gradients_match_plain_scan(inference, num_iafs):
     np.testing.assert_allclose(got[0], want[0], rtol=1e-12)
     for g, w in zip(jax.tree.leaves(got[1]), jax.tree.leaves(want[1]), strict=True):
         np.testing.assert_allclose(g, w, rtol=1e-9, atol=1e-12)
+
+
+def test_sampled_sequences_start_from_the_standard_normal_prior():
+    """z₁ ~ N(0, I) whatever the transition: two models that differ only in the transition
+    mean's bias sample the same first frame from one key, and different later frames.
+    Planted bug this caught: the first step's mean taken from the transition of z₀ = 0."""
+    model = dmm.DMM(6, z_dim=3, transition_dim=4, emission_dim=4, rnn_dim=4, transition="mlp",
+                    key=jax.random.key(30))  # fmt: skip
+    shifted = eqx.tree_at(lambda m: m.transition.loc.bias, model, model.transition.loc.bias + 3.0)
+    sample = eqx.filter_jit(dmm.sample_sequences)
+    a, b = (np.asarray(sample(m, 4, jax.random.key(31))) for m in (model, shifted))
+    np.testing.assert_array_equal(a[0], b[0])
+    assert not np.allclose(a[1:], b[1:])
