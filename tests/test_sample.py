@@ -234,9 +234,9 @@ def test_warm_up_and_sampling_use_different_keys(monkeypatch):
             keys = jax.random.key_data(keys)
         return np.asarray(keys).reshape(-1, 2)
 
-    def warmup(self, keys, states, params):
+    def warmup(self, keys, *args):
         seen["warmup"] = raw(keys)
-        return real_warmup(self, keys, states, params)
+        return real_warmup(self, keys, *args)
 
     def run(self, keys, *args, **kwargs):
         seen["run"] = raw(keys)
