@@ -71,3 +71,54 @@ def test_git_revision_says_when_the_checkout_has_uncommitted_changes(tmp_path, m
     assert clean is not None and len(clean) == 40 and "+" not in clean
     (src / "runs.py").write_text("# changed\n")
     assert runs.git_revision() == clean + "+dirty"
+
+
+def test_json_writes_numpy_scalars_nan_and_infinities_as_python_floats_are(tmp_path):
+    """NaN is null and ±inf the strings "inf"/"-inf" whether the number is Python's or
+    NumPy's, so the file is standard JSON."""
+    values = [np.nan, np.inf, -np.inf]
+    obj = {"py": values, "np64": [np.float64(v) for v in values],
+           "np32": [np.float32(v) for v in values], "array": np.array(values)}  # fmt: skip
+    runs.write_json(tmp_path / "m.json", obj)
+    text = (tmp_path / "m.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    expected = [None, "inf", "-inf"]
+    assert json.loads(text) == {"py": expected, "np64": expected, "np32": expected,
+                                "array": expected}  # fmt: skip
+
+
+def test_atomic_write_fsyncs_the_whole_temporary_then_renames_it_onto_the_target(
+    tmp_path, monkeypatch
+):
+    target = tmp_path / "report.md"
+    target.write_text("old")
+    events = []
+    fsync, replace = os.fsync, os.replace
+
+    def spy_fsync(fd):
+        st = os.fstat(fd)
+        events.append(("fsync", st.st_ino, st.st_size))
+        fsync(fd)
+
+    def spy_replace(src, dst):
+        events.append(("replace", os.stat(src).st_ino, os.path.dirname(src), str(dst)))
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", spy_fsync)
+    monkeypatch.setattr(os, "replace", spy_replace)
+    runs.write_text(target, "new text")
+    ino = target.stat().st_ino
+    assert events == [("fsync", ino, len("new text")), ("replace", ino, str(tmp_path), str(target))]
+    assert target.read_text() == "new text"
+    assert [p.name for p in tmp_path.iterdir()] == ["report.md"]
+
+
+def test_checkpoints_live_in_the_checkpoints_folder_and_load_only_when_resuming(tmp_path):
+    ctx = runs.RunContext(tmp_path / "run", progress=False)
+    assert ctx.checkpoint_path("chains") == tmp_path / "run" / "checkpoints" / "chains.npz"
+    ctx.save_checkpoint("chains", x=np.arange(3))
+    assert ctx.checkpoint_path("chains").is_file()
+    assert ctx.load_checkpoint("chains") is None  # a fresh run ignores what is there
+    resumed = runs.RunContext(tmp_path / "run", resume=True, progress=False)
+    np.testing.assert_array_equal(resumed.load_checkpoint("chains")["x"], np.arange(3))
+    assert resumed.load_checkpoint("other") is None

@@ -110,8 +110,8 @@ def _to_jsonable(obj: Any) -> Any:
         return [_to_jsonable(v) for v in obj]
     if isinstance(obj, np.ndarray) or hasattr(obj, "__array__") and not np.isscalar(obj):
         return _to_jsonable(np.asarray(obj).tolist())
-    if isinstance(obj, np.generic):
-        return obj.item()
+    if isinstance(obj, np.generic):  # as the Python number it equals: NaN, ±inf below
+        return _to_jsonable(obj.item())
     if isinstance(obj, float) and not np.isfinite(obj):
         return None if np.isnan(obj) else ("inf" if obj > 0 else "-inf")
     if isinstance(obj, Path):
