@@ -77,7 +77,8 @@ def test_download_verify_and_parse_both_formats(fmt, http_dir, tmp_path):
     for split in ("train", "test"):
         images, labels = load_cifar10(split, fmt=fmt, root=root, url=f"{url}/{name}", sha256=digest)
         want_images, want_labels = _expected(batches, split)
-        assert images.shape == (PER_BATCH * len(BATCHES[split]), 3, 32, 32)
+        # train: data_batch_1 ... data_batch_5, in order (the official 50,000 images)
+        assert images.shape == (PER_BATCH * {"train": 5, "test": 1}[split], 3, 32, 32)
         np.testing.assert_array_equal(images, want_images)
         np.testing.assert_array_equal(labels, want_labels)
     assert sha256(root / name) == digest  # downloaded once, in place

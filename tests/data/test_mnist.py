@@ -28,6 +28,7 @@ def test_read_idx_round_trip(tmp_path):
         (_idx((2, 3), bytes(7)), "need 6 data bytes; got 7"),
         (_idx((6,), bytes(6), magic=b"\0\0\x0d"), "bad IDX magic number"),
         (_idx((6,), bytes(6), magic=b"\x01\0\x08"), "bad IDX magic number"),
+        (_idx((), bytes(1)), "bad IDX magic number"),  # zero dimensions: no array
         (gzip.compress(b"\0\0\x08\x03\0\0", mtime=0), "truncated IDX header"),
         (_idx((2, 3), bytes(6))[:-9], "not a whole gzip file"),
         (b"plain bytes", "not a whole gzip file"),
@@ -157,3 +158,14 @@ def test_test_subsets_are_spread_over_the_class_ordered_test_file(shared_data, m
     labels = np.sort(mnist.load_mnist_test_labels())
     share = np.bincount(mnist.evenly_spaced(labels, 1000), minlength=10)
     assert np.all(np.abs(share - np.bincount(labels) / 10) <= 1)
+
+
+def test_binarized_splits_take_each_split_from_its_own_file(monkeypatch):
+    rows = np.arange(20, dtype=np.uint8)[:, None] * np.ones(784, np.uint8)
+    files = {split: rows + 50 * i for i, split in enumerate(mnist.SPLITS)}
+    monkeypatch.setattr(mnist, "load_binarized_mnist", lambda split: files[split])
+    train, valid, test = mnist.binarized_splits(3, 2, 4)
+    assert train.dtype == valid.dtype == test.dtype == np.float32
+    np.testing.assert_array_equal(train, files["train"][:3])
+    np.testing.assert_array_equal(valid, files["valid"][:2])
+    np.testing.assert_array_equal(test, files["test"][[0, 6, 12, 19]])

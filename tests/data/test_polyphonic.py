@@ -70,3 +70,24 @@ def test_download_of_corrupt_file_leaves_nothing(music, http_dir, tmp_path):
     with pytest.raises(ChecksumError):
         poly.load_polyphonic("jsb", dest, allow_download=True, base_url=f"{url}/")
     assert not any(dest.iterdir())
+
+
+def _rolls_npz(path, lengths):
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for s in poly.SPLITS:
+        arrays[f"{s}_lengths"] = np.asarray(lengths)
+        arrays[f"{s}_rolls"] = rng.integers(0, 2, (sum(lengths), 88), dtype=np.uint8)
+    np.savez(path, **arrays)
+    return arrays
+
+
+def test_npz_rolls_split_at_the_lengths_and_an_empty_sequence_is_refused(tmp_path):
+    arrays = _rolls_npz(tmp_path / "ok.npz", [3, 1, 2])
+    seqs = poly.read_npz_rolls(tmp_path / "ok.npz")["valid"]
+    rolls = arrays["valid_rolls"]
+    for got, want in zip(seqs, [rolls[:3], rolls[3:4], rolls[4:6]], strict=True):
+        np.testing.assert_array_equal(got, want)
+    _rolls_npz(tmp_path / "empty.npz", [3, 0, 3])
+    with pytest.raises(ValueError, match="`train_lengths` must be positive"):
+        poly.read_npz_rolls(tmp_path / "empty.npz")

@@ -43,3 +43,15 @@ def test_pose_parts_download_from_their_sources(http_dir, tmp_path, shared_data,
     with pytest.raises(ChecksumError):
         pose_data.thesis_rmse_curve("chmc", 2, root=root)
     assert not (root / pose_data.THESIS / csv.name).exists()
+
+
+def test_thesis_curves_are_the_whole_tables(shared_data):
+    """Each curve is its file's 100 rows of (seconds, RMSE) below the header, from t = 0."""
+    for method in ("chmc", "hmc"):
+        for scene in (1, 2):
+            curve = pose_data.thesis_rmse_curve(method, scene, root=shared_data)
+            name = f"binocular-pose-rmse-{method}-{scene}.csv"
+            lines = (shared_data / pose_data.THESIS / name).read_text().splitlines()
+            assert lines[0].split() == ["t", "r"] and curve.shape == (100, 2)
+            np.testing.assert_array_equal(curve[0], [float(v) for v in lines[1].split()])
+            assert curve[0, 0] == 0.0

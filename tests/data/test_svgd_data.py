@@ -104,6 +104,12 @@ def test_uci_regression_download_and_shape_checks(http_dir, tmp_path):
     x0, y0 = svgd_data.load_uci_regression("yacht", digest, target_column=0, path=dest)
     np.testing.assert_array_equal(y0, [1.0, 4.0, 7.0])
     assert x0.shape == (3, 3) and x0[0, -1] == 10.0
+    np.testing.assert_array_equal(
+        svgd_data.load_uci_regression("yacht", digest, target_column=-4, path=dest)[1], y0
+    )
+    for outside in (4, -5):  # one past either end of the 4 columns
+        with pytest.raises(ValueError, match=f"`target_column` {outside} is outside a table of 4"):
+            svgd_data.load_uci_regression("yacht", digest, target_column=outside, path=dest)
     with pytest.raises(ValueError, match="expected 7 columns; got 4"):
         svgd_data.load_uci_regression("yacht", digest, num_columns=7, path=dest)
     with pytest.raises(ChecksumError, match="checksum mismatch"):
