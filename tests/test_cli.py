@@ -358,6 +358,12 @@ def test_resume_and_overwrite_together_are_refused(tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
+def test_seeds_at_both_ends_of_32_bits_are_taken(capsys):
+    for seed in ("0", str(2**32 - 1)):
+        assert cli.main(["run", "lotka-volterra", "--seed", seed, "--print-config"]) == 0
+    assert "error" not in capsys.readouterr().err
+
+
 def test_a_seed_that_is_no_integer_and_a_sample_seed_outside_32_bits_are_refused(capsys):
     """``--seed abc`` said "invalid _seed value"; ``dgm sample --seed 4294967296`` drew seed
     0's samples and ``--seed -1`` was taken: both commands' seeds are ints in [0, 2^32)."""

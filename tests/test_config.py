@@ -135,3 +135,29 @@ def test_list_items_are_checked_against_the_fields_annotation():
             ValueError, match=f"^{message}$".replace(".", r"\.").replace("[", r"\[")
         ):
             override(C(), [bad])
+
+
+def test_set_splits_at_the_first_equals_sign_and_int_lists_refuse_booleans():
+    """``--set name=a=b`` sets ``name`` to ``a=b``; ``true`` is no int in an int list."""
+    import dataclasses
+
+    from dgm.config import override
+
+    @dataclasses.dataclass(frozen=True)
+    class C:
+        name: str = "x"
+        depths: tuple[int, ...] = (2, 2)
+
+    assert override(C(), ["name=a=b"]).name == "a=b"
+    with pytest.raises(ValueError, match=r"^`depths` expects a list of ints; got '\[1,true\]'$"):
+        override(C(), ["depths=[1,true]"])
+
+
+def test_check_range_is_half_open():
+    from dgm.config import check_range
+
+    check_range("alpha", 0, 0, 1)
+    check_range("alpha", 0.999, 0, 1)
+    for bad in (1, 1.0, -1e-9, float("nan"), "x"):
+        with pytest.raises(ValueError, match=r"^`alpha` must lie in \[0, 1\); got "):
+            check_range("alpha", bad, 0, 1)

@@ -86,6 +86,7 @@ def test_two_processes_give_the_single_process_draws(tmp_path):
         (("127.0.0.1 :8476", 2, 1), "`coordinator_address` must be 'HOST:PORT'"),
         (("127.0.0.1:\uff18\uff14", 2, 1), "`coordinator_address` must be 'HOST:PORT'"),
         (("127.0.0.1:0", 2, 1), r"a port in \[1, 65535\]\); got '127.0.0.1:0'"),
+        (("127.0.0.1:65536", 2, 1), r"a port in \[1, 65535\]\); got '127.0.0.1:65536'"),
         (("127.0.0.1:1234", None, 0), "give all of `coordinator_address`"),
     ],
 )
@@ -94,7 +95,9 @@ def test_bad_initialize_arguments(args, match):
         dgm.distributed.initialize(*args, timeout_s=0.5)
 
 
-@pytest.mark.parametrize("address", ["localhost:8476", "10.0.0.1:8476", "[::1]:8476"])
+@pytest.mark.parametrize(
+    "address", ["localhost:8476", "10.0.0.1:8476", "[::1]:8476", "h:1", "h:65535"]
+)
 def test_good_addresses_pass_the_check(address):
     assert dgm.distributed._check_address(address) == address
 
