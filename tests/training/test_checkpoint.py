@@ -3,9 +3,12 @@
 import json
 from pathlib import Path
 
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from dgm import training
+from dgm.training.checkpoint import FORMATS, same_fingerprint
 from tests.training._toy import CONFIG, assert_trees_equal, fit, loss
 
 V1 = "dgm-checkpoint-v1"
@@ -83,3 +86,25 @@ def test_average_in_checkpoint_needs_averaging_to_resume(tmp_path):
     fit(tmp_path, 1, trainer=training.Trainer.from_config(loss, CONFIG, ema_decay=0.5))
     with pytest.raises(ValueError, match="holds a weight average"):
         fit(tmp_path, 2, resume=True)
+
+
+def test_fingerprints_ignore_run_length_fields_at_any_depth():
+    def fp(**train):
+        return json.dumps({"seed": 0, "train": {"learning_rate": 1e-3, **train}})
+
+    assert same_fingerprint(fp(num_epochs=5), fp(num_epochs=9, checkpoint_every=2))
+    assert not same_fingerprint(fp(learning_rate=1e-2), fp())
+    assert not same_fingerprint(None, fp())
+
+
+def test_a_checkpoint_without_an_average_starts_it_at_the_saved_model_not_the_best(tmp_path):
+    model, opt, best = jnp.array([1.0, 2.0]), jnp.array([0.5]), jnp.array([3.0, 4.0])
+    like = (jnp.zeros(2), jnp.zeros(1), jnp.zeros(2), jnp.zeros(2))
+    for fmt in FORMATS:  # v1, and v2 written without an average
+        path = tmp_path / f"{fmt}.eqx"
+        training.save_checkpoint(
+            path, (model, opt, best, None), {"format": fmt, "fingerprint": "a"}
+        )
+        (m, o, b, averaged), _ = training.load_training(path, like, "a")
+        for got, want in [(m, model), (o, opt), (b, best), (averaged, model)]:
+            np.testing.assert_array_equal(got, want)
