@@ -209,3 +209,18 @@ def test_default_trajectory_is_dynamic_unless_num_steps_is_given():
     assert resolve_trajectory(None, 5) == ("fixed", 5)
     assert resolve_trajectory("fixed", None) == ("fixed", (4, 8))
     assert resolve_trajectory("dynamic", None) == ("dynamic", (4, 8))
+
+
+def test_a_failed_projection_is_not_also_counted_as_irreversible():
+    """A step whose projection failed is flagged by that kind only (its reverse check is
+    meaningless); an irreversible step that projected is flagged as irreversible."""
+    from dgm.inference.constrained_hmc import TrajectoryState
+
+    fns = dynamic_chmc.geodesic_leaves(
+        manifold.ManifoldSystem(sphere, 3, 1), jnp.ones(1), 1, 1e-8, 100, True
+    )
+    t, f = jnp.asarray(True), jnp.asarray(False)
+    leaf = TrajectoryState(*([None] * 6), t, t)
+    np.testing.assert_array_equal(fns.failures(leaf), [True, False])
+    np.testing.assert_array_equal(fns.failures(leaf._replace(projection_failed=f)), [False, True])
+    np.testing.assert_array_equal(fns.failures(leaf._replace(is_irreversible=f)), [True, False])
