@@ -71,6 +71,53 @@ def test_running_rmse_includes_the_homogeneous_ones():
             assert got[c, i] == pytest.approx(np.sqrt(np.sum((mean - truth) ** 2) / 76))
 
 
+def test_score_times_each_draw_by_its_chains_share_of_the_devices(monkeypatch):
+    """4 chains on 2 devices (monkeypatched) for 8 s: each chain had 8 × 2 / 4 = 4 s, so
+    draw k of 10 is at start_s + 0.4 k s; ``rmse_at_s[t]`` is the chain-averaged RMSE of
+    the running mean at the last draw at or before t (None before the first draw and past
+    the last). Recomputed here draw by draw.
+
+    Catches (audit plants): the device count dropped from the chain's share, draw k timed
+    at (k − 1)/draws, ``start_s`` dropped, the time index off by one, the chains' RMSEs
+    combined by other than their mean, ``rmse_pooled_mean`` without its square root, the
+    report's seconds per chain the run's wall time.
+    """
+    rng = np.random.default_rng(1)
+    truth = np.vstack([rng.normal(size=(3, 19)), np.ones((1, 19))])
+    positions = truth + rng.normal(size=(4, 10, 4, 19)) * rng.uniform(0.1, 1.0, (4, 1, 1, 1))
+    positions[:, :, 3] = 1.0
+    two_devices = lambda n: [(None, c) for c in np.split(np.arange(n), 2)]  # noqa: E731
+    monkeypatch.setattr(pose, "device_groups", two_devices)
+    res = methods.MethodResult(positions, 8.0, 0.5, 0.7, {}, None)
+    cfg = pose.Config(rmse_times=(1.0, 2.0, 3.0, 5.0, 6.0))
+    metrics, curve = pose.score(res, truth, cfg, start_s=1.0)
+
+    def rmse_after(k):  # draws 1..k of each chain, averaged over the 4 chains
+        means = positions[:, :k].mean(axis=1)
+        return np.mean([np.sqrt(np.mean((m - truth) ** 2)) for m in means])
+
+    assert metrics["s_per_chain"] == 4.0
+    np.testing.assert_allclose(curve[:, 0], 1.0 + 0.4 * np.arange(1, 11))
+    np.testing.assert_allclose(curve[:, 1], [rmse_after(k) for k in range(1, 11)])
+    at = metrics["rmse_at_s"]
+    assert at["1"] is None and at["6"] is None
+    # 2 s: draw 2 (at 1.8 s); 3 s: draw 5, exactly at 3 s; 5 s: the last draw
+    np.testing.assert_allclose([at["2"], at["3"], at["5"]], [rmse_after(k) for k in (2, 5, 10)])
+    assert metrics["rmse_final"] == pytest.approx(rmse_after(10))
+    pooled = positions.reshape(-1, 4, 19).mean(axis=0)
+    assert metrics["rmse_pooled_mean"] == pytest.approx(np.sqrt(np.mean((pooled - truth) ** 2)))
+    # the report's table: seconds per chain in its column, the milestones in theirs
+    from dgm.experiments._pose_report import report
+
+    m = {"hmc": metrics, "scene": 1, "setting": "fast", "sigma": 0.1, "observation": "notebook"}
+    lines = report(m).splitlines()
+    header = lines.index(next(line for line in lines if line.lstrip().startswith("method")))
+    row = dict(zip(lines[header].split(), lines[header + 2].split(), strict=True))
+    assert row["s/chain"] == "4" and row["rmse_final"] == f"{rmse_after(10):.4g}"
+    (at_row,) = [line for line in lines if line.startswith("| hmc |")]
+    assert at_row == "| hmc | — | " + " | ".join(f"{at[t]:.4g}" for t in "235") + " | — |"
+
+
 @pytest.mark.parametrize(
     "args, match",
     [
