@@ -51,6 +51,157 @@ def test_per_chain_ess_per_s_is_the_theses_protocol():
     assert 0.85 * 1000 / share < got < 1.15 * 1000 / share, (got, share)
 
 
+def _two_devices(n):
+    return [(None, c) for c in np.array_split(np.arange(n), 2)]
+
+
+def test_method_metrics_are_the_worst_log_rate_per_second_of_sampling():
+    """``ess_bulk_min`` is the smallest log-rate's bulk ESS and ``ess_per_s_min`` that over
+    the sampling seconds, compilation excluded.
+
+    Catches (audit plants): the mean ESS reported as the minimum, compile time in the
+    divisor."""
+    from dgm import diagnostics
+    from dgm.experiments import lotka_volterra
+
+    rng = np.random.default_rng(4)
+    draws = np.cumsum(rng.normal(size=(2, 300, NUM_PARAMS)), axis=1) * [0, 1, 1, 1]
+    draws += rng.normal(size=draws.shape)  # log-rate 0 iid, the others random walks
+    m = lotka_volterra._method_metrics(draws, 4.0, 100.0, 0.3)
+    ess = diagnostics.ess(draws)
+    assert m["ess_bulk_min"] == pytest.approx(ess.min()) and ess.min() < 0.5 * ess.max()
+    assert m["ess_per_s_min"] == pytest.approx(ess.min() / 4.0)
+    assert m["accept_rate"] == 0.3 and m["compile_s"] == 100.0
+
+
+def test_chmc_ms_per_step_is_per_chain_on_its_device(tmp_path, monkeypatch):
+    """``ms_per_step`` is the time of one integrator step of one chain: the sampling time
+    over every step timed (warm-up included), times the devices that ran the chains side
+    by side (monkeypatched: 2).
+
+    Catches (audit plant): the device count dropped."""
+    import arviz as az
+
+    from dgm.experiments import lotka_volterra as lv
+    from dgm.runs import RunContext
+
+    rng = np.random.default_rng(0)
+    idata = az.from_dict(
+        {"log_rates": rng.normal(size=(4, 30, NUM_PARAMS))},
+        sample_stats={
+            "is_accepted": np.ones((4, 30), bool),
+            "constraint_residual": np.zeros((4, 30)),
+            "projection_failed": np.zeros((4, 30), bool),
+            "irreversible": np.zeros((4, 30), bool),
+            "diverging": np.zeros((4, 30), bool),
+        },
+    )
+    idata.posterior.attrs.update(
+        {"wall_s": 2.0, "compile_s": 9.0, "interrupted": 0, "n_steps_run": 4000}
+    )
+
+    class Posterior:
+        def sample(self, *args, **kwargs):
+            return idata
+
+    monkeypatch.setattr(lv, "condition", lambda *a, **k: Posterior())
+    monkeypatch.setattr(lv, "device_groups", _two_devices)
+    cfg = lv.CHMCConfig(num_chains=4)
+    metrics, _ = lv.run_chmc(cfg, LotkaVolterra(), np.ones(1), None, RunContext(tmp_path))
+    assert metrics["ms_per_step"] == pytest.approx(1e3 * 2.0 * 2 / 4000)
+
+
+def test_mean_error_is_the_absolute_gap_in_reference_sds():
+    """Catches (audit plants): the gap over the variance, the gap's sign kept."""
+    from dgm.experiments._lotka_volterra_report import mean_error
+
+    ref = {"posterior_mean": [0.0, 1.0, 2.0, 3.0], "posterior_sd": [0.5, 2.0, 0.1, 1.0]}
+    r = {"posterior_mean": [0.25, 0.0, 2.3, 3.0]}
+    np.testing.assert_allclose(mean_error(r, ref), [0.5, 0.5, 3.0, 0.0])
+    assert mean_error({"posterior_mean": [None] * 4}, ref) == [None] * 4
+
+
+def test_abc_acceptance_counts_only_the_kept_iterations():
+    """Slice: the share of kept iterations whose θ moved; PMMH and HMC: of accepted kept
+    iterations; the simulation count covers warm-up too.
+
+    Catches (audit plants): warm-up in the slice acceptance, the warm-up cut on the chain
+    axis."""
+    from types import SimpleNamespace
+
+    from dgm.experiments._lotka_volterra_abc import ABC_METHODS, _counters
+
+    flags = np.zeros((2, 10), bool)
+    flags[:, 3:] = [[1, 0, 1, 1, 0, 1, 1], [1, 1, 1, 1, 1, 1, 0]]  # warm-up (3) never
+    infos = SimpleNamespace(
+        num_simulations=np.full((2, 10), 2),
+        params_moved=flags,
+        noise_failed=np.zeros((2, 10), bool),
+        params_failed=np.zeros((2, 10), bool),
+        is_accepted=flags,
+    )
+    for name in ("slice_uniform_100", "pmmh_uniform_1000"):
+        accept, extra = _counters(ABC_METHODS[name], infos, 3)
+        assert accept == pytest.approx(11 / 14), name
+        assert extra["n_simulations"] == 40 and extra["n_iterations"] == 20
+
+
+def test_abc_draws_are_log_rates_after_warm_up_and_only_the_stored_ones_thinned(monkeypatch):
+    """A PMMH run of 2 chains (a fake runner): the draws are the kept iterations' u_z plus
+    the prior location, the stored ones every ``pmmh_store_thin``-th of each chain.
+
+    Catches (audit plants): thinning along the chain axis, the prior location dropped."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from dgm.experiments import _lotka_volterra_abc as abc_exp
+    from dgm.experiments import lotka_volterra as lv
+
+    cfg = dataclasses.replace(
+        lv.PRESETS["smoke"].abc, num_chains=2, pmmh_num_samples=12, pmmh_num_warmup=4,
+        pmmh_store_thin=3,
+    )  # fmt: skip
+    raw = np.random.default_rng(0).normal(size=(2, 16, NUM_PARAMS))
+    flags = np.ones((2, 16), bool)
+    result = SimpleNamespace(
+        draws=raw, interrupted=False, wall_s=1.0, compile_s=2.0,
+        infos=SimpleNamespace(num_simulations=np.ones((2, 16)), is_accepted=flags),
+    )  # fmt: skip
+    runner = SimpleNamespace(run=lambda *a, **k: result)
+    model = LotkaVolterra()
+
+    class FakeRunners(abc_exp.ABCRunners):
+        def __init__(self):  # nothing compiled
+            self.cfg, self.model, self.y_obs = cfg, model, np.zeros(1)
+
+        def runner(self, *args):
+            return runner
+
+        def params(self, method):
+            return None
+
+    runners = FakeRunners()
+    monkeypatch.setattr(abc_exp, "_init_states", lambda *a: None)
+    res = abc_exp._run_method("pmmh_uniform_1000", runners, jax.random.key(0), None, False, None)
+    want = raw[:, 4:] + np.asarray(model.prior_loc)
+    np.testing.assert_allclose(res.log_rates, want)
+    np.testing.assert_allclose(res.stored, want[:, ::3])
+
+
+def test_report_rows_show_each_figure_in_its_column():
+    """Catches (audit plants): the pooled ESS/s in the per-chain column, the smallest
+    mean error as the largest, the thesis's largest ESS/s as its minimum."""
+    from dgm.experiments._lotka_volterra_report import PAPER_ESS_PER_S, _method_rows
+
+    r = {"ess_per_s_min": 10.0, "ess_per_chain_s_min": 3.0, "ess_bulk_min": 50.0,
+         "accept_rate": 0.8, "r_hat_max": 1.01, "wall_s": 5.0, "compile_s": 2.0,
+         "mean_error_in_ref_sd": [0.1, 0.4, 0.2, 0.3]}  # fmt: skip
+    (row,) = _method_rows({"chmc": r, "true_log_rates": [0.0] * 4})
+    assert (row["ESS/s (min)"], row["ESS/s per chain (min)"], row["ESS min"]) == (10, 3, 50)
+    assert row["max |mean err| (ref sd)"] == 0.4
+    assert row["paper ESS/s (min)"] == 3.13 == min(PAPER_ESS_PER_S["chmc"])
+
+
 @x64
 @pytest.mark.parametrize("shift", [0.0, 0.3])
 def test_structured_log_det_equals_dense_on_manifold(shift):
