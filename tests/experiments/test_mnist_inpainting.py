@@ -202,3 +202,85 @@ def test_digit_observation_is_the_top_rows_plus_noise(tmp_path, shared_data, mon
     residual = y - image.reshape(-1)[:392]
     assert abs(residual.mean()) < 3 * 0.05 / np.sqrt(392) and 0.045 < residual.std() < 0.055
     assert np.abs(y - image.T.reshape(-1)[:392]).mean() > 2 * np.abs(residual).mean()
+
+
+def test_method_metrics_per_second_of_sampling_and_per_chain_on_its_device(monkeypatch):
+    """Fabricated ESS: medians and minima over the sampling seconds, seconds per effective
+    sample from the median, and the time of one iteration of one chain (warm-up included,
+    chains side by side on 2 monkeypatched devices).
+
+    Catches (audit plants): the minimum ESS per second reported as the median's, seconds
+    per effective sample from the minimum, the device count dropped, the kept draws as the
+    iterations timed."""
+    from dgm.experiments import _mnist_inpainting_report as rep
+
+    monkeypatch.setattr(
+        rep, "device_groups", lambda n: [(None, c) for c in np.array_split(np.arange(n), 2)]
+    )
+    res = {"z": np.zeros((4, 10, 3)), "pixels": np.zeros((4, 10, 5)), "wall_s": 6.0,
+           "compile_s": 50.0, "accept_rate": 0.5, "num_iterations": 25}  # fmt: skip
+    ess = {"z": np.array([8.0, 20.0, 30.0]), "pixels": np.array([4.0, 10.0, 12.0, 40.0, 100.0])}
+    m = rep.method_metrics(res, ess, 4)
+    assert (m["num_chains"], m["num_draws"], m["accept_rate"]) == (4, 10, 0.5)
+    want = {
+        "ess_z_min": 8.0, "ess_z_median": 20.0, "ess_per_s_z_median": 20 / 6,
+        "ess_per_s_z_min": 8 / 6, "s_per_ess_z": 6 / 20,
+        "ess_pixels_min": 4.0, "ess_pixels_median": 12.0, "ess_per_s_pixels_median": 2.0,
+        "ess_per_s_pixels_min": 4 / 6, "s_per_ess_pixels": 0.5,
+        "ms_per_iteration": 1e3 * 6.0 * 2 / (4 * 25),
+    }  # fmt: skip
+    assert {k: pytest.approx(v) for k, v in want.items()} == {k: m[k] for k in want}
+
+
+def test_pixel_mean_z_is_the_gap_in_its_ess_based_standard_error():
+    """Recomputed with NumPy: |mean_chmc − mean_hmc| / sqrt(var_c / ESS_c + var_h / ESS_h),
+    largest over the pixels that vary (a constant pixel is left out).
+
+    Catches (audit plants): the ESS dropped from the standard error, the square root
+    dropped."""
+    from dgm.experiments import _mnist_inpainting_report as rep
+
+    rng = np.random.default_rng(2)
+    c = rng.normal(0.3, 0.2, (2, 40, 4))
+    h = rng.normal(0.5, 0.1, (3, 30, 4))
+    c[..., 3] = h[..., 3] = 0.7  # no variance: no z
+    ess = {"chmc": {"pixels": np.array([5.0, 20.0, 60.0, 0.0])},
+           "hmc": {"pixels": np.array([40.0, 0.5, 90.0, 0.0])}}  # fmt: skip
+    got = rep.pixel_mean_z({"chmc": {"pixels": c}, "hmc": {"pixels": h}}, ess)
+    fc, fh = c.reshape(-1, 4)[:, :3], h.reshape(-1, 4)[:, :3]
+    se = np.sqrt(
+        fc.var(0, ddof=1) / ess["chmc"]["pixels"][:3]
+        + fh.var(0, ddof=1) / np.maximum(ess["hmc"]["pixels"][:3], 1.0)
+    )
+    assert got == pytest.approx(np.max(np.abs(fc.mean(0) - fh.mean(0)) / se))
+
+
+def test_metrics_ratios_are_chmc_over_hmc_and_the_report_shows_each_in_its_column():
+    """Catches (audit plants): the ratios inverted, ESS/s in the seconds-per-ESS column."""
+    from types import SimpleNamespace
+
+    from dgm.experiments import _mnist_inpainting_report as rep
+
+    rng = np.random.default_rng(5)
+    results = {
+        name: {"z": rng.normal(size=(2, n, 3)), "pixels": rng.normal(size=(2, n, 4)),
+               "wall_s": wall, "compile_s": 1.0, "accept_rate": 0.9, "n_projection_failures": 0,
+               "n_irreversible": 0, "n_divergent": 0, "max_constraint_residual": 0.0}
+        for name, n, wall in (("chmc", 50, 9.0), ("hmc", 80, 2.0))
+    }  # fmt: skip
+    decoder = SimpleNamespace(kind="mlp", input_dim=3, image_shape=(2, 4))
+    config = SimpleNamespace(chmc=SimpleNamespace(num_chains=2), hmc=SimpleNamespace(num_chains=2))
+    m = rep.metrics(results, decoder, 4, config)
+    c, h = m["chmc"], m["hmc"]
+    for key in ("s_per_ess_z", "s_per_ess_pixels", "ms_per_iteration"):
+        assert m[f"chmc_over_hmc_{key}"] == pytest.approx(c[key] / h[key]), key
+    assert m["chmc_over_hmc_ms_per_iteration"] == pytest.approx(9.0 / 50 / (2.0 / 80))
+    config.decoder, config.rows, config.noise_sd = "d", 1, 0.1
+    lines = rep.report(m, config).splitlines()
+    for name, label in rep.METHODS.items():
+        (row,) = [line for line in lines if line.startswith(f"| {label} |")]
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        r = m[name]
+        want = [r["ess_per_s_z_median"], r["s_per_ess_z"], r["ess_pixels_median"],
+                r["ess_per_s_pixels_median"], r["s_per_ess_pixels"]]  # fmt: skip
+        assert cells[6:] == [format(v, ".3g") for v in want], (name, cells)
