@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.stats
 
 import dgm
 from dgm.calibration import chi_square_uniformity, ranks_of
@@ -146,3 +147,52 @@ def test_cli_refuses_a_bad_lotka_volterra_setting_by_name(tmp_path, capsys, sett
     assert main([*args, "--out", str(tmp_path / "run"), "--no-progress"]) == 1
     err = capsys.readouterr().err
     assert err == f"dgm: error: {message}\n"
+
+
+def test_chi_square_p_values_are_scipys_on_the_binned_ranks():
+    """Ranks in {0, …, 19} in 5 bins of 4 values: the p-value of each column is SciPy's
+    chi-square test of its bin counts (4 degrees of freedom).
+
+    Catches (audit plants): bins of L / bins values, one degree of freedom too many, the
+    expected count over bins − 1."""
+    ranks = np.random.default_rng(0).integers(0, 20, size=(200, 3))
+    ranks[:40, 2] = 0  # one column far from uniform
+    counts = np.stack([np.bincount(ranks[:, j] // 4, minlength=5) for j in range(3)])
+    want = scipy.stats.chisquare(counts, axis=1).pvalue
+    np.testing.assert_allclose(chi_square_uniformity(ranks, 19, 5), want, rtol=1e-10)
+
+
+def test_thinning_keeps_every_thin_th_draw_of_each_chain():
+    """Chains of 6 draws thinned by 3 keep each chain's 3rd and 6th draw (the last one
+    kept, not the first after warm-up). Catches (audit plant): the offset dropped."""
+    from dgm.calibration import _thinned
+
+    draws = np.arange(12.0)[:, None]  # 2 chains × 6 draws, chain-major
+    np.testing.assert_array_equal(_thinned(draws, 2, 3)[:, 0], [2, 5, 8, 11])
+
+
+def test_the_experiment_reads_uniformity_with_and_without_bonferroni(tmp_path, monkeypatch):
+    """A fabricated run whose smallest of 10 p-values is 0.005: not uniform at 0.01, but
+    uniform once corrected for the 10 tests (0.05). Catches (audit plant): the corrected
+    verdict computed from the uncorrected p-values, the report's minimum p-value
+    a maximum."""
+    from dgm.calibration import SBCResult
+    from dgm.experiments import sbc
+    from dgm.runs import RunContext
+
+    ranks = {"u": np.random.default_rng(0).integers(0, 20, size=(3, 10))}
+    p = {"u": np.array([0.005, *np.linspace(0.2, 0.9, 9)])}
+    result = SBCResult(ranks, 19, 5, p, np.arange(3), [], {}, np.ones(3), 1.0)
+    monkeypatch.setattr(sbc, "sbc", lambda *a, **k: result)
+    monkeypatch.setattr(sbc, "plot_rank_histograms", lambda *a: None)
+    monkeypatch.setattr(RunContext, "save_figure", lambda *a: None)
+    m = sbc.run(sbc.PRESETS["smoke"], None, RunContext(tmp_path))
+    assert m["uniform_at_0.01"] is False and m["uniform_at_0.01_bonferroni"] is True
+    assert "u: min p = 0.0050 over 10\n" in (tmp_path / "report.md").read_text()
+
+
+def test_a_draw_equal_to_the_truth_is_not_below_it():
+    """Ties count as not below (#{draws < truth}), so a chain stuck at the truth cannot
+    push its rank up. Catches (audit plant): ``<=``."""
+    draws = np.array([[0.0, 5.0], [1.0, 5.0], [1.0, 5.0], [2.0, 6.0]])
+    np.testing.assert_array_equal(ranks_of(np.array([1.0, 5.0]), draws), [1, 0])
