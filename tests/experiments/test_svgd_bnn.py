@@ -90,3 +90,23 @@ def test_cli_flags_set_split_source_and_count():
     assert (config.split_source, config.num_splits) == ("reference", 3)
     with pytest.raises(ValueError, match="`num_splits` expects an int; got 'reference'"):
         cli._resolve(args, ["--splits", "reference"])
+
+
+def test_run_averages_the_splits_with_their_standard_errors(tmp_path, monkeypatch):
+    """Three fabricated splits: the means, and standard errors s / √n (ddof 1) of RMSE and
+    log-lik. Catches (audit plant): the standard deviation reported as the error."""
+    from dgm.runs import RunContext
+
+    splits = iter([(3.0, -2.4), (2.5, -2.6), (3.4, -2.5)])
+
+    def run_split(*args, **kwargs):
+        rmse, ll = next(splits)
+        return {"rmse": rmse, "loglik": ll, "ms_per_iter": 1.0, "status": "completed"}
+
+    monkeypatch.setattr(bnn.svgd_data, "load_boston", lambda path: (None, None))
+    monkeypatch.setattr(bnn, "run_split", run_split)
+    m = bnn.run(bnn.Config(num_splits=3), jax.random.key(0), RunContext(tmp_path))
+    rmse, ll = np.array([3.0, 2.5, 3.4]), np.array([-2.4, -2.6, -2.5])
+    assert m["rmse_mean"] == pytest.approx(rmse.mean()) and m["loglik_mean"] == pytest.approx(-2.5)
+    assert m["rmse_se"] == pytest.approx(np.std(rmse, ddof=1) / np.sqrt(3))
+    assert m["loglik_se"] == pytest.approx(np.std(ll, ddof=1) / np.sqrt(3))
