@@ -151,3 +151,11 @@ def test_a_malformed_run_file_is_one_line_naming_it(tmp_path, capsys, name, text
     assert main(["compare", str(run), "--curve", "test_neg_elbo"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("dgm: error: ") and message in err and err.count("\n") == 1
+
+
+def test_numbers_are_printed_by_magnitude_whatever_their_sign():
+    """Catches (audit plant): negative scores (log-likelihoods) printed with 3 significant
+    digits instead of 2 decimals."""
+    assert [compare._fmt(v) for v in (-2.504, 2.504, -0.01234, 0.01234, -120.0)] == [
+        "-2.50", "2.50", "-0.0123", "0.0123", "-120.00"
+    ]  # fmt: skip

@@ -27,6 +27,10 @@ def test_smoke_preset_through_cli(name, tmp_path, shared_data, monkeypatch):
     assert metrics["epochs"] == 2
     # the IS estimate is at most the bound (up to sampling noise) and both are finite
     assert metrics["test_nll_is"] <= metrics["test_bound_frame"] + 0.5
+    if name == "dmm-synthetic":  # the gaps to the exact −log p(x) per frame (audit plant: sign)
+        kalman = metrics["kalman_nll_frame"]
+        assert metrics["bound_gap_frame"] == pytest.approx(metrics["test_bound_frame"] - kalman)
+        assert metrics["is_gap_frame"] == pytest.approx(metrics["test_nll_is"] - kalman)
     for f in ("report.md", "train_loss.png", "train_metrics.jsonl", "checkpoints/train.eqx"):
         assert (out / f).exists(), f
     if name == "dmm-polyphonic":  # a sampled sequence as MIDI, readable back
@@ -184,3 +188,10 @@ def test_runs_share_one_trainer_per_loss_and_optimizer():
     assert _training.trainer(_dmm.frozen_generative_loss, cfg) is not trainer
     other = dataclasses.replace(cfg, learning_rate=0.1)
     assert _training.trainer(_dmm.dmm_loss, other) is not trainer
+
+
+def test_rmse_is_the_root_of_the_mean_squared_difference():
+    """Catches (audit plant): the mean squared difference reported as the RMSE."""
+    from dgm.experiments import dmm_synthetic
+
+    assert dmm_synthetic._rmse([[0.0, 0.0]], [[3.0, 4.0]]) == pytest.approx(np.sqrt(12.5))

@@ -231,6 +231,17 @@ def test_evaluate_normalisation_matches_per_sequence_reference():
         np.testing.assert_allclose(got[name], value, rtol=1e-5, err_msg=name)
 
 
+def test_training_loss_is_per_sequence_and_its_logged_loss_per_frame():
+    """Without the L2 term the training objective is Σ_i −ELBO_i(β) / batch size and the
+    logged ``loss_per_frame`` the same sum over the unpadded frames (6 of 3 × 4 here).
+
+    Catches (audit plant): the logged loss per sequence instead of per frame."""
+    x, mask = _batch(np.array([3, 1, 2]), 4, seed=3)
+    batch = ((jnp.asarray(x), jnp.asarray(mask)), {"kl_weight": 0.5, "l2": 0.0})
+    loss, aux = eqx.filter_jit(_dmm.dmm_loss)(_model("st-r"), batch, jax.random.key(4))
+    assert float(aux["loss_per_frame"]) == pytest.approx(float(loss) * 3 / 6, rel=1e-6)
+
+
 def test_long_batches_take_smaller_is_chunks_and_the_same_numbers(monkeypatch):
     """The IS chunk shrinks with the batch's frames (spec gotcha 8: MuseData's 4,288-frame
     batches needed 35.5 GiB at the paper's chunk of 100; 1.73 GiB at the chunk of 2 chosen
