@@ -1,4 +1,4 @@
-"""Chains that disagree are reported (``dgm.diagnostics.chain_agreement``, ``ChainChecker``).
+"""Chains that disagree are reported (``dgm.diagnostics.chain_agreement``, ``chain_checks``).
 
 Exact cases: independent N(0, I) chains (log density −½‖x‖²) agree; a chain whose log
 density is shifted, or whose draws are shifted in one coordinate, is named.
@@ -20,8 +20,8 @@ import pytest
 
 import dgm
 from dgm import diagnostics
-from dgm.inference.chain_checks import MAX_CHECKED_DRAWS, ChainChecker
-from dgm.inference.manifold import ManifoldSystem
+from dgm.inference import chain_checks
+from dgm.inference.chain_checks import MAX_CHECKED_DRAWS
 from dgm.models.mlp_generator import MLPGenerator
 
 
@@ -144,7 +144,8 @@ def test_a_chain_stuck_in_a_lower_mode_warns(mlp_posterior):
     with jax.enable_x64(True):
         u0 = jax.random.normal(jax.random.key(108), (16, 6), jnp.float64)
         u0 = post._newton(u0, jnp.repeat(post.y_obs[None], 16, 0), 1e-11, 100)
-        lp = post._chain_checker.log_density(u0[None], post.y_obs)[0]
+        system = post.system.at(post.y_obs)
+        lp = jax.vmap(lambda u: -system.potential(u, post.system.cache(u)[1]))(u0)
     init = jnp.concatenate(
         [u0[int(np.argmin(lp))][None], post.initial_points(jax.random.key(1), 3)]
     )
@@ -166,7 +167,7 @@ def test_calibration_correct_runs(mlp_posterior):
         worst_r = max(worst_r, attrs["r_hat_max"])
         assert attrs["chains_checked"] == 1 and attrs["chains_disagree"] == 0
         assert 1 <= attrs["start_candidates_agreeing"] <= attrs["start_candidates"] == 16
-        agreement = mlp_posterior._chain_checker.check(
+        agreement = chain_checks.check(
             idata.posterior["u"].values, idata.sample_stats["lp"].values, warn=False
         )
         worst_z = max(worst_z, np.max(np.abs(agreement["lp_z"])))
@@ -193,12 +194,11 @@ def test_lp_z_is_the_difference_in_standard_errors_of_a_difference():
 
 
 def test_long_runs_are_thinned_to_at_most_the_checked_draws():
-    """``ChainChecker.check`` thins to at most ``MAX_CHECKED_DRAWS`` draws per chain (the
+    """``chain_checks.check`` thins to at most ``MAX_CHECKED_DRAWS`` draws per chain (the
     length its thresholds were calibrated at): ceil(n / max), not floor."""
-    checker = ChainChecker(ManifoldSystem(lambda u: u[:1], 2, 1))
     n = MAX_CHECKED_DRAWS + MAX_CHECKED_DRAWS // 2
     x, lp = _iid(9, num_draws=n)
-    out = checker.check(x, lp, warn=False)
+    out = chain_checks.check(x, lp, warn=False)
     assert out["thin"] == 2 and len(range(0, n, out["thin"])) <= MAX_CHECKED_DRAWS
 
 

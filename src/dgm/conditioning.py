@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dgm.config import all_finite, as_python_number, check_choice, is_int
-from dgm.inference import adaptive_step, chmc_driver, constrained_hmc, dynamic_chmc
+from dgm.inference import adaptive_step, chain_checks, chmc_driver, constrained_hmc, dynamic_chmc
 from dgm.inference.base import ChainResult, ChainRunner
 from dgm.inference.chmc_driver import (
     STAT_NAMES,
@@ -92,7 +92,7 @@ class ConditionedGenerator(StartingPoints):
         self._cache_key = (input_dim, self.output_dim, *map(_identity, fns))
         helpers = compiled_helpers(self.system, self._cache_key)
         self._init_states, self._residuals, self._ranks, self._newton = helpers[:4]
-        self._typical_starts, self._chain_checker = helpers[4:]
+        self._typical_starts = helpers[4]
 
     def constraint_residual(self, u, y_obs=None) -> jax.Array:
         """max |generator(u) − y_obs| (by default the conditioned ``y_obs``)."""
@@ -191,7 +191,7 @@ class ConditionedGenerator(StartingPoints):
                 dimension (``u`` is ``(chain, draw, obs, u_dim)``; ``observed_data.y`` is
                 ``(obs, y_dim)``; the ``step_size`` attribute is the mean over all chains).
             check_chains: compare the chains after sampling
-                (:class:`~dgm.inference.chain_checks.ChainChecker`): R-hat and each chain's
+                (:func:`~dgm.inference.chain_checks.annotate`): R-hat and each chain's
                 mean log density go into the attributes, and chains that disagree raise a
                 :class:`~dgm.diagnostics.ChainDisagreementWarning`.
 
@@ -274,7 +274,7 @@ class ConditionedGenerator(StartingPoints):
         obs = (ys if batched else ys[0], num_chains if batched else None)
         idata = self._inference_data(result, num_warmup, total, settings, attrs, step_sizes, obs)
         if check_chains:
-            self._chain_checker.annotate(idata, batched)
+            chain_checks.annotate(idata, batched)
         info = self._typical_starts.last_info
         if init is None and self.init_fn is None and info is not None:  # typical-set starts
             idata.posterior.attrs["start_candidates"] = int(info.log_density.shape[-1])

@@ -26,7 +26,6 @@ from dgm._types import check_key
 from dgm.config import check_choice, check_positive, is_int, is_real
 from dgm.inference import adaptive_step, constrained_hmc, dynamic_chmc
 from dgm.inference.base import ChainRunner
-from dgm.inference.chain_checks import ChainChecker
 from dgm.inference.manifold import SMALL_GRAM, DenseCholesky, ManifoldSystem, gauss_newton
 from dgm.inference.starts import TypicalStarts
 
@@ -103,14 +102,13 @@ def build_runner(
 class Helpers(NamedTuple):
     """Compiled functions of a conditioned generator besides the chain runs (batched over
     chains): initial states ``(u, y)``, residuals ``max |G(u) − y|``, Jacobian ranks, Gauss–Newton,
-    the typical-set starts and the after-run chain check."""
+    and the typical-set starts."""
 
     init_states: Callable
     residuals: Callable
     ranks: Callable
     newton: Callable
     typical_starts: TypicalStarts
-    chain_checker: ChainChecker
 
 
 _HELPERS: collections.OrderedDict = collections.OrderedDict()
@@ -135,7 +133,6 @@ def compiled_helpers(system: ManifoldSystem, cache_key=None) -> Helpers:
         jax.jit(jax.vmap(lambda u: jnp.linalg.matrix_rank(system.jacobian(u)))),
         jax.jit(jax.vmap(newton, (0, 0, None, None)), static_argnums=3),
         TypicalStarts(system),
-        ChainChecker(system),
     )
     if cache_key is not None:
         _HELPERS[cache_key] = helpers
