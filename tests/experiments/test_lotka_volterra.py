@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from dgm.cli import main
-from dgm.inference import constrained_hmc
+from dgm.inference import base, constrained_hmc
 from dgm.inference.manifold import (
     DenseCholesky,
     ManifoldSystem,
@@ -105,7 +105,7 @@ def test_chmc_ms_per_step_is_per_chain_on_its_device(tmp_path, monkeypatch):
             return idata
 
     monkeypatch.setattr(lv, "condition", lambda *a, **k: Posterior())
-    monkeypatch.setattr(lv, "device_groups", _two_devices)
+    monkeypatch.setattr(base, "device_groups", _two_devices)
     cfg = lv.CHMCConfig(num_chains=4)
     metrics, _ = lv.run_chmc(cfg, LotkaVolterra(), np.ones(1), None, RunContext(tmp_path))
     assert metrics["ms_per_step"] == pytest.approx(1e3 * 2.0 * 2 / 4000)

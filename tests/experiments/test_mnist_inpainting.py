@@ -213,14 +213,15 @@ def test_method_metrics_per_second_of_sampling_and_per_chain_on_its_device(monke
     per effective sample from the minimum, the device count dropped, the kept draws as the
     iterations timed."""
     from dgm.experiments import _mnist_inpainting_report as rep
+    from dgm.inference import base
 
     monkeypatch.setattr(
-        rep, "device_groups", lambda n: [(None, c) for c in np.array_split(np.arange(n), 2)]
+        base, "device_groups", lambda n: [(None, c) for c in np.array_split(np.arange(n), 2)]
     )
     res = {"z": np.zeros((4, 10, 3)), "pixels": np.zeros((4, 10, 5)), "wall_s": 6.0,
            "compile_s": 50.0, "accept_rate": 0.5, "num_iterations": 25}  # fmt: skip
     ess = {"z": np.array([8.0, 20.0, 30.0]), "pixels": np.array([4.0, 10.0, 12.0, 40.0, 100.0])}
-    m = rep.method_metrics(res, ess, 4)
+    m = rep.method_metrics(res, ess)
     assert (m["num_chains"], m["num_draws"], m["accept_rate"]) == (4, 10, 0.5)
     want = {
         "ess_z_min": 8.0, "ess_z_median": 20.0, "ess_per_s_z_median": 20 / 6,

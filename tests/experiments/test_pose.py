@@ -10,6 +10,7 @@ import pytest
 from dgm import cli
 from dgm.experiments import _pose_methods as methods
 from dgm.experiments import pose
+from dgm.inference import base
 from dgm.models.pose import LATENT_DIM, scene_inputs
 from tests.experiments._smoke import check_resume_of_a_run_from_before
 
@@ -87,7 +88,7 @@ def test_score_times_each_draw_by_its_chains_share_of_the_devices(monkeypatch):
     positions = truth + rng.normal(size=(4, 10, 4, 19)) * rng.uniform(0.1, 1.0, (4, 1, 1, 1))
     positions[:, :, 3] = 1.0
     two_devices = lambda n: [(None, c) for c in np.split(np.arange(n), 2)]  # noqa: E731
-    monkeypatch.setattr(pose, "device_groups", two_devices)
+    monkeypatch.setattr(base, "device_groups", two_devices)
     res = methods.MethodResult(positions, 8.0, 0.5, 0.7, {}, None)
     cfg = pose.Config(rmse_times=(1.0, 2.0, 3.0, 5.0, 6.0))
     metrics, curve = pose.score(res, truth, cfg, start_s=1.0)

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 
 from dgm import diagnostics, runs
-from dgm.inference.base import device_groups
+from dgm.inference.base import chain_seconds
 
 METHODS = {"chmc": "constrained HMC (all inputs)", "hmc": "HMC on the latent (noise integrated)"}
 _ARRAYS = ("z", "pixels")
@@ -33,7 +33,7 @@ def _ess(draws: np.ndarray) -> np.ndarray:
     return np.nan_to_num(diagnostics.ess(draws), nan=0.0)
 
 
-def method_metrics(res: dict, ess: dict, num_chains: int) -> dict:
+def method_metrics(res: dict, ess: dict) -> dict:
     """ESS (bulk, multi-chain) of the latents and of the in-painted pixel means, per second
     of sampling (compilation excluded), and seconds per effective sample (median ESS)."""
     wall = float(res["wall_s"])
@@ -51,9 +51,8 @@ def method_metrics(res: dict, ess: dict, num_chains: int) -> dict:
             f"s_per_ess_{what}": wall / med if med > 0 else None,
         }
     # per chain and core: each host device runs its group of chains in parallel
-    devices = len(device_groups(num_chains))
     iterations = res.get("num_iterations", draws)  # warm-up included, as in wall_s
-    out["ms_per_iteration"] = 1e3 * wall * devices / (chains * iterations) if draws else None
+    out["ms_per_iteration"] = 1e3 * chain_seconds(wall, chains) / iterations if draws else None
     return out
 
 
@@ -74,10 +73,7 @@ def pixel_mean_z(results: dict, ess: dict) -> float:
 
 def metrics(results: dict, decoder, num_obs: int, config) -> dict:
     ess = {name: {k: _ess(results[name][k]) for k in _ARRAYS} for name in METHODS}
-    m = {
-        name: method_metrics(results[name], ess[name], getattr(config, name).num_chains)
-        for name in METHODS
-    }
+    m = {name: method_metrics(results[name], ess[name]) for name in METHODS}
     c, h = m["chmc"], m["hmc"]
     ratio = lambda key: c[key] / h[key] if c[key] and h[key] else None  # noqa: E731
     return {

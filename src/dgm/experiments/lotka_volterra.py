@@ -57,7 +57,7 @@ from dgm.experiments._lotka_volterra_report import (
     save_posterior,
 )
 from dgm.inference import hmc
-from dgm.inference.base import ChainRunner, device_groups
+from dgm.inference.base import ChainRunner, chain_seconds
 from dgm.models.lotka_volterra import NUM_PARAMS, TRUE_RATES, LotkaVolterra
 from dgm.runs import RunContext, write_text
 
@@ -174,7 +174,7 @@ def _per_chain_ess_per_s(log_rates: np.ndarray, wall_s: float) -> float | None:
     chains = log_rates.shape[0]
     if wall_s <= 0:
         return None
-    per_chain_s = wall_s * len(device_groups(chains)) / chains
+    per_chain_s = chain_seconds(wall_s, chains)
     ess = np.array([diagnostics.ess(log_rates[c : c + 1]) for c in range(chains)])
     return float(np.min(ess.mean(axis=0)) / per_chain_s)
 
@@ -248,17 +248,14 @@ def run_chmc(
         n_irreversible=int(stats["irreversible"].values.sum()),
         n_divergent=int(stats["diverging"].values.sum()),
         n_transitions=int(stats["is_accepted"].values.size),
-        # wall_s times warm-up too: divide by every step it timed, not the kept draws'
+        # each chain's device time over its steps; wall_s times warm-up too, so all the
+        # steps it timed (n_steps_run, all chains'), not the kept draws'
         ms_per_step=1e3
-        * attrs["wall_s"]
-        * _devices_used(cfg.num_chains)
+        * chain_seconds(attrs["wall_s"], cfg.num_chains)
+        * cfg.num_chains
         / float(attrs["n_steps_run"]),
     )
     return metrics, idata.posterior["log_rates"].values
-
-
-def _devices_used(num_chains: int) -> int:
-    return len(device_groups(num_chains))
 
 
 def run_reference(

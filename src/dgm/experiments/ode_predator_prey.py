@@ -31,7 +31,7 @@ import numpy as np
 from dgm import diagnostics
 from dgm.conditioning import condition
 from dgm.config import check_positive
-from dgm.inference.base import device_groups
+from dgm.inference.base import chain_seconds
 from dgm.models.ode_predator_prey import NUM_PARAMS, PredatorPreyODE
 from dgm.runs import RunContext, write_text
 from dgm.sampling import sample
@@ -114,8 +114,8 @@ def run_chmc(cfg: Config, model: PredatorPreyODE, y_obs, key, ctx: RunContext):
         # wall_s timed warm-up too, so all its steps (sample_stats counts the kept draws');
         # per chain on its device, as lotka-volterra's: the chains share the devices
         "ms_per_step": 1e3
-        * attrs["wall_s"]
-        * len(device_groups(cfg.num_chains))
+        * chain_seconds(attrs["wall_s"], cfg.num_chains)
+        * cfg.num_chains
         / float(attrs["n_steps_run"]),
     }
     return metrics, draws

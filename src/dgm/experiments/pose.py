@@ -66,7 +66,7 @@ from dgm.config import check_choice, check_positive
 from dgm.data.pose import pose_generator, thesis_rmse_curve
 from dgm.experiments import _pose_methods as methods
 from dgm.experiments._pose_report import plot_rmse, plot_skeleton, report, save_posterior
-from dgm.inference.base import device_groups
+from dgm.inference.base import chain_seconds
 from dgm.models.pose import LATENT_DIM, SIGMA, scene_inputs
 from dgm.runs import RunContext, write_text
 
@@ -196,7 +196,7 @@ def score(
     means are over the draws after each transition: unlike the original's chains (and the
     thesis's curves, with a point at t = 0), the start is not a draw."""
     chains, draws = res.positions.shape[:2]
-    per_chain_s = res.wall_s * len(device_groups(chains)) / chains
+    per_chain_s = chain_seconds(res.wall_s, chains)
     rmse = running_rmse(res.positions, truth).mean(axis=0)  # averaged over chains
     times = start_s + per_chain_s * np.arange(1, draws + 1) / draws
     at = {}

@@ -394,6 +394,13 @@ def device_groups(num_chains: int) -> list[tuple[Any, np.ndarray]]:
     ]
 
 
+def chain_seconds(wall_s: float, num_chains: int) -> float:
+    """Each chain's share of ``wall_s`` of device time: the chains of a device run side by
+    side, so ``wall_s`` × devices / chains (:func:`device_groups`). Per-chain rates (ESS/s,
+    ms per step) divide by this, so they do not change with how many chains share a device."""
+    return wall_s * len(device_groups(num_chains)) / num_chains
+
+
 def _key_data(keys) -> tuple[Any, str | None]:
     """Raw key data and the typed keys' implementation (None for raw uint32 keys)."""
     if jnp.issubdtype(keys.dtype, jax.dtypes.prng_key):
