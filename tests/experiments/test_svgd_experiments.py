@@ -134,6 +134,25 @@ def test_bnn_smoke(tmp_path, shared_data, monkeypatch):
     assert "nan" not in (out / "report.md").read_text()  # one split: no standard error shown
 
 
+def test_bnn_resume_runs_only_the_splits_not_finished(tmp_path, shared_data, monkeypatch):
+    """Each finished split is checkpointed: after a run stopped during split 1 (its
+    checkpoint missing), ``--resume`` runs split 1 alone and reports split 0's scores."""
+    from dgm.experiments import svgd_bnn
+
+    monkeypatch.setenv("DGM_DATA_DIR", str(shared_data))
+    two = ("--set", "num_splits=2", "--set", "num_iterations=20")
+    out, before = _run("svgd-bnn", tmp_path, *two)
+    (out / "checkpoints" / "split_1.npz").unlink()
+    ran, run_split = [], svgd_bnn.run_split
+    monkeypatch.setattr(
+        svgd_bnn, "run_split", lambda c, k, i, *a: ran.append(i) or run_split(c, k, i, *a)
+    )
+    _, after = _run("svgd-bnn", tmp_path, *two, "--resume")
+    assert ran == [1]
+    assert after["rmse_per_split"] == before["rmse_per_split"]
+    assert after["loglik_per_split"] == before["loglik_per_split"]
+
+
 def test_blr_covertype_needs_checksum(tmp_path, capsys):
     args = ["run", "svgd-blr", "--preset", "paper", "--out", str(tmp_path / "c"), "--no-progress"]
     assert main(args) == 1

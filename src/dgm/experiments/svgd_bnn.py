@@ -8,10 +8,12 @@ cyclic minibatches of 100, and the dev-set heuristic for ``gamma`` after trainin
 the reference code. Splits are seeded random permutations (``split_source="random"``), or the
 20 splits behind the paper's table (``split_source="reference"``): split ``i`` is Python 2.7's
 ``random.seed(i); random.shuffle(...)``, as in the original's ``python/examples/
-bayesian_nn.py`` (commit 11aacf4, marked "to reproduce our results").
+bayesian_nn.py`` (commit 11aacf4, marked "to reproduce our results"). Each finished
+split's scores are checkpointed: ``--resume`` after an interruption runs only the splits left.
 """
 
 import dataclasses
+import json
 import random
 from typing import Any, NamedTuple
 
@@ -267,9 +269,13 @@ def run(config: Config, key, ctx: runs.RunContext) -> dict:
     cache: dict = {}
     per_split = []
     for i in range(config.num_splits):
-        per_split.append(
-            run_split(config, jax.random.fold_in(key, i), i, x, y, cache, progress=ctx.progress)
-        )
+        saved = ctx.load_checkpoint(f"split_{i}")
+        if saved is not None:  # --resume: a split finished before is not run again
+            per_split.append(json.loads(str(saved["metrics_json"])))
+            continue
+        split = run_split(config, jax.random.fold_in(key, i), i, x, y, cache, ctx.progress)
+        ctx.save_checkpoint(f"split_{i}", metrics_json=np.asarray(json.dumps(split)))
+        per_split.append(split)
     rmse = np.array([s["rmse"] for s in per_split])
     ll = np.array([s["loglik"] for s in per_split])
 
