@@ -97,6 +97,22 @@ def test_blr_smoke(tmp_path, monkeypatch):
     ratio = np.median(particles.std(0) / flat.std(0))
     assert m["sd_ratio_median"] == pytest.approx(ratio, rel=1e-4)
 
+    # --resume reuses the SVGD particles (its checkpoint) and the finished HMC chains
+    # (theirs): only the two Gaussian reference runs are SVGD runs again, and the same
+    # numbers come out, timings included
+    svgd_runs = []
+
+    class CountingRunner(svgd_blr.SVGDRunner):
+        def run(self, *args, **kwargs):
+            svgd_runs.append(args[1])  # its iterations
+            return super().run(*args, **kwargs)
+
+    monkeypatch.setattr(svgd_blr, "SVGDRunner", CountingRunner)
+    _, again = _run("svgd-blr", tmp_path, "--resume")
+    assert len(svgd_runs) == 2 and (out / "checkpoints" / "hmc_chains.npz").exists()
+    timed = [k for k in m if "wall_s" in k]
+    assert {k: again[k] for k in m if k not in timed} == {k: m[k] for k in m if k not in timed}
+
 
 def test_blr_evaluate_is_the_particle_mixtures_predictive():
     """Recomputed with NumPy: p_i = mean over particles of σ(y_i x_i·w); accuracy is the
