@@ -195,3 +195,25 @@ def test_rmse_is_the_root_of_the_mean_squared_difference():
     from dgm.experiments import dmm_synthetic
 
     assert dmm_synthetic._rmse([[0.0, 0.0]], [[3.0, 4.0]]) == pytest.approx(np.sqrt(12.5))
+
+
+def test_filter_nll_is_per_observed_frame_over_all_sequences():
+    """Two sequences, the second observed for 3 of its 8 frames: −(log p(x₁) + log p(x₂))
+    over the 11 observed frames, each log p from the Kalman filter of the observed part.
+
+    Catches (audit plant D06): the NLL as a mean over sequences, not frames."""
+    import jax
+    import jax.numpy as jnp
+
+    from dgm.experiments import dmm_synthetic as ds
+    from dgm.models import kalman
+
+    params = ds.synthetic9()
+    x, _ = ds.sample_linear_gaussian(params, 2, 8, jax.random.key(0))
+    mask = np.ones((2, 8), np.float32)
+    mask[1, 3:] = 0.0
+    nll, smooth = ds._filter_scores(lambda a, m: ds._kalman(params, a, m), x, mask)
+    parts = [kalman.kalman_filter(params, x[0], jnp.ones(8))[0]]
+    parts.append(kalman.kalman_filter(params, x[1, :3], jnp.ones(3))[0])
+    assert nll == pytest.approx(-float(sum(parts)) / 11, rel=1e-5)
+    assert smooth.shape == x.shape

@@ -156,6 +156,14 @@ def _unscented(ssm, x, mask):
     return log_lik, kalman.rts_backward(*filtered)[0]
 
 
+def _filter_scores(filter_and_smooth, x, mask) -> tuple[float, jax.Array]:
+    """A filter's ``−log p(x)`` per observed frame over all the sequences (the DMM scores'
+    normalisation) and its smoothed means; ``filter_and_smooth(x_i, mask_i)`` gives one
+    sequence's ``(log p, smoothed means)``."""
+    log_lik, smooth = jax.jit(jax.vmap(filter_and_smooth))(x, mask)
+    return float(-np.sum(np.asarray(log_lik, np.float64)) / np.sum(np.asarray(mask))), smooth
+
+
 def _as_set(x) -> SequenceSet:
     x = np.asarray(x, np.float32)
     return SequenceSet(x, np.ones(x.shape[:2], np.float32), np.full(len(x), x.shape[1]))
@@ -216,9 +224,8 @@ def run(config: Config, key, ctx: runs.RunContext) -> dict:
         model, config.model, loss, (train, valid, test), config, k_train, k_test, ctx
     )
     mask = jnp.asarray(test.mask)
-    exact, smooth = jax.jit(jax.vmap(lambda a, m: _kalman(params, a, m)))(x_test, mask)
+    kalman_nll, smooth = _filter_scores(lambda a, m: _kalman(params, a, m), x_test, mask)
     q_mean = _posterior_means(best, x_test, mask, k_post, config.posterior_samples)
-    kalman_nll = float(-np.sum(np.asarray(exact, np.float64)) / test.num_frames)
 
     metrics = {
         "inference": config.model.inference,
@@ -276,7 +283,7 @@ def run_nonlinear(config: Config, key, ctx: runs.RunContext) -> dict:
     mask = jnp.asarray(test.mask)
     q_mean = _posterior_means(best, x_test, mask, k_post, config.posterior_samples)
     ssm = nonlinear_ssm(name)
-    ukf_ll, ukf_smooth = jax.jit(jax.vmap(lambda a, m: _unscented(ssm, a, m)))(x_test, mask)
+    ukf_nll, ukf_smooth = _filter_scores(lambda a, m: _unscented(ssm, a, m), x_test, mask)
     metrics = {
         "dataset": name,
         "inference": config.model.inference,
@@ -287,7 +294,7 @@ def run_nonlinear(config: Config, key, ctx: runs.RunContext) -> dict:
         "rmse_q_mean_affine_vs_true_z": _affine_rmse(q_mean, z_test),
         "rmse_naive_vs_true_z": _rmse(2.0 * np.asarray(x_test), z_test),
         "rmse_ukf_smoother_vs_true_z": _rmse(ukf_smooth, z_test),
-        "ukf_nll_frame": float(-np.sum(np.asarray(ukf_ll, np.float64)) / test.num_frames),
+        "ukf_nll_frame": ukf_nll,
         "epochs": result.epochs,
         **_training.run_length(result),
         "best_epoch": result.best_epoch,
