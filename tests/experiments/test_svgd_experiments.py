@@ -4,6 +4,7 @@ import json
 import math
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -39,6 +40,15 @@ def test_gaussian2d_smoke(tmp_path):
     assert m["mean_error"] == pytest.approx(np.max(np.abs(x.mean(0) - MEAN)), rel=1e-5)
     want = np.linalg.norm(np.cov(x.T) - cov) / np.linalg.norm(cov)
     assert m["cov_rel_error"] == pytest.approx(want, rel=1e-5)
+    # the headline KSD is the V-statistic's root, which the smoke run leaves well above 0
+    # where the U-statistic reads 0 (user audit, session 24)
+    from dgm.experiments.svgd_gaussian2d import grad_log_density
+    from dgm.inference.svgd.kernel import phi_and_ksd_uv
+
+    x32 = jnp.asarray(x, jnp.float32)
+    v = float(phi_and_ksd_uv(x32, grad_log_density(x32))[2])
+    assert m["ksd_v_final"] == pytest.approx(math.sqrt(v), rel=1e-3) and v > 1e-3
+    assert m["ksd_v_initial"] == float(idata.svgd_trace["ksd_v"].values[0, 0])
 
 
 def test_gmm1d_smoke(tmp_path):
@@ -57,16 +67,15 @@ def test_gmm1d_smoke(tmp_path):
     assert m["frac_right_mode"] == np.mean(x > 0)
 
 
-def test_gmm1d_final_ksd_is_the_root_of_a_positive_u_statistic(tmp_path, monkeypatch):
+def test_gmm1d_final_ksds_are_the_roots_of_the_statistics(tmp_path, monkeypatch):
     """The smoke run's U-statistic is about 0 or below, where the root is invisible: a
     monkeypatched 0.04 must be reported as KSD 0.2 (audit plant: the root dropped)."""
-    import jax.numpy as jnp
-
     from dgm.experiments import svgd_gmm1d
 
-    monkeypatch.setattr(svgd_gmm1d, "_ksd2_u", lambda x: jnp.asarray(0.04))
+    monkeypatch.setattr(svgd_gmm1d, "_ksd2_uv", lambda x: jnp.asarray([0.04, 0.09]))
     _, m = _run("svgd-gmm1d", tmp_path)
     assert m["ksd2_u_final"] == pytest.approx(0.04) and m["ksd_final"] == pytest.approx(0.2)
+    assert m["ksd_v_final"] == pytest.approx(0.3)
 
 
 def test_blr_smoke(tmp_path, monkeypatch):
