@@ -21,6 +21,7 @@ from pathlib import Path
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from dgm import runs
@@ -55,13 +56,32 @@ class ImageDecoder(eqx.Module):
     head_fn: Callable | None = None
 
     def __call__(self, u: Float[Array, " input"]) -> Float[Array, " pixels"]:
-        return self.mean_fn(u)
+        return self._like(u).mean_fn(u)
 
     def head(self, u: Float[Array, " input"], num: int) -> Float[Array, " head"]:
         """The first ``num`` pixel means (row-major)."""
-        if self.head_fn is not None:
-            return self.head_fn(u, num)
-        return self.mean_fn(u)[:num]
+        decoder = self._like(u)
+        if decoder.head_fn is not None:
+            return decoder.head_fn(u, num)
+        return decoder.mean_fn(u)[:num]
+
+    def _like(self, u) -> "ImageDecoder":
+        """This decoder with its floating weights in ``u``'s floating dtype.
+
+        dgm saves its networks in float32 and its constrained sampler runs in float64; some
+        layers (DRAW's recurrence, the IAF VAE's convolutions) refuse mixed dtypes, so a
+        float64 ``u`` gets float64 weights (leaves reachable as pytree leaves: a loader's
+        ``mean_fn`` is a ``jax.tree_util.Partial`` or a bound method of the model).
+        """
+        dtype = jnp.result_type(u)
+        if not jnp.issubdtype(dtype, jnp.floating):
+            return self
+
+        def cast(leaf):
+            floating = eqx.is_array(leaf) and jnp.issubdtype(leaf.dtype, jnp.floating)
+            return leaf.astype(dtype) if floating and leaf.dtype != dtype else leaf
+
+        return jax.tree.map(cast, self)
 
 
 def read_header(path: str | os.PathLike) -> dict:
