@@ -26,6 +26,8 @@ def test_smoke_through_cli_and_resume(tmp_path, shared_data, monkeypatch):
     assert -metrics["test_nll_is"] >= metrics["test_elbo"] - 1.0
     for f in ("report.md", "samples.png", "model.eqx", "checkpoints/train.eqx"):
         assert (out / f).exists(), f
+    # the test images are evenly spaced over the file (binarized_splits), not its first zeros
+    assert "100 test images spread evenly" in (out / "report.md").read_text()
     decoder = vae.load_decoder(out)
     assert (decoder.latent_dim, decoder.output_dim) == (50, 784)
     assert decoder.mean(jnp.zeros(50)).shape == (784,)
