@@ -32,7 +32,8 @@ def configure_cpu(num_devices: int | None = None, reuse_freed_memory: bool = Fal
 
     Args:
         num_devices: number of host (CPU) devices JAX should expose; defaults to the
-            number of cores. Ignored when ``XLA_FLAGS`` already sets a device count.
+            number of cores this process may run on (:func:`usable_cores`). Ignored when
+            ``XLA_FLAGS`` already sets a device count.
         reuse_freed_memory: call :func:`keep_freed_memory` (unless
             ``DGM_REUSE_FREED_MEMORY=0``): for training loops, whose steps reuse large
             blocks; the CLI sets it for the ``dmm-*`` experiments only, since the single
@@ -42,10 +43,20 @@ def configure_cpu(num_devices: int | None = None, reuse_freed_memory: bool = Fal
         os.environ.setdefault(var, "1")
     flags = os.environ.get("XLA_FLAGS", "")
     if "xla_force_host_platform_device_count" not in flags:
-        count = num_devices or max(1, os.cpu_count() or 1)
+        count = num_devices or usable_cores()
         os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}".strip()
     if reuse_freed_memory and os.environ.get("DGM_REUSE_FREED_MEMORY", "1") != "0":
         keep_freed_memory()
+
+
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity (``taskset``, a Slurm or
+    container allocation), which ``os.cpu_count()`` ignores; that count where the platform
+    has no affinity."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
 
 
 def set_host_device_count(num_devices: int) -> None:
