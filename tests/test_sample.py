@@ -250,3 +250,29 @@ def test_warm_up_and_sampling_use_different_keys(monkeypatch):
     dgm.sample(logp, jnp.zeros(7), key=jax.random.key(0), num_chains=3, **kw)
     rows = np.concatenate([seen["warmup"], seen["run"]])
     assert rows.shape == (6, 2) and np.unique(rows, axis=0).shape[0] == 6
+
+
+def test_ctrl_c_while_sampling_keeps_the_draws_and_says_so(monkeypatch, capsys):
+    """Ctrl-C in the second chunk of draws: the first chunk's draws come back with
+    ``interrupted`` = 1 and a line on stderr (an experiment then stops; it used to carry
+    on with the short run as if it were whole)."""
+    from dgm.inference.base import ChainRunner
+
+    kwargs = dict(key=jax.random.key(0), num_warmup=0, num_samples=8, num_chains=2,
+                  kernel="hmc", num_steps=2, step_size=0.05, chunk_size=4)  # fmt: skip
+    whole = dgm.sample(log_density, jnp.zeros(3), **kwargs)
+    assert whole.posterior.attrs["interrupted"] == 0
+    real, calls = ChainRunner._run_chunk, []
+
+    def run_chunk(self, *args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, *args)
+
+    monkeypatch.setattr(ChainRunner, "_run_chunk", run_chunk)
+    part = dgm.sample(log_density, jnp.zeros(3), **kwargs)
+    assert part.posterior.attrs["interrupted"] == 1
+    assert part.posterior["x"].shape == (2, 4, 3)
+    np.testing.assert_array_equal(part.posterior["x"], whole.posterior["x"][:, :4])
+    assert "interrupted after 4 of 8 draws" in capsys.readouterr().err

@@ -17,6 +17,7 @@ Example:
 import dataclasses
 import functools
 import math
+import sys
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -188,7 +189,10 @@ def sample(
         adapted, and ``lp``),
         and attributes ``step_size`` (adapted, per chain), ``wall_s`` (sampling),
         ``warmup_s``, ``compile_s``, ``chains_stuck`` (chains that rejected every
-        proposal; a :class:`~dgm.diagnostics.StuckChainWarning` names them).
+        proposal; a :class:`~dgm.diagnostics.StuckChainWarning` names them),
+        ``interrupted``: 1 when Ctrl-C during sampling ended it early (the draws made so
+        far are kept, with a message on stderr; Ctrl-C during warm-up, or before the first
+        chunk of draws, propagates).
 
     Raises:
         ValueError: for bad arguments (each message names the argument), or a start where
@@ -234,6 +238,11 @@ def sample(
         accept_fn=lambda info: info.accept_prob,
         per_chain_params=per_chain,
     )
+    if result.interrupted:
+        print(
+            f"interrupted after {result.num_done} of {num_samples} draws; keeping the draws so far",
+            file=sys.stderr,
+        )
     step_sizes = np.broadcast_to(np.asarray(params.step_size), (num_chains,))
     draws, lp = map(np.asarray, result.draws)
     stuck = diagnostics.stuck_chains(draws)
@@ -249,6 +258,7 @@ def sample(
         "compile_s": compile_s + result.compile_s,
         "num_warmup": num_warmup,
         "chains_stuck": len(stuck),
+        "interrupted": int(result.interrupted),
     }
     if raveled is None:
         posterior, dims = {var_name: draws}, {var_name: [f"{var_name}_dim"]}

@@ -99,10 +99,16 @@ def test_times_cover_warm_up_for_both_methods_and_steps_match_them(tmp_path, mon
         sample_stats={"acceptance_rate": np.full((2, 30), 0.9)},
     )
     ref.posterior.attrs.update({"wall_s": 2.0, "warmup_s": 3.0, "compile_s": 7.0})
+    ref.posterior.attrs["interrupted"] = 0
     monkeypatch.setattr(exp, "sample", lambda *a, **k: ref)
     metrics, _ = exp.run_reference(cfg, PredatorPreyODE(2, 2), np.ones(4), None, ctx)
     assert metrics["wall_s"] == 5.0 and metrics["compile_s"] == 7.0
     assert metrics["ess_per_s_min"] == metrics["ess_bulk_min"] / 5.0
+    # Ctrl-C during the reference's sampling stops the run (exit 130), as during CHMC's;
+    # it used to go on and score the draws made so far as the reference
+    ref.posterior.attrs["interrupted"] = 1
+    with pytest.raises(KeyboardInterrupt):
+        exp.run_reference(cfg, PredatorPreyODE(2, 2), np.ones(4), None, ctx)
 
     chmc = az.from_dict(
         {"u": rng.normal(size=(2, 30, 12))},

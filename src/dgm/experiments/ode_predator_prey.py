@@ -133,6 +133,8 @@ def run_reference(cfg: Config, model: PredatorPreyODE, y_obs, key, ctx: RunConte
             num_chains=cfg.ref_num_chains,
             progress_bar=ctx.progress,
         )
+    if idata.posterior.attrs["interrupted"]:  # the draws so far: stop, as for CHMC
+        raise KeyboardInterrupt
     draws = idata.posterior["x"].values
     attrs = idata.posterior.attrs
     accept = float(idata.sample_stats["acceptance_rate"].mean())
