@@ -257,6 +257,30 @@ def test_amortized_starts_are_valid_poses_and_resume_from_the_checkpoint(tmp_pat
         pose.Config(start="amortized", amortize_steps=0)
 
 
+@pytest.mark.parametrize("stage", ["amortize", "refine"])
+def test_ctrl_c_while_training_the_amortized_starts_stops_the_run(monkeypatch, stage):
+    """``dgm.amortize`` and ``refine`` return the q so far on Ctrl-C; the experiment must
+    stop there (exit 130), not start its chains from a half-trained q."""
+    import dgm
+
+    class Q:
+        def __init__(self, status):
+            self.status, self.wall_s, self.compile_s = status, 0.0, 0.0
+
+        def refine(self, *args, **kwargs):
+            return Q("interrupted" if stage == "refine" else "completed")
+
+        def sample(self, *args, **kwargs):
+            raise AssertionError("the run went on to draw starts from a half-trained q")
+
+    first = "interrupted" if stage == "amortize" else "completed"
+    monkeypatch.setattr(dgm, "amortize", lambda *args, **kwargs: Q(first))
+    gen = type("Gen", (), {"noise_free": staticmethod(lambda z: z[:76]), "sigma": 0.01})()
+    cfg = pose.Config(start="amortized", num_chains=2)
+    with pytest.raises(KeyboardInterrupt):
+        pose.amortized_latent_starts(cfg, gen, np.zeros(76), jax.random.key(0))
+
+
 def test_posterior_file_of_any_subset_of_methods(tmp_path):
     """CHMC alone (its draws already in ``posterior.nc``), or the baselines alone, give a
     file with the groups of the methods that ran (CHMC alone used to raise in ArviZ)."""

@@ -311,7 +311,11 @@ def amortized_latent_starts(config: Config, gen, y_obs, key) -> tuple[np.ndarray
     key_train, key_refine, key_draw = jax.random.split(key, 3)
     q = dgm.amortize(noise.log_joint, noise.simulate, LATENT_DIM, key=key_train,
                      num_steps=config.amortize_steps)  # fmt: skip
+    if q.status == "interrupted":  # Ctrl-C: stop the run (dgm.amortize keeps the q so far)
+        raise KeyboardInterrupt
     refined = q.refine(key_refine, y_obs, num_steps=config.refine_steps)
+    if refined.status == "interrupted":
+        raise KeyboardInterrupt
     draws = refined.sample(key_draw, y_obs, num_samples=config.chains).posterior["z"]
     info = {"start_s": q.wall_s + refined.wall_s,
             "start_compile_s": q.compile_s + refined.compile_s}  # fmt: skip
