@@ -106,3 +106,16 @@ def test_an_interrupt_taken_by_the_chunk_loop_is_not_repeated():
     out = _child(TAKEN)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split("\n")[:2] == ["(2, True)", "no repeat"], out.stdout + out.stderr
+
+
+def test_a_librarys_interrupt_line_is_left_to_the_cli_when_its_handler_is_in_place(capsys):
+    """``dgm.sample`` and ``posterior.sample`` say on stderr that Ctrl-C cut their run
+    short; under the CLI (its handler installed), the CLI's own line is the only one."""
+    _sigint.note("interrupted after 4 of 8 draws")
+    assert capsys.readouterr().err == "interrupted after 4 of 8 draws\n"
+    assert _sigint.install()
+    try:
+        _sigint.note("interrupted after 4 of 8 draws")
+    finally:
+        _sigint.uninstall()
+    assert capsys.readouterr().err == ""

@@ -20,6 +20,7 @@ No JAX import here.
 import gc
 import os
 import signal
+import sys
 import threading
 
 RESEND_S = 0.5  # seconds between repeats of an unacknowledged interrupt
@@ -69,6 +70,14 @@ def handler(signum, frame) -> None:
         frame = frame.f_back
     _later(RESEND_S)
     raise KeyboardInterrupt
+
+
+def note(message: str) -> None:
+    """A library's line that Ctrl-C stopped its run early (the draws so far kept): on
+    stderr, unless the CLI's :func:`handler` is installed, since the CLI then ends with its
+    own one line."""
+    if signal.getsignal(signal.SIGINT) is not handler:
+        print(message, file=sys.stderr)
 
 
 def install() -> bool:

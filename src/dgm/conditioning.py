@@ -11,7 +11,6 @@ References:
 """
 
 import dataclasses
-import sys
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -20,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dgm import _sigint
 from dgm.config import all_finite, as_python_number, check_choice, is_int
 from dgm.inference import adaptive_step, chain_checks, chmc_driver, constrained_hmc, dynamic_chmc
 from dgm.inference.base import ChainResult, ChainRunner
@@ -265,10 +265,9 @@ class ConditionedGenerator(StartingPoints):
                     runner, keys_chains, states, params, y_chains, total, run
                 )
         if result.interrupted:
-            print(
+            _sigint.note(
                 f"interrupted after {result.num_done} of {total} iterations; keeping the "
-                "draws so far",
-                file=sys.stderr,
+                "draws so far"
             )
         attrs = run_attrs(args, lo, hi, step_sizes, adapting)
         obs = (ys if batched else ys[0], num_chains if batched else None)

@@ -17,7 +17,6 @@ Example:
 import dataclasses
 import functools
 import math
-import sys
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -28,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from dgm import diagnostics
+from dgm import _sigint, diagnostics
 from dgm._types import check_key
 from dgm.config import (
     all_finite,
@@ -239,9 +238,8 @@ def sample(
         per_chain_params=per_chain,
     )
     if result.interrupted:
-        print(
-            f"interrupted after {result.num_done} of {num_samples} draws; keeping the draws so far",
-            file=sys.stderr,
+        _sigint.note(
+            f"interrupted after {result.num_done} of {num_samples} draws; keeping the draws so far"
         )
     step_sizes = np.broadcast_to(np.asarray(params.step_size), (num_chains,))
     draws, lp = map(np.asarray, result.draws)
