@@ -120,6 +120,15 @@ def test_version(capsys):
     assert exit_.value.code == 0 and capsys.readouterr().out == f"dgm {dgm.__version__}\n"
 
 
+def test_python_dash_m_dgm_is_the_dgm_command():
+    """``python -m dgm`` works where the console script is not on PATH (user audit 2)."""
+    import dgm
+
+    cmd = [sys.executable, "-m", "dgm", "--version"]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    assert out.stdout == f"dgm {dgm.__version__}\n"
+
+
 def test_a_run_that_wrote_nothing_does_not_block_its_directory(tmp_path, monkeypatch, capsys):
     """A run that failed before any output (here: no data) leaves only config.json; the same
     command again gets the same error, not "already holds a run"."""
