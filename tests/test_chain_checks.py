@@ -95,9 +95,10 @@ def test_a_chain_that_rejects_everything_warns_in_dgm_sample_and_condition():
     kwargs = dict(num_warmup=0, num_samples=30, num_chains=2, kernel="hmc", num_steps=3)
     kwargs |= dict(key=jax.random.key(0), progress_bar=False, metric="none")
     logp = lambda x: -0.5 * jnp.sum(x**2)  # noqa: E731
-    with pytest.warns(diagnostics.StuckChainWarning, match=r"chains \[0, 1\] rejected"):
+    with pytest.warns(diagnostics.StuckChainWarning, match=r"chains \[0, 1\] rejected") as seen:
         idata = dgm.sample(logp, jnp.zeros(2), step_size=1e4, **kwargs)
     assert idata.posterior.attrs["chains_stuck"] == 2
+    assert seen[0].filename == __file__  # the user's line, not dgm's (user audit 2)
     with warnings.catch_warnings():
         warnings.simplefilter("error", diagnostics.StuckChainWarning)
         assert (
@@ -107,9 +108,10 @@ def test_a_chain_that_rejects_everything_warns_in_dgm_sample_and_condition():
     posterior = dgm.condition(_sphere, [1.0], 3)
     run = dict(num_chains=2, num_samples=20, num_warmup=0, num_steps=2, adapt=False)
     run |= dict(progress_bar=False)
-    with pytest.warns(diagnostics.StuckChainWarning, match="rejected every proposal"):
+    with pytest.warns(diagnostics.StuckChainWarning, match="rejected every proposal") as seen:
         idata = posterior.sample(jax.random.key(1), step_size=50.0, **run)
     assert idata.posterior.attrs["chains_stuck"] == 2
+    assert seen[0].filename == __file__
     with warnings.catch_warnings():
         warnings.simplefilter("error", diagnostics.StuckChainWarning)
         idata = posterior.sample(jax.random.key(1), step_size=0.5, **run)

@@ -1,8 +1,13 @@
 """Convergence diagnostics (through ArviZ) and the per-method summary table."""
 
+import sys
 import warnings
 
 import numpy as np
+
+# frames passed over to reach the user's line: dgm's own, and runtime type checkers'
+# wrappers around dgm's functions (the suite runs jaxtyping's)
+_INNER_PACKAGES = ("dgm", "jaxtyping", "typeguard", "beartype")
 
 
 def _az():
@@ -91,6 +96,20 @@ class ChainDisagreementWarning(UserWarning):
 
 class StuckChainWarning(UserWarning):
     """A chain rejected every proposal: all its draws are one point."""
+
+
+def warn_caller(message: str, category: type[Warning]) -> None:
+    """``warnings.warn`` attributed to the first frame outside the dgm package (the user's
+    ``sample(...)`` line, however deep in dgm the check ran): Python 3.12's
+    ``skip_file_prefixes``, by hand."""
+    level, frame = 2, sys._getframe(1)
+    while frame is not None and _inner(frame.f_globals.get("__name__", "")):
+        level, frame = level + 1, frame.f_back
+    warnings.warn(message, category, stacklevel=level)
+
+
+def _inner(module: str) -> bool:
+    return module.split(".", 1)[0] in _INNER_PACKAGES
 
 
 def stuck_chains(draws) -> list[int]:

@@ -18,7 +18,6 @@ import dataclasses
 import functools
 import math
 import time
-import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -246,7 +245,7 @@ def sample(
     stuck = diagnostics.stuck_chains(draws)
     if stuck:
         message = diagnostics.stuck_warning(stuck, draws.shape[1])
-        warnings.warn(message, diagnostics.StuckChainWarning, stacklevel=2)
+        diagnostics.warn_caller(message, diagnostics.StuckChainWarning)
     attrs = {
         "sampler": kernel,
         "metric": metric,
@@ -384,12 +383,12 @@ def _check_num_warmup(num_warmup, metric: str) -> None:
             "metric='none' to adapt the step size only."
         )
     if num_warmup < FULL_SCHEDULE:
-        warnings.warn(
+        diagnostics.warn_caller(
             f"num_warmup={num_warmup} is shorter than Stan's adaptation windows "
             f"(75 + 25 + 50 = {FULL_SCHEDULE}): they shrink to a {int(0.15 * num_warmup)}-"
             f"iteration initial buffer, one slow window and a {int(0.1 * num_warmup)}-"
             "iteration terminal buffer",
-            stacklevel=3,
+            UserWarning,
         )
 
 

@@ -15,8 +15,6 @@ References:
     Analysis 16(2).
 """
 
-import warnings
-
 import numpy as np
 
 from dgm import diagnostics
@@ -38,7 +36,7 @@ def check(draws, lp, warn: bool = True) -> dict:
         (diagnostics.chain_warning(agreement), diagnostics.ChainDisagreementWarning),
     ):
         if warn and message is not None:
-            warnings.warn(message, category, stacklevel=3)
+            diagnostics.warn_caller(message, category)
     return agreement
 
 
