@@ -133,3 +133,25 @@ def test_times_cover_warm_up_for_both_methods_and_steps_match_them(tmp_path, mon
     # lotka-volterra's; not 1e3 / 240 (the kept draws' steps)
     assert metrics["ms_per_step"] == 1e3 * 1.0 * len(device_groups(2)) / 1000
     assert len(device_groups(2)) == 2
+
+
+def test_report_names_the_rates_and_puts_each_number_in_its_column():
+    """``report.md``: a title, one row per rate input (true, reference and CHMC mean (sd),
+    the mean error and the sd ratio) and one row per method (user audit 2: it was a bare
+    table with no title or parameter names)."""
+    from dgm.experiments import ode_predator_prey as exp
+
+    def method(mean, sd, ess, rhat):
+        return {"posterior_mean": mean, "posterior_sd": sd, "ess_bulk_min": ess,
+                "r_hat_max": rhat, "accept_rate": 0.8, "wall_s": 7.25,
+                "compile_s": 20.0}  # fmt: skip
+
+    chmc = method([0.1, 0.2, 0.3, 0.4], [1.1, 1.2, 1.3, 1.4], 2264.0, 1.005)
+    chmc |= {"mean_error_in_ref_sd": [0.5, -0.25, 0.0, 1.0], "sd_ratio": [1.03, 1.05, 1.0, 0.9]}
+    ref = method([0.0, 0.25, 0.3, 0.3], [1.0, 1.0, 1.3, 1.5], 1311.0, None)
+    m = {"chmc": chmc, "reference": ref, "true_u_theta": [-0.5, 0.6, 0.7, 0.8]}
+    text = exp.report(exp.PRESETS["quick"], m)
+    assert text.startswith("# ode-predator-prey\n")
+    assert "| θ₂ predation | 0.600 | 0.250 (1.000) | 0.200 (1.200) | -0.25 | 1.05 |" in text
+    assert "| constrained HMC | 4 × 300 | 2264 | 1.005 | 0.80 | 7.2 | 20.0 |" in text
+    assert "| NUTS (reference) | 4 × 2000 | 1311 | – |" in text
