@@ -1,6 +1,6 @@
 """Pose: constrained HMC against two HMC baselines on the binocular pose model.
 
-``dgm run pose [--scene 1|2|3] [--config notebook|thesis] [--preset smoke|quick|paper]``
+``dgm run pose [--scene 1|2|3] [--config notebook|thesis|fast] [--preset smoke|quick|paper]``
 conditions the pose generator (:mod:`dgm.models.pose`) on one of the notebook's three
 scenes and runs, from the same prior starts:
 
